@@ -1,0 +1,61 @@
+"""The CLI's HTTP client for the gateway: rack errors become :class:`CliError` with the rack's message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from cli.config import Rack
+from cli.errors import CliError
+
+
+class Client:
+    def __init__(self, rack: Rack, timeout: float = 30.0) -> None:
+        self.rack = rack
+        self.http = httpx.Client(base_url=rack.host, auth=("convox", rack.password), timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise CliError(f"rack unreachable at {self.rack.host}: connection refused") from None
+        except httpx.TimeoutException:
+            raise CliError(f"rack at {self.rack.host} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise CliError(f"rack at {self.rack.host}: {type(exc).__name__}") from None
+        if response.status_code == 401:
+            raise CliError(f"invalid password for {self.rack.host} (run `convox login {self.rack.host} --password ...`)")
+        if response.status_code >= 400:
+            raise CliError(error_message(response))
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise CliError(f"rack answered {response.status_code} with a body that is not JSON") from None
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs)
+
+
+def error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return f"rack answered {response.status_code} {response.reason_phrase}"

@@ -1,0 +1,51 @@
+"""How the CLI prints: tables with uppercase headers, key/value blocks, "Doing X... OK" steps."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_console: Console | None = None
+
+
+def console() -> Console:
+    global _console
+    if _console is None:
+        _console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
+    return _console
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    grid = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0), header_style="")
+    for header in headers:
+        grid.add_column(header.upper(), no_wrap=True, overflow="ignore")
+    for row in rows:
+        grid.add_row(*("" if cell is None else str(cell) for cell in row))
+    console().print(grid, markup=False)
+
+
+def info(pairs: Sequence[tuple[str, Any]]) -> None:
+    width = max(len(key) for key, _ in pairs)
+    for key, value in pairs:
+        print(f"{key.ljust(width)}  {'' if value is None else value}")
+
+
+def pretty_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+@contextmanager
+def step(message: str) -> Iterator[None]:
+    print(f"{message}... ", end="", flush=True, file=sys.stderr)
+    try:
+        yield
+    except BaseException:
+        print("", file=sys.stderr)
+        raise
+    print("OK", file=sys.stderr)

@@ -1,0 +1,62 @@
+"""Apps and the rack's system record: thin handlers that validate, call the provider, render."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Path, Response
+
+from shared.logfmt import Logger
+from shared.models import App, AppCreate, Error, System
+from shared.provider import Provider
+from shared.service import provider_of
+
+log = Logger("apps")
+router = APIRouter()
+
+AppPath = Path(description="The app's name.", examples=["myapp"])
+NOT_FOUND = {404: {"model": Error, "description": "No such app"}}
+BAD_INPUT = {400: {"model": Error, "description": "Bad input"}}
+
+
+@router.get("/apps", name="app_list", tags=["apps"], summary="List apps")
+async def app_list(provider: Provider = Depends(provider_of)) -> list[App]:
+    return await provider.apps.list()
+
+
+@router.post(
+    "/apps",
+    name="app_create",
+    tags=["apps"],
+    status_code=201,
+    summary="Create an app",
+    responses={**BAD_INPUT, 409: {"model": Error, "description": "The app exists"}},
+)
+async def app_create(body: AppCreate, provider: Provider = Depends(provider_of)) -> App:
+    with log.measure("app.create", app=body.name):
+        return await provider.apps.create(body.name)
+
+
+@router.get("/apps/{app}", name="app_get", tags=["apps"], summary="Show an app", responses={**BAD_INPUT, **NOT_FOUND})
+async def app_get(app: str = AppPath, provider: Provider = Depends(provider_of)) -> App:
+    return await provider.apps.get(app)
+
+
+@router.delete(
+    "/apps/{app}",
+    name="app_delete",
+    tags=["apps"],
+    status_code=204,
+    summary="Delete an app and its processes",
+    responses={**BAD_INPUT, **NOT_FOUND},
+)
+async def app_delete(app: str = AppPath, provider: Provider = Depends(provider_of)) -> Response:
+    with log.measure("app.delete", app=app):
+        await provider.apps.delete(app)
+    return Response(status_code=204)
+
+
+@router.get("/system", name="system_get", tags=["system"], summary="Show the rack")
+async def system_get(provider: Provider = Depends(provider_of)) -> System:
+    return await provider.system.get()
+
+
+

@@ -1,0 +1,4 @@
+from services.builds import NAME, ROUTERS
+from shared.service import main
+
+main(NAME, ROUTERS)

@@ -1,0 +1,30 @@
+"""``python -m services.gateway --host H --port P --data-dir D``: what the supervisor runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from services.gateway import create_app, load_password
+from services.gateway.proxy import Upstreams
+from shared.config import GatewaySettings, RackSettings
+from shared.serve import serve
+
+
+def main() -> None:
+    gateway = GatewaySettings()
+    parser = argparse.ArgumentParser(prog="python -m services.gateway")
+    parser.add_argument("--host", default=gateway.host)
+    parser.add_argument("--port", type=int, default=gateway.port)
+    parser.add_argument("--data-dir", type=Path)
+    args = parser.parse_args()
+    settings = RackSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    secret = settings.internal_secret.get_secret_value()
+    if not secret:
+        sys.exit("ERROR: RACK_INTERNAL_SECRET is not set")
+    app = create_app(load_password(settings.data_dir), Upstreams.for_rack(settings.run_dir, secret))
+    serve(app, host=args.host, port=args.port)
+
+
+main()

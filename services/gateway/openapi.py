@@ -1,0 +1,79 @@
+"""One OpenAPI document for the whole rack, merged from every service's own."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from shared import __version__
+from shared.config import SERVICES
+from shared.errors import RackError
+
+GATEWAY_PATHS: dict[str, Any] = {
+    "/check": {
+        "get": {
+            "operationId": "check",
+            "summary": "Health check (no password needed)",
+            "tags": ["system"],
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "The rack answers",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"status": {"type": "string"}},
+                                "required": ["status"],
+                            }
+                        }
+                    },
+                }
+            },
+        }
+    }
+}
+
+DESCRIPTION = """The rack's API. Every route except `GET /check` needs the rack password as HTTP Basic
+authentication (any user name). Errors are `{"error": "message"}` with a 4xx or 5xx status."""
+
+
+def merge(documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Merge service documents; a path, operationId or schema defined twice differently is an error."""
+    paths: dict[str, Any] = dict(GATEWAY_PATHS)
+    schemas: dict[str, Any] = {}
+    tags: dict[str, dict[str, Any]] = {}
+    operation_ids = {"check": "gateway"}
+    for service, doc in documents.items():
+        for path, item in doc.get("paths", {}).items():
+            if path in paths:
+                raise RackError(f"openapi: path {path} is served by two services")
+            for operation in item.values():
+                op_id = operation.get("operationId")
+                if op_id in operation_ids:
+                    raise RackError(f"openapi: operationId {op_id} in {service} and {operation_ids[op_id]}")
+                operation_ids[op_id] = service
+            paths[path] = item
+        for name, schema in doc.get("components", {}).get("schemas", {}).items():
+            if name in schemas and schemas[name] != schema:
+                raise RackError(f"openapi: schema {name} differs between services")
+            schemas[name] = schema
+        for tag in doc.get("tags", []):
+            tags.setdefault(tag["name"], tag)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Convox Rack API", "version": __version__, "description": DESCRIPTION},
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+        },
+        "security": [{"basic": []}],
+        "tags": list(tags.values()),
+    }
+
+
+async def merged(fetch: Any) -> dict[str, Any]:
+    """``fetch(service, path)`` returns a service's JSON; every service must answer."""
+    docs = await asyncio.gather(*(fetch(service, "/openapi.json") for service in SERVICES))
+    return merge(dict(zip(SERVICES, docs, strict=True)))

@@ -1,0 +1,4 @@
+from services.logs import NAME, ROUTERS
+from shared.service import main
+
+main(NAME, ROUTERS)

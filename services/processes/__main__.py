@@ -1,0 +1,4 @@
+from services.processes import NAME, ROUTERS
+from shared.service import main
+
+main(NAME, ROUTERS)

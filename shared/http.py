@@ -1,0 +1,154 @@
+"""What every FastAPI app of the rack shares: errors as ``{"error": ...}``, the internal-secret guard,
+``/check``, a clean OpenAPI document and a uvicorn runner on a unix socket."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from shared.errors import RackError
+from shared.logfmt import Logger
+from shared.models import Error
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "Bad input"},
+}
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "path", "query"))
+        msg = str(err.get("msg", "invalid"))
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI, log: Logger) -> None:
+    async def rack_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RackError)
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"error": _validation_message(exc)}, status_code=400)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        return JSONResponse({"error": message.lower()}, status_code=exc.status_code, headers=exc.headers)
+
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        error_id = uuid.uuid4().hex[:12]
+        log.error("unhandled", id=error_id, error=type(exc).__name__)
+        return JSONResponse({"error": f"internal error (id {error_id})"}, status_code=500)
+
+    app.add_exception_handler(RackError, rack_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+async def deny(scope: Scope, receive: Receive, send: Send, status: int, message: str,
+               headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """Refuse an HTTP request or a websocket handshake with ``{"error": message}``."""
+    body = error_body(message)
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": status, "headers": head})
+        await send({"type": "http.response.body", "body": body})
+        return
+    await receive()  # websocket.connect
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": status, "headers": head})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": message})
+
+
+class InternalOnly:
+    """Refuses every request that does not carry the gateway's per-start secret."""
+
+    def __init__(self, app: ASGIApp, secret: str) -> None:
+        self.app = app
+        self.secret = secret.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            token = dict(scope["headers"]).get(b"x-rack-internal", b"")
+            if not self.secret or not hmac.compare_digest(token, self.secret):
+                await deny(scope, receive, send, 403, "forbidden: internal service")
+                return
+        await self.app(scope, receive, send)
+
+
+def operation_ids(route: APIRoute) -> str:
+    """Operation ids are the route names (``app_list``): stable, and what generators name methods by."""
+    return route.name
+
+
+def clean_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """An OpenAPI document without FastAPI's 422 answers (the rack answers bad input with 400)."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes, tags=app.openapi_tags)
+        for item in schema.get("paths", {}).values():
+            for op in item.values():
+                op.get("responses", {}).pop("422", None)
+        schemas = schema.get("components", {}).get("schemas", {})
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    return build
+
+
+def create_service_app(
+    name: str,
+    *,
+    version: str,
+    lifespan: Callable[[FastAPI], Any] | None = None,
+    tags: list[dict[str, Any]] | None = None,
+    secret: str | None = None,
+) -> FastAPI:
+    """A FastAPI app for one of the rack's services, with the shared error shape and ``GET /check``."""
+    app = FastAPI(
+        title=f"rack {name}",
+        version=version,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_tags=tags,
+        generate_unique_id_function=operation_ids,
+    )
+    install_error_handlers(app, Logger(name))
+    app.openapi = clean_openapi(app)  # type: ignore[method-assign]
+
+    @app.get("/check", include_in_schema=False)
+    async def check() -> dict[str, str]:
+        return {"status": "ok", "service": name}
+
+    if secret is not None:
+        app.add_middleware(InternalOnly, secret=secret)
+    return app
+
+
+AsgiCallable = Callable[[Scope, Receive, Send], Awaitable[None]]

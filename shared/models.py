@@ -1,0 +1,130 @@
+"""Pydantic models that cross every boundary: API bodies, provider results, CLI rendering."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+APP_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,29}$"
+APP_NAME_RE = re.compile(APP_NAME_PATTERN)
+RACK_APP = "convox"
+"""The name under which the rack shows itself (`convox ps --app convox`); never a user's app."""
+
+AppName = Annotated[str, StringConstraints(pattern=APP_NAME_PATTERN)]
+AppStatus = Literal["creating", "running", "updating", "deleting", "rollback", "failed"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Error(Model):
+    """Every error the API returns."""
+
+    error: str = Field(examples=["no such app: myapp"])
+
+
+class App(Model):
+    name: str = Field(examples=["myapp"])
+    status: AppStatus = Field(examples=["running"])
+    release: str = Field("", description="The active release id, empty before the first release.")
+    balancer: str = Field("", description="Where the app's public process type answers, if it has one.")
+
+
+class AppCreate(Model):
+    name: AppName = Field(
+        description="Lowercase letters, digits and dashes, starting with a letter, at most 30 characters.",
+        examples=["myapp"],
+    )
+
+
+class System(Model):
+    name: str = Field(examples=["convox"])
+    version: str = Field(examples=["0.1.0"])
+    provider: str = Field(examples=["local"])
+    status: str = Field(examples=["running"])
+
+
+class Process(Model):
+    """A running container of an app, as `convox ps` shows it. cpu and memory are fractions."""
+
+    id: str
+    app: str
+    name: str
+    release: str = ""
+    command: str = ""
+    image: str = ""
+    host: str = ""
+    ports: list[str] = Field(default_factory=list)
+    cpu: float = 0.0
+    memory: float = 0.0
+    started: datetime | None = None
+    status: str = "running"
+
+
+class ProcessRunOptions(Model):
+    """What a new process of an app runs: a process type's image with a command and environment."""
+
+    service: str = Field(description="The process type, as named in the manifest.")
+    command: list[str] = Field(default_factory=list)
+    image: str = ""
+    release: str = ""
+    environment: dict[str, str] = Field(default_factory=dict)
+    memory: int = Field(0, ge=0, description="Memory limit in MB, 0 for none.")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+BuildStatus = Literal["created", "running", "complete", "failed"]
+
+
+class Build(Model):
+    id: str = Field(examples=["BAPRZPQKXNE"], description="B + 10 capital letters.")
+    app: str
+    status: BuildStatus
+    description: str = ""
+    manifest: str = ""
+    release: str = ""
+    started: datetime | None = None
+    ended: datetime | None = None
+
+
+class Release(Model):
+    id: str = Field(examples=["RNJYVQUMKKU"], description="R + 10 capital letters.")
+    app: str
+    build: str = ""
+    env: dict[str, str] = Field(default_factory=dict)
+    manifest: str = ""
+    description: str = ""
+    created: datetime | None = None
+
+
+class Formation(Model):
+    name: str
+    count: int
+    running: int = 0
+    memory: int = 0
+    ports: list[str] = Field(default_factory=list)
+    balancer: str = ""
+
+
+class Resource(Model):
+    """A backing service (postgres, mysql, redis) and the apps it is linked to."""
+
+    name: str
+    type: Literal["postgres", "mysql", "redis"]
+    status: str
+    url: str = ""
+    apps: list[str] = Field(default_factory=list)
+
+
+class LogEntry(Model):
+    """One line of an app's log: `TIMESTAMP SERVICE:RELEASE/PID LINE`."""
+
+    timestamp: datetime
+    service: str
+    release: str = ""
+    pid: str = ""
+    line: str

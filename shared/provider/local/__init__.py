@@ -1,0 +1,48 @@
+"""The embedded provider: Docker Engine (aiodocker) for containers, SQLite for state, files for objects."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from shared import __version__
+from shared.config import LocalProviderSettings, RackSettings
+from shared.models import System
+from shared.provider.local.apps import LocalApps
+from shared.provider.local.docker import Docker
+from shared.provider.local.processes import LocalProcesses
+from shared.provider.local.state import State
+
+
+class LocalSystem:
+    def __init__(self, rack: str) -> None:
+        self.rack = rack
+
+    async def get(self) -> System:
+        return System(name=self.rack, version=__version__, provider="local", status="running")
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, settings: RackSettings, local: LocalProviderSettings | None = None) -> None:
+        local = local or LocalProviderSettings()
+        self.settings = settings
+        self.state = State(settings.data_dir / "state.db")
+        self.docker = Docker(local.docker_url)
+        self.apps = LocalApps(self.state, self.docker, settings.name)
+        self.system = LocalSystem(settings.name)
+        self.processes = LocalProcesses(self.docker, self.apps, settings.name)
+
+    async def __aenter__(self) -> Self:
+        await self.state.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.docker.close()
+        await self.state.close()
