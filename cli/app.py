@@ -29,7 +29,9 @@ app.add_typer(apps_app, name="apps")
 app.add_typer(rack_app, name="rack")
 app.add_typer(api_app, name="api")
 
-AppOption = Annotated[str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")]
+AppOption = Annotated[
+    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+]
 
 
 def client() -> Client:
@@ -62,8 +64,9 @@ def apps_list(ctx: typer.Context) -> None:
 
 
 @apps_app.command("create")
-def apps_create(name: Annotated[str | None, typer.Argument(help="The new app's name.")] = None,
-                app_opt: AppOption = None) -> None:
+def apps_create(
+    name: Annotated[str | None, typer.Argument(help="The new app's name.")] = None, app_opt: AppOption = None
+) -> None:
     """Create an app."""
     name = name or resolve_app(app_opt)
     with client() as c, output.step(f"Creating app {name}"):
@@ -76,8 +79,14 @@ def apps_info(name: Annotated[str | None, typer.Argument(help="The app.")] = Non
     name = name or resolve_app(app_opt)
     with client() as c:
         data = c.get(f"/apps/{name}")
-    output.info([("Name", data["name"]), ("Status", data["status"]), ("Release", data["release"]),
-                 ("Balancer", data["balancer"])])
+    output.info(
+        [
+            ("Name", data["name"]),
+            ("Status", data["status"]),
+            ("Release", data["release"]),
+            ("Balancer", data["balancer"]),
+        ]
+    )
 
 
 @apps_app.command("delete")
@@ -96,8 +105,15 @@ def rack_info(ctx: typer.Context) -> None:
     rack = current_rack()
     with Client(rack) as c:
         data = c.get("/system")
-    output.info([("Name", data["name"]), ("Provider", data["provider"]), ("Status", data["status"]),
-                 ("Version", data["version"]), ("Host", rack.host)])
+    output.info(
+        [
+            ("Name", data["name"]),
+            ("Provider", data["provider"]),
+            ("Status", data["status"]),
+            ("Version", data["version"]),
+            ("Host", rack.host),
+        ]
+    )
 
 
 @rack_app.command("start")
@@ -113,7 +129,7 @@ def rack_start(
     from services.supervisor import Supervisor, ensure_password
     from shared.config import RackSettings
 
-    settings = RackSettings(**({"data_dir": data_dir} if data_dir else {}))
+    settings = RackSettings(data_dir=data_dir) if data_dir else RackSettings()
     directory = settings.data_dir.expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     password, generated = ensure_password(directory, os.environ.get("CONVOX_PASSWORD"))

@@ -31,7 +31,9 @@ class Client:
         except httpx.HTTPError as exc:
             raise CliError(f"rack at {self.rack.host}: {type(exc).__name__}") from None
         if response.status_code == 401:
-            raise CliError(f"invalid password for {self.rack.host} (run `convox login {self.rack.host} --password ...`)")
+            raise CliError(
+                f"invalid password for {self.rack.host} (run `convox login {self.rack.host} --password ...`)"
+            )
         if response.status_code >= 400:
             raise CliError(error_message(response))
         if response.status_code == 204 or not response.content:

@@ -69,12 +69,15 @@ class Supervisor:
         self.rack = rack
         self.secret = secrets.token_hex(32)
         self.stopping = asyncio.Event()
-        self.lines: asyncio.Queue[str] = asyncio.Queue(maxsize=10_000)
+        self.lines: asyncio.Queue[str | None] = asyncio.Queue(maxsize=10_000)
         python = sys.executable
         common = ["--data-dir", str(data_dir)]
         self.children = [
-            Child(name, [python, "-m", f"services.{name}", "--socket", str(self.run_dir / f"{name}.sock"), *common],
-                  self.run_dir / f"{name}.sock")
+            Child(
+                name,
+                [python, "-m", f"services.{name}", "--socket", str(self.run_dir / f"{name}.sock"), *common],
+                self.run_dir / f"{name}.sock",
+            )
             for name in SERVICES
         ]
         self.children.append(
@@ -100,11 +103,13 @@ class Supervisor:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         handle = await asyncio.to_thread(open, self.log_path, "a", encoding="utf-8")
         try:
-            while True:
+            done = False
+            while not done:
                 batch = [await self.lines.get()]
                 while not self.lines.empty():
                     batch.append(self.lines.get_nowait())
-                await asyncio.to_thread(self._write, handle, "".join(batch))
+                done = None in batch
+                await asyncio.to_thread(self._write, handle, "".join(line for line in batch if line))
         finally:
             await asyncio.to_thread(handle.close)
 
@@ -116,8 +121,12 @@ class Supervisor:
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("CONVOX_PASSWORD", None)
-        env.update(RACK_INTERNAL_SECRET=self.secret, RACK_DATA_DIR=str(self.data_dir), RACK_NAME=self.rack,
-                   PYTHONUNBUFFERED="1")
+        env.update(
+            RACK_INTERNAL_SECRET=self.secret,
+            RACK_DATA_DIR=str(self.data_dir),
+            RACK_NAME=self.rack,
+            PYTHONUNBUFFERED="1",
+        )
         return env
 
     async def spawn(self, child: Child) -> None:
@@ -146,8 +155,9 @@ class Supervisor:
             for c in self.children
             if c.process is not None and c.process.returncode is None
         ]
-        entries.insert(0, {"name": "supervisor", "pid": os.getpid(), "started": self.began,
-                           "command": "convox rack start"})
+        entries.insert(
+            0, {"name": "supervisor", "pid": os.getpid(), "started": self.began, "command": "convox rack start"}
+        )
         path = self.run_dir / "processes.json"
         await asyncio.to_thread(self._replace, path, json.dumps(entries))
 
@@ -157,7 +167,7 @@ class Supervisor:
         tmp.write_text(text)
         tmp.replace(path)
 
-    async def ready(self, child: Child, timeout: float = 30.0) -> None:
+    async def ready(self, child: Child, within: float = 30.0) -> None:
         """Wait until the child answers ``GET /check``."""
         if child.socket is not None:
             transport = httpx.AsyncHTTPTransport(uds=str(child.socket))
@@ -165,7 +175,7 @@ class Supervisor:
         else:
             transport = httpx.AsyncHTTPTransport()
             base = self.url
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         async with httpx.AsyncClient(transport=transport, base_url=base, timeout=2.0) as client:
             while True:
                 with contextlib.suppress(httpx.TransportError, OSError):
@@ -175,7 +185,7 @@ class Supervisor:
                 if child.process is not None and child.process.returncode is not None:
                     raise RuntimeError(f"{child.name} exited with code {child.process.returncode} at start")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{child.name} did not answer within {timeout:.0f}s")
+                    raise RuntimeError(f"{child.name} did not answer within {within:.0f}s")
                 await asyncio.sleep(0.05)
 
     async def watch(self, child: Child) -> None:
@@ -245,9 +255,9 @@ class Supervisor:
             await self.stop_children()
             with contextlib.suppress(FileNotFoundError):
                 (self.run_dir / "processes.json").unlink()
-            await asyncio.sleep(0)
-            while not self.lines.empty():
-                await asyncio.sleep(0.01)
+            await self.lines.put(None)  # the writer's last batch
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(writer), 5)
             writer.cancel()
             await asyncio.gather(writer, *watchers, return_exceptions=True)
         return code

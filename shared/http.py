@@ -34,8 +34,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "path", "query"))
-        msg = str(err.get("msg", "invalid"))
-        parts.append(f"{loc}: {msg}" if loc else msg)
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc and err.get("type") != "value_error" else msg)
     return "; ".join(parts) or "invalid request"
 
 
@@ -64,8 +64,9 @@ def install_error_handlers(app: FastAPI, log: Logger) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
-async def deny(scope: Scope, receive: Receive, send: Send, status: int, message: str,
-               headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+async def deny(
+    scope: Scope, receive: Receive, send: Send, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     """Refuse an HTTP request or a websocket handshake with ``{"error": message}``."""
     body = error_body(message)
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]

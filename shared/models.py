@@ -6,14 +6,33 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 APP_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,29}$"
 APP_NAME_RE = re.compile(APP_NAME_PATTERN)
 RACK_APP = "convox"
 """The name under which the rack shows itself (`convox ps --app convox`); never a user's app."""
 
-AppName = Annotated[str, StringConstraints(pattern=APP_NAME_PATTERN)]
+
+def invalid_app_name(name: str) -> str:
+    """The message for a name that is not an app name."""
+    return (
+        f"invalid app name: {name!r} (lowercase letters, digits and dashes, starting with a letter, "
+        "at most 30 characters)"
+    )
+
+
+def _check_app_name(name: str) -> str:
+    if not APP_NAME_RE.match(name):
+        raise ValueError(invalid_app_name(name))
+    return name
+
+
+AppName = Annotated[
+    str,
+    AfterValidator(_check_app_name),
+    WithJsonSchema({"type": "string", "pattern": APP_NAME_PATTERN, "maxLength": 30}),
+]
 AppStatus = Literal["creating", "running", "updating", "deleting", "rollback", "failed"]
 
 

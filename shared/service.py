@@ -49,8 +49,9 @@ def build_service(
     return app
 
 
-def main(name: str, routers: Sequence[APIRouter], argv: Sequence[str] | None = None,
-         tags: list[dict[str, Any]] | None = None) -> None:
+def main(
+    name: str, routers: Sequence[APIRouter], argv: Sequence[str] | None = None, tags: list[dict[str, Any]] | None = None
+) -> None:
     """``python -m services.NAME --socket PATH``: what the supervisor runs for each service."""
     from shared.serve import serve
 

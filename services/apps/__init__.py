@@ -14,6 +14,7 @@ ROUTERS = [router]
 TAGS = [{"name": "apps", "description": "Apps on the rack"}, {"name": "system", "description": "The rack"}]
 
 
-def create_app(settings: RackSettings | None = None, provider: Provider | None = None,
-               internal: bool = True) -> FastAPI:
+def create_app(
+    settings: RackSettings | None = None, provider: Provider | None = None, internal: bool = True
+) -> FastAPI:
     return build_service(NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Path, Response
 
 from shared.logfmt import Logger
@@ -13,8 +15,8 @@ log = Logger("apps")
 router = APIRouter()
 
 AppPath = Path(description="The app's name.", examples=["myapp"])
-NOT_FOUND = {404: {"model": Error, "description": "No such app"}}
-BAD_INPUT = {400: {"model": Error, "description": "Bad input"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such app"}}
+BAD_INPUT: dict[int | str, dict[str, Any]] = {400: {"model": Error, "description": "Bad input"}}
 
 
 @router.get("/apps", name="app_list", tags=["apps"], summary="List apps")
@@ -57,6 +59,3 @@ async def app_delete(app: str = AppPath, provider: Provider = Depends(provider_o
 @router.get("/system", name="system_get", tags=["system"], summary="Show the rack")
 async def system_get(provider: Provider = Depends(provider_of)) -> System:
     return await provider.system.get()
-
-
-

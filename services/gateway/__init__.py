@@ -55,8 +55,14 @@ class RequestLog:
             elapsed = (time.perf_counter() - start) * 1000
             method = "WS" if scope["type"] == "websocket" else scope["method"]
             state = "success" if 0 < status < 400 else "error"
-            log.log("request", state=state, status=status or 500, method=Quoted(method),
-                    path=Quoted(scope["path"]), elapsed=elapsed)
+            log.log(
+                "request",
+                state=state,
+                status=status or 500,
+                method=Quoted(method),
+                path=Quoted(scope["path"]),
+                elapsed=elapsed,
+            )
 
 
 def create_app(password: str, upstreams: Upstreams) -> FastAPI:
@@ -65,8 +71,9 @@ def create_app(password: str, upstreams: Upstreams) -> FastAPI:
         yield
         await upstreams.close()
 
-    app = FastAPI(title="Convox Rack API", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="Convox Rack API", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     install_error_handlers(app, log)
     app.mount("/docs/assets", StaticFiles(directory=ASSETS), name="docs-assets")
 

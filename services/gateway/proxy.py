@@ -21,8 +21,17 @@ from shared.errors import NotFound, Unavailable
 
 HOP_BY_HOP = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-        "transfer-encoding", "upgrade", "host", "authorization", "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "authorization",
+        "content-length",
     }
 )
 WS_HANDSHAKE = frozenset(
@@ -52,7 +61,9 @@ class Upstreams:
     async def close(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self.clients.values()))
 
-    def headers(self, incoming: list[tuple[str, str]], client: str | None, skip: frozenset[str]) -> list[tuple[str, str]]:
+    def headers(
+        self, incoming: list[tuple[str, str]], client: str | None, skip: frozenset[str]
+    ) -> list[tuple[str, str]]:
         out = [(k, v) for k, v in incoming if k.lower() not in skip and k.lower() != INTERNAL_HEADER]
         out.append((INTERNAL_HEADER, self.secret))
         if client:
@@ -102,7 +113,7 @@ class Upstreams:
                 str(self.sockets[service]),
                 f"ws://{service}{path}",
                 additional_headers=self.headers(websocket.headers.items(), client_host, skip),
-                subprotocols=subprotocols,  # type: ignore[arg-type]
+                subprotocols=subprotocols,
                 max_size=None,
                 ping_interval=20,
                 ping_timeout=60,
@@ -110,11 +121,10 @@ class Upstreams:
             )
         except InvalidStatus as exc:
             await websocket.send_denial_response(
-                Response(exc.response.body or b"", status_code=exc.response.status_code,
-                         media_type="application/json")
+                Response(exc.response.body or b"", status_code=exc.response.status_code, media_type="application/json")
             )
             return
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             raise Unavailable(f"{service} service unavailable") from None
         await websocket.accept(subprotocol=upstream.subprotocol)
 
@@ -146,7 +156,7 @@ class Upstreams:
 
         tasks = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
         try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if tasks[0] in done:
                 # the client went away: give the service a moment to see the close, then stop relaying
                 with contextlib.suppress(asyncio.TimeoutError):

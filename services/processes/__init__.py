@@ -12,6 +12,7 @@ NAME = "processes"
 ROUTERS: list[APIRouter] = []
 
 
-def create_app(settings: RackSettings | None = None, provider: Provider | None = None,
-               internal: bool = True) -> FastAPI:
+def create_app(
+    settings: RackSettings | None = None, provider: Provider | None = None, internal: bool = True
+) -> FastAPI:
     return build_service(NAME, ROUTERS, settings=settings, provider=provider, internal=internal)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import aiosqlite
 
 from shared.errors import BadRequest, Conflict, NotFound
-from shared.models import APP_NAME_RE, RACK_APP, App
+from shared.models import APP_NAME_RE, RACK_APP, App, invalid_app_name
 from shared.provider.local.docker import LABEL_APP, LABEL_RACK, Docker
 from shared.provider.local.state import State
 
@@ -18,10 +18,7 @@ def _app(row: aiosqlite.Row) -> App:
 
 def check_name(name: str) -> None:
     if not APP_NAME_RE.match(name):
-        raise BadRequest(
-            f"invalid app name: {name!r} (lowercase letters, digits and dashes, starting with a letter, "
-            "at most 30 characters)"
-        )
+        raise BadRequest(invalid_app_name(name))
 
 
 class LocalApps:

@@ -66,8 +66,9 @@ class Docker:
         return dict(container._container)
 
     async def run(self, config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
-        async with translated("container"):
+        async with translated(f"image {config.get('Image', '')}"):
             container = await self.client.containers.create(config, name=name)
+        async with translated("container"):
             try:
                 await container.start()
             except BaseException:

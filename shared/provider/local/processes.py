@@ -41,7 +41,7 @@ def to_process(container: dict[str, Any]) -> Process:
     if "Command" in container:
         command = container["Command"]
     else:
-        command = shlex.join([*(container.get("Path") and [container["Path"]] or []), *container.get("Args", [])])
+        command = shlex.join([*((container.get("Path") and [container["Path"]]) or []), *container.get("Args", [])])
     state = container.get("State")
     status = state.get("Status", "running") if isinstance(state, dict) else (state or "running")
     started = _started(state.get("StartedAt") if isinstance(state, dict) else container.get("Created"))

@@ -1,0 +1,5 @@
+"""``python -m bench [NAME ...] [--repeat N]``."""
+
+from bench.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""The registry of cases: name -> ``"module:function"``, imported only when the case runs.
+
+A case is a module here with a function ``run(ctx: Context) -> Result``; the table lists cases in the
+order below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.context import Context
+    from bench.result import Result
+
+Case = Callable[["Context"], "Result"]
+
+CASES: dict[str, str] = {
+    "version": "bench.cases.version:run",  # issue #2: `convox --version` startup vs `docker --version`
+}
+
+
+def load(name: str) -> Case:
+    module_name, _, attr = CASES[name].partition(":")
+    case: Case = getattr(importlib.import_module(module_name), attr)
+    return case
+
+
+def describe(name: str) -> str:
+    """The first line of the case module's docstring."""
+    module = importlib.import_module(CASES[name].partition(":")[0])
+    return (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""

@@ -1,0 +1,177 @@
+"""Fixtures that start real things and clean up after themselves.
+
+Every container a test run starts carries the label ``convox.rack=<this run's rack name>`` and is removed
+when the run ends. Docker tests fail (never skip) when no engine answers: `make test` starts one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+RUN_ID = secrets.token_hex(4)
+RACK_NAME = f"test-{RUN_ID}"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def remove_labelled_containers(rack: str) -> None:
+    docker = shutil.which("docker")
+    if docker is None:
+        return
+    ids = subprocess.run(
+        [docker, "ps", "-aq", "--filter", f"label=convox.rack={rack}"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    if ids:
+        subprocess.run([docker, "rm", "-f", "-v", *ids], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> str:
+    """The Docker Engine's socket; the run fails here when no engine answers."""
+    result = (
+        subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, check=False
+        )
+        if shutil.which("docker")
+        else None
+    )
+    if result is None or result.returncode != 0:
+        pytest.fail("no Docker Engine answers: run `make docker` (or `make test`, which starts one)")
+    return result.stdout.strip()
+
+
+@dataclass
+class RunningRack:
+    url: str
+    host: str
+    password: str
+    data_dir: Path
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def env(self, config_dir: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(CONVOX_HOST=self.url, CONVOX_PASSWORD=self.password, CONVOX_CONFIG=str(config_dir))
+        return env
+
+
+def start_rack(
+    data_dir: Path, name: str, password: str | None = "test-password-" + RUN_ID, port: int | None = None
+) -> RunningRack:
+    port = port or free_port()
+    env = dict(os.environ, RACK_NAME=name, PYTHONUNBUFFERED="1")
+    env.pop("CONVOX_PASSWORD", None)
+    if password:
+        env["CONVOX_PASSWORD"] = password
+    log = data_dir.parent / f"{data_dir.name}.log"
+    with log.open("ab") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "rack", "start", "--port", str(port), "--data-dir", str(data_dir)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"rack exited with {process.returncode}: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/check", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError(f"rack did not answer within 60s: {log.read_text()[-3000:]}")
+    stored = (data_dir / "password").read_text().strip()
+    return RunningRack(url, f"127.0.0.1:{port}", stored, data_dir, name, process, log)
+
+
+def stop_rack(rack: RunningRack) -> None:
+    if rack.process.poll() is None:
+        rack.process.send_signal(signal.SIGTERM)
+        try:
+            rack.process.wait(30)
+        except subprocess.TimeoutExpired:
+            rack.process.kill()
+            rack.process.wait()
+
+
+@pytest.fixture(scope="session")
+def rack(tmp_path_factory: pytest.TempPathFactory, docker_engine: str) -> Iterator[RunningRack]:
+    """A rack started as a user starts it (`convox rack start`), shared by the session's tests."""
+    data_dir = tmp_path_factory.mktemp("rack") / "data"
+    running = start_rack(data_dir, RACK_NAME)
+    try:
+        yield running
+    finally:
+        stop_rack(running)
+        remove_labelled_containers(RACK_NAME)
+
+
+@dataclass
+class Cli:
+    env: dict[str, str]
+    cwd: Path
+
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = False, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.cwd,
+            input=input,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"convox {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+
+@pytest.fixture
+def cli(rack: RunningRack, tmp_path: Path) -> Cli:
+    """`convox ...` as a user runs it against the session's rack (CONVOX_HOST + CONVOX_PASSWORD)."""
+    config = tmp_path / "convox-config"
+    work = tmp_path / "work"
+    work.mkdir()
+    env = rack.env(config)
+    env["PYTHONPATH"] = str(ROOT)
+    return Cli(env, work)
+
+
+@pytest.fixture
+def app_name() -> str:
+    """A fresh app name per test."""
+    return f"app-{secrets.token_hex(3)}"
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_engine: str) -> str:
+    from tests.images import ensure_busybox_image
+
+    return ensure_busybox_image()

@@ -1,0 +1,93 @@
+"""A fake provider: the seam API tests use instead of Docker and SQLite. It keeps the contract's rules
+(names, duplicates, unknown apps) so that the API's rendering of them can be tested without a daemon."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from shared.errors import Conflict, NotFound
+from shared.models import App, Process, ProcessRunOptions, System
+from shared.provider.local.apps import check_name
+
+
+class FakeApps:
+    def __init__(self) -> None:
+        self.apps: dict[str, App] = {}
+
+    async def create(self, name: str) -> App:
+        check_name(name)
+        if name in self.apps or name == "convox":
+            raise Conflict(f"app already exists: {name}")
+        self.apps[name] = App(name=name, status="running")
+        return self.apps[name]
+
+    async def get(self, name: str) -> App:
+        check_name(name)
+        try:
+            return self.apps[name]
+        except KeyError:
+            raise NotFound(f"no such app: {name}") from None
+
+    async def list(self) -> list[App]:
+        return sorted(self.apps.values(), key=lambda a: a.name)
+
+    async def delete(self, name: str) -> None:
+        await self.get(name)
+        del self.apps[name]
+
+
+class FakeSystem:
+    async def get(self) -> System:
+        return System(name="fake", version="0", provider="fake", status="running")
+
+
+class FakeProcesses:
+    def __init__(self, apps: FakeApps) -> None:
+        self.apps = apps
+        self.processes: dict[str, Process] = {}
+
+    async def run(self, app: str, options: ProcessRunOptions) -> Process:
+        await self.apps.get(app)
+        process = Process(
+            id=f"{len(self.processes):012x}",
+            app=app,
+            name=options.service,
+            command=" ".join(options.command),
+            image=options.image,
+        )
+        self.processes[process.id] = process
+        return process
+
+    async def list(self, app: str) -> list[Process]:
+        await self.apps.get(app)
+        return [p for p in self.processes.values() if p.app == app]
+
+    async def get(self, app: str, pid: str) -> Process:
+        process = self.processes.get(pid)
+        if process is None or process.app != app:
+            raise NotFound(f"no such process: {pid}")
+        return process
+
+    async def stop(self, app: str, pid: str) -> None:
+        await self.get(app, pid)
+        del self.processes[pid]
+
+
+class FakeProvider:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.apps = FakeApps()
+        self.system = FakeSystem()
+        self.processes = FakeProcesses(self.apps)
+        self.opened = False
+
+    async def __aenter__(self) -> Self:
+        self.opened = True
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.opened = False

@@ -1,0 +1,107 @@
+"""`convox rack start`: six supervised processes, restarts, a stored password, clean stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.conftest import RACK_NAME, start_rack, stop_rack
+
+EXPECTED = {"gateway", "apps", "processes", "logs", "builds", "provisioner"}
+
+
+def services_of(pid: int) -> dict[str, psutil.Process]:
+    found = {}
+    for child in psutil.Process(pid).children(recursive=True):
+        cmdline = child.cmdline()
+        if "-m" in cmdline:
+            module = cmdline[cmdline.index("-m") + 1]
+            found[module.removeprefix("services.")] = child
+    return found
+
+
+def test_each_service_is_its_own_process_named_by_its_command_line(tmp_path: Path, docker_engine: str) -> None:
+    rack = start_rack(tmp_path / "data", RACK_NAME + "-sup1")
+    try:
+        assert set(services_of(rack.process.pid)) == EXPECTED
+    finally:
+        stop_rack(rack)
+
+
+def test_a_service_killed_is_restarted_within_two_seconds_and_keeps_its_state(
+    tmp_path: Path, docker_engine: str
+) -> None:
+    rack = start_rack(tmp_path / "data", RACK_NAME + "-sup2")
+    auth = ("x", rack.password)
+    try:
+        assert httpx.post(f"{rack.url}/apps", json={"name": "survivor"}, auth=auth).status_code == 201
+        old = services_of(rack.process.pid)["apps"]
+        old.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        while True:
+            response = httpx.get(f"{rack.url}/apps/survivor", auth=auth)
+            if response.status_code == 200:
+                break
+            assert time.monotonic() - killed < 2.0, "apps did not come back within 2 s"
+            time.sleep(0.02)
+        new = services_of(rack.process.pid)["apps"]
+        assert new.pid != old.pid
+        log = (rack.data_dir / "logs" / "rack.log").read_text()
+        assert "at=exit service=apps code=-9" in log
+        assert "at=restart service=apps" in log
+    finally:
+        stop_rack(rack)
+
+
+def test_state_and_password_survive_a_rack_restart(tmp_path: Path, docker_engine: str) -> None:
+    data = tmp_path / "data"
+    first = start_rack(data, RACK_NAME + "-sup3")
+    auth = ("x", first.password)
+    httpx.post(f"{first.url}/apps", json={"name": "durable"}, auth=auth).raise_for_status()
+    stop_rack(first)
+    second = start_rack(data, RACK_NAME + "-sup3", password="ignored-after-first-start")
+    try:
+        assert second.password == first.password
+        response = httpx.get(f"{second.url}/apps/durable", auth=auth)
+        assert response.status_code == 200
+    finally:
+        stop_rack(second)
+
+
+def test_generated_password_is_stored_privately_and_printed_once(tmp_path: Path, docker_engine: str) -> None:
+    data = tmp_path / "data"
+    first = start_rack(data, RACK_NAME + "-sup4", password=None)
+    stop_rack(first)
+    password_file = data / "password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert len(first.password) >= 24
+    output = first.log.read_text()
+    assert output.count(first.password) == 1
+    second = start_rack(data, RACK_NAME + "-sup4", password=None)
+    stop_rack(second)
+    assert second.log.read_text().count(first.password) == 1  # the same log file: still only the first time
+
+
+def test_sigterm_stops_every_process(tmp_path: Path, docker_engine: str) -> None:
+    rack = start_rack(tmp_path / "data", RACK_NAME + "-sup5")
+    children = list(services_of(rack.process.pid).values())
+    rack.process.send_signal(signal.SIGTERM)
+    assert rack.process.wait(20) == 0
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert alive == []
+    assert not (rack.data_dir / "run" / "processes.json").exists()
+
+
+def test_sigint_stops_every_process(tmp_path: Path, docker_engine: str) -> None:
+    rack = start_rack(tmp_path / "data", RACK_NAME + "-sup6")
+    children = list(services_of(rack.process.pid).values())
+    os.kill(rack.process.pid, signal.SIGINT)
+    assert rack.process.wait(20) == 0
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert alive == []
