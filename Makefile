@@ -1,0 +1,84 @@
+# Rack: install, run and test plumbing.
+#
+#   make run      install, make sure a Docker Engine answers, start the rack in the foreground
+#   make test     install, Docker Engine, test tools, lint, then the whole test suite
+#
+# See `make help` for the other targets.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# `make run HOST=0.0.0.0 PORT=5443 DATA_DIR=/srv/rack`: each is passed on only when set.
+RUN_ARGS := $(if $(HOST),--host '$(HOST)') $(if $(PORT),--port '$(PORT)') $(if $(DATA_DIR),--data-dir '$(DATA_DIR)')
+PYTEST_ARGS ?=
+BENCH_ARGS  ?=
+
+.PHONY: help install docker test-tools lint test run bench clean distclean
+
+help:
+	@echo "make run         install, start a Docker Engine if needed, run the rack (HOST= PORT= DATA_DIR=)"
+	@echo "make test        install, Docker Engine, test tools, lint, then pytest (PYTEST_ARGS=)"
+	@echo "make install     create .venv and install the project with its dev extras (.venv/bin/convox)"
+	@echo "make docker      make sure a Docker Engine answers (installs/starts dockerd as root on Debian)"
+	@echo "make test-tools  install what the tests need beyond Python (chromium, busybox-static, tmux)"
+	@echo "make lint        ruff check + mypy (strict) on cli, services, shared"
+	@echo "make bench       run the benchmarks (python -m bench, BENCH_ARGS=)"
+	@echo "make clean       remove caches; make distclean also removes .venv"
+
+# ---- install -----------------------------------------------------------------------------------
+# The stamp is newer than pyproject.toml once the install succeeded: a second `make install` is a no-op.
+$(STAMP): pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then \
+	  echo "creating $(VENV) with $$(command -v $(PYTHON))"; \
+	  $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	    echo "ERROR: '$(PYTHON) -m venv' failed; Python >= 3.11 with venv is needed (Debian: apt-get install python3-venv)" >&2; \
+	    exit 1; }; \
+	fi
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	@test -x $(BIN)/convox || { echo "ERROR: $(BIN)/convox was not installed" >&2; exit 1; }
+	@touch $@
+
+install: $(STAMP)
+
+# ---- system prerequisites ----------------------------------------------------------------------
+docker:
+	@bash scripts/ensure-docker.sh
+
+test-tools:
+	@bash scripts/ensure-test-tools.sh
+
+# ---- checks ------------------------------------------------------------------------------------
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy cli services shared
+
+# pytest's exit code 5 ("no tests collected") fails like any other non-zero code.
+test: install docker test-tools
+	@$(MAKE) --no-print-directory lint
+	@$(BIN)/pytest -q $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; fi; \
+	  exit $$rc
+
+# ---- run ---------------------------------------------------------------------------------------
+run: install docker
+	exec $(BIN)/convox rack start $(RUN_ARGS)
+
+bench: install docker
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# ---- images ------------------------------------------------------------------------------------
+# (reserved: `make images`, the offline base and backing-service images, comes with a later issue)
+
+# ---- housekeeping ------------------------------------------------------------------------------
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache dist build
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
