@@ -125,3 +125,9 @@ def test_requests_are_logged_in_logfmt_without_the_password(rack: RunningRack) -
         pytest.fail("no request line for GET /apps in the rack log")
     assert rack.password not in log.read_text()
     assert rack.password not in rack.log.read_text()
+
+
+def test_proxied_responses_carry_one_date_and_server_header(rack: RunningRack) -> None:
+    response = httpx.get(f"{rack.url}/apps", auth=("x", rack.password))
+    assert len(response.headers.get_list("date")) == 1
+    assert len(response.headers.get_list("server")) == 1

@@ -34,6 +34,8 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+OWN_HEADERS = frozenset({"date", "server"})
+"""Headers the gateway's own server writes; a service's copies are dropped rather than doubled."""
 WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
@@ -91,7 +93,7 @@ class Upstreams:
             response = await client.send(upstream, stream=True)
         except (httpx.TransportError, OSError):
             raise Unavailable(f"{service} service unavailable") from None
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP | OWN_HEADERS}
 
         async def body() -> AsyncIterator[bytes]:
             async for chunk in response.aiter_raw():
