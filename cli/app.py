@@ -156,6 +156,16 @@ def api_get(path: Annotated[str, typer.Argument(help="An API path, such as /apps
         output.pretty_json(c.get(path))
 
 
+def _register_commands() -> None:
+    from cli import cmd_builds, cmd_init, cmd_processes, cmd_releases
+
+    for module in (cmd_builds, cmd_releases, cmd_processes, cmd_init):
+        module.register(app)
+
+
+_register_commands()
+
+
 def run(argv: Sequence[str]) -> int:
     """Run a command; every failure becomes ``ERROR: ...`` on stderr and a non-zero exit, never a traceback."""
     command = typer.main.get_command(app)

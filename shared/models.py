@@ -104,10 +104,11 @@ class Build(Model):
     app: str
     status: BuildStatus
     description: str = ""
-    manifest: str = ""
-    release: str = ""
+    manifest: str = Field("", description="The manifest as JSON (shared.manifest.Manifest).")
+    release: str = Field("", description="The release this build made, once complete.")
     started: datetime | None = None
     ended: datetime | None = None
+    error: str = ""
 
 
 class Release(Model):
@@ -115,18 +116,31 @@ class Release(Model):
     app: str
     build: str = ""
     env: dict[str, str] = Field(default_factory=dict)
-    manifest: str = ""
+    manifest: str = Field("", description="The manifest as JSON (shared.manifest.Manifest).")
     description: str = ""
     created: datetime | None = None
 
 
+class BuildOptions(Model):
+    description: str = ""
+    manifest: str = Field("", description="The manifest's path in the source; convox.yml by default.")
+    no_cache: bool = False
+
+
 class Formation(Model):
+    """A process type of the active release: how many run, with what memory, where its balancer answers."""
+
     name: str
     count: int
     running: int = 0
     memory: int = 0
     ports: list[str] = Field(default_factory=list)
-    balancer: str = ""
+    balancer: str = Field("", description="host:port a client connects to, for a type with a public port.")
+
+
+class FormationUpdate(Model):
+    count: int | None = Field(None, ge=0, le=100)
+    memory: int | None = Field(None, ge=4, le=1_048_576, description="MB")
 
 
 class Resource(Model):

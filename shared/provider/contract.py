@@ -13,13 +13,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
+from shared.manifest import Manifest
 from shared.models import (
     App,
     Build,
+    BuildOptions,
     Formation,
+    FormationUpdate,
     LogEntry,
     Process,
     ProcessRunOptions,
@@ -50,18 +54,47 @@ class ProcessesAPI(Protocol):
 
 
 class BuildsAPI(Protocol):
-    async def create(self, app: str, source: AsyncIterator[bytes], description: str) -> Build: ...
+    async def create(self, app: str, context: Path, manifest: Manifest, options: BuildOptions) -> Build:
+        """Record a build of the source tree at ``context`` (already extracted safely, its manifest parsed)
+        and start building it in the background; the provider owns ``context`` from here on. A build that
+        completes makes a release (not promoted); one that fails makes none."""
+        ...
+
     async def get(self, app: str, build_id: str) -> Build: ...
-    async def list(self, app: str) -> list[Build]: ...
-    def logs(self, app: str, build_id: str) -> AsyncIterator[bytes]: ...
+    async def list(self, app: str, limit: int = 20) -> list[Build]: ...
+
+    def logs(self, app: str, build_id: str, follow: bool = True) -> AsyncIterator[bytes]:
+        """The build's output so far, then (``follow``) what it writes until it ends."""
+        ...
 
 
 class ReleasesAPI(Protocol):
-    async def create(self, app: str, build: str | None = None, env: dict[str, str] | None = None) -> Release: ...
+    async def create(
+        self, app: str, *, build: str | None = None, env: dict[str, str] | None = None, description: str = ""
+    ) -> Release:
+        """A new release; what is not given is copied from the app's latest release."""
+        ...
+
     async def get(self, app: str, release_id: str) -> Release: ...
-    async def formation(self, app: str) -> list[Formation]: ...
-    async def promote(self, app: str, release_id: str) -> None: ...
-    async def list(self, app: str) -> list[Release]: ...
+    async def environment(self, app: str) -> dict[str, str]:
+        """The environment of the app's latest release (``{}`` before the first)."""
+        ...
+
+    async def promote(self, app: str, release_id: str) -> App:
+        """Start rolling the release out; the app is ``updating`` until it is ``running`` or ``failed``."""
+        ...
+
+    async def list(self, app: str, limit: int = 20) -> list[Release]: ...
+
+
+class FormationAPI(Protocol):
+    async def get(self, app: str) -> list[Formation]: ...
+    async def scale(self, app: str, service: str, update: FormationUpdate) -> Formation: ...
+
+    async def adopt(self) -> None:
+        """Take charge of what runs after a (re)start of the rack: adopt running processes, serve the
+        balancers, keep the counts. Called once by the service that owns formation."""
+        ...
 
 
 class LogsAPI(Protocol):
@@ -84,6 +117,9 @@ class Provider(Protocol):
     apps: AppsAPI
     system: SystemAPI
     processes: ProcessesAPI
+    builds: BuildsAPI
+    releases: ReleasesAPI
+    formation: FormationAPI
 
     async def __aenter__(self) -> Self: ...
 

@@ -15,6 +15,38 @@ CREATE TABLE IF NOT EXISTS apps (
     release TEXT NOT NULL DEFAULT '',
     created TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS builds (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    status TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    manifest TEXT NOT NULL DEFAULT '',
+    release TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    started TEXT,
+    ended TEXT,
+    created TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS builds_app ON builds (app, created);
+CREATE TABLE IF NOT EXISTS releases (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    app TEXT NOT NULL,
+    build TEXT NOT NULL DEFAULT '',
+    env TEXT NOT NULL DEFAULT '{}',
+    manifest TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS releases_app ON releases (app, seq);
+CREATE TABLE IF NOT EXISTS formation (
+    app TEXT NOT NULL,
+    service TEXT NOT NULL,
+    count INTEGER,
+    memory INTEGER,
+    balancer_port INTEGER,
+    PRIMARY KEY (app, service)
+);
 """
 
 
