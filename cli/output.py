@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -34,6 +35,21 @@ def info(pairs: Sequence[tuple[str, Any]]) -> None:
     width = max(len(key) for key, _ in pairs)
     for key, value in pairs:
         print(f"{key.ljust(width)}  {'' if value is None else value}")
+
+
+def ago(timestamp: str | None, now: datetime | None = None) -> str:
+    """``2015-01-01T00:00:00Z`` -> ``5 days ago`` (empty when there is no time)."""
+    if not timestamp:
+        return ""
+    then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    seconds = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size or unit == "second":
+            n = seconds // size
+            return f"{n} {unit}{'' if n == 1 else 's'} ago"
+    return ""
 
 
 def pretty_json(data: Any) -> None:

@@ -122,6 +122,7 @@ class Supervisor:
         env = dict(os.environ)
         env.pop("CONVOX_PASSWORD", None)
         env.update(
+            RACK_BALANCER_HOST=self.host,
             RACK_INTERNAL_SECRET=self.secret,
             RACK_DATA_DIR=str(self.data_dir),
             RACK_NAME=self.rack,

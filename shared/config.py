@@ -29,6 +29,7 @@ class RackSettings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     provider: str = "local"
     internal_secret: SecretStr = SecretStr("")
+    balancer_host: str = Field("127.0.0.1", description="Where apps' balancers listen (the gateway's host).")
 
     @property
     def run_dir(self) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -30,8 +30,10 @@ def build_service(
     provider: Provider | None = None,
     internal: bool = True,
     tags: list[dict[str, Any]] | None = None,
+    startup: Sequence[Callable[[Provider], Awaitable[None]]] = (),
 ) -> FastAPI:
-    """A service app. ``provider`` replaces the configured one (tests pass a fake through this seam);
+    """A service app. ``startup`` runs with the opened provider before the service answers.
+    ``provider`` replaces the configured one (tests pass a fake through this seam);
     ``internal=False`` drops the gateway-secret guard, for in-process tests only."""
     settings = settings or RackSettings()
 
@@ -40,6 +42,8 @@ def build_service(
         async with provider or load_provider(settings) as opened:
             app.state.provider = opened
             app.state.settings = settings
+            for hook in startup:
+                await hook(opened)
             yield
 
     secret = settings.internal_secret.get_secret_value() if internal else None
@@ -50,7 +54,11 @@ def build_service(
 
 
 def main(
-    name: str, routers: Sequence[APIRouter], argv: Sequence[str] | None = None, tags: list[dict[str, Any]] | None = None
+    name: str,
+    routers: Sequence[APIRouter],
+    argv: Sequence[str] | None = None,
+    tags: list[dict[str, Any]] | None = None,
+    create: Callable[[RackSettings], FastAPI] | None = None,
 ) -> None:
     """``python -m services.NAME --socket PATH``: what the supervisor runs for each service."""
     from shared.serve import serve
@@ -65,5 +73,5 @@ def main(
     settings = RackSettings(**overrides)
     if not settings.internal_secret.get_secret_value():
         sys.exit(f"ERROR: RACK_INTERNAL_SECRET is not set; services.{name} only serves the gateway")
-    app = build_service(name, routers, settings=settings, tags=tags)
+    app = create(settings) if create else build_service(name, routers, settings=settings, tags=tags)
     serve(app, uds=args.socket or settings.socket_path(name))

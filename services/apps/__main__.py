@@ -1,4 +1,4 @@
-from services.apps import NAME, ROUTERS, TAGS
+from services.apps import NAME, ROUTERS, TAGS, create_app
 from shared.service import main
 
-main(NAME, ROUTERS, tags=TAGS)
+main(NAME, ROUTERS, tags=TAGS, create=create_app)

@@ -10,7 +10,9 @@ from shared.config import LocalProviderSettings, RackSettings
 from shared.models import System
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.docker import Docker
+from shared.provider.local.formation import LocalFormation
 from shared.provider.local.processes import LocalProcesses
+from shared.provider.local.releases import LocalReleases
 from shared.provider.local.state import State
 
 
@@ -30,9 +32,14 @@ class LocalProvider:
         self.settings = settings
         self.state = State(settings.data_dir / "state.db")
         self.docker = Docker(local.docker_url)
-        self.apps = LocalApps(self.state, self.docker, settings.name)
+        self.apps = LocalApps(self.state, self.docker, settings.name, settings.balancer_host)
         self.system = LocalSystem(settings.name)
         self.processes = LocalProcesses(self.docker, self.apps, settings.name)
+        self.releases = LocalReleases(self.state, self.apps)
+        self.formation = LocalFormation(
+            self.state, self.docker, self.apps, self.releases, settings.name, settings.balancer_host
+        )
+        self.apps.on_delete.append(self.formation.forget)
 
     async def __aenter__(self) -> Self:
         await self.state.open()
@@ -44,5 +51,6 @@ class LocalProvider:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.formation.close()
         await self.docker.close()
         await self.state.close()

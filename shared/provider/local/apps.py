@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import aiosqlite
@@ -12,8 +13,8 @@ from shared.provider.local.docker import LABEL_APP, LABEL_RACK, Docker
 from shared.provider.local.state import State
 
 
-def _app(row: aiosqlite.Row) -> App:
-    return App(name=row["name"], status=row["status"], release=row["release"], balancer="")
+def _app(row: aiosqlite.Row, balancer: str = "") -> App:
+    return App(name=row["name"], status=row["status"], release=row["release"], balancer=balancer)
 
 
 def check_name(name: str) -> None:
@@ -22,10 +23,22 @@ def check_name(name: str) -> None:
 
 
 class LocalApps:
-    def __init__(self, state: State, docker: Docker, rack: str) -> None:
+    def __init__(self, state: State, docker: Docker, rack: str, balancer_host: str = "127.0.0.1") -> None:
         self.state = state
         self.docker = docker
         self.rack = rack
+        self.balancer_host = balancer_host
+        self.on_delete: list[Callable[[str], Awaitable[None]]] = []
+
+    async def _balancers(self) -> dict[str, str]:
+        """Each app's balancer: its first public process type's (by name)."""
+        rows = await self.state.fetch_all(
+            "SELECT app, balancer_port FROM formation WHERE balancer_port IS NOT NULL ORDER BY app, service"
+        )
+        found: dict[str, str] = {}
+        for row in rows:
+            found.setdefault(row["app"], f"{self.balancer_host}:{row['balancer_port']}")
+        return found
 
     async def create(self, name: str) -> App:
         check_name(name)
@@ -45,13 +58,25 @@ class LocalApps:
         row = await self.state.fetch_one("SELECT * FROM apps WHERE name = ?", (name,))
         if row is None:
             raise NotFound(f"no such app: {name}")
-        return _app(row)
+        return _app(row, (await self._balancers()).get(name, ""))
 
     async def list(self) -> list[App]:
-        return [_app(row) for row in await self.state.fetch_all("SELECT * FROM apps ORDER BY name")]
+        balancers = await self._balancers()
+        rows = await self.state.fetch_all("SELECT * FROM apps ORDER BY name")
+        return [_app(row, balancers.get(row["name"], "")) for row in rows]
+
+    async def set_status(self, name: str, status: str, release: str | None = None) -> None:
+        if release is None:
+            await self.state.execute("UPDATE apps SET status = ? WHERE name = ?", (status, name))
+        else:
+            await self.state.execute("UPDATE apps SET status = ?, release = ? WHERE name = ?", (status, release, name))
 
     async def delete(self, name: str) -> None:
         await self.get(name)
+        await self.set_status(name, "deleting")
+        for hook in self.on_delete:
+            await hook(name)
         for container in await self.docker.containers({LABEL_RACK: self.rack, LABEL_APP: name}, all=True):
             await self.docker.remove(container["Id"])
-        await self.state.execute("DELETE FROM apps WHERE name = ?", (name,))
+        for table, column in (("releases", "app"), ("builds", "app"), ("formation", "app"), ("apps", "name")):
+            await self.state.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))

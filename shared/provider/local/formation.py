@@ -1,0 +1,424 @@
+"""Formation on the local provider: roll-outs, scale, balancers, and adoption after a restart.
+
+Each process type of the active release runs ``count`` containers of its image on the rack's network
+(where it resolves as ``TYPE.APP``), with the app's environment, a memory limit and Docker's restart
+policy (so a container that exits is restarted with back-off and the count holds). A roll-out starts the
+new containers and waits for their health checks before the balancers switch and the old ones stop, so a
+failed roll-out leaves the previous release serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from shared.errors import BadRequest, Conflict, NotFound, RackError
+from shared.logfmt import Logger
+from shared.manifest import Health, Manifest
+from shared.models import App, Formation, FormationUpdate, Release
+from shared.provider.local.apps import LocalApps
+from shared.provider.local.balancer import Balancer
+from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
+from shared.provider.local.images import image_name
+from shared.provider.local.releases import LocalReleases
+from shared.provider.local.state import State
+
+log = Logger("formation")
+LABEL_MEMORY = "convox.memory"
+REFRESH_SECONDS = 2.0
+MB = 1024 * 1024
+
+
+@dataclass
+class Desired:
+    """What one process type of a release should be running."""
+
+    service: str
+    image: str
+    count: int
+    memory: int
+    env: dict[str, str]
+    command: list[str] | None
+    port: int | None
+    public: bool
+    health: Health | None
+    balancer_port: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def manifest_of(release: Release) -> Manifest:
+    if not release.manifest:
+        raise BadRequest(f"release {release.id} has no build to run")
+    return Manifest.model_validate_json(release.manifest)
+
+
+def container_ip(container: dict[str, Any], network: str) -> str:
+    networks = (container.get("NetworkSettings") or {}).get("Networks") or {}
+    return str((networks.get(network) or {}).get("IPAddress") or "")
+
+
+class LocalFormation:
+    def __init__(
+        self, state: State, docker: Docker, apps: LocalApps, releases: LocalReleases, rack: str, balancer_host: str
+    ) -> None:
+        self.state = state
+        self.docker = docker
+        self.apps = apps
+        self.releases = releases
+        self.rack = rack
+        self.balancer_host = balancer_host
+        self.network = f"convox-{rack}"
+        self.balancers: dict[tuple[str, str], Balancer] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        releases.formation = self
+
+    # ---- desired state -------------------------------------------------------------------------
+
+    async def _overrides(self, app: str) -> dict[str, dict[str, Any]]:
+        rows = await self.state.fetch_all("SELECT * FROM formation WHERE app = ?", (app,))
+        return {row["service"]: dict(row) for row in rows}
+
+    async def desired(self, release: Release) -> list[Desired]:
+        manifest = manifest_of(release)
+        overrides = await self._overrides(release.app)
+        wanted = []
+        for name, service in sorted(manifest.services.items()):
+            override = overrides.get(name, {})
+            env = manifest.service_environment(name, release.env)
+            if service.port is not None:
+                env.setdefault("PORT", str(service.port))
+            if service.image:
+                image = service.image
+            elif release.build:
+                image = image_name(self.rack, release.app, name, release.build)
+            else:
+                raise BadRequest(f"release {release.id} has no build for {name}")
+            command = service.command
+            wanted.append(
+                Desired(
+                    service=name,
+                    image=image,
+                    count=service.scale.count if override.get("count") is None else int(override["count"]),
+                    memory=service.scale.memory if override.get("memory") is None else int(override["memory"]),
+                    env=env,
+                    command=["sh", "-c", command] if isinstance(command, str) else command,
+                    port=service.port,
+                    public=service.public,
+                    health=service.health,
+                    balancer_port=override.get("balancer_port"),
+                )
+            )
+        return wanted
+
+    # ---- containers ------------------------------------------------------------------------------
+
+    async def _containers(self, app: str, all: bool = False) -> list[dict[str, Any]]:
+        found = await self.docker.containers({LABEL_RACK: self.rack, LABEL_APP: app}, all=all)
+        return [c for c in found if (c.get("Labels") or {}).get(LABEL_ONEOFF) != "true"]
+
+    async def _start(self, release: Release, want: Desired) -> dict[str, Any]:
+        labels = {
+            LABEL_RACK: self.rack,
+            LABEL_APP: release.app,
+            LABEL_TYPE: want.service,
+            LABEL_RELEASE: release.id,
+            LABEL_MEMORY: str(want.memory),
+        }
+        config: dict[str, Any] = {
+            "Image": want.image,
+            "Env": [f"{key}={value}" for key, value in sorted(want.env.items())],
+            "Labels": labels,
+            "HostConfig": {
+                "Memory": want.memory * MB,
+                "MemorySwap": want.memory * MB,
+                "RestartPolicy": {"Name": "unless-stopped"},
+                "NetworkMode": self.network,
+                "Init": True,
+            },
+            "NetworkingConfig": {"EndpointsConfig": {self.network: {"Aliases": [f"{want.service}.{release.app}"]}}},
+        }
+        if want.command:
+            config["Cmd"] = want.command
+        if want.port:
+            config["ExposedPorts"] = {f"{want.port}/tcp": {}}
+        name = f"{self.rack}-{release.app}-{want.service}-{secrets.token_hex(3)}"
+        container = await self.docker.run(config, name=name)
+        log.log("process.start", app=release.app, service=want.service, release=release.id, id=container["Id"][:12])
+        return container
+
+    async def _healthy(self, container: dict[str, Any], want: Desired) -> None:
+        """Wait until a new container passes its health check: HTTP GET on ``health`` when the manifest gives
+        one, else a TCP connect to its port; a type without a port needs only to keep running."""
+        health = want.health or Health()
+        deadline = asyncio.get_running_loop().time() + health.grace + 3 * health.timeout + 2
+        first = True
+        while True:
+            info = await self.docker.inspect(container["Id"])
+            state = info.get("State") or {}
+            if not state.get("Running") or state.get("Restarting"):
+                raise RackError(f"{want.service} exited with code {state.get('ExitCode')} before it was healthy")
+            if want.port is None:
+                if not first:
+                    return
+            elif await self._check(container_ip(info, self.network), want.port, want.health):
+                return
+            first = False
+            if asyncio.get_running_loop().time() > deadline:
+                what = f"GET {want.health.path}" if want.health else f"TCP {want.port}"
+                raise RackError(f"{want.service} failed its health check ({what})")
+            await asyncio.sleep(min(1.0, health.interval))
+
+    @staticmethod
+    async def _check(ip: str, port: int, health: Health | None) -> bool:
+        if not ip:
+            return False
+        if health is None:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 2)
+            except (OSError, TimeoutError):
+                return False
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return True
+        try:
+            async with httpx.AsyncClient(timeout=health.timeout) as client:
+                response = await client.get(f"http://{ip}:{port}{health.path}")
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 400
+
+    async def _balancer(self, app: str, want: Desired) -> Balancer:
+        key = (app, want.service)
+        balancer = self.balancers.get(key)
+        if balancer is None:
+            balancer = Balancer(f"{want.service}.{app}", self.balancer_host, want.balancer_port or 0)
+            try:
+                port = await balancer.start()
+            except OSError:  # the recorded port is taken: take another
+                balancer = Balancer(f"{want.service}.{app}", self.balancer_host, 0)
+                port = await balancer.start()
+            self.balancers[key] = balancer
+            await self.state.execute(
+                "INSERT INTO formation (app, service, balancer_port) VALUES (?, ?, ?) "
+                "ON CONFLICT (app, service) DO UPDATE SET balancer_port = excluded.balancer_port",
+                (app, want.service, port),
+            )
+        return balancer
+
+    async def _drop_balancer(self, app: str, service: str) -> None:
+        balancer = self.balancers.pop((app, service), None)
+        if balancer is not None:
+            await balancer.close()
+        await self.state.execute(
+            "UPDATE formation SET balancer_port = NULL WHERE app = ? AND service = ?", (app, service)
+        )
+
+    # ---- convergence -----------------------------------------------------------------------------
+
+    async def converge(self, release: Release, only: str | None = None) -> None:
+        """Make the app run ``release``: start what is missing, health-check it, switch the balancers,
+        then stop everything else (other releases, surplus, other memory). Nothing old stops until every
+        new container is healthy; on a failure the new containers are removed and the error raised."""
+        app = release.app
+        wanted = [w for w in await self.desired(release) if only is None or w.service == only]
+        await self.docker.ensure_network(self.network, {LABEL_RACK: self.rack})
+        current = [c for c in await self._containers(app) if c.get("State") == "running"]
+        keep: dict[str, list[dict[str, Any]]] = {}
+        started: list[dict[str, Any]] = []
+        try:
+            for want in wanted:
+                matching = [
+                    c
+                    for c in current
+                    if (c.get("Labels") or {}).get(LABEL_TYPE) == want.service
+                    and (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
+                    and (c.get("Labels") or {}).get(LABEL_MEMORY) == str(want.memory)
+                ]
+                keep[want.service] = matching[: want.count]
+                for _ in range(want.count - len(keep[want.service])):
+                    container = await self._start(release, want)
+                    started.append(container)
+                    keep[want.service].append(container)
+            await asyncio.gather(
+                *(
+                    self._healthy(c, want)
+                    for want in wanted
+                    for c in keep[want.service]
+                    if any(c["Id"] == s["Id"] for s in started)
+                )
+            )
+        except BaseException:
+            await asyncio.gather(*(self.docker.remove(c["Id"]) for c in started), return_exceptions=True)
+            raise
+        for want in wanted:
+            if want.public and want.port:
+                balancer = await self._balancer(app, want)
+                balancer.set_backends(await self._backends(keep[want.service], want.port))
+            elif (app, want.service) in self.balancers:
+                await self._drop_balancer(app, want.service)
+        kept = {c["Id"] for containers in keep.values() for c in containers}
+        scope = {want.service for want in wanted}
+        retire = [
+            c
+            for c in await self._containers(app, all=True)
+            if c["Id"] not in kept and (only is None or (c.get("Labels") or {}).get(LABEL_TYPE) in scope)
+        ]
+        if only is None:
+            for app_name, service in list(self.balancers):
+                if app_name == app and service not in scope:
+                    await self._drop_balancer(app, service)
+        await asyncio.gather(*(self.docker.stop(c["Id"]) for c in retire), return_exceptions=True)
+
+    async def _backends(self, containers: list[dict[str, Any]], port: int) -> list[tuple[str, int]]:
+        backends = []
+        for container in containers:
+            ip = container_ip(await self.docker.inspect(container["Id"]), self.network)
+            if ip:
+                backends.append((ip, port))
+        return backends
+
+    # ---- the contract ----------------------------------------------------------------------------
+
+    def _lock(self, app: str) -> asyncio.Lock:
+        return self.locks.setdefault(app, asyncio.Lock())
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def promote(self, release: Release) -> App:
+        app = await self.apps.get(release.app)
+        if app.status == "updating" or self._lock(release.app).locked():
+            raise Conflict(f"app {release.app} is already updating")
+        await self.desired(release)  # a manifest or environment problem is a 400 now, before anything changes
+        await self.apps.set_status(release.app, "updating")
+        self._spawn(self._rollout(release))
+        return await self.apps.get(release.app)
+
+    async def _rollout(self, release: Release) -> None:
+        async with self._lock(release.app):
+            # a failure is logged by measure, and the app's status tells the user
+            with contextlib.suppress(Exception), log.measure("release.promote", app=release.app, release=release.id):
+                try:
+                    await self.converge(release)
+                except Exception:
+                    await self.apps.set_status(release.app, "failed")
+                    raise
+                await self.apps.set_status(release.app, "running", release=release.id)
+
+    async def get(self, app: str) -> list[Formation]:
+        current = await self.apps.get(app)
+        if not current.release:
+            return []
+        release = await self.releases.get(app, current.release)
+        running = [c for c in await self._containers(app) if c.get("State") == "running"]
+        formation = []
+        for want in await self.desired(release):
+            count = sum(
+                1
+                for c in running
+                if (c.get("Labels") or {}).get(LABEL_TYPE) == want.service
+                and (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
+            )
+            balancer = self.balancers.get((app, want.service))
+            if want.port is None:
+                ports: list[str] = []
+            elif want.public and balancer is not None:
+                ports = [f"{balancer.port}:{want.port}"]
+            else:
+                ports = [str(want.port)]
+            formation.append(
+                Formation(
+                    name=want.service,
+                    count=want.count,
+                    running=count,
+                    memory=want.memory,
+                    ports=ports,
+                    balancer=balancer.address if balancer is not None and want.public else "",
+                )
+            )
+        return formation
+
+    async def scale(self, app: str, service: str, update: FormationUpdate) -> Formation:
+        current = await self.apps.get(app)
+        if not current.release:
+            raise BadRequest(f"app {app} has no release yet: deploy it first")
+        release = await self.releases.get(app, current.release)
+        if service not in manifest_of(release).services:
+            raise NotFound(f"no such process type: {service}")
+        if update.count is None and update.memory is None:
+            raise BadRequest("nothing to change: give a count or a memory")
+        async with self._lock(app):
+            await self.state.execute(
+                "INSERT INTO formation (app, service, count, memory) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (app, service) DO UPDATE SET count = COALESCE(excluded.count, count), "
+                "memory = COALESCE(excluded.memory, memory)",
+                (app, service, update.count, update.memory),
+            )
+            with log.measure("formation.scale", app=app, service=service, count=update.count, memory=update.memory):
+                await self.converge(release, only=service)
+        return next(f for f in await self.get(app) if f.name == service)
+
+    async def adopt(self) -> None:
+        """After a (re)start: keep the running containers, serve the balancers, finish what was cut short."""
+        for app in await self.apps.list():
+            if not app.release:
+                if app.status == "updating":
+                    await self.apps.set_status(app.name, "failed")
+                continue
+            release = await self.releases.get(app.name, app.release)
+            interrupted = app.status == "updating"
+            self._spawn(self._adopt(release, interrupted))
+        self._spawn(self._refresh())
+
+    async def _adopt(self, release: Release, interrupted: bool) -> None:
+        async with self._lock(release.app):
+            try:
+                await self.converge(release)
+            except Exception as exc:
+                log.error("formation.adopt", app=release.app, release=release.id, message=str(exc))
+            if interrupted:
+                await self.apps.set_status(release.app, "failed")
+
+    async def _refresh(self) -> None:
+        """Keep each balancer's backends on the running containers of the active release."""
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            for (app, service), balancer in list(self.balancers.items()):
+                if self._lock(app).locked():
+                    continue
+                with contextlib.suppress(RackError, KeyError):
+                    current = await self.apps.get(app)
+                    release = await self.releases.get(app, current.release)
+                    port = manifest_of(release).services[service].port
+                    running = [
+                        c
+                        for c in await self._containers(app)
+                        if c.get("State") == "running"
+                        and (c.get("Labels") or {}).get(LABEL_TYPE) == service
+                        and (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
+                    ]
+                    if port:
+                        balancer.set_backends(await self._backends(running, port))
+
+    async def forget(self, app: str) -> None:
+        """The app is being deleted: close its balancers and drop its formation."""
+        for app_name, service in list(self.balancers):
+            if app_name == app:
+                await self._drop_balancer(app, service)
+        await self.state.execute("DELETE FROM formation WHERE app = ?", (app,))
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*(b.close() for b in self.balancers.values()), return_exceptions=True)
+        self.balancers.clear()

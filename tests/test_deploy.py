@@ -1,0 +1,246 @@
+"""Deploys end to end: `convox deploy` of a sample app built from a locally made base image, reached
+through its balancer, scaled, re-configured, rolled back, and failing safely."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Cli, RunningRack, start_rack, stop_rack
+
+SAMPLE = Path(__file__).parent / "apps" / "web"
+
+
+@pytest.fixture
+def web_app(cli: Cli, app_name: str, busybox_image: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    source = tmp_path / "web"
+    shutil.copytree(SAMPLE, source)
+    cli("apps", "create", app_name, check=True)
+    try:
+        yield app_name, source
+    finally:
+        cli("apps", "delete", app_name)
+
+
+def fetch(address: str, path: str = "/", within: float = 10) -> str:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            response = httpx.get(f"http://{address}{path}", timeout=3)
+            if response.status_code == 200:
+                return response.text
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing answered 200 at {address}{path}")
+        time.sleep(0.1)
+
+
+def info(cli: Cli, app: str) -> dict[str, str]:
+    lines = cli("apps", "info", app, check=True).stdout.splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(" ") for line in lines)}
+
+
+def formation(cli: Cli, app: str) -> dict[str, list[str]]:
+    lines = cli("scale", "--app", app, check=True).stdout.splitlines()
+    assert lines[0].split() == ["NAME", "COUNT", "RUNNING", "MEMORY", "BALANCER"]
+    return {line.split()[0]: line.split()[1:] for line in lines[1:]}
+
+
+def containers(rack: RunningRack, app: str, service: str) -> list[str]:
+    out = subprocess.run(
+        [
+            "docker",
+            "ps",
+            "-q",
+            "--filter",
+            f"label=convox.rack={rack.name}",
+            "--filter",
+            f"label=convox.app={app}",
+            "--filter",
+            f"label=convox.type={service}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()
+
+
+def deploy(cli: Cli, app: str, source: Path) -> subprocess.CompletedProcess[str]:
+    return cli("deploy", str(source), "--app", app, timeout=300)
+
+
+def test_deploy_builds_releases_and_serves_through_the_balancer(cli: Cli, web_app: tuple[str, Path]) -> None:
+    app, source = web_app
+    result = deploy(cli, app, source)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"Promoting R[A-Z]{10}\.\.\. OK", result.stderr)
+    details = info(cli, app)
+    assert details["Status"] == "running"
+    assert re.fullmatch(r"R[A-Z]{10}", details["Release"])
+    assert fetch(details["Balancer"]) == "v1\n"
+    rows = formation(cli, app)
+    assert rows["web"][:3] == ["1", "1", "64"] and rows["web"][3] == details["Balancer"]
+    assert rows["backend"] == ["1", "1", "32"]  # internal: no balancer
+    releases = cli("releases", "--app", app, check=True).stdout.splitlines()
+    assert releases[1].split()[:2] == [details["Release"], "active"]
+
+
+def test_scale_up_spreads_connections_and_scale_down_stops_processes(
+    cli: Cli, rack: RunningRack, web_app: tuple[str, Path]
+) -> None:
+    app, source = web_app
+    assert deploy(cli, app, source).returncode == 0
+    balancer = info(cli, app)["Balancer"]
+    cli("scale", "web", "--count", "3", "--app", app, check=True)
+    assert formation(cli, app)["web"][:2] == ["3", "3"]
+    assert len(containers(rack, app, "web")) == 3
+    hosts = {fetch(balancer, "/cgi-bin/env").splitlines()[1] for _ in range(12)}
+    assert len(hosts) == 3
+    cli("scale", "web", "--count", "1", "--app", app, check=True)
+    assert formation(cli, app)["web"][:2] == ["1", "1"]
+    assert len(containers(rack, app, "web")) == 1
+    assert fetch(balancer) == "v1\n"
+    cli("scale", "web", "--memory", "48", "--app", app, check=True)
+    assert formation(cli, app)["web"][:3] == ["1", "1", "48"]
+
+
+def test_env_change_and_rollback(cli: Cli, rack: RunningRack, web_app: tuple[str, Path]) -> None:
+    app, source = web_app
+    assert deploy(cli, app, source).returncode == 0
+    first = info(cli, app)["Release"]
+    balancer = info(cli, app)["Balancer"]
+    assert fetch(balancer, "/cgi-bin/env").startswith("GREETING=hello\n")
+    changed = cli("env", "set", "GREETING=bonjour-secret-value", "OTHER=1", "--promote", "--app", app, check=True)
+    assert "Release: R" in changed.stdout
+    assert fetch(balancer, "/cgi-bin/env").startswith("GREETING=bonjour-secret-value\n")
+    assert cli("env", "get", "GREETING", "--app", app, check=True).stdout == "bonjour-secret-value\n"
+    assert "OTHER=1" in cli("env", "--app", app, check=True).stdout.splitlines()
+    cli("env", "unset", "OTHER", "--app", app, check=True)  # a release, not promoted
+    assert "OTHER=1" not in cli("env", "--app", app, check=True).stdout
+    rolled = cli("releases", "rollback", first, "--app", app, check=True)
+    new = rolled.stdout.strip().removeprefix("Release: ")
+    assert new != first and info(cli, app)["Release"] == new
+    assert fetch(balancer, "/cgi-bin/env").startswith("GREETING=hello\n")
+    time.sleep(0.5)
+    assert "bonjour-secret-value" not in (rack.data_dir / "logs" / "rack.log").read_text()
+
+
+def test_failed_health_check_keeps_the_old_release_serving(
+    cli: Cli, rack: RunningRack, web_app: tuple[str, Path]
+) -> None:
+    app, source = web_app
+    assert deploy(cli, app, source).returncode == 0
+    good = info(cli, app)
+    (source / "www" / "index.html").write_text("v2\n")
+    manifest = source / "convox.yml"
+    manifest.write_text(manifest.read_text().replace("path: /\n", "path: /missing\n"))
+    failed = deploy(cli, app, source)
+    assert failed.returncode != 0
+    assert "ERROR: release R" in failed.stderr and "failed to roll out" in failed.stderr
+    after = info(cli, app)
+    assert after["Status"] == "failed"
+    assert after["Release"] == good["Release"]
+    assert fetch(good["Balancer"]) == "v1\n"
+    assert len(containers(rack, app, "web")) == 1
+
+
+def test_failed_build_exits_non_zero_and_makes_no_release(cli: Cli, web_app: tuple[str, Path]) -> None:
+    app, source = web_app
+    dockerfile = source / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace("RUN chmod", "RUN false && chmod"))
+    failed = deploy(cli, app, source)
+    assert failed.returncode != 0
+    assert "ERROR: " in failed.stderr
+    assert cli("releases", "--app", app, check=True).stdout.splitlines()[1:] == []
+    assert info(cli, app)["Release"] == ""
+
+
+def test_internal_port_is_reachable_only_on_the_rack_network(
+    cli: Cli, rack: RunningRack, web_app: tuple[str, Path], busybox_image: str
+) -> None:
+    app, source = web_app
+    assert deploy(cli, app, source).returncode == 0
+    (backend,) = containers(rack, app, "backend")
+    ports = subprocess.run(["docker", "port", backend], capture_output=True, text=True, check=True).stdout
+    assert ports.strip() == ""
+    probe = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--label",
+            f"convox.rack={rack.name}",
+            "--network",
+            f"convox-{rack.name}",
+            busybox_image,
+            "wget",
+            "-qO-",
+            f"http://backend.{app}:4000/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.stdout == "v1\n", probe.stderr
+
+
+def test_a_process_that_exits_is_restarted(cli: Cli, rack: RunningRack, web_app: tuple[str, Path]) -> None:
+    app, source = web_app
+    assert deploy(cli, app, source).returncode == 0
+    (web,) = containers(rack, app, "web")
+    subprocess.run(["docker", "exec", web, "sh", "-c", "kill $(pidof httpd)"], check=True)
+    deadline = time.monotonic() + 15
+    while True:
+        state = subprocess.run(
+            ["docker", "inspect", "-f", "{{.RestartCount}} {{.State.Running}}", web],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if state[0] != "0" and state[1] == "true":
+            break
+        assert time.monotonic() < deadline, state
+        time.sleep(0.2)
+    assert fetch(info(cli, app)["Balancer"]) == "v1\n"
+
+
+def test_a_restarted_rack_adopts_running_processes(tmp_path: Path, busybox_image: str) -> None:
+    from tests.conftest import RACK_NAME, remove_labelled_containers
+
+    name = RACK_NAME + "-adopt"
+    data = tmp_path / "data"
+    first = start_rack(data, name)
+    try:
+        user = Cli(first.env(tmp_path / "cfg"), tmp_path)
+        source = tmp_path / "web"
+        shutil.copytree(SAMPLE, source)
+        user("apps", "create", "adopted", check=True)
+        assert deploy(user, "adopted", source).returncode == 0
+        before = info(user, "adopted")
+        ids = sorted(containers(first, "adopted", "web") + containers(first, "adopted", "backend"))
+        stop_rack(first)
+        assert sorted(containers(first, "adopted", "web") + containers(first, "adopted", "backend")) == ids
+        second = start_rack(data, name, port=int(first.url.rsplit(":", 1)[1]))
+        try:
+            after = info(user, "adopted")
+            assert (after["Release"], after["Balancer"], after["Status"]) == (
+                before["Release"],
+                before["Balancer"],
+                "running",
+            )
+            assert fetch(after["Balancer"]) == "v1\n"
+            assert sorted(containers(second, "adopted", "web") + containers(second, "adopted", "backend")) == ids
+        finally:
+            stop_rack(second)
+    finally:
+        stop_rack(first)
+        remove_labelled_containers(name)
