@@ -74,6 +74,14 @@ class FakeProcesses:
         del self.processes[pid]
 
 
+class FakeFormation:
+    def __init__(self) -> None:
+        self.adopted = 0
+
+    async def adopt(self) -> None:
+        self.adopted += 1
+
+
 class FakeProvider:
     name = "fake"
 
@@ -81,6 +89,7 @@ class FakeProvider:
         self.apps = FakeApps()
         self.system = FakeSystem()
         self.processes = FakeProcesses(self.apps)
+        self.formation = FakeFormation()
         self.opened = False
 
     async def __aenter__(self) -> Self:

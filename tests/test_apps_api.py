@@ -104,3 +104,9 @@ async def test_openapi_has_stable_operation_ids_and_no_422(api: httpx.AsyncClien
     ops = {op["operationId"] for item in doc["paths"].values() for op in item.values()}
     assert {"app_list", "app_create", "app_get", "app_delete", "system_get"} <= ops
     assert all("422" not in op["responses"] for item in doc["paths"].values() for op in item.values())
+
+
+async def test_the_apps_service_adopts_running_processes_at_start() -> None:
+    provider = FakeProvider()
+    async for _ in serve(create_app(RackSettings(), provider=provider, internal=False)):
+        assert provider.formation.adopted == 1
