@@ -135,7 +135,8 @@ class Upstreams:
                 while True:
                     message = await websocket.receive()
                     if message["type"] == "websocket.disconnect":
-                        await upstream.close(code=message.get("code", 1000))
+                        code = message.get("code", 1000)
+                        await upstream.close(code=1000 if code in (1005, 1006) else code)
                         return
                     data = message.get("bytes")
                     await upstream.send(data if data is not None else message.get("text", ""))
