@@ -1,9 +1,330 @@
-"""`convox` commands: builds."""
+"""`convox` commands: build, builds, builds info, builds logs.
+
+:func:`build_and_wait` is the whole of a build as `convox build` and `convox deploy` do it: pack the directory
+(honouring ``.dockerignore``) in a thread, upload it with a progress bar, follow the build's output live over
+the websocket and return the finished build, or raise ``CliError("build failed: ...")``.
+"""
 
 from __future__ import annotations
 
+import base64
+import posixpath
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
 import typer
+
+from cli import output
+from cli.client import Client, error_message
+from cli.config import Rack, current_rack, resolve_app
+from cli.errors import CliError
+
+AppOption = Annotated[
+    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+]
+UPLOAD_CHUNK = 256 * 1024
+
+
+def client() -> Client:
+    return Client(current_rack(), timeout=60)
+
+
+# ---- packing -----------------------------------------------------------------------------------
+
+
+def always_sent(directory: Path, manifest: str) -> set[str]:
+    """What goes up even when ``.dockerignore`` excludes it: the manifest, each Dockerfile it names,
+    ``.dockerignore`` itself (as Docker always sends the Dockerfile and ``.dockerignore``)."""
+    from shared.manifest import MANIFEST_FILES, find_manifest, parse_manifest
+
+    keep = {".dockerignore", "Dockerfile", *([manifest] if manifest else MANIFEST_FILES)}
+    try:
+        path = find_manifest(directory, manifest or None)
+        name = path.relative_to(directory).as_posix()
+        keep.add(name)
+        parsed = parse_manifest(path.read_text(encoding="utf-8", errors="replace"), name)
+    except Exception:  # the rack reports a bad manifest with its file and key; send what is there
+        return keep
+    for service in parsed.services.values():
+        if service.build is not None:
+            keep.add(posixpath.normpath(posixpath.join(service.build.path, service.build.manifest)))
+            keep.add(posixpath.normpath(posixpath.join(service.build.path, ".dockerignore")))
+    return keep
+
+
+def pack_source(directory: Path, archive: Path, manifest: str) -> int:
+    """The directory as a .tgz at ``archive``; returns the number of entries."""
+    from shared.archive import UnsafeArchive, pack
+
+    keep = always_sent(directory, manifest)
+    try:
+        with archive.open("wb") as handle:
+            return pack(directory, handle, compress=True, keep=keep, check_links=True)
+    except UnsafeArchive as exc:
+        raise CliError(f"{exc.member}: {exc.reason}; the rack refuses it (leave it out with .dockerignore)") from None
+
+
+def in_thread(target: Any, *args: Any) -> Any:
+    """Run ``target(*args)`` in a worker thread, waiting here (Ctrl-C still interrupts the wait)."""
+    result: list[Any] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.append(target(*args))
+        except BaseException as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=work, name="convox-pack", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+# ---- uploading ---------------------------------------------------------------------------------
+
+
+def upload(c: Client, app: str, archive: Path, params: dict[str, str]) -> dict[str, Any]:
+    """POST the archive as the body, streamed from disk, with a progress bar (bytes sent / total) on stderr."""
+    import httpx
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    size = archive.stat().st_size
+    progress = Progress(
+        TextColumn("Uploading source"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        console=Console(stderr=True, highlight=False),
+    )
+    task = progress.add_task("upload", total=size)
+
+    def body() -> Iterator[bytes]:
+        with archive.open("rb") as handle:
+            while chunk := handle.read(UPLOAD_CHUNK):
+                yield chunk
+                progress.advance(task, len(chunk))
+
+    with progress:
+        build: dict[str, Any] = c.post(
+            f"/apps/{app}/builds",
+            params=params,
+            content=body(),
+            headers={"content-type": "application/gzip", "content-length": str(size)},
+            timeout=httpx.Timeout(60.0, read=900.0, write=900.0),
+        )
+    return build
+
+
+# ---- following -------------------------------------------------------------------------------
+
+
+def websocket_url(rack: Rack, path: str) -> str:
+    scheme, _, rest = rack.host.partition("://")
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{path}"
+
+
+def follow_logs(rack: Rack, app: str, build_id: str, out: BinaryIO) -> tuple[int | None, str | None]:
+    """Write the build's output to ``out`` as it comes; returns its status (exit code, error).
+    A stream that ends without a status is an error."""
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+    from websockets.sync.client import connect
+
+    from shared import stream
+
+    token = base64.b64encode(f"convox:{rack.password}".encode()).decode()
+    try:
+        with connect(
+            websocket_url(rack, f"/apps/{app}/builds/{build_id}/logs"),
+            subprotocols=[stream.SUBPROTOCOL],  # type: ignore[list-item]
+            additional_headers={"Authorization": f"Basic {token}"},
+            max_size=None,
+            open_timeout=30,
+            ping_interval=20,
+            ping_timeout=60,
+            close_timeout=5,
+        ) as socket:
+            for message in socket:
+                if isinstance(message, str):
+                    continue
+                channel, payload = stream.decode(message)
+                if channel in (stream.Channel.STDOUT, stream.Channel.STDERR):
+                    out.write(payload)
+                    out.flush()
+                elif channel == stream.Channel.STATUS:
+                    status = stream.parse_status(payload)
+                    return status.exit_code, status.error
+    except InvalidStatus as exc:
+        import httpx
+
+        response = httpx.Response(exc.response.status_code, content=bytes(exc.response.body or b""))
+        if response.status_code == 401:
+            raise CliError(f"invalid password for {rack.host}") from None
+        raise CliError(error_message(response)) from None
+    except stream.ProtocolError as exc:
+        raise CliError(f"build log stream: {exc}") from None
+    except (ConnectionClosed, InvalidHandshake):
+        pass
+    except (OSError, TimeoutError):
+        raise CliError(f"rack unreachable at {rack.host}") from None
+    hint = f"convox builds logs {build_id}"
+    raise StreamEnded(f"the build log stream ended without a status; the build may go on ({hint})")
+
+
+class StreamEnded(CliError):
+    """The log stream closed before its status message (the rack or its builds service restarted)."""
+
+
+def settled(c: Client, app: str, build_id: str, within: float = 30.0) -> dict[str, Any] | None:
+    """The build once it is complete or failed, polling for ``within`` seconds; None if it is not by then."""
+    import time
+
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            build: dict[str, Any] = c.get(f"/apps/{app}/builds/{build_id}")
+        except CliError:  # the builds service may be restarting
+            build = {}
+        if build.get("status") in ("complete", "failed"):
+            return build
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
+
+
+def build_and_wait(
+    c: Client,
+    app: str,
+    directory: Path,
+    *,
+    description: str = "",
+    manifest: str = "",
+    no_cache: bool = False,
+    out: BinaryIO | None = None,
+) -> dict[str, Any]:
+    """Pack, upload, build ``directory`` as a build of ``app`` and follow its output to ``out`` (stdout);
+    returns the complete build (with its ``release``), or raises ``CliError("build failed: ...")``."""
+    directory = directory.expanduser()
+    if not directory.is_dir():
+        raise CliError(f"no such directory: {directory}")
+    c.get(f"/apps/{app}")  # an unknown app fails before anything is packed
+    params = {"description": description, "manifest": manifest, "no_cache": "true" if no_cache else "false"}
+    with tempfile.TemporaryDirectory(prefix="convox-build-") as scratch:
+        archive = Path(scratch) / "source.tgz"
+        with output.step("Packaging source"):
+            in_thread(pack_source, directory, archive, manifest)
+        build = upload(c, app, archive, params)
+    build_id = str(build["id"])
+    print(f"Starting build {build_id}... OK", file=sys.stderr, flush=True)
+    try:
+        exit_code, error = follow_logs(c.rack, app, build_id, out or sys.stdout.buffer)
+        final: dict[str, Any] = c.get(f"/apps/{app}/builds/{build_id}")
+    except StreamEnded:
+        found = settled(c, app, build_id)
+        if found is None:
+            raise
+        final, exit_code, error = found, None, None
+    if error is not None or exit_code not in (0, None) or final["status"] != "complete":
+        raise CliError(f"build failed: {error or final.get('error') or final['status']}")
+    print(f"Build: {build_id}", flush=True)
+    print(f"Release: {final['release']}", flush=True)
+    return final
+
+
+# ---- rendering ---------------------------------------------------------------------------------
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def elapsed(build: dict[str, Any], now: datetime | None = None) -> str:
+    """``12s``, ``3m4s``, ``1h2m``: from start to end (or to now while it runs)."""
+    started = _parse_time(build.get("started"))
+    if started is None:
+        return ""
+    ended = _parse_time(build.get("ended")) or now or datetime.now(UTC)
+    seconds = max(0, int((ended - started).total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60}m"
+
+
+# ---- commands ----------------------------------------------------------------------------------
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
+    builds = typer.Typer(help="List builds, show one, show its log.", invoke_without_command=True)
+    app.add_typer(builds, name="builds")
+
+    @app.command("build")
+    def build(
+        directory: Annotated[Path, typer.Argument(help="The app's source.")] = Path("."),
+        app_opt: AppOption = None,
+        description: Annotated[str, typer.Option("--description", "-d", help="What this build is.")] = "",
+        manifest: Annotated[str, typer.Option("--manifest", "-m", help="Manifest path in the source.")] = "",
+        no_cache: Annotated[bool, typer.Option("--no-cache", help="Build without Docker's cache.")] = False,
+    ) -> None:
+        """Build the directory into a release (not promoted), following the build's output."""
+        name = resolve_app(app_opt, directory.resolve())
+        with client() as c:
+            build_and_wait(c, name, directory, description=description, manifest=manifest, no_cache=no_cache)
+
+    @builds.callback()
+    def builds_list(
+        ctx: typer.Context,
+        app_opt: AppOption = None,
+        limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 20,
+    ) -> None:
+        """List the app's builds, newest first."""
+        if ctx.invoked_subcommand is not None:
+            return
+        name = resolve_app(app_opt)
+        with client() as c:
+            rows = c.get(f"/apps/{name}/builds", params={"limit": limit})
+        output.table(
+            ["id", "status", "release", "started", "elapsed", "description"],
+            [
+                (b["id"], b["status"], b["release"], output.ago(b["started"]), elapsed(b), b["description"])
+                for b in rows
+            ],
+        )
+
+    @builds.command("info")
+    def builds_info(build_id: Annotated[str, typer.Argument(help="The build.")], app_opt: AppOption = None) -> None:
+        """Show a build."""
+        name = resolve_app(app_opt)
+        with client() as c:
+            b = c.get(f"/apps/{name}/builds/{build_id}")
+        pairs: list[tuple[str, Any]] = [
+            ("Id", b["id"]),
+            ("Status", b["status"]),
+            ("Release", b["release"]),
+            ("Description", b["description"]),
+            ("Started", b["started"] or ""),
+            ("Elapsed", elapsed(b)),
+        ]
+        if b.get("error"):
+            pairs.append(("Error", b["error"]))
+        output.info(pairs)
+
+    @builds.command("logs")
+    def builds_logs(build_id: Annotated[str, typer.Argument(help="The build.")], app_opt: AppOption = None) -> None:
+        """Show a build's log; a running build's is followed until it ends."""
+        name = resolve_app(app_opt)
+        follow_logs(current_rack(), name, build_id, sys.stdout.buffer)

@@ -75,10 +75,16 @@ class RunningRack:
 
 
 def start_rack(
-    data_dir: Path, name: str, password: str | None = "test-password-" + RUN_ID, port: int | None = None
+    data_dir: Path,
+    name: str,
+    password: str | None = "test-password-" + RUN_ID,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> RunningRack:
+    """``env`` adds to the rack's environment (settings such as ``RACK_BUILDS_MAX_SOURCE_SIZE``)."""
     port = port or free_port()
-    env = dict(os.environ, RACK_NAME=name, PYTHONUNBUFFERED="1")
+    extra = env or {}
+    env = dict(os.environ, RACK_NAME=name, PYTHONUNBUFFERED="1", **extra)
     env.pop("CONVOX_PASSWORD", None)
     if password:
         env["CONVOX_PASSWORD"] = password

@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+import asyncio
+from typing import Protocol, runtime_checkable
 
+from fastapi import FastAPI
+
+from services.builds.routes import UPLOADS, router
+from services.builds.settings import BuildsSettings
+from shared.archive import remove_tree
 from shared.config import RackSettings
+from shared.logfmt import Logger
 from shared.provider import Provider
 from shared.service import build_service
 
 NAME = "builds"
-ROUTERS: list[APIRouter] = []
+ROUTERS = [router]
+TAGS = [{"name": "builds", "description": "Source uploads, image builds and their logs"}]
+log = Logger("builds")
+
+
+@runtime_checkable
+class Recovering(Protocol):
+    async def recover(self) -> int:
+        """Mark failed the builds a dead process left running; returns how many."""
+        ...
 
 
 def create_app(
-    settings: RackSettings | None = None, provider: Provider | None = None, internal: bool = True
+    settings: RackSettings | None = None,
+    provider: Provider | None = None,
+    internal: bool = True,
+    builds: BuildsSettings | None = None,
 ) -> FastAPI:
-    return build_service(NAME, ROUTERS, settings=settings, provider=provider, internal=internal)
+    settings = settings or RackSettings()
+
+    async def recover(opened: Provider) -> None:
+        """Builds run in this service only: at its start, any build still running was cut off by a restart."""
+        uploads = settings.data_dir / UPLOADS
+        if uploads.is_dir():
+            for leftover in await asyncio.to_thread(lambda: list(uploads.glob("upload-*"))):
+                await asyncio.to_thread(remove_tree, leftover)
+        if isinstance(opened.builds, Recovering):
+            failed = await opened.builds.recover()
+            if failed:
+                log.log("build.recover", failed=failed)
+
+    app = build_service(
+        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[recover]
+    )
+    app.state.builds_settings = builds or BuildsSettings()
+    return app

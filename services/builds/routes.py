@@ -1,0 +1,248 @@
+"""Builds: source upload, build records and build logs (text, or followed live over a websocket).
+
+``POST /apps/{app}/builds`` takes the source as a ``.tgz`` body, streamed to a file under the data dir with
+a size cap, extracted safely in a thread, its manifest found and parsed; only then is a build recorded and
+started. Whatever fails before that leaves no record and no files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import posixpath
+import secrets
+from pathlib import Path
+from typing import Any, cast
+
+from fastapi import APIRouter, Depends, Query, Request, WebSocket
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from services.builds.settings import BuildsSettings
+from shared import stream
+from shared.archive import extract, receive, remove_tree, resolve_inside
+from shared.config import RackSettings
+from shared.errors import BadRequest, RackError
+from shared.logfmt import Logger
+from shared.manifest import Manifest, ManifestError, find_manifest, is_compose_file, parse_manifest
+from shared.models import Build, BuildOptions, Error
+from shared.provider import Provider
+from shared.service import provider_of
+
+log = Logger("builds")
+router = APIRouter()
+
+UPLOADS = "tmp"
+"""Under the data dir: uploads being received and extracted (``upload-*``), removed at the service's start."""
+
+AppPath = PathParam(description="The app's name.", examples=["myapp"])
+BuildPath = PathParam(description="The build's id.", examples=["BAPRZPQKXNE"])
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such app or build"}}
+BAD_INPUT: dict[int | str, dict[str, Any]] = {400: {"model": Error, "description": "Bad input"}}
+TOO_LARGE: dict[int | str, dict[str, Any]] = {413: {"model": Error, "description": "The source is too large"}}
+
+SOURCE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The source directory as a gzipped tar (`.dockerignore` already applied by the client).",
+        "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+LOGS_SOCKET = {
+    "description": (
+        "The build's log as text. With a websocket upgrade (subprotocol `v1.stream.rack`), the log so far "
+        "then its output live on channel 1 until the build ends, then a status message on channel 3: "
+        '`{"exit_code": 0}` for a complete build, `{"error": "..."}` for a failed one.'
+    ),
+    "responses": {
+        "101": {"description": "Switched to a websocket (`Upgrade: websocket`, subprotocol `v1.stream.rack`)"}
+    },
+}
+
+
+def builds_settings_of(request: Request) -> BuildsSettings:
+    settings = getattr(request.app.state, "builds_settings", None)
+    return settings if isinstance(settings, BuildsSettings) else BuildsSettings()
+
+
+def uploads_dir(request: Request) -> Path:
+    settings = cast("RackSettings", request.app.state.settings)
+    return settings.data_dir / UPLOADS
+
+
+def check_manifest_name(name: str) -> None:
+    if len(name) > 255 or "\x00" in name or name.startswith("/") or ".." in name.replace("\\", "/").split("/"):
+        raise BadRequest(f"manifest: must be a path inside the source, got {name!r}")
+
+
+def load_manifest(context: Path, name: str) -> Manifest:
+    """Find and parse the manifest of the extracted source at ``context``, and check that every build it
+    asks for has its directory and Dockerfile in the source. Blocking: run in a thread."""
+    path = find_manifest(context, name or None)
+    filename = path.relative_to(context).as_posix()
+    if resolve_inside(context, filename) is None:
+        raise ManifestError(f"{filename}: must be a file inside the source")
+    manifest = parse_manifest(path.read_text(encoding="utf-8", errors="replace"), filename)
+    compose = is_compose_file(filename)
+    for service_name, service in manifest.services.items():
+        spec = service.build
+        if spec is None:
+            continue
+        key = f"services.{service_name}.build"
+        directory = posixpath.normpath(spec.path)
+        resolved = resolve_inside(context, directory)
+        if resolved is None or not (context / resolved).is_dir():
+            where = key if compose else f"{key}.path"
+            raise ManifestError(f"{filename}: {where}: {spec.path} is not a directory in the source")
+        dockerfile = resolve_inside(context, posixpath.join(directory, spec.manifest))
+        if dockerfile is None or not (context / dockerfile).is_file():
+            where = f"services.{service_name}.dockerfile" if compose else f"{key}.manifest"
+            raise ManifestError(f"{filename}: {where}: {spec.manifest} not found in {spec.path}")
+    return manifest
+
+
+@router.post(
+    "/apps/{app}/builds",
+    name="build_create",
+    tags=["builds"],
+    status_code=201,
+    summary="Upload source and start a build",
+    description=(
+        "The body is the source as a `.tgz`. The build starts in the background: follow its output at "
+        "`/apps/{app}/builds/{id}/logs` (websocket). A complete build makes a release (not promoted)."
+    ),
+    responses={**BAD_INPUT, **NOT_FOUND, **TOO_LARGE},
+    openapi_extra=SOURCE_BODY,
+)
+async def build_create(
+    request: Request,
+    app: str = AppPath,
+    description: str = Query("", max_length=1000, description="What this build is, shown by `convox builds`."),
+    manifest: str = Query("", max_length=255, description="The manifest's path in the source (default convox.yml)."),
+    no_cache: bool = Query(False, description="Build without Docker's layer cache."),
+    provider: Provider = Depends(provider_of),
+    limits: BuildsSettings = Depends(builds_settings_of),
+) -> Build:
+    await provider.apps.get(app)  # 404 before reading a byte of the body
+    check_manifest_name(manifest)
+    options = BuildOptions(description=description, manifest=manifest, no_cache=no_cache)
+    uploads = uploads_dir(request)
+    await asyncio.to_thread(uploads.mkdir, parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_hex(8)
+    archive = uploads / f"upload-{token}.tgz"
+    context = uploads / f"upload-{token}"
+    with log.measure("build.upload", app=app) as fields:
+        try:
+            size = await receive(request.stream(), archive, limits.max_source_size)
+            fields["bytes"] = size
+            if size == 0:
+                raise BadRequest("the source archive is empty")
+            fields["entries"] = await asyncio.to_thread(
+                extract, archive, context, max_size=limits.max_extracted_size, max_members=limits.max_entries
+            )
+            await asyncio.to_thread(remove_tree, archive)
+            parsed = await asyncio.to_thread(load_manifest, context, manifest)
+        except BaseException:
+            await asyncio.to_thread(remove_tree, archive)
+            await asyncio.to_thread(remove_tree, context)
+            raise
+    build = await provider.builds.create(app, context, parsed, options)
+    log.log("build.create", app=app, build=build.id)
+    return build
+
+
+@router.get("/apps/{app}/builds", name="build_list", tags=["builds"], summary="List builds, newest first")
+async def build_list(
+    app: str = AppPath,
+    limit: int = Query(20, ge=1, le=1000, description="At most this many."),
+    provider: Provider = Depends(provider_of),
+) -> list[Build]:
+    return await provider.builds.list(app, limit)
+
+
+@router.get(
+    "/apps/{app}/builds/{build_id}",
+    name="build_get",
+    tags=["builds"],
+    summary="Show a build",
+    responses={**BAD_INPUT, **NOT_FOUND},
+)
+async def build_get(app: str = AppPath, build_id: str = BuildPath, provider: Provider = Depends(provider_of)) -> Build:
+    return await provider.builds.get(app, build_id)
+
+
+@router.get(
+    "/apps/{app}/builds/{build_id}/logs",
+    name="build_logs",
+    tags=["builds"],
+    summary="A build's log (or follow it live over a websocket)",
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": "The log so far", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        **NOT_FOUND,
+    },
+    openapi_extra=LOGS_SOCKET,
+)
+async def build_logs(
+    app: str = AppPath, build_id: str = BuildPath, provider: Provider = Depends(provider_of)
+) -> StreamingResponse:
+    await provider.builds.get(app, build_id)
+    return StreamingResponse(provider.builds.logs(app, build_id, follow=False), media_type="text/plain")
+
+
+@router.websocket("/apps/{app}/builds/{build_id}/logs")
+async def build_logs_socket(websocket: WebSocket, app: str, build_id: str) -> None:
+    """The log so far, then live output until the build ends, then its status (see ``shared.stream``)."""
+    provider = cast("Provider", websocket.app.state.provider)
+    try:
+        await provider.builds.get(app, build_id)
+    except RackError as exc:
+        await refuse(websocket, exc.status, exc.message)
+        return
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol=stream.SUBPROTOCOL if stream.SUBPROTOCOL in offered else None)
+
+    async def send_log() -> None:
+        async for chunk in provider.builds.logs(app, build_id, follow=True):
+            await websocket.send_bytes(stream.encode(stream.Channel.STDOUT, chunk))
+        build = await provider.builds.get(app, build_id)
+        if build.status == "complete":
+            await websocket.send_bytes(stream.status(exit_code=0))
+        elif build.status == "failed":
+            await websocket.send_bytes(stream.status(error=build.error or "build failed"))
+        else:
+            await websocket.send_bytes(stream.status(error=f"build is {build.status}"))
+
+    async def watch_client() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+
+    sender = asyncio.create_task(send_log())
+    watcher = asyncio.create_task(watch_client())
+    try:
+        done, _ = await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        failure = sender.exception() if sender in done else None
+        if failure is not None and not isinstance(failure, WebSocketDisconnect):
+            message = failure.message if isinstance(failure, RackError) else "internal error"
+            if not isinstance(failure, RackError):
+                log.error("build.logs", app=app, build=build_id, error=type(failure).__name__)
+            with contextlib.suppress(Exception):
+                await websocket.send_bytes(stream.status(error=message))
+    finally:
+        for task in (sender, watcher):
+            task.cancel()
+        await asyncio.gather(sender, watcher, return_exceptions=True)
+    if websocket.client_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            await websocket.close(code=1000)
+
+
+async def refuse(websocket: WebSocket, status: int, message: str) -> None:
+    """Refuse the handshake with ``{"error": message}`` and the error's status (or close 1008)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse({"error": message}, status_code=status))
+    else:
+        await websocket.close(code=1008, reason=message[:120])

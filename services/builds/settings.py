@@ -1,0 +1,18 @@
+"""The builds service's settings (env prefix ``RACK_BUILDS_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class BuildsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RACK_BUILDS_", extra="ignore")
+
+    max_source_size: int = Field(512 * MIB, ge=1, description="Largest source upload (the .tgz), in bytes.")
+    max_extracted_size: int = Field(
+        4096 * MIB, ge=1, description="Most bytes of file content an upload may expand to when extracted."
+    )
+    max_entries: int = Field(200_000, ge=1, description="Most files, directories and links in one upload.")

@@ -1,0 +1,313 @@
+"""Builds on the local provider: records in SQLite, logs under ``DATA/builds``, images on the Docker Engine.
+
+A build runs in a background task of the process that created it (the builds service): status ``created``
+then ``running``, then ``complete`` with a release, or ``failed`` with an error and no release. Its output
+goes to ``DATA/builds/ID.log`` as it comes; followers in the same process are woken on every write, and
+followers elsewhere poll the file. A build that was running when its process died is marked failed by
+:meth:`LocalBuilds.recover`, which the builds service calls at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import posixpath
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+import aiosqlite
+
+from shared.archive import pack
+from shared.errors import NotFound, RackError
+from shared.ids import build_id
+from shared.logfmt import Logger
+from shared.manifest import Manifest
+from shared.models import Build, BuildOptions
+from shared.provider.contract import AppsAPI, ReleasesAPI
+from shared.provider.local.docker import Docker
+from shared.provider.local.images import image_name
+from shared.provider.local.state import State
+
+log = Logger("builds")
+READ_CHUNK = 64 * 1024
+POLL_INTERVAL = 0.5
+RESTARTED = "rack restarted during the build"
+STOPPED = "rack stopped during the build"
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def to_build(row: aiosqlite.Row) -> Build:
+    return Build(
+        id=row["id"],
+        app=row["app"],
+        status=row["status"],
+        description=row["description"],
+        manifest=row["manifest"],
+        release=row["release"],
+        error=row["error"],
+        started=_time(row["started"]),
+        ended=_time(row["ended"]),
+    )
+
+
+class LiveLog:
+    """The log file of a build running in this process, and the followers waiting for its next write."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.version = 0
+        self.done = False
+        self._handle: IO[bytes] | None = None
+        self._changed = asyncio.Condition()
+
+    async def open(self) -> None:
+        self._handle = await asyncio.to_thread(open, self.path, "ab", buffering=0)
+
+    async def write(self, data: bytes) -> None:
+        if self._handle is not None and data:
+            await asyncio.to_thread(self._handle.write, data)
+            await self._bump()
+
+    async def finish(self) -> None:
+        if self._handle is not None:
+            await asyncio.to_thread(self._handle.close)
+            self._handle = None
+        self.done = True
+        await self._bump()
+
+    async def _bump(self) -> None:
+        async with self._changed:
+            self.version += 1
+            self._changed.notify_all()
+
+    async def wait(self, seen: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.version != seen or self.done)
+
+
+def _read(path: Path, offset: int, size: int) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read(size)
+    except FileNotFoundError:
+        return b""
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("ab") as handle:
+        handle.write(text.encode())
+
+
+def _pack_context(directory: Path, out: Path, dockerfile: str) -> None:
+    with out.open("wb") as handle:
+        pack(directory, handle, compress=False, keep=[dockerfile, ".dockerignore"])
+
+
+class LocalBuilds:
+    def __init__(
+        self, state: State, docker: Docker, apps: AppsAPI, releases: ReleasesAPI, rack: str, data_dir: Path
+    ) -> None:
+        self.state = state
+        self.docker = docker
+        self.apps = apps
+        self.releases = releases
+        self.rack = rack
+        self.dir = data_dir / "builds"
+        self._live: dict[str, LiveLog] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def log_path(self, build: str) -> Path:
+        return self.dir / f"{build}.log"
+
+    def work_dir(self, build: str) -> Path:
+        return self.dir / build
+
+    # ---- records -------------------------------------------------------------------------------
+
+    async def get(self, app: str, build_id: str) -> Build:
+        row = await self.state.fetch_one("SELECT * FROM builds WHERE id = ? AND app = ?", (build_id, app))
+        if row is None:
+            await self.apps.get(app)
+            raise NotFound(f"no such build: {build_id}")
+        return to_build(row)
+
+    async def list(self, app: str, limit: int = 20) -> list[Build]:
+        await self.apps.get(app)
+        rows = await self.state.fetch_all(
+            "SELECT * FROM builds WHERE app = ? ORDER BY created DESC, rowid DESC LIMIT ?", (app, max(1, limit))
+        )
+        return [to_build(row) for row in rows]
+
+    async def _set(self, build: str, **fields: str) -> None:
+        assignments = ", ".join(f"{key} = ?" for key in fields)
+        await self.state.execute(f"UPDATE builds SET {assignments} WHERE id = ?", (*fields.values(), build))
+
+    # ---- creating and running ------------------------------------------------------------------
+
+    async def create(self, app: str, context: Path, manifest: Manifest, options: BuildOptions) -> Build:
+        """Record the build, take ``context`` (moved under ``DATA/builds/ID``) and start it in the background."""
+        try:
+            await self.apps.get(app)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, context, True)
+            raise
+        build = build_id()
+        work = self.work_dir(build)
+        try:
+            await asyncio.to_thread(self._adopt, context, work)
+            await self.state.execute(
+                "INSERT INTO builds (id, app, status, description, manifest, created)"
+                " VALUES (?, ?, 'created', ?, ?, ?)",
+                (build, app, options.description, manifest.model_dump_json(), _now()),
+            )
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, context, True)
+            await asyncio.to_thread(shutil.rmtree, work, True)
+            raise
+        live = LiveLog(self.log_path(build))
+        self._live[build] = live
+        task = asyncio.create_task(self._run(app, build, work, manifest, options, live), name=f"build {build}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        log.log("build.create", app=app, build=build, services=len(manifest.services))
+        return await self.get(app, build)
+
+    def _adopt(self, context: Path, work: Path) -> None:
+        work.mkdir(parents=True, mode=0o700)
+        context.rename(work / "source")
+
+    async def _run(
+        self, app: str, build: str, work: Path, manifest: Manifest, options: BuildOptions, live: LiveLog
+    ) -> None:
+        started = asyncio.get_running_loop().time()
+        error = ""
+        try:
+            await live.open()
+            await self._set(build, status="running", started=_now())
+            await self._build_images(app, build, work / "source", manifest, options, live)
+            await live.write(b"Creating release... ")
+            await self._set(build, status="complete", ended=_now())
+            release = await self.releases.create(app, build=build, description=options.description)
+            await self._set(build, release=release.id)
+            await live.write(f"OK\nBuild {build} complete: release {release.id}\n".encode())
+        except asyncio.CancelledError:
+            error = STOPPED
+            await self._fail(build, error, live)
+            raise
+        except RackError as exc:
+            error = exc.message
+            await self._fail(build, error, live)
+        except Exception as exc:
+            error = f"internal error ({type(exc).__name__})"
+            log.error("build.run", app=app, build=build, error=type(exc).__name__)
+            await self._fail(build, error, live)
+        finally:
+            await live.finish()
+            self._live.pop(build, None)
+            await asyncio.to_thread(shutil.rmtree, work, True)
+            elapsed = (asyncio.get_running_loop().time() - started) * 1000
+            log.log("build.run", app=app, build=build, state="error" if error else "success", elapsed=elapsed)
+
+    async def _fail(self, build: str, error: str, live: LiveLog) -> None:
+        with contextlib.suppress(Exception):
+            await live.write(f"\nBuild failed: {error}\n".encode())
+        with contextlib.suppress(Exception):
+            await self._set(build, status="failed", error=error, release="", ended=_now())
+
+    async def _build_images(
+        self, app: str, build: str, source: Path, manifest: Manifest, options: BuildOptions, live: LiveLog
+    ) -> None:
+        if not manifest.services:
+            raise RackError("the manifest has no services", status=400)
+        for name, service in manifest.services.items():
+            if service.build is None:
+                await live.write(f"Service {name} runs image {service.image}: nothing to build\n".encode())
+                continue
+            spec = service.build
+            directory = source / posixpath.normpath(spec.path)
+            tag = image_name(self.rack, app, name, build)
+            await live.write(f"Building {name} ({spec.path}, {spec.manifest}) as {tag}\n".encode())
+            context = source.parent / f"context-{name}.tar"
+            await asyncio.to_thread(_pack_context, directory, context, spec.manifest)
+            try:
+                async for text in self.docker.build(
+                    context,
+                    tag=tag,
+                    dockerfile=spec.manifest,
+                    buildargs=spec.args,
+                    nocache=options.no_cache,
+                ):
+                    await live.write(text.encode("utf-8", "replace"))
+            except RackError as exc:
+                raise RackError(f"{name}: {exc.message}", status=exc.status) from None
+            finally:
+                await asyncio.to_thread(context.unlink, True)
+
+    # ---- logs ----------------------------------------------------------------------------------
+
+    async def logs(self, app: str, build_id: str, follow: bool = True) -> AsyncIterator[bytes]:
+        """The log so far; with ``follow``, then what the build writes until it ends."""
+        await self.get(app, build_id)
+        path = self.log_path(build_id)
+        offset = 0
+        while True:
+            live = self._live.get(build_id)
+            seen = live.version if live else 0
+            while data := await asyncio.to_thread(_read, path, offset, READ_CHUNK):
+                offset += len(data)
+                yield data
+            if not follow:
+                return
+            if live is not None:
+                if live.done:  # every write happened before: one last read, and the record says it ended
+                    while data := await asyncio.to_thread(_read, path, offset, READ_CHUNK):
+                        offset += len(data)
+                        yield data
+                    return
+                await live.wait(seen)
+                continue
+            build = await self.get(app, build_id)
+            if build.status in ("complete", "failed"):
+                while data := await asyncio.to_thread(_read, path, offset, READ_CHUNK):
+                    offset += len(data)
+                    yield data
+                return
+            await asyncio.sleep(POLL_INTERVAL)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Mark failed every build a process that died left unfinished (``created``, ``running``, or complete
+        but cut off before its release was made); returns how many. Only the process that runs builds calls
+        this, at its start."""
+        rows = await self.state.fetch_all(
+            "SELECT id, app FROM builds"
+            " WHERE status IN ('created', 'running') OR (status = 'complete' AND release = '')"
+        )
+        for row in rows:
+            if row["id"] in self._live:
+                continue
+            await self._set(row["id"], status="failed", error=RESTARTED, ended=_now())
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(_append, self.log_path(row["id"]), f"\nBuild failed: {RESTARTED}\n")
+            await asyncio.to_thread(shutil.rmtree, self.work_dir(row["id"]), True)
+            log.log("build.recover", app=row["app"], build=row["id"], state="failed")
+        return len(rows)
+
+    async def close(self) -> None:
+        """Stop the builds running here (each is marked failed)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

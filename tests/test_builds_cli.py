@@ -1,0 +1,64 @@
+"""The build commands' own pieces: what is always uploaded, the websocket address, elapsed times."""
+
+from __future__ import annotations
+
+import tarfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cli.cmd_builds import always_sent, elapsed, pack_source, websocket_url
+from cli.config import Rack
+
+MANIFEST = """services:
+  web:
+    build: .
+  api:
+    build:
+      path: api
+      manifest: docker/Dockerfile.api
+  db:
+    image: postgres
+"""
+
+
+def test_the_manifest_dockerfiles_and_dockerignores_are_always_sent(tmp_path: Path) -> None:
+    (tmp_path / "convox.yml").write_text(MANIFEST)
+    assert always_sent(tmp_path, "") == {
+        ".dockerignore",
+        "Dockerfile",
+        "convox.yml",
+        "docker-compose.yml",
+        "api/docker/Dockerfile.api",
+        "api/.dockerignore",
+    }
+    assert "other.yml" in always_sent(tmp_path, "other.yml")  # missing or broken: sent as named, the rack says why
+
+
+def test_an_ignored_manifest_and_dockerfile_still_go_up(tmp_path: Path) -> None:
+    (tmp_path / "convox.yml").write_text(MANIFEST)
+    (tmp_path / "api" / "docker").mkdir(parents=True)
+    (tmp_path / "api" / "docker" / "Dockerfile.api").write_text("FROM scratch\n")
+    (tmp_path / "api" / "main.py").write_text("print()\n")
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "notes.txt").write_text("left out\n")
+    (tmp_path / ".dockerignore").write_text("*\n!api/main.py\n")
+    archive = tmp_path.parent / "source.tgz"
+    pack_source(tmp_path, archive, "")
+    with tarfile.open(archive) as tar:
+        names = sorted(tar.getnames())
+    assert names == [".dockerignore", "Dockerfile", "api/docker/Dockerfile.api", "api/main.py", "convox.yml"]
+
+
+def test_websocket_url_follows_the_scheme() -> None:
+    assert websocket_url(Rack("http://127.0.0.1:5443", "pw"), "/apps/a/builds/B/logs") == (
+        "ws://127.0.0.1:5443/apps/a/builds/B/logs"
+    )
+    assert websocket_url(Rack("https://rack.example.com", "pw"), "/x") == "wss://rack.example.com/x"
+
+
+def test_elapsed_reads_like_a_duration() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert elapsed({"started": None}) == ""
+    assert elapsed({"started": "2026-01-01T11:59:48+00:00", "ended": None}, now) == "12s"
+    assert elapsed({"started": "2026-01-01T11:56:56Z", "ended": "2026-01-01T12:00:00Z"}) == "3m4s"
+    assert elapsed({"started": "2026-01-01T10:58:00+00:00", "ended": "2026-01-01T12:00:00+00:00"}) == "1h2m"

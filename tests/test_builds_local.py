@@ -1,0 +1,148 @@
+"""The local provider's builds against SQLite and the real Docker Engine: several process types (built and
+prebuilt), build args and Dockerfiles in subdirectories, live log following, records, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from shared.config import RackSettings
+from shared.errors import NotFound
+from shared.manifest import parse_manifest
+from shared.models import BuildOptions
+from shared.provider.local import LocalProvider
+from shared.provider.local.builds import RESTARTED, LocalBuilds
+from shared.provider.local.images import image_name
+from tests.conftest import RACK_NAME
+
+MANIFEST = """services:
+  web:
+    build: .
+    port: 3000
+  worker:
+    build:
+      path: worker
+      manifest: docker/Dockerfile.worker
+      args:
+        GREETING: hello-arg
+  cache:
+    image: rack-test/busybox:1
+"""
+
+
+@pytest.fixture
+async def provider(tmp_path: Path, busybox_image: str) -> AsyncIterator[LocalProvider]:
+    async with LocalProvider(RackSettings(data_dir=tmp_path / "data", name=RACK_NAME)) as opened:
+        await opened.apps.create("myapp")
+        await opened.apps.create("other")
+        yield opened
+    found = (
+        await asyncio.to_thread(docker, "images", "-q", "--filter", f"reference=convox/{RACK_NAME}-myapp-*")
+    ).stdout
+    if found.split():
+        await asyncio.to_thread(docker, "rmi", "-f", *set(found.split()))
+
+
+def docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+
+
+def source(tmp_path: Path, web_dockerfile: str) -> Path:
+    root = tmp_path / "context"
+    (root / "worker" / "docker").mkdir(parents=True)
+    (root / "Dockerfile").write_text(web_dockerfile)
+    (root / "convox.yml").write_text(MANIFEST)
+    (root / "worker" / "docker" / "Dockerfile.worker").write_text(
+        'FROM rack-test/busybox:1\nARG GREETING\nRUN echo "worker says $GREETING"\nCOPY job.sh /job.sh\n'
+    )
+    (root / "worker" / "job.sh").write_text("echo job\n")
+    return root
+
+
+async def finished(builds: LocalBuilds, app: str, build: str) -> str:
+    for _ in range(600):
+        record = await builds.get(app, build)
+        if record.status in ("complete", "failed"):
+            return record.status
+        await asyncio.sleep(0.1)
+    raise AssertionError("the build did not finish")
+
+
+async def test_every_built_service_gets_its_image_and_the_build_a_release(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    context = source(tmp_path, "FROM rack-test/busybox:1\nRUN echo web-step\n")
+    manifest = parse_manifest(MANIFEST, "convox.yml")
+    build = await provider.builds.create("myapp", context, manifest, BuildOptions(description="two"))
+    assert build.status in ("created", "running")
+    assert not context.exists()  # the provider took it
+    assert await finished(provider.builds, "myapp", build.id) == "complete"
+    record = await provider.builds.get("myapp", build.id)
+    release = await provider.releases.get("myapp", record.release)
+    assert (release.build, release.description) == (build.id, "two")
+    log = b"".join([chunk async for chunk in provider.builds.logs("myapp", build.id, follow=False)]).decode()
+    assert "web-step" in log and "worker says hello-arg" in log
+    assert "Service cache runs image rack-test/busybox:1: nothing to build" in log
+    for service in ("web", "worker"):
+        tag = image_name(RACK_NAME, "myapp", service, build.id)
+        assert (await asyncio.to_thread(docker, "image", "inspect", tag)).returncode == 0
+    cache = image_name(RACK_NAME, "myapp", "cache", build.id)
+    assert (await asyncio.to_thread(docker, "image", "inspect", cache)).returncode != 0
+    assert not (tmp_path / "data" / "builds" / build.id).exists()  # the work dir is gone, the log stays
+    assert (tmp_path / "data" / "builds" / f"{build.id}.log").exists()
+
+
+async def test_following_yields_output_while_the_build_runs(provider: LocalProvider, tmp_path: Path) -> None:
+    context = source(tmp_path, "FROM rack-test/busybox:1\nRUN echo first-line && sleep 2 && echo second-line\n")
+    manifest = parse_manifest(MANIFEST, "convox.yml")
+    build = await provider.builds.create("myapp", context, manifest, BuildOptions())
+    seen = b""
+    status_when_first_seen = ""
+    async for chunk in provider.builds.logs("myapp", build.id, follow=True):
+        seen += chunk
+        if b"first-line" in seen and not status_when_first_seen:
+            status_when_first_seen = (await provider.builds.get("myapp", build.id)).status
+    assert status_when_first_seen == "running"
+    assert b"second-line" in seen and b"complete: release R" in seen
+    assert (await provider.builds.get("myapp", build.id)).status == "complete"
+
+
+async def test_builds_are_found_through_their_own_app_only(provider: LocalProvider, tmp_path: Path) -> None:
+    context = source(tmp_path, "FROM rack-test/busybox:1\nRUN false\n")
+    build = await provider.builds.create("myapp", context, parse_manifest(MANIFEST, "convox.yml"), BuildOptions())
+    assert await finished(provider.builds, "myapp", build.id) == "failed"
+    record = await provider.builds.get("myapp", build.id)
+    assert record.error.startswith("web: ") and record.release == "" and record.ended
+    assert [b.id for b in await provider.builds.list("myapp")] == [build.id]
+    assert await provider.builds.list("other") == []
+    with pytest.raises(NotFound, match="no such build"):
+        await provider.builds.get("other", build.id)
+    with pytest.raises(NotFound, match="no such app"):
+        await provider.builds.get("nope", build.id)
+    with pytest.raises(NotFound, match="no such app"):
+        await provider.builds.create("nope", tmp_path / "gone", parse_manifest(MANIFEST, "convox.yml"), BuildOptions())
+
+
+async def test_recover_fails_the_builds_a_dead_process_left_running(provider: LocalProvider, tmp_path: Path) -> None:
+    await provider.state.execute(
+        "INSERT INTO builds (id, app, status, created) VALUES ('BRUNNINGXXX', 'myapp', 'running', '2026-01-01')"
+    )
+    await provider.state.execute(
+        "INSERT INTO builds (id, app, status, created) VALUES ('BCREATEDXXX', 'myapp', 'created', '2026-01-02')"
+    )
+    (tmp_path / "data" / "builds" / "BRUNNINGXXX" / "source").mkdir(parents=True)
+    assert await provider.builds.recover() == 2
+    for build in ("BRUNNINGXXX", "BCREATEDXXX"):
+        record = await provider.builds.get("myapp", build)
+        assert (record.status, record.error) == ("failed", RESTARTED)
+        assert record.ended is not None
+    assert not (tmp_path / "data" / "builds" / "BRUNNINGXXX").exists()
+    log = b"".join([c async for c in provider.builds.logs("myapp", "BRUNNINGXXX", follow=True)])
+    assert log.strip() == f"Build failed: {RESTARTED}".encode()
+    assert await provider.builds.recover() == 0
+    shutil.rmtree(tmp_path / "data" / "builds", ignore_errors=True)
