@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, runtime_checkable
-
 from fastapi import FastAPI
 
 from services.builds.routes import UPLOADS, router
@@ -21,13 +19,6 @@ TAGS = [{"name": "builds", "description": "Source uploads, image builds and thei
 log = Logger("builds")
 
 
-@runtime_checkable
-class Recovering(Protocol):
-    async def recover(self) -> int:
-        """Mark failed the builds a dead process left running; returns how many."""
-        ...
-
-
 def create_app(
     settings: RackSettings | None = None,
     provider: Provider | None = None,
@@ -42,10 +33,9 @@ def create_app(
         if uploads.is_dir():
             for leftover in await asyncio.to_thread(lambda: list(uploads.glob("upload-*"))):
                 await asyncio.to_thread(remove_tree, leftover)
-        if isinstance(opened.builds, Recovering):
-            failed = await opened.builds.recover()
-            if failed:
-                log.log("build.recover", failed=failed)
+        failed = await opened.builds.recover()
+        if failed:
+            log.log("build.recover", failed=failed)
 
     app = build_service(
         NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[recover]

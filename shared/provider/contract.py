@@ -31,6 +31,7 @@ from shared.models import (
     Resource,
     System,
 )
+from shared.stream import ProcessStream
 
 
 class AppsAPI(Protocol):
@@ -45,12 +46,46 @@ class SystemAPI(Protocol):
 
 
 class ProcessesAPI(Protocol):
-    """Containers (local) or tasks (aws) of an app; a pid is only found through its own app."""
+    """Containers (local) or tasks (aws) of an app; a pid is only found through its own app.
 
-    async def run(self, app: str, options: ProcessRunOptions) -> Process: ...
-    async def list(self, app: str) -> list[Process]: ...
+    ``cpu`` and ``memory`` of a listed process are fractions computed as ``docker stats`` computes them, from
+    samples kept in the background (a listing never waits on a fresh one-second sample per process).
+    """
+
+    async def run(self, app: str, options: ProcessRunOptions, time_limit: float | None = None) -> Process:
+        """A one-off process, detached, removed when it ends (or stopped after ``time_limit`` seconds). Without
+        ``options.image`` it runs the process type's image of ``options.release`` (the app's active release
+        when empty) with the release's environment, ``options.environment`` on top."""
+        ...
+
+    async def run_interactive(
+        self, app: str, options: ProcessRunOptions, time_limit: float | None = None
+    ) -> ProcessStream:
+        """Like :meth:`run`, but attached to a stream: checked now (app, release, process type), started by
+        :meth:`ProcessStream.start`; its container is removed when it ends."""
+        ...
+
+    async def exec(self, app: str, pid: str, command: list[str]) -> ProcessStream:
+        """A new process in the running process ``pid`` of ``app``: an unknown pid, another app's or the rack's
+        is :class:`~shared.errors.NotFound` here, before anything starts."""
+        ...
+
+    def metrics(
+        self, app: str, service: str | None = None, release: str | None = None, interval: float = 1.0
+    ) -> AsyncIterator[list[Process]]:
+        """The app's processes with fresh ``cpu`` and ``memory``, every ``interval`` seconds, until closed."""
+        ...
+
+    async def list(
+        self, app: str, service: str | None = None, release: str | None = None, stats: bool = True
+    ) -> list[Process]: ...
     async def get(self, app: str, pid: str) -> Process: ...
     async def stop(self, app: str, pid: str) -> None: ...
+
+    async def adopt(self) -> None:
+        """Take charge of one-off processes after a (re)start: end the interactive ones (their streams died
+        with the service) and enforce the timeouts of detached ones. Called once by the processes service."""
+        ...
 
 
 class BuildsAPI(Protocol):
@@ -65,6 +100,11 @@ class BuildsAPI(Protocol):
 
     def logs(self, app: str, build_id: str, follow: bool = True) -> AsyncIterator[bytes]:
         """The build's output so far, then (``follow``) what it writes until it ends."""
+        ...
+
+    async def recover(self) -> int:
+        """Mark failed the builds a dead process left running (called where builds run, at its start);
+        returns how many."""
         ...
 
 
@@ -98,16 +138,91 @@ class FormationAPI(Protocol):
 
 
 class LogsAPI(Protocol):
-    def app(self, app: str, since: datetime | None, follow: bool) -> AsyncIterator[LogEntry]: ...
+    """Every process of an app in one stream, with history; platform events; the rack's own log.
+
+    A stream yields batches of lines in time order. Its first batch comes at once (possibly empty) when the
+    request is valid; an unknown app or pid raises before it. Without ``follow`` it ends with the history
+    from ``since``; with it, it goes on with every new line until closed.
+    """
+
+    def app(
+        self,
+        app: str,
+        *,
+        since: datetime | None = None,
+        follow: bool = True,
+        service: str = "",
+        pid: str = "",
+        filter: str = "",
+    ) -> AsyncIterator[list[LogEntry]]:
+        """The app's log: lines of ``service`` (a process type, and the platform's events about it), of one
+        process ``pid``, containing ``filter``; ``since`` ``None`` for the whole history."""
+        ...
+
+    def system(
+        self, *, since: datetime | None = None, follow: bool = True, service: str = "", filter: str = ""
+    ) -> AsyncIterator[list[LogEntry]]:
+        """The rack's own log: its services' lines, ``service`` naming one (``gateway``)."""
+        ...
+
+    async def event(
+        self, app: str, message: str, *, release: str = "", pid: str = "", service: str = "convox"
+    ) -> None:
+        """A platform event in the app's log (``convox:RELEASE/PID message``); never raises."""
+        ...
+
+    async def collect(
+        self,
+        *,
+        max_bytes: int = ...,
+        max_age: float = ...,
+        order_window: float = ...,
+        follower_queue: int = ...,
+        max_line: int = ...,
+        poll_interval: float = ...,
+    ) -> None:
+        """Start collecting every app's log into its history (bounded per app by ``max_bytes`` and
+        ``max_age`` seconds); called once, by the logs service, which serves the streams."""
+        ...
 
 
 class ResourcesAPI(Protocol):
-    async def create(self, kind: str, name: str) -> Resource: ...
-    async def get(self, name: str) -> Resource: ...
-    async def list(self) -> list[Resource]: ...
-    async def delete(self, name: str) -> None: ...
-    async def link(self, name: str, app: str) -> Resource: ...
+    """Backing services (postgres, mysql, redis) and the apps linked to them. A service's URL carries its
+    password: ``get`` and ``list`` show it as ``***`` unless ``reveal``. Linking only records the link;
+    the caller puts the URL into the app's environment (a release), which is provider-neutral."""
+
+    async def create(self, kind: str, name: str) -> Resource:
+        """Provision a service; it is ``creating`` until it accepts connections, then ``running``, and the
+        call returns then. A create that fails raises and leaves no container, volume or record."""
+        ...
+
+    async def get(self, name: str, reveal: bool = False) -> Resource: ...
+    async def list(self, reveal: bool = False) -> list[Resource]: ...
+
+    async def delete(self, name: str) -> None:
+        """Remove the service and its data; refused (Conflict) while an app is linked to it."""
+        ...
+
+    async def link(self, name: str, app: str) -> Resource:
+        """Record that ``app`` uses the service (NotFound for an unknown service or app)."""
+        ...
+
     async def unlink(self, name: str, app: str) -> Resource: ...
+
+    async def adopt(self) -> None:
+        """After a (re)start of the rack: finish or undo what was cut short, bring back missing servers.
+        Called once by the service that owns backing services."""
+        ...
+
+
+class ParamsAPI(Protocol):
+    """The rack's parameters (`convox rack params`): known names, each with a default."""
+
+    async def get(self) -> dict[str, str]: ...
+
+    async def set(self, values: dict[str, str]) -> dict[str, str]:
+        """Change some parameters (an empty value restores the default); returns them all."""
+        ...
 
 
 class Provider(Protocol):
@@ -120,6 +235,9 @@ class Provider(Protocol):
     builds: BuildsAPI
     releases: ReleasesAPI
     formation: FormationAPI
+    logs: LogsAPI
+    resources: ResourcesAPI
+    params: ParamsAPI
 
     async def __aenter__(self) -> Self: ...
 
