@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,3 +246,93 @@ def test_a_restarted_rack_adopts_running_processes(tmp_path: Path, busybox_image
     finally:
         stop_rack(first)
         remove_labelled_containers(name)
+
+
+ECHO_SERVICE = """  echo:
+    build: .
+    command: nc -ll -p 5000 -e cat
+    port: 5000
+    scale:
+      memory: 16
+"""
+
+
+def echo(sock: socket.socket, text: bytes) -> bytes:
+    sock.sendall(text)
+    received = b""
+    while len(received) < len(text):
+        chunk = sock.recv(1024)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def test_the_balancer_keeps_open_connections_through_scale_and_roll_out(
+    cli: Cli, rack: RunningRack, web_app: tuple[str, Path]
+) -> None:
+    app, source = web_app
+    manifest = source / "convox.yml"
+    manifest.write_text(manifest.read_text() + ECHO_SERVICE)
+    assert deploy(cli, app, source).returncode == 0
+    balancer = formation(cli, app)["echo"][3]
+    host, port = balancer.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as held:
+        assert echo(held, b"one\n") == b"one\n"
+        cli("scale", "echo", "--count", "2", "--app", app, check=True)
+        assert echo(held, b"two\n") == b"two\n"
+        with socket.create_connection((host, int(port)), timeout=10) as fresh:
+            assert echo(fresh, b"new\n") == b"new\n"
+        old = set(containers(rack, app, "echo"))
+        rollout = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "env", "set", "X=1", "--promote", "--app", app],
+            env=cli.env,
+            cwd=cli.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while len(set(containers(rack, app, "echo")) - old) < 2:  # the new release's echo processes
+                assert time.monotonic() < deadline and rollout.poll() is None
+                time.sleep(0.2)
+            time.sleep(1)
+            assert echo(held, b"three\n") == b"three\n"  # still served by its draining process
+        finally:
+            held.close()
+            _, err = rollout.communicate(timeout=60)
+        assert rollout.returncode == 0, err
+    assert not old & set(containers(rack, app, "echo"))
+    with socket.create_connection((host, int(port)), timeout=10) as after:
+        assert echo(after, b"four\n") == b"four\n"
+
+
+def test_bad_input_to_releases_environment_and_formation(
+    rack: RunningRack, cli: Cli, web_app: tuple[str, Path]
+) -> None:
+    app, source = web_app
+    assert deploy(cli, app, source).returncode == 0
+    auth = ("x", rack.password)
+    base = f"{rack.url}/apps/{app}"
+    cases = [
+        ("POST", "/environment", {"1BAD": "x"}, 400),
+        ("POST", "/environment", {"GOOD": 5}, 400),
+        ("POST", "/environment", ["A=1"], 400),
+        ("DELETE", "/environment/NOT_SET", None, 404),
+        ("POST", "/formation/web", {"count": -1}, 400),
+        ("POST", "/formation/web", {"count": 1000}, 400),
+        ("POST", "/formation/web", {"memory": 1}, 400),
+        ("POST", "/formation/web", {}, 400),
+        ("POST", "/formation/nope", {"count": 1}, 404),
+        ("POST", "/releases/RNOTREALXXX/promote", None, 404),
+        ("GET", "/releases/RNOTREALXXX", None, 404),
+        ("POST", "/releases/RNOTREALXXX/rollback", None, 404),
+    ]
+    releases_before = httpx.get(f"{base}/releases", auth=auth).json()
+    for method, path, body, status in cases:
+        response = httpx.request(method, base + path, json=body, auth=auth)
+        assert response.status_code == status, (method, path, response.text)
+        assert set(response.json()) == {"error"}
+    assert httpx.get(f"{base}/releases", auth=auth).json() == releases_before
+    assert httpx.get(f"{rack.url}/apps/nope-nope/formation", auth=auth).status_code == 404

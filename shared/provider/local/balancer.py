@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections import Counter
 
 from shared.logfmt import Logger
 
@@ -35,6 +36,8 @@ class Balancer:
         self._turn = itertools.count()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self.active: Counter[tuple[str, int]] = Counter()
+        self._changed = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -52,6 +55,19 @@ class Balancer:
             log.log("balancer.backends", balancer=self.name, count=len(backends))
         self.backends = list(backends)
 
+    async def drained(self, backend: tuple[str, int], within: float) -> bool:
+        """Wait until no connection through this balancer is open to ``backend`` (at most ``within`` s)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self.active[backend] > 0:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return True
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -61,17 +77,18 @@ class Balancer:
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _connect(self) -> tuple[tuple[str, int], asyncio.StreamReader, asyncio.StreamWriter] | None:
         backends = list(self.backends)
         if not backends:
             return None
         start = next(self._turn)
         for offset in range(len(backends)):
-            host, port = backends[(start + offset) % len(backends)]
+            backend = backends[(start + offset) % len(backends)]
             try:
-                return await asyncio.wait_for(asyncio.open_connection(host, port), 3)
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(*backend), 3)
             except (OSError, TimeoutError):
                 continue
+            return backend, reader, writer
         return None
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
@@ -82,10 +99,13 @@ class Balancer:
             upstream = await self._connect()
             if upstream is None:
                 return
-            backend_reader, backend_writer = upstream
+            backend, backend_reader, backend_writer = upstream
+            self.active[backend] += 1
             try:
                 await asyncio.gather(_pipe(client_reader, backend_writer), _pipe(backend_reader, client_writer))
             finally:
+                self.active[backend] -= 1
+                self._changed.set()
                 backend_writer.close()
                 with contextlib.suppress(OSError, ConnectionError):
                     await backend_writer.wait_closed()

@@ -24,6 +24,7 @@ from shared.models import App, Formation, FormationUpdate, Release
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancer import Balancer
 from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
+from shared.provider.local.events import Events
 from shared.provider.local.images import image_name
 from shared.provider.local.releases import LocalReleases
 from shared.provider.local.state import State
@@ -31,6 +32,8 @@ from shared.provider.local.state import State
 log = Logger("formation")
 LABEL_MEMORY = "convox.memory"
 REFRESH_SECONDS = 2.0
+DRAIN_SECONDS = 30.0
+"""How long a retired process keeps serving the connections its balancer opened to it before it stops."""
 MB = 1024 * 1024
 
 
@@ -76,6 +79,7 @@ class LocalFormation:
         self.balancers: dict[tuple[str, str], Balancer] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.events = Events(state)
         releases.formation = self
 
     # ---- desired state -------------------------------------------------------------------------
@@ -140,6 +144,7 @@ class LocalFormation:
                 "RestartPolicy": {"Name": "unless-stopped"},
                 "NetworkMode": self.network,
                 "Init": True,
+                "LogConfig": {"Type": "local"},  # keeps bytes that are not UTF-8 (json-file makes them U+FFFD)
             },
             "NetworkingConfig": {"EndpointsConfig": {self.network: {"Aliases": [f"{want.service}.{release.app}"]}}},
         }
@@ -162,7 +167,9 @@ class LocalFormation:
             info = await self.docker.inspect(container["Id"])
             state = info.get("State") or {}
             if not state.get("Running") or state.get("Restarting"):
-                raise RackError(f"{want.service} exited with code {state.get('ExitCode')} before it was healthy")
+                code = state.get("ExitCode")
+                await self._event(container, f"{want.service} failed its health check (exited with code {code})")
+                raise RackError(f"{want.service} exited with code {code} before it was healthy")
             if want.port is None:
                 if not first:
                     return
@@ -171,8 +178,14 @@ class LocalFormation:
             first = False
             if asyncio.get_running_loop().time() > deadline:
                 what = f"GET {want.health.path}" if want.health else f"TCP {want.port}"
+                await self._event(container, f"{want.service} failed its health check ({what})")
                 raise RackError(f"{want.service} failed its health check ({what})")
             await asyncio.sleep(min(1.0, health.interval))
+
+    async def _event(self, container: dict[str, Any], message: str) -> None:
+        labels = (container.get("Config") or {}).get("Labels") or {}
+        app, release = labels.get(LABEL_APP, ""), labels.get(LABEL_RELEASE, "")
+        await self.events.emit(app, message, release=release, pid=container["Id"])
 
     @staticmethod
     async def _check(ip: str, port: int, health: Health | None) -> bool:
@@ -270,11 +283,21 @@ class LocalFormation:
             for c in await self._containers(app, all=True)
             if c["Id"] not in kept and (only is None or (c.get("Labels") or {}).get(LABEL_TYPE) in scope)
         ]
+        await asyncio.gather(*(self._retire(app, c) for c in retire), return_exceptions=True)
         if only is None:
             for app_name, service in list(self.balancers):
                 if app_name == app and service not in scope:
                     await self._drop_balancer(app, service)
-        await asyncio.gather(*(self.docker.stop(c["Id"]) for c in retire), return_exceptions=True)
+
+    async def _retire(self, app: str, container: dict[str, Any]) -> None:
+        """Stop a process once the connections its balancer holds open to it are done (or drain time ends)."""
+        service = (container.get("Labels") or {}).get(LABEL_TYPE, "")
+        balancer = self.balancers.get((app, service))
+        if balancer is not None:
+            ip = container_ip(container, self.network)
+            for backend in [b for b in balancer.active if b[0] == ip and balancer.active[b] > 0]:
+                await balancer.drained(backend, DRAIN_SECONDS)
+        await self.docker.stop(container["Id"])
 
     async def _backends(self, containers: list[dict[str, Any]], port: int) -> list[tuple[str, int]]:
         backends = []
@@ -309,10 +332,13 @@ class LocalFormation:
             with contextlib.suppress(Exception), log.measure("release.promote", app=release.app, release=release.id):
                 try:
                     await self.converge(release)
-                except Exception:
+                except Exception as exc:
                     await self.apps.set_status(release.app, "failed")
+                    reason = getattr(exc, "message", None) or type(exc).__name__
+                    await self.events.emit(release.app, f"release failed to roll out: {reason}", release=release.id)
                     raise
                 await self.apps.set_status(release.app, "running", release=release.id)
+                await self.events.emit(release.app, "release promoted", release=release.id)
 
     async def get(self, app: str) -> list[Formation]:
         current = await self.apps.get(app)
@@ -365,6 +391,9 @@ class LocalFormation:
             )
             with log.measure("formation.scale", app=app, service=service, count=update.count, memory=update.memory):
                 await self.converge(release, only=service)
+            changes = (("count", update.count), ("memory", update.memory))
+            scaled = ", ".join(f"{key} {value}" for key, value in changes if value is not None)
+            await self.events.emit(app, f"{service} scaled: {scaled}", release=release.id)
         return next(f for f in await self.get(app) if f.name == service)
 
     async def adopt(self) -> None:
