@@ -18,6 +18,7 @@ Case = Callable[["Context"], "Result"]
 
 CASES: dict[str, str] = {
     "version": "bench.cases.version:run",  # issue #2: `convox --version` startup vs `docker --version`
+    "deploy": "bench.cases.deploy:run",  # issue #3: `convox deploy` vs `docker build` + `docker run`
 }
 
 

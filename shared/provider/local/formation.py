@@ -163,6 +163,7 @@ class LocalFormation:
         health = want.health or Health()
         deadline = asyncio.get_running_loop().time() + health.grace + 3 * health.timeout + 2
         first = True
+        pause = 0.05  # a fresh process usually answers within a few tenths of a second: look soon, then back off
         while True:
             info = await self.docker.inspect(container["Id"])
             state = info.get("State") or {}
@@ -171,8 +172,9 @@ class LocalFormation:
                 await self._event(container, f"{want.service} failed its health check (exited with code {code})")
                 raise RackError(f"{want.service} exited with code {code} before it was healthy")
             if want.port is None:
-                if not first:
+                if not first:  # a type without a port: still running after its first look
                     return
+                pause = 1.0
             elif await self._check(container_ip(info, self.network), want.port, want.health):
                 return
             first = False
@@ -180,7 +182,8 @@ class LocalFormation:
                 what = f"GET {want.health.path}" if want.health else f"TCP {want.port}"
                 await self._event(container, f"{want.service} failed its health check ({what})")
                 raise RackError(f"{want.service} failed its health check ({what})")
-            await asyncio.sleep(min(1.0, health.interval))
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, float(health.interval), 1.0)
 
     async def _event(self, container: dict[str, Any], message: str) -> None:
         labels = (container.get("Config") or {}).get("Labels") or {}
