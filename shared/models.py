@@ -143,14 +143,25 @@ class FormationUpdate(Model):
     memory: int | None = Field(None, ge=4, le=1_048_576, description="MB")
 
 
+ResourceType = Literal["postgres", "mysql", "redis"]
+
+
 class Resource(Model):
     """A backing service (postgres, mysql, redis) and the apps it is linked to."""
 
-    name: str
-    type: Literal["postgres", "mysql", "redis"]
-    status: str
-    url: str = ""
-    apps: list[str] = Field(default_factory=list)
+    name: str = Field(examples=["postgres"])
+    type: ResourceType
+    status: str = Field(
+        examples=["running"],
+        description="creating until the server accepts connections, then running (stopped or restarting when "
+        "its server is not up), deleting while it goes.",
+    )
+    url: str = Field(
+        "",
+        examples=["postgres://app:***@postgres:5432/app"],
+        description="Where apps reach it; the password is *** unless asked to reveal it.",
+    )
+    apps: list[str] = Field(default_factory=list, description="The apps linked to it, by name.")
 
 
 class LogEntry(Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+
 from fastapi import FastAPI
 
 from services.builds.routes import UPLOADS, router

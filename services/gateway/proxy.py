@@ -122,8 +122,9 @@ class Upstreams:
                 open_timeout=10,
             )
         except InvalidStatus as exc:
+            body = bytes(exc.response.body or b"")
             await websocket.send_denial_response(
-                Response(exc.response.body or b"", status_code=exc.response.status_code, media_type="application/json")
+                Response(body, status_code=exc.response.status_code, media_type="application/json")
             )
             return
         except (TimeoutError, OSError):

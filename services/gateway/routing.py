@@ -7,12 +7,14 @@ import re
 ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(p), service)
     for p, service in [
+        (r"^/apps/[^/]+/processes/[^/]+/logs$", "logs"),
         (r"^/apps/[^/]+/processes(/.*)?$", "processes"),
         (r"^/apps/[^/]+/services/[^/]+/processes$", "processes"),
         (r"^/apps/[^/]+/builds(/.*)?$", "builds"),
         (r"^/apps/[^/]+/logs$", "logs"),
         (r"^/system/processes(/.*)?$", "processes"),
         (r"^/system/logs$", "logs"),
+        (r"^/system/params$", "provisioner"),
         (r"^/services(/.*)?$", "provisioner"),
         (r"^/apps(/.*)?$", "apps"),
         (r"^/system(/.*)?$", "apps"),

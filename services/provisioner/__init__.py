@@ -1,18 +1,38 @@
-"""The provisioner service: backing services (postgres, mysql, redis): create, link, delete."""
+"""The provisioner service: backing services (postgres, mysql, redis): create, link, delete; rack params."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
+from services.provisioner.linking import AppsService, Linker, Promoter
+from services.provisioner.routes import params_router, router
 from shared.config import RackSettings
 from shared.provider import Provider
 from shared.service import build_service
 
 NAME = "provisioner"
-ROUTERS: list[APIRouter] = []
+ROUTERS = [router, params_router]
+TAGS = [
+    {"name": "services", "description": "Backing services (postgres, mysql, redis) linked into apps"},
+    {"name": "system", "description": "The rack"},
+]
 
 
 def create_app(
-    settings: RackSettings | None = None, provider: Provider | None = None, internal: bool = True
+    settings: RackSettings | None = None,
+    provider: Provider | None = None,
+    internal: bool = True,
+    promoter: Promoter | None = None,
 ) -> FastAPI:
-    return build_service(NAME, ROUTERS, settings=settings, provider=provider, internal=internal)
+    """``promoter`` replaces the apps service (tests pass a fake through this seam)."""
+    settings = settings or RackSettings()
+    chosen = promoter or AppsService(settings)
+
+    async def start(opened: Provider) -> None:
+        app.state.linker = Linker(opened, chosen)
+        await opened.resources.adopt()
+
+    app = build_service(
+        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[start]
+    )
+    return app

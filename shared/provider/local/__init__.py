@@ -9,10 +9,13 @@ from shared import __version__
 from shared.config import LocalProviderSettings, RackSettings
 from shared.models import System
 from shared.provider.local.apps import LocalApps
+from shared.provider.local.builds import LocalBuilds
 from shared.provider.local.docker import Docker
 from shared.provider.local.formation import LocalFormation
+from shared.provider.local.logs import LocalLogs
 from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.releases import LocalReleases
+from shared.provider.local.resources import LocalParams, LocalResources
 from shared.provider.local.state import State
 
 
@@ -40,6 +43,13 @@ class LocalProvider:
             self.state, self.docker, self.apps, self.releases, settings.name, settings.balancer_host
         )
         self.apps.on_delete.append(self.formation.forget)
+        self.params = LocalParams(self.state)
+        self.resources = LocalResources(
+            self.state, self.docker, self.apps, self.params, settings.name, self.formation.network
+        )
+        self.apps.on_delete.append(self.resources.forget_app)
+        self.builds = LocalBuilds(self.state, self.docker, self.apps, self.releases, settings.name, settings.data_dir)
+        self.logs = LocalLogs(self.state, self.docker, self.apps, settings.name, settings.data_dir)
 
     async def __aenter__(self) -> Self:
         await self.state.open()
@@ -51,6 +61,9 @@ class LocalProvider:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.builds.close()
         await self.formation.close()
+        await self.resources.close()
+        await self.logs.close()
         await self.docker.close()
         await self.state.close()

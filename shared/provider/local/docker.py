@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,8 @@ LABEL_APP = "convox.app"
 LABEL_TYPE = "convox.type"
 LABEL_RELEASE = "convox.release"
 LABEL_ONEOFF = "convox.oneoff"
+STREAMING = aiohttp.ClientTimeout(sock_connect=10)
+"""Streams (logs, events) run as long as they last; only connecting has a limit."""
 
 
 @asynccontextmanager
@@ -107,6 +110,100 @@ class Docker:
                 except aiodocker.DockerError as race:
                     if race.status != 409:
                         raise
+
+    async def ensure_image(self, image: str) -> None:
+        """Pull ``image`` unless the engine has it; an image that cannot be had is a 502 naming it."""
+        async with translated(f"image {image}"):
+            try:
+                await self.client.images.inspect(image)
+                return
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+        reason = "the pull ended without it"
+        try:
+            async with translated(f"image {image}"):
+                await self.client.images.pull(image)
+                await self.client.images.inspect(image)
+                return
+        except RackError as exc:
+            reason = exc.message.removeprefix(f"image {image}: ")
+        raise RackError(f"image {image} is not on the engine and could not be pulled: {reason}", status=502)
+
+    async def start(self, container_id: str) -> None:
+        async with translated(f"container {container_id}"):
+            await self.client.containers.container(container_id).start()
+
+    async def tail(self, container_id: str, lines: int = 20) -> str:
+        """The last ``lines`` of a container's output (stdout and stderr merged)."""
+        async with translated(f"container {container_id}"):
+            chunks = await self.client.containers.container(container_id).log(stdout=True, stderr=True, tail=lines)
+        return "".join(chunks)
+
+    async def volume_create(self, name: str, labels: dict[str, str]) -> None:
+        volumes: Any = self.client.volumes  # aiodocker's volume API is untyped
+        async with translated(f"volume {name}"):
+            await volumes.create({"Name": name, "Labels": labels})
+
+    async def volume_remove(self, name: str) -> None:
+        """Remove a volume; one that is already gone is fine."""
+        volume: Any = aiodocker.volumes.DockerVolume(self.client, name)  # type: ignore[no-untyped-call]
+        try:
+            async with translated(f"volume {name}"):
+                await volume.delete()
+        except NotFound:
+            pass
+
+    async def logs(
+        self, container_id: str, *, since: str = "", follow: bool = True, tty: bool = False
+    ) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """A container's log as the Engine keeps it, with its timestamps, in batches as they come.
+
+        Without a TTY each item is one log message ``(stream, b"TIMESTAMP text")``, stream 1 stdout or 2
+        stderr; a line longer than 16 KiB comes as messages of 16 KiB with the same timestamp, the last one
+        ending with the newline (json-file) or not (local). With a TTY the Engine frames nothing: items are
+        ``(1, chunk)`` of raw text. ``since`` is ``seconds.nanoseconds``, inclusive. The iterator ends when the
+        log does (with ``follow``, when the container stops); a dropped connection raises, never ends silently.
+        """
+        params = {"stdout": "1", "stderr": "1", "timestamps": "1", "follow": "1" if follow else "0"}
+        if since:
+            params["since"] = since
+        async with (
+            translated(f"process {container_id[:12]}"),
+            self.client._query(f"containers/{container_id}/logs", params=params, timeout=STREAMING) as response,
+        ):
+            buffer = bytearray()
+            async for chunk in response.content.iter_any():
+                if tty:
+                    yield [(1, chunk)]
+                    continue
+                buffer += chunk
+                batch: list[tuple[int, bytes]] = []
+                pos = 0
+                end = len(buffer)
+                while end - pos >= 8:
+                    size = int.from_bytes(buffer[pos + 4 : pos + 8], "big")
+                    if end - pos - 8 < size:
+                        break
+                    batch.append((buffer[pos], bytes(buffer[pos + 8 : pos + 8 + size])))
+                    pos += 8 + size
+                del buffer[:pos]
+                if batch:
+                    yield batch
+            if buffer:
+                raise Unavailable("docker engine: the log stream ended inside a message")
+
+    async def events(self, filters: dict[str, list[str]], since: str = "") -> AsyncIterator[dict[str, Any]]:
+        """The Engine's events matching ``filters`` (from ``since``, ``seconds.nanoseconds``, then live).
+        The stream never ends on its own: when the Engine goes away this raises :class:`Unavailable`."""
+        params = {"filters": json.dumps(filters)}
+        if since:
+            params["since"] = since
+        async with translated("events"), self.client._query("events", params=params, timeout=STREAMING) as response:
+            async for line in response.content:
+                if line.strip():
+                    yield json.loads(line)
+        raise Unavailable("docker engine: the event stream ended")
 
     async def build(
         self,

@@ -47,6 +47,43 @@ CREATE TABLE IF NOT EXISTS formation (
     balancer_port INTEGER,
     PRIMARY KEY (app, service)
 );
+CREATE TABLE IF NOT EXISTS resources (
+    name TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    image TEXT NOT NULL,
+    username TEXT NOT NULL DEFAULT '',
+    password TEXT NOT NULL DEFAULT '',
+    database TEXT NOT NULL DEFAULT '',
+    root_password TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS links (
+    resource TEXT NOT NULL,
+    app TEXT NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (resource, app)
+);
+CREATE TABLE IF NOT EXISTS params (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL,
+    time TEXT NOT NULL,
+    service TEXT NOT NULL,
+    release TEXT NOT NULL DEFAULT '',
+    pid TEXT NOT NULL DEFAULT '',
+    message TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log_sources (
+    src TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    cursor TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0,
+    updated TEXT NOT NULL
+);
 """
 
 
@@ -86,7 +123,12 @@ class State:
             return list(await cursor.fetchall())
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
-        """Run one statement in its own transaction; returns the rows it changed."""
-        cursor = await self.db.execute(sql, tuple(params))
+        """Run one statement in its own transaction; returns the rows it changed. A statement that fails
+        (a constraint) rolls back: an open transaction would lock every other process's writes."""
+        try:
+            cursor = await self.db.execute(sql, tuple(params))
+        except BaseException:
+            await self.db.rollback()
+            raise
         await self.db.commit()
         return cursor.rowcount

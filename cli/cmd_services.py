@@ -1,0 +1,118 @@
+"""`convox` commands: backing services (`convox services ...`) and rack params (`convox rack params ...`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli import output
+from cli.client import Client
+from cli.config import current_rack, resolve_app
+from cli.errors import CliError
+
+AppOption = Annotated[
+    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+]
+SLOW = 660.0
+"""Creating waits for the server to accept connections; linking waits for the app's roll-out."""
+
+
+def client(timeout: float = 30.0) -> Client:
+    return Client(current_rack(), timeout=timeout)
+
+
+def register(app: typer.Typer) -> None:
+    from cli.app import rack_app
+
+    services = typer.Typer(
+        help="Backing services (postgres, mysql, redis), linked into apps as <NAME>_URL.",
+        invoke_without_command=True,
+    )
+    params = typer.Typer(help="Show and change the rack's parameters.", invoke_without_command=True)
+    app.add_typer(services, name="services")
+    rack_app.add_typer(params, name="params")
+
+    @services.callback()
+    def services_list(ctx: typer.Context) -> None:
+        """List backing services."""
+        if ctx.invoked_subcommand is not None:
+            return
+        with client() as c:
+            rows = c.get("/services")
+        output.table(
+            ["name", "type", "status", "apps"],
+            [(r["name"], r["type"], r["status"], ", ".join(r["apps"])) for r in rows],
+        )
+
+    @services.command("create")
+    def services_create(
+        kind: Annotated[str, typer.Argument(metavar="TYPE", help="postgres, mysql or redis.")],
+        name: Annotated[str | None, typer.Option("--name", "-n", help="The service's name (default: TYPE).")] = None,
+    ) -> None:
+        """Create a backing service and wait until it accepts connections."""
+        body = {"type": kind, **({"name": name} if name else {})}
+        with client(SLOW) as c, output.step(f"Creating {name or kind} ({kind})"):
+            c.post("/services", json=body)
+
+    @services.command("info")
+    def services_info(
+        name: Annotated[str, typer.Argument(help="The service.")],
+        reveal: Annotated[bool, typer.Option("--reveal", help="Show the password in the URL.")] = False,
+    ) -> None:
+        """Show a backing service: type, status, linked apps and URL (password hidden unless --reveal)."""
+        with client() as c:
+            data = c.get(f"/services/{name}", params={"reveal": reveal})
+        output.info(
+            [
+                ("Name", data["name"]),
+                ("Type", data["type"]),
+                ("Status", data["status"]),
+                ("Apps", ", ".join(data["apps"])),
+                ("URL", data["url"]),
+            ]
+        )
+
+    @services.command("delete")
+    def services_delete(name: Annotated[str, typer.Argument(help="The service.")]) -> None:
+        """Delete a backing service and its data (refused while linked)."""
+        with client(SLOW) as c, output.step(f"Deleting {name}"):
+            c.delete(f"/services/{name}")
+
+    @services.command("link")
+    def services_link(name: Annotated[str, typer.Argument(help="The service.")], app_opt: AppOption = None) -> None:
+        """Link a service into an app: <NAME>_URL in its environment, rolled out."""
+        target = resolve_app(app_opt)
+        with client(SLOW) as c, output.step(f"Linking {name} to {target}"):
+            c.post(f"/services/{name}/links", json={"app": target})
+
+    @services.command("unlink")
+    def services_unlink(name: Annotated[str, typer.Argument(help="The service.")], app_opt: AppOption = None) -> None:
+        """Unlink a service from an app: <NAME>_URL leaves its environment, rolled out."""
+        target = resolve_app(app_opt)
+        with client(SLOW) as c, output.step(f"Unlinking {name} from {target}"):
+            c.delete(f"/services/{name}/links/{target}")
+
+    @params.callback()
+    def params_list(ctx: typer.Context) -> None:
+        """Show the rack's parameters."""
+        if ctx.invoked_subcommand is not None:
+            return
+        with client() as c:
+            values: dict[str, str] = c.get("/system/params")
+        if values:
+            output.info(sorted(values.items()))
+
+    @params.command("set")
+    def params_set(
+        pairs: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="Parameters; an empty value resets.")],
+    ) -> None:
+        """Change rack parameters, such as postgres_image=postgres:16."""
+        values: dict[str, str] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise CliError(f"expected KEY=VALUE, got {pair!r}")
+            values[key] = value
+        with client() as c, output.step("Updating parameters"):
+            c.post("/system/params", json=values)

@@ -1,0 +1,136 @@
+"""Linking a backing service into an app: ``<NAME>_URL`` in the app's environment, through a release that
+the apps service rolls out (it owns formation: the roll-out runs there, never in this process).
+
+A link or unlink makes a new release from the app's latest one with the variable set or removed. When the
+app has an active release, the new one is promoted (after any roll-out in progress) and the call returns
+once it serves, so the app's processes, and any process started after, see the change; an app that was never
+deployed gets it with its first deploy. Links and unlinks of one app are serialised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import httpx
+
+from shared.config import INTERNAL_HEADER, RackSettings
+from shared.errors import Conflict, NotFound, RackError, Unavailable
+from shared.logfmt import Logger
+from shared.models import Resource
+from shared.provider import Provider
+
+log = Logger("provisioner")
+ROLLOUT_TIMEOUT = 300.0
+POLL_SECONDS = 0.25
+
+
+def env_key(name: str) -> str:
+    """The variable a linked service is found by: ``my-db`` gives ``MY_DB_URL``."""
+    return name.upper().replace("-", "_") + "_URL"
+
+
+class Promoter(Protocol):
+    async def promote(self, app: str, release: str) -> None:
+        """Start rolling ``release`` out (:class:`Conflict` while the app is already updating)."""
+        ...
+
+
+class AppsService:
+    """Promotes through the apps service, on its unix socket, with the rack's internal secret."""
+
+    def __init__(self, settings: RackSettings) -> None:
+        self.socket = settings.socket_path("apps")
+        self.secret = settings.internal_secret.get_secret_value()
+
+    async def promote(self, app: str, release: str) -> None:
+        transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
+        async with httpx.AsyncClient(transport=transport, base_url="http://apps", timeout=30) as client:
+            try:
+                response = await client.post(
+                    f"/apps/{app}/releases/{release}/promote", headers={INTERNAL_HEADER: self.secret}
+                )
+            except httpx.TransportError:
+                raise Unavailable("apps service unavailable") from None
+        if response.status_code < 400:
+            return
+        try:
+            message = str(response.json()["error"])
+        except (ValueError, KeyError, TypeError):
+            message = f"apps service answered {response.status_code}"
+        if response.status_code == 409:
+            raise Conflict(message)
+        raise RackError(message, status=response.status_code)
+
+
+class Linker:
+    def __init__(self, provider: Provider, promoter: Promoter, rollout_timeout: float = ROLLOUT_TIMEOUT) -> None:
+        self.provider = provider
+        self.promoter = promoter
+        self.rollout_timeout = rollout_timeout
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, app: str) -> asyncio.Lock:
+        return self.locks.setdefault(app, asyncio.Lock())
+
+    async def link(self, name: str, app: str) -> Resource:
+        async with self._lock(app):
+            await self.provider.resources.link(name, app)
+            try:
+                url = (await self.provider.resources.get(name, reveal=True)).url
+                env = await self.provider.releases.environment(app)
+                release = await self.provider.releases.create(
+                    app, env={**env, env_key(name): url}, description=f"link {name}"
+                )
+            except BaseException:
+                await self.provider.resources.unlink(name, app)
+                raise
+            log.log("resource.link.release", resource=name, app=app, key=env_key(name), release=release.id)
+            await self._roll_out(app, release.id)
+        return await self.provider.resources.get(name)
+
+    async def unlink(self, name: str, app: str) -> Resource:
+        async with self._lock(app):
+            resource = await self.provider.resources.get(name)
+            if app not in resource.apps:
+                raise NotFound(f"service {name} is not linked to {app}")
+            env = await self.provider.releases.environment(app)
+            release_id = ""
+            if env_key(name) in env:
+                del env[env_key(name)]
+                release = await self.provider.releases.create(app, env=env, description=f"unlink {name}")
+                release_id = release.id
+                log.log("resource.unlink.release", resource=name, app=app, key=env_key(name), release=release_id)
+            await self.provider.resources.unlink(name, app)
+            if release_id:
+                await self._roll_out(app, release_id)
+        return await self.provider.resources.get(name)
+
+    async def _roll_out(self, app: str, release: str) -> None:
+        """Promote ``release`` when the app runs one (waiting out a roll-out in progress), then wait until
+        it serves; a failed roll-out is an error (the previous release keeps serving)."""
+        if not (await self.provider.apps.get(app)).release:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.rollout_timeout
+        while True:
+            try:
+                await self.promoter.promote(app, release)
+                break
+            except Conflict:
+                if loop.time() > deadline:
+                    raise Conflict(f"app {app} is still updating: promote release {release} later") from None
+                await asyncio.sleep(POLL_SECONDS)
+        while True:
+            current = await self.provider.apps.get(app)
+            if current.status == "running" and current.release == release:
+                return
+            if current.status == "failed":
+                raise RackError(
+                    f"release {release} failed to roll out; {current.release or 'nothing'} is still serving "
+                    f"(see `convox logs --app {app}`)",
+                    status=502,
+                )
+            if loop.time() > deadline:
+                raise RackError(f"release {release} is still rolling out after {self.rollout_timeout:.0f}s", 504)
+            await asyncio.sleep(POLL_SECONDS)
