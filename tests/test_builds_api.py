@@ -357,7 +357,7 @@ def test_openapi_documents_the_upload_and_the_log_socket(tmp_path: Path, provide
     doc = service(tmp_path, provider).openapi()
     create = doc["paths"]["/apps/{app}/builds"]["post"]
     assert create["operationId"] == "build_create"
-    assert "application/gzip" in create["requestBody"]["content"]
+    assert "application/octet-stream" in create["requestBody"]["content"]
     assert {"400", "404", "413"} <= set(create["responses"])
     assert {p["name"] for p in create["parameters"]} == {"app", "description", "manifest", "no_cache"}
     assert doc["paths"]["/apps/{app}/builds"]["get"]["operationId"] == "build_list"

@@ -45,8 +45,11 @@ TOO_LARGE: dict[int | str, dict[str, Any]] = {413: {"model": Error, "description
 SOURCE_BODY = {
     "requestBody": {
         "required": True,
-        "description": "The source directory as a gzipped tar (`.dockerignore` already applied by the client).",
-        "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+        "description": (
+            "The source directory as a gzipped tar (`.dockerignore` already applied by the client), sent as "
+            "raw bytes (any Content-Type; the CLI sends `application/gzip`)."
+        ),
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
 
