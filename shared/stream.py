@@ -20,7 +20,9 @@ A stream that ends without a status message is an error, never a silent success.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from enum import IntEnum
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
@@ -89,3 +91,45 @@ def parse_resize(payload: bytes) -> Resize:
 
 def close(channel: Channel) -> bytes:
     return encode(Channel.CLOSE, bytes((channel,)))
+
+
+# ---- what a provider hands a service for a process attached to a stream -----------------------------------
+
+
+class Terminal(BaseModel):
+    """How a streamed process's stdio is set up: a TTY of the given size, or plain pipes (``tty=False``)."""
+
+    tty: bool = False
+    width: int | None = Field(None, ge=1, le=10_000)
+    height: int | None = Field(None, ge=1, le=10_000)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """``(width, height)`` when both are known."""
+        return (self.width, self.height) if self.width and self.height else None
+
+
+class ProcessStream(Protocol):
+    """A process whose stdio is a stream: ``convox exec`` or an interactive ``convox run``.
+
+    The provider validates what it can when it makes one (an unknown pid is a 404 before anything starts).
+    :meth:`start` runs the process with the terminal. :meth:`output` yields what it writes until its stdout
+    and stderr end, as messages of this protocol ready to send (channel 1 or 2, then the bytes: the provider
+    frames them where it reads them, saving a copy of every byte). :meth:`wait` returns its exit code.
+    :meth:`close` ends it when it still runs (a hangup for a TTY, a kill otherwise) and frees everything; it
+    is always called, once, on every path out.
+    """
+
+    async def start(self, terminal: Terminal) -> None: ...
+
+    def output(self) -> AsyncIterator[bytes]: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close_stdin(self) -> None: ...
+
+    async def resize(self, width: int, height: int) -> None: ...
+
+    async def wait(self) -> int: ...
+
+    async def close(self) -> None: ...

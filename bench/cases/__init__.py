@@ -19,6 +19,12 @@ Case = Callable[["Context"], "Result"]
 CASES: dict[str, str] = {
     "version": "bench.cases.version:run",  # issue #2: `convox --version` startup vs `docker --version`
     "deploy": "bench.cases.deploy:run",  # issue #3: `convox deploy` vs `docker build` + `docker run`
+    "exec_throughput": "bench.cases.exec_throughput:run",  # issue #4: `convox exec` dd 512 MiB vs `docker exec`
+    "exec_roundtrip": "bench.cases.exec_roundtrip:run",  # issue #4: a byte echoed in a TTY vs `docker exec -it`
+    "run_true": "bench.cases.run_true:run",  # issue #4: `convox run web true` vs `docker run --rm`
+    "ps_twenty": "bench.cases.ps_twenty:run",  # issue #4: `convox ps` of 20 vs `docker stats --no-stream`
+    "logs_throughput": "bench.cases.logs:throughput",  # issue #5: lines/s via `convox logs` vs `docker logs -f`
+    "logs_latency": "bench.cases.logs:latency",  # issue #5: write-to-print p50/p99 vs `docker logs -f`
 }
 
 

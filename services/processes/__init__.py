@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
+from services.processes.rack import router as rack_router
+from services.processes.routes import router
 from shared.config import RackSettings
 from shared.provider import Provider
 from shared.service import build_service
 
 NAME = "processes"
-ROUTERS: list[APIRouter] = []
+ROUTERS = [router, rack_router]
+TAGS = [{"name": "processes", "description": "Processes of apps: ps, run, exec, stop, live metrics"}]
+
+
+async def adopt(provider: Provider) -> None:
+    """One-offs are this service's: at its start, end the interactive ones a restart cut off from their
+    streams and keep enforcing the detached ones' timeouts."""
+    await provider.processes.adopt()
 
 
 def create_app(
     settings: RackSettings | None = None, provider: Provider | None = None, internal: bool = True
 ) -> FastAPI:
-    return build_service(NAME, ROUTERS, settings=settings, provider=provider, internal=internal)
+    return build_service(
+        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[adopt]
+    )

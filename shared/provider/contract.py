@@ -24,7 +24,6 @@ from shared.models import (
     BuildOptions,
     Formation,
     FormationUpdate,
-    LogEntry,
     Process,
     ProcessRunOptions,
     Release,
@@ -140,9 +139,12 @@ class FormationAPI(Protocol):
 class LogsAPI(Protocol):
     """Every process of an app in one stream, with history; platform events; the rack's own log.
 
-    A stream yields batches of lines in time order. Its first batch comes at once (possibly empty) when the
-    request is valid; an unknown app or pid raises before it. Without ``follow`` it ends with the history
-    from ``since``; with it, it goes on with every new line until closed.
+    A stream yields batches of whole lines in time order, each UTF-8 ``TIMESTAMP TYPE:RELEASE/PID LINE\n``
+    (Convox's form: RFC 3339 in UTC to the microsecond, ``2015-01-01T00:00:00.000000Z web:RNJYVQUMKKU/68831d3dce63
+    listening``; ``/PID`` only for a process's line, the rack's own lines are ``gateway: ...``), rendered once
+    by the provider (the fields of ``shared.models.LogEntry``). Its first batch comes at once (possibly
+    empty) when the request is valid; an unknown app or pid raises before it. Without ``follow`` it ends with
+    the history from ``since``; with it, it goes on with every new line until closed.
     """
 
     def app(
@@ -154,14 +156,14 @@ class LogsAPI(Protocol):
         service: str = "",
         pid: str = "",
         filter: str = "",
-    ) -> AsyncIterator[list[LogEntry]]:
+    ) -> AsyncIterator[list[bytes]]:
         """The app's log: lines of ``service`` (a process type, and the platform's events about it), of one
         process ``pid``, containing ``filter``; ``since`` ``None`` for the whole history."""
         ...
 
     def system(
         self, *, since: datetime | None = None, follow: bool = True, service: str = "", filter: str = ""
-    ) -> AsyncIterator[list[LogEntry]]:
+    ) -> AsyncIterator[list[bytes]]:
         """The rack's own log: its services' lines, ``service`` naming one (``gateway``)."""
         ...
 

@@ -1,15 +1,57 @@
-"""Processes on the local provider: containers labelled with the rack and the app."""
+"""Processes on the local provider: containers labelled with the rack and the app.
+
+A pid is a container id (shown as its first 12 characters) and is only found through its own app: a pid of
+another app, of the rack or of nothing is a 404. One-off processes (``convox run``) are containers of the
+release's image labelled ``convox.oneoff=true``, listed like the others while they run and removed when they
+end. CPU and memory come from :mod:`shared.provider.local.stats`; streams from
+:mod:`shared.provider.local.exec`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
+import secrets
 import shlex
+import time
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.errors import BadRequest, NotFound
-from shared.models import Process, ProcessRunOptions
+from shared.errors import BadRequest, Conflict, NotFound, RackError
+from shared.logfmt import Logger
+from shared.manifest import Manifest
+from shared.models import Process, ProcessRunOptions, Release
 from shared.provider.local.apps import LocalApps
-from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
+from shared.provider.local.docker import (
+    LABEL_APP,
+    LABEL_ONEOFF,
+    LABEL_RACK,
+    LABEL_RELEASE,
+    LABEL_TYPE,
+    Docker,
+    translated,
+)
+from shared.provider.local.exec import AttachedRun, ExecStream, display
+from shared.provider.local.images import image_name
+from shared.provider.local.stats import Sampler
+
+if TYPE_CHECKING:
+    from shared.provider.contract import ReleasesAPI
+
+log = Logger("processes")
+
+LABEL_COMMAND = "convox.command"
+"""The command as the user gave it (a TTY run starts it through a sizing prelude)."""
+LABEL_DEADLINE = "convox.deadline"
+"""Unix time after which a one-off process is stopped (``convox run --timeout``)."""
+LABEL_INTERACTIVE = "convox.interactive"
+"""A one-off attached to a stream: it cannot outlive the service that holds the stream."""
+PID_RE = re.compile(r"^[0-9a-f]{1,64}$")
+MB = 1024 * 1024
+REAP_SECONDS = 5.0
+STOP_GRACE = 10
 
 
 def _started(value: Any) -> datetime | None:
@@ -38,7 +80,9 @@ def to_process(container: dict[str, Any]) -> Process:
     """A Process from either docker's list entry or its inspect document."""
     config = container.get("Config") or {}
     labels = container.get("Labels") or config.get("Labels") or {}
-    if "Command" in container:
+    if LABEL_COMMAND in labels:
+        command = labels[LABEL_COMMAND]
+    elif "Command" in container:
         command = container["Command"]
     else:
         command = shlex.join([*((container.get("Path") and [container["Path"]]) or []), *container.get("Args", [])])
@@ -62,49 +106,286 @@ def to_process(container: dict[str, Any]) -> Process:
 
 
 class LocalProcesses:
-    def __init__(self, docker: Docker, apps: LocalApps, rack: str) -> None:
+    def __init__(self, docker: Docker, apps: LocalApps, rack: str, releases: ReleasesAPI | None = None) -> None:
         self.docker = docker
         self.apps = apps
         self.rack = rack
+        self.network = f"convox-{rack}"  # the rack's network, as formation names it: TYPE.APP resolves there
+        self._releases = releases
+        self.sampler = Sampler(docker)
+        self.reaper: asyncio.Task[None] | None = None
+        self.shells: dict[str, bool] = {}
+        self.image_configs: dict[str, dict[str, Any]] = {}
+        self.network_seen = False
+
+    @property
+    def releases(self) -> ReleasesAPI:
+        if self._releases is None:
+            from shared.provider.local.releases import LocalReleases
+
+            self._releases = LocalReleases(self.apps.state, self.apps)
+        return self._releases
 
     def _labels(self, app: str) -> dict[str, str]:
         return {LABEL_RACK: self.rack, LABEL_APP: app}
 
-    async def run(self, app: str, options: ProcessRunOptions) -> Process:
-        await self.apps.get(app)
-        if not options.image:
-            raise BadRequest("no image to run: the app has no release yet")
-        labels = {**options.labels, **self._labels(app), LABEL_TYPE: options.service, LABEL_ONEOFF: "true"}
+    # ---- one-off processes -----------------------------------------------------------------------------------
+
+    async def _release(self, app: str, release_id: str) -> Release:
+        if not release_id:
+            release_id = (await self.apps.get(app)).release
+            if not release_id:
+                raise BadRequest(f"app {app} has no release yet: deploy it first")
+        return await self.releases.get(app, release_id)
+
+    async def resolve(self, app: str, options: ProcessRunOptions) -> ProcessRunOptions:
+        """What a one-off process of ``options.service`` runs: the release's image of that process type with
+        the release's environment (the manifest's defaults under the app's own), ``options.environment`` on top.
+        Options that name an image already are returned as they are (provider-level tests run any image)."""
+        if options.image:
+            return options
+        release = await self._release(app, options.release)
+        if not release.manifest:
+            raise BadRequest(f"release {release.id} has no build to run")
+        manifest = Manifest.model_validate_json(release.manifest)
+        service = manifest.service(options.service)
+        if service.image:
+            image = service.image
+        elif release.build:
+            image = image_name(self.rack, app, options.service, release.build)
+        else:
+            raise BadRequest(f"release {release.id} has no build for {options.service}")
+        environment = manifest.service_environment(options.service, release.env)
+        if service.port is not None:
+            environment.setdefault("PORT", str(service.port))
+        environment.update(options.environment)
+        command = options.command
+        if not command and service.command:
+            command = ["sh", "-c", service.command] if isinstance(service.command, str) else service.command
+        memory = options.memory or service.scale.memory
+        return options.model_copy(
+            update={
+                "image": image,
+                "release": release.id,
+                "environment": environment,
+                "command": command,
+                "memory": memory,
+            }
+        )
+
+    async def _argv(self, image: str, command: list[str]) -> list[str]:
+        """The full argv a container of ``image`` runs: the image's entrypoint, then the command or its CMD."""
+        config = self.image_configs.get(image)
+        if config is None:
+            async with translated(f"image {image}"):
+                info = await self.docker.client.images.inspect(image)
+            config = info.get("Config") or {}
+            if image.startswith("convox/"):  # the rack's own tags name one build each: they never change
+                self.image_configs[image] = config
+        argv = [*(config.get("Entrypoint") or []), *(command or config.get("Cmd") or [])]
+        if not argv:
+            raise BadRequest(f"image {image} has no command to run: give one")
+        return argv
+
+    async def _config(
+        self, app: str, options: ProcessRunOptions, time_limit: float | None, interactive: bool
+    ) -> tuple[dict[str, Any], list[str]]:
+        if options.image:
+            await self.apps.get(app)
+        else:
+            options = await self.resolve(app, options)
+        argv, network = await asyncio.gather(self._argv(options.image, options.command), self._network())
+        labels = {
+            **options.labels,
+            **self._labels(app),
+            LABEL_TYPE: options.service,
+            LABEL_ONEOFF: "true",
+            LABEL_COMMAND: display(options.command or argv),
+        }
         if options.release:
             labels[LABEL_RELEASE] = options.release
+        if interactive:  # its stream enforces its time limit; it cannot outlive its stream anyway
+            labels[LABEL_INTERACTIVE] = "true"
+        elif time_limit:
+            labels[LABEL_DEADLINE] = str(int(time.time() + time_limit))
+        host: dict[str, Any] = {"Init": True}
+        if options.memory:
+            host["Memory"] = host["MemorySwap"] = options.memory * MB
+        if network:
+            host["NetworkMode"] = self.network
         config: dict[str, Any] = {
             "Image": options.image,
-            "Env": [f"{key}={value}" for key, value in options.environment.items()],
+            "Env": [f"{key}={value}" for key, value in sorted(options.environment.items())],
             "Labels": labels,
-            "HostConfig": {"Memory": options.memory * 1024 * 1024, "Init": True},
+            "HostConfig": host,
         }
-        if options.command:
-            config["Cmd"] = options.command
-        return to_process(await self.docker.run(config))
+        return config, argv
 
-    async def list(self, app: str) -> list[Process]:
-        await self.apps.get(app)
-        containers = await self.docker.containers(self._labels(app))
-        return sorted((to_process(c) for c in containers), key=lambda p: (p.name, p.id))
+    async def _network(self) -> bool:
+        """Whether the rack's network exists (formation makes it with the first roll-out; it stays)."""
+        if self.network_seen:
+            return True
+        try:
+            async with translated(f"network {self.network}"):
+                await self.docker.client.networks.get(self.network)
+        except NotFound:
+            return False
+        self.network_seen = True
+        return True
 
-    async def get(self, app: str, pid: str) -> Process:
+    def _name(self, app: str, service: str) -> str:
+        return f"{self.rack}-{app}-{service}-run-{secrets.token_hex(3)}"
+
+    async def run(self, app: str, options: ProcessRunOptions, time_limit: float | None = None) -> Process:
+        config, argv = await self._config(app, options, time_limit, interactive=False)
+        config["Entrypoint"], config["Cmd"] = argv[:1], argv[1:]
+        config["HostConfig"]["AutoRemove"] = True
+        with log.measure("process.run", app=app, service=options.service) as fields:
+            async with translated(f"image {config['Image']}"):
+                created = await self.docker.client._query_json(
+                    "containers/create", method="POST", data=config, params={"name": self._name(app, options.service)}
+                )
+            container_id = str(created["Id"])
+            fields["id"] = container_id[:12]
+            try:
+                async with translated(f"process {container_id[:12]}"):
+                    await self.docker.client._query_json(f"containers/{container_id}/start", method="POST")
+            except BaseException:
+                with contextlib.suppress(RackError):
+                    await self.docker.remove(container_id)
+                raise
+        try:
+            process = to_process(await self.docker.inspect(container_id))
+        except NotFound:  # it ended already and was removed
+            process = to_process({"Id": container_id, "Config": config, "State": {"Status": "exited"}})
+        if time_limit:
+            self._ensure_reaper()
+        return process
+
+    async def run_interactive(
+        self, app: str, options: ProcessRunOptions, time_limit: float | None = None
+    ) -> AttachedRun:
+        config, argv = await self._config(app, options, time_limit, interactive=True)
+        return AttachedRun(self.docker, config, argv, name=self._name(app, options.service), shells=self.shells)
+
+    # ---- exec ------------------------------------------------------------------------------------------------
+
+    async def exec(self, app: str, pid: str, command: list[str]) -> ExecStream:
+        if not command:
+            raise BadRequest("no command to run")
+        container = await self._container(app, pid)
+        if not (container.get("State") or {}).get("Running"):
+            raise Conflict(f"process {pid} is not running")
+        return ExecStream(self.docker, container["Id"], command)
+
+    # ---- listing ----------------------------------------------------------------------------------------------
+
+    async def metrics(
+        self, app: str, service: str | None = None, release: str | None = None, interval: float = 1.0
+    ) -> AsyncIterator[list[Process]]:
+        while True:
+            started = time.monotonic()
+            yield await self.list(app, service, release)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def list(
+        self, app: str, service: str | None = None, release: str | None = None, stats: bool = True
+    ) -> list[Process]:
         await self.apps.get(app)
-        if not pid or not pid.isalnum():
+        labels = self._labels(app)
+        if service:
+            labels[LABEL_TYPE] = service
+        if release:
+            labels[LABEL_RELEASE] = release
+        containers = await self.docker.containers(labels)
+        processes = sorted(
+            (to_process(c) for c in containers),
+            key=lambda p: (p.name, p.started.timestamp() if p.started else 0.0, p.id),
+        )
+        if stats and processes:
+            ids = {c["Id"][:12]: c["Id"] for c in containers}
+            figures = await self.sampler.figures([ids[p.id] for p in processes])
+            for process in processes:
+                process.cpu, process.memory = figures.get(ids[process.id], (0.0, 0.0))
+        return processes
+
+    async def _container(self, app: str, pid: str) -> dict[str, Any]:
+        await self.apps.get(app)
+        if not PID_RE.match(pid):
             raise NotFound(f"no such process: {pid}")
         try:
             container = await self.docker.inspect(pid)
-        except NotFound:
+        except (NotFound, Conflict, BadRequest):  # unknown, or a prefix of several ids
             raise NotFound(f"no such process: {pid}") from None
         labels = (container.get("Config") or {}).get("Labels") or {}
         if labels.get(LABEL_RACK) != self.rack or labels.get(LABEL_APP) != app:
             raise NotFound(f"no such process: {pid}")
-        return to_process(container)
+        return container
+
+    async def get(self, app: str, pid: str) -> Process:
+        container = await self._container(app, pid)
+        process = to_process(container)
+        if (container.get("State") or {}).get("Running"):
+            figures = await self.sampler.figures([container["Id"]])
+            process.cpu, process.memory = figures.get(container["Id"], (0.0, 0.0))
+        return process
 
     async def stop(self, app: str, pid: str) -> None:
-        process = await self.get(app, pid)
-        await self.docker.remove(process.id)
+        container = await self._container(app, pid)
+        with log.measure("process.stop", app=app, id=container["Id"][:12]):
+            await self._stop(container["Id"])
+
+    async def _stop(self, container_id: str) -> None:
+        """SIGTERM (to the command itself: the container's init passes it on), SIGKILL after a grace, removed."""
+        try:
+            await self.docker.stop(container_id, grace=STOP_GRACE)
+        except NotFound:
+            return
+        except Conflict:  # AutoRemove is removing it: wait until it is gone
+            pass
+        with contextlib.suppress(NotFound, Conflict):
+            async with translated(f"process {container_id[:12]}"):
+                await self.docker.client._query_json(
+                    f"containers/{container_id}/wait", method="POST", params={"condition": "removed"}
+                )
+
+    # ---- one-offs after a restart, and their timeouts --------------------------------------------------------
+
+    async def adopt(self) -> None:
+        await self.reap(interactive=True)
+        self._ensure_reaper()
+
+    async def reap(self, interactive: bool = False) -> None:
+        """Stop one-offs past their deadline (and, with ``interactive``, those whose stream is gone)."""
+        now = time.time()
+        found = await self.docker.containers({LABEL_RACK: self.rack, LABEL_ONEOFF: "true"}, all=True)
+        doomed = []
+        for container in found:
+            labels = container.get("Labels") or {}
+            deadline = labels.get(LABEL_DEADLINE, "")
+            if (interactive and labels.get(LABEL_INTERACTIVE) == "true") or (
+                deadline.isdigit() and int(deadline) <= now
+            ):
+                doomed.append(container["Id"])
+        for container_id in doomed:
+            log.log("process.reap", id=container_id[:12])
+        await asyncio.gather(*(self._stop(c) for c in doomed), return_exceptions=True)
+
+    def _ensure_reaper(self) -> None:
+        if self.reaper is None or self.reaper.done():
+            self.reaper = asyncio.create_task(self._reap_forever(), name="one-off-reaper")
+
+    async def _reap_forever(self) -> None:
+        while True:
+            with contextlib.suppress(RackError):
+                await self.reap()
+            await asyncio.sleep(REAP_SECONDS)
+
+    async def close(self) -> None:
+        """Stop the background work (stats sampling, the reaper)."""
+        await self.sampler.close()
+        if self.reaper is not None:
+            self.reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reaper
+            self.reaper = None

@@ -1,0 +1,677 @@
+"""Processes attached to streams on the Docker Engine: ``exec`` in a running container, and interactive one-off
+containers (``attach``), over raw hijacked connections.
+
+aiodocker's exec stream cannot half-close, so these speak the engine's upgrade themselves: ``POST
+/exec/{id}/start`` (or ``/containers/{id}/attach``) with ``Connection: Upgrade``, then the socket is the
+process's stdio. stdin EOF is a shutdown of the socket's write side while its read side goes on; output is
+demultiplexed from Docker's 8-byte frames (no TTY) and coalesced into large messages.
+
+A TTY's size is right when the process starts: Docker applies ``ConsoleSize`` only from API 1.42 and a resize
+after start races with the process, so the command is started through ``sh -c 'stty rows H cols W; exec
+"$@"'`` when the container has ``/bin/sh`` (and resized after start as well, for those that have not).
+
+A stream that is closed while its process runs ends the process: a hangup for a TTY (SIGHUP to the
+terminal's foreground process group and the session leader, as a closed terminal does), a kill of the whole
+process tree otherwise, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import signal
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import aiodocker
+import aiohttp
+from yarl import URL
+
+from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
+from shared.logfmt import Logger
+from shared.provider.local.docker import Docker, translated
+from shared.stream import Channel, Terminal
+
+log = Logger("processes")
+
+BUFFER = 1 << 20
+"""What one connection buffers of a process's output (Docker's frames, 32 KiB at most, are coalesced)."""
+BULK = 16 << 10
+"""Output messages larger than this mean a bulk transfer: the next one waits a moment to grow."""
+BATCH = 512 << 10
+BATCH_WAIT = 0.002
+"""In a bulk transfer, a message waits up to this long to reach BATCH bytes."""
+HANGUP_GRACE = 2.0
+"""Seconds a hung-up TTY process gets to exit before its process tree is killed."""
+SIZED = 'stty rows "$1" cols "$2" 2>/dev/null; shift 2; exec "$@"'
+"""The shell prelude that sets a TTY's size before the command starts (the command replaces the shell)."""
+SHELL = "/bin/sh"
+
+
+def sized(argv: list[str], terminal: Terminal) -> list[str]:
+    """``argv`` started through the prelude that applies the terminal's size first."""
+    width, height = terminal.size or (80, 24)
+    return [SHELL, "-c", SIZED, "sh", str(height), str(width), *argv]
+
+
+# ---- the raw connection --------------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str, what: str) -> RackError:
+    if status == 404:
+        return NotFound(f"{what}: not found")
+    if status == 409:
+        return Conflict(f"{what}: {message}")
+    if status == 400:
+        return BadRequest(f"{what}: {message}")
+    return RackError(f"{what}: {message or f'docker error {status}'}", status=502)
+
+
+class _Receiver(asyncio.BufferedProtocol):
+    """The engine's side of a hijacked connection, received straight into one buffer (no copy per read).
+
+    ``buf[0]`` is kept free: a TTY's output is sent as ``buf[0:end]`` with the channel byte written there,
+    and a frame's payload as the frame's last header byte (the channel) plus the payload, one copy each.
+    """
+
+    def __init__(self) -> None:
+        self.buf = bytearray(BUFFER + 1)
+        self.start = 1
+        self.end = 1
+        self.eof = False
+        self.error: Exception | None = None
+        self.transport: asyncio.Transport | None = None
+        self.paused = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.writable: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.Transport", transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.buf)[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.end += nbytes
+        if self.end >= len(self.buf) and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.error = exc
+        self._wake()
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def more(self) -> bool:
+        """Wait for data past ``end``; False at EOF."""
+        if self.eof:
+            return False
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+        return True
+
+    def consumed(self, upto: int) -> None:
+        """Everything before ``upto`` is used: keep the rest at the front, read on."""
+        rest = self.end - upto
+        if rest:
+            self.buf[1 : 1 + rest] = self.buf[upto : self.end]
+        self.start, self.end = 1, 1 + rest
+        if self.end >= len(self.buf):  # one frame larger than the buffer: make room
+            self.buf.extend(bytes(len(self.buf)))
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+
+async def _connect(client: aiodocker.Docker) -> tuple[asyncio.Transport, _Receiver]:
+    """A new connection to the engine, where aiodocker's client connects."""
+    loop = asyncio.get_running_loop()
+    connector = client.connector
+    url = URL(client.docker_host)
+    try:
+        if isinstance(connector, aiohttp.UnixConnector):
+            transport, protocol = await loop.create_unix_connection(_Receiver, connector.path)
+        elif url.scheme == "http" and url.host:
+            transport, protocol = await loop.create_connection(_Receiver, url.host, url.port or 2375)
+        else:
+            raise Unavailable(f"streams need the docker engine on a unix socket or plain tcp, not {url.scheme}")
+    except OSError as exc:
+        raise Unavailable(f"docker engine unreachable ({type(exc).__name__})") from None
+    return transport, protocol
+
+
+class Hijacked:
+    """A connection the engine upgraded to the raw stdio of a process."""
+
+    def __init__(self, transport: asyncio.Transport, receiver: _Receiver, tty: bool) -> None:
+        self.transport = transport
+        self.receiver = receiver
+        self.tty = tty
+        self.write_closed = False
+
+    @classmethod
+    async def open(
+        cls, client: aiodocker.Docker, path: str, body: dict[str, Any] | None, tty: bool, what: str
+    ) -> Hijacked:
+        transport, receiver = await _connect(client)
+        try:
+            data = json.dumps(body).encode() if body is not None else b""
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+            )
+            transport.write(head.encode() + data)
+            while (mark := receiver.buf.find(b"\r\n\r\n", 1, receiver.end)) < 0:
+                if not await receiver.more():
+                    raise ConnectionResetError("closed before the response")
+            lines = receiver.buf[1:mark].decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            if status not in (101, 200):
+                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+                length = int(headers.get("content-length") or 0)
+                while receiver.end - (mark + 4) < length and await receiver.more():
+                    pass
+                text = receiver.buf[mark + 4 : mark + 4 + length].decode(errors="replace")
+                try:
+                    message = str(json.loads(text).get("message", ""))
+                except (ValueError, AttributeError):
+                    message = text.strip()
+                raise _error(status, message, what)
+            receiver.consumed(mark + 4)
+        except (OSError, ValueError, IndexError) as exc:
+            transport.close()
+            raise Unavailable(f"{what}: the docker engine broke the stream ({type(exc).__name__})") from None
+        except BaseException:
+            transport.close()
+            raise
+        return cls(transport, receiver, tty)
+
+    async def _filled(self, bulk: bool) -> bool:
+        """Wait for output; in a bulk transfer let more arrive first, up to BATCH bytes or BATCH_WAIT seconds
+        (fewer, larger messages cost less at every hop; interactive output is never held back)."""
+        r = self.receiver
+        while r.end == r.start:
+            if not await r.more():
+                return False
+        if bulk and r.end - r.start < BATCH:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + BATCH_WAIT
+            timer = loop.call_at(deadline, r._wake)
+            try:
+                while r.end - r.start < BATCH and not r.eof and not r.paused and loop.time() < deadline:
+                    await r.more()
+            finally:
+                timer.cancel()
+        return True
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        """What the process writes, as stream messages (channel 1 or 2, then the bytes), until it ends."""
+        r = self.receiver
+        bulk = False
+        while await self._filled(bulk):
+            buf = r.buf
+            if self.tty:
+                buf[0] = Channel.STDOUT
+                message = bytes(memoryview(buf)[0 : r.end])
+                r.consumed(r.end)
+                bulk = len(message) > BULK
+                yield message
+                continue
+            pos, end = r.start, r.end
+            view = memoryview(buf)
+            out: list[bytes] = []
+            group: list[memoryview] = []
+            current = -1
+            while end - pos >= 8:
+                stop = pos + 8 + int.from_bytes(buf[pos + 4 : pos + 8], "big")
+                if stop > end:
+                    break
+                channel = Channel.STDERR if buf[pos] in (2, 3) else Channel.STDOUT
+                if channel != current:
+                    if group:
+                        out.append(b"".join(group))
+                    buf[pos + 7] = channel
+                    group = [view[pos + 7 : stop]]
+                    current = channel
+                else:
+                    group.append(view[pos + 8 : stop])
+                pos = stop
+            if group:
+                out.append(b"".join(group))
+            del group
+            view.release()
+            r.consumed(pos)
+            bulk = sum(len(m) for m in out) > BULK
+            for message in out:
+                yield message
+            if not out and r.eof:
+                return
+
+    async def write(self, data: bytes) -> None:
+        if self.write_closed or self.transport.is_closing():
+            return
+        self.transport.write(data)
+        writable = self.receiver.writable
+        if writable is not None:
+            await writable
+
+    def close_write(self) -> None:
+        """stdin EOF: shut the socket's write side down; its read side goes on."""
+        if self.write_closed:
+            return
+        self.write_closed = True
+        if not self.transport.is_closing() and self.transport.can_write_eof():
+            with contextlib.suppress(OSError):
+                self.transport.write_eof()
+
+    async def close(self) -> None:
+        self.transport.close()
+
+
+async def has_shell(docker: Docker, container_id: str) -> bool:
+    """Whether the container has ``/bin/sh`` (``HEAD /containers/{id}/archive``)."""
+    try:
+        async with docker.client._query(
+            f"containers/{container_id}/archive", method="HEAD", params={"path": SHELL}
+        ) as response:
+            return bool(response.status == 200)
+    except (aiodocker.DockerError, aiohttp.ClientError, OSError):
+        return False
+
+
+# ---- ending processes ----------------------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, session, tty_nr, tpgid, ...)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _in_container(pid: int, container_id: str) -> bool:
+    """Whether host process ``pid`` is one of the container's (its cgroup names the container): a pid the
+    engine gave is only signalled from here when this host is the engine's."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as handle:
+            return container_id in handle.read()
+    except OSError:
+        return False
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants, parents first (from /proc; empty when ``root`` is not visible)."""
+    if _stat(root) is None:
+        return []
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found = [root]
+    for pid in found:
+        found.extend(children.get(pid, []))
+    return found
+
+
+def _container_pid(pid: int) -> int | None:
+    """The pid of host process ``pid`` inside its own pid namespace (the last of ``NSpid``)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _signal_host(pids: list[int], sig: int) -> list[int]:
+    """Signal each pid (negative: a process group); returns those this process may not signal."""
+    denied = []
+    for pid in pids:
+        try:
+            os.kill(pid, sig) if pid > 0 else os.killpg(-pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            denied.append(pid)
+    return denied
+
+
+async def signal_tree(docker: Docker, container_id: str, pid: int, hangup: bool) -> None:
+    """End the process ``pid`` (a host pid) of a container: ``hangup`` sends SIGHUP to its terminal's
+    foreground process group and to it; otherwise SIGKILL to it and all its descendants. Signals go from here
+    when this process may send them, else through ``kill`` run in the container."""
+    if not await asyncio.to_thread(_in_container, pid, container_id):
+        log.error("process.signal", id=container_id[:12], message="the process is not visible from this host")
+        return
+    if hangup:
+        fields = await asyncio.to_thread(_stat, pid)
+        if fields is None:
+            return
+        tpgid = int(fields[5])
+        targets = [pid] + ([-tpgid] if tpgid > 0 else [])
+        sig = signal.SIGHUP
+    else:
+        targets = await asyncio.to_thread(_tree, pid)
+        sig = signal.SIGKILL
+    denied = _signal_host(targets, sig)
+    if denied:
+        inside = [await asyncio.to_thread(_container_pid, abs(p)) for p in denied]
+        words = [("-" if p < 0 else "") + str(c) for p, c in zip(denied, inside, strict=True) if c]
+        if words:
+            with contextlib.suppress(RackError, aiodocker.DockerError):
+                async with translated(f"process {container_id[:12]}"):
+                    container = docker.client.containers.container(container_id)
+                    cmd = [SHELL, "-c", f"kill -s {sig.name.removeprefix('SIG')} -- {' '.join(words)}"]
+                    done = await container.exec(cmd, stdout=False, stderr=False)
+                    await done.start(detach=True)
+
+
+# ---- exec ----------------------------------------------------------------------------------------------------
+
+
+class ExecStream:
+    """``docker exec`` of ``command`` in a running container, attached to a stream."""
+
+    def __init__(self, docker: Docker, container_id: str, command: list[str]) -> None:
+        self.docker = docker
+        self.container_id = container_id
+        self.command = command
+        self.terminal = Terminal()
+        self.exec_id = ""
+        self.conn: Hijacked | None = None
+        self.exit_code: int | None = None
+        self.closed = False
+
+    @property
+    def _what(self) -> str:
+        return f"process {self.container_id[:12]}"
+
+    async def start(self, terminal: Terminal) -> None:
+        self.terminal = terminal
+        argv = self.command
+        if terminal.tty and await has_shell(self.docker, self.container_id):
+            argv = sized(argv, terminal)
+        body = {
+            "AttachStdin": True,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Tty": terminal.tty,
+            "Cmd": argv,
+        }
+        async with translated(self._what):
+            created = await self.docker.client._query_json(
+                f"containers/{self.container_id}/exec", method="POST", data=body
+            )
+        self.exec_id = str(created["Id"])
+        self.conn = await Hijacked.open(
+            self.docker.client,
+            f"/exec/{self.exec_id}/start",
+            {"Detach": False, "Tty": terminal.tty},
+            terminal.tty,
+            self._what,
+        )
+        if terminal.tty and terminal.size:
+            await self.resize(*terminal.size)
+
+    def output(self) -> AsyncIterator[bytes]:
+        if self.conn is None:
+            raise RuntimeError("the process has not started")
+        return self.conn.messages()
+
+    async def write(self, data: bytes) -> None:
+        if self.conn is not None:
+            await self.conn.write(data)
+
+    async def close_stdin(self) -> None:
+        if self.conn is not None:
+            self.conn.close_write()
+
+    async def resize(self, width: int, height: int) -> None:
+        if not self.terminal.tty or not self.exec_id:
+            return
+        with contextlib.suppress(RackError, aiodocker.DockerError):
+            async with (
+                translated(self._what),
+                self.docker.client._query(
+                    f"exec/{self.exec_id}/resize", method="POST", params={"h": height, "w": width}
+                ),
+            ):
+                pass
+
+    async def inspect(self) -> dict[str, Any]:
+        async with translated(self._what):
+            info: dict[str, Any] = await self.docker.client._query_json(f"exec/{self.exec_id}/json")
+        return info
+
+    async def wait(self) -> int:
+        """The exit code, once the engine has it (it may lag the end of the output by a moment)."""
+        delay = 0.002
+        while True:
+            info = await self.inspect()
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                self.exit_code = int(info["ExitCode"])
+                return self.exit_code
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    async def _end(self) -> None:
+        if not self.exec_id or self.exit_code is not None:
+            return
+        info = await self.inspect()
+        if not info.get("Running") or not info.get("Pid"):
+            return
+        pid = int(info["Pid"])
+        if self.terminal.tty:
+            await signal_tree(self.docker, self.container_id, pid, hangup=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait(), HANGUP_GRACE)
+                return
+        await signal_tree(self.docker, self.container_id, pid, hangup=False)
+        log.log("exec.kill", id=self.container_id[:12], exec=self.exec_id[:12], tty=self.terminal.tty)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            with contextlib.suppress(RackError):
+                await self._end()
+        finally:
+            if self.conn is not None:
+                await self.conn.close()
+
+
+# ---- interactive one-off containers ---------------------------------------------------------------------------
+
+
+class AttachedRun:
+    """A new container attached to a stream (``convox run`` without ``--detach``), removed when it ends.
+
+    As ``docker run --rm`` does it: created with ``AutoRemove``, attached, its exit awaited (``wait`` with
+    ``condition=next-exit``, asked before the start so that the code cannot be missed), then started.
+    """
+
+    def __init__(
+        self,
+        docker: Docker,
+        config: dict[str, Any],
+        argv: list[str],
+        name: str | None = None,
+        shells: dict[str, bool] | None = None,
+    ) -> None:
+        self.docker = docker
+        self.config = config
+        self.argv = argv
+        self.name = name
+        self.shells = shells if shells is not None else {}
+        self.terminal = Terminal()
+        self.container_id = ""
+        self.conn: Hijacked | None = None
+        self.exit_watch: aiohttp.ClientResponse | None = None
+        self.exit_code: int | None = None
+        self.closed = False
+
+    @property
+    def _what(self) -> str:
+        return f"process {self.container_id[:12]}" if self.container_id else f"image {self.config.get('Image', '')}"
+
+    async def _create(self, config: dict[str, Any]) -> str:
+        async with translated(f"image {config.get('Image', '')}"):
+            created = await self.docker.client._query_json(
+                "containers/create", method="POST", data=config, params={"name": self.name} if self.name else None
+            )
+        return str(created["Id"])
+
+    async def start(self, terminal: Terminal) -> None:
+        self.terminal = terminal
+        config = {
+            **self.config,
+            "Tty": terminal.tty,
+            "OpenStdin": True,
+            "StdinOnce": True,
+            "AttachStdin": True,
+            "AttachStdout": True,
+            "AttachStderr": True,
+        }
+        config["HostConfig"] = {**config.get("HostConfig", {}), "AutoRemove": True}
+        image = str(config.get("Image", ""))
+        sizing = terminal.tty and self.shells.get(image, True)
+        config["Entrypoint"], config["Cmd"] = (
+            (sized([], terminal), self.argv) if sizing else (self.argv[:1], self.argv[1:])
+        )
+        self.container_id = await self._create(config)
+        if sizing and image not in self.shells:
+            self.shells[image] = await has_shell(self.docker, self.container_id)
+            if not self.shells[image]:  # no /bin/sh for the sizing prelude: the command alone, resized after start
+                await self.docker.remove(self.container_id)
+                config["Entrypoint"], config["Cmd"] = self.argv[:1], self.argv[1:]
+                self.container_id = await self._create(config)
+        attach = f"/containers/{self.container_id}/attach?stream=1&stdin=1&stdout=1&stderr=1"
+        conn, exit_watch = await asyncio.gather(
+            Hijacked.open(self.docker.client, attach, None, terminal.tty, self._what),
+            self._watch_exit(),
+            return_exceptions=True,
+        )
+        if isinstance(exit_watch, aiohttp.ClientResponse):
+            self.exit_watch = exit_watch
+        if isinstance(conn, Hijacked):
+            self.conn = conn
+        for outcome in (conn, exit_watch):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        async with translated(self._what):
+            await self.docker.client._query_json(f"containers/{self.container_id}/start", method="POST")
+        if terminal.tty and terminal.size:
+            await self.resize(*terminal.size)
+
+    async def _watch_exit(self) -> aiohttp.ClientResponse:
+        """The engine's answer to ``wait``, asked before the start: its body comes when the process exits."""
+        async with translated(self._what):
+            response: aiohttp.ClientResponse = await self.docker.client._do_query(
+                f"containers/{self.container_id}/wait", method="POST", params={"condition": "next-exit"}, timeout=None
+            )
+        return response
+
+    def output(self) -> AsyncIterator[bytes]:
+        if self.conn is None:
+            raise RuntimeError("the process has not started")
+        return self.conn.messages()
+
+    async def write(self, data: bytes) -> None:
+        if self.conn is not None:
+            await self.conn.write(data)
+
+    async def close_stdin(self) -> None:
+        if self.conn is not None:
+            self.conn.close_write()
+
+    async def resize(self, width: int, height: int) -> None:
+        if not self.terminal.tty or not self.container_id:
+            return
+        with contextlib.suppress(RackError, aiodocker.DockerError):
+            async with (
+                translated(self._what),
+                self.docker.client._query(
+                    f"containers/{self.container_id}/resize", method="POST", params={"h": height, "w": width}
+                ),
+            ):
+                pass
+
+    async def wait(self) -> int:
+        if self.exit_code is not None:
+            return self.exit_code
+        if self.exit_watch is None:
+            raise RuntimeError("the process has not started")
+        async with translated(self._what):
+            result = await self.exit_watch.json(content_type=None)
+        error = (result.get("Error") or {}).get("Message")
+        if error:
+            raise RackError(f"{self._what}: {error}", status=502)
+        self.exit_code = int(result.get("StatusCode", 1))
+        return self.exit_code
+
+    async def _end(self) -> None:
+        if self.exit_code is not None or not self.container_id:
+            return
+        if self.terminal.tty:
+            with contextlib.suppress(RackError, aiodocker.DockerError):
+                async with translated(self._what):
+                    await self.docker.client._query_json(
+                        f"containers/{self.container_id}/kill", method="POST", params={"signal": "SIGHUP"}
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wait(), HANGUP_GRACE)
+        log.log("run.kill", id=self.container_id[:12], tty=self.terminal.tty)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            with contextlib.suppress(RackError):
+                await self._end()
+        finally:
+            if self.conn is not None:
+                await self.conn.close()
+            if self.exit_watch is not None:
+                self.exit_watch.close()
+            if self.container_id and self.exit_code is None:  # ended early: AutoRemove does the rest otherwise
+                with contextlib.suppress(RackError):
+                    await self.docker.remove(self.container_id)
+
+
+def display(argv: list[str]) -> str:
+    """A command as ``convox ps`` shows it."""
+    return shlex.join(argv)

@@ -1,0 +1,150 @@
+"""The small parts of processes, without a rack: figures as docker stats computes them (from the engine's
+document and from cgroup files), the CLI's rendering and command lines, and the CLI's copy of the stream codec."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from cli import stream as client
+from cli.cmd_processes import ago, percent, rows
+from services.processes.routes import shell_words
+from shared import stream
+from shared.provider.local.exec import sized
+from shared.provider.local.stats import Cgroups, Sample, cpu_fraction, memory_fraction, parse
+
+DOCKER_STATS = {  # trimmed from a real `GET /containers/{id}/stats` (cgroup v1)
+    "cpu_stats": {
+        "cpu_usage": {"total_usage": 5_644_025_622, "percpu_usage": [3_090_676_557, 2_553_349_065]},
+        "system_cpu_usage": 2_299_020_000_000,
+        "online_cpus": 2,
+    },
+    "memory_stats": {
+        "usage": 851_968,
+        "limit": 25_276_510_208,
+        "stats": {"total_inactive_file": 262_144, "cache": 520_192},
+    },
+}
+
+
+def test_figures_are_computed_as_docker_stats_computes_them() -> None:
+    first = parse(DOCKER_STATS, at=0.0)
+    assert first is not None
+    assert first.memory == 851_968 - 262_144  # without the inactive page cache
+    later = Sample(at=1.0, cpu=first.cpu + 500_000_000, system=first.system + 2_000_000_000, online=2,
+                   memory=first.memory, limit=first.limit)  # fmt: skip
+    assert cpu_fraction(first, later) == pytest.approx(0.5)  # half a CPU: docker's 50.00%
+    assert cpu_fraction(None, later) == 0.0
+    assert cpu_fraction(later, first) == 0.0  # a counter that went back (a restart) is no figure
+    assert memory_fraction(first) == pytest.approx((851_968 - 262_144) / 25_276_510_208)
+    assert parse({"cpu_stats": {}, "memory_stats": {}}, at=0.0) is None  # not running
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def fake_host(tmp_path: Path) -> tuple[Path, Path]:
+    proc = tmp_path / "proc"
+    write(proc / "stat", "cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 50 0 50 400 0 0 0 0 0 0\n")
+    write(proc / "meminfo", "MemTotal:       1000000 kB\n")
+    return tmp_path / "cgroup", proc
+
+
+def test_cgroup_v1_files_give_the_same_sample(tmp_path: Path) -> None:
+    root, proc = fake_host(tmp_path)
+    cpu = root / "cpuacct" / "docker" / "abc" / "cpuacct.usage"
+    memory = root / "memory" / "docker" / "abc"
+    write(cpu, "123456789\n")
+    write(memory / "memory.usage_in_bytes", "3000000\n")
+    write(memory / "memory.limit_in_bytes", "9223372036854771712\n")  # no limit: the host's memory counts
+    write(memory / "memory.stat", "cache 2000000\ntotal_inactive_file 1000000\n")
+    cgroups = Cgroups(root, proc)
+    sample = cgroups.read(["abc", "missing"])
+    assert sample["missing"] is None
+    found = sample["abc"]
+    assert found is not None
+    assert (found.cpu, found.memory, found.limit) == (123456789, 2_000_000, 1_024_000_000)
+    assert found.system == 1000 * 1_000_000_000 // 100  # clock ticks in nanoseconds
+
+
+def test_cgroup_v2_files_give_the_same_sample(tmp_path: Path) -> None:
+    root, proc = fake_host(tmp_path)
+    scope = root / "system.slice" / "docker-abc.scope"
+    write(scope / "cpu.stat", "usage_usec 1000\nuser_usec 600\nsystem_usec 400\n")
+    write(scope / "memory.current", "5000000\n")
+    write(scope / "memory.max", "10000000\n")
+    write(scope / "memory.stat", "anon 4000000\ninactive_file 500000\n")
+    found = Cgroups(root, proc).read(["abc"])["abc"]
+    assert found is not None
+    assert (found.cpu, found.memory, found.limit) == (1_000_000, 4_500_000, 10_000_000)
+
+
+def test_a_tty_command_is_started_at_its_size() -> None:
+    argv = sized(["vi", "file"], stream.Terminal(tty=True, width=132, height=43))
+    assert argv[:2] == ["/bin/sh", "-c"] and argv[3:] == ["sh", "43", "132", "vi", "file"]
+    assert 'exec "$@"' in argv[2]
+
+
+def test_one_string_runs_under_sh_c() -> None:
+    assert shell_words("echo $GREETING") == ["sh", "-c", "echo $GREETING"]
+    assert shell_words(["echo $GREETING"]) == ["sh", "-c", "echo $GREETING"]
+    assert shell_words(["bin/web"]) == ["bin/web"]  # one plain word runs as it is
+    assert shell_words(["ls", "-la", "$HOME"]) == ["ls", "-la", "$HOME"]  # words are an argv, not expanded
+    assert shell_words([]) == [] and shell_words("  ") == []
+
+
+def test_ps_rows_show_percentages_and_relative_times() -> None:
+    now = datetime(2015, 1, 6, tzinfo=UTC)
+    assert ago("2015-01-01T00:00:00Z", now) == "5 days ago"
+    assert ago((now - timedelta(seconds=1)).isoformat(), now) == "1 second ago"
+    assert ago((now - timedelta(hours=2, minutes=5)).isoformat(), now) == "2 hours ago"
+    assert ago(now.isoformat(), now) == "just now"
+    assert ago(None) == ""
+    assert (percent(0.2439), percent(0), percent(None)) == ("24.39%", "0.00%", "0.00%")
+    process = {"id": "68831d3dce63ab", "name": "web", "release": "RNJYVQUMKKU", "cpu": 0.0, "memory": 0.2439,
+               "started": None, "command": "sh -c bin/web"}  # fmt: skip
+    assert rows([process]) == [("68831d3dce63", "web", "RNJYVQUMKKU", "0.00%", "24.39%", "", "sh -c bin/web")]
+
+
+def test_the_cli_speaks_the_same_protocol_as_the_rack() -> None:
+    assert client.SUBPROTOCOL == stream.SUBPROTOCOL
+    for channel in stream.Channel:
+        assert client.encode(channel, b"x") == stream.encode(channel, b"x")
+    assert client.encode(client.CLOSE_CHANNEL, bytes((client.STDIN_CHANNEL,))) == stream.close(stream.Channel.STDIN)
+    assert stream.parse_resize(client.resize_message(80, 24)[1:]) == stream.Resize(width=80, height=24)
+    assert client.parse_status(stream.status(exit_code=7)[1:]) == client.Status(exit_code=7)
+    assert client.parse_status(stream.status(error="boom")[1:]) == client.Status(error="boom")
+    assert client.parse_status(b"not json") is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["exec", "--help"],
+        ["exec", "abc"],  # no command: Typer's usage error
+        ["run", "--detach", "web", "true"],  # a plain HTTP request: Typer's command
+        ["run", "--timeout", "0", "web", "true"],
+        ["run", "--unknown", "web", "true"],
+        ["ps"],
+        [],
+    ],
+)
+def test_the_fast_entry_leaves_everything_else_to_typer(argv: list[str]) -> None:
+    assert client.fast(argv) is None
+
+
+def test_the_fast_entry_reads_options_before_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(client, "exec_command", lambda *args: calls.append(("exec", *args)) or 5)
+    monkeypatch.setattr(client, "run_command", lambda *args: calls.append(("run", *args)) or 6)
+    assert client.fast(["exec", "-a", "myapp", "abc123", "ls", "--app", "-la"]) == 5
+    assert client.fast(["run", "--app=myapp", "-e", "A=1", "--env", "B=2=3", "-t", "9", "web", "sh", "-c", "x"]) == 6
+    assert calls == [
+        ("exec", "myapp", "abc123", ["ls", "--app", "-la"]),
+        ("run", "myapp", "web", ["sh", "-c", "x"], {"A": "1", "B": "2=3"}, None, 9),
+    ]
+    assert client.fast(["run", "-e", "NOEQUALS", "web", "true"]) == 1  # ERROR: --env: expected KEY=VALUE
