@@ -12,6 +12,12 @@ def main() -> None:
 
         print(f"convox {__version__}")
         return
+    if argv and argv[0] in ("exec", "run"):
+        from cli.stream import fast  # streams start without Typer, httpx and rich: their start is latency
+
+        code = fast(argv)
+        if code is not None:
+            sys.exit(code)
     from cli.app import run
 
     sys.exit(run(argv))

@@ -26,6 +26,7 @@ def serve(app: ASGIApp, *, uds: Path | None = None, host: str = "127.0.0.1", por
         access_log=False,
         log_level="warning",
         ws="websockets-sansio",
+        ws_per_message_deflate=False,
         ws_ping_interval=20,
         ws_ping_timeout=60,
         lifespan="on",

@@ -41,6 +41,13 @@ def remove_labelled_containers(rack: str) -> None:
     ).stdout.split()
     if ids:
         subprocess.run([docker, "rm", "-f", "-v", *ids], capture_output=True, check=False)
+    volumes = subprocess.run(
+        [docker, "volume", "ls", "-q", "--filter", f"label=convox.rack={rack}"], capture_output=True, text=True,
+        check=False,
+    ).stdout.split()
+    if volumes:
+        subprocess.run([docker, "volume", "rm", "-f", *volumes], capture_output=True, check=False)
+    subprocess.run([docker, "network", "rm", f"convox-{rack}"], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="session")

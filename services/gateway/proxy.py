@@ -117,6 +117,7 @@ class Upstreams:
                 additional_headers=self.headers(websocket.headers.items(), client_host, skip),
                 subprotocols=subprotocols,
                 max_size=None,
+                compression=None,  # a local socket: deflate would only cost CPU
                 ping_interval=20,
                 ping_timeout=60,
                 open_timeout=10,

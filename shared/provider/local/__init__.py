@@ -37,8 +37,8 @@ class LocalProvider:
         self.docker = Docker(local.docker_url)
         self.apps = LocalApps(self.state, self.docker, settings.name, settings.balancer_host)
         self.system = LocalSystem(settings.name)
-        self.processes = LocalProcesses(self.docker, self.apps, settings.name)
         self.releases = LocalReleases(self.state, self.apps)
+        self.processes = LocalProcesses(self.docker, self.apps, settings.name, self.releases)
         self.formation = LocalFormation(
             self.state, self.docker, self.apps, self.releases, settings.name, settings.balancer_host
         )
@@ -62,6 +62,7 @@ class LocalProvider:
         tb: TracebackType | None,
     ) -> None:
         await self.builds.close()
+        await self.processes.close()
         await self.formation.close()
         await self.resources.close()
         await self.logs.close()

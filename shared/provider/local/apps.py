@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -77,6 +78,7 @@ class LocalApps:
         for hook in self.on_delete:
             await hook(name)
         for container in await self.docker.containers({LABEL_RACK: self.rack, LABEL_APP: name}, all=True):
-            await self.docker.remove(container["Id"])
+            with contextlib.suppress(NotFound, Conflict):  # a one-off removing itself, or already gone
+                await self.docker.remove(container["Id"])
         for table, column in (("releases", "app"), ("builds", "app"), ("formation", "app"), ("apps", "name")):
             await self.state.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
