@@ -1,18 +1,39 @@
-"""The logs service: app log streams and the rack's own logs."""
+"""The logs service: app log streams (merged, followed, with history and platform events) and the rack's own
+logs. It runs the one collector of the rack's logs (``provider.logs.collect``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
+from services.logs.routes import router
+from services.logs.settings import LogsSettings
 from shared.config import RackSettings
 from shared.provider import Provider
 from shared.service import build_service
 
 NAME = "logs"
-ROUTERS: list[APIRouter] = []
+ROUTERS = [router]
+TAGS = [{"name": "logs", "description": "Log streams of apps and of the rack (websockets)"}]
 
 
 def create_app(
-    settings: RackSettings | None = None, provider: Provider | None = None, internal: bool = True
+    settings: RackSettings | None = None,
+    provider: Provider | None = None,
+    internal: bool = True,
+    logs: LogsSettings | None = None,
 ) -> FastAPI:
-    return build_service(NAME, ROUTERS, settings=settings, provider=provider, internal=internal)
+    limits = logs or LogsSettings()
+
+    async def collect(opened: Provider) -> None:
+        await opened.logs.collect(
+            max_bytes=limits.history_max_bytes,
+            max_age=limits.history_max_age,
+            order_window=limits.order_window,
+            follower_queue=limits.follower_queue,
+            max_line=limits.max_line,
+            poll_interval=limits.poll_interval,
+        )
+
+    return build_service(
+        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[collect]
+    )

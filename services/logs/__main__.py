@@ -1,4 +1,4 @@
-from services.logs import NAME, ROUTERS
+from services.logs import NAME, ROUTERS, TAGS, create_app
 from shared.service import main
 
-main(NAME, ROUTERS)
+main(NAME, ROUTERS, tags=TAGS, create=create_app)

@@ -1,0 +1,358 @@
+"""`convox logs`, `convox rack logs` and `convox rack ps`.
+
+A log stream is a websocket (``v1.stream.rack``) to ``/apps/APP/logs``, ``/apps/APP/processes/PID/logs`` or
+``/system/logs``; each message carries whole lines, printed as they come. When the rack side drops a stream
+(the logs service restarting, a network blip), the CLI connects again and asks from a few seconds before the
+last line it printed, skipping what it printed already: nothing is lost, nothing shown twice. Ctrl-C ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import IO, Annotated, Any
+from urllib.parse import quote, urlencode
+
+import typer
+
+from cli import output
+from cli.client import Client
+from cli.config import Rack, current_rack, resolve_app
+from cli.errors import CliError
+
+RACK_APP = "convox"
+SUBPROTOCOL = "v1.stream.rack"
+STDOUT, STATUS = 1, 3
+PING_INTERVAL = 20.0
+PING_TIMEOUT = 60.0
+RESUME_MARGIN = 5.0
+"""Seconds before the last printed line a resumed stream starts from (lines of other processes may have come
+a little out of order); what was printed already is skipped."""
+RECONNECT_FOR = 120.0
+"""How long the CLI keeps trying to get a dropped stream back before it gives up with an error."""
+BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)
+DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+AppOption = Annotated[
+    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+]
+SinceOption = Annotated[
+    str, typer.Option("--since", help="Start this long ago (30s, 2m, 1h30m, 2d) or at an RFC 3339 time.")
+]
+FilterOption = Annotated[str | None, typer.Option("--filter", help="Only lines containing this text.")]
+NoFollowOption = Annotated[bool, typer.Option("--no-follow", help="Print the history and exit.")]
+
+
+# ---- time ------------------------------------------------------------------------------------------------
+
+
+def since_time(value: str, now: datetime | None = None) -> str:
+    """``2m`` / ``1h30m`` / an RFC 3339 time -> an RFC 3339 time in UTC (fixed when the command starts, so
+    that a reconnect does not move it)."""
+    value = value.strip()
+    match = DURATION.match(value)
+    if value and match and any(match.groups()):
+        days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
+        moment = (now or datetime.now(UTC)) - timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    else:
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            expected = "a duration such as 2m or 1h30m, or an RFC 3339 time"
+            raise CliError(f"--since: expected {expected}, got {value!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    return stamp(moment)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def before(ts: bytes, seconds: float) -> bytes:
+    """The timestamp ``seconds`` before the line timestamp ``ts`` (``...Z``), in the same form."""
+    try:
+        moment = datetime.fromisoformat(ts.decode("ascii").replace("Z", "+00:00"))
+    except ValueError:
+        return b""
+    return stamp(moment - timedelta(seconds=seconds)).encode()
+
+
+# ---- printing ------------------------------------------------------------------------------------------
+
+
+class Printer:
+    """Prints whole lines; remembers the last seconds of them so that a resumed stream skips what was shown."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.last = b""
+        self.window: deque[tuple[bytes, bytes]] = deque()
+        self.skip: Counter[bytes] = Counter()
+        self.skip_until = b""
+        self.printed = 0
+
+    def feed(self, data: bytes) -> None:
+        lines = data.split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        shown: list[bytes] = []
+        for line in lines:
+            ts = line[: line.find(b" ")]
+            if self.skip and ts <= self.skip_until and self.skip[line] > 0:
+                self.skip[line] -= 1
+                continue
+            shown.append(line)
+            self.window.append((ts, line))
+            if ts > self.last:
+                self.last = ts
+        if not shown:
+            return
+        shown.append(b"")
+        self.out.write(b"\n".join(shown))
+        self.out.flush()
+        self.printed += len(shown) - 1
+        cutoff = before(self.last, RESUME_MARGIN * 2)
+        window = self.window
+        while window and window[0][0] < cutoff:
+            window.popleft()
+
+    def resume(self) -> str | None:
+        """Where a new connection starts (``None``: where the first one did), arming the skip of what was
+        printed from there."""
+        if not self.last:
+            return None
+        since = before(self.last, RESUME_MARGIN)
+        self.skip = Counter(line for ts, line in self.window if ts >= since)
+        self.skip_until = self.last
+        return since.decode()
+
+
+# ---- the stream ------------------------------------------------------------------------------------------
+
+
+class Dropped(Exception):
+    """The stream is gone without its status, or could not be had for now: worth another try."""
+
+
+def socket_url(rack: Rack, path: str, query: Mapping[str, str]) -> str:
+    scheme = "wss" if rack.host.startswith("https://") else "ws"
+    return f"{scheme}://{rack.host.split('://', 1)[1]}{path}" + (f"?{urlencode(dict(query))}" if query else "")
+
+
+def refusal(status: int, body: bytes, host: str) -> CliError:
+    if status == 401:
+        return CliError(f"invalid password for {host} (run `convox login {host} --password ...`)")
+    try:
+        message = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        message = None
+    return CliError(str(message) if message else f"rack refused the log stream: {status}")
+
+
+async def once(rack: Rack, path: str, query: Mapping[str, str], printer: Printer, connected: Callable[[], None]) -> int:
+    """One connection: print until the status (its exit code) or until it drops (:class:`Dropped`)."""
+    import websockets
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+    token = base64.b64encode(f"convox:{rack.password}".encode()).decode()
+    try:
+        connection = await websockets.connect(
+            socket_url(rack, path, query),
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            additional_headers={"Authorization": f"Basic {token}"},
+            ping_interval=PING_INTERVAL,
+            ping_timeout=PING_TIMEOUT,
+            max_size=None,
+            compression=None,
+            open_timeout=30,
+            close_timeout=2,
+        )
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        error = refusal(status, bytes(exc.response.body or b""), rack.host)
+        if status >= 500:
+            raise Dropped(error.message) from None
+        raise error from None
+    except (OSError, InvalidHandshake, TimeoutError) as exc:
+        raise Dropped(f"rack unreachable at {rack.host}: {exc}") from None
+    connected()
+    try:
+        async for message in connection:
+            data = message.encode() if isinstance(message, str) else message
+            if not data:
+                continue
+            if data[0] == STDOUT:
+                printer.feed(data[1:])
+            elif data[0] == STATUS:
+                try:
+                    status_message: dict[str, Any] = json.loads(data[1:])
+                except ValueError:
+                    raise CliError("the rack sent a malformed status message") from None
+                if status_message.get("error"):
+                    raise CliError(str(status_message["error"]))
+                return int(status_message.get("exit_code") or 0)
+    except ConnectionClosed:
+        pass
+    finally:
+        await connection.close()
+    raise Dropped("the log stream ended without a status")
+
+
+async def follow_stream(rack: Rack, path: str, query: dict[str, str], out: IO[bytes]) -> int:
+    """Run a log stream to its end, connecting again while the rack side drops it."""
+    printer = Printer(out)
+    ever = False
+    failing_since: float | None = None
+    attempt = 0
+
+    def connected() -> None:
+        nonlocal ever, failing_since, attempt
+        ever, failing_since, attempt = True, None, 0
+
+    while True:
+        params = dict(query)
+        resume = printer.resume()
+        if resume is not None:
+            params["since"] = resume
+        try:
+            return await once(rack, path, params, printer, connected)
+        except Dropped as exc:
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if not ever and "unreachable" in str(exc):
+                raise CliError(str(exc)) from None
+            if now - failing_since > RECONNECT_FOR:
+                raise CliError(f"lost the log stream: {exc}") from None
+        await asyncio.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+        attempt += 1
+
+
+def stream_logs(path: str, query: dict[str, str]) -> None:
+    """Print a log stream; exits with its status (0), 130 on Ctrl-C, 141 when stdout is closed."""
+    rack = current_rack()
+    try:
+        code = asyncio.run(follow_stream(rack, path, query, sys.stdout.buffer))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        raise typer.Exit(141) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def log_query(since: str, follow: bool, service: str | None, text: str | None) -> dict[str, str]:
+    query = {"since": since_time(since), "follow": "true" if follow else "false"}
+    if service:
+        query["service"] = service
+    if text:
+        query["filter"] = text
+    return query
+
+
+# ---- the rack's processes --------------------------------------------------------------------------------
+
+
+RACK_PS_HEADERS = ["id", "name", "cpu", "mem", "started", "command"]
+WATCH_EVERY = 2.0
+
+
+def rack_rows(found: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    return [
+        (
+            str(p["id"]),
+            str(p["name"]),
+            f"{float(p.get('cpu') or 0) * 100:.2f}%",
+            f"{float(p.get('memory') or 0) * 100:.2f}%",
+            output.ago(p.get("started")),
+            str(p.get("command", "")),
+        )
+        for p in found
+    ]
+
+
+def rack_processes() -> None:
+    """`convox rack ps` (and `convox ps --app convox`): the rack's own processes, like an app's."""
+    with Client(current_rack()) as c:
+        found = c.get("/system/processes")
+    output.table(RACK_PS_HEADERS, rack_rows(found))
+
+
+def watch_rack_processes(every: float = WATCH_EVERY) -> None:
+    """`convox rack ps --watch`: the table redrawn with fresh CPU and MEM every ``every`` seconds, until Ctrl-C."""
+    from rich.live import Live
+    from rich.table import Table
+
+    def grid(rows: list[tuple[str, ...]]) -> Table:
+        table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0), header_style="")
+        for header in RACK_PS_HEADERS:
+            table.add_column(header.upper(), no_wrap=True, overflow="ignore")
+        for row in rows:
+            table.add_row(*row)
+        return table
+
+    try:
+        with Client(current_rack()) as c, Live(grid([]), console=output.console(), auto_refresh=False) as live:
+            while True:
+                live.update(grid(rack_rows(c.get("/system/processes"))), refresh=True)
+                time.sleep(every)
+    except KeyboardInterrupt:
+        return
+
+
+# ---- commands --------------------------------------------------------------------------------------------
+
+
+def register(app: typer.Typer) -> None:
+    from cli.app import rack_app
+
+    @app.command("logs")
+    def logs(
+        app_opt: AppOption = None,
+        service: Annotated[str | None, typer.Option("--service", "-s", help="Only this process type.")] = None,
+        since: SinceOption = "2m",
+        text: FilterOption = None,
+        no_follow: NoFollowOption = False,
+        pid: Annotated[str | None, typer.Option("--pid", help="Only this process (also once it is gone).")] = None,
+    ) -> None:
+        """Every process of the app merged, with platform events; followed until Ctrl-C."""
+        name = resolve_app(app_opt)
+        query = log_query(since, not no_follow, service, text)
+        if name == RACK_APP:
+            if pid:
+                raise CliError("--pid: the rack's own log is per service (use --service)")
+            path = "/system/logs"
+        elif pid:
+            if not pid.isalnum():
+                raise CliError(f"no such process: {pid}")
+            path = f"/apps/{quote(name, safe='')}/processes/{pid}/logs"
+        else:
+            path = f"/apps/{quote(name, safe='')}/logs"
+        stream_logs(path, query)
+
+    @rack_app.command("logs")
+    def rack_logs(
+        service: Annotated[str | None, typer.Option("--service", "-s", help="Only this service (gateway).")] = None,
+        since: SinceOption = "2m",
+        text: FilterOption = None,
+        no_follow: NoFollowOption = False,
+    ) -> None:
+        """The rack's own log: every service's lines, followed until Ctrl-C."""
+        stream_logs("/system/logs", log_query(since, not no_follow, service, text))
+
+    @rack_app.command("ps")
+    def rack_ps(
+        watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw with fresh figures until Ctrl-C.")] = False,
+    ) -> None:
+        """The rack's own processes (the supervisor and its services) with CPU and MEM."""
+        if watch:
+            watch_rack_processes()
+        else:
+            rack_processes()

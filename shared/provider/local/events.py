@@ -1,0 +1,116 @@
+"""Platform events in an app's log (Heroku shows them the same way): release promoted, health check failed,
+scaled. Whatever process writes one (the apps service rolls releases out) puts a row in the ``events`` table;
+the logs service's collector tails the table into the app's stream and history.
+
+Process started / stopped / crashed come from the Docker Engine's events, read by the collector itself, and
+build output from the builds' log files; both are shaped here too, so that every event reads alike::
+
+    2015-01-01T00:00:00.000000Z convox:RNJYVQUMKKU release promoted
+    2015-01-01T00:00:00.000000Z convox:RNJYVQUMKKU/68831d3dce63 web crashed (exit code 1)
+
+Timestamps are kept as Docker writes them, RFC 3339 in UTC with nine fractional digits and a ``Z``: fixed
+width, so that comparing two as strings compares the times.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from datetime import UTC, datetime
+
+from shared.logfmt import Logger
+from shared.provider.local.state import State
+
+log = Logger("logs")
+
+EVENT_SERVICE = "convox"
+"""The process type shown for platform events (``convox:RELEASE/PID``)."""
+TS_WIDTH = len("2015-01-01T00:00:00.000000000Z")
+
+
+# ---- timestamps ------------------------------------------------------------------------------------------
+
+
+def ts_from_ns(ns: int) -> str:
+    """Nanoseconds since the epoch -> ``2015-01-01T00:00:00.000000000Z``."""
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
+
+
+def now_ts() -> str:
+    return ts_from_ns(time.time_ns())
+
+
+def ts_from_datetime(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{moment.microsecond * 1000:09d}Z"
+
+
+def ts_to_datetime(ts: str) -> datetime:
+    """A timestamp of this module's form as an aware datetime (to the microsecond)."""
+    return datetime.fromisoformat(ts[:26] + "+00:00")
+
+
+def ts_to_ns(ts: str) -> int:
+    seconds = calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S"))
+    fraction = ts[20:-1] if len(ts) > 20 and ts[19] == "." else ""
+    return seconds * 1_000_000_000 + int((fraction + "000000000")[:9])
+
+
+def normalize_ts(text: str) -> str | None:
+    """Any RFC 3339 / ISO 8601 time -> this module's form; ``None`` when it is not one."""
+    if len(text) == TS_WIDTH and text.endswith("Z") and text[10] == "T" and text[19] == ".":
+        return text
+    try:
+        return ts_from_datetime(datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def docker_since(ts: str) -> str:
+    """A timestamp as the Engine's ``since`` parameter (``seconds.nanoseconds``; inclusive)."""
+    ns = ts_to_ns(ts)
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+
+
+# ---- the events table ------------------------------------------------------------------------------------
+
+
+def clean(text: str) -> str:
+    """One line of text: no newlines, no tabs (the history's field separator)."""
+    return text.replace("\r", " ").replace("\n", " ").replace("\t", " ")
+
+
+class Events:
+    """Writes platform events of apps; never raises (an event that cannot be written is logged and dropped,
+    it must not fail the roll-out that emits it)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    async def emit(
+        self, app: str, message: str, *, release: str = "", pid: str = "", service: str = EVENT_SERVICE
+    ) -> None:
+        try:
+            await self.state.execute(
+                "INSERT INTO events (app, time, service, release, pid, message) VALUES (?, ?, ?, ?, ?, ?)",
+                (app, now_ts(), clean(service), clean(release), clean(pid[:12]), clean(message)),
+            )
+        except Exception as exc:
+            log.error("event.emit", app=app, error=type(exc).__name__)
+
+
+# ---- how events read -------------------------------------------------------------------------------------
+
+
+def exit_message(service: str, code: int, *, killed: bool, oom: bool) -> str:
+    """A process that ended: stopped by the rack, crashed (non-zero, or out of memory), or exited."""
+    if oom:
+        return f"{service} crashed: out of memory (exit code {code})"
+    if killed:
+        return f"{service} stopped (exit code {code})"
+    if code:
+        return f"{service} crashed (exit code {code})"
+    return f"{service} exited (exit code 0)"

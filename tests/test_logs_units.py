@@ -1,0 +1,361 @@
+"""The pieces of the logs pipeline without a Docker Engine: Docker's messages to lines, the history on disk,
+the time ordering, followers (also slow ones), the rack's own log, the CLI's resume without duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from cli.cmd_logs import Printer, since_time
+from services.logs.routes import parse_since
+from shared.errors import BadRequest
+from shared.provider.local.events import docker_since, normalize_ts, ts_from_datetime, ts_from_ns, ts_to_datetime
+from shared.provider.local.logs import (
+    PARTIAL,
+    AppLog,
+    History,
+    Limits,
+    Line,
+    Mark,
+    Splitter,
+    advance,
+    matcher,
+    rack_line,
+    read_rack_log,
+)
+
+TS = "2026-01-02T03:04:05.000000001Z"
+
+
+def ts(n: int) -> str:
+    """The n-th nanosecond after a fixed second: ordered timestamps for tests."""
+    return f"2026-01-02T03:04:05.{n:09d}Z"
+
+
+def message(stamp: str, content: bytes) -> bytes:
+    return stamp.encode() + b" " + content
+
+
+# ---- Docker's messages -> lines ----------------------------------------------------------------------------
+
+
+def test_whole_lines_come_out_as_they_are() -> None:
+    out: list[tuple[str, bytes]] = []
+    splitter = Splitter(tty=False, max_line=1 << 20)
+    splitter.feed(1, message(ts(1), b"hello\n"), out)
+    splitter.feed(2, message(ts(2), b"oops\n"), out)
+    assert out == [(ts(1), b"hello"), (ts(2), b"oops")]
+
+
+@pytest.mark.parametrize("newline_at_end", [True, False], ids=["json-file", "local"])
+def test_a_line_docker_split_at_16k_is_joined(newline_at_end: bool) -> None:
+    line = bytes(range(97, 123)) * 4000  # 104,000 bytes
+    pieces = [line[i : i + PARTIAL] for i in range(0, len(line), PARTIAL)]
+    out: list[tuple[str, bytes]] = []
+    splitter = Splitter(tty=False, max_line=1 << 20)
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        splitter.feed(1, message(ts(1), piece + (b"\n" if last and newline_at_end else b"")), out)
+        if i == 2:  # stderr in between, as Docker interleaves it
+            splitter.feed(2, message(ts(2), b"err\n"), out)
+    if not newline_at_end:
+        splitter.feed(1, message(ts(3), b"next\n"), out)
+    assert (ts(2), b"err") in out
+    assert (ts(1), line) in out
+    assert len(out) == (2 if newline_at_end else 3)
+
+
+def test_a_line_of_exactly_one_mib_is_whole_and_a_longer_one_is_cut() -> None:
+    line = b"x" * (1 << 20)
+    out: list[tuple[str, bytes]] = []
+    splitter = Splitter(tty=False, max_line=1 << 20)
+    for i in range(0, len(line), PARTIAL):
+        splitter.feed(1, message(ts(1), line[i : i + PARTIAL]), out)
+    splitter.feed(1, message(ts(1), b"\n"), out)
+    assert out == [(ts(1), line)]
+    out.clear()
+    for i in range(0, len(line) + PARTIAL, PARTIAL):
+        splitter.feed(1, message(ts(2), (line + b"y" * PARTIAL)[i : i + PARTIAL]), out)
+    splitter.feed(1, message(ts(2), b"\n"), out)
+    assert [len(data) for _, data in out] == [1 << 20, PARTIAL]
+
+
+def test_a_held_piece_is_whole_when_the_log_ends() -> None:
+    out: list[tuple[str, bytes]] = []
+    splitter = Splitter(tty=False, max_line=1 << 20)
+    splitter.feed(1, message(ts(1), b"z" * PARTIAL), out)
+    assert out == []
+    splitter.finish(out)
+    assert out == [(ts(1), b"z" * PARTIAL)]
+
+
+def test_tty_output_is_split_at_newlines_and_docker_timestamps_inside_a_long_line_are_removed() -> None:
+    long = b"q" * (PARTIAL * 2 + 10)
+    raw = message(ts(1), b"one\r\n") + message(ts(2), long[:PARTIAL]) + message(ts(2), long[PARTIAL : 2 * PARTIAL])
+    raw += message(ts(2), long[2 * PARTIAL :] + b"\r\n") + message(ts(3), b"tail")
+    out: list[tuple[str, bytes]] = []
+    splitter = Splitter(tty=True, max_line=1 << 20)
+    for i in range(0, len(raw), 1000):  # chunk boundaries anywhere
+        splitter.feed(1, raw[i : i + 1000], out)
+    splitter.finish(out)
+    assert out == [(ts(1), b"one"), (ts(2), long), (ts(3), b"tail")]
+
+
+def test_bytes_that_are_not_utf8_are_escaped_not_dropped() -> None:
+    line = Line(TS, "web", "R", "p", b"x\xffy \xe2\x82".decode("utf-8", "backslashreplace"))
+    assert line.text == "x\\xffy \\xe2\\x82"
+    assert line.render().endswith(b" web:R/p x\\xffy \\xe2\\x82\n")
+
+
+# ---- timestamps and cursors ------------------------------------------------------------------------------
+
+
+def test_timestamps_round_trip() -> None:
+    moment = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    assert ts_from_datetime(moment) == "2026-01-02T03:04:05.123456000Z"
+    assert ts_to_datetime("2026-01-02T03:04:05.123456789Z") == moment
+    assert ts_from_ns(1_767_323_045_000_000_001) == "2026-01-02T03:04:05.000000001Z"
+    assert docker_since("2026-01-02T03:04:05.000000001Z") == "1767323045.000000001"
+    assert normalize_ts("2026-01-02T03:04:05.5+00:00") == "2026-01-02T03:04:05.500000000Z"
+    assert normalize_ts("2026-01-02T03:04:05+00:00") == "2026-01-02T03:04:05.000000000Z"
+    assert normalize_ts("not a time") is None
+
+
+def test_a_cursor_counts_the_lines_at_its_timestamp() -> None:
+    offsets: dict[str, object] = {}
+    advance(offsets, "c:abc", ts(1))  # type: ignore[arg-type]
+    advance(offsets, "c:abc", ts(1))  # type: ignore[arg-type]
+    advance(offsets, "c:abc", ts(0))  # type: ignore[arg-type]  (older: no change)
+    assert (offsets["c:abc"].cursor, offsets["c:abc"].count) == (ts(1), 2)  # type: ignore[attr-defined]
+    advance(offsets, "e:app", "9")  # type: ignore[arg-type]
+    advance(offsets, "e:app", "10")  # type: ignore[arg-type]  (numbers, not strings)
+    assert offsets["e:app"].cursor == "10"  # type: ignore[attr-defined]
+
+
+# ---- history on disk -------------------------------------------------------------------------------------
+
+
+def lines(first: int, count: int, src: str = "c:abc", size: int = 10) -> list[Line]:
+    made = [Line(ts(n), "web", "R1", "abc", f"n={n} " + "x" * size, src, ts(n)) for n in range(first, first + count)]
+    for n, line in enumerate(made, start=first):
+        line.seq = n
+    return made
+
+
+def test_history_rotates_keeps_its_bound_and_recovers_after_a_kill(tmp_path: Path) -> None:
+    limits = Limits(max_bytes=64 * 1024 * 4)  # segments of 64 KiB
+    history = History(tmp_path / "app", limits)
+    for first in range(1, 5001, 100):
+        history.append(lines(first, 100, size=200))
+    assert len(history.segments) > 2
+    assert history.total <= limits.max_bytes + limits.segment_bytes
+    history.close()
+    newest = history.path(history.segments[-1])
+    with newest.open("ab") as handle:  # a batch torn by kill -9
+        handle.write(b"5001\t" + ts(5001).encode() + b"\tweb\tR1\tabc\tc:abc\t")
+    reopened = History(tmp_path / "app", limits)
+    seq, offsets = reopened.open()
+    assert seq == 5000
+    assert (offsets["c:abc"].cursor, offsets["c:abc"].count) == (ts(5000), 1)
+    assert newest.read_bytes().endswith(b"\n")
+    assert reopened.segments == history.segments
+
+
+def test_history_drops_segments_older_than_the_age_bound(tmp_path: Path) -> None:
+    history = History(tmp_path / "app", Limits(max_bytes=64 * 1024 * 8, max_age=60))
+    history.append(lines(1, 2000, size=100))
+    history.append(lines(2001, 10))
+    old = history.segments[:-1]
+    for first in old:
+        path = history.path(first)
+        stamp = path.stat().st_mtime - 3600
+        os.utime(path, (stamp, stamp))
+    history.prune(time.time())
+    assert history.segments and all(first not in history.segments for first in old)
+    history.close()
+
+
+# ---- ordering, release, followers ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def applog(tmp_path: Path) -> Iterator[Callable[..., AppLog]]:
+    made: list[AppLog] = []
+
+    def make(**limits: float) -> AppLog:
+        chosen = Limits(**limits)  # type: ignore[arg-type]
+        log = AppLog("app", History(tmp_path / "app", chosen), chosen, 0)
+        made.append(log)
+        return log
+
+    yield make
+    for log in made:
+        log.history.close()
+
+
+def test_lines_wait_for_a_delivering_process_but_not_for_a_quiet_one(applog: Callable[..., AppLog]) -> None:
+    log = applog(order_window=0.25)
+    log.sources = {"c:a": Mark(ts(10), 100.0), "c:b": Mark(ts(5), 100.0)}
+    log.add(Line(ts(8), "a", "", "a", "a8"), 100.0)
+    log.add(Line(ts(6), "b", "", "b", "b6"), 100.0)
+    assert log.release_due(100.1) is not None  # b (delivering, at 5) may still send something before 6
+    assert log.seq == 0
+    log.sources["c:b"] = Mark(ts(7), 100.1)
+    log.release_due(100.1)
+    assert [line.text for line in log.recent] == ["b6"]
+    assert log.release_due(100.4) is None  # b has been quiet for longer than the window: not waited for
+    assert [line.text for line in log.recent] == ["b6", "a8"]
+    assert [line.seq for line in log.recent] == [1, 2]
+
+
+def test_a_container_catching_up_holds_the_apps_lines_until_it_has_read_to_its_end(
+    applog: Callable[..., AppLog],
+) -> None:
+    log = applog(order_window=0.1)
+    log.sources = {"c:a": Mark(ts(1), 100.0, catching_up=True)}
+    log.add(Line(ts(9), "b", "", "b", "b9"), 100.0)
+    log.release_due(103.0)  # past the window and the hold, but the catch-up is not done
+    assert log.seq == 0
+    log.sources["c:a"].catching_up = False
+    log.release_due(103.0)
+    assert log.seq == 1
+
+
+async def collect(stream: AsyncIterator[list[Line]], until: int, within: float = 5.0) -> list[str]:
+    got: list[str] = []
+
+    async def run() -> None:
+        async for batch in stream:
+            got.extend(line.text for line in batch)
+            if len(got) >= until:
+                return
+
+    await asyncio.wait_for(run(), within)
+    return got
+
+
+async def test_a_follower_gets_history_then_memory_then_live_lines_once_each(applog: Callable[..., AppLog]) -> None:
+    log = applog(recent_bytes=2000)
+    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(300)])
+    log.history.append(log.unflushed)
+    log.flushed_to(log.unflushed[-1].seq)
+    log.unflushed = []
+    assert log.recent[0].seq > 1  # the oldest are on disk only
+    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(300, 310)])  # in memory only
+    follower = log.read("", True, matcher())
+    first = await collect(follower, 310)
+    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(310, 320)])
+    rest = await collect(follower, 10)
+    assert first + rest == [f"n={n}" for n in range(320)]
+    await follower.aclose()  # type: ignore[attr-defined]
+    assert not log.subscribers
+
+
+async def test_a_slow_follower_catches_up_from_the_history_without_a_gap(applog: Callable[..., AppLog]) -> None:
+    log = applog(follower_queue=100, recent_bytes=1000)
+    follower = asyncio.create_task(collect(log.read("", True, matcher()), 5000))
+    for _ in range(10):  # let it subscribe
+        await asyncio.sleep(0)
+    assert log.subscribers
+    for start in range(0, 5000, 50):  # the collector never waits for the follower
+        log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(start, start + 50)])
+        log.history.append(log.unflushed)
+        log.flushed_to(log.unflushed[-1].seq)
+        log.unflushed = []
+    assert next(iter(log.subscribers)).overflow
+    assert await follower == [f"n={n}" for n in range(5000)]
+
+
+async def test_no_follow_reads_to_the_end_then_stops_and_filters_apply(applog: Callable[..., AppLog]) -> None:
+    log = applog()
+    log.release([Line(ts(n), "web" if n % 2 else "worker", "R", f"p{n % 2}", f"n={n}") for n in range(20)])
+    log.release([Line(ts(20), "convox", "R", "p1", "web crashed (exit code 1)")])
+    got = [line.text async for batch in log.read(ts(10), False, matcher(service="web")) for line in batch]
+    assert got == [f"n={n}" for n in range(11, 20, 2)] + ["web crashed (exit code 1)"]
+    got = [line.text async for batch in log.read("", False, matcher(pid="p0", text="n=1")) for line in batch]
+    assert got == ["n=10", "n=12", "n=14", "n=16", "n=18"]
+
+
+# ---- the rack's own log ----------------------------------------------------------------------------------
+
+
+def rack_text(start: int, count: int) -> str:
+    return "".join(
+        f"2026-01-02T03:04:{n:02d}.000001+00:00 {'gateway' if n % 2 else 'apps'}: ns=x at=n{n}\n"
+        for n in range(start, start + count)
+    )
+
+
+async def test_the_rack_log_is_read_from_since_and_followed(tmp_path: Path) -> None:
+    path = tmp_path / "rack.log"
+    path.write_text(rack_text(0, 30))
+    since = "2026-01-02T03:04:20.000000000Z"
+    got = [line async for batch in read_rack_log(path, since, False, 0.01) for line in batch]
+    assert [line.text for line in got] == [f"ns=x at=n{n}" for n in range(20, 30)]
+    assert (got[1].service, got[1].release, got[1].pid) == ("gateway", "", "")
+    assert got[1].render() == b"2026-01-02T03:04:21.000001Z gateway: ns=x at=n21\n"
+    follower = read_rack_log(path, since, True, 0.01)
+    seen = await collect_lines(follower, 10)
+    with path.open("a") as handle:
+        handle.write(rack_text(30, 2)[:-5])  # a line being written
+    await asyncio.sleep(0.05)
+    with path.open("a") as handle:
+        handle.write(rack_text(30, 2)[-5:])
+    seen += await collect_lines(follower, 2)
+    assert seen == [f"ns=x at=n{n}" for n in range(20, 32)]
+    await follower.aclose()  # type: ignore[attr-defined]
+
+
+async def collect_lines(stream: AsyncIterator[list[Line]], count: int) -> list[str]:
+    got: list[str] = []
+    while len(got) < count:
+        got.extend(line.text for line in await asyncio.wait_for(anext(stream), 5))
+    return got
+
+
+def test_a_rack_line_without_a_timestamp_is_not_a_line() -> None:
+    assert rack_line(b"garbage") is None
+    line = rack_line(b"2026-01-02T03:04:05.5+00:00 supervisor: ns=supervisor at=start service=apps pid=1")
+    assert line is not None and line.service == "supervisor" and line.text.startswith("ns=supervisor")
+
+
+# ---- rendering, since, the CLI's resume ------------------------------------------------------------------
+
+
+def test_a_line_renders_as_convox_shows_it() -> None:
+    when = "2015-01-01T00:00:00.000000999Z"
+    line = Line(when, "web", "RNJYVQUMKKU", "68831d3dce63", "hi")
+    assert line.render() == b"2015-01-01T00:00:00.000000Z web:RNJYVQUMKKU/68831d3dce63 hi\n"
+    event = Line(when, "convox", "RNJYVQUMKKU", "", "release promoted")
+    assert event.render() == b"2015-01-01T00:00:00.000000Z convox:RNJYVQUMKKU release promoted\n"
+
+
+def test_since_takes_durations_and_times() -> None:
+    now = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
+    assert parse_since("1h30m", now) == datetime(2026, 1, 2, 10, 30, tzinfo=UTC)
+    assert parse_since("2d", now) == datetime(2025, 12, 31, 12, 0, tzinfo=UTC)
+    assert parse_since("2026-01-02T11:00:00Z") == datetime(2026, 1, 2, 11, tzinfo=UTC)
+    assert parse_since("") is None
+    with pytest.raises(BadRequest):
+        parse_since("yesterday")
+    assert since_time("90s", now) == "2026-01-02T11:58:30.000000Z"
+
+
+def test_a_resumed_stream_skips_exactly_what_was_printed() -> None:
+    out = io.BytesIO()
+    printer = Printer(out)
+    a = b"2026-01-02T03:04:05.000001Z web:R/a same\n"
+    b = b"2026-01-02T03:04:05.000002Z web:R/b other\n"
+    printer.feed(a + a + b)  # a line may legitimately repeat
+    resume = printer.resume()
+    assert resume == "2026-01-02T03:04:00.000002Z"
+    late = b"2026-01-02T03:04:05.000001Z convox:R late event\n"
+    printer.feed(a + late + a + b + b"2026-01-02T03:04:06.000000Z web:R/a new\n")
+    assert out.getvalue() == a + a + b + late + b"2026-01-02T03:04:06.000000Z web:R/a new\n"
