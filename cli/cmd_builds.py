@@ -7,7 +7,6 @@ the websocket and return the finished build, or raise ``CliError("build failed: 
 
 from __future__ import annotations
 
-import base64
 import posixpath
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from typing import Annotated, Any, BinaryIO
 import typer
 
 from cli import output
-from cli.client import Client, error_message
+from cli.client import Client
 from cli.config import Rack, current_rack, resolve_app
 from cli.errors import CliError
 
@@ -128,56 +127,45 @@ def upload(c: Client, app: str, archive: Path, params: dict[str, str]) -> dict[s
 # ---- following -------------------------------------------------------------------------------
 
 
-def websocket_url(rack: Rack, path: str) -> str:
-    scheme, _, rest = rack.host.partition("://")
-    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{path}"
-
-
 def follow_logs(rack: Rack, app: str, build_id: str, out: BinaryIO) -> tuple[int | None, str | None]:
     """Write the build's output to ``out`` as it comes; returns its status (exit code, error).
     A stream that ends without a status is an error."""
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-    from websockets.sync.client import connect
+    import asyncio
 
+    from websockets.exceptions import ConnectionClosed
+
+    from cli.stream import connect
     from shared import stream
 
-    token = base64.b64encode(f"convox:{rack.password}".encode()).decode()
-    try:
-        with connect(
-            websocket_url(rack, f"/apps/{app}/builds/{build_id}/logs"),
-            subprotocols=[stream.SUBPROTOCOL],  # type: ignore[list-item]
-            additional_headers={"Authorization": f"Basic {token}"},
-            max_size=None,
-            open_timeout=30,
-            ping_interval=20,
-            ping_timeout=60,
-            close_timeout=5,
-        ) as socket:
-            for message in socket:
-                if isinstance(message, str):
-                    continue
-                channel, payload = stream.decode(message)
-                if channel in (stream.Channel.STDOUT, stream.Channel.STDERR):
-                    out.write(payload)
-                    out.flush()
-                elif channel == stream.Channel.STATUS:
-                    status = stream.parse_status(payload)
-                    return status.exit_code, status.error
-    except InvalidStatus as exc:
-        import httpx
+    async def follow() -> tuple[int | None, str | None] | None:
+        async with connect(rack, f"/apps/{app}/builds/{build_id}/logs") as socket:
+            try:
+                async for message in socket:
+                    if isinstance(message, str):
+                        continue
+                    channel, payload = stream.decode(message)
+                    if channel in (stream.Channel.STDOUT, stream.Channel.STDERR):
+                        await asyncio.to_thread(_write, out, payload)
+                    elif channel == stream.Channel.STATUS:
+                        status = stream.parse_status(payload)
+                        return status.exit_code, status.error
+            except ConnectionClosed:
+                pass
+        return None
 
-        response = httpx.Response(exc.response.status_code, content=bytes(exc.response.body or b""))
-        if response.status_code == 401:
-            raise CliError(f"invalid password for {rack.host}") from None
-        raise CliError(error_message(response)) from None
+    try:
+        ended = asyncio.run(follow())
     except stream.ProtocolError as exc:
         raise CliError(f"build log stream: {exc}") from None
-    except (ConnectionClosed, InvalidHandshake):
-        pass
-    except (OSError, TimeoutError):
-        raise CliError(f"rack unreachable at {rack.host}") from None
+    if ended is not None:
+        return ended
     hint = f"convox builds logs {build_id}"
     raise StreamEnded(f"the build log stream ended without a status; the build may go on ({hint})")
+
+
+def _write(out: BinaryIO, data: bytes) -> None:
+    out.write(data)
+    out.flush()
 
 
 class StreamEnded(CliError):

@@ -9,7 +9,6 @@ last line it printed, skipping what it printed already: nothing is lost, nothing
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import re
 import sys
@@ -18,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import IO, Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import typer
 
@@ -142,67 +141,34 @@ class Dropped(Exception):
     """The stream is gone without its status, or could not be had for now: worth another try."""
 
 
-def socket_url(rack: Rack, path: str, query: Mapping[str, str]) -> str:
-    scheme = "wss" if rack.host.startswith("https://") else "ws"
-    return f"{scheme}://{rack.host.split('://', 1)[1]}{path}" + (f"?{urlencode(dict(query))}" if query else "")
-
-
-def refusal(status: int, body: bytes, host: str) -> CliError:
-    if status == 401:
-        return CliError(f"invalid password for {host} (run `convox login {host} --password ...`)")
-    try:
-        message = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        message = None
-    return CliError(str(message) if message else f"rack refused the log stream: {status}")
-
-
 async def once(rack: Rack, path: str, query: Mapping[str, str], printer: Printer, connected: Callable[[], None]) -> int:
     """One connection: print until the status (its exit code) or until it drops (:class:`Dropped`)."""
-    import websockets
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+    from websockets.exceptions import ConnectionClosed
 
-    token = base64.b64encode(f"convox:{rack.password}".encode()).decode()
+    from cli.stream import StreamUnavailable, connect
+
     try:
-        connection = await websockets.connect(
-            socket_url(rack, path, query),
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-            additional_headers={"Authorization": f"Basic {token}"},
-            ping_interval=PING_INTERVAL,
-            ping_timeout=PING_TIMEOUT,
-            max_size=None,
-            compression=None,
-            open_timeout=30,
-            close_timeout=2,
-        )
-    except InvalidStatus as exc:
-        status = exc.response.status_code
-        error = refusal(status, bytes(exc.response.body or b""), rack.host)
-        if status >= 500:
-            raise Dropped(error.message) from None
-        raise error from None
-    except (OSError, InvalidHandshake, TimeoutError) as exc:
-        raise Dropped(f"rack unreachable at {rack.host}: {exc}") from None
-    connected()
-    try:
-        async for message in connection:
-            data = message.encode() if isinstance(message, str) else message
-            if not data:
-                continue
-            if data[0] == STDOUT:
-                printer.feed(data[1:])
-            elif data[0] == STATUS:
-                try:
-                    status_message: dict[str, Any] = json.loads(data[1:])
-                except ValueError:
-                    raise CliError("the rack sent a malformed status message") from None
-                if status_message.get("error"):
-                    raise CliError(str(status_message["error"]))
-                return int(status_message.get("exit_code") or 0)
-    except ConnectionClosed:
-        pass
-    finally:
-        await connection.close()
+        async with connect(rack, path, query) as connection:
+            connected()
+            try:
+                async for message in connection:
+                    data = message.encode() if isinstance(message, str) else message
+                    if not data:
+                        continue
+                    if data[0] == STDOUT:
+                        printer.feed(data[1:])
+                    elif data[0] == STATUS:
+                        try:
+                            status_message: dict[str, Any] = json.loads(data[1:])
+                        except ValueError:
+                            raise CliError("the rack sent a malformed status message") from None
+                        if status_message.get("error"):
+                            raise CliError(str(status_message["error"]))
+                        return int(status_message.get("exit_code") or 0)
+            except ConnectionClosed:
+                pass
+    except StreamUnavailable as exc:
+        raise Dropped(exc.message) from None
     raise Dropped("the log stream ended without a status")
 
 

@@ -17,7 +17,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -39,25 +39,35 @@ PING_TIMEOUT = 60.0
 STDIN, STDOUT, STDERR = 0, 1, 2
 
 
-def socket_url(rack: Rack, path: str, query: Sequence[tuple[str, str]] = ()) -> str:
+class StreamUnavailable(CliError):
+    """The stream could not be had for now (the rack is down or restarting, a 5xx): worth another try."""
+
+
+def socket_url(rack: Rack, path: str, query: Sequence[tuple[str, str]] | Mapping[str, str] = ()) -> str:
     scheme = "wss" if rack.host.startswith("https://") else "ws"
     base = rack.host.split("://", 1)[1]
-    return f"{scheme}://{base}{path}" + (f"?{urlencode(list(query))}" if query else "")
+    pairs = list(query.items()) if isinstance(query, Mapping) else list(query)
+    return f"{scheme}://{base}{path}" + (f"?{urlencode(pairs)}" if pairs else "")
 
 
-def _refusal(status: int, body: bytes, host: str) -> CliError:
+def refusal(status: int, body: bytes, host: str) -> CliError:
+    """The error for a refused handshake: the rack's own message (a 5xx is :class:`StreamUnavailable`)."""
     if status == 401:
         return CliError(f"invalid password for {host} (run `convox login {host} --password ...`)")
     try:
         message = json.loads(body).get("error")
     except (ValueError, AttributeError):
         message = None
-    return CliError(str(message) if message else f"rack refused the stream: {status}")
+    text = str(message) if message else f"rack refused the stream: {status}"
+    return StreamUnavailable(text) if status >= 500 else CliError(text)
 
 
 @contextlib.asynccontextmanager
-async def connect(rack: Rack, path: str, query: Sequence[tuple[str, str]] = ()) -> AsyncIterator[ClientConnection]:
-    """An open stream, or :class:`CliError` with the rack's own message."""
+async def connect(
+    rack: Rack, path: str, query: Sequence[tuple[str, str]] | Mapping[str, str] = ()
+) -> AsyncIterator[ClientConnection]:
+    """An open stream, or :class:`CliError` with the rack's own message (:class:`StreamUnavailable` when
+    the rack cannot be reached or answers 5xx)."""
     import websockets
     from websockets.exceptions import InvalidHandshake, InvalidStatus
 
@@ -76,13 +86,13 @@ async def connect(rack: Rack, path: str, query: Sequence[tuple[str, str]] = ()) 
             max_queue=64,
         )
     except InvalidStatus as exc:
-        raise _refusal(exc.response.status_code, bytes(exc.response.body or b""), rack.host) from None
+        raise refusal(exc.response.status_code, bytes(exc.response.body or b""), rack.host) from None
     except (OSError, InvalidHandshake) as exc:
-        raise CliError(
+        raise StreamUnavailable(
             f"rack unreachable at {rack.host}: {exc.strerror if isinstance(exc, OSError) else exc}"
         ) from None
     except TimeoutError:
-        raise CliError(f"rack at {rack.host} did not answer in time") from None
+        raise StreamUnavailable(f"rack at {rack.host} did not answer in time") from None
     try:
         yield connection
     finally:

@@ -6,8 +6,9 @@ import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cli.cmd_builds import always_sent, elapsed, pack_source, websocket_url
+from cli.cmd_builds import always_sent, elapsed, pack_source
 from cli.config import Rack
+from cli.stream import socket_url
 
 MANIFEST = """services:
   web:
@@ -50,10 +51,10 @@ def test_an_ignored_manifest_and_dockerfile_still_go_up(tmp_path: Path) -> None:
 
 
 def test_websocket_url_follows_the_scheme() -> None:
-    assert websocket_url(Rack("http://127.0.0.1:5443", "pw"), "/apps/a/builds/B/logs") == (
+    assert socket_url(Rack("http://127.0.0.1:5443", "pw"), "/apps/a/builds/B/logs") == (
         "ws://127.0.0.1:5443/apps/a/builds/B/logs"
     )
-    assert websocket_url(Rack("https://rack.example.com", "pw"), "/x") == "wss://rack.example.com/x"
+    assert socket_url(Rack("https://rack.example.com", "pw"), "/x") == "wss://rack.example.com/x"
 
 
 def test_elapsed_reads_like_a_duration() -> None:
