@@ -17,6 +17,7 @@ process tree otherwise, so nothing is left behind.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -401,7 +402,48 @@ async def signal_tree(docker: Docker, container_id: str, pid: int, hangup: bool)
 # ---- exec ----------------------------------------------------------------------------------------------------
 
 
-class ExecStream:
+class _Attached(abc.ABC):
+    """What an exec and an attached run share: a hijacked connection carrying the process's streams."""
+
+    docker: Docker
+    terminal: Terminal
+    conn: Hijacked | None
+
+    @property
+    @abc.abstractmethod
+    def _what(self) -> str:
+        """How errors name this process."""
+
+    @abc.abstractmethod
+    def _resize_path(self) -> str | None:
+        """The engine's resize endpoint for this process, once it exists."""
+
+    def output(self) -> AsyncIterator[bytes]:
+        if self.conn is None:
+            raise RuntimeError("the process has not started")
+        return self.conn.messages()
+
+    async def write(self, data: bytes) -> None:
+        if self.conn is not None:
+            await self.conn.write(data)
+
+    async def close_stdin(self) -> None:
+        if self.conn is not None:
+            self.conn.close_write()
+
+    async def resize(self, width: int, height: int) -> None:
+        path = self._resize_path()
+        if not self.terminal.tty or path is None:
+            return
+        with contextlib.suppress(RackError, aiodocker.DockerError):
+            async with (
+                translated(self._what),
+                self.docker.client._query(path, method="POST", params={"h": height, "w": width}),
+            ):
+                pass
+
+
+class ExecStream(_Attached):
     """``docker exec`` of ``command`` in a running container, attached to a stream."""
 
     def __init__(self, docker: Docker, container_id: str, command: list[str]) -> None:
@@ -445,30 +487,8 @@ class ExecStream:
         if terminal.tty and terminal.size:
             await self.resize(*terminal.size)
 
-    def output(self) -> AsyncIterator[bytes]:
-        if self.conn is None:
-            raise RuntimeError("the process has not started")
-        return self.conn.messages()
-
-    async def write(self, data: bytes) -> None:
-        if self.conn is not None:
-            await self.conn.write(data)
-
-    async def close_stdin(self) -> None:
-        if self.conn is not None:
-            self.conn.close_write()
-
-    async def resize(self, width: int, height: int) -> None:
-        if not self.terminal.tty or not self.exec_id:
-            return
-        with contextlib.suppress(RackError, aiodocker.DockerError):
-            async with (
-                translated(self._what),
-                self.docker.client._query(
-                    f"exec/{self.exec_id}/resize", method="POST", params={"h": height, "w": width}
-                ),
-            ):
-                pass
+    def _resize_path(self) -> str | None:
+        return f"exec/{self.exec_id}/resize" if self.exec_id else None
 
     async def inspect(self) -> dict[str, Any]:
         async with translated(self._what):
@@ -516,7 +536,7 @@ class ExecStream:
 # ---- interactive one-off containers ---------------------------------------------------------------------------
 
 
-class AttachedRun:
+class AttachedRun(_Attached):
     """A new container attached to a stream (``convox run`` without ``--detach``), removed when it ends.
 
     As ``docker run --rm`` does it: created with ``AutoRemove``, attached, its exit awaited (``wait`` with
@@ -604,30 +624,8 @@ class AttachedRun:
             )
         return response
 
-    def output(self) -> AsyncIterator[bytes]:
-        if self.conn is None:
-            raise RuntimeError("the process has not started")
-        return self.conn.messages()
-
-    async def write(self, data: bytes) -> None:
-        if self.conn is not None:
-            await self.conn.write(data)
-
-    async def close_stdin(self) -> None:
-        if self.conn is not None:
-            self.conn.close_write()
-
-    async def resize(self, width: int, height: int) -> None:
-        if not self.terminal.tty or not self.container_id:
-            return
-        with contextlib.suppress(RackError, aiodocker.DockerError):
-            async with (
-                translated(self._what),
-                self.docker.client._query(
-                    f"containers/{self.container_id}/resize", method="POST", params={"h": height, "w": width}
-                ),
-            ):
-                pass
+    def _resize_path(self) -> str | None:
+        return f"containers/{self.container_id}/resize" if self.container_id else None
 
     async def wait(self) -> int:
         if self.exit_code is not None:
