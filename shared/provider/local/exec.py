@@ -58,6 +58,15 @@ def sized(argv: list[str], terminal: Terminal) -> list[str]:
     return [SHELL, "-c", SIZED, "sh", str(height), str(width), *argv]
 
 
+def _cmdline(pid: int) -> bytes | None:
+    """A host process's command line (the engine's pids are the host's), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
 # ---- the raw connection --------------------------------------------------------------------------------------
 
 
@@ -463,7 +472,8 @@ class ExecStream(_Attached):
     async def start(self, terminal: Terminal) -> None:
         self.terminal = terminal
         argv = self.command
-        if terminal.tty and await has_shell(self.docker, self.container_id):
+        wrapped = terminal.tty and await has_shell(self.docker, self.container_id)
+        if wrapped:
             argv = sized(argv, terminal)
         body = {
             "AttachStdin": True,
@@ -484,8 +494,28 @@ class ExecStream(_Attached):
             terminal.tty,
             self._what,
         )
-        if terminal.tty and terminal.size:
+        if wrapped:
+            await self._prelude_done()
+        elif terminal.tty and terminal.size:
             await self.resize(*terminal.size)
+
+    async def _prelude_done(self, within: float = 2.0) -> None:
+        """Wait until the size prelude has run (its shell has become the command), so that no resize sent
+        after the start can be undone by the prelude's own `stty`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        pid = 0
+        while loop.time() < deadline:
+            if not pid:
+                info = await self.inspect()
+                pid = int(info.get("Pid") or 0)
+                if not pid and not info.get("Running", True):
+                    return
+            if pid:
+                cmdline = await asyncio.to_thread(_cmdline, pid)
+                if cmdline is None or SIZED.encode() not in cmdline:
+                    return
+            await asyncio.sleep(0.002)
 
     def _resize_path(self) -> str | None:
         return f"exec/{self.exec_id}/resize" if self.exec_id else None

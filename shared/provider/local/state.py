@@ -94,10 +94,12 @@ class State:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path)
+        # the busy timeout first: the rack's services open the same new file at once, and switching it to
+        # WAL takes a lock the others must wait for rather than fail on
+        db = await aiosqlite.connect(self.path, timeout=15)
         db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA busy_timeout=15000")
         await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA busy_timeout=5000")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.executescript(SCHEMA)
         await db.commit()
