@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 
@@ -28,6 +29,8 @@ from shared.logfmt import format_line
 RESTART_DELAYS = (0.1, 0.5, 1.0, 1.5)
 """Back-off between restarts of a service that keeps dying; never past the 2 s promise."""
 STABLE_AFTER = 10.0
+LOG_MAX_BYTES = 32 << 20
+"""The rack's own log is kept to two files of about this size: rack.log and rack.log.1."""
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -60,10 +63,13 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, data_dir: Path, host: str, port: int, rack: str = "convox") -> None:
+    def __init__(
+        self, data_dir: Path, host: str, port: int, rack: str = "convox", log_max_bytes: int = LOG_MAX_BYTES
+    ) -> None:
         self.data_dir = data_dir
         self.run_dir = data_dir / "run"
         self.log_path = data_dir / "logs" / "rack.log"
+        self.log_max_bytes = log_max_bytes
         self.host = host
         self.port = port
         self.rack = rack
@@ -101,7 +107,7 @@ class Supervisor:
 
     async def write_log(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = await asyncio.to_thread(open, self.log_path, "a", encoding="utf-8")
+        handle: TextIO = await asyncio.to_thread(open, self.log_path, "a", encoding="utf-8")
         try:
             done = False
             while not done:
@@ -109,14 +115,19 @@ class Supervisor:
                 while not self.lines.empty():
                     batch.append(self.lines.get_nowait())
                 done = None in batch
-                await asyncio.to_thread(self._write, handle, "".join(line for line in batch if line))
+                handle = await asyncio.to_thread(self._write, handle, "".join(line for line in batch if line))
         finally:
             await asyncio.to_thread(handle.close)
 
-    @staticmethod
-    def _write(handle: object, text: str) -> None:
-        handle.write(text)  # type: ignore[attr-defined]
-        handle.flush()  # type: ignore[attr-defined]
+    def _write(self, handle: TextIO, text: str) -> TextIO:
+        """Append ``text``; past ``log_max_bytes`` the log becomes ``rack.log.1`` and a new one starts."""
+        handle.write(text)
+        handle.flush()
+        if handle.tell() < self.log_max_bytes:
+            return handle
+        handle.close()
+        os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+        return open(self.log_path, "a", encoding="utf-8")
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)

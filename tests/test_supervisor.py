@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import stat
@@ -105,3 +106,23 @@ def test_sigint_stops_every_process(tmp_path: Path, docker_engine: str) -> None:
     assert rack.process.wait(20) == 0
     _, alive = psutil.wait_procs(children, timeout=5)
     assert alive == []
+
+
+async def test_the_rack_log_is_kept_to_two_bounded_files(tmp_path: Path) -> None:
+    from services.supervisor import Supervisor
+
+    supervisor = Supervisor(tmp_path, "127.0.0.1", 0, log_max_bytes=1000)
+    writer = asyncio.create_task(supervisor.write_log())
+    for n in range(30):
+        supervisor.emit("gateway", f"ns=gateway at=request line={n:04d}")
+    rotated = tmp_path / "logs" / "rack.log.1"
+    while not rotated.exists():  # noqa: ASYNC110 - a file appearing has no event to wait on
+        await asyncio.sleep(0.01)
+    for n in range(30, 35):
+        supervisor.emit("gateway", f"ns=gateway at=request line={n:04d}")
+    await supervisor.lines.put(None)
+    await asyncio.wait_for(writer, 10)
+    current = (tmp_path / "logs" / "rack.log").read_text().splitlines()
+    previous = rotated.read_text().splitlines()
+    assert [line[-4:] for line in previous] == [f"{n:04d}" for n in range(30)]
+    assert [line[-4:] for line in current] == [f"{n:04d}" for n in range(30, 35)]
