@@ -228,6 +228,119 @@ def test_a_container_catching_up_holds_the_apps_lines_until_it_has_read_to_its_e
     assert log.seq == 1
 
 
+def test_a_line_later_than_the_ordering_goes_out_in_time_order_with_the_time_it_is_emitted(
+    applog: Callable[..., AppLog],
+) -> None:
+    log = applog(order_window=0.1)
+    log.add(Line(ts(8), "web", "", "a", "a8", "c:a", ts(8)), 100.0)
+    log.release_due(100.0)
+    late = Line(ts(6), "convox", "", "", "event recorded late", "e:app", "7")  # its source lagged: too late
+    log.add(late, 101.0)
+    log.add(Line(ts(9), "web", "", "a", "a9", "c:a", ts(9)), 101.0)
+    log.release_due(101.0)
+    assert [(line.text, line.ts) for line in log.recent] == [("a8", ts(8)), ("event recorded late", ts(8)),
+                                                             ("a9", ts(9))]  # fmt: skip
+    assert late.cur == "7"  # its source's cursor is its own
+
+
+def test_the_newest_time_of_the_history_bounds_what_is_released_after_a_restart(tmp_path: Path) -> None:
+    history = History(tmp_path / "app", Limits())
+    history.append(lines(1, 5))
+    history.close()
+    reopened = History(tmp_path / "app", Limits())
+    seq, _ = reopened.open()
+    log = AppLog("app", reopened, Limits(), seq)
+    log.release([Line(ts(3), "web", "", "b", "behind", "c:b", ts(3))])
+    assert (log.recent[-1].seq, log.recent[-1].ts, log.recent[-1].cur) == (6, ts(5), ts(3))
+    reopened.close()
+
+
+def test_lines_wait_for_the_start_of_a_created_container_and_for_the_exit_of_a_finished_one(
+    applog: Callable[..., AppLog],
+) -> None:
+    log = applog(order_window=0.1)  # the hold: 0.4 s
+    log.sources = {"c:new": Mark(ts(5), 100.0, pending=True)}  # created at 5, its start event not seen yet
+    log.add(Line(ts(8), "web", "", "a", "a8"), 100.0)
+    log.release_due(100.2)  # past the window: a container that delivers nothing would not be waited for
+    assert log.seq == 0
+    log.release_due(100.4)  # but not past the hold
+    assert log.seq == 1
+    log.sources = {"c:old": Mark(ts(10), 101.0, pending=True)}  # read to its end at 10, its exit not seen yet
+    log.add(Line(ts(9), "web", "", "a", "a9"), 101.0)
+    log.add(Line(ts(11), "web", "", "a", "a11"), 101.0)
+    log.release_due(101.1)
+    assert [line.text for line in log.recent] == ["a8", "a9"]
+    del log.sources["c:old"]  # its die event came
+    log.release_due(101.1)
+    assert [line.text for line in log.recent] == ["a8", "a9", "a11"]
+    log.sources = {"c:gone": Mark(ts(12), 101.0, pending=True)}
+    log.release_due(101.0 + 5.1)  # an event that never comes is not waited for again
+    assert not log.sources
+
+
+class SlowState:
+    """The state as the collector reads it, with the database slow to answer (a loaded machine)."""
+
+    async def fetch_one(self, sql: str, params: tuple[object, ...] = ()) -> dict[str, int]:
+        await asyncio.sleep(0.2)
+        return {"1": 1}
+
+    async def fetch_all(self, sql: str, params: tuple[object, ...] = ()) -> list[dict[str, object]]:
+        return []
+
+
+class QuickDocker:
+    """A container that wrote one line just after it started, and has exited."""
+
+    def __init__(self, written: str, finished: str) -> None:
+        self.written = written
+        self.finished = finished
+
+    async def inspect(self, container: str) -> dict[str, object]:
+        return {"State": {"Running": False, "FinishedAt": self.finished}, "Config": {"Tty": False}}
+
+    async def logs(self, container: str, **options: object) -> AsyncIterator[list[tuple[int, bytes]]]:
+        yield [(1, message(self.written, b"web-up\n"))]
+
+
+async def test_a_process_start_goes_out_before_its_lines_and_its_exit_before_later_lines(tmp_path: Path) -> None:
+    from shared.provider.local.logs import LocalLogs
+
+    container = "c0ffee" * 10 + "abcd"
+    labels = {"convox.rack": "r", "convox.app": "app", "convox.type": "web", "convox.release": "R1"}
+    docker = QuickDocker(ts(200), ts(300))
+    logs = LocalLogs(SlowState(), docker, None, "r", tmp_path)  # type: ignore[arg-type]
+    logs.running = True
+    logs.events_read_to = "~"
+    pump = asyncio.create_task(logs._pump())
+    try:
+
+        def event(action: str, at: int, **more: str) -> dict[str, object]:
+            return {"Action": action, "Actor": {"ID": container, "Attributes": {**labels, **more}},
+                    "timeNano": 1_767_323_045_000_000_000 + at}  # fmt: skip
+
+        await logs._on_event(event("create", 50))
+        await logs._on_event(event("start", 100))  # the database answers slowly; the reader is quick
+        await asyncio.wait_for(asyncio.gather(*logs.readers.values()), 5)
+        applog = logs.logs["app"]
+        assert "c:" + container in applog.sources  # read to its end at 300, its exit not seen yet
+        logs._add(applog, [Line(ts(400), "worker", "R1", "b", "later", "c:b", ts(400))])
+        await asyncio.sleep(0.1)
+        await logs._on_event(event("die", 350, exitCode="1"))  # Docker's event stream lagged
+        await asyncio.sleep(0.1)
+        assert [(line.ts, line.text) for line in applog.recent] == [
+            (ts(100), "web started"),
+            (ts(200), "web-up"),
+            (ts(350), "web crashed (exit code 1)"),
+            (ts(400), "later"),
+        ]
+    finally:
+        pump.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
+        for applog in logs.logs.values():
+            applog.history.close()
+
+
 async def collect(stream: AsyncIterator[list[Line]], until: int, within: float = 5.0) -> list[str]:
     got: list[str] = []
 

@@ -17,7 +17,14 @@ Order: lines wait in a per-app heap ordered by time until every container of the
 delivered a line at least as late, or for four times that at most; then they get the app's next sequence
 number and go, in time order, to the history and to every follower. A quiet process is not waited for, so a
 lone line goes out at once; a container re-attached after a restart is waited for until it has read up to
-its end.
+its end. Docker's events are sources too: a process's start is added before its log is read (its lines
+cannot overtake it), and a container created but not started yet, or read to its end while its exit event
+has not come, is waited for (for the hold at most) until the event comes.
+
+The order is a guarantee, not a best effort: a line that still comes later than lines already released with
+later times (a source lagging past all of this: an event row committed late, a loaded Engine) goes out with
+the time of the newest released line, the time it is emitted with, rather than its own earlier one (its
+source's cursor keeps its own). A follower's stream and the history are in time order whatever the lag.
 
 History: ``DATA/logs/apps/APP/<first seq>.log`` segments of tab-separated lines, bounded per app by bytes and
 age. A follower reads the history from ``since``, then the lines still in memory, then subscribes; its queue
@@ -58,6 +65,7 @@ from shared.provider.local.events import (
     ts_from_datetime,
     ts_from_ns,
     ts_to_datetime,
+    ts_to_ns,
 )
 from shared.provider.local.state import State
 
@@ -306,6 +314,8 @@ class History:
         self.segments: list[int] = []
         self.sizes: dict[int, int] = {}
         self.first_ts: dict[int, str] = {}
+        self.last_ts = ""
+        """The time of the newest line (found by :meth:`open`): released lines never go back before it."""
         self._handle: IO[bytes] | None = None
 
     def path(self, first: int) -> Path:
@@ -336,6 +346,7 @@ class History:
             for line in lines:
                 if line.src:
                     advance(offsets, line.src, line.cur)
+            self.last_ts = max(line.ts for line in lines)
             return max(line.seq for line in lines), offsets
         return 0, offsets
 
@@ -468,14 +479,20 @@ def matcher(service: str = "", pid: str = "", text: str = "") -> Match | None:
 
 class Mark:
     """A container being read: the latest timestamp it delivered, when it last delivered, and whether it is
-    catching up (re-attached after a restart: until it has read to its end, the app's lines wait for it)."""
+    catching up (re-attached after a restart: until it has read to its end, the app's lines wait for it).
 
-    __slots__ = ("catching_up", "seen", "ts")
+    A *pending* mark stands for an event of the container that Docker has not delivered yet: its start
+    (created, not started yet: its first lines may come before the start event) or its exit (its log is read
+    to the end, the ``die`` event is still on its way). Lines later than it wait for it (up to the hold) until
+    the event comes, so that Docker's event stream lagging behind the logs does not reorder them."""
 
-    def __init__(self, ts: str, seen: float, catching_up: bool = False) -> None:
+    __slots__ = ("catching_up", "pending", "seen", "ts")
+
+    def __init__(self, ts: str, seen: float, catching_up: bool = False, pending: bool = False) -> None:
         self.ts = ts
         self.seen = seen
         self.catching_up = catching_up
+        self.pending = pending
 
 
 class AppLog:
@@ -501,6 +518,8 @@ class AppLog:
         self.subscribers: set[Subscriber] = set()
         self.lag = 0.0
         """How late lines arrive after their timestamp (a moving average, seconds)."""
+        self.latest = history.last_ts
+        """The time of the newest line released: no line goes out with an earlier one."""
         self._counter = itertools.count()
 
     def add(self, line: Line, arrival: float) -> None:
@@ -514,6 +533,11 @@ class AppLog:
     def held(self) -> bool:
         return bool(self.heap or self.incoming)
 
+    def forget_stale(self, now: float) -> None:
+        """Stop waiting for containers' events that did not come within ``MAX_WAIT`` (pending marks)."""
+        for src in [src for src, mark in self.sources.items() if mark.pending and now - mark.seen > MAX_WAIT]:
+            del self.sources[src]
+
     def release_due(self, now: float, events_read_to: str = "~") -> float | None:
         """Release what is due; returns when to look again, while lines are held. A process's start or exit
         also waits until the events table is read up to its time (the platform events that caused it, such
@@ -523,8 +547,9 @@ class AppLog:
         mark: str | None = None
         quiet_at: float | None = None
         blocked = False
+        self.forget_stale(now)
         for source in self.sources.values():
-            limit = CATCH_UP_LIMIT if source.catching_up else window
+            limit = CATCH_UP_LIMIT if source.catching_up else MAX_WAIT if source.pending else window
             if now - source.seen <= limit:
                 if mark is None or source.ts < mark:
                     mark = source.ts
@@ -560,12 +585,24 @@ class AppLog:
         return due if quiet_at is None else min(due, quiet_at)
 
     def release(self, lines: list[Line]) -> None:
+        """Give lines (in time order) their sequence numbers and send them to the history and the followers.
+
+        A line older than one released already (its source lagged past the ordering: Docker's event stream,
+        an event row committed late, a reader held up on a loaded machine) goes out with the time of the
+        newest line released instead of its own, the time it is emitted with: the stream stays in time order
+        whatever the lag. Its cursor keeps the source's own time (re-attaching and de-duplication use that)."""
+        latest = self.latest
         for line in lines:
+            if line.ts < latest:
+                line.ts = latest
+            else:
+                latest = line.ts
             self.seq += 1
             line.seq = self.seq
             self.recent_bytes += len(line.text) + 64
             if line.src.startswith("d:"):
                 self.lifecycle -= 1
+        self.latest = latest
         self.unflushed.extend(lines)
         self.recent.extend(lines)
         for subscriber in list(self.subscribers):
@@ -764,6 +801,8 @@ class Watch:
 
     killed: bool = False
     oom: bool = False
+    died: int = 0
+    """The time (ns) of the last ``die`` event of the container that was handled."""
 
 
 class LocalLogs:
@@ -1028,6 +1067,7 @@ class LocalLogs:
         """Age out history, events and cursors; forget the apps that are gone."""
         now = time.time()
         for applog in list(self.logs.values()):
+            applog.forget_stale(asyncio.get_running_loop().time())
             await asyncio.to_thread(applog.history.prune, now)
         names = {row["name"] for row in await self.state.fetch_all("SELECT name FROM apps")}
         self.known_apps = names
@@ -1104,12 +1144,12 @@ class LocalLogs:
         if not container or not app or labels.get(LABEL_BUILD):
             return
         watch = self.watch.setdefault(container, Watch())
-        if action == "create":  # its lines will be waited for (ordering) from now, before its start is seen
+        when = int(event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000)
+        src = f"c:{container}"
+        if action == "create":  # its lines are waited for (ordering) from now, before its start is seen
             applog = await self.applog(app)
-            when = int(event.get("timeNano") or 0)
-            applog.sources.setdefault(f"c:{container}", Mark(ts_from_ns(when), asyncio.get_running_loop().time()))
-        elif action == "start":
-            await self._attach(container, labels)
+            mark = Mark(ts_from_ns(when), asyncio.get_running_loop().time(), pending=True)
+            applog.sources.setdefault(src, mark)
         elif action == "kill":
             watch.killed = True
         elif action == "oom":
@@ -1117,20 +1157,28 @@ class LocalLogs:
         elif action == "destroy":
             self.watch.pop(container, None)
             if container not in self.readers and app in self.logs:
-                self.logs[app].sources.pop(f"c:{container}", None)
-        if action not in ("start", "die"):
-            return
-        service = labels.get(LABEL_TYPE, "")
-        if action == "start":
-            message = f"{service} started"
-        else:
+                self.logs[app].sources.pop(src, None)
+        if action == "start":  # the event first, then the reader: its lines cannot go out before it
+            await self._lifecycle(app, container, labels, f"{labels.get(LABEL_TYPE, '')} started", when)
+            await self._attach(container, labels)
+        elif action == "die":
             try:
                 code = int(labels.get("exitCode", "0"))
             except ValueError:
                 code = -1
-            message = exit_message(service, code, killed=watch.killed, oom=watch.oom)
+            message = exit_message(labels.get(LABEL_TYPE, ""), code, killed=watch.killed, oom=watch.oom)
             watch.killed = watch.oom = False
-        when = int(event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000)
+            await self._lifecycle(app, container, labels, message, when)
+            watch.died = max(watch.died, when)
+            owner = self.logs.get(app)
+            awaited = owner.sources.get(src) if owner is not None else None
+            if owner is not None and awaited is not None and awaited.pending:  # its exit, awaited: here it is
+                del owner.sources[src]
+                self.dirty.add(owner)
+                self._wake.set()
+
+    async def _lifecycle(self, app: str, container: str, labels: dict[str, str], message: str, when: int) -> None:
+        """A process started or ended (Docker's event at ``when``, in nanoseconds) as a line of its app."""
         src = f"d:{app}"
         known = self.offsets.get(src)
         if known is not None and int(known.cursor) >= when:
@@ -1179,10 +1227,12 @@ class LocalLogs:
         applog = await self.applog(app)
         known = self.offsets.get(src)
         mark = applog.sources.get(src)
-        if mark is None:
-            mark = Mark(known.cursor if known else "", asyncio.get_running_loop().time(), True)
+        if mark is None or mark.pending:
+            cursor = known.cursor if known else ""
+            mark = Mark(max(cursor, mark.ts) if mark else cursor, asyncio.get_running_loop().time(), True)
             applog.sources[src] = mark
         backoff = 0.1
+        finished = ""
         try:
             while True:
                 self.again.discard(container)
@@ -1216,11 +1266,17 @@ class LocalLogs:
                     continue
                 backoff = 0.1
                 if not running and container not in self.again:
+                    finished = normalize_ts(str(state.get("FinishedAt") or "")) or ""
                     return
                 if not received:
                     await asyncio.sleep(0.05)
         finally:
             applog.sources.pop(src, None)
+            watch = self.watch.get(container)
+            if finished > "1970" and watch is not None and watch.died < ts_to_ns(finished):
+                # read to its end, but its exit (Docker's die event, not earlier than this) has not come yet:
+                # what is later waits for it
+                applog.sources[src] = Mark(finished, asyncio.get_running_loop().time(), pending=True)
             if self.readers.get(container) is asyncio.current_task():
                 del self.readers[container]
             self._wake.set()
