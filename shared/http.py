@@ -21,9 +21,15 @@ from shared.errors import RackError
 from shared.logfmt import Logger
 from shared.models import Error
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": Error, "description": "Bad input"},
-}
+Responses = dict[int | str, dict[str, Any]]
+
+
+def error_response(status: int, description: str) -> Responses:
+    """An error answer for a route's OpenAPI ``responses``: ``{"error": ...}`` with ``status``."""
+    return {status: {"model": Error, "description": description}}
+
+
+BAD_INPUT = error_response(400, "Bad input")
 
 
 def error_body(message: str) -> bytes:

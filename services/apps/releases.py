@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from shared.errors import BadRequest, NotFound
+from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
-from shared.models import App, Error, Formation, FormationUpdate, Release
+from shared.models import App, Formation, FormationUpdate, Release
 from shared.provider import Provider
 from shared.service import provider_of
 
 log = Logger("apps")
 router = APIRouter(tags=["releases"])
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": Error, "description": "Bad input"},
-    404: {"model": Error, "description": "No such app, release or process type"},
-}
+ERRORS = {**BAD_INPUT, **error_response(404, "No such app, release or process type")}
 AppName = Annotated[str, Path(description="The app's name.", examples=["myapp"])]
 ReleaseId = Annotated[str, Path(description="A release id.", examples=["RNJYVQUMKKU"])]
 ProviderDep = Annotated[Provider, Depends(provider_of)]
+UPDATING = error_response(409, "The app is already updating")
 
 
 def check_env(env: dict[str, str]) -> None:
@@ -47,7 +46,7 @@ async def release_get(app: AppName, release: ReleaseId, provider: ProviderDep) -
     "/apps/{app}/releases/{release}/promote",
     name="release_promote",
     summary="Roll a release out (the app is `updating` until `running` or `failed`)",
-    responses={**ERRORS, 409: {"model": Error, "description": "The app is already updating"}},
+    responses={**ERRORS, **UPDATING},
 )
 async def release_promote(app: AppName, release: ReleaseId, provider: ProviderDep) -> App:
     with log.measure("release.promote.start", app=app, release=release):
@@ -58,7 +57,7 @@ async def release_promote(app: AppName, release: ReleaseId, provider: ProviderDe
     "/apps/{app}/releases/{release}/rollback",
     name="release_rollback",
     summary="Make a new release copied from an old one and promote it",
-    responses={**ERRORS, 409: {"model": Error, "description": "The app is already updating"}},
+    responses={**ERRORS, **UPDATING},
 )
 async def release_rollback(app: AppName, release: ReleaseId, provider: ProviderDep) -> Release:
     old = await provider.releases.get(app, release)
@@ -70,9 +69,7 @@ async def release_rollback(app: AppName, release: ReleaseId, provider: ProviderD
     return new
 
 
-@router.get(
-    "/apps/{app}/environment", name="environment_get", summary="The app's environment", responses=ERRORS
-)
+@router.get("/apps/{app}/environment", name="environment_get", summary="The app's environment", responses=ERRORS)
 async def environment_get(app: AppName, provider: ProviderDep) -> dict[str, str]:
     return await provider.releases.environment(app)
 

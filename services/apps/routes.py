@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Path, Response
 
+from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
-from shared.models import App, AppCreate, Error, System
+from shared.models import App, AppCreate, System
 from shared.provider import Provider
 from shared.service import provider_of
 
@@ -15,8 +14,7 @@ log = Logger("apps")
 router = APIRouter()
 
 AppPath = Path(description="The app's name.", examples=["myapp"])
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such app"}}
-BAD_INPUT: dict[int | str, dict[str, Any]] = {400: {"model": Error, "description": "Bad input"}}
+NOT_FOUND = error_response(404, "No such app")
 
 
 @router.get("/apps", name="app_list", tags=["apps"], summary="List apps")
@@ -30,7 +28,7 @@ async def app_list(provider: Provider = Depends(provider_of)) -> list[App]:
     tags=["apps"],
     status_code=201,
     summary="Create an app",
-    responses={**BAD_INPUT, 409: {"model": Error, "description": "The app exists"}},
+    responses={**BAD_INPUT, **error_response(409, "The app exists")},
 )
 async def app_create(body: AppCreate, provider: Provider = Depends(provider_of)) -> App:
     with log.measure("app.create", app=body.name):

@@ -12,7 +12,7 @@ import contextlib
 import posixpath
 import secrets
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi import Path as PathParam
@@ -24,9 +24,10 @@ from shared import stream
 from shared.archive import extract, receive, remove_tree, resolve_inside
 from shared.config import RackSettings
 from shared.errors import BadRequest, RackError
+from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
 from shared.manifest import Manifest, ManifestError, find_manifest, is_compose_file, parse_manifest
-from shared.models import Build, BuildOptions, Error
+from shared.models import Build, BuildOptions
 from shared.provider import Provider
 from shared.service import provider_of
 
@@ -38,9 +39,8 @@ UPLOADS = "tmp"
 
 AppPath = PathParam(description="The app's name.", examples=["myapp"])
 BuildPath = PathParam(description="The build's id.", examples=["BAPRZPQKXNE"])
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such app or build"}}
-BAD_INPUT: dict[int | str, dict[str, Any]] = {400: {"model": Error, "description": "Bad input"}}
-TOO_LARGE: dict[int | str, dict[str, Any]] = {413: {"model": Error, "description": "The source is too large"}}
+NOT_FOUND = error_response(404, "No such app or build")
+TOO_LARGE = error_response(413, "The source is too large")
 
 SOURCE_BODY = {
     "requestBody": {

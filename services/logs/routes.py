@@ -25,8 +25,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from shared import stream
 from shared.errors import BadRequest, RackError
+from shared.http import error_response
 from shared.logfmt import Logger
-from shared.models import RACK_APP, Error
+from shared.models import RACK_APP
 from shared.provider import Provider
 from shared.stream import Channel
 
@@ -177,8 +178,8 @@ SOCKET_DOC = (
 RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"content": {"text/plain": {}}, "description": "The lines"},
     101: {"description": "Switched to a websocket (`Upgrade: websocket`, subprotocol `v1.stream.rack`)"},
-    400: {"model": Error, "description": "Bad input"},
-    404: {"model": Error, "description": "No such app or process"},
+    **error_response(400, "Bad input"),
+    **error_response(404, "No such app or process"),
 }
 Since = Query(None, description="A duration ago (`2m`, `1h30m`, `2d`) or an RFC 3339 time; none: all history.")
 Follow = Query(False, description="Keep the response open and stream new lines.")

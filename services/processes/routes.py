@@ -21,8 +21,9 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from shared import stream
 from shared.errors import BadRequest, RackError
+from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
-from shared.models import Error, Model, Process, ProcessRunOptions
+from shared.models import Model, Process, ProcessRunOptions
 from shared.provider import Provider
 from shared.service import provider_of
 from shared.stream import Channel, ProcessStream, Terminal
@@ -33,11 +34,10 @@ router = APIRouter()
 AppPath = Path(description="The app's name.", examples=["myapp"])
 PidPath = Path(description="The process id (a container id, 12 characters shown).", examples=["68831d3dce63"])
 ServicePath = Path(description="The process type, as named in the manifest.", examples=["web"])
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such app or process"}}
-BAD_INPUT: dict[int | str, dict[str, Any]] = {400: {"model": Error, "description": "Bad input"}}
+NOT_FOUND = error_response(404, "No such app or process")
 SOCKET: dict[int | str, dict[str, Any]] = {
     101: {"description": "Switched to a websocket (`Upgrade: websocket`, subprotocol `v1.stream.rack`)"},
-    426: {"model": Error, "description": "This path is a websocket: connect with an upgrade"},
+    **error_response(426, "This path is a websocket: connect with an upgrade"),
 }
 FIRST_RESIZE_WAIT = 1.0
 """Seconds a TTY stream without width/height in its query waits for a first resize message before starting."""
@@ -151,7 +151,7 @@ TTY is hung up, a pipe process is killed). An unknown, other app's or rack pid i
     tags=["processes"],
     summary="Run a command in a running process (websocket)",
     description=EXEC_DESCRIPTION,
-    responses={**SOCKET, **BAD_INPUT, **NOT_FOUND, 409: {"model": Error, "description": "The process is not running"}},
+    responses={**SOCKET, **BAD_INPUT, **NOT_FOUND, **error_response(409, "The process is not running")},
 )
 async def process_exec(
     app: str = AppPath,

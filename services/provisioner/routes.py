@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import Field, WithJsonSchema
 
 from services.provisioner.linking import Linker
+from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
-from shared.models import APP_NAME_PATTERN, Error, Model, Resource
+from shared.models import APP_NAME_PATTERN, Model, Resource
 from shared.provider import Provider
 from shared.service import provider_of
 
@@ -21,8 +22,8 @@ ProviderDep = Annotated[Provider, Depends(provider_of)]
 ServiceName = Annotated[str, Path(description="The service's name.", examples=["postgres"])]
 Reveal = Annotated[bool, Query(description="Show the password in the URL instead of `***`.")]
 NAME_SCHEMA = {"type": "string", "pattern": APP_NAME_PATTERN, "maxLength": 30}
-BAD: dict[int | str, dict[str, Any]] = {400: {"model": Error, "description": "Bad input"}}
-MISSING: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such service"}}
+BAD = BAD_INPUT
+MISSING = error_response(404, "No such service")
 
 
 def linker_of(request: Request) -> Linker:
@@ -59,8 +60,8 @@ async def resource_list(provider: ProviderDep, reveal: Reveal = False) -> list[R
     summary="Create a backing service (answers once it accepts connections)",
     responses={
         **BAD,
-        409: {"model": Error, "description": "The name is taken"},
-        502: {"model": Error, "description": "The server could not be started"},
+        **error_response(409, "The name is taken"),
+        **error_response(502, "The server could not be started"),
     },
 )
 async def resource_create(body: ResourceCreate, provider: ProviderDep) -> Resource:
@@ -79,7 +80,7 @@ async def resource_get(name: ServiceName, provider: ProviderDep, reveal: Reveal 
     name="resource_delete",
     status_code=204,
     summary="Delete a backing service and its data",
-    responses={**BAD, **MISSING, 409: {"model": Error, "description": "Linked to an app, or being created"}},
+    responses={**BAD, **MISSING, **error_response(409, "Linked to an app, or being created")},
 )
 async def resource_delete(name: ServiceName, provider: ProviderDep) -> Response:
     await provider.resources.delete(name)
@@ -92,9 +93,9 @@ async def resource_delete(name: ServiceName, provider: ProviderDep) -> Response:
     summary="Link a service into an app: <NAME>_URL in its environment, through a promoted release",
     responses={
         **BAD,
-        404: {"model": Error, "description": "No such service or app"},
-        409: {"model": Error, "description": "Already linked, or the service is not running"},
-        502: {"model": Error, "description": "The release with the new environment failed to roll out"},
+        **error_response(404, "No such service or app"),
+        **error_response(409, "Already linked, or the service is not running"),
+        **error_response(502, "The release with the new environment failed to roll out"),
     },
 )
 async def resource_link(name: ServiceName, body: ResourceLink, linker: LinkerDep) -> Resource:
@@ -108,8 +109,8 @@ async def resource_link(name: ServiceName, body: ResourceLink, linker: LinkerDep
     summary="Unlink a service from an app: <NAME>_URL leaves its environment, through a promoted release",
     responses={
         **BAD,
-        404: {"model": Error, "description": "No such service, or not linked to the app"},
-        502: {"model": Error, "description": "The release with the new environment failed to roll out"},
+        **error_response(404, "No such service, or not linked to the app"),
+        **error_response(502, "The release with the new environment failed to roll out"),
     },
 )
 async def resource_unlink(
