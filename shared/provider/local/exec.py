@@ -417,6 +417,7 @@ class _Attached(abc.ABC):
     docker: Docker
     terminal: Terminal
     conn: Hijacked | None
+    closed: bool
 
     @property
     @abc.abstractmethod
@@ -426,6 +427,25 @@ class _Attached(abc.ABC):
     @abc.abstractmethod
     def _resize_path(self) -> str | None:
         """The engine's resize endpoint for this process, once it exists."""
+
+    @abc.abstractmethod
+    async def _end(self) -> None:
+        """End the process if it still runs (the client went away)."""
+
+    async def _release(self) -> None:  # noqa: B027 - an exec holds nothing more; a run overrides it
+        """What else this kind of process holds once its stream is closed."""
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            with contextlib.suppress(RackError):
+                await self._end()
+        finally:
+            if self.conn is not None:
+                await self.conn.close()
+            await self._release()
 
     def output(self) -> AsyncIterator[bytes]:
         if self.conn is None:
@@ -551,17 +571,6 @@ class ExecStream(_Attached):
         await signal_tree(self.docker, self.container_id, pid, hangup=False)
         log.log("exec.kill", id=self.container_id[:12], exec=self.exec_id[:12], tty=self.terminal.tty)
 
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            with contextlib.suppress(RackError):
-                await self._end()
-        finally:
-            if self.conn is not None:
-                await self.conn.close()
-
 
 # ---- interactive one-off containers ---------------------------------------------------------------------------
 
@@ -683,21 +692,12 @@ class AttachedRun(_Attached):
                     await asyncio.wait_for(self.wait(), HANGUP_GRACE)
         log.log("run.kill", id=self.container_id[:12], tty=self.terminal.tty)
 
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
+    async def _release(self) -> None:
+        if self.exit_watch is not None:
+            self.exit_watch.close()
+        if self.container_id and self.exit_code is None:  # ended early: AutoRemove does the rest otherwise
             with contextlib.suppress(RackError):
-                await self._end()
-        finally:
-            if self.conn is not None:
-                await self.conn.close()
-            if self.exit_watch is not None:
-                self.exit_watch.close()
-            if self.container_id and self.exit_code is None:  # ended early: AutoRemove does the rest otherwise
-                with contextlib.suppress(RackError):
-                    await self.docker.remove(self.container_id)
+                await self.docker.remove(self.container_id)
 
 
 def display(argv: list[str]) -> str:
