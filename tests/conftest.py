@@ -6,6 +6,8 @@ when the run ends. Docker tests fail (never skip) when no engine answers: `make 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -14,12 +16,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
+from starlette.types import ASGIApp
 
 RUN_ID = secrets.token_hex(4)
 RACK_NAME = f"test-{RUN_ID}"
@@ -188,3 +192,22 @@ def busybox_image(docker_engine: str) -> str:
     from tests.images import ensure_busybox_image
 
     return ensure_busybox_image()
+
+
+@contextlib.asynccontextmanager
+async def on_uvicorn(app: ASGIApp) -> AsyncIterator[int]:
+    """``app`` served by a real uvicorn on a free loopback port (websockets need a real server); yields the
+    port and stops the server afterwards."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, ws="websockets-sansio", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(1000):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        await task

@@ -14,7 +14,6 @@ from typing import Any, cast
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from fastapi import FastAPI
 from websockets.exceptions import InvalidStatus
@@ -28,7 +27,7 @@ from shared.ids import build_id
 from shared.manifest import Manifest
 from shared.models import Build, BuildOptions
 from shared.provider import Provider
-from tests.conftest import free_port
+from tests.conftest import on_uvicorn
 from tests.fakes import FakeApps, FakeProvider
 
 CONVOX_YML = b"services:\n  web:\n    build: .\n    port: 3000\n"
@@ -294,19 +293,8 @@ async def test_the_log_is_text_over_http(api: httpx.AsyncClient) -> None:
 async def served(tmp_path: Path, provider: FakeBuildsProvider) -> AsyncIterator[str]:
     """The service on a real uvicorn (websockets need one), at ``http://127.0.0.1:PORT``."""
     app = service(tmp_path, provider)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, ws="websockets-sansio", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(1000):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
+    async with on_uvicorn(app) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def read_stream(url: str, path: str) -> tuple[bytes, stream.Status, str | None]:

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from websockets.exceptions import InvalidStatus
 
@@ -22,7 +21,7 @@ from services.logs import create_app
 from shared import stream
 from shared.config import RackSettings
 from shared.errors import NotFound
-from tests.conftest import free_port
+from tests.conftest import on_uvicorn
 from tests.fakes import FakeProvider
 
 
@@ -79,19 +78,8 @@ async def served(logs: FakeLogs, tmp_path: Path) -> AsyncIterator[str]:
     provider = FakeProvider()
     provider.logs = logs  # type: ignore[attr-defined]
     app = create_app(RackSettings(data_dir=tmp_path), provider=provider, internal=False)  # type: ignore[arg-type]
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, ws="websockets-sansio", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(1000):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
+    async with on_uvicorn(app) as port:
         yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def read(address: str, path: str) -> tuple[bytes, stream.Status | None]:
