@@ -18,6 +18,7 @@ from shared.manifest import Manifest, Service
 from shared.models import ProcessRunOptions
 from shared.provider import load_provider
 from shared.provider.local import LocalProvider
+from shared.provider.local.exec import AttachedRun
 from shared.provider.local.images import image_name
 from shared.provider.local.processes import LocalProcesses
 from shared.stream import ProcessStream, Terminal
@@ -403,3 +404,108 @@ def test_the_contract_names_every_method_the_local_provider_serves() -> None:
     wanted = {"run", "run_interactive", "list", "get", "stop", "exec", "metrics", "adopt"}
     assert wanted <= set(dir(ProcessesAPI))
     assert wanted <= set(dir(LocalProcesses))
+
+
+# ---- network sandboxes of one-offs ---------------------------------------------------------------------------
+
+
+async def on_rack_network(provider: LocalProvider) -> LocalProcesses:
+    """The provider's processes, with the rack's network made (as an app's first roll-out makes it)."""
+    processes = processes_of(provider)
+    await processes.docker.ensure_network(processes.network, {"convox.rack": RACK_NAME})
+    return processes
+
+
+async def run_output(provider: LocalProvider, app: str, script: str, image: str) -> tuple[str, str]:
+    """Run ``script`` as an interactive one-off of ``app``; its output, and how its container was networked."""
+    options = ProcessRunOptions(service="web", image=image, command=["sh", "-c", f"read go; {script}"])
+    stream = await provider.processes.run_interactive(app, options)
+    try:
+        await stream.start(Terminal())
+        assert isinstance(stream, AttachedRun)
+        mode = docker("inspect", "--format", "{{.HostConfig.NetworkMode}}", stream.container_id).strip()
+        await stream.write(b"go\n")
+        output = joined(await drain(stream), 1).decode()
+        assert await stream.wait() == 0, output
+    finally:
+        await stream.close()
+    return output, mode
+
+
+def address(output: str) -> str:
+    return next(line.split()[1] for line in output.splitlines() if "inet " in line and "127.0.0.1" not in line)
+
+
+async def test_a_run_joins_the_sandbox_the_first_one_left_on_the_rack_network(
+    provider: LocalProvider, busybox_image: str
+) -> None:
+    processes = await on_rack_network(provider)
+    await provider.apps.create("boxed")
+    peer = docker(
+        "run", "-d", "--network", processes.network, "--network-alias", "web.peer", "--label",
+        f"convox.rack={RACK_NAME}", busybox_image, "sleep", "3600",
+    ).strip()  # fmt: skip
+    first, mode = await run_output(provider, "boxed", "ip addr", busybox_image)
+    assert mode == processes.network and address(first)
+    await until(lambda: processes.sandboxes.idle.get("boxed"))  # made once the first run has ended
+    [(sandbox, _)] = processes.sandboxes.idle["boxed"]
+    labels = docker("inspect", "--format", "{{json .Config.Labels}}", sandbox)
+    assert '"convox.sandbox":"boxed"' in labels and "convox.app" not in labels
+
+    second, mode = await run_output(provider, "boxed", "ip addr; nslookup web.peer", busybox_image)
+    assert mode == f"container:{sandbox}"
+    peer_address = docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", peer)
+    assert address(second).startswith("172.") and f"Address: {peer_address.strip()}" in second
+    assert processes.sandboxes.idle["boxed"] == [(sandbox, processes.sandboxes.idle["boxed"][0][1])]  # given back
+    assert await provider.processes.list("boxed") == []  # a sandbox is no process of the app
+    docker("rm", "-f", peer)
+
+
+async def test_concurrent_runs_never_share_a_sandbox(provider: LocalProvider, busybox_image: str) -> None:
+    processes = await on_rack_network(provider)
+    await provider.apps.create("crowd")
+    await run_output(provider, "crowd", "true", busybox_image)
+    await until(lambda: processes.sandboxes.idle.get("crowd"))
+    outputs = await asyncio.gather(*(run_output(provider, "crowd", "ip addr", busybox_image) for _ in range(3)))
+    modes = [mode for _, mode in outputs]
+    assert sum(mode.startswith("container:") for mode in modes) == 1 and modes.count(processes.network) == 2
+    assert len({address(output) for output, _ in outputs}) == 3  # an address, ports and localhost each
+    await until(lambda: len(processes.sandboxes.idle.get("crowd", [])) == 1)
+    await asyncio.sleep(0.5)
+    assert len(docker("ps", "-aq", "--filter", "label=convox.sandbox=crowd").split()) == 1  # extras removed
+
+
+async def test_a_vanished_sandbox_leaves_the_run_on_the_network_itself(
+    provider: LocalProvider, busybox_image: str
+) -> None:
+    processes = await on_rack_network(provider)
+    await provider.apps.create("vanish")
+    await run_output(provider, "vanish", "true", busybox_image)
+    await until(lambda: processes.sandboxes.idle.get("vanish"))
+    [(sandbox, _)] = processes.sandboxes.idle["vanish"]
+    docker("rm", "-f", sandbox)
+    output, mode = await run_output(provider, "vanish", "ip addr", busybox_image)
+    assert mode == processes.network and address(output)
+    await until(lambda: processes.sandboxes.idle.get("vanish") and processes.sandboxes.idle["vanish"][0][0] != sandbox)
+
+
+async def test_sandboxes_are_adopted_after_a_restart_and_removed_with_their_app(
+    provider: LocalProvider, busybox_image: str
+) -> None:
+    processes = await on_rack_network(provider)
+    await provider.apps.create("kept")
+    await run_output(provider, "kept", "true", busybox_image)
+    await until(lambda: processes.sandboxes.idle.get("kept"))
+    [(sandbox, _)] = processes.sandboxes.idle["kept"]
+    restarted = LocalProcesses(processes.docker, processes.apps, RACK_NAME)  # a new processes service
+    try:
+        await restarted.adopt()
+        assert [s for s, _ in restarted.sandboxes.idle["kept"]] == [sandbox]
+    finally:
+        await restarted.close()
+    started = time.monotonic()
+    docker("stop", "-t", "10", sandbox)  # its init passes SIGTERM on: the pause program ends at once
+    assert time.monotonic() - started < 5
+    docker("start", sandbox)
+    await provider.apps.delete("kept")
+    assert not docker("ps", "-aq", "--filter", "label=convox.sandbox=kept").strip()

@@ -10,7 +10,7 @@ import aiosqlite
 
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.models import APP_NAME_RE, RACK_APP, App, invalid_app_name
-from shared.provider.local.docker import LABEL_APP, LABEL_RACK, Docker
+from shared.provider.local.docker import LABEL_APP, LABEL_RACK, LABEL_SANDBOX, Docker
 from shared.provider.local.state import State
 
 
@@ -77,8 +77,9 @@ class LocalApps:
         await self.set_status(name, "deleting")
         for hook in self.on_delete:
             await hook(name)
-        for container in await self.docker.containers({LABEL_RACK: self.rack, LABEL_APP: name}, all=True):
-            with contextlib.suppress(NotFound, Conflict):  # a one-off removing itself, or already gone
-                await self.docker.remove(container["Id"])
+        for labels in ({LABEL_RACK: self.rack, LABEL_APP: name}, {LABEL_RACK: self.rack, LABEL_SANDBOX: name}):
+            for container in await self.docker.containers(labels, all=True):
+                with contextlib.suppress(NotFound, Conflict):  # a one-off removing itself, or already gone
+                    await self.docker.remove(container["Id"])
         for table, column in (("releases", "app"), ("builds", "app"), ("formation", "app"), ("apps", "name")):
             await self.state.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))

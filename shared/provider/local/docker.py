@@ -19,6 +19,9 @@ LABEL_APP = "convox.app"
 LABEL_TYPE = "convox.type"
 LABEL_RELEASE = "convox.release"
 LABEL_ONEOFF = "convox.oneoff"
+LABEL_SANDBOX = "convox.sandbox"
+"""On a network sandbox of one-offs (:mod:`shared.provider.local.sandboxes`): the app it serves (it has no
+``convox.app``: it is no process of the app)."""
 STREAMING = aiohttp.ClientTimeout(sock_connect=10)
 """Streams (logs, events) run as long as they last; only connecting has a limit."""
 

@@ -34,6 +34,7 @@ from yarl import URL
 from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
 from shared.provider.local.docker import Docker, translated
+from shared.provider.local.sandboxes import Sandboxes
 from shared.stream import Channel, Terminal
 
 log = Logger("processes")
@@ -589,12 +590,18 @@ class AttachedRun(_Attached):
         argv: list[str],
         name: str | None = None,
         shells: dict[str, bool] | None = None,
+        sandboxes: Sandboxes | None = None,
+        app: str = "",
     ) -> None:
         self.docker = docker
         self.config = config
         self.argv = argv
         self.name = name
         self.shells = shells if shells is not None else {}
+        self.sandboxes = sandboxes
+        self.app = app
+        self.sandbox: str | None = None
+        self.started = False
         self.terminal = Terminal()
         self.container_id = ""
         self.conn: Hijacked | None = None
@@ -625,6 +632,35 @@ class AttachedRun(_Attached):
             "AttachStderr": True,
         }
         config["HostConfig"] = {**config.get("HostConfig", {}), "AutoRemove": True}
+        sandbox = self.sandboxes.take(self.app) if self.sandboxes is not None else None
+        if sandbox is None:
+            await self._launch(config)
+            return
+        joined = {**config, "HostConfig": {**config["HostConfig"], "NetworkMode": f"container:{sandbox}"}}
+        try:
+            await self._launch(joined)
+        except RackError:
+            await self._abandon()
+            if self.sandboxes is None or await self._sandbox_alive(sandbox):
+                if self.sandboxes is not None:
+                    self.sandboxes.give_back(self.app, sandbox)
+                raise
+            # the sandbox is gone (removed with its app, or lost with the engine): the network itself, then
+            self.sandboxes.discard(sandbox)
+            await self._launch(config)
+            return
+        self.sandbox = sandbox
+
+    async def _sandbox_alive(self, sandbox: str) -> bool:
+        try:
+            info = await self.docker.inspect(sandbox)
+        except RackError:
+            return False
+        return bool((info.get("State") or {}).get("Running"))
+
+    async def _launch(self, config: dict[str, Any]) -> None:
+        """Create the container, attach to it, ask for its exit, start it."""
+        terminal = self.terminal
         image = str(config.get("Image", ""))
         sizing = terminal.tty and self.shells.get(image, True)
         config["Entrypoint"], config["Cmd"] = (
@@ -652,8 +688,22 @@ class AttachedRun(_Attached):
                 raise outcome
         async with translated(self._what):
             await self.docker.client._query_json(f"containers/{self.container_id}/start", method="POST")
+        self.started = True
         if terminal.tty and terminal.size:
             await self.resize(*terminal.size)
+
+    async def _abandon(self) -> None:
+        """Undo a launch that failed: its connections closed, its container removed."""
+        if self.conn is not None:
+            await self.conn.close()
+            self.conn = None
+        if self.exit_watch is not None:
+            self.exit_watch.close()
+            self.exit_watch = None
+        if self.container_id:
+            with contextlib.suppress(RackError):
+                await self.docker.remove(self.container_id)
+            self.container_id = ""
 
     async def _watch_exit(self) -> aiohttp.ClientResponse:
         """The engine's answer to ``wait``, asked before the start: its body comes when the process exits."""
@@ -695,9 +745,24 @@ class AttachedRun(_Attached):
     async def _release(self) -> None:
         if self.exit_watch is not None:
             self.exit_watch.close()
-        if self.container_id and self.exit_code is None:  # ended early: AutoRemove does the rest otherwise
-            with contextlib.suppress(RackError):
+        gone = self.exit_code is not None  # its init has exited: nothing of it is left in the sandbox
+        if self.container_id and not gone:  # ended early: AutoRemove does the rest otherwise
+            try:
                 await self.docker.remove(self.container_id)
+                gone = True
+            except NotFound:
+                gone = True
+            except RackError:
+                pass
+        if self.sandboxes is None:
+            return
+        if self.sandbox is not None:
+            if gone:
+                self.sandboxes.give_back(self.app, self.sandbox)
+            else:
+                self.sandboxes.discard(self.sandbox)
+        elif self.started:
+            self.sandboxes.want(self.app)
 
 
 def display(argv: list[str]) -> str:

@@ -35,6 +35,7 @@ from shared.provider.local.docker import (
 )
 from shared.provider.local.exec import AttachedRun, ExecStream, display
 from shared.provider.local.images import image_name
+from shared.provider.local.sandboxes import Sandboxes
 from shared.provider.local.stats import Sampler
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ class LocalProcesses:
         self.shells: dict[str, bool] = {}
         self.image_configs: dict[str, dict[str, Any]] = {}
         self.network_seen = False
+        self.sandboxes = Sandboxes(docker, rack, self.network)
 
     @property
     def releases(self) -> ReleasesAPI:
@@ -266,7 +268,16 @@ class LocalProcesses:
         self, app: str, options: ProcessRunOptions, time_limit: float | None = None
     ) -> AttachedRun:
         config, argv = await self._config(app, options, time_limit, interactive=True)
-        return AttachedRun(self.docker, config, argv, name=self._name(app, options.service), shells=self.shells)
+        on_network = config["HostConfig"].get("NetworkMode") == self.network
+        return AttachedRun(
+            self.docker,
+            config,
+            argv,
+            name=self._name(app, options.service),
+            shells=self.shells,
+            sandboxes=self.sandboxes if on_network else None,
+            app=app,
+        )
 
     # ---- exec ------------------------------------------------------------------------------------------------
 
@@ -353,6 +364,7 @@ class LocalProcesses:
 
     async def adopt(self) -> None:
         await self.reap(interactive=True)
+        await self.sandboxes.adopt()
         self._ensure_reaper()
 
     async def reap(self, interactive: bool = False) -> None:
@@ -370,6 +382,8 @@ class LocalProcesses:
         for container_id in doomed:
             log.log("process.reap", id=container_id[:12])
         await asyncio.gather(*(self._stop(c) for c in doomed), return_exceptions=True)
+        if any(self.sandboxes.idle.values()):
+            self.sandboxes.expire({a.name for a in await self.apps.list()})
 
     def _ensure_reaper(self) -> None:
         if self.reaper is None or self.reaper.done():
@@ -384,6 +398,7 @@ class LocalProcesses:
     async def close(self) -> None:
         """Stop the background work (stats sampling, the reaper)."""
         await self.sampler.close()
+        await self.sandboxes.close()
         if self.reaper is not None:
             self.reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

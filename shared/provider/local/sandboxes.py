@@ -1,0 +1,204 @@
+"""Network sandboxes: why an interactive one-off starts faster than a plain ``docker run``.
+
+Most of a container's start is its network: a veth pair, an address, and on a user-defined network (the rack's,
+where ``TYPE.APP`` resolves) the embedded DNS resolver's rules. Measured on the engine here: ``docker run --rm
+IMAGE true`` ~285 ms, with ``--network`` of the rack ~340 ms, joining the namespace of a container already on it
+(``--network container:ID``) ~125 ms.
+
+So a one-off joins the network namespace of a *sandbox*: a container on the rack's network that only sleeps
+(as a Kubernetes pod's containers join its pause container). The one-off sees the rack's network exactly as
+one of its own would (the rack's DNS, ``TYPE.APP`` names, linked services), with its own address, ports and
+localhost: a sandbox serves one process at a time, and only one app (its connections' traces never meet
+another app's process). An app's first run, or one that finds its sandbox in use, joins the network itself and
+leaves a sandbox behind when it ends (made after the run, so that no run waits on it); a process that is gone
+gives its sandbox back. Sandboxes idle for :data:`IDLE_SECONDS` are removed, as are those of a deleted app.
+
+The sandbox runs ``/pause``, a static program of a few instructions (``pause(2)`` in a loop, made below) under
+the engine's init, from an image imported at first need: no registry is needed. Engines on other
+architectures than x86-64 run one-offs on the network directly, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import secrets
+import struct
+import tarfile
+import time
+from typing import Any
+
+from shared.errors import RackError
+from shared.logfmt import Logger
+from shared.provider.local.docker import LABEL_RACK, LABEL_SANDBOX, Docker, translated
+
+log = Logger("processes")
+
+IDLE_SECONDS = 600.0
+PER_APP = 1
+"""Idle sandboxes kept per app; a second concurrent run joins the network itself."""
+PAUSE_PATH = "/pause"
+PAUSE_REPO = "convox/pause"
+X86_64_PAUSE = bytes.fromhex("b8 22 00 00 00  0f 05  eb f7")
+"""``mov eax, 34 (pause); syscall; jmp back``: sleeps until a signal ends it (its init passes SIGTERM on)."""
+
+
+def pause_program() -> bytes:
+    """A static ELF executable for x86-64 Linux: one loadable segment holding the headers and the code."""
+    base = 0x400000
+    headers = 64 + 56
+    size = headers + len(X86_64_PAUSE)
+    ident = struct.pack("<4sBBBBB7x", b"\x7fELF", 2, 1, 1, 0, 0)  # 64-bit, little endian, System V
+    elf = ident + struct.pack("<HHIQQQIHHHHHH", 2, 0x3E, 1, base + headers, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+    segment = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)  # PT_LOAD, read + execute
+    return elf + segment + X86_64_PAUSE
+
+
+def pause_image_tar(program: bytes) -> bytes:
+    """A root filesystem holding only ``/pause``, as ``docker import`` takes it."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        member = tarfile.TarInfo(PAUSE_PATH.lstrip("/"))
+        member.size, member.mode, member.mtime = len(program), 0o755, 0
+        tar.addfile(member, io.BytesIO(program))
+    return out.getvalue()
+
+
+class Sandboxes:
+    """The idle sandboxes of each app on one rack, handed out to one process at a time."""
+
+    def __init__(self, docker: Docker, rack: str, network: str) -> None:
+        self.docker = docker
+        self.rack = rack
+        self.network = network
+        self.idle: dict[str, list[tuple[str, float]]] = {}
+        self.making: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._image: str | None = None
+        self._supported: bool | None = None
+
+    def take(self, app: str) -> str | None:
+        """An idle sandbox of ``app``, now the caller's alone; None when there is none."""
+        pool = self.idle.get(app)
+        if not pool:
+            return None
+        sandbox, _ = pool.pop()
+        return sandbox
+
+    def give_back(self, app: str, sandbox: str) -> None:
+        """A sandbox whose process is gone: idle again (or removed when the app has enough)."""
+        pool = self.idle.setdefault(app, [])
+        if len(pool) < PER_APP and sandbox not in (s for s, _ in pool):
+            pool.append((sandbox, time.monotonic()))
+        else:
+            self.discard(sandbox)
+
+    def discard(self, sandbox: str) -> None:
+        """Remove a sandbox that is broken or not wanted (in the background)."""
+        self._spawn(self._remove(sandbox))
+
+    def want(self, app: str) -> None:
+        """A run of ``app`` found no idle sandbox: make one for the next (in the background)."""
+        if app in self.making or self.idle.get(app) or self._supported is False:
+            return
+        self.making.add(app)
+        self._spawn(self._make(app))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _remove(self, sandbox: str) -> None:
+        with contextlib.suppress(RackError):
+            await self.docker.remove(sandbox)
+
+    async def _make(self, app: str) -> None:
+        try:
+            image = await self._pause_image()
+            if image is None:
+                return
+            config = {
+                "Image": image,
+                "Entrypoint": [PAUSE_PATH],
+                "Labels": {LABEL_RACK: self.rack, LABEL_SANDBOX: app},
+                "HostConfig": {
+                    "NetworkMode": self.network,
+                    "Init": True,
+                    "ReadonlyRootfs": True,
+                    "RestartPolicy": {"Name": "unless-stopped"},
+                },
+            }
+            name = f"{self.rack}-{app}-sandbox-{secrets.token_hex(3)}"
+            with log.measure("sandbox.create", app=app) as fields:
+                created = await self.docker.run(config, name=name)
+                fields["id"] = str(created["Id"])[:12]
+            self.give_back(app, str(created["Id"]))
+        except RackError as exc:
+            log.error("sandbox.create", app=app, message=exc.message)
+        finally:
+            self.making.discard(app)
+
+    async def _pause_image(self) -> str | None:
+        """The pause image's tag, imported when the engine lacks it; None when the engine's architecture has
+        no pause program here."""
+        if self._image is not None or self._supported is False:
+            return self._image
+        async with translated("docker engine"):
+            version: dict[str, Any] = await self.docker.client.version()
+        if version.get("Arch") != "amd64":
+            self._supported = False
+            log.log("sandbox.unsupported", arch=version.get("Arch"))
+            return None
+        program = pause_program()
+        tag = f"{PAUSE_REPO}:{hashlib.sha256(program).hexdigest()[:12]}"
+        try:
+            async with translated(f"image {tag}"):
+                await self.docker.client.images.inspect(tag)
+        except RackError:
+            repo, _, version_tag = tag.partition(":")
+            async with (
+                translated(f"image {tag}"),
+                self.docker.client._query(
+                    "images/create",
+                    method="POST",
+                    params={"fromSrc": "-", "repo": repo, "tag": version_tag},
+                    data=pause_image_tar(program),
+                    headers={"Content-Type": "application/x-tar"},
+                ) as response,
+            ):
+                await response.read()
+            async with translated(f"image {tag}"):
+                await self.docker.client.images.inspect(tag)
+            log.log("sandbox.image", image=tag)
+        self._supported, self._image = True, tag
+        return tag
+
+    async def adopt(self) -> None:
+        """After a restart: running sandboxes of existing apps become idle ones (no process of the rack holds
+        one: interactive one-offs do not outlive their stream); the rest are removed."""
+        for container in await self.docker.containers({LABEL_RACK: self.rack}, all=True):
+            labels = container.get("Labels") or {}
+            if LABEL_SANDBOX not in labels:
+                continue
+            app = labels[LABEL_SANDBOX]
+            if container.get("State") == "running" and app:
+                self.give_back(app, container["Id"])
+            else:
+                self.discard(container["Id"])
+
+    def expire(self, apps: set[str] | None = None) -> None:
+        """Remove sandboxes idle for longer than :data:`IDLE_SECONDS`, and those of apps not in ``apps``."""
+        now = time.monotonic()
+        for app, pool in list(self.idle.items()):
+            for sandbox, since in list(pool):
+                if now - since > IDLE_SECONDS or (apps is not None and app not in apps):
+                    pool.remove((sandbox, since))
+                    self.discard(sandbox)
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
