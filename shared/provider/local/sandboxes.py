@@ -128,6 +128,8 @@ class Sandboxes:
                     "NetworkMode": self.network,
                     "Init": True,
                     "ReadonlyRootfs": True,
+                    "CapDrop": ["ALL"],  # the one-off that joins keeps its own capabilities; the sandbox needs none
+                    "SecurityOpt": ["no-new-privileges"],
                     "RestartPolicy": {"Name": "unless-stopped"},
                 },
             }
