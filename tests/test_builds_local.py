@@ -97,6 +97,28 @@ async def test_every_built_service_gets_its_image_and_the_build_a_release(
     assert (tmp_path / "data" / "builds" / f"{build.id}.log").exists()
 
 
+async def test_deleting_an_app_removes_its_images_and_build_logs(provider: LocalProvider, tmp_path: Path) -> None:
+    manifest = parse_manifest(MANIFEST, "convox.yml")
+    built = []
+    for app in ("myapp", "other"):
+        build = await provider.builds.create(
+            app, source(tmp_path / app, "FROM rack-test/busybox:1\n"), manifest, BuildOptions()
+        )
+        assert await finished(provider.builds, app, build.id) == "complete"
+        built.append(build.id)
+    mine, others = built
+    tags = {image_name(RACK_NAME, "myapp", service, mine) for service in ("web", "worker")}
+    await provider.apps.delete("myapp")
+    for tag in tags:
+        assert (await asyncio.to_thread(docker, "image", "inspect", tag)).returncode != 0
+    assert not (tmp_path / "data" / "builds" / f"{mine}.log").exists()
+    kept = image_name(RACK_NAME, "other", "web", others)  # another app's builds are left alone
+    assert (await asyncio.to_thread(docker, "image", "inspect", kept)).returncode == 0
+    assert (tmp_path / "data" / "builds" / f"{others}.log").exists()
+    assert (await asyncio.to_thread(docker, "image", "inspect", "rack-test/busybox:1")).returncode == 0
+    await provider.apps.delete("other")
+
+
 async def test_following_yields_output_while_the_build_runs(provider: LocalProvider, tmp_path: Path) -> None:
     context = source(tmp_path, "FROM rack-test/busybox:1\nRUN echo first-line && sleep 2 && echo second-line\n")
     manifest = parse_manifest(MANIFEST, "convox.yml")

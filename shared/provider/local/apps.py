@@ -30,6 +30,9 @@ class LocalApps:
         self.rack = rack
         self.balancer_host = balancer_host
         self.on_delete: list[Callable[[str], Awaitable[None]]] = []
+        """Run when an app is being deleted, while its containers still exist."""
+        self.after_delete: list[Callable[[str], Awaitable[None]]] = []
+        """Run once its containers are gone (what they used can go now), before its records are."""
 
     async def _balancers(self) -> dict[str, str]:
         """Each app's balancer: its first public process type's (by name)."""
@@ -81,5 +84,7 @@ class LocalApps:
             for container in await self.docker.containers(labels, all=True):
                 with contextlib.suppress(NotFound, Conflict):  # a one-off removing itself, or already gone
                     await self.docker.remove(container["Id"])
+        for hook in self.after_delete:
+            await hook(name)
         for table, column in (("releases", "app"), ("builds", "app"), ("formation", "app"), ("apps", "name")):
             await self.state.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))

@@ -109,6 +109,16 @@ def _append(path: Path, text: str) -> None:
         handle.write(text.encode())
 
 
+def _forget(log_path: Path, work: Path) -> bool:
+    """Remove a build's log and what is left of its work directory; whether there was a log."""
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        log_path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _pack_context(directory: Path, out: Path, dockerfile: str) -> None:
     with out.open("wb") as handle:
         pack(directory, handle, compress=False, keep=[dockerfile, ".dockerignore"])
@@ -304,6 +314,19 @@ class LocalBuilds:
             await asyncio.to_thread(shutil.rmtree, self.work_dir(row["id"]), True)
             log.log("build.recover", app=row["app"], build=row["id"], state="failed")
         return len(rows)
+
+    async def forget_app(self, app: str) -> None:
+        """A deleted app's builds leave nothing behind: their images and their logs go (the records go with
+        the app's)."""
+        rows = await self.state.fetch_all("SELECT id, manifest FROM builds WHERE app = ?", (app,))
+        images = logs = 0
+        for row in rows:
+            manifest = Manifest.model_validate_json(row["manifest"]) if row["manifest"] else Manifest()
+            for name, service in manifest.services.items():
+                if service.build is not None:
+                    images += await self.docker.remove_image(image_name(self.rack, app, name, row["id"]))
+            logs += await asyncio.to_thread(_forget, self.log_path(row["id"]), self.work_dir(row["id"]))
+        log.log("build.forget", app=app, builds=len(rows), images=images, logs=logs)
 
     async def close(self) -> None:
         """Stop the builds running here (each is marked failed)."""

@@ -89,6 +89,16 @@ class Docker:
         async with translated(f"process {container_id}"):
             await self.client.containers.container(container_id).delete(force=True, v=True)
 
+    async def remove_image(self, image: str) -> bool:
+        """Untag ``image`` (its layers go when nothing else uses them); False when it was not there or a
+        container still uses it."""
+        try:
+            async with translated(f"image {image}"):
+                await self.client.images.delete(image)
+        except (NotFound, Conflict):
+            return False
+        return True
+
     async def stop(self, container_id: str, grace: int = 10) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds, then remove."""
         async with translated(f"process {container_id}"):
