@@ -18,7 +18,7 @@ RUN_ARGS := $(if $(HOST),--host '$(HOST)') $(if $(PORT),--port '$(PORT)') $(if $
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: help install docker test-tools images lint test run bench clean distclean
+.PHONY: help install docker test-tools images lint test run bench bench-ceiling clean distclean
 
 help:
 	@echo "make run         install, start a Docker Engine if needed, run the rack (HOST= PORT= DATA_DIR=)"
@@ -29,6 +29,7 @@ help:
 	@echo "make images      build the offline service and app base images from Debian packages (cached)"
 	@echo "make lint        ruff check + mypy (strict) on cli, services, shared"
 	@echo "make bench       run the benchmarks (python -m bench, BENCH_ARGS=)"
+	@echo "make bench-ceiling  exec throughput of one ideal relaying process vs docker exec (a probe)"
 	@echo "make clean       remove caches; make distclean also removes .venv"
 
 # ---- install -----------------------------------------------------------------------------------
@@ -72,6 +73,9 @@ run: install docker
 
 bench: install docker
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-ceiling: install docker
+	$(BIN)/python -m bench.ceiling
 
 # ---- images ------------------------------------------------------------------------------------
 # The offline images (images/README.md): a debootstrapped Debian base, postgres, mysql (MariaDB) and redis
