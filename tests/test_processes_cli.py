@@ -381,6 +381,19 @@ def test_run_is_listed_while_it_runs_and_removed_after(cli: Cli, rack: RunningRa
     eventually(lambda: not docker("ps", "-aq", "--filter", f"id={pid}").strip())
 
 
+def test_later_runs_join_the_apps_sandbox_and_see_the_rack_network(cli: Cli, deployed: Deployed) -> None:
+    sandboxes = ["ps", "-q", "--filter", f"label=convox.sandbox={deployed.name}"]
+    first = cli("run", "--app", deployed.name, "web", "true", input="")
+    assert first.returncode == 0
+    eventually(lambda: len(docker(*sandboxes).split()) == 1)  # left behind by the first run, for the next
+    [sandbox] = docker(*sandboxes).split()
+    result = cli("run", "--app", deployed.name, "web", f"hostname; nslookup web.{deployed.name}", input="")
+    assert result.returncode == 0, result.stderr
+    web = docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", deployed.pid)
+    assert result.stdout.startswith(sandbox[:12]) and f"Address: {web.strip()}" in result.stdout
+    assert sandbox not in cli("ps", "--app", deployed.name, check=True).stdout
+
+
 def test_run_detached_prints_the_pid_and_cleans_up(cli: Cli, deployed: Deployed) -> None:
     pid = cli("run", "--app", deployed.name, "--detach", "web", "sleep 2", check=True).stdout.strip()
     assert pid in cli("ps", "--app", deployed.name, check=True).stdout

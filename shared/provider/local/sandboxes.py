@@ -36,7 +36,7 @@ from shared.provider.local.docker import LABEL_RACK, LABEL_SANDBOX, Docker, tran
 
 log = Logger("processes")
 
-IDLE_SECONDS = 600.0
+IDLE_SECONDS = 3600.0
 PER_APP = 1
 """Idle sandboxes kept per app; a second concurrent run joins the network itself."""
 PAUSE_PATH = "/pause"
