@@ -632,24 +632,21 @@ class AttachedRun(_Attached):
             "AttachStderr": True,
         }
         config["HostConfig"] = {**config.get("HostConfig", {}), "AutoRemove": True}
-        sandbox = self.sandboxes.take(self.app) if self.sandboxes is not None else None
-        if sandbox is None:
+        self.sandbox = self.sandboxes.take(self.app) if self.sandboxes is not None else None
+        if self.sandbox is None:
             await self._launch(config)
             return
-        joined = {**config, "HostConfig": {**config["HostConfig"], "NetworkMode": f"container:{sandbox}"}}
+        host = {**config["HostConfig"], "NetworkMode": f"container:{self.sandbox}"}
         try:
-            await self._launch(joined)
+            await self._launch({**config, "HostConfig": host})
         except RackError:
             await self._abandon()
-            if self.sandboxes is None or await self._sandbox_alive(sandbox):
-                if self.sandboxes is not None:
-                    self.sandboxes.give_back(self.app, sandbox)
-                raise
+            if self.sandboxes is None or await self._sandbox_alive(self.sandbox):
+                raise  # not the sandbox's fault: it goes back when this is closed
             # the sandbox is gone (removed with its app, or lost with the engine): the network itself, then
-            self.sandboxes.discard(sandbox)
+            self.sandboxes.discard(self.sandbox)
+            self.sandbox = None
             await self._launch(config)
-            return
-        self.sandbox = sandbox
 
     async def _sandbox_alive(self, sandbox: str) -> bool:
         try:
@@ -742,18 +739,23 @@ class AttachedRun(_Attached):
                     await asyncio.wait_for(self.wait(), HANGUP_GRACE)
         log.log("run.kill", id=self.container_id[:12], tty=self.terminal.tty)
 
+    async def _gone(self) -> bool:
+        """Whether nothing of the process is left, after removing its container if it ended early (AutoRemove
+        does the rest once it exits by itself)."""
+        if self.exit_code is not None or not self.container_id:
+            return True  # its init has exited, or it was never made
+        try:
+            await self.docker.remove(self.container_id)
+        except NotFound:
+            return True
+        except RackError:
+            return False
+        return True
+
     async def _release(self) -> None:
         if self.exit_watch is not None:
             self.exit_watch.close()
-        gone = self.exit_code is not None  # its init has exited: nothing of it is left in the sandbox
-        if self.container_id and not gone:  # ended early: AutoRemove does the rest otherwise
-            try:
-                await self.docker.remove(self.container_id)
-                gone = True
-            except NotFound:
-                gone = True
-            except RackError:
-                pass
+        gone = await self._gone()
         if self.sandboxes is None:
             return
         if self.sandbox is not None:
