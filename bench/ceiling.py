@@ -1,12 +1,12 @@
-"""The ceiling of exec throughput with one relaying process: ``python -m bench.ceiling [--repeat N]``.
+"""The ceiling of exec throughput through relaying processes: ``python -m bench.ceiling [--repeat N]``.
 
 Not the product: a probe for issue #4's "exec throughput at least 1.0x docker exec". It measures the fastest
 path any design can have that puts one Python process between the Docker Engine and a client in another
-process (the rack puts two, the processes service and the gateway): blocking sockets, no event loop, no
-websocket library, the engine's 8-byte frames turned into 5-byte frame headers with the payload never copied
-in user space (``sendmsg`` of views into the receive buffer), or moved by ``splice(2)`` without a copy at all;
-the client reads into one buffer and writes to /dev/null. Each is timed side by side with ``docker exec``
-of the same ``dd`` (512 MiB) in the same container.
+process, and then two (as the rack does: the processes service, then the gateway): blocking sockets, no event
+loop, no websocket library, the engine's 8-byte frames turned into 5-byte frame headers with the payload never
+copied in user space (``sendmsg`` of views into the receive buffer), or moved by ``splice(2)`` without a copy
+at all; the second relay passes on whatever comes, as it comes; the client reads into one buffer and writes
+to /dev/null. Each is timed side by side with ``docker exec`` of the same ``dd`` (512 MiB) in the same container.
 """
 
 from __future__ import annotations
@@ -64,15 +64,40 @@ def receive(port: int) -> None:
         os.write(sink, view[:n])
 
 
-def relay(container: str, how: str) -> float:
-    """One exec of ``dd`` relayed to a client process; its bytes per second from exec to the client's end."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = subprocess.Popen([sys.executable, "-m", "bench.ceiling", "--receive", str(listener.getsockname()[1])])
-    out, _ = listener.accept()
+def forward() -> None:
+    """A second relay: what comes from the first passed on to the client as it comes, read into one buffer.
+    Prints the port the first relay connects to, then the one the client does."""
+    upstream, downstream = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    print(upstream.getsockname()[1], downstream.getsockname()[1], flush=True)
+    target, _ = downstream.accept()
+    source, _ = upstream.accept()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    while n := source.recv_into(buf):
+        target.sendall(view[:n])
+
+
+def relay(container: str, how: str, hops: int = 1) -> float:
+    """One exec of ``dd`` relayed to a client process through ``hops`` relays (this one, then a plain one);
+    its bytes per second from exec to the client's end."""
+    me = [sys.executable, "-m", "bench.ceiling"]
+    second = None
+    if hops == 2:
+        second = subprocess.Popen([*me, "--forward"], stdout=subprocess.PIPE)
+        assert second.stdout is not None
+        up, down = (int(port) for port in second.stdout.readline().split())
+        client = subprocess.Popen([*me, "--receive", str(down)])
+        out = socket.create_connection(("127.0.0.1", up))
+    else:
+        listener = socket.create_server(("127.0.0.1", 0))
+        client = subprocess.Popen([*me, "--receive", str(listener.getsockname()[1])])
+        out, _ = listener.accept()
     started = time.perf_counter()
     engine = _engine("POST", f"/exec/{_exec_id(container)}/start", {"Detach": False, "Tty": False}, upgrade=True)
     (_splice if how == "splice" else _sendmsg)(engine, out)
     out.close()
+    if second is not None:
+        second.wait()
     client.wait()
     return SIZE / (time.perf_counter() - started)
 
@@ -123,9 +148,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ceiling", description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--receive", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--forward", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receive:
         receive(args.receive)
+        return 0
+    if args.forward:
+        forward()
         return 0
     from tests.images import ensure_busybox_image
 
@@ -133,22 +162,22 @@ def main() -> int:
     container_id = container.stdout.decode().strip()
     try:
         docker = ["docker", "exec", container_id, *DD]
-        for how in ("sendmsg", "splice"):
+        for hops, how in ((2, "sendmsg"), (1, "sendmsg"), (1, "splice")):
             ours, theirs = timing.interleave(
-                lambda how=how: relay(container_id, how),  # type: ignore[misc]
+                lambda hops=hops, how=how: relay(container_id, how, hops),  # type: ignore[misc]
                 lambda: SIZE / timing.time_command(docker),
                 repeat=args.repeat,
                 warmup=1,
             )
-            _report(how, ours, theirs)
+            _report(f"{'one relaying process' if hops == 1 else 'two relaying processes'} ({how})", ours, theirs)
     finally:
         subprocess.run(["docker", "rm", "-f", container_id], capture_output=True, check=False)
     return 0
 
 
-def _report(how: str, ours: Stats, theirs: Stats) -> None:
+def _report(what: str, ours: Stats, theirs: Stats) -> None:
     print(
-        f"one relaying process ({how}): {ours.median / 1e6:.0f} MB/s, docker exec: {theirs.median / 1e6:.0f} MB/s,"
+        f"{what}: {ours.median / 1e6:.0f} MB/s, docker exec: {theirs.median / 1e6:.0f} MB/s,"
         f" ratio {ours.median / theirs.median:.2f}x (medians of {len(ours.samples)})"
     )
 
