@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 import aiosqlite
+from pydantic import ValidationError
 
 from shared.archive import pack
 from shared.errors import NotFound, RackError
@@ -321,10 +322,14 @@ class LocalBuilds:
         rows = await self.state.fetch_all("SELECT id, manifest FROM builds WHERE app = ?", (app,))
         images = logs = 0
         for row in rows:
-            manifest = Manifest.model_validate_json(row["manifest"]) if row["manifest"] else Manifest()
-            for name, service in manifest.services.items():
-                if service.build is not None:
-                    images += await self.docker.remove_image(image_name(self.rack, app, name, row["id"]))
+            try:  # one build that cannot be cleaned up must not keep the app from going
+                manifest = Manifest.model_validate_json(row["manifest"]) if row["manifest"] else Manifest()
+                for name, service in manifest.services.items():
+                    if service.build is not None:
+                        images += await self.docker.remove_image(image_name(self.rack, app, name, row["id"]))
+            except (ValidationError, RackError) as exc:
+                message = exc.message if isinstance(exc, RackError) else "its manifest is unreadable"
+                log.error("build.forget", app=app, build=row["id"], message=message)
             logs += await asyncio.to_thread(_forget, self.log_path(row["id"]), self.work_dir(row["id"]))
         log.log("build.forget", app=app, builds=len(rows), images=images, logs=logs)
 

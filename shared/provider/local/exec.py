@@ -649,10 +649,13 @@ class AttachedRun(_Attached):
             await self._launch(config)
 
     async def _sandbox_alive(self, sandbox: str) -> bool:
+        """False only when the engine says the sandbox is gone or stopped."""
         try:
             info = await self.docker.inspect(sandbox)
-        except RackError:
+        except NotFound:
             return False
+        except RackError:
+            return True
         return bool((info.get("State") or {}).get("Running"))
 
     async def _launch(self, config: dict[str, Any]) -> None:
@@ -746,7 +749,7 @@ class AttachedRun(_Attached):
             return True  # its init has exited, or it was never made
         try:
             await self.docker.remove(self.container_id)
-        except NotFound:
+        except (NotFound, Conflict):  # gone, or being removed: it has exited
             return True
         except RackError:
             return False

@@ -52,6 +52,8 @@ LABEL_INTERACTIVE = "convox.interactive"
 PID_RE = re.compile(r"^[0-9a-f]{1,64}$")
 MB = 1024 * 1024
 REAP_SECONDS = 5.0
+SWEEP_SECONDS = 60.0
+"""How often the reaper also brings the sandboxes in line with what the rack knows."""
 STOP_GRACE = 10
 
 
@@ -118,7 +120,8 @@ class LocalProcesses:
         self.shells: dict[str, bool] = {}
         self.image_configs: dict[str, dict[str, Any]] = {}
         self.network_seen = False
-        self.sandboxes = Sandboxes(docker, rack, self.network)
+        self.sandboxes = Sandboxes(docker, rack, self.network, apps)
+        self.swept = 0.0
 
     @property
     def releases(self) -> ReleasesAPI:
@@ -364,8 +367,13 @@ class LocalProcesses:
 
     async def adopt(self) -> None:
         await self.reap(interactive=True)
-        await self.sandboxes.adopt()
+        await self.sweep()
         self._ensure_reaper()
+
+    async def sweep(self) -> None:
+        """Bring the rack's sandboxes in line (see :meth:`Sandboxes.sweep`)."""
+        self.swept = time.monotonic()
+        await self.sandboxes.sweep({app.name for app in await self.apps.list()})
 
     async def reap(self, interactive: bool = False) -> None:
         """Stop one-offs past their deadline (and, with ``interactive``, those whose stream is gone)."""
@@ -382,8 +390,6 @@ class LocalProcesses:
         for container_id in doomed:
             log.log("process.reap", id=container_id[:12])
         await asyncio.gather(*(self._stop(c) for c in doomed), return_exceptions=True)
-        if any(self.sandboxes.idle.values()):
-            self.sandboxes.expire({a.name for a in await self.apps.list()})
 
     def _ensure_reaper(self) -> None:
         if self.reaper is None or self.reaper.done():
@@ -391,8 +397,12 @@ class LocalProcesses:
 
     async def _reap_forever(self) -> None:
         while True:
-            with contextlib.suppress(RackError):
+            try:
                 await self.reap()
+                if time.monotonic() - self.swept > SWEEP_SECONDS:
+                    await self.sweep()
+            except Exception as exc:  # the next round tries again: time limits must go on being enforced
+                log.error("process.reap", message=exc.message if isinstance(exc, RackError) else type(exc).__name__)
             await asyncio.sleep(REAP_SECONDS)
 
     async def close(self) -> None:

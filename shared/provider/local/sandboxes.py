@@ -12,6 +12,7 @@ localhost: a sandbox serves one process at a time, and only one app (its connect
 another app's process). An app's first run, or one that finds its sandbox in use, joins the network itself and
 leaves a sandbox behind when it ends (made after the run, so that no run waits on it); a process that is gone
 gives its sandbox back. Sandboxes idle for :data:`IDLE_SECONDS` are removed, as are those of a deleted app.
+A one-off's hostname is its sandbox's (Docker gives a joined container the namespace owner's).
 
 The sandbox runs ``/pause``, a static program of a few instructions (``pause(2)`` in a loop, made below) under
 the engine's init, from an image imported at first need: no registry is needed. Engines on other
@@ -28,13 +29,17 @@ import secrets
 import struct
 import tarfile
 import time
-from typing import Any
+from typing import Any, Protocol
 
-from shared.errors import RackError
+from shared.errors import NotFound, RackError
 from shared.logfmt import Logger
 from shared.provider.local.docker import LABEL_RACK, LABEL_SANDBOX, Docker, translated
 
 log = Logger("processes")
+
+
+class Apps(Protocol):
+    async def get(self, name: str) -> Any: ...
 
 IDLE_SECONDS = 3600.0
 PER_APP = 1
@@ -67,15 +72,19 @@ def pause_image_tar(program: bytes) -> bytes:
 
 
 class Sandboxes:
-    """The idle sandboxes of each app on one rack, handed out to one process at a time."""
+    """The sandboxes of each app on one rack: idle ones, and those held by a process (one each)."""
 
-    def __init__(self, docker: Docker, rack: str, network: str) -> None:
+    def __init__(self, docker: Docker, rack: str, network: str, apps: Apps) -> None:
         self.docker = docker
         self.rack = rack
         self.network = network
+        self.apps = apps
         self.idle: dict[str, list[tuple[str, float]]] = {}
+        self.held: dict[str, str] = {}
+        """Sandbox id -> app, while a process of this service uses it."""
         self.making: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.image_lock = asyncio.Lock()
         self._image: str | None = None
         self._supported: bool | None = None
 
@@ -85,10 +94,12 @@ class Sandboxes:
         if not pool:
             return None
         sandbox, _ = pool.pop()
+        self.held[sandbox] = app
         return sandbox
 
     def give_back(self, app: str, sandbox: str) -> None:
         """A sandbox whose process is gone: idle again (or removed when the app has enough)."""
+        self.held.pop(sandbox, None)
         pool = self.idle.setdefault(app, [])
         if len(pool) < PER_APP and sandbox not in (s for s, _ in pool):
             pool.append((sandbox, time.monotonic()))
@@ -96,12 +107,16 @@ class Sandboxes:
             self.discard(sandbox)
 
     def discard(self, sandbox: str) -> None:
-        """Remove a sandbox that is broken or not wanted (in the background)."""
+        """Remove a sandbox that is broken or not wanted (in the background; :meth:`sweep` removes what this
+        could not)."""
+        self.held.pop(sandbox, None)
         self._spawn(self._remove(sandbox))
 
     def want(self, app: str) -> None:
-        """A run of ``app`` found no idle sandbox: make one for the next (in the background)."""
-        if app in self.making or self.idle.get(app) or self._supported is False:
+        """A run of ``app`` found no idle sandbox: make one for the next (in the background), unless one of the
+        app's is only busy."""
+        busy = app in self.held.values()
+        if busy or app in self.making or self.idle.get(app) or self._supported is False:
             return
         self.making.add(app)
         self._spawn(self._make(app))
@@ -117,6 +132,7 @@ class Sandboxes:
 
     async def _make(self, app: str) -> None:
         try:
+            await self.apps.get(app)  # a run ended by its app's deletion leaves nothing behind
             image = await self._pause_image()
             if image is None:
                 return
@@ -135,9 +151,15 @@ class Sandboxes:
             }
             name = f"{self.rack}-{app}-sandbox-{secrets.token_hex(3)}"
             with log.measure("sandbox.create", app=app) as fields:
-                created = await self.docker.run(config, name=name)
+                try:
+                    created = await self.docker.run(config, name=name)
+                except NotFound:
+                    self._image = None  # the image went (a prune): imported again next time
+                    raise
                 fields["id"] = str(created["Id"])[:12]
             self.give_back(app, str(created["Id"]))
+        except NotFound:
+            pass
         except RackError as exc:
             log.error("sandbox.create", app=app, message=exc.message)
         finally:
@@ -146,8 +168,12 @@ class Sandboxes:
     async def _pause_image(self) -> str | None:
         """The pause image's tag, imported when the engine lacks it; None when the engine's architecture has
         no pause program here."""
-        if self._image is not None or self._supported is False:
+        async with self.image_lock:
+            if self._image is None and self._supported is not False:
+                self._image = await self._import()
             return self._image
+
+    async def _import(self) -> str | None:
         async with translated("docker engine"):
             version: dict[str, Any] = await self.docker.client.version()
         if version.get("Arch") != "amd64":
@@ -159,7 +185,7 @@ class Sandboxes:
         try:
             async with translated(f"image {tag}"):
                 await self.docker.client.images.inspect(tag)
-        except RackError:
+        except NotFound:
             repo, _, version_tag = tag.partition(":")
             async with (
                 translated(f"image {tag}"),
@@ -175,30 +201,36 @@ class Sandboxes:
             async with translated(f"image {tag}"):
                 await self.docker.client.images.inspect(tag)
             log.log("sandbox.image", image=tag)
-        self._supported, self._image = True, tag
+        self._supported = True
         return tag
 
-    async def adopt(self) -> None:
-        """After a restart: running sandboxes of existing apps become idle ones (no process of the rack holds
-        one: interactive one-offs do not outlive their stream); the rest are removed."""
-        for container in await self.docker.containers({LABEL_RACK: self.rack}, all=True):
-            labels = container.get("Labels") or {}
-            if LABEL_SANDBOX not in labels:
-                continue
-            app = labels[LABEL_SANDBOX]
-            if container.get("State") == "running" and app:
-                self.give_back(app, container["Id"])
-            else:
-                self.discard(container["Id"])
-
-    def expire(self, apps: set[str] | None = None) -> None:
-        """Remove sandboxes idle for longer than :data:`IDLE_SECONDS`, and those of apps not in ``apps``."""
+    async def sweep(self, apps: set[str]) -> None:
+        """Make the rack's sandbox containers match what this service knows (at its start, and now and then):
+        a running sandbox of an existing app that no process uses becomes idle (up to :data:`PER_APP`), one a
+        live container still uses is left to it, idle ones past :data:`IDLE_SECONDS` or of deleted apps go,
+        and so does every other (stopped, surplus, lost by a failed removal or a cancelled making)."""
         now = time.monotonic()
         for app, pool in list(self.idle.items()):
             for sandbox, since in list(pool):
-                if now - since > IDLE_SECONDS or (apps is not None and app not in apps):
+                if now - since > IDLE_SECONDS or app not in apps:
                     pool.remove((sandbox, since))
                     self.discard(sandbox)
+        containers = await self.docker.containers({LABEL_RACK: self.rack}, all=True)
+        used = {
+            mode.removeprefix("container:")
+            for c in containers
+            if c.get("State") == "running" and (mode := str((c.get("HostConfig") or {}).get("NetworkMode", "")))
+        }
+        known = set(self.held) | {s for pool in self.idle.values() for s, _ in pool}
+        for container in containers:
+            owner = (container.get("Labels") or {}).get(LABEL_SANDBOX)
+            sandbox = str(container["Id"])
+            if owner is None or sandbox in known or sandbox in used:
+                continue
+            if container.get("State") == "running" and owner in apps and len(self.idle.get(owner, [])) < PER_APP:
+                self.give_back(owner, sandbox)
+            else:
+                self.discard(sandbox)
 
     async def close(self) -> None:
         for task in list(self.tasks):
