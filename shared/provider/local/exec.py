@@ -530,8 +530,8 @@ class ExecStream(_Attached):
             if not pid:
                 info = await self.inspect()
                 pid = int(info.get("Pid") or 0)
-                if not pid and not info.get("Running", True):
-                    return
+                if not pid and not info.get("Running", True) and info.get("ExitCode") is not None:
+                    return  # it has ended already (a process not started yet has no exit code either)
             if pid:
                 cmdline = await asyncio.to_thread(_cmdline, pid)
                 if cmdline is None or SIZED.encode() not in cmdline:
