@@ -3,6 +3,7 @@ document and from cgroup files), the CLI's rendering and command lines, and the 
 
 from __future__ import annotations
 
+import struct
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from cli import stream as client
 from cli.cmd_processes import ago, percent, rows
 from services.processes.routes import shell_words
 from shared import stream
+from shared.provider.local.docker import Docker
 from shared.provider.local.exec import sized
+from shared.provider.local.sandboxes import Sandboxes, pause_program
 from shared.provider.local.stats import Cgroups, Sample, cpu_fraction, memory_fraction, parse
 
 DOCKER_STATS = {  # trimmed from a real `GET /containers/{id}/stats` (cgroup v1)
@@ -148,3 +151,26 @@ def test_the_fast_entry_reads_options_before_the_command(monkeypatch: pytest.Mon
         ("run", "myapp", "web", ["sh", "-c", "x"], {"A": "1", "B": "2=3"}, None, 9),
     ]
     assert client.fast(["run", "-e", "NOEQUALS", "web", "true"]) == 1  # ERROR: --env: expected KEY=VALUE
+
+
+async def test_a_sandbox_is_handed_to_one_process_and_given_back_once() -> None:
+    sandboxes = Sandboxes(Docker(None), "rack", "convox-rack", apps=None)  # type: ignore[arg-type]
+    sandboxes.give_back("app", "s1")
+    sandboxes.give_back("app", "s1")  # seen idle by a sweep before its maker gave it back: no second entry
+    assert [s for s, _ in sandboxes.idle["app"]] == ["s1"] and not sandboxes.tasks
+    assert sandboxes.take("app") == "s1" and sandboxes.take("app") is None  # one process at a time
+    assert sandboxes.held == {"s1": "app"}
+    sandboxes.want("app")  # its sandbox is only busy: nothing to make
+    assert not sandboxes.making and not sandboxes.tasks
+    sandboxes.give_back("app", "s1")
+    assert sandboxes.held == {} and sandboxes.take("app") == "s1"
+
+
+def test_the_pause_program_is_a_static_x86_64_executable() -> None:
+    program = pause_program()
+    assert program[:4] == b"\x7fELF" and program[4:6] == b"\x02\x01"  # 64-bit, little endian
+    e_type, e_machine, _, entry, phoff = struct.unpack_from("<HHIQQ", program, 16)
+    assert (e_type, e_machine, phoff) == (2, 0x3E, 64)
+    p_type, p_flags, offset, vaddr, _, filesz, memsz = struct.unpack_from("<IIQQQQQ", program, 64)
+    assert (p_type, p_flags, offset, filesz, memsz) == (1, 5, 0, len(program), len(program))
+    assert program[entry - vaddr :] == bytes.fromhex("b822000000 0f05 ebf7")  # pause(2), again

@@ -101,7 +101,9 @@ class Sandboxes:
         """A sandbox whose process is gone: idle again (or removed when the app has enough)."""
         self.held.pop(sandbox, None)
         pool = self.idle.setdefault(app, [])
-        if len(pool) < PER_APP and sandbox not in (s for s, _ in pool):
+        if any(s == sandbox for s, _ in pool):  # already idle (a sweep saw it before its maker gave it back)
+            return
+        if len(pool) < PER_APP:
             pool.append((sandbox, time.monotonic()))
         else:
             self.discard(sandbox)
