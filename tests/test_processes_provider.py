@@ -520,3 +520,18 @@ async def test_sandboxes_are_adopted_after_a_restart_and_removed_with_their_app(
     docker("start", sandbox)
     await provider.apps.delete("kept")
     assert not docker("ps", "-aq", "--filter", "label=convox.sandbox=kept").strip()
+
+
+async def test_a_sweep_removes_sandboxes_idle_too_long(
+    provider: LocalProvider, busybox_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    processes = await on_rack_network(provider)
+    await provider.apps.create("idler")
+    await run_output(provider, "idler", "true", busybox_image)
+    await until(lambda: processes.sandboxes.idle.get("idler"))
+    [(sandbox, _)] = processes.sandboxes.idle["idler"]
+    monkeypatch.setattr("shared.provider.local.sandboxes.IDLE_SECONDS", 0.0)
+    await processes.sweep()
+    assert not processes.sandboxes.idle["idler"]  # not taken back by the same sweep that expired it
+    await asyncio.gather(*processes.sandboxes.tasks)
+    assert not docker("ps", "-aq", "--filter", f"id={sandbox}").strip()

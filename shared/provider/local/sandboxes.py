@@ -29,17 +29,16 @@ import secrets
 import struct
 import tarfile
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import NotFound, RackError
 from shared.logfmt import Logger
 from shared.provider.local.docker import LABEL_RACK, LABEL_SANDBOX, Docker, translated
 
+if TYPE_CHECKING:
+    from shared.provider.contract import AppsAPI
+
 log = Logger("processes")
-
-
-class Apps(Protocol):
-    async def get(self, name: str) -> Any: ...
 
 IDLE_SECONDS = 3600.0
 PER_APP = 1
@@ -74,7 +73,7 @@ def pause_image_tar(program: bytes) -> bytes:
 class Sandboxes:
     """The sandboxes of each app on one rack: idle ones, and those held by a process (one each)."""
 
-    def __init__(self, docker: Docker, rack: str, network: str, apps: Apps) -> None:
+    def __init__(self, docker: Docker, rack: str, network: str, apps: AppsAPI) -> None:
         self.docker = docker
         self.rack = rack
         self.network = network
@@ -134,7 +133,10 @@ class Sandboxes:
 
     async def _make(self, app: str) -> None:
         try:
-            await self.apps.get(app)  # a run ended by its app's deletion leaves nothing behind
+            try:
+                await self.apps.get(app)
+            except NotFound:  # a run ended by its app's deletion leaves nothing behind
+                return
             image = await self._pause_image()
             if image is None:
                 return
@@ -160,8 +162,6 @@ class Sandboxes:
                     raise
                 fields["id"] = str(created["Id"])[:12]
             self.give_back(app, str(created["Id"]))
-        except NotFound:
-            pass
         except RackError as exc:
             log.error("sandbox.create", app=app, message=exc.message)
         finally:
@@ -212,6 +212,7 @@ class Sandboxes:
         live container still uses is left to it, idle ones past :data:`IDLE_SECONDS` or of deleted apps go,
         and so does every other (stopped, surplus, lost by a failed removal or a cancelled making)."""
         now = time.monotonic()
+        known = set(self.held) | {s for pool in self.idle.values() for s, _ in pool}  # expired ones stay gone
         for app, pool in list(self.idle.items()):
             for sandbox, since in list(pool):
                 if now - since > IDLE_SECONDS or app not in apps:
@@ -223,7 +224,6 @@ class Sandboxes:
             for c in containers
             if c.get("State") == "running" and (mode := str((c.get("HostConfig") or {}).get("NetworkMode", "")))
         }
-        known = set(self.held) | {s for pool in self.idle.values() for s, _ in pool}
         for container in containers:
             owner = (container.get("Labels") or {}).get(LABEL_SANDBOX)
             sandbox = str(container["Id"])
