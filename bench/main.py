@@ -26,7 +26,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="unrecorded runs per side before those (default: each case's own)")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--json", type=Path, default=report.RESULTS_DIR / "latest.json", metavar="PATH",
-                        help="where to write the results (default: bench/results/latest.json)")
+                        help="where to write the results (default: bench/results/latest.json; "
+                        "the chart goes beside it as .html)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in cases.CASES]
     if unknown:
@@ -71,5 +72,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     caption = "interleaved runs; ratio = convox/docker of the medians"
     report.print_report(rows, console, caption)
     path = report.write_json(rows, settings, args.json)
-    console.print(f"results: {path}", highlight=False)
+    console.print(f"results: {path} (chart: {path.with_suffix('.html')})", highlight=False)
     return 0 if all(row.ok for row in rows) else 1

@@ -73,8 +73,13 @@ def document(rows: Sequence[Row], settings: dict[str, object]) -> dict[str, obje
 
 
 def write_json(rows: Sequence[Row], settings: dict[str, object], path: Path) -> Path:
+    """The JSON document at ``path`` and its chart beside it (``latest.json`` -> ``latest.html``)."""
+    from bench.chart import write_html
+
+    doc = document(rows, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document(rows, settings), indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     tmp.replace(path)
+    write_html(json.loads(json.dumps(doc, default=str)), path.with_suffix(".html"))
     return path
