@@ -56,7 +56,7 @@ def since_time(value: str, now: datetime | None = None) -> str:
     """``2m`` / ``1h30m`` / an RFC 3339 time -> an RFC 3339 time in UTC (fixed when the command starts, so
     that a reconnect does not move it)."""
     value = value.strip()
-    match = DURATION.match(value)
+    match = DURATION.fullmatch(value)
     if value and match and any(match.groups()):
         days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
         moment = (now or datetime.now(UTC)) - timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)

@@ -51,6 +51,13 @@ def ensure_password(data_dir: Path, from_env: str | None) -> tuple[str, bool]:
     return password, not from_env
 
 
+def open_private_log(path: Path) -> TextIO:
+    """``path`` opened to append, readable by this user only (0600, also when it was there before)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 @dataclass
 class Child:
     name: str
@@ -106,8 +113,8 @@ class Supervisor:
         self.emit("supervisor", format_line(ns="supervisor", at=at, **fields))
 
     async def write_log(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        handle: TextIO = await asyncio.to_thread(open, self.log_path, "a", encoding="utf-8")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle: TextIO = await asyncio.to_thread(open_private_log, self.log_path)
         try:
             done = False
             while not done:
@@ -127,7 +134,7 @@ class Supervisor:
             return handle
         handle.close()
         os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
-        return open(self.log_path, "a", encoding="utf-8")
+        return open_private_log(self.log_path)
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -237,8 +244,10 @@ class Supervisor:
 
     async def run(self, on_ready: object = None) -> int:
         self.began = time.time()
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.umask(0o077)  # what the rack and its services write is its user's alone (inherited by the services)
+        for directory in (self.data_dir, self.run_dir, self.log_path.parent):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(directory, 0o700)  # also when it was there before, made by hand or by an older rack
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)

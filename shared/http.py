@@ -39,6 +39,10 @@ def error_body(message: str) -> bytes:
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
+        where = tuple(err.get("loc", ()))
+        if where[:1] == ("path",) and err.get("type") in ("string_pattern_mismatch", "string_too_long"):
+            parts.append(f"invalid {'.'.join(str(p) for p in where[1:])}: {err.get('input')!r}")
+            continue
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "path", "query"))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc and err.get("type") != "value_error" else msg)

@@ -341,7 +341,7 @@ class _Parser:
             self.error((*path, key), "unknown key" + (f' (did you mean "{close[0]}"?)' if close else ""))
 
     def name(self, name: str, path: KeyPath, kind: str) -> bool:
-        if SERVICE_NAME_RE.match(name):
+        if SERVICE_NAME_RE.fullmatch(name):
             return True
         self.error(
             path,
@@ -381,7 +381,7 @@ class _Parser:
                     hint = f" (write {name}={_text(default)})"
                 self.error(where, f"must be KEY or KEY=default, got {_describe(entry)}{hint}")
                 continue
-            if not ENV_KEY_RE.match(key):
+            if not ENV_KEY_RE.fullmatch(key):
                 self.error(
                     where,
                     f"invalid variable name {_describe(key)}: letters, digits and underscores, "

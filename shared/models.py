@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
-APP_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,29}$"
-APP_NAME_RE = re.compile(APP_NAME_PATTERN)
+from shared.names import APP_NAME_PATTERN, is_app_name
+
+__all__ = ["APP_NAME_PATTERN"]
 RACK_APP = "convox"
 """The name under which the rack shows itself (`convox ps --app convox`); never a user's app."""
 
@@ -23,7 +23,7 @@ def invalid_app_name(name: str) -> str:
 
 
 def _check_app_name(name: str) -> str:
-    if not APP_NAME_RE.match(name):
+    if not is_app_name(name):
         raise ValueError(invalid_app_name(name))
     return name
 

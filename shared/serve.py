@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import uvicorn
@@ -13,13 +14,9 @@ from shared import logfmt
 
 def serve(app: ASGIApp, *, uds: Path | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
     logfmt.configure()
-    if uds is not None:
-        uds.parent.mkdir(parents=True, exist_ok=True)
-        if uds.exists():
-            uds.unlink()
+    sockets = [listen_private(uds)] if uds is not None else None
     config = uvicorn.Config(
         app,
-        uds=str(uds) if uds else None,
         host=host,
         port=port,
         log_config=None,
@@ -33,6 +30,18 @@ def serve(app: ASGIApp, *, uds: Path | None = None, host: str = "127.0.0.1", por
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
-    if uds is not None:
-        os.umask(0o077)  # the socket is the gateway's alone
-    server.run()
+    server.run(sockets=sockets)
+
+
+def listen_private(path: Path) -> socket.socket:
+    """A unix socket at ``path`` (replacing a stale one) that only this user can connect to: mode 0600 from
+    the start (uvicorn would make its own 0666), in a 0700 directory."""
+    os.umask(0o077)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(2048)
+    return sock

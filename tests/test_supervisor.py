@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from shared.config import SERVICES
 from tests.conftest import RACK_NAME, start_rack, stop_rack
 
 EXPECTED = {"gateway", "apps", "processes", "logs", "builds", "provisioner"}
@@ -126,3 +127,32 @@ async def test_the_rack_log_is_kept_to_two_bounded_files(tmp_path: Path) -> None
     previous = rotated.read_text().splitlines()
     assert [line[-4:] for line in previous] == [f"{n:04d}" for n in range(30)]
     assert [line[-4:] for line in current] == [f"{n:04d}" for n in range(30, 35)]
+
+
+def test_sockets_dirs_log_and_state_are_private_even_when_they_were_there_before(
+    tmp_path: Path, docker_engine: str
+) -> None:
+    data = tmp_path / "data"
+    (data / "run").mkdir(parents=True)
+    (data / "logs").mkdir()
+    os.chmod(data, 0o755)
+    os.chmod(data / "run", 0o777)
+    (data / "logs" / "rack.log").write_text("from before\n")
+    os.chmod(data / "logs" / "rack.log", 0o644)
+    rack = start_rack(data, RACK_NAME + "-sup7")
+    try:
+        modes = {
+            "data": data,
+            "run": data / "run",
+            "logs": data / "logs",
+        }
+        for name, directory in modes.items():
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o700, name
+        sockets = sorted((data / "run").glob("*.sock"))
+        assert {p.stem for p in sockets} == set(SERVICES)
+        for sock in sockets:
+            assert stat.S_IMODE(sock.stat().st_mode) == 0o600, sock.name
+        for file in ("logs/rack.log", "state.db", "state.db-wal", "password"):
+            assert stat.S_IMODE((data / file).stat().st_mode) == 0o600, file
+    finally:
+        stop_rack(rack)

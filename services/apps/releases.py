@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi import APIRouter, Body, Depends, Query
 
 from shared.errors import BadRequest, NotFound
 from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
 from shared.models import App, Formation, FormationUpdate, Release
+from shared.names import check_env
+from shared.params import app_path, env_key_path, id_path, type_path
 from shared.provider import Provider
 from shared.service import provider_of
 
 log = Logger("apps")
 router = APIRouter(tags=["releases"])
-ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 ERRORS = {**BAD_INPUT, **error_response(404, "No such app, release or process type")}
-AppName = Annotated[str, Path(description="The app's name.", examples=["myapp"])]
-ReleaseId = Annotated[str, Path(description="A release id.", examples=["RNJYVQUMKKU"])]
+AppName = Annotated[str, app_path()]
+ReleaseId = Annotated[str, id_path("A release id.", "RNJYVQUMKKU")]
 ProviderDep = Annotated[Provider, Depends(provider_of)]
 UPDATING = error_response(409, "The app is already updating")
-
-
-def check_env(env: dict[str, str]) -> None:
-    bad = sorted(key for key in env if not ENV_KEY.match(key))
-    if bad:
-        raise BadRequest(f"invalid environment variable name: {bad[0]!r} (letters, digits and _, not first a digit)")
 
 
 @router.get("/apps/{app}/releases", name="release_list", summary="List an app's releases", responses=ERRORS)
@@ -101,7 +95,7 @@ async def environment_set(
     responses=ERRORS,
 )
 async def environment_unset(
-    app: AppName, name: Annotated[str, Path(description="The variable.")], provider: ProviderDep
+    app: AppName, name: Annotated[str, env_key_path()], provider: ProviderDep
 ) -> Release:
     current = await provider.releases.environment(app)
     if name not in current:
@@ -125,7 +119,7 @@ async def formation_get(app: AppName, provider: ProviderDep) -> list[Formation]:
 )
 async def formation_update(
     app: AppName,
-    service: Annotated[str, Path(description="The process type.", examples=["web"])],
+    service: Annotated[str, type_path("The process type.")],
     update: FormationUpdate,
     provider: ProviderDep,
 ) -> Formation:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Depends, Response
 
 from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
 from shared.models import App, AppCreate, System
+from shared.params import app_path
 from shared.provider import Provider
 from shared.service import provider_of
 
 log = Logger("apps")
 router = APIRouter()
 
-AppPath = Path(description="The app's name.", examples=["myapp"])
+AppPath = app_path()
 NOT_FOUND = error_response(404, "No such app")
 
 

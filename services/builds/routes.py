@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import cast
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
-from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -28,6 +27,7 @@ from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
 from shared.manifest import Manifest, ManifestError, find_manifest, is_compose_file, parse_manifest
 from shared.models import Build, BuildOptions
+from shared.params import app_path, id_path
 from shared.provider import Provider
 from shared.service import provider_of
 
@@ -37,8 +37,8 @@ router = APIRouter()
 UPLOADS = "tmp"
 """Under the data dir: uploads being received and extracted (``upload-*``), removed at the service's start."""
 
-AppPath = PathParam(description="The app's name.", examples=["myapp"])
-BuildPath = PathParam(description="The build's id.", examples=["BAPRZPQKXNE"])
+AppPath = app_path()
+BuildPath = id_path("The build's id.", "BAPRZPQKXNE")
 NOT_FOUND = error_response(404, "No such app or build")
 TOO_LARGE = error_response(413, "The source is too large")
 

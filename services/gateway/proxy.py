@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import websockets
@@ -39,6 +40,12 @@ OWN_HEADERS = frozenset({"date", "server"})
 WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
+
+
+def quoted_path(path: str) -> str:
+    """The decoded request path percent-encoded again for the upstream request: a control or non-ASCII
+    character in it reaches the service (which refuses it as bad input) instead of breaking the request."""
+    return quote(path, safe="/:@!$&'()*+,;=-._~")
 
 
 class Upstreams:
@@ -84,7 +91,7 @@ class Upstreams:
         client = self.clients[service]
         upstream = client.build_request(
             request.method,
-            request.url.path,
+            quoted_path(request.url.path),
             params=request.url.query,
             headers=self.headers(request.headers.items(), request.client and request.client.host, HOP_BY_HOP),
             content=request.stream(),
@@ -105,7 +112,7 @@ class Upstreams:
 
     async def relay(self, service: str, websocket: WebSocket) -> None:
         """Relay a websocket both ways, message by message; an upstream refusal reaches the client as is."""
-        path = websocket.url.path + (f"?{websocket.url.query}" if websocket.url.query else "")
+        path = quoted_path(websocket.url.path) + (f"?{websocket.url.query}" if websocket.url.query else "")
         offered = websocket.headers.get("sec-websocket-protocol")
         subprotocols = [p.strip() for p in offered.split(",")] if offered else None
         skip = HOP_BY_HOP | WS_HANDSHAKE

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -28,6 +28,7 @@ from shared.errors import BadRequest, RackError
 from shared.http import error_response
 from shared.logfmt import Logger
 from shared.models import RACK_APP
+from shared.params import app_path, pid_path
 from shared.provider import Provider
 from shared.stream import Channel
 
@@ -43,7 +44,7 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
     """``2m``, ``1h30m``, ``2d``, ``90s`` (ago) or an RFC 3339 time; empty for no bound."""
     if not value:
         return None
-    match = DURATION.match(value)
+    match = DURATION.fullmatch(value)
     if match and any(match.groups()):
         days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
         delta = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
@@ -203,7 +204,7 @@ async def _text(lines: AsyncIterator[list[bytes]]) -> StreamingResponse:
             responses=RESPONSES, response_class=StreamingResponse)  # fmt: skip
 async def app_logs(
     request: Request,
-    app: str = Path(description="The app's name (`convox`: the rack itself).", examples=["myapp"]),
+    app: str = app_path("The app's name (`convox`: the rack itself)."),
     since: str | None = Since,
     follow: bool = Follow,
     service: str = ServiceQuery,
@@ -221,8 +222,8 @@ async def app_logs(
             description=SOCKET_DOC, responses=RESPONSES, response_class=StreamingResponse)  # fmt: skip
 async def process_logs(
     request: Request,
-    app: str = Path(description="The app's name.", examples=["myapp"]),
-    pid: str = Path(description="The process id (also of a process that is gone).", examples=["68831d3dce63"]),
+    app: str = app_path(),
+    pid: str = pid_path("The process id (also of a process that is gone)."),
     since: str | None = Since,
     follow: bool = Follow,
     filter: str = FilterQuery,

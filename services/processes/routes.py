@@ -14,7 +14,7 @@ import contextlib
 import re
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Response, WebSocket
+from fastapi import APIRouter, Body, Depends, Query, Response, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import Field
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -24,6 +24,7 @@ from shared.errors import BadRequest, RackError
 from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
 from shared.models import Model, Process, ProcessRunOptions
+from shared.params import app_path, pid_path, type_path
 from shared.provider import Provider
 from shared.service import provider_of
 from shared.stream import Channel, ProcessStream, Terminal
@@ -31,9 +32,9 @@ from shared.stream import Channel, ProcessStream, Terminal
 log = Logger("processes")
 router = APIRouter()
 
-AppPath = Path(description="The app's name.", examples=["myapp"])
-PidPath = Path(description="The process id (a container id, 12 characters shown).", examples=["68831d3dce63"])
-ServicePath = Path(description="The process type, as named in the manifest.", examples=["web"])
+AppPath = app_path()
+PidPath = pid_path()
+ServicePath = type_path()
 NOT_FOUND = error_response(404, "No such app or process")
 SOCKET: dict[int | str, dict[str, Any]] = {
     101: {"description": "Switched to a websocket (`Upgrade: websocket`, subprotocol `v1.stream.rack`)"},
@@ -49,7 +50,7 @@ def shell_words(command: list[str] | str) -> list[str]:
     container); one word without shell syntax is run as it is, like a list of words."""
     if isinstance(command, str):
         return ["sh", "-c", command] if command.strip() else []
-    if len(command) == 1 and not SAFE_WORD.match(command[0]):
+    if len(command) == 1 and not SAFE_WORD.fullmatch(command[0]):
         return ["sh", "-c", command[0]]
     return list(command)
 

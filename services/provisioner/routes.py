@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import Field, WithJsonSchema
 
 from services.provisioner.linking import Linker
 from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
 from shared.models import APP_NAME_PATTERN, Model, Resource
+from shared.params import app_path
 from shared.provider import Provider
 from shared.service import provider_of
 
@@ -19,7 +20,7 @@ router = APIRouter(tags=["services"])
 params_router = APIRouter(tags=["system"])
 
 ProviderDep = Annotated[Provider, Depends(provider_of)]
-ServiceName = Annotated[str, Path(description="The service's name.", examples=["postgres"])]
+ServiceName = Annotated[str, app_path("The service's name.", "postgres")]
 Reveal = Annotated[bool, Query(description="Show the password in the URL instead of `***`.")]
 NAME_SCHEMA = {"type": "string", "pattern": APP_NAME_PATTERN, "maxLength": 30}
 BAD = BAD_INPUT
@@ -114,7 +115,7 @@ async def resource_link(name: ServiceName, body: ResourceLink, linker: LinkerDep
     },
 )
 async def resource_unlink(
-    name: ServiceName, app: Annotated[str, Path(description="The linked app.")], linker: LinkerDep
+    name: ServiceName, app: Annotated[str, app_path("The linked app.")], linker: LinkerDep
 ) -> Resource:
     with log.measure("resource.unlink.request", resource=name, app=app):
         return await linker.unlink(name, app)

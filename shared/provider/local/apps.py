@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import aiosqlite
 
 from shared.errors import BadRequest, Conflict, NotFound
-from shared.models import APP_NAME_RE, RACK_APP, App, invalid_app_name
+from shared.models import RACK_APP, App, invalid_app_name
+from shared.names import is_app_name
 from shared.provider.local.docker import LABEL_APP, LABEL_RACK, LABEL_SANDBOX, Docker
 from shared.provider.local.state import State
 
@@ -19,7 +20,7 @@ def _app(row: aiosqlite.Row, balancer: str = "") -> App:
 
 
 def check_name(name: str) -> None:
-    if not APP_NAME_RE.match(name):
+    if not is_app_name(name):
         raise BadRequest(invalid_app_name(name))
 
 

@@ -27,6 +27,7 @@ from shared.ids import build_id
 from shared.logfmt import Logger
 from shared.manifest import Manifest
 from shared.models import Build, BuildOptions
+from shared.names import is_id, under
 from shared.provider.contract import AppsAPI, ReleasesAPI
 from shared.provider.local.docker import Docker
 from shared.provider.local.images import image_name
@@ -125,6 +126,13 @@ def _pack_context(directory: Path, out: Path, dockerfile: str) -> None:
         pack(directory, handle, compress=False, keep=[dockerfile, ".dockerignore"])
 
 
+def checked_id(build: str) -> str:
+    """A build id (from a row or a request) before it becomes a path."""
+    if not is_id(build):
+        raise NotFound(f"no such build: {build}")
+    return build
+
+
 class LocalBuilds:
     def __init__(
         self, state: State, docker: Docker, apps: AppsAPI, releases: ReleasesAPI, rack: str, data_dir: Path
@@ -139,10 +147,10 @@ class LocalBuilds:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def log_path(self, build: str) -> Path:
-        return self.dir / f"{build}.log"
+        return under(self.dir, f"{checked_id(build)}.log")
 
     def work_dir(self, build: str) -> Path:
-        return self.dir / build
+        return under(self.dir, checked_id(build))
 
     # ---- records -------------------------------------------------------------------------------
 
@@ -260,6 +268,15 @@ class LocalBuilds:
                     nocache=options.no_cache,
                 ):
                     await live.write(text.encode("utf-8", "replace"))
+                brought = {key: value for key, value in (await self.docker.image_labels(tag)).items() if value}
+                if brought:  # the rack's labels from a base image or a LABEL: built again (cached) without them
+                    names = ", ".join(sorted(brought))
+                    await live.write(f"Dropping the rack's labels the image brings: {names}\n".encode())
+                    cleared = dict.fromkeys(brought, "")
+                    async for _ in self.docker.build(
+                        context, tag=tag, dockerfile=spec.manifest, buildargs=spec.args, labels=cleared
+                    ):
+                        pass
             except RackError as exc:
                 raise RackError(f"{name}: {exc.message}", status=exc.status) from None
             finally:

@@ -22,6 +22,8 @@ LABEL_ONEOFF = "convox.oneoff"
 LABEL_SANDBOX = "convox.sandbox"
 """On a network sandbox of one-offs (:mod:`shared.provider.local.sandboxes`): the app it serves (it has no
 ``convox.app``: it is no process of the app)."""
+RACK_LABEL_PREFIX = "convox."
+"""The rack's own labels: only the rack sets them on what it makes; an image's copies are overridden."""
 STREAMING = aiohttp.ClientTimeout(sock_connect=10)
 """Streams (logs, events) run as long as they last; only connecting has a limit."""
 
@@ -73,7 +75,24 @@ class Docker:
             container = await self.client.containers.get(container_id)
         return dict(container._container)
 
+    async def image_labels(self, image: str) -> dict[str, str]:
+        """The rack's labels (``convox.*``) an image carries (from its base image or a ``LABEL``); none
+        when the image is not here."""
+        try:
+            async with translated(f"image {image}"):
+                info = await self.client.images.inspect(image)
+        except NotFound:
+            return {}
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        return {str(k): str(v) for k, v in labels.items() if str(k).startswith(RACK_LABEL_PREFIX)}
+
     async def run(self, config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        """Create and start a container. The rack's labels on it are the ones in ``config`` only: any that its
+        image brings is overridden with an empty value, so that no image steers the rack."""
+        inherited = await self.image_labels(str(config.get("Image", "")))
+        if inherited:
+            own = dict(config.get("Labels") or {})
+            config = {**config, "Labels": {**{key: "" for key in inherited}, **own}}
         async with translated(f"image {config.get('Image', '')}"):
             container = await self.client.containers.create(config, name=name)
         async with translated("container"):

@@ -49,8 +49,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from shared.errors import NotFound, RackError, Unavailable
+from shared.errors import BadRequest, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
+from shared.models import invalid_app_name
+from shared.names import is_app_name, is_id, under
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.docker import LABEL_APP, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
 from shared.provider.local.events import (
@@ -784,7 +786,10 @@ def _read_bytes(path: Path, offset: int, size: int) -> tuple[bytes, int]:
 
 
 def _app_dirs(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    """The apps with a history on disk: directories named like an app (anything else there is not ours)."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if is_app_name(p.name) and p.is_dir() and not p.is_symlink())
 
 
 @dataclass
@@ -935,7 +940,9 @@ class LocalLogs:
         async with self._opening.setdefault(name, asyncio.Lock()):
             applog = self.logs.get(name)
             if applog is None:
-                history = History(self.apps_dir / name, self.limits)
+                if not is_app_name(name):  # a name from a label, a row or a file name: never a path unchecked
+                    raise BadRequest(invalid_app_name(name))
+                history = History(under(self.apps_dir, name), self.limits)
                 seq, recovered = await asyncio.to_thread(history.open)
                 for src, offset in recovered.items():
                     saved = self.saved.get(src)
@@ -950,6 +957,12 @@ class LocalLogs:
                         self.unsaved.add(src)
                 applog = self.logs[name] = AppLog(name, history, self.limits, seq)
         return applog
+
+    async def _trusted(self, labels: dict[str, str]) -> bool:
+        """Whether a container's labels name a process of an app of this rack: a valid app name of an app that
+        exists (labels are anyone's who can reach the engine, or an image's), and not a build's."""
+        app = labels.get(LABEL_APP, "")
+        return bool(app) and not labels.get(LABEL_BUILD) and is_app_name(app) and await self._exists(app)
 
     async def _exists(self, app: str) -> bool:
         if app in self.known_apps:
@@ -1132,7 +1145,7 @@ class LocalLogs:
     async def _scan(self) -> None:
         for container in await self.docker.containers({LABEL_RACK: self.rack}, all=True):
             labels = container.get("Labels") or {}
-            if labels.get(LABEL_APP) and not labels.get(LABEL_BUILD):
+            if await self._trusted(labels):
                 await self._attach(container["Id"], labels)
 
     async def _on_event(self, event: dict[str, Any]) -> None:
@@ -1141,7 +1154,7 @@ class LocalLogs:
         container = str(actor.get("ID") or event.get("id") or "")
         labels = {str(k): str(v) for k, v in (actor.get("Attributes") or {}).items()}
         app = labels.get(LABEL_APP)
-        if not container or not app or labels.get(LABEL_BUILD):
+        if not container or not app or not await self._trusted(labels):
             return
         watch = self.watch.setdefault(container, Watch())
         when = int(event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000)
@@ -1370,7 +1383,7 @@ class LocalLogs:
                 for row in rows:
                     src = f"e:{row['app']}"
                     known = self.offsets.get(src)
-                    if known is None or int(known.cursor) < row["id"]:
+                    if is_app_name(row["app"]) and (known is None or int(known.cursor) < row["id"]):
                         ts = normalize_ts(row["time"]) or now_ts()
                         line = Line(ts, row["service"], row["release"], row["pid"], row["message"], src, str(row["id"]))
                         self._add(await self.applog(row["app"]), [line])
@@ -1402,6 +1415,9 @@ class LocalLogs:
             build = row["id"]
             if build in done:
                 continue
+            if not is_id(build) or not is_app_name(row["app"]):  # a row no build of this rack wrote
+                done.add(build)
+                continue
             src = f"b:{build}"
             ended = row["status"] in ("complete", "failed")
             known = self.offsets.get(src)
@@ -1411,7 +1427,8 @@ class LocalLogs:
                     done.add(build)
                     continue
             offset = int(known.cursor) if known else 0
-            data, size = await asyncio.to_thread(_read_bytes, self.builds_dir / f"{build}.log", offset, READ_CHUNK)
+            path = under(self.builds_dir, f"{build}.log")
+            data, size = await asyncio.to_thread(_read_bytes, path, offset, READ_CHUNK)
             cut = data.rfind(b"\n") + 1
             whole = data[:cut]
             rest = data[cut:]

@@ -325,7 +325,7 @@ class LocalProcesses:
 
     async def _container(self, app: str, pid: str) -> dict[str, Any]:
         await self.apps.get(app)
-        if not PID_RE.match(pid):
+        if not PID_RE.fullmatch(pid):
             raise NotFound(f"no such process: {pid}")
         try:
             container = await self.docker.inspect(pid)

@@ -33,7 +33,8 @@ import aiosqlite
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError
 from shared.logfmt import Logger
-from shared.models import APP_NAME_RE, Resource, ResourceType
+from shared.models import Resource, ResourceType
+from shared.names import is_app_name
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.docker import LABEL_RACK, Docker
 from shared.provider.local.state import State
@@ -196,7 +197,7 @@ def kind_of(kind: str) -> Kind:
 
 
 def check_name(name: str) -> None:
-    if not APP_NAME_RE.match(name):
+    if not is_app_name(name):
         raise BadRequest(
             f"invalid service name: {name!r} (lowercase letters, digits and dashes, starting with a letter, "
             "at most 30 characters)"
@@ -240,7 +241,7 @@ class LocalParams:
         if unknown:
             raise BadRequest(f"unknown rack parameter: {unknown[0]} (known: {', '.join(sorted(PARAM_DEFAULTS))})")
         for key, value in values.items():
-            if value and not IMAGE_RE.match(value):
+            if value and not IMAGE_RE.fullmatch(value):
                 raise BadRequest(f"invalid image for {key}: {value!r}")
         for key, value in sorted(values.items()):
             if value:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -87,6 +90,13 @@ CREATE TABLE IF NOT EXISTS log_sources (
 """
 
 
+def _private(path: Path) -> None:
+    """The database and its WAL files readable by the rack's user only (0600), whatever made them before."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(file, 0o600)
+
+
 class State:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -104,6 +114,7 @@ class State:
         await db.executescript(SCHEMA)
         await db.commit()
         self._db = db
+        await asyncio.to_thread(_private, self.path)
 
     async def close(self) -> None:
         if self._db is not None:

@@ -1,0 +1,77 @@
+"""Names from outside (API paths and bodies, labels, state rows, file names) and the paths built from them.
+
+Every pattern here is matched in full (``fullmatch``): ``"myapp\\n"`` is no app name, whatever ``$`` would
+say. A name becomes a path only through :func:`under`, which refuses one that would resolve outside its root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from shared.errors import BadRequest
+
+APP_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,29}$"
+"""An app's (or a backing service's) name, as the OpenAPI document states it (JSON Schema: ``$`` is the end)."""
+APP_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,29}")
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
+ID_RE = re.compile(r"[A-Z][A-Z0-9]{1,63}")
+"""A build or release id (``BAPRZPQKXNE``, ``RNJYVQUMKKU``)."""
+
+
+def is_app_name(name: object) -> bool:
+    return isinstance(name, str) and APP_NAME_RE.fullmatch(name) is not None
+
+
+def is_env_key(key: object) -> bool:
+    return isinstance(key, str) and ENV_KEY_RE.fullmatch(key) is not None
+
+
+def is_id(value: object) -> bool:
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
+
+
+def env_problem(env: dict[str, str]) -> str:
+    """Why ``env`` cannot be an app's environment, or ``""``: every key a variable name, no value with NUL."""
+    for key in sorted(env):
+        if not is_env_key(key):
+            return f"invalid environment variable name: {key!r} (letters, digits and _, not first a digit)"
+        if "\x00" in env[key]:
+            return f"invalid value of {key}: it contains a NUL character"
+    return ""
+
+
+def check_env(env: dict[str, str]) -> None:
+    """:class:`BadRequest` unless ``env`` is a valid environment."""
+    problem = env_problem(env)
+    if problem:
+        raise BadRequest(problem)
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` as ``(KEY, VALUE)``; :class:`BadRequest` for no ``=``, a bad key or a NUL in the value."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise BadRequest(f"expected KEY=VALUE, got {text!r}")
+    check_env({key: value})
+    return key, value
+
+
+class OutsideRoot(ValueError):
+    """A path built from a name that would resolve outside the directory it belongs under."""
+
+
+def under(root: Path, *parts: str) -> Path:
+    """``root / parts...``, refused (:class:`OutsideRoot`) unless it resolves (links followed) strictly under
+    ``root``: no part may be empty, ``.``, ``..``, absolute or hold a separator or NUL."""
+    for part in parts:
+        if not part or part in (".", "..") or "/" in part or "\x00" in part or (os.altsep and os.altsep in part):
+            raise OutsideRoot(f"unsafe path component: {part!r}")
+    path = root.joinpath(*parts)
+    base = os.path.realpath(root)
+    resolved = os.path.realpath(path)
+    if os.path.commonpath([base, resolved]) != base or resolved == base:
+        raise OutsideRoot(f"{path} leads outside {root}")
+    return path
