@@ -140,7 +140,7 @@ class Formation(Model):
 
 class FormationUpdate(Model):
     count: int | None = Field(None, ge=0, le=100)
-    memory: int | None = Field(None, ge=4, le=1_048_576, description="MB")
+    memory: int | None = Field(None, ge=6, le=1_048_576, description="MB (the Engine's least is 6)")
 
 
 ResourceType = Literal["postgres", "mysql", "redis"]

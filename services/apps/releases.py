@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query
 
-from shared.errors import BadRequest, NotFound
+from shared.errors import BadRequest
 from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
 from shared.models import App, Formation, FormationUpdate, Release
@@ -81,9 +81,8 @@ async def environment_set(
     replace: Annotated[bool, Query(description="Replace the whole environment instead of merging.")] = False,
 ) -> Release:
     check_env(env)
-    current = {} if replace else await provider.releases.environment(app)
     description = f"env set {' '.join(sorted(env))}"
-    release = await provider.releases.create(app, env={**current, **env}, description=description)
+    release = await provider.releases.change_env(app, set=env, replace=replace, description=description)
     log.log("env.set", app=app, keys=",".join(sorted(env)), release=release.id)
     return release
 
@@ -97,11 +96,7 @@ async def environment_set(
 async def environment_unset(
     app: AppName, name: Annotated[str, env_key_path()], provider: ProviderDep
 ) -> Release:
-    current = await provider.releases.environment(app)
-    if name not in current:
-        raise NotFound(f"no such environment variable: {name}")
-    del current[name]
-    release = await provider.releases.create(app, env=current, description=f"env unset {name}")
+    release = await provider.releases.change_env(app, unset=[name], description=f"env unset {name}")
     log.log("env.unset", app=app, key=name, release=release.id)
     return release
 

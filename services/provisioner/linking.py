@@ -78,9 +78,8 @@ class Linker:
             await self.provider.resources.link(name, app)
             try:
                 url = (await self.provider.resources.get(name, reveal=True)).url
-                env = await self.provider.releases.environment(app)
-                release = await self.provider.releases.create(
-                    app, env={**env, env_key(name): url}, description=f"link {name}"
+                release = await self.provider.releases.change_env(
+                    app, set={env_key(name): url}, description=f"link {name}"
                 )
             except BaseException:
                 await self.provider.resources.unlink(name, app)
@@ -94,11 +93,11 @@ class Linker:
             resource = await self.provider.resources.get(name)
             if app not in resource.apps:
                 raise NotFound(f"service {name} is not linked to {app}")
-            env = await self.provider.releases.environment(app)
             release_id = ""
-            if env_key(name) in env:
-                del env[env_key(name)]
-                release = await self.provider.releases.create(app, env=env, description=f"unlink {name}")
+            if env_key(name) in await self.provider.releases.environment(app):
+                release = await self.provider.releases.change_env(
+                    app, unset=[env_key(name)], description=f"unlink {name}"
+                )
                 release_id = release.id
                 log.log("resource.unlink.release", resource=name, app=app, key=env_key(name), release=release_id)
             await self.provider.resources.unlink(name, app)

@@ -11,7 +11,7 @@ implementation serves it; until then the protocol fixes its shape so that both p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -112,6 +112,20 @@ class ReleasesAPI(Protocol):
         self, app: str, *, build: str | None = None, env: dict[str, str] | None = None, description: str = ""
     ) -> Release:
         """A new release; what is not given is copied from the app's latest release."""
+        ...
+
+    async def change_env(
+        self,
+        app: str,
+        *,
+        set: dict[str, str] | None = None,
+        unset: Collection[str] = (),
+        replace: bool = False,
+        description: str = "",
+    ) -> Release:
+        """A new release with the latest one's environment changed: ``set`` on top (of nothing with
+        ``replace``), ``unset`` removed (NotFound for one not there). Atomic: two changes made at once, from
+        any services, both land."""
         ...
 
     async def get(self, app: str, release_id: str) -> Release: ...

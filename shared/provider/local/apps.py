@@ -14,6 +14,9 @@ from shared.names import is_app_name
 from shared.provider.local.docker import LABEL_APP, LABEL_RACK, LABEL_SANDBOX, Docker
 from shared.provider.local.state import State
 
+APP_TABLES = (("releases", "app"), ("builds", "app"), ("formation", "app"), ("links", "app"), ("apps", "name"))
+"""Where an app's records are, the app's own last."""
+
 
 def _app(row: aiosqlite.Row, balancer: str = "") -> App:
     return App(name=row["name"], status=row["status"], release=row["release"], balancer=balancer)
@@ -87,5 +90,8 @@ class LocalApps:
                     await self.docker.remove(container["Id"])
         for hook in self.after_delete:
             await hook(name)
-        for table, column in (("releases", "app"), ("builds", "app"), ("formation", "app"), ("apps", "name")):
-            await self.state.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
+        # its records go together: a kill before this leaves a `deleting` app that the next start finishes,
+        # never an app without its releases
+        async with self.state.transaction() as tx:
+            for table, column in APP_TABLES:
+                await tx.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))

@@ -232,9 +232,12 @@ class Docker:
         if since:
             params["since"] = since
         async with translated("events"), self.client._query("events", params=params, timeout=STREAMING) as response:
-            async for line in response.content:
-                if line.strip():
-                    yield json.loads(line)
+            try:
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+            finally:  # aiodocker leaves a response it yields open: a stream closed early must not leak it
+                response.close()
         raise Unavailable("docker engine: the event stream ended")
 
     async def build(

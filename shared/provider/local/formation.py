@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,11 @@ REFRESH_SECONDS = 2.0
 DRAIN_SECONDS = 30.0
 """How long a retired process keeps serving the connections its balancer opened to it before it stops."""
 MB = 1024 * 1024
+ALIVE = ("running", "restarting")
+"""States of a process that holds its place in the count (the Engine restarts one that exits by itself)."""
+RECONCILE_SECONDS = 10.0
+"""How often formation is checked without an Engine event (the event stream may be down)."""
+RECONCILE_DEBOUNCE = 0.5
 
 
 @dataclass
@@ -79,6 +85,8 @@ class LocalFormation:
         self.balancers: dict[tuple[str, str], Balancer] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.pending: set[str] = set()
+        """Apps whose reconciliation is about to run (one pass for a burst of events)."""
         self.events = Events(state)
         releases.formation = self
 
@@ -88,9 +96,15 @@ class LocalFormation:
         rows = await self.state.fetch_all("SELECT * FROM formation WHERE app = ?", (app,))
         return {row["service"]: dict(row) for row in rows}
 
-    async def desired(self, release: Release) -> list[Desired]:
+    async def desired(self, release: Release, patch: dict[str, FormationUpdate] | None = None) -> list[Desired]:
+        """What each process type of ``release`` should run: the manifest's scale, the saved overrides on
+        top, then ``patch`` (a change being tried, saved only once it runs)."""
         manifest = manifest_of(release)
         overrides = await self._overrides(release.app)
+        for name, update in (patch or {}).items():
+            changed = overrides.setdefault(name, {})
+            for key, value in update.model_dump(exclude_none=True).items():
+                changed[key] = value
         wanted = []
         for name, service in sorted(manifest.services.items()):
             override = overrides.get(name, {})
@@ -238,14 +252,17 @@ class LocalFormation:
 
     # ---- convergence -----------------------------------------------------------------------------
 
-    async def converge(self, release: Release, only: str | None = None) -> None:
+    async def converge(
+        self, release: Release, only: str | None = None, patch: dict[str, FormationUpdate] | None = None
+    ) -> None:
         """Make the app run ``release``: start what is missing, health-check it, switch the balancers,
         then stop everything else (other releases, surplus, other memory). Nothing old stops until every
-        new container is healthy; on a failure the new containers are removed and the error raised."""
+        new container is healthy; on a failure the new containers are removed and the error raised. A
+        process the Engine is restarting (its restart policy, with back-off) counts as there."""
         app = release.app
-        wanted = [w for w in await self.desired(release) if only is None or w.service == only]
+        wanted = [w for w in await self.desired(release, patch) if only is None or w.service == only]
         await self.docker.ensure_network(self.network, {LABEL_RACK: self.rack})
-        current = [c for c in await self._containers(app) if c.get("State") == "running"]
+        current = [c for c in await self._containers(app) if c.get("State") in ALIVE]
         keep: dict[str, list[dict[str, Any]]] = {}
         started: list[dict[str, Any]] = []
         try:
@@ -386,30 +403,123 @@ class LocalFormation:
         if update.count is None and update.memory is None:
             raise BadRequest("nothing to change: give a count or a memory")
         async with self._lock(app):
+            # tried first, saved once it runs: a change the Engine refuses leaves the formation as it was
+            with log.measure("formation.scale", app=app, service=service, count=update.count, memory=update.memory):
+                await self.converge(release, only=service, patch={service: update})
             await self.state.execute(
                 "INSERT INTO formation (app, service, count, memory) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (app, service) DO UPDATE SET count = COALESCE(excluded.count, count), "
                 "memory = COALESCE(excluded.memory, memory)",
                 (app, service, update.count, update.memory),
             )
-            with log.measure("formation.scale", app=app, service=service, count=update.count, memory=update.memory):
-                await self.converge(release, only=service)
             changes = (("count", update.count), ("memory", update.memory))
             scaled = ", ".join(f"{key} {value}" for key, value in changes if value is not None)
             await self.events.emit(app, f"{service} scaled: {scaled}", release=release.id)
         return next(f for f in await self.get(app) if f.name == service)
 
     async def adopt(self) -> None:
-        """After a (re)start: keep the running containers, serve the balancers, finish what was cut short."""
+        """After a (re)start: keep the running containers, serve the balancers, finish what was cut short
+        (a deletion, a roll-out), then keep every count. An app whose records are damaged is skipped: it is
+        logged, reported in its own log and marked failed; the others are adopted."""
         for app in await self.apps.list():
+            if app.status == "deleting":
+                self._spawn(self._finish_delete(app.name))
+                continue
             if not app.release:
                 if app.status == "updating":
                     await self.apps.set_status(app.name, "failed")
                 continue
-            release = await self.releases.get(app.name, app.release)
+            try:
+                release = await self.releases.get(app.name, app.release)
+                await self.desired(release)
+            except (RackError, ValueError) as exc:  # a missing release, an unreadable manifest
+                await self._damaged(app.name, exc)
+                continue
             interrupted = app.status == "updating"
             self._spawn(self._adopt(release, interrupted))
         self._spawn(self._refresh())
+        self._spawn(self._watch())
+        self._spawn(self._poll())
+
+    async def _damaged(self, app: str, exc: Exception) -> None:
+        reason = exc.message if isinstance(exc, RackError) else f"its release is unreadable ({type(exc).__name__})"
+        log.error("formation.adopt", app=app, damaged="true", message=reason)
+        await self.events.emit(app, f"app skipped at start: {reason}")
+        with contextlib.suppress(RackError):
+            await self.apps.set_status(app, "failed")
+
+    async def _finish_delete(self, app: str) -> None:
+        """A deletion cut short by a restart: do it again (every step of it may be done twice)."""
+        with log.measure("app.delete.resume", app=app), contextlib.suppress(Exception):
+            await self.apps.delete(app)
+
+    # ---- keeping the counts --------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Reconcile an app as soon as one of its processes stops or goes (``convox ps stop``, ``docker kill``,
+        ``docker rm -f``); the Engine's event stream, taken again after it drops."""
+        filters = {"type": ["container"], "event": ["die", "stop", "destroy"], "label": [f"{LABEL_RACK}={self.rack}"]}
+        while True:
+            try:
+                # from now (a `since` also makes the Engine answer at once rather than at its first event)
+                async for event in self.docker.events(filters, since=f"{time.time():.9f}"):
+                    labels = (event.get("Actor") or {}).get("Attributes") or {}
+                    app = labels.get(LABEL_APP, "")
+                    if app and labels.get(LABEL_ONEOFF) != "true" and LABEL_TYPE in labels:
+                        self._spawn(self._reconcile_soon(app))
+            except RackError:
+                await asyncio.sleep(RECONCILE_SECONDS)
+
+    async def _poll(self) -> None:
+        """Reconcile every app now and then, for what the event stream missed."""
+        while True:
+            await asyncio.sleep(RECONCILE_SECONDS)
+            with contextlib.suppress(RackError):
+                for app in await self.apps.list():
+                    await self.reconcile(app.name)
+
+    async def _reconcile_soon(self, app: str) -> None:
+        if app in self.pending:
+            return
+        self.pending.add(app)
+        try:
+            await asyncio.sleep(RECONCILE_DEBOUNCE)  # several processes stopped at once: one pass
+        finally:
+            self.pending.discard(app)
+        await self.reconcile(app)
+
+    async def reconcile(self, app: str) -> None:
+        """Start what is missing from the active release's counts (a process stopped or killed from outside
+        is replaced); nothing while a roll-out or a scale runs (it converges itself) or the app is not
+        running. A failure is logged and in the app's log, and tried again at the next pass."""
+        lock = self._lock(app)
+        if lock.locked():
+            return
+        async with lock:
+            try:
+                current = await self.apps.get(app)
+                if current.status != "running" or not current.release:
+                    return
+                release = await self.releases.get(app, current.release)
+                alive = [c for c in await self._containers(app) if c.get("State") in ALIVE]
+                short = []
+                for want in await self.desired(release):
+                    have = sum(
+                        1
+                        for c in alive
+                        if (c.get("Labels") or {}).get(LABEL_TYPE) == want.service
+                        and (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
+                        and (c.get("Labels") or {}).get(LABEL_MEMORY) == str(want.memory)
+                    )
+                    if have < want.count:
+                        short.append(f"{want.service} {have}/{want.count}")
+                if not short:
+                    return
+                with log.measure("formation.reconcile", app=app, release=release.id, short=",".join(short)):
+                    await self.converge(release)
+                await self.events.emit(app, f"processes replaced: {', '.join(short)}", release=release.id)
+            except (RackError, ValueError) as exc:
+                log.error("formation.reconcile", app=app, message=getattr(exc, "message", None) or str(exc))
 
     async def _adopt(self, release: Release, interrupted: bool) -> None:
         async with self._lock(release.app):

@@ -1060,13 +1060,13 @@ class LocalLogs:
                 for src in changed
                 if src in self.saved
             ]
-            await self.state.db.executemany(
-                "INSERT INTO log_sources (src, app, cursor, count, updated) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (src) DO UPDATE SET cursor = excluded.cursor, count = excluded.count, "
-                "updated = excluded.updated",
-                rows,
-            )
-            await self.state.db.commit()
+            async with self.state.transaction() as tx:
+                await tx.db.executemany(
+                    "INSERT INTO log_sources (src, app, cursor, count, updated) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (src) DO UPDATE SET cursor = excluded.cursor, count = excluded.count, "
+                    "updated = excluded.updated",
+                    rows,
+                )
             self.unsaved.difference_update(changed)
         for applog, lines in work:
             applog.flushed_to(lines[-1].seq)

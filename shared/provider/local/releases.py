@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -43,43 +44,83 @@ class LocalReleases:
     async def create(
         self, app: str, *, build: str | None = None, env: dict[str, str] | None = None, description: str = ""
     ) -> Release:
+        return await self._create(app, build=build, env=env, description=description)
+
+    async def change_env(
+        self,
+        app: str,
+        *,
+        set: dict[str, str] | None = None,
+        unset: Collection[str] = (),
+        replace: bool = False,
+        description: str = "",
+    ) -> Release:
+        """A new release whose environment is the latest one's (nothing with ``replace``) with ``set`` on top
+        and ``unset`` removed (NotFound for one that is not there), read and written in one transaction: two
+        changes at once (an `env set` and a `services link`) both land."""
+
+        def change(current: dict[str, str]) -> dict[str, str]:
+            env = {} if replace else dict(current)
+            env.update(set or {})
+            for key in unset:
+                if key not in env:
+                    raise NotFound(f"no such environment variable: {key}")
+                del env[key]
+            return env
+
+        return await self._create(app, change=change, description=description)
+
+    async def _create(
+        self,
+        app: str,
+        *,
+        build: str | None = None,
+        env: dict[str, str] | None = None,
+        change: Callable[[dict[str, str]], dict[str, str]] | None = None,
+        description: str = "",
+    ) -> Release:
         await self.apps.get(app)
-        latest = await self.latest(app)
-        manifest = latest.manifest if latest else ""
-        if build is None:
-            build = latest.build if latest else ""
-        elif build:
-            row = await self.state.fetch_one(
-                "SELECT manifest, status FROM builds WHERE id = ? AND app = ?", (build, app)
+        async with self.state.transaction() as tx:  # what it copies from the latest release is the latest
+            row = await tx.fetch_one("SELECT * FROM releases WHERE app = ? ORDER BY seq DESC LIMIT 1", (app,))
+            latest = to_release(row) if row else None
+            if await tx.fetch_one("SELECT 1 FROM apps WHERE name = ? AND status != 'deleting'", (app,)) is None:
+                raise NotFound(f"no such app: {app}")
+            manifest = latest.manifest if latest else ""
+            if build is None:
+                build = latest.build if latest else ""
+            elif build:
+                found = await tx.fetch_one("SELECT manifest, status FROM builds WHERE id = ? AND app = ?", (build, app))
+                if found is None:
+                    raise NotFound(f"no such build: {build}")
+                if found["status"] != "complete":
+                    raise BadRequest(f"build {build} is {found['status']}, not complete")
+                manifest = found["manifest"]
+            if env is None:
+                env = latest.env if latest else {}
+            if change is not None:
+                env = change(env)
+            release = Release(
+                id=release_id(),
+                app=app,
+                build=build,
+                env=env,
+                manifest=manifest,
+                description=description,
+                created=datetime.now(UTC),
             )
-            if row is None:
-                raise NotFound(f"no such build: {build}")
-            if row["status"] != "complete":
-                raise BadRequest(f"build {build} is {row['status']}, not complete")
-            manifest = row["manifest"]
-        if env is None:
-            env = latest.env if latest else {}
-        release = Release(
-            id=release_id(),
-            app=app,
-            build=build,
-            env=env,
-            manifest=manifest,
-            description=description,
-            created=datetime.now(UTC),
-        )
-        await self.state.execute(
-            "INSERT INTO releases (id, app, build, env, manifest, description, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                release.id,
-                app,
-                release.build,
-                json.dumps(release.env),
-                release.manifest,
-                release.description,
-                release.created.isoformat() if release.created else "",
-            ),
-        )
+            await tx.execute(
+                "INSERT INTO releases (id, app, build, env, manifest, description, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    release.id,
+                    app,
+                    release.build,
+                    json.dumps(release.env),
+                    release.manifest,
+                    release.description,
+                    release.created.isoformat() if release.created else "",
+                ),
+            )
         return release
 
     async def get(self, app: str, release_id: str) -> Release:

@@ -243,15 +243,16 @@ class LocalParams:
         for key, value in values.items():
             if value and not IMAGE_RE.fullmatch(value):
                 raise BadRequest(f"invalid image for {key}: {value!r}")
-        for key, value in sorted(values.items()):
-            if value:
-                await self.state.execute(
-                    "INSERT INTO params (key, value) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (key, value),
-                )
-            else:
-                await self.state.execute("DELETE FROM params WHERE key = ?", (key,))
+        async with self.state.transaction() as tx:  # all of them or none
+            for key, value in sorted(values.items()):
+                if value:
+                    await tx.execute(
+                        "INSERT INTO params (key, value) VALUES (?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (key, value),
+                    )
+                else:
+                    await tx.execute("DELETE FROM params WHERE key = ?", (key,))
         log.log("params.set", keys=",".join(sorted(values)))
         return await self.get()
 
@@ -500,8 +501,9 @@ class LocalResources:
     async def _remove(self, name: str) -> None:
         """Remove everything of the service: container, volume, links, record."""
         await self._remove_artifacts(name)
-        await self.state.execute("DELETE FROM links WHERE resource = ?", (name,))
-        await self.state.execute("DELETE FROM resources WHERE name = ?", (name,))
+        async with self.state.transaction() as tx:
+            await tx.execute("DELETE FROM links WHERE resource = ?", (name,))
+            await tx.execute("DELETE FROM resources WHERE name = ?", (name,))
 
     # ---- after a restart -------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +98,34 @@ def _private(path: Path) -> None:
             os.chmod(file, 0o600)
 
 
+class Transaction:
+    """Statements of one SQLite transaction, begun IMMEDIATE: it holds the file's write lock from its first
+    read, so a read-modify-write in it cannot interleave with another process's (every service opens the
+    same file) and a kill in the middle leaves none of it."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
+        async with self.db.execute(sql, tuple(params)) as cursor:
+            return await cursor.fetchone()
+
+    async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        async with self.db.execute(sql, tuple(params)) as cursor:
+            return list(await cursor.fetchall())
+
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
+        cursor = await self.db.execute(sql, tuple(params))
+        return cursor.rowcount
+
+
 class State:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        """One transaction at a time on this process's connection, and no lone statement inside one (its
+        commit would commit the other's half)."""
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,20 +153,35 @@ class State:
         return self._db
 
     async def fetch_one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        async with self.db.execute(sql, tuple(params)) as cursor:
+        async with self._lock, self.db.execute(sql, tuple(params)) as cursor:
             return await cursor.fetchone()
 
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        async with self.db.execute(sql, tuple(params)) as cursor:
+        async with self._lock, self.db.execute(sql, tuple(params)) as cursor:
             return list(await cursor.fetchall())
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """Several statements that land together or not at all: committed when the block ends, rolled back
+        when it raises (or is cancelled)."""
+        async with self._lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(db)
+            except BaseException:
+                await db.rollback()
+                raise
+            await db.commit()
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
         """Run one statement in its own transaction; returns the rows it changed. A statement that fails
         (a constraint) rolls back: an open transaction would lock every other process's writes."""
-        try:
-            cursor = await self.db.execute(sql, tuple(params))
-        except BaseException:
-            await self.db.rollback()
-            raise
-        await self.db.commit()
-        return cursor.rowcount
+        async with self._lock:
+            try:
+                cursor = await self.db.execute(sql, tuple(params))
+            except BaseException:
+                await self.db.rollback()
+                raise
+            await self.db.commit()
+            return cursor.rowcount
