@@ -84,7 +84,8 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
                 if httpx.get(f"{url}/moto-api/data.json", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                pytest.fail(f"moto_server did not answer on {url} within {START_TIMEOUT:.0f} s:\n{log.read_text()[-4000:]}")
+                tail = log.read_text()[-4000:]
+                pytest.fail(f"moto_server did not answer on {url} within {START_TIMEOUT:.0f} s:\n{tail}")
             time.sleep(0.1)  # polling a condition (the port answers), not a fixed wait
         yield MotoServer(url, log)
     finally:

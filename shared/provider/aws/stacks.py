@@ -40,16 +40,16 @@ class StackError(RuntimeError):
     """The stack ended in a failed state; the message carries the first failure's reason."""
 
 
-class _IgnoreTags(yaml.SafeLoader):
+class TemplateLoader(yaml.SafeLoader):
     """Reads a template's plain structure, leaving intrinsic functions (``!Ref`` ...) as None."""
 
 
-_IgnoreTags.add_multi_constructor("!", lambda loader, suffix, node: None)
+TemplateLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
 def template_parameters(template: str) -> dict[str, dict[str, Any]]:
     """The ``Parameters`` section of a template: name -> its declaration (Type, Default, ...)."""
-    data = yaml.load(template, Loader=_IgnoreTags)  # a SafeLoader subclass
+    data = yaml.load(template, Loader=TemplateLoader)  # a SafeLoader subclass
     params = data.get("Parameters") if isinstance(data, dict) else None
     return {str(k): dict(v or {}) for k, v in (params or {}).items()}
 
@@ -91,13 +91,20 @@ async def _events(cfn: Any, name: str) -> list[dict[str, Any]]:
 
 
 async def wait(
-    cfn: Any, name: str, on_event: OnEvent | None = None, *, poll: float = POLL, limit: float = TIMEOUT
+    cfn: Any,
+    name: str,
+    on_event: OnEvent | None = None,
+    *,
+    poll: float = POLL,
+    limit: float = TIMEOUT,
+    seen: set[str] | None = None,
 ) -> dict[str, Any] | None:
     """Wait until the stack is no longer ``*_IN_PROGRESS``; returns it (None once deleted).
 
-    Raises StackError for a failed or rolled-back end state. Events are shown oldest first, each once.
+    Raises StackError for a failed or rolled-back end state. Events are shown oldest first, each once;
+    ``seen`` holds the ids of events from before this change (not shown).
     """
-    seen: set[str] = set()
+    seen = set(seen or ())
     stack_id = name
     deadline = asyncio.get_running_loop().time() + limit
     while True:
@@ -176,6 +183,7 @@ async def update_parameters(
     merged = {**current, **changes}
     if merged == current:
         return stack
+    before = await _event_ids(cfn, stack["StackId"])
     try:
         await cfn.update_stack(
             StackName=name,
@@ -187,7 +195,7 @@ async def update_parameters(
         if "No updates are to be performed" in str(exc):
             return stack
         raise BadRequest(f"stack {name}: {_message(exc)}") from None
-    updated = await wait(cfn, name, on_event, poll=poll)
+    updated = await wait(cfn, name, on_event, poll=poll, seen=before)
     if updated is None:
         raise StackError(f"stack {name}: deleted while it was being updated")
     return updated
@@ -197,8 +205,13 @@ async def delete(cfn: Any, name: str, on_event: OnEvent | None = None, *, poll: 
     stack = await describe(cfn, name)
     if stack is None:
         return
+    before = await _event_ids(cfn, stack["StackId"])
     await cfn.delete_stack(StackName=stack["StackId"])
-    await wait(cfn, stack["StackId"], on_event, poll=poll)
+    await wait(cfn, stack["StackId"], on_event, poll=poll, seen=before)
+
+
+async def _event_ids(cfn: Any, stack_id: str) -> set[str]:
+    return {e["EventId"] for e in await _events(cfn, stack_id)}
 
 
 def _message(exc: Exception) -> str:
