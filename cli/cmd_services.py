@@ -98,8 +98,15 @@ def register(app: typer.Typer) -> None:
         """Show the rack's parameters."""
         if ctx.invoked_subcommand is not None:
             return
+        from cli import cmd_rack_aws
+
+        host = current_rack().host
+        if cmd_rack_aws.aws_record(host) is not None:  # an AWS rack: its parameters are its stack's
+            values: dict[str, str] = cmd_rack_aws.params_get_aws(host)
+            output.info(sorted(values.items()))
+            return
         with client() as c:
-            values: dict[str, str] = c.get("/system/params")
+            values = c.get("/system/params")
         if values:
             output.info(sorted(values.items()))
 
@@ -107,12 +114,19 @@ def register(app: typer.Typer) -> None:
     def params_set(
         pairs: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="Parameters; an empty value resets.")],
     ) -> None:
-        """Change rack parameters, such as postgres_image=postgres:16."""
+        """Change rack parameters, such as postgres_image=postgres:16 (on AWS: InstanceType=t3.medium)."""
         values: dict[str, str] = {}
         for pair in pairs:
             key, sep, value = pair.partition("=")
             if not sep or not key:
                 raise CliError(f"expected KEY=VALUE, got {pair!r}")
             values[key] = value
+        from cli import cmd_rack_aws
+
+        host = current_rack().host
+        if cmd_rack_aws.aws_record(host) is not None:  # an AWS rack: update its stack, showing the events
+            cmd_rack_aws.params_set_aws(host, values)
+            print("Parameters updated")
+            return
         with client() as c, output.step("Updating parameters"):
             c.post("/system/params", json=values)
