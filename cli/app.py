@@ -121,10 +121,20 @@ def rack_start(
     host: Annotated[str, typer.Option(help="Address the gateway listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port the gateway listens on.")] = 5443,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where the rack keeps its state.")] = None,
+    provider: Annotated[
+        str | None, typer.Option("--provider", help="local (Docker Engine) or aws; RACK_PROVIDER, else local.")
+    ] = None,
 ) -> None:
     """Run the rack in the foreground: the gateway and its five services, supervised. Ctrl-C stops it."""
     import asyncio
     import os
+
+    if provider is not None:
+        from shared.provider.registry import PROVIDERS
+
+        if provider not in PROVIDERS:
+            raise CliError(f"unknown provider: {provider} (known: {', '.join(PROVIDERS)})")
+        os.environ["RACK_PROVIDER"] = provider  # the services read it from the environment they inherit
 
     from services.supervisor import Supervisor, ensure_password
     from shared.config import RackSettings

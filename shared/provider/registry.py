@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 PROVIDERS: dict[str, str] = {
     "local": "shared.provider.local:LocalProvider",
+    "aws": "shared.provider.aws.provider:AwsProvider",
 }
 
 

@@ -1,0 +1,120 @@
+"""Apps on AWS: an item each in ``<prefix>-apps`` (conditional on the name being free) and a log group.
+
+The item also carries what promote and scale serialise on: the active and the latest release, the
+formation (count and memory per process type) and the promote lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shared.errors import BadRequest, Conflict, NotFound
+from shared.models import APP_NAME_RE, RACK_APP, App, invalid_app_name
+from shared.provider.aws.clients import Clients, error_code, translated
+from shared.provider.aws.state import Item, State, now_iso, to_item
+
+ATTRIBUTE_NAMES = {"#n": "name", "#s": "status", "#r": "release", "#l": "latest", "#f": "formation", "#k": "lock"}
+"""Placeholders for the app item's attributes (some are DynamoDB reserved words)."""
+
+
+def check_name(name: str) -> None:
+    if not APP_NAME_RE.match(name):
+        raise BadRequest(invalid_app_name(name))
+
+
+def log_group(rack: str, app: str) -> str:
+    """The app's CloudWatch Logs group; its processes' streams are ``TYPE/TYPE/TASKID`` (awslogs)."""
+    return f"/convox/{rack}/{app}"
+
+
+def to_app(item: Item) -> App:
+    return App(name=item["name"], status=item["status"], release=item.get("release", ""))
+
+
+class AwsApps:
+    def __init__(self, state: State, clients: Clients, rack: str) -> None:
+        self.state = state
+        self.clients = clients
+        self.rack = rack
+        self.on_delete: list[Callable[[str], Awaitable[None]]] = []
+        """Run when an app is being deleted (its services and tasks go), before its records go."""
+
+    async def item(self, name: str) -> Item:
+        check_name(name)
+        return await self.state.get_item(self.state.apps_table, {"name": name}, f"no such app: {name}")
+
+    async def create(self, name: str) -> App:
+        check_name(name)
+        if name == RACK_APP:
+            raise Conflict(f"app name is reserved for the rack: {name}")
+        db = await self.state.dynamodb()
+        item = {"name": name, "status": "running", "release": "", "latest": "", "created": now_iso(), "formation": {}}
+        with translated(f"app already exists: {name}"):
+            await db.put_item(
+                TableName=self.state.apps_table,
+                Item=to_item(item),
+                ConditionExpression="attribute_not_exists(#n)",
+                ExpressionAttributeNames={"#n": "name"},
+            )
+        try:
+            logs = await self.clients.get("logs")
+            try:
+                await logs.create_log_group(logGroupName=log_group(self.rack, name))
+            except Exception as exc:
+                if error_code(exc) != "ResourceAlreadyExistsException":
+                    with translated(f"cannot create the log group of {name}"):
+                        raise
+        except BaseException:
+            with translated(f"cannot remove app {name}"):
+                await db.delete_item(TableName=self.state.apps_table, Key=to_item({"name": name}))
+            raise
+        return to_app(item)
+
+    async def get(self, name: str) -> App:
+        return to_app(await self.item(name))
+
+    async def list(self) -> list[App]:
+        return sorted([to_app(i) async for i in self.state.scan(self.state.apps_table)], key=lambda a: a.name)
+
+    async def update(self, name: str, expression: str, values: dict[str, Any], condition: str = "") -> None:
+        """A conditional update of the app's item (its existence is always part of the condition)."""
+        db = await self.state.dynamodb()
+        check = "attribute_exists(#n)" + (f" AND ({condition})" if condition else "")
+        names = {k: v for k, v in ATTRIBUTE_NAMES.items() if k == "#n" or k in expression or k in condition}
+        with translated(f"app {name} was changed meanwhile"):
+            try:
+                await db.update_item(
+                    TableName=self.state.apps_table,
+                    Key=to_item({"name": name}),
+                    UpdateExpression=expression,
+                    ConditionExpression=check,
+                    ExpressionAttributeNames=names,
+                    **({"ExpressionAttributeValues": to_item(values)} if values else {}),
+                )
+            except Exception as exc:
+                if error_code(exc) == "ConditionalCheckFailedException":
+                    await self.item(name)  # NotFound when it went
+                raise
+
+    async def set_status(self, name: str, status: str, release: str | None = None) -> None:
+        if release is None:
+            await self.update(name, "SET #s = :s", {":s": status})
+        else:
+            await self.update(name, "SET #s = :s, #r = :r", {":s": status, ":r": release})
+
+    async def delete(self, name: str) -> None:
+        await self.item(name)
+        await self.set_status(name, "deleting")
+        for hook in self.on_delete:
+            await hook(name)
+        logs = await self.clients.get("logs")
+        with contextlib.suppress(NotFound), translated(f"cannot delete the log group of {name}"):
+            await logs.delete_log_group(logGroupName=log_group(self.rack, name))
+        for table in (self.state.releases_table, self.state.builds_table):
+            await self.state.delete_app_items(table, name)
+        await self.state.delete_prefix(f"apps/{name}/")
+        db = await self.state.dynamodb()
+        with translated(f"cannot delete app {name}"):
+            await db.delete_item(TableName=self.state.apps_table, Key=to_item({"name": name}))

@@ -1,0 +1,266 @@
+"""Builds on AWS: items in ``<prefix>-builds``, sources in the settings bucket, a builder task on ECS.
+
+A build's source tree is packed (in a thread) and stored at ``apps/APP/builds/ID/source.tgz`` (multipart
+above ``multipart_threshold``); the build is then a RunTask of the rack's builder image with the build's
+id and source as its environment, writing its output to the stream ``build/ID`` of the app's log group.
+The builder reports through :meth:`AwsBuilds.finish` (the images it pushed to ECR, or its error), which
+makes the release. On moto no task runs: tests play the builder (see tests/contract).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from shared.errors import BadRequest, NotFound
+from shared.ids import build_id
+from shared.logfmt import Logger
+from shared.manifest import Manifest
+from shared.models import Build, BuildOptions
+from shared.provider.aws.apps import AwsApps, log_group
+from shared.provider.aws.clients import Clients, error_code, translated
+from shared.provider.aws.formation import AwsFormation
+from shared.provider.aws.releases import AwsReleases
+from shared.provider.aws.state import Item, State, now_iso, parse_iso, to_item
+
+log = Logger("builds")
+NO_BUILDER = "the rack has no builder image (RACK_AWS_BUILD_IMAGE)"
+RESTARTED = "the builder stopped before the build ended"
+
+
+def source_key(app: str, build: str) -> str:
+    return f"apps/{app}/builds/{build}/source.tgz"
+
+
+def log_stream(build: str) -> str:
+    return f"build/{build}"
+
+
+def to_build(item: Item) -> Build:
+    return Build(
+        id=item["id"],
+        app=item["app"],
+        status=item["status"],
+        description=item.get("description", ""),
+        manifest=item.get("manifest", ""),
+        release=item.get("release", ""),
+        started=parse_iso(item.get("started", "")),
+        ended=parse_iso(item.get("ended", "")),
+        error=item.get("error", ""),
+    )
+
+
+def pack(context: Path) -> Path:
+    """The source tree as a gzipped tar in a temporary file (blocking: run it in a thread)."""
+    handle = tempfile.NamedTemporaryFile(prefix="convox-source-", suffix=".tgz", delete=False)  # noqa: SIM115
+    handle.close()
+    with tarfile.open(handle.name, "w:gz") as tar:
+        tar.add(context, arcname=".")
+    return Path(handle.name)
+
+
+class AwsBuilds:
+    def __init__(
+        self,
+        state: State,
+        clients: Clients,
+        apps: AwsApps,
+        releases: AwsReleases,
+        formation: AwsFormation,
+        rack: str,
+        build_image: str,
+    ) -> None:
+        self.state = state
+        self.clients = clients
+        self.apps = apps
+        self.releases = releases
+        self.formation = formation
+        self.rack = rack
+        self.build_image = build_image
+
+    async def _item(self, app: str, build: str) -> Item:
+        await self.apps.item(app)
+        item = await self.state.get_item(self.state.builds_table, {"id": build}, f"no such build: {build}")
+        if item.get("app") != app:
+            raise NotFound(f"no such build: {build}")
+        return item
+
+    async def _set(self, build: str, **values: Any) -> None:
+        db = await self.state.dynamodb()
+        names = {f"#{k}": k for k in values}
+        expression = "SET " + ", ".join(f"#{k} = :{k}" for k in values)
+        with translated(f"no such build: {build}"):
+            await db.update_item(
+                TableName=self.state.builds_table,
+                Key=to_item({"id": build}),
+                UpdateExpression=expression,
+                ConditionExpression="attribute_exists(id)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=to_item({f":{k}": v for k, v in values.items()}),
+            )
+
+    async def create(self, app: str, context: Path, manifest: Manifest, options: BuildOptions) -> Build:
+        """Store the source, record the build and start the builder task; the provider owns ``context``."""
+        try:
+            await self.apps.item(app)
+            build = build_id()
+            archive = await asyncio.to_thread(pack, context)
+            try:
+                size = await self.state.upload_file(source_key(app, build), archive)
+            finally:
+                await asyncio.to_thread(archive.unlink, True)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, context, True)
+        item = {
+            "id": build,
+            "app": app,
+            "status": "created",
+            "description": options.description,
+            "manifest": manifest.model_dump_json(),
+            "created": now_iso(),
+            "release": "",
+            "source_bytes": size,
+        }
+        db = await self.state.dynamodb()
+        with translated(f"build already exists: {build}"):
+            await db.put_item(
+                TableName=self.state.builds_table, Item=to_item(item), ConditionExpression="attribute_not_exists(id)"
+            )
+        await self._start(app, build, manifest, options)
+        log.log("build.create", app=app, build=build, services=len(manifest.services), bytes=size)
+        return await self.get(app, build)
+
+    async def _start(self, app: str, build: str, manifest: Manifest, options: BuildOptions) -> None:
+        if not self.build_image:
+            await self._set(build, status="failed", error=NO_BUILDER, ended=now_iso())
+            return
+        ecs = await self.clients.get("ecs")
+        env = {
+            "BUILD_ID": build,
+            "APP": app,
+            "RACK": self.rack,
+            "SOURCE_BUCKET": self.state.bucket,
+            "SOURCE_KEY": source_key(app, build),
+            "BUILD_NO_CACHE": "true" if options.no_cache else "false",
+            "BUILD_MANIFEST": options.manifest or "convox.yml",
+        }
+        definition = {
+            "family": f"{self.rack}-build",
+            "networkMode": "awsvpc" if self.formation.settings.launch_type == "FARGATE" else "bridge",
+            "containerDefinitions": [
+                {
+                    "name": "build",
+                    "image": self.build_image,
+                    "essential": True,
+                    "memory": 1024,
+                    "environment": [{"name": k, "value": v} for k, v in sorted(env.items())],
+                    "logConfiguration": {
+                        "logDriver": "awslogs",
+                        "options": {
+                            "awslogs-group": log_group(self.rack, app),
+                            "awslogs-region": self.clients.region,
+                            "awslogs-stream-prefix": "build",
+                        },
+                    },
+                }
+            ],
+        }
+        try:
+            with translated(f"cannot start build {build}"):
+                registered = await ecs.register_task_definition(**definition)
+                response = await ecs.run_task(
+                    cluster=self.formation.cluster,
+                    count=1,
+                    startedBy=f"convox.build.{app}",
+                    taskDefinition=registered["taskDefinition"]["taskDefinitionArn"],
+                    launchType=self.formation.settings.launch_type,
+                    tags=[{"key": "convox.rack", "value": self.rack}, {"key": "convox.build", "value": build}],
+                    **self.formation.network(),
+                )
+            if not response.get("tasks"):
+                raise BadRequest(", ".join(str(f.get("reason")) for f in response.get("failures", [])) or "no task")
+        except Exception as exc:
+            await self._set(build, status="failed", error=f"cannot start the builder: {exc}", ended=now_iso())
+            return
+        await self._set(build, status="running", started=now_iso(), task=response["tasks"][0]["taskArn"])
+
+    async def finish(self, app: str, build: str, images: dict[str, str], error: str = "") -> Build:
+        """The builder's report: the images it pushed (one per built process type) and a release, or its
+        error. Only a running build can finish (a second report is a Conflict)."""
+        item = await self._item(app, build)
+        if item["status"] != "running":
+            raise BadRequest(f"build {build} is {item['status']}, not running")
+        if error:
+            await self._set(build, status="failed", error=error, ended=now_iso())
+            return await self.get(app, build)
+        await self._set(build, status="complete", images=images, ended=now_iso())
+        release = await self.releases.create(app, build=build, description=item.get("description", ""))
+        await self._set(build, release=release.id)
+        log.log("build.complete", app=app, build=build, release=release.id)
+        return await self.get(app, build)
+
+    async def get(self, app: str, build_id: str) -> Build:
+        return to_build(await self._item(app, build_id))
+
+    async def list(self, app: str, limit: int = 20) -> list[Build]:
+        await self.apps.item(app)
+        items = await self.state.query_app(self.state.builds_table, app, max(1, min(limit, 1000)))
+        return [to_build(i) for i in items]
+
+    async def logs(self, app: str, build_id: str, follow: bool = True) -> AsyncIterator[bytes]:
+        """The builder's output (stream ``build/build/TASKID``), polled until the build has ended."""
+        item = await self._item(app, build_id)
+        cw = await self.clients.get("logs")
+        task = str(item.get("task", "")).rsplit("/", 1)[-1]
+        stream = f"build/build/{task}"
+        token: str | None = None
+        while True:
+            ended = (await self._item(app, build_id))["status"] in {"complete", "failed"}
+            while task:
+                kwargs: dict[str, Any] = {
+                    "logGroupName": log_group(self.rack, app),
+                    "logStreamName": stream,
+                    "startFromHead": True,
+                }
+                if token:
+                    kwargs["nextToken"] = token
+                try:
+                    response = await cw.get_log_events(**kwargs)
+                except Exception as exc:
+                    if error_code(exc) != "ResourceNotFoundException":
+                        with translated(f"cannot read the log of build {build_id}"):
+                            raise
+                    break
+                events = response.get("events", [])
+                token = response.get("nextForwardToken")
+                if not events:
+                    break
+                yield b"".join((e["message"].rstrip("\n") + "\n").encode() for e in events)
+            if ended or not follow:
+                if item.get("error") or (await self._item(app, build_id)).get("error"):
+                    yield f"Build failed: {(await self._item(app, build_id)).get('error', '')}\n".encode()
+                return
+            await asyncio.sleep(1.0)
+
+    async def recover(self) -> int:
+        """Mark failed the builds whose builder task is gone (or that never got one); returns how many."""
+        ecs = await self.clients.get("ecs")
+        count = 0
+        async for item in self.state.scan(self.state.builds_table):
+            if item.get("status") not in {"created", "running"}:
+                continue
+            alive = False
+            if item.get("task"):
+                with translated("cannot describe the builder"):
+                    described = await ecs.describe_tasks(cluster=self.formation.cluster, tasks=[item["task"]])
+                tasks = described.get("tasks", [])
+                alive = any(t.get("lastStatus") not in {"STOPPED", "DEPROVISIONING"} for t in tasks)
+            if not alive:
+                await self._set(item["id"], status="failed", error=RESTARTED, ended=now_iso())
+                count += 1
+        return count

@@ -1,0 +1,118 @@
+"""The AWS provider, opened as an async context manager: its clients are made on first use, closed at exit."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from shared import __version__
+from shared.config import RackSettings
+from shared.errors import BadRequest
+from shared.models import Resource, System
+from shared.provider.aws.apps import AwsApps
+from shared.provider.aws.builds import AwsBuilds
+from shared.provider.aws.clients import Clients, translated
+from shared.provider.aws.formation import AwsFormation
+from shared.provider.aws.logs import AwsLogs
+from shared.provider.aws.processes import AwsProcesses
+from shared.provider.aws.releases import AwsReleases
+from shared.provider.aws.settings import AwsProviderSettings
+from shared.provider.aws.state import State
+
+NOT_YET = "backing services are not available on the aws provider yet (RDS and ElastiCache: issue 15 item 9)"
+
+
+class AwsSystem:
+    def __init__(self, rack: str, region: str) -> None:
+        self.rack = rack
+        self.region = region
+
+    async def get(self) -> System:
+        return System(name=self.rack, version=__version__, provider="aws", status="running")
+
+
+class AwsResources:
+    """Backing services: every call is refused with a clear error until RDS and ElastiCache are wired."""
+
+    async def create(self, kind: str, name: str) -> Resource:
+        raise BadRequest(NOT_YET)
+
+    async def get(self, name: str, reveal: bool = False) -> Resource:
+        raise BadRequest(NOT_YET)
+
+    async def list(self, reveal: bool = False) -> list[Resource]:
+        return []
+
+    async def delete(self, name: str) -> None:
+        raise BadRequest(NOT_YET)
+
+    async def link(self, name: str, app: str) -> Resource:
+        raise BadRequest(NOT_YET)
+
+    async def unlink(self, name: str, app: str) -> Resource:
+        raise BadRequest(NOT_YET)
+
+    async def adopt(self) -> None:
+        return None
+
+
+class AwsParams:
+    """The rack's parameters are its stack's (CloudFormation); set through ``convox rack params set``."""
+
+    def __init__(self, clients: Clients, stack: str) -> None:
+        self.clients = clients
+        self.stack = stack
+
+    async def get(self) -> dict[str, str]:
+        cfn = await self.clients.get("cloudformation")
+        with translated(f"no such rack stack: {self.stack}"):
+            stacks = (await cfn.describe_stacks(StackName=self.stack))["Stacks"]
+        return {p["ParameterKey"]: p.get("ParameterValue", "") for p in stacks[0].get("Parameters", [])}
+
+    async def set(self, values: dict[str, str]) -> dict[str, str]:
+        raise BadRequest("rack parameters on aws are changed by updating the rack stack: convox rack params set")
+
+
+class AwsProvider:
+    name = "aws"
+
+    def __init__(self, settings: RackSettings, aws: AwsProviderSettings | None = None) -> None:
+        aws = aws or AwsProviderSettings()
+        self.settings = settings
+        self.aws = aws
+        self.clients = Clients(aws.region)
+        self.state = State(self.clients, aws, settings.name)
+        self.apps = AwsApps(self.state, self.clients, settings.name)
+        self.system = AwsSystem(settings.name, self.clients.region)
+        self.releases = AwsReleases(self.state, self.apps)
+        self.formation = AwsFormation(self.state, self.clients, self.apps, self.releases, settings.name, aws)
+        self.releases.formation = self.formation
+        self.processes = AwsProcesses(self.clients, self.apps, self.releases, self.formation, settings.name, aws)
+        self.apps.on_delete.append(self.processes.forget)
+        self.apps.on_delete.append(self.formation.forget)
+        self.builds = AwsBuilds(
+            self.state, self.clients, self.apps, self.releases, self.formation, settings.name, aws.build_image
+        )
+        self.logs = AwsLogs(self.clients, self.apps, self.processes, settings.name, aws)
+        self.resources = AwsResources()
+        self.params = AwsParams(self.clients, settings.name)
+
+    async def __aenter__(self) -> Self:
+        if self.aws.bootstrap:
+            await self.state.bootstrap()
+            ecs = await self.clients.get("ecs")
+            with translated("cannot create the rack's cluster"):
+                clusters = (await ecs.describe_clusters(clusters=[self.formation.cluster])).get("clusters", [])
+                if not any(c.get("status") == "ACTIVE" for c in clusters):
+                    await ecs.create_cluster(clusterName=self.formation.cluster)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.processes.close()
+        await self.logs.close()
+        await self.clients.close()

@@ -1,0 +1,169 @@
+"""Releases on AWS: items in ``<prefix>-releases``, each environment an SSE-KMS object in the settings bucket.
+
+A new release is written in one transaction with the app's ``latest`` pointer, on the condition that the
+pointer is still the release it was made from: two releases made at once never both claim to follow the
+same one. :meth:`AwsReleases.change_environment` re-reads and re-applies a change that lost such a race,
+so that two concurrent ``convox env set`` never lose one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from shared.errors import BadRequest, Conflict, NotFound
+from shared.ids import release_id
+from shared.models import App, Release
+from shared.provider.aws.apps import AwsApps
+from shared.provider.aws.clients import error_code, translated
+from shared.provider.aws.state import Item, State, now_iso, parse_iso, to_item
+
+if TYPE_CHECKING:
+    from shared.provider.aws.formation import AwsFormation
+
+RETRIES = 50
+EnvChange = Callable[[dict[str, str]], dict[str, str]]
+
+
+def env_key(app: str, release: str) -> str:
+    return f"apps/{app}/releases/{release}/env.json"
+
+
+class AwsReleases:
+    def __init__(self, state: State, apps: AwsApps) -> None:
+        self.state = state
+        self.apps = apps
+        self.formation: AwsFormation | None = None
+
+    async def _release(self, item: Item) -> Release:
+        env = await self.state.get_json(env_key(item["app"], item["id"]))
+        return Release(
+            id=item["id"],
+            app=item["app"],
+            build=item.get("build", ""),
+            env={str(k): str(v) for k, v in env.items()},
+            manifest=item.get("manifest", ""),
+            description=item.get("description", ""),
+            created=parse_iso(item["created"]),
+        )
+
+    async def _item(self, app: str, release: str) -> Item:
+        item = await self.state.get_item(self.state.releases_table, {"id": release}, f"no such release: {release}")
+        if item.get("app") != app:
+            raise NotFound(f"no such release: {release}")
+        return item
+
+    async def latest(self, app: str) -> Release | None:
+        latest = (await self.apps.item(app)).get("latest", "")
+        return await self._release(await self._item(app, latest)) if latest else None
+
+    async def _build(self, app: str, build: str) -> Item:
+        item = await self.state.get_item(self.state.builds_table, {"id": build}, f"no such build: {build}")
+        if item.get("app") != app:
+            raise NotFound(f"no such build: {build}")
+        if item.get("status") != "complete":
+            raise BadRequest(f"build {build} is {item.get('status')}, not complete")
+        return item
+
+    async def _create(self, app: str, build: str | None, change: EnvChange, description: str) -> Release:
+        db = await self.state.dynamodb()
+        for _ in range(RETRIES):
+            base_id = (await self.apps.item(app)).get("latest", "")
+            base = await self._release(await self._item(app, base_id)) if base_id else None
+            manifest = base.manifest if base else ""
+            use_build = (base.build if base else "") if build is None else build
+            if build:
+                manifest = (await self._build(app, build)).get("manifest", "")
+            release = Release(
+                id=release_id(),
+                app=app,
+                build=use_build,
+                env=change(dict(base.env) if base else {}),
+                manifest=manifest,
+                description=description,
+            )
+            created = now_iso()
+            await self.state.put_secret_json(env_key(app, release.id), release.env)
+            item = {
+                "id": release.id,
+                "app": app,
+                "build": release.build,
+                "manifest": manifest,
+                "description": description,
+                "created": created,
+            }
+            try:
+                await db.transact_write_items(
+                    TransactItems=[
+                        {
+                            "Put": {
+                                "TableName": self.state.releases_table,
+                                "Item": to_item(item),
+                                "ConditionExpression": "attribute_not_exists(id)",
+                            }
+                        },
+                        {
+                            "Update": {
+                                "TableName": self.state.apps_table,
+                                "Key": to_item({"name": app}),
+                                "UpdateExpression": "SET #l = :new",
+                                "ConditionExpression": "attribute_exists(#n) AND #l = :old",
+                                "ExpressionAttributeNames": {"#l": "latest", "#n": "name"},
+                                "ExpressionAttributeValues": to_item({":new": release.id, ":old": base_id}),
+                            }
+                        },
+                    ]
+                )
+            except Exception as exc:
+                await self.state.delete_object(env_key(app, release.id))
+                if error_code(exc) != "TransactionCanceledException":
+                    with translated(f"cannot create a release of {app}"):
+                        raise
+                await self.apps.item(app)  # NotFound when the app went meanwhile
+                continue  # another release came first: make this one again on top of it
+            return release.model_copy(update={"created": parse_iso(created)})
+        raise Conflict(f"app {app} is changing too fast to make a release; try again")
+
+    async def create(
+        self, app: str, *, build: str | None = None, env: dict[str, str] | None = None, description: str = ""
+    ) -> Release:
+        await self.apps.item(app)
+        if build:
+            await self._build(app, build)
+        return await self._create(
+            app, build, (lambda base: base) if env is None else (lambda _: dict(env)), description
+        )
+
+    async def change_environment(
+        self, app: str, set: dict[str, str] | None = None, unset: list[str] | None = None, description: str = ""
+    ) -> Release:
+        """A release whose environment is the latest one's with ``set`` and without ``unset``, applied to
+        whichever release is latest when it is written (a concurrent change is never lost)."""
+        await self.apps.item(app)
+
+        def change(base: dict[str, str]) -> dict[str, str]:
+            changed = {**base, **(set or {})}
+            for key in unset or []:
+                changed.pop(key, None)
+            return changed
+
+        return await self._create(app, None, change, description)
+
+    async def get(self, app: str, release_id: str) -> Release:
+        await self.apps.item(app)
+        return await self._release(await self._item(app, release_id))
+
+    async def environment(self, app: str) -> dict[str, str]:
+        latest = await self.latest(app)
+        return dict(latest.env) if latest else {}
+
+    async def promote(self, app: str, release_id: str) -> App:
+        release = await self.get(app, release_id)
+        if self.formation is None:
+            raise RuntimeError("the roll-out is not wired to this provider")
+        return await self.formation.promote(release)
+
+    async def list(self, app: str, limit: int = 20) -> list[Release]:
+        await self.apps.item(app)
+        items = await self.state.query_app(self.state.releases_table, app, max(1, min(limit, 1000)))
+        return [await self._release(item) for item in items]

@@ -1,0 +1,33 @@
+"""The AWS provider's settings (env prefix ``RACK_AWS_``); the endpoint and credentials are AWS's own."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AwsProviderSettings(BaseSettings):
+    """Names of what the rack stack made, and the provider's tuning. Empty names derive from the rack's name.
+
+    The endpoint, region and credentials come from the standard AWS settings (``AWS_ENDPOINT_URL``,
+    ``AWS_DEFAULT_REGION``, the credential chain), read by botocore itself.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RACK_AWS_", extra="ignore")
+
+    region: str = Field("", description="The rack's region; AWS_DEFAULT_REGION (or us-east-1) when empty.")
+    cluster: str = Field("", description="The ECS cluster; '<rack>' when empty.")
+    bucket: str = Field("", description="The settings bucket (sources, environments); '<rack>-settings' when empty.")
+    table_prefix: str = Field("", description="DynamoDB tables are '<prefix>-apps', ... ; '<rack>' when empty.")
+    kms_key: str = Field("", description="The KMS key encrypting environments (SSE-KMS); the AWS-managed key if empty.")
+    launch_type: str = Field("EC2", description="EC2 (container instances) or FARGATE.")
+    subnets: list[str] = Field(default_factory=list, description="Subnets of awsvpc tasks (FARGATE).")
+    security_groups: list[str] = Field(default_factory=list, description="Security groups of awsvpc tasks.")
+    execution_role: str = Field("", description="The task execution role (pulls from ECR, writes logs).")
+    bootstrap: bool = Field(False, description="Create missing tables, bucket, cluster (a rack without a stack).")
+    log_poll_interval: float = Field(1.0, gt=0, description="Seconds between FilterLogEvents polls when following.")
+    log_lookback: float = Field(10.0, ge=0, description="Seconds each poll looks back for lines ingested late.")
+    lock_timeout: float = Field(60.0, gt=0, description="Seconds a promote waits for another promote of its app.")
+    reaper_interval: float = Field(5.0, gt=0, description="Seconds between checks of one-off time limits.")
+    multipart_threshold: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Bytes; above, multipart.")
+    build_image: str = Field("", description="The builder image, run as an ECS task per build (empty: builds fail).")
