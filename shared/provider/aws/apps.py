@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.errors import BadRequest, Conflict, NotFound
-from shared.models import APP_NAME_RE, RACK_APP, App, invalid_app_name
+from shared.models import RACK_APP, App, invalid_app_name
+from shared.names import is_app_name
 from shared.provider.aws.clients import Clients, error_code, translated
 from shared.provider.aws.state import Item, State, now_iso, to_item
 
@@ -20,7 +21,7 @@ ATTRIBUTE_NAMES = {"#n": "name", "#s": "status", "#r": "release", "#l": "latest"
 
 
 def check_name(name: str) -> None:
-    if not APP_NAME_RE.match(name):
+    if not is_app_name(name):
         raise BadRequest(invalid_app_name(name))
 
 

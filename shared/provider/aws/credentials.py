@@ -74,7 +74,7 @@ def parse_credentials(text: str, source: str = "credentials file") -> AwsCredent
         raise CredentialsError(f"{source}: line 2 has {len(row)} fields, the header {len(header)}")
     values: dict[str, str] = {h: cell.strip() for h, cell in zip(header, row, strict=True)}
     access, secret = values["accesskeyid"], values["secretaccesskey"]
-    if not _ACCESS_PATTERN.match(access):
+    if not _ACCESS_PATTERN.fullmatch(access):
         raise CredentialsError(f"{source}: the access key id is not an AWS access key id (AKIA... or ASIA...)")
     if len(secret) < 16 or any(c.isspace() for c in secret):
         raise CredentialsError(f"{source}: the secret access key is malformed (its value is not shown)")

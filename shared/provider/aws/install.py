@@ -48,7 +48,7 @@ def password_parameter(name: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise BadRequest(
             f"invalid rack name {name!r}: 2-29 lowercase letters, digits and dashes, starting with a letter"
         )
