@@ -93,6 +93,23 @@ async def deny(
         await send({"type": "websocket.close", "code": 1008, "reason": message})
 
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class CleanPath:
+    """Refuses (400) a request whose decoded path holds a control character: no name has one, and the router's
+    patterns would take ``/apps/myapp%0A`` for ``/apps/myapp`` (``$`` matches before a final newline)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and CONTROL.search(scope["path"]):
+            await deny(scope, receive, send, 400, f"invalid path: {scope['path']!r} (a control character)")
+            return
+        await self.app(scope, receive, send)
+
+
 MAX_BODY = 1024 * 1024
 """The largest request body of a JSON route (an upload route streams its own, under its own cap)."""
 
@@ -213,6 +230,7 @@ def create_service_app(
         return {"status": "ok", "service": name}
 
     app.add_middleware(BodyLimit, exempt=raw_bodies)
+    app.add_middleware(CleanPath)
     if secret is not None:
         app.add_middleware(InternalOnly, secret=secret)
     return app
