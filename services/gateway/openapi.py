@@ -56,6 +56,8 @@ def document_errors(method: str, operation: dict[str, Any]) -> None:
     added = {"401": _error("No or a wrong password (HTTP Basic)"), "503": _error("The service is unavailable")}
     if operation.get("parameters") or operation.get("requestBody"):
         added["400"] = _error("Bad input")
+    if any(p.get("in") == "path" for p in operation.get("parameters") or []):
+        added["404"] = _error("No such app, or no such object named in the path")
     if method in STATE_CHANGING:
         added["403"] = _error("Refused: the request comes from another site (Origin)")
     if operation.get("requestBody"):
