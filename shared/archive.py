@@ -24,6 +24,8 @@ from shared.errors import BadRequest, PayloadTooLarge
 CHUNK = 1024 * 1024
 MAX_LINK_DEPTH = 40
 MAX_NAME = 4096
+MAX_HEADER = 1024 * 1024
+"""The most a GNU long-name or pax header may declare: tarfile reads such a header whole into memory."""
 
 
 class UnsafeArchive(BadRequest):
@@ -179,6 +181,27 @@ def resolve_inside(root: Path, relative: str, _depth: int = 0) -> str | None:
     return "/".join(stack)
 
 
+class BoundedTarInfo(tarfile.TarInfo):
+    """A member whose GNU long-name/long-link or pax header is refused before it is read when it declares more
+    than :data:`MAX_HEADER` bytes (tarfile would read gigabytes into memory for a header a small upload
+    declares)."""
+
+    def _bounded(self) -> None:
+        if self.size > MAX_HEADER:
+            raise PayloadTooLarge(
+                f"bad archive member {self.name[:200]!r}: its header declares {human_size(self.size)} "
+                f"(at most {human_size(MAX_HEADER)})"
+            )
+
+    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        self._bounded()
+        return super()._proc_gnulong(tarfile)  # type: ignore[misc, no-any-return]
+
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        self._bounded()
+        return super()._proc_pax(tarfile)  # type: ignore[misc, no-any-return]
+
+
 def _check(member: tarfile.TarInfo, root: Path) -> None:
     """Refuse ``member`` unless it stays inside ``root`` given what is already extracted."""
     name = member.name
@@ -270,10 +293,10 @@ def extract(archive: Path, dest: Path, *, max_size: int | None = None, max_membe
 
     try:
         try:
-            with tarfile.open(archive, mode="r:*") as tar:
+            with tarfile.open(archive, mode="r:*", tarinfo=BoundedTarInfo) as tar:
                 tar.errorlevel = 2
                 tar.extractall(root, members=members(tar), filter=safe)
-        except (tarfile.TarError, EOFError, OSError, UnicodeError) as exc:
+        except (tarfile.TarError, EOFError, OSError, UnicodeError, RecursionError) as exc:
             if isinstance(exc, tarfile.FilterError):
                 raise UnsafeArchive(exc.tarinfo.name, type(exc).__name__) from None
             raise BadRequest(f"source is not a readable tar.gz archive ({type(exc).__name__})") from None

@@ -45,61 +45,68 @@ def parse(text: str) -> list[str]:
     return patterns
 
 
-def _translate(pattern: str) -> str:
-    """A regular expression for one pattern, the way moby's patternmatcher builds it."""
-    out = ["^"]
+Token = tuple[str, str]
+"""One step of a compiled pattern: ``("lit", c)``, ``("one", "")`` (``?``), ``("class", regex)``, ``("star",
+"")`` (``*``), ``("any", "")`` (a trailing ``**``) or ``("dirs", "")`` (``**/``: any directories, none too)."""
+
+
+def _tokens(pattern: str) -> list[Token]:
+    """The steps of one pattern, read the way moby's patternmatcher reads it."""
+    out: list[Token] = []
     i, n = 0, len(pattern)
-    in_class = False
     while i < n:
         ch = pattern[i]
         i += 1
-        if in_class:
-            if ch == "\\" and i < n:
-                out.append("\\" + pattern[i])
-                i += 1
-            elif ch == "]":
-                out.append("]")
-                in_class = False
-            elif ch == "[":
-                out.append("\\[")
-            else:
-                out.append(ch)
-            continue
         if ch == "*":
             if i < n and pattern[i] == "*":
                 i += 1
                 if i < n and pattern[i] == "/":
                     i += 1
-                out.append(".*" if i >= n else "(.*/)?")
+                out.append(("any", "") if i >= n else ("dirs", ""))
             else:
-                out.append("[^/]*")
+                out.append(("star", ""))
         elif ch == "?":
-            out.append("[^/]")
+            out.append(("one", ""))
         elif ch == "\\":
-            if i < n:
-                out.append(re.escape(pattern[i]))
-                i += 1
-            else:
-                out.append("\\\\")
+            out.append(("lit", pattern[i] if i < n else "\\"))
+            i += 1
         elif ch == "[":
-            in_class = True
-            out.append("[")
+            body = ["["]
             if i < n and pattern[i] == "^":
-                out.append("^")
+                body.append("^")
                 i += 1
+            while True:
+                if i >= n:
+                    raise ValueError(f"syntax error in pattern: {pattern!r}")
+                ch = pattern[i]
+                i += 1
+                if ch == "\\" and i < n:
+                    body.append("\\" + pattern[i])
+                    i += 1
+                elif ch == "]":
+                    body.append("]")
+                    break
+                elif ch == "[":
+                    body.append("\\[")
+                else:
+                    body.append(ch)
+            text = "".join(body)
+            try:
+                re.compile(text)
+            except re.error:
+                raise ValueError(f"syntax error in pattern: {pattern!r}") from None
+            out.append(("class", text))
         else:
-            out.append(re.escape(ch))
-    if in_class:
-        raise ValueError(f"syntax error in pattern: {pattern!r}")
-    out.append("$")
-    return "".join(out)
+            out.append(("lit", ch))
+    return out
 
 
 @dataclass(frozen=True)
 class Pattern:
     text: str
     exclusion: bool
-    regex: re.Pattern[str]
+    tokens: tuple[Token, ...]
+    classes: dict[int, re.Pattern[str]]
 
     @classmethod
     def compile(cls, raw: str) -> Pattern:
@@ -108,10 +115,56 @@ class Pattern:
         if exclusion and not text:
             raise ValueError('illegal exclusion pattern: "!"')
         text = posixpath.normpath(text) if text else "."
-        return cls(text, exclusion, re.compile(_translate(text), re.DOTALL))
+        tokens = tuple(_tokens(text))
+        classes = {i: re.compile(arg, re.DOTALL) for i, (kind, arg) in enumerate(tokens) if kind == "class"}
+        return cls(text, exclusion, tokens, classes)
 
     def match(self, path: str) -> bool:
-        return self.regex.match(path) is not None
+        """Whether the whole of ``path`` matches: a set of positions in the pattern advanced one character at a
+        time (no backtracking, so time is at most the path's length times the pattern's)."""
+        tokens = self.tokens
+        n = len(tokens)
+        states = self._closure({0})
+        for ch in path:
+            following: set[int] = set()
+            for state in states:
+                inside = state < 0  # -(i + 1): within a ``**/`` at step i, past at least one character
+                i = -state - 1 if inside else state
+                if i >= n:
+                    continue
+                kind, arg = tokens[i]
+                if kind == "dirs" or inside:
+                    following.add(-(i + 1))
+                    if ch == "/":
+                        following.add(i + 1)
+                elif kind == "lit":
+                    if ch == arg:
+                        following.add(i + 1)
+                elif kind == "one":
+                    if ch != "/":
+                        following.add(i + 1)
+                elif kind == "class":
+                    if self.classes[i].fullmatch(ch):
+                        following.add(i + 1)
+                elif kind == "star":
+                    if ch != "/":
+                        following.add(i)
+                else:  # any
+                    following.add(i)
+            if not following:
+                return False
+            states = self._closure(following)
+        return n in states
+
+    def _closure(self, states: set[int]) -> set[int]:
+        """``states`` with every step that can match nothing (``*``, ``**``) skipped as well."""
+        todo = list(states)
+        while todo:
+            i = todo.pop()
+            if 0 <= i < len(self.tokens) and self.tokens[i][0] in ("star", "any", "dirs") and i + 1 not in states:
+                states.add(i + 1)
+                todo.append(i + 1)
+        return states
 
     @property
     def literal_prefix(self) -> str:

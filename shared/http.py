@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import RackError
 from shared.logfmt import Logger
@@ -92,6 +93,75 @@ async def deny(
         await send({"type": "websocket.close", "code": 1008, "reason": message})
 
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class CleanPath:
+    """Refuses (400) a request whose decoded path holds a control character: no name has one, and the router's
+    patterns would take ``/apps/myapp%0A`` for ``/apps/myapp`` (``$`` matches before a final newline)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and CONTROL.search(scope["path"]):
+            await deny(scope, receive, send, 400, f"invalid path: {scope['path']!r} (a control character)")
+            return
+        await self.app(scope, receive, send)
+
+
+MAX_BODY = 1024 * 1024
+"""The largest request body of a JSON route (an upload route streams its own, under its own cap)."""
+
+
+class BodyLimit:
+    """Refuses (413) a request body over ``limit`` bytes, before any handler reads it; a body within the limit
+    is read here and handed on whole. Paths matching ``exempt`` (uploads, which stream) pass untouched."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY, exempt: Sequence[str] = ()) -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt = [re.compile(p) for p in exempt]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or any(p.fullmatch(scope["path"]) for p in self.exempt):
+            await self.app(scope, receive, send)
+            return
+        too_large = f"request body larger than {self.limit} bytes"
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await deny(scope, receive, send, 400, "bad content-length")
+                return
+            if int(declared) > self.limit:
+                await deny(scope, receive, send, 413, too_large)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await deny(scope, receive, send, 413, too_large)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 class InternalOnly:
     """Refuses every request that does not carry the gateway's per-start secret."""
 
@@ -139,8 +209,10 @@ def create_service_app(
     lifespan: Callable[[FastAPI], Any] | None = None,
     tags: list[dict[str, Any]] | None = None,
     secret: str | None = None,
+    raw_bodies: Sequence[str] = (),
 ) -> FastAPI:
-    """A FastAPI app for one of the rack's services, with the shared error shape and ``GET /check``."""
+    """A FastAPI app for one of the rack's services, with the shared error shape and ``GET /check``. Request
+    bodies are capped (:class:`BodyLimit`) but on paths matching ``raw_bodies`` (uploads)."""
     app = FastAPI(
         title=f"rack {name}",
         version=version,
@@ -157,6 +229,8 @@ def create_service_app(
     async def check() -> dict[str, str]:
         return {"status": "ok", "service": name}
 
+    app.add_middleware(BodyLimit, exempt=raw_bodies)
+    app.add_middleware(CleanPath)
     if secret is not None:
         app.add_middleware(InternalOnly, secret=secret)
     return app

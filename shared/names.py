@@ -70,8 +70,15 @@ def under(root: Path, *parts: str) -> Path:
         if not part or part in (".", "..") or "/" in part or "\x00" in part or (os.altsep and os.altsep in part):
             raise OutsideRoot(f"unsafe path component: {part!r}")
     path = root.joinpath(*parts)
-    base = os.path.realpath(root)
-    resolved = os.path.realpath(path)
-    if os.path.commonpath([base, resolved]) != base or resolved == base:
+    if not is_under(root, path):
         raise OutsideRoot(f"{path} leads outside {root}")
     return path
+
+
+def is_under(root: Path, path: Path, *, or_root: bool = False) -> bool:
+    """Whether ``path`` resolves (links followed) strictly under ``root`` (or to it, with ``or_root``)."""
+    base = os.path.realpath(root)
+    resolved = os.path.realpath(path)
+    if resolved == base:
+        return or_root
+    return os.path.commonpath([base, resolved]) == base

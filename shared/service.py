@@ -31,10 +31,12 @@ def build_service(
     internal: bool = True,
     tags: list[dict[str, Any]] | None = None,
     startup: Sequence[Callable[[Provider], Awaitable[None]]] = (),
+    raw_bodies: Sequence[str] = (),
 ) -> FastAPI:
     """A service app. ``startup`` runs with the opened provider before the service answers.
     ``provider`` replaces the configured one (tests pass a fake through this seam);
-    ``internal=False`` drops the gateway-secret guard, for in-process tests only."""
+    ``internal=False`` drops the gateway-secret guard, for in-process tests only; ``raw_bodies`` are the
+    paths (regexes) whose bodies a route streams itself, exempt from the JSON body cap."""
     settings = settings or RackSettings()
 
     @asynccontextmanager
@@ -47,7 +49,9 @@ def build_service(
             yield
 
     secret = settings.internal_secret.get_secret_value() if internal else None
-    app = create_service_app(name, version=__version__, lifespan=lifespan, tags=tags, secret=secret)
+    app = create_service_app(
+        name, version=__version__, lifespan=lifespan, tags=tags, secret=secret, raw_bodies=raw_bodies
+    )
     for router in routers:
         app.include_router(router)
     return app

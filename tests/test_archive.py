@@ -3,16 +3,19 @@ extraction that refuses what would land outside the tree and leaves nothing behi
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import stat
 import tarfile
+import time
+import tracemalloc
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
 
-from shared.archive import UnsafeArchive, extract, pack, receive, resolve_inside
+from shared.archive import MAX_HEADER, UnsafeArchive, extract, pack, receive, resolve_inside
 from shared.dockerignore import Matcher, parse, walk
 from shared.errors import BadRequest, PayloadTooLarge
 
@@ -78,6 +81,35 @@ def excluded(patterns: str, path: str) -> bool:
 )
 def test_dockerignore_matches_like_docker(patterns: str, path: str, expected: bool) -> None:
     assert excluded(patterns, path) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "expected"),
+    [
+        ("*a*a*a*a*a*a*b", "a" * 59 + "b", True),
+        ("*a*a*a*a*a*a*b", "a" * 60, False),
+        ("a*/**/b*", "ax/y/z/bq", True),
+        ("a*/**/b*", "ax/y/z/q", False),
+        ("**/**/x", "x", True),
+        ("**/**/x", "p/q/x", True),
+        ("*/", "dir", True),
+        ("?", "/", False),
+        ("[/]", "/", True),
+        ("x**", "xa/b", True),
+        ("x*", "xa/b", True),  # through its parent xa
+    ],
+)
+def test_dockerignore_wildcards_match_whole_paths(pattern: str, path: str, expected: bool) -> None:
+    assert excluded(pattern, path) is expected
+
+
+def test_dockerignore_patterns_match_without_backtracking() -> None:
+    matcher = Matcher(["*a*a*a*a*a*a*a*a*a*a*a*a*b", "**/**/**/**/**/**/**/**/x*y*z"])
+    started = time.perf_counter()
+    for _ in range(20):
+        assert not matcher.excluded("a" * 60)
+        assert not matcher.excluded("/".join(["xyx"] * 30))
+    assert time.perf_counter() - started < 2.0  # backtracking took 0.6 s for one name with 6 stars
 
 
 def test_dockerignore_rejects_a_lone_bang_and_an_open_class() -> None:
@@ -329,3 +361,38 @@ def test_pack_refuses_links_out_of_the_tree_when_asked(tmp_path: Path) -> None:
         pack(tmp_path, io.BytesIO(), check_links=True)
     (tmp_path / ".dockerignore").write_text("etc\n")
     assert pack(tmp_path, io.BytesIO(), check_links=True) == 4  # .dockerignore, inside, inside/file, ok
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE])
+def test_a_header_declaring_gigabytes_is_refused_before_it_is_read(tmp_path: Path, kind: bytes) -> None:
+    header = tarfile.TarInfo("././@LongLink" if kind in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) else "pax")
+    header.type = kind
+    header.size = 4 << 30
+    bomb = tmp_path / "bomb.tgz"
+    with gzip.open(bomb, "wb", compresslevel=1) as out:  # 64 MiB of "header" in a few KiB
+        out.write(header.tobuf(format=tarfile.GNU_FORMAT))
+        for _ in range(64):
+            out.write(b"a" * (1 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge, match="header declares 4 GiB"):
+            extract(bomb, tmp_path / "out")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_long_name_within_the_header_bound_is_extracted(tmp_path: Path) -> None:
+    name = "/".join(["d" * 200] * 5) + "/file"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"ok"))
+    (tmp_path / "a.tgz").write_bytes(buffer.getvalue())
+    assert len(name) < MAX_HEADER
+    extract(tmp_path / "a.tgz", tmp_path / "out")
+    assert (tmp_path / "out" / name).read_bytes() == b"ok"

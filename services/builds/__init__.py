@@ -6,7 +6,7 @@ import asyncio
 
 from fastapi import FastAPI
 
-from services.builds.routes import UPLOADS, router
+from services.builds.routes import UPLOAD_PATH, UPLOADS, router
 from services.builds.settings import BuildsSettings
 from shared.archive import remove_tree
 from shared.config import RackSettings
@@ -39,7 +39,14 @@ def create_app(
             log.log("build.recover", failed=failed)
 
     app = build_service(
-        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[recover]
+        NAME,
+        ROUTERS,
+        settings=settings,
+        provider=provider,
+        internal=internal,
+        tags=TAGS,
+        startup=[recover],
+        raw_bodies=[UPLOAD_PATH],
     )
     app.state.builds_settings = builds or BuildsSettings()
     return app

@@ -37,6 +37,8 @@ router = APIRouter()
 UPLOADS = "tmp"
 """Under the data dir: uploads being received and extracted (``upload-*``), removed at the service's start."""
 
+UPLOAD_PATH = r"/apps/[^/]+/builds"
+"""Where sources are uploaded (streamed to disk under the builds' own cap, not the JSON body cap)."""
 AppPath = app_path()
 BuildPath = id_path("The build's id.", "BAPRZPQKXNE")
 NOT_FOUND = error_response(404, "No such app or build")

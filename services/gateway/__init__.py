@@ -21,7 +21,7 @@ from services.gateway.openapi import merged
 from services.gateway.proxy import Upstreams, not_routed
 from services.gateway.routing import service_for
 from shared import __version__
-from shared.http import install_error_handlers
+from shared.http import CleanPath, install_error_handlers
 from shared.logfmt import Logger, Quoted
 
 log = Logger("gateway")
@@ -120,6 +120,7 @@ def create_app(password: str, upstreams: Upstreams) -> FastAPI:
             return
         await upstreams.relay(service, websocket)
 
+    app.add_middleware(CleanPath)
     app.add_middleware(RequirePassword, password=password)
     app.add_middleware(RequestLog)
     return app

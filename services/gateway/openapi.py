@@ -8,6 +8,7 @@ from typing import Any
 from shared import __version__
 from shared.config import SERVICES
 from shared.errors import RackError
+from shared.http import MAX_BODY
 
 GATEWAY_PATHS: dict[str, Any] = {
     "/check": {
@@ -34,8 +35,35 @@ GATEWAY_PATHS: dict[str, Any] = {
     }
 }
 
-DESCRIPTION = """The rack's API. Every route except `GET /check` needs the rack password as HTTP Basic
-authentication (any user name). Errors are `{"error": "message"}` with a 4xx or 5xx status."""
+DESCRIPTION = f"""The rack's API. Every route except `GET /check` needs the rack password as HTTP Basic
+authentication (any user name). Errors are `{{"error": "message"}}` with a 4xx or 5xx status. A JSON request
+body is at most {MAX_BODY // 1024} KiB (413 beyond); path parameters are checked against their patterns (400)."""
+STATE_CHANGING = ("post", "put", "patch", "delete")
+
+
+def _error(description: str) -> dict[str, Any]:
+    schema = {"$ref": "#/components/schemas/Error"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def document_errors(method: str, operation: dict[str, Any]) -> None:
+    """Add the answers the gateway and every service give to any operation: 401 (HTTP Basic), 503 (the
+    service is down), 400 (bad parameters or body), 403 (a state-changing request from another origin),
+    413 (a body over the cap). What the operation documents itself is kept."""
+    responses = operation.setdefault("responses", {})
+    if operation.get("security") == []:
+        return
+    added = {"401": _error("No or a wrong password (HTTP Basic)"), "503": _error("The service is unavailable")}
+    if operation.get("parameters") or operation.get("requestBody"):
+        added["400"] = _error("Bad input")
+    if any(p.get("in") == "path" for p in operation.get("parameters") or []):
+        added["404"] = _error("No such app, or no such object named in the path")
+    if method in STATE_CHANGING:
+        added["403"] = _error("Refused: the request comes from another site (Origin)")
+    if operation.get("requestBody"):
+        added["413"] = _error("The request body is too large")
+    for status, response in added.items():
+        responses.setdefault(status, response)
 
 
 def merge(documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -48,7 +76,8 @@ def merge(documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for path, item in doc.get("paths", {}).items():
             if path in paths:
                 raise RackError(f"openapi: path {path} is served by two services")
-            for operation in item.values():
+            for method, operation in item.items():
+                document_errors(method, operation)
                 op_id = operation.get("operationId")
                 if op_id in operation_ids:
                     raise RackError(f"openapi: operationId {op_id} in {service} and {operation_ids[op_id]}")

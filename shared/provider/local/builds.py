@@ -27,7 +27,7 @@ from shared.ids import build_id
 from shared.logfmt import Logger
 from shared.manifest import Manifest
 from shared.models import Build, BuildOptions
-from shared.names import is_id, under
+from shared.names import is_id, is_under, under
 from shared.provider.contract import AppsAPI, ReleasesAPI
 from shared.provider.local.docker import Docker
 from shared.provider.local.images import image_name
@@ -255,9 +255,11 @@ class LocalBuilds:
                 continue
             spec = service.build
             directory = source / posixpath.normpath(spec.path)
+            if not is_under(source, directory, or_root=True):  # the manifest refuses it; a link could lead out
+                raise RackError(f"{name}: build path {spec.path!r} leads out of the source", status=400)
             tag = image_name(self.rack, app, name, build)
             await live.write(f"Building {name} ({spec.path}, {spec.manifest}) as {tag}\n".encode())
-            context = source.parent / f"context-{name}.tar"
+            context = under(source.parent, f"context-{name}.tar")
             await asyncio.to_thread(_pack_context, directory, context, spec.manifest)
             try:
                 async for text in self.docker.build(
