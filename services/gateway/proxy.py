@@ -52,6 +52,9 @@ class Upstreams:
                 transport=httpx.AsyncHTTPTransport(uds=str(path)),
                 base_url=f"http://{name}",
                 timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
+                # no cap on connections to a local socket: long-lived streams (plain HTTP log follows) must
+                # not starve every other request; each service caps its own long-lived work (429)
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
             )
             for name, path in sockets.items()
         }
