@@ -44,3 +44,7 @@ class PayloadTooLarge(RackError):
 
 class Unavailable(RackError):
     status = 503
+
+
+class TooManyRequests(RackError):
+    status = 429

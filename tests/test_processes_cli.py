@@ -439,3 +439,47 @@ def test_a_wrong_password_is_an_error_before_the_terminal_changes(cli: Cli, depl
     child = spawn(cli, "exec", "--app", deployed.name, deployed.pid, "sh")
     child.expect("ERROR: invalid password")
     assert finish(child) == 1
+
+
+def test_the_output_of_instant_one_offs_reaches_the_history_and_followers(
+    cli: Cli, rack: RunningRack, deployed: Deployed, tmp_path: Path
+) -> None:
+    """50 detached and 5 attached one-offs that write a line and exit at once: every line is in a follower's
+    stream and in the history, and every container goes."""
+    followed = tmp_path / "followed.log"
+    with followed.open("wb") as out:
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "logs", "--app", deployed.name, "--since", "1s"],
+            stdout=out, stderr=subprocess.DEVNULL, env=cli.env, cwd=cli.cwd,
+        )  # fmt: skip
+    try:
+        eventually(lambda: "web" in cli("ps", "--app", deployed.name, check=True).stdout)
+        time.sleep(1)  # the follower's stream is open (its first batch comes at once; nothing to wait on here)
+        run_id = secrets.token_hex(3)
+        detached = [f"instant-{run_id}-{i}" for i in range(50)]
+        auth = ("convox", rack.password)
+        with httpx.Client(base_url=rack.url, auth=auth, verify=False, timeout=60) as client:
+            pids = []
+            for marker in detached:
+                response = client.post(
+                    f"/apps/{deployed.name}/services/web/processes", json={"command": f"echo {marker}"}
+                )
+                assert response.status_code == 201, response.text
+                pids.append(response.json()["id"])
+        attached = [f"attached-{run_id}-{i}" for i in range(5)]
+        for marker in attached:
+            result = cli("run", "--app", deployed.name, "web", f"echo {marker}", input="")
+            assert (result.returncode, result.stdout) == (0, f"{marker}\n"), result.stderr
+
+        def markers(text: str) -> set[str]:
+            return {word for word in text.split() if word.startswith((f"instant-{run_id}-", f"attached-{run_id}-"))}
+
+        wanted = set(detached) | set(attached)
+        eventually(lambda: markers(followed.read_text(errors="replace")) == wanted, within=30)
+        history = cli("logs", "--app", deployed.name, "--no-follow", "--since", "10m", check=True).stdout
+        assert markers(history) == wanted
+        for pid in pids:
+            eventually(lambda: not docker("ps", "-aq", "--filter", f"id={pid}").strip(), within=20)  # noqa: B023
+    finally:
+        follower.terminate()
+        follower.wait(10)

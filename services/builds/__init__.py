@@ -10,6 +10,7 @@ from services.builds.routes import UPLOAD_PATH, UPLOADS, router
 from services.builds.settings import BuildsSettings
 from shared.archive import remove_tree
 from shared.config import RackSettings
+from shared.limits import Slots
 from shared.logfmt import Logger
 from shared.provider import Provider
 from shared.service import build_service
@@ -48,5 +49,6 @@ def create_app(
         startup=[recover],
         raw_bodies=[UPLOAD_PATH],
     )
-    app.state.builds_settings = builds or BuildsSettings()
+    app.state.builds_settings = limits = builds or BuildsSettings()
+    app.state.uploads = Slots("source uploads", limits.max_uploads, "RACK_BUILDS_MAX_UPLOADS")
     return app

@@ -22,8 +22,9 @@ from services.builds.settings import BuildsSettings
 from shared import stream
 from shared.archive import extract, receive, remove_tree, resolve_inside
 from shared.config import RackSettings
-from shared.errors import BadRequest, RackError
+from shared.errors import BadRequest, RackError, TooManyRequests
 from shared.http import BAD_INPUT, error_response
+from shared.limits import Slots
 from shared.logfmt import Logger
 from shared.manifest import Manifest, ManifestError, find_manifest, is_compose_file, parse_manifest
 from shared.models import Build, BuildOptions
@@ -72,6 +73,15 @@ def builds_settings_of(request: Request) -> BuildsSettings:
     return settings if isinstance(settings, BuildsSettings) else BuildsSettings()
 
 
+def uploads_of(request: Request) -> Slots:
+    """The service's cap on uploads received at once (a default one for an app made without it)."""
+    slots = getattr(request.app.state, "uploads", None)
+    if not isinstance(slots, Slots):
+        limit = builds_settings_of(request).max_uploads
+        slots = request.app.state.uploads = Slots("source uploads", limit, "RACK_BUILDS_MAX_UPLOADS")
+    return slots
+
+
 def uploads_dir(request: Request) -> Path:
     settings = cast("RackSettings", request.app.state.settings)
     return settings.data_dir / UPLOADS
@@ -118,7 +128,12 @@ def load_manifest(context: Path, name: str) -> Manifest:
         "The body is the source as a `.tgz`. The build starts in the background: follow its output at "
         "`/apps/{app}/builds/{id}/logs` (websocket). A complete build makes a release (not promoted)."
     ),
-    responses={**BAD_INPUT, **NOT_FOUND, **TOO_LARGE},
+    responses={
+        **BAD_INPUT,
+        **NOT_FOUND,
+        **TOO_LARGE,
+        **error_response(429, "Too many uploads or builds at once (RACK_BUILDS_MAX_UPLOADS, RACK_BUILDS_MAX_BUILDS)"),
+    },
     openapi_extra=SOURCE_BODY,
 )
 async def build_create(
@@ -132,6 +147,24 @@ async def build_create(
 ) -> Build:
     await provider.apps.get(app)  # 404 before reading a byte of the body
     check_manifest_name(manifest)
+    if await provider.builds.running() >= limits.max_builds:  # 429 before reading a byte, too
+        raise TooManyRequests(
+            f"too many builds running at once (the limit is {limits.max_builds}, setting RACK_BUILDS_MAX_BUILDS): "
+            "wait for one to end"
+        )
+    with uploads_of(request).hold():
+        return await _build_create(request, app, manifest, description, no_cache, provider, limits)
+
+
+async def _build_create(
+    request: Request,
+    app: str,
+    manifest: str,
+    description: str,
+    no_cache: bool,
+    provider: Provider,
+    limits: BuildsSettings,
+) -> Build:
     options = BuildOptions(description=description, manifest=manifest, no_cache=no_cache)
     uploads = uploads_dir(request)
     await asyncio.to_thread(uploads.mkdir, parents=True, exist_ok=True, mode=0o700)

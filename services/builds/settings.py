@@ -16,3 +16,5 @@ class BuildsSettings(BaseSettings):
         4096 * MIB, ge=1, description="Most bytes of file content an upload may expand to when extracted."
     )
     max_entries: int = Field(200_000, ge=1, description="Most files, directories and links in one upload.")
+    max_uploads: int = Field(10, ge=1, description="Most source uploads received at once; past it, 429.")
+    max_builds: int = Field(10, ge=1, description="Most builds running at once (rack-wide); past it, 429.")

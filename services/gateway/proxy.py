@@ -40,6 +40,7 @@ OWN_HEADERS = frozenset({"date", "server"})
 WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
+POOL = httpx.Limits(max_connections=None, max_keepalive_connections=100)
 
 
 def quoted_path(path: str) -> str:
@@ -56,7 +57,9 @@ class Upstreams:
         self.secret = secret
         self.clients = {
             name: httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=str(path)),
+                # no cap on connections to a local socket: long-lived streams (plain HTTP log follows) must
+                # not starve every other request; each service caps its own long-lived work (429)
+                transport=httpx.AsyncHTTPTransport(uds=str(path), limits=POOL),
                 base_url=f"http://{name}",
                 timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
             )

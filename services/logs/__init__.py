@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from services.logs.routes import router
 from services.logs.settings import LogsSettings
 from shared.config import RackSettings
+from shared.limits import Slots
 from shared.provider import Provider
 from shared.service import build_service
 
@@ -34,6 +35,8 @@ def create_app(
             poll_interval=limits.poll_interval,
         )
 
-    return build_service(
+    app = build_service(
         NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[collect]
     )
+    app.state.follows = Slots("log follows", limits.max_follows, "RACK_LOGS_MAX_FOLLOWS")
+    return app

@@ -17,7 +17,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -26,6 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from shared import stream
 from shared.errors import BadRequest, RackError
 from shared.http import error_response
+from shared.limits import Slots
 from shared.logfmt import Logger
 from shared.models import RACK_APP
 from shared.params import app_path, pid_path
@@ -68,6 +69,14 @@ def parse_follow(value: str | None) -> bool:
     raise BadRequest(f"follow: expected true or false, got {value!r}")
 
 
+def follows_of(app: Any) -> Slots:
+    """The service's cap on followed streams (a default one for an app made without it)."""
+    slots = getattr(app.state, "follows", None)
+    if not isinstance(slots, Slots):
+        slots = app.state.follows = Slots("log follows", 500, "RACK_LOGS_MAX_FOLLOWS")
+    return slots
+
+
 def provider_ws(websocket: WebSocket) -> Provider:
     return cast("Provider", websocket.app.state.provider)
 
@@ -102,8 +111,26 @@ async def _close(websocket: WebSocket, exit_code: int | None = None, error: str 
         await websocket.close(code=1000)
 
 
-async def serve(websocket: WebSocket, lines: AsyncIterator[list[bytes]], what: dict[str, str]) -> None:
-    """Validate (the stream's first batch), accept, then relay batches until the end or the client leaves."""
+async def serve(
+    websocket: WebSocket, lines: AsyncIterator[list[bytes]], what: dict[str, str], follow: bool = True
+) -> None:
+    """Validate (the stream's first batch), accept, then relay batches until the end or the client leaves. A
+    followed stream holds one of the service's follow slots while it is open."""
+    slots = follows_of(websocket.app)
+    try:
+        if follow:
+            slots.take()
+    except RackError as exc:
+        await refuse(websocket, exc)
+        return
+    try:
+        await _serve(websocket, lines, what)
+    finally:
+        if follow:
+            slots.give()
+
+
+async def _serve(websocket: WebSocket, lines: AsyncIterator[list[bytes]], what: dict[str, str]) -> None:
     try:
         first = await anext(lines)
     except RackError as exc:
@@ -181,6 +208,7 @@ RESPONSES: dict[int | str, dict[str, object]] = {
     101: {"description": "Switched to a websocket (`Upgrade: websocket`, subprotocol `v1.stream.rack`)"},
     **error_response(400, "Bad input"),
     **error_response(404, "No such app or process"),
+    **error_response(429, "Too many log streams followed at once (RACK_LOGS_MAX_FOLLOWS)"),
 }
 Since = Query(None, description="A duration ago (`2m`, `1h30m`, `2d`) or an RFC 3339 time; none: all history.")
 Follow = Query(False, description="Keep the response open and stream new lines.")
@@ -188,14 +216,27 @@ ServiceQuery = Query("", description="Only this process type (and the platform's
 FilterQuery = Query("", description="Only lines containing this text.")
 
 
-async def _text(lines: AsyncIterator[list[bytes]]) -> StreamingResponse:
-    first = await anext(lines)  # raises before anything is sent (404, 400)
+async def _text(request: Request, lines: AsyncIterator[list[bytes]], follow: bool) -> StreamingResponse:
+    """The lines as text; a followed stream holds one of the service's follow slots until it ends."""
+    slots = follows_of(request.app)
+    if follow:
+        slots.take()  # 429 before anything is sent
+    try:
+        first = await anext(lines)  # raises before anything is sent (404, 400)
+    except BaseException:
+        if follow:
+            slots.give()
+        raise
 
     async def body() -> AsyncIterator[bytes]:
-        if first:
-            yield b"".join(first)
-        async for batch in lines:
-            yield b"".join(batch)
+        try:
+            if first:
+                yield b"".join(first)
+            async for batch in lines:
+                yield b"".join(batch)
+        finally:
+            if follow:
+                slots.give()
 
     return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
 
@@ -214,8 +255,11 @@ async def app_logs(
     provider = cast("Provider", request.app.state.provider)
     moment = parse_since(since)
     if app == RACK_APP:
-        return await _text(provider.logs.system(since=moment, follow=follow, service=service, filter=filter))
-    return await _text(provider.logs.app(app, since=moment, follow=follow, service=service, pid=pid, filter=filter))
+        return await _text(
+            request, provider.logs.system(since=moment, follow=follow, service=service, filter=filter), follow
+        )
+    lines = provider.logs.app(app, since=moment, follow=follow, service=service, pid=pid, filter=filter)
+    return await _text(request, lines, follow)
 
 
 @router.get("/apps/{app}/processes/{pid}/logs", name="process_logs", tags=["logs"], summary="One process's log",
@@ -229,7 +273,8 @@ async def process_logs(
     filter: str = FilterQuery,
 ) -> StreamingResponse:
     provider = cast("Provider", request.app.state.provider)
-    return await _text(provider.logs.app(app, since=parse_since(since), follow=follow, pid=pid, filter=filter))
+    lines = provider.logs.app(app, since=parse_since(since), follow=follow, pid=pid, filter=filter)
+    return await _text(request, lines, follow)
 
 
 @router.get("/system/logs", name="system_logs", tags=["logs"], summary="The rack's own log", description=SOCKET_DOC,
@@ -242,7 +287,8 @@ async def system_logs(
     filter: str = FilterQuery,
 ) -> StreamingResponse:
     provider = cast("Provider", request.app.state.provider)
-    return await _text(provider.logs.system(since=parse_since(since), follow=follow, service=service, filter=filter))
+    lines = provider.logs.system(since=parse_since(since), follow=follow, service=service, filter=filter)
+    return await _text(request, lines, follow)
 
 
 # ---- websockets ----------------------------------------------------------------------------------------------
@@ -262,7 +308,7 @@ async def app_logs_socket(websocket: WebSocket, app: str) -> None:
         lines = provider.logs.system(since=since, follow=follow, service=service, filter=text)
     else:
         lines = provider.logs.app(app, since=since, follow=follow, service=service, pid=pid, filter=text)
-    await serve(websocket, lines, {"app": app})
+    await serve(websocket, lines, {"app": app}, follow)
 
 
 @router.websocket("/apps/{app}/processes/{pid}/logs")
@@ -275,7 +321,7 @@ async def process_logs_socket(websocket: WebSocket, app: str, pid: str) -> None:
         await refuse(websocket, exc)
         return
     lines = provider.logs.app(app, since=since, follow=follow, service=service, pid=pid, filter=text)
-    await serve(websocket, lines, {"app": app, "pid": pid[:12]})
+    await serve(websocket, lines, {"app": app, "pid": pid[:12]}, follow)
 
 
 @router.websocket("/system/logs")
@@ -287,4 +333,4 @@ async def system_logs_socket(websocket: WebSocket) -> None:
     except RackError as exc:
         await refuse(websocket, exc)
         return
-    await serve(websocket, provider.logs.system(since=since, follow=follow, service=service, filter=text), {})
+    await serve(websocket, provider.logs.system(since=since, follow=follow, service=service, filter=text), {}, follow)

@@ -24,3 +24,6 @@ class LogsSettings(BaseSettings):
     poll_interval: float = Field(
         0.1, gt=0, le=5, description="Seconds between looks at the events table, build logs and the rack's log."
     )
+    max_follows: int = Field(
+        500, ge=1, description="Most log streams followed at once (websocket or plain GET); past it, 429."
+    )

@@ -6,7 +6,9 @@ from fastapi import FastAPI
 
 from services.processes.rack import router as rack_router
 from services.processes.routes import router
+from services.processes.settings import ProcessesSettings
 from shared.config import RackSettings
+from shared.limits import Slots
 from shared.provider import Provider
 from shared.service import build_service
 
@@ -22,8 +24,14 @@ async def adopt(provider: Provider) -> None:
 
 
 def create_app(
-    settings: RackSettings | None = None, provider: Provider | None = None, internal: bool = True
+    settings: RackSettings | None = None,
+    provider: Provider | None = None,
+    internal: bool = True,
+    processes: ProcessesSettings | None = None,
 ) -> FastAPI:
-    return build_service(
+    app = build_service(
         NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[adopt]
     )
+    limit = (processes or ProcessesSettings()).max_sessions
+    app.state.sessions = Slots("exec and run sessions", limit, "RACK_PROCESSES_MAX_SESSIONS")
+    return app

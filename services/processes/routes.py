@@ -22,6 +22,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from shared import stream
 from shared.errors import BadRequest, RackError
 from shared.http import BAD_INPUT, error_response
+from shared.limits import Slots
 from shared.logfmt import Logger
 from shared.models import Model, Process, ProcessRunOptions
 from shared.params import app_path, pid_path, type_path
@@ -146,13 +147,22 @@ Messages (binary, first byte the channel): client to rack 0 stdin, 4 resize `{"w
 TTY is hung up, a pipe process is killed). An unknown, other app's or rack pid is a 404 on the handshake."""
 
 
+TOO_MANY_SESSIONS = error_response(429, "Too many exec and run sessions open at once (RACK_PROCESSES_MAX_SESSIONS)")
+
+
 @router.get(
     "/apps/{app}/processes/{pid}/exec",
     name="process_exec",
     tags=["processes"],
     summary="Run a command in a running process (websocket)",
     description=EXEC_DESCRIPTION,
-    responses={**SOCKET, **BAD_INPUT, **NOT_FOUND, **error_response(409, "The process is not running")},
+    responses={
+        **SOCKET,
+        **BAD_INPUT,
+        **NOT_FOUND,
+        **error_response(409, "The process is not running"),
+        **TOO_MANY_SESSIONS,
+    },
 )
 async def process_exec(
     app: str = AppPath,
@@ -221,7 +231,7 @@ async def process_run(
         "messages, the exit code in the last status message); its container is removed when it ends. Also: "
         "`release`, `env` (repeated `KEY=VALUE`), `timeout` (seconds)."
     ),
-    responses={**SOCKET, **BAD_INPUT, **NOT_FOUND},
+    responses={**SOCKET, **BAD_INPUT, **NOT_FOUND, **TOO_MANY_SESSIONS},
 )
 async def process_run_stream(
     app: str = AppPath,
@@ -434,8 +444,29 @@ async def process_metrics_socket(websocket: WebSocket, app: str) -> None:
             await websocket.close(code=1000)
 
 
+def sessions_of(websocket: WebSocket) -> Slots:
+    """The service's cap on open sessions (a default one for an app made without it)."""
+    slots = getattr(websocket.app.state, "sessions", None)
+    if not isinstance(slots, Slots):
+        slots = websocket.app.state.sessions = Slots("exec and run sessions", 100, "RACK_PROCESSES_MAX_SESSIONS")
+    return slots
+
+
 @router.websocket("/apps/{app}/processes/{pid}/exec")
 async def process_exec_socket(websocket: WebSocket, app: str, pid: str) -> None:
+    slots = sessions_of(websocket)
+    try:
+        slots.take()
+    except RackError as exc:
+        await refuse(websocket, exc)
+        return
+    try:
+        await _exec_session(websocket, app, pid)
+    finally:
+        slots.give()
+
+
+async def _exec_session(websocket: WebSocket, app: str, pid: str) -> None:
     provider = provider_ws(websocket)
     try:
         terminal_of(websocket)
@@ -454,6 +485,19 @@ async def process_exec_socket(websocket: WebSocket, app: str, pid: str) -> None:
 
 @router.websocket("/apps/{app}/services/{service}/processes")
 async def process_run_socket(websocket: WebSocket, app: str, service: str) -> None:
+    slots = sessions_of(websocket)
+    try:
+        slots.take()
+    except RackError as exc:
+        await refuse(websocket, exc)
+        return
+    try:
+        await _run_session(websocket, app, service)
+    finally:
+        slots.give()
+
+
+async def _run_session(websocket: WebSocket, app: str, service: str) -> None:
     provider = provider_ws(websocket)
     query = websocket.query_params
     try:

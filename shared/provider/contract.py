@@ -101,6 +101,10 @@ class BuildsAPI(Protocol):
         """The build's output so far, then (``follow``) what it writes until it ends."""
         ...
 
+    async def running(self) -> int:
+        """How many builds of the rack are running now (every app's)."""
+        ...
+
     async def recover(self) -> int:
         """Mark failed the builds a dead process left running (called where builds run, at its start);
         returns how many."""

@@ -168,6 +168,10 @@ class LocalBuilds:
         )
         return [to_build(row) for row in rows]
 
+    async def running(self) -> int:
+        row = await self.state.fetch_one("SELECT COUNT(*) AS n FROM builds WHERE status IN ('created', 'running')")
+        return int(row["n"]) if row is not None else 0
+
     async def _set(self, build: str, **fields: str) -> None:
         assignments = ", ".join(f"{key} = ?" for key in fields)
         await self.state.execute(f"UPDATE builds SET {assignments} WHERE id = ?", (*fields.values(), build))

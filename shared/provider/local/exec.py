@@ -24,7 +24,7 @@ import json
 import os
 import shlex
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import aiodocker
@@ -579,8 +579,9 @@ class ExecStream(_Attached):
 class AttachedRun(_Attached):
     """A new container attached to a stream (``convox run`` without ``--detach``), removed when it ends.
 
-    As ``docker run --rm`` does it: created with ``AutoRemove``, attached, its exit awaited (``wait`` with
-    ``condition=next-exit``, asked before the start so that the code cannot be missed), then started.
+    As ``docker run --rm`` does it: created, attached, its exit awaited (``wait`` with ``condition=next-exit``,
+    asked before the start so that the code cannot be missed), then started; once it has ended, ``remove``
+    removes it when its log is collected (without ``remove``, at once).
     """
 
     def __init__(
@@ -592,8 +593,10 @@ class AttachedRun(_Attached):
         shells: dict[str, bool] | None = None,
         sandboxes: Sandboxes | None = None,
         app: str = "",
+        remove: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.docker = docker
+        self.remove = remove
         self.config = config
         self.argv = argv
         self.name = name
@@ -631,7 +634,7 @@ class AttachedRun(_Attached):
             "AttachStdout": True,
             "AttachStderr": True,
         }
-        config["HostConfig"] = {**config.get("HostConfig", {}), "AutoRemove": True}
+        config["HostConfig"] = {**config.get("HostConfig", {}), "AutoRemove": self.remove is None}
         self.sandbox = self.sandboxes.take(self.app) if self.sandboxes is not None else None
         if self.sandbox is None:
             await self._launch(config)
@@ -743,10 +746,27 @@ class AttachedRun(_Attached):
         log.log("run.kill", id=self.container_id[:12], tty=self.terminal.tty)
 
     async def _gone(self) -> bool:
-        """Whether nothing of the process is left, after removing its container if it ended early (AutoRemove
-        does the rest once it exits by itself)."""
-        if self.exit_code is not None or not self.container_id:
-            return True  # its init has exited, or it was never made
+        """Whether nothing of the process runs any more, after ending it if it has not ended by itself; its
+        container goes once its log is collected (with ``remove``; else AutoRemove does it)."""
+        if not self.container_id:
+            return True  # never made
+        if self.remove is not None:
+            if self.exit_code is None:
+                try:
+                    async with translated(self._what):
+                        await self.docker.client._query_json(
+                            f"containers/{self.container_id}/kill", method="POST", params={"signal": "SIGKILL"}
+                        )
+                except Conflict:  # not running: it has ended
+                    pass
+                except NotFound:
+                    return True
+                except RackError:
+                    return False
+            self.remove(self.container_id, True)
+            return True
+        if self.exit_code is not None:
+            return True  # its init has exited
         try:
             await self.docker.remove(self.container_id)
         except (NotFound, Conflict):  # gone, or being removed: it has exited

@@ -85,6 +85,8 @@ class LocalFormation:
         self.balancers: dict[tuple[str, str], Balancer] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.damaged: set[str] = set()
+        """Apps skipped at start (their records are damaged): not reconciled."""
         self.pending: set[str] = set()
         """Apps whose reconciliation is about to run (one pass for a burst of events)."""
         self.events = Events(state)
@@ -443,6 +445,7 @@ class LocalFormation:
 
     async def _damaged(self, app: str, exc: Exception) -> None:
         reason = exc.message if isinstance(exc, RackError) else f"its release is unreadable ({type(exc).__name__})"
+        self.damaged.add(app)
         log.error("formation.adopt", app=app, damaged="true", message=reason)
         await self.events.emit(app, f"app skipped at start: {reason}")
         with contextlib.suppress(RackError):
@@ -490,15 +493,16 @@ class LocalFormation:
 
     async def reconcile(self, app: str) -> None:
         """Start what is missing from the active release's counts (a process stopped or killed from outside
-        is replaced); nothing while a roll-out or a scale runs (it converges itself) or the app is not
-        running. A failure is logged and in the app's log, and tried again at the next pass."""
+        is replaced); nothing while a roll-out or a scale runs (it converges itself), the app is being
+        deleted or has no release (nor a damaged one). A failure is logged, and tried again at the next pass."""
         lock = self._lock(app)
         if lock.locked():
             return
         async with lock:
             try:
                 current = await self.apps.get(app)
-                if current.status != "running" or not current.release:
+                # a failed roll-out leaves the previous release serving: its counts are kept too
+                if current.status not in ("running", "failed") or not current.release or app in self.damaged:
                     return
                 release = await self.releases.get(app, current.release)
                 alive = [c for c in await self._containers(app) if c.get("State") in ALIVE]

@@ -54,7 +54,7 @@ from shared.logfmt import Logger
 from shared.models import invalid_app_name
 from shared.names import is_app_name, is_id, under
 from shared.provider.local.apps import LocalApps
-from shared.provider.local.docker import LABEL_APP, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
+from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
 from shared.provider.local.events import (
     EVENT_SERVICE,
     TS_WIDTH,
@@ -69,6 +69,7 @@ from shared.provider.local.events import (
     ts_to_datetime,
     ts_to_ns,
 )
+from shared.provider.local.receipts import Receipts
 from shared.provider.local.state import State
 
 log = Logger("logs")
@@ -817,6 +818,7 @@ class LocalLogs:
         self.apps = apps
         self.rack = rack
         self.events = Events(state)
+        self.receipts = Receipts(state)
         self.root = data_dir / "logs"
         self.apps_dir = self.root / "apps"
         self.rack_log = self.root / "rack.log"
@@ -909,7 +911,8 @@ class LocalLogs:
             await self.applog(name)
         self.offsets = {src: replace(offset) for src, offset in self.saved.items()}
         self.running = True
-        for job in (self._pump, self._flusher, self._watch_docker, self._tail_events, self._tail_builds):
+        jobs = (self._pump, self._flusher, self._watch_docker, self._tail_events, self._tail_builds)
+        for job in (*jobs, self.receipts.beat_forever):
             self.tasks.append(asyncio.create_task(job(), name=f"logs {job.__name__}"))
         log.log("collector.start", apps=len(self.logs), sources=len(self.saved))
 
@@ -922,6 +925,8 @@ class LocalLogs:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         self.tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.receipts.gone()
         for applog in self.logs.values():  # what is held is released: it is collected
             applog.release([entry[3] for entry in sorted(applog.heap + applog.incoming)])
             applog.heap.clear()
@@ -1084,6 +1089,7 @@ class LocalLogs:
             await asyncio.to_thread(applog.history.prune, now)
         names = {row["name"] for row in await self.state.fetch_all("SELECT name FROM apps")}
         self.known_apps = names
+        await self.receipts.forget_old()
         for name, applog in list(self.logs.items()):
             if name in names or applog.sources or applog.subscribers or applog.held or applog.unflushed:
                 continue
@@ -1280,6 +1286,8 @@ class LocalLogs:
                 backoff = 0.1
                 if not running and container not in self.again:
                     finished = normalize_ts(str(state.get("FinishedAt") or "")) or ""
+                    if labels.get(LABEL_ONEOFF) == "true":  # read to its end: it may be removed now
+                        await self.receipts.read(container)
                     return
                 if not received:
                     await asyncio.sleep(0.05)

@@ -35,6 +35,7 @@ from shared.provider.local.docker import (
 )
 from shared.provider.local.exec import AttachedRun, ExecStream, display
 from shared.provider.local.images import image_name
+from shared.provider.local.receipts import Receipts
 from shared.provider.local.sandboxes import Sandboxes
 from shared.provider.local.stats import Sampler
 
@@ -122,6 +123,10 @@ class LocalProcesses:
         self.network_seen = False
         self.sandboxes = Sandboxes(docker, rack, self.network, apps)
         self.swept = 0.0
+        self.receipts = Receipts(apps.state)
+        self.ends: asyncio.Task[None] | None = None
+        self.removals: dict[str, asyncio.Task[None]] = {}
+        """One-offs that have ended (or are ending), removed once the logs collector has read them."""
 
     @property
     def releases(self) -> ReleasesAPI:
@@ -244,7 +249,7 @@ class LocalProcesses:
     async def run(self, app: str, options: ProcessRunOptions, time_limit: float | None = None) -> Process:
         config, argv = await self._config(app, options, time_limit, interactive=False)
         config["Entrypoint"], config["Cmd"] = argv[:1], argv[1:]
-        config["HostConfig"]["AutoRemove"] = True
+        self._ensure_ends()  # its end is seen however soon it comes: the watch starts from now
         with log.measure("process.run", app=app, service=options.service) as fields:
             async with translated(f"image {config['Image']}"):
                 created = await self.docker.client._query_json(
@@ -280,6 +285,7 @@ class LocalProcesses:
             shells=self.shells,
             sandboxes=self.sandboxes if on_network else None,
             app=app,
+            remove=self.remove_when_read,
         )
 
     # ---- exec ------------------------------------------------------------------------------------------------
@@ -350,23 +356,78 @@ class LocalProcesses:
             await self._stop(container["Id"])
 
     async def _stop(self, container_id: str) -> None:
-        """SIGTERM (to the command itself: the container's init passes it on), SIGKILL after a grace, removed."""
+        """SIGTERM (to the command itself: the container's init passes it on), SIGKILL after a grace, removed
+        (a one-off once its log is read)."""
         try:
             await self.docker.stop(container_id, grace=STOP_GRACE)
         except NotFound:
             return
-        except Conflict:  # AutoRemove is removing it: wait until it is gone
+        except Conflict:  # being removed already: wait until it is gone
             pass
-        with contextlib.suppress(NotFound, Conflict):
-            async with translated(f"process {container_id[:12]}"):
-                await self.docker.client._query_json(
-                    f"containers/{container_id}/wait", method="POST", params={"condition": "removed"}
-                )
+        removal = self.removals.get(container_id)
+        if removal is not None:
+            await asyncio.shield(removal)
+        else:
+            await self._remove_read(container_id)
+
+    # ---- removing ended one-offs, once their output is collected ------------------------------------------
+
+    def _ensure_ends(self) -> None:
+        if self.ends is None or self.ends.done():
+            self.ends = asyncio.create_task(self._watch_ends(time.time()), name="one-off-ends")
+
+    async def _watch_ends(self, since: float) -> None:
+        """Remove each detached one-off that ends (once its log is read), from the Engine's events (taken
+        again from where they were after a drop; the reaper finds what they miss)."""
+        filters = {
+            "type": ["container"],
+            "event": ["die"],
+            "label": [f"{LABEL_RACK}={self.rack}", f"{LABEL_ONEOFF}=true"],
+        }
+        while True:
+            try:
+                async for event in self.docker.events(filters, since=f"{since:.9f}"):
+                    since = max(since, int(event.get("timeNano") or 0) / 1e9)
+                    actor = event.get("Actor") or {}
+                    if (actor.get("Attributes") or {}).get(LABEL_INTERACTIVE) != "true" and actor.get("ID"):
+                        self.remove_when_read(str(actor["ID"]))
+            except RackError:
+                await asyncio.sleep(1.0)
+
+    def remove_when_read(self, container_id: str, wait_exit: bool = False) -> None:
+        """Remove the one-off ``container_id`` once it has ended (``wait_exit``: wait for that) and the logs
+        collector has read its log to the end: however short its life, its output reaches the history."""
+        if container_id in self.removals:
+            return
+        task = asyncio.create_task(self._remove_read(container_id, wait_exit), name=f"remove {container_id[:12]}")
+        self.removals[container_id] = task
+        task.add_done_callback(lambda _: self.removals.pop(container_id, None))
+
+    async def _remove_read(self, container_id: str, wait_exit: bool = False) -> None:
+        what = f"process {container_id[:12]}"
+        try:
+            if wait_exit:
+                async with translated(what):
+                    await self.docker.client._query_json(
+                        f"containers/{container_id}/wait",
+                        method="POST",
+                        params={"condition": "not-running"},
+                        timeout=None,
+                    )
+            await self.receipts.wait(container_id)
+            with contextlib.suppress(NotFound, Conflict):
+                await self.docker.remove(container_id)
+            await self.receipts.forget(container_id)
+        except NotFound:
+            return
+        except RackError as exc:  # the reaper's next round finds it ended and removes it
+            log.error("process.remove", id=container_id[:12], message=exc.message)
 
     # ---- one-offs after a restart, and their timeouts --------------------------------------------------------
 
     async def adopt(self) -> None:
         await self.reap(interactive=True)
+        self._ensure_ends()
         await self.sweep()
         self._ensure_reaper()
 
@@ -382,6 +443,9 @@ class LocalProcesses:
         doomed = []
         for container in found:
             labels = container.get("Labels") or {}
+            if container.get("State") in ("exited", "dead") and labels.get(LABEL_INTERACTIVE) != "true":
+                self.remove_when_read(container["Id"])  # ended while nobody was there to remove it
+                continue
             deadline = labels.get(LABEL_DEADLINE, "")
             if (interactive and labels.get(LABEL_INTERACTIVE) == "true") or (
                 deadline.isdigit() and int(deadline) <= now
@@ -414,3 +478,12 @@ class LocalProcesses:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.reaper
             self.reaper = None
+        if self.ends is not None:
+            self.ends.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.ends
+            self.ends = None
+        removals = list(self.removals.values())
+        for task in removals:
+            task.cancel()
+        await asyncio.gather(*removals, return_exceptions=True)

@@ -81,6 +81,10 @@ CREATE TABLE IF NOT EXISTS events (
     pid TEXT NOT NULL DEFAULT '',
     message TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS log_receipts (
+    container TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS log_sources (
     src TEXT PRIMARY KEY,
     app TEXT NOT NULL,
