@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from shared.errors import BadRequest, Conflict, NotFound, RackError
+from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
 from shared.manifest import Health, Manifest
 from shared.models import App, Formation, FormationUpdate, Release
@@ -420,12 +420,22 @@ class LocalFormation:
         self._spawn(self._refresh())
 
     async def _adopt(self, release: Release, interrupted: bool) -> None:
-        async with self._lock(release.app):
-            try:
-                await self.converge(release)
-            except Exception as exc:
-                log.error("formation.adopt", app=release.app, release=release.id, message=str(exc))
-            if interrupted:
+        attempt = 0
+        while True:
+            async with self._lock(release.app):
+                try:
+                    await self.converge(release)
+                except Unavailable as exc:  # the engine is away: adopt again when it is back
+                    log.error("formation.adopt", app=release.app, release=release.id, message=exc.message)
+                except Exception as exc:
+                    log.error("formation.adopt", app=release.app, release=release.id, message=str(exc))
+                    break
+                else:
+                    break
+            await asyncio.sleep(min(2.0**attempt, 10.0))
+            attempt += 1
+        if interrupted:
+            with contextlib.suppress(RackError):
                 await self.apps.set_status(release.app, "failed")
 
     async def _refresh(self) -> None:
