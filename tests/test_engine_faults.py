@@ -87,3 +87,16 @@ def test_a_hung_engine_gives_503_in_time_and_holds_no_roll_out(
     engine.mode = "pass"
     until(user, "ps", "--app", "hung")
     assert user("scale", "web", "--count", "2", "--app", "hung", check=True).returncode == 0  # no lock left held
+
+
+def test_every_route_that_reaches_the_engine_documents_its_503() -> None:
+    from services.apps import create_app as apps_app
+    from services.processes import create_app as processes_app
+
+    for create, path, method in (
+        (processes_app, "/apps/{app}/processes", "get"),
+        (apps_app, "/apps/{app}/formation/{service}", "post"),
+    ):
+        operation = create().openapi()["paths"][path][method]
+        assert "503" in operation["responses"], path
+        assert "unreachable" in operation["responses"]["503"]["description"]

@@ -8,14 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from shared.errors import BadRequest, NotFound
-from shared.http import BAD_INPUT, error_response
+from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.logfmt import Logger
 from shared.models import App, Formation, FormationUpdate, Release
 from shared.provider import Provider
 from shared.service import provider_of
 
 log = Logger("apps")
-router = APIRouter(tags=["releases"])
+router = APIRouter(tags=["releases"], responses=ENGINE_UNAVAILABLE)
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 ERRORS = {**BAD_INPUT, **error_response(404, "No such app, release or process type")}
 AppName = Annotated[str, Path(description="The app's name.", examples=["myapp"])]

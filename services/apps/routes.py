@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Response
 
-from shared.http import BAD_INPUT, error_response
+from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.logfmt import Logger
 from shared.models import App, AppCreate, System
 from shared.provider import Provider
 from shared.service import provider_of
 
 log = Logger("apps")
-router = APIRouter()
+router = APIRouter(responses=ENGINE_UNAVAILABLE)
 
 AppPath = Path(description="The app's name.", examples=["myapp"])
 NOT_FOUND = error_response(404, "No such app")

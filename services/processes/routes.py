@@ -21,7 +21,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from shared import stream
 from shared.errors import BadRequest, RackError
-from shared.http import BAD_INPUT, error_response
+from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.logfmt import Logger
 from shared.models import Model, Process, ProcessRunOptions
 from shared.provider import Provider
@@ -29,7 +29,7 @@ from shared.service import provider_of
 from shared.stream import Channel, ProcessStream, Terminal
 
 log = Logger("processes")
-router = APIRouter()
+router = APIRouter(responses=ENGINE_UNAVAILABLE)
 
 AppPath = Path(description="The app's name.", examples=["myapp"])
 PidPath = Path(description="The process id (a container id, 12 characters shown).", examples=["68831d3dce63"])
