@@ -31,6 +31,10 @@ def error_response(status: int, description: str) -> Responses:
 
 
 BAD_INPUT = error_response(400, "Bad input")
+ENGINE_UNAVAILABLE = error_response(
+    503, "The container engine is unreachable or did not answer in time (`docker engine unreachable: ...`)"
+)
+"""Every route that reaches the engine can answer this; the rack keeps answering the others meanwhile."""
 
 
 def error_body(message: str) -> bytes:

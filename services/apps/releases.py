@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Query
 
 from shared.errors import BadRequest
-from shared.http import BAD_INPUT, error_response
+from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.logfmt import Logger
 from shared.models import App, Formation, FormationUpdate, Release
 from shared.names import check_env
@@ -16,7 +16,7 @@ from shared.provider import Provider
 from shared.service import provider_of
 
 log = Logger("apps")
-router = APIRouter(tags=["releases"])
+router = APIRouter(tags=["releases"], responses=ENGINE_UNAVAILABLE)
 ERRORS = {**BAD_INPUT, **error_response(404, "No such app, release or process type")}
 AppName = Annotated[str, app_path()]
 ReleaseId = Annotated[str, id_path("A release id.", "RNJYVQUMKKU")]

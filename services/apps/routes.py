@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from shared.http import BAD_INPUT, error_response
+from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.logfmt import Logger
 from shared.models import App, AppCreate, System
 from shared.params import app_path
@@ -12,7 +12,7 @@ from shared.provider import Provider
 from shared.service import provider_of
 
 log = Logger("apps")
-router = APIRouter()
+router = APIRouter(responses=ENGINE_UNAVAILABLE)
 
 AppPath = app_path()
 NOT_FOUND = error_response(404, "No such app")

@@ -23,7 +23,7 @@ from shared import stream
 from shared.archive import extract, receive, remove_tree, resolve_inside
 from shared.config import RackSettings
 from shared.errors import BadRequest, RackError, TooManyRequests
-from shared.http import BAD_INPUT, error_response
+from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.limits import Slots
 from shared.logfmt import Logger
 from shared.manifest import Manifest, ManifestError, find_manifest, is_compose_file, parse_manifest
@@ -33,7 +33,7 @@ from shared.provider import Provider
 from shared.service import provider_of
 
 log = Logger("builds")
-router = APIRouter()
+router = APIRouter(responses=ENGINE_UNAVAILABLE)
 
 UPLOADS = "tmp"
 """Under the data dir: uploads being received and extracted (``upload-*``), removed at the service's start."""

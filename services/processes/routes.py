@@ -21,7 +21,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from shared import stream
 from shared.errors import BadRequest, RackError
-from shared.http import BAD_INPUT, error_response
+from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.limits import Slots
 from shared.logfmt import Logger
 from shared.models import Model, Process, ProcessRunOptions
@@ -31,7 +31,7 @@ from shared.service import provider_of
 from shared.stream import Channel, ProcessStream, Terminal
 
 log = Logger("processes")
-router = APIRouter()
+router = APIRouter(responses=ENGINE_UNAVAILABLE)
 
 AppPath = app_path()
 PidPath = pid_path()

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import Field, WithJsonSchema
 
 from services.provisioner.linking import Linker
-from shared.http import BAD_INPUT, error_response
+from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.logfmt import Logger
 from shared.models import APP_NAME_PATTERN, Model, Resource
 from shared.params import app_path
@@ -16,7 +16,7 @@ from shared.provider import Provider
 from shared.service import provider_of
 
 log = Logger("provisioner")
-router = APIRouter(tags=["services"])
+router = APIRouter(tags=["services"], responses=ENGINE_UNAVAILABLE)
 params_router = APIRouter(tags=["system"])
 
 ProviderDep = Annotated[Provider, Depends(provider_of)]
