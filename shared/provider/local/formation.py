@@ -19,7 +19,7 @@ import httpx
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError
 from shared.logfmt import Logger
-from shared.manifest import Health, Manifest
+from shared.manifest import Health, Manifest, resolve_manifest
 from shared.models import App, Formation, FormationUpdate, Release
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancer import Balancer
@@ -57,7 +57,7 @@ class Desired:
 def manifest_of(release: Release) -> Manifest:
     if not release.manifest:
         raise BadRequest(f"release {release.id} has no build to run")
-    return Manifest.model_validate_json(release.manifest)
+    return resolve_manifest(Manifest.model_validate_json(release.manifest), release.env)
 
 
 def container_ip(container: dict[str, Any], network: str) -> str:
@@ -94,7 +94,7 @@ class LocalFormation:
         wanted = []
         for name, service in sorted(manifest.services.items()):
             override = overrides.get(name, {})
-            env = manifest.service_environment(name, release.env)
+            env = manifest.service_environment(name, release.env, release.app)
             if service.port is not None:
                 env.setdefault("PORT", str(service.port))
             if service.image:
