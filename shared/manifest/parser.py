@@ -47,6 +47,8 @@ class Parser:
         unsupported = set(unsupported)
         for key in [key for key in data if key not in allowed]:
             del data[key]
+            if key.startswith("x-"):  # an extension field, as compose has them: a place for anchors
+                continue
             if key in unsupported:
                 self.problems.warn((*path, key), NOT_SUPPORTED)
                 continue
