@@ -19,7 +19,7 @@ import httpx
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError
 from shared.logfmt import Logger
-from shared.manifest import Health, Manifest, resolve_manifest
+from shared.manifest import Health, Manifest, Volume, resolve_manifest
 from shared.models import App, Formation, FormationUpdate, Release
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancer import Balancer
@@ -31,6 +31,10 @@ from shared.provider.local.state import State
 
 log = Logger("formation")
 LABEL_MEMORY = "convox.memory"
+LABEL_GRACE = "convox.grace"
+"""Seconds between SIGTERM and SIGKILL when the process stops (the manifest's termination.grace)."""
+LABEL_DRAIN = "convox.drain"
+"""Seconds the balancer lets the process's open connections finish (the manifest's drain)."""
 REFRESH_SECONDS = 2.0
 DRAIN_SECONDS = 30.0
 """How long a retired process keeps serving the connections its balancer opened to it before it stops."""
@@ -52,6 +56,14 @@ class Desired:
     health: Health | None
     balancer_port: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    volumes: list[Volume] = field(default_factory=list)
+    grace: int = 30
+    drain: int = int(DRAIN_SECONDS)
+
+
+def _seconds(label: str | None, default: float) -> float:
+    """A drain or grace time from a container's label (containers made before the label have the default)."""
+    return int(label) if label is not None and label.isdigit() else default
 
 
 def manifest_of(release: Release) -> Manifest:
@@ -116,6 +128,9 @@ class LocalFormation:
                     public=service.public,
                     health=service.health,
                     balancer_port=override.get("balancer_port"),
+                    volumes=service.volumes,
+                    grace=service.termination_grace,
+                    drain=service.drain,
                 )
             )
         return wanted
@@ -133,6 +148,8 @@ class LocalFormation:
             LABEL_TYPE: want.service,
             LABEL_RELEASE: release.id,
             LABEL_MEMORY: str(want.memory),
+            LABEL_GRACE: str(want.grace),
+            LABEL_DRAIN: str(want.drain),
         }
         config: dict[str, Any] = {
             "Image": want.image,
@@ -148,6 +165,8 @@ class LocalFormation:
             },
             "NetworkingConfig": {"EndpointsConfig": {self.network: {"Aliases": [f"{want.service}.{release.app}"]}}},
         }
+        if want.volumes:
+            config["HostConfig"]["Mounts"] = await self._volumes(release.app, want)
         if want.command:
             config["Cmd"] = want.command
         if want.port:
@@ -156,6 +175,23 @@ class LocalFormation:
         container = await self.docker.run(config, name=name)
         log.log("process.start", app=release.app, service=want.service, release=release.id, id=container["Id"][:12])
         return container
+
+    def volume_name(self, app: str, service: str, volume: str) -> str:
+        """A named volume per app and process type: kept across releases, roll-outs and rack restarts."""
+        return f"{self.rack}-{app}-{service}-{volume}"
+
+    async def _volumes(self, app: str, want: Desired) -> list[dict[str, Any]]:
+        mounts = []
+        for volume in want.volumes:
+            name = self.volume_name(app, want.service, volume.name)
+            await self.docker.volume_create(name, {LABEL_RACK: self.rack, LABEL_APP: app, LABEL_TYPE: want.service})
+            mounts.append({"Type": "volume", "Source": name, "Target": volume.path})
+        return mounts
+
+    async def forget_volumes(self, app: str) -> None:
+        """Remove the app's volumes (its containers are gone: the app is being deleted)."""
+        for name in await self.docker.volumes({LABEL_RACK: self.rack, LABEL_APP: app}):
+            await self.docker.volume_remove(name)
 
     async def _healthy(self, container: dict[str, Any], want: Desired) -> None:
         """Wait until a new container passes its health check: HTTP GET on ``health`` when the manifest gives
@@ -294,13 +330,14 @@ class LocalFormation:
 
     async def _retire(self, app: str, container: dict[str, Any]) -> None:
         """Stop a process once the connections its balancer holds open to it are done (or drain time ends)."""
-        service = (container.get("Labels") or {}).get(LABEL_TYPE, "")
+        labels = container.get("Labels") or {}
+        service = labels.get(LABEL_TYPE, "")
         balancer = self.balancers.get((app, service))
         if balancer is not None:
             ip = container_ip(container, self.network)
             for backend in [b for b in balancer.active if b[0] == ip and balancer.active[b] > 0]:
-                await balancer.drained(backend, DRAIN_SECONDS)
-        await self.docker.stop(container["Id"])
+                await balancer.drained(backend, _seconds(labels.get(LABEL_DRAIN), DRAIN_SECONDS))
+        await self.docker.stop(container["Id"], grace=int(_seconds(labels.get(LABEL_GRACE), 10)))
 
     async def _backends(self, containers: list[dict[str, Any]], port: int) -> list[tuple[str, int]]:
         backends = []
