@@ -147,18 +147,19 @@ def test_gen2_anchors_and_merge_keys_plain_and_quoted() -> None:
 
 
 def test_gen2_interpolation_from_the_app_environment() -> None:
-    env = {"IMAGE": "nginx", "TAG": "1.27", "PORT_NUMBER": "8080", "COUNT": "2"}
+    env = {"IMAGE": "nginx", "TAG": "1.27", "PORT_NUMBER": "8080", "COUNT": "2", "GREETING": "hi"}
     manifest = load("gen2-interpolated.yml", env)
     web = manifest.services["web"]
     assert web.image == "nginx:1.27" and web.port == 8080 and web.scale.count == 2
+    assert web.command == "sh -c 'echo $HOME hi'"  # a bare $VAR the app does not set is the shell's
     assert web.environment == ["PRICE=$5"]
     resolved = resolve_manifest(manifest, {**env, "COUNT": "5"})
     assert resolved.services["web"].scale.count == 5
     with pytest.raises(ManifestError) as caught:
         resolve_manifest(manifest, {"IMAGE": "nginx"})
     assert caught.value.message == (
-        "convox.yml: uses variables the app's environment does not set: TAG, PORT_NUMBER, COUNT "
-        "(set with: convox env set TAG=... PORT_NUMBER=... COUNT=...)"
+        "convox.yml: uses variables the app's environment does not set: PORT_NUMBER, GREETING, COUNT "
+        "(set with: convox env set PORT_NUMBER=... GREETING=... COUNT=...)"
     )
 
 

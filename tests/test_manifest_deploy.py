@@ -53,8 +53,57 @@ def test_a_linked_redis_answers_at_the_url_the_link_gives(cli: Cli, linked_app: 
     assert deployed.returncode == 0, deployed.stderr
     assert "WARNING: docker-compose.yml: web.restart is not supported by this rack\n" in deployed.stderr
     assert deployed.stderr.count("WARNING:") == 1
-    env = cli("run", "web", "echo $REDIS_URL $REDIS_HOST $REDIS_PORT", "--app", app, check=True)
+    env = cli("run", "--app", app, "web", "echo $REDIS_URL $REDIS_HOST $REDIS_PORT", check=True)
     assert env.stdout.split() == [f"redis://redis.{app}:6379", f"redis.{app}", "6379"]
-    ping = cli("run", "web", "redis-cli -u $REDIS_URL ping", "--app", app, timeout=60)
+    ping = cli("run", "--app", app, "web", "redis-cli -u $REDIS_URL ping", timeout=60)
     assert ping.returncode == 0, ping.stderr
     assert ping.stdout.strip() == "PONG"
+
+
+VOLUME_APP = """
+services:
+  web:
+    image: {image}
+    command: sh -c 'echo $RELEASE_MARK >> /data/marks; exec httpd -f -p 3000 -h /data'
+    port: 3000
+    volumes:
+      - /data
+    environment:
+      - RELEASE_MARK=first
+    termination:
+      grace: 1
+    drain: 1
+    scale:
+      memory: 16
+"""
+
+
+def app_volumes(app: str) -> list[str]:
+    listed = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", f"label=convox.app={app}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return listed.stdout.split()
+
+
+def test_a_volume_keeps_its_data_across_releases_and_goes_with_the_app(
+    cli: Cli, app_name: str, busybox_image: str, tmp_path: Path
+) -> None:
+    from tests.test_deploy import fetch, info
+
+    source = tmp_path / "volume"
+    source.mkdir()
+    (source / "convox.yml").write_text(VOLUME_APP.format(image=busybox_image))
+    cli("apps", "create", app_name, check=True)
+    try:
+        deployed = cli("deploy", str(source), "--app", app_name, timeout=300)
+        assert deployed.returncode == 0, deployed.stderr
+        assert fetch(info(cli, app_name)["Balancer"], "/marks") == "first\n"
+        assert len(app_volumes(app_name)) == 1
+        cli("env", "set", "RELEASE_MARK=second", "--promote", "--app", app_name, check=True, timeout=300)
+        assert fetch(info(cli, app_name)["Balancer"], "/marks") == "first\nsecond\n"  # the new process appended
+    finally:
+        cli("apps", "delete", app_name)
+    assert app_volumes(app_name) == []

@@ -14,13 +14,14 @@ _VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0
 
 
 def uses_variables(text: str) -> bool:
-    """Whether ``text`` has a ``${VAR}`` or ``$VAR`` to fill (``$$`` is a literal dollar)."""
+    """Whether ``text`` has a ``${VAR}`` or ``$VAR`` that a release's environment may fill (``$$`` is a dollar)."""
     return any(match.group(0) != "$$" for match in _VARIABLE.finditer(text))
 
 
 def interpolate(text: str, env: Mapping[str, str] | None, filename: str) -> str:
-    """``${VAR}`` and ``$VAR`` replaced by the app's environment; ``$$`` is one ``$``. A variable the
-    environment lacks is an error naming each (None: no environment yet, every variable left as it is)."""
+    """``${VAR}`` and ``$VAR`` replaced by the app's environment; ``$$`` is one ``$``. A ``${VAR}`` the
+    environment lacks is an error naming each; a bare ``$VAR`` it lacks stays as written (a shell variable in a
+    command, like ``$PORT``). None: no environment yet, every variable left as it is."""
     if env is None:
         return text
     missing: list[str] = []
@@ -34,6 +35,8 @@ def interpolate(text: str, env: Mapping[str, str] | None, filename: str) -> str:
             return match.group(0)
         name = match.group(1) or match.group(2)
         if name not in env:
+            if match.group(1) is None:
+                return match.group(0)
             if name not in missing:
                 missing.append(name)
             return match.group(0)

@@ -59,6 +59,8 @@ class Desired:
     volumes: list[Volume] = field(default_factory=list)
     grace: int = 30
     drain: int = int(DRAIN_SECONDS)
+    stop_first: bool = False
+    """``singleton`` (or ``deployment.maximum`` of 100): the old processes stop before new ones start."""
 
 
 def _seconds(label: str | None, default: float) -> float:
@@ -131,6 +133,7 @@ class LocalFormation:
                     volumes=service.volumes,
                     grace=service.termination_grace,
                     drain=service.drain,
+                    stop_first=service.singleton or service.deployment.maximum <= 100,
                 )
             )
         return wanted
@@ -294,6 +297,8 @@ class LocalFormation:
                     and (c.get("Labels") or {}).get(LABEL_MEMORY) == str(want.memory)
                 ]
                 keep[want.service] = matching[: want.count]
+                if want.stop_first and want.count > len(keep[want.service]):
+                    await self._stop_first(app, want, current, keep[want.service])
                 for _ in range(want.count - len(keep[want.service])):
                     container = await self._start(release, want)
                     started.append(container)
@@ -327,6 +332,16 @@ class LocalFormation:
             for app_name, service in list(self.balancers):
                 if app_name == app and service not in scope:
                     await self._drop_balancer(app, service)
+
+    async def _stop_first(
+        self, app: str, want: Desired, current: list[dict[str, Any]], kept: list[dict[str, Any]]
+    ) -> None:
+        """A singleton type never runs twice: its other processes stop (drained) before a new one starts."""
+        ids = {c["Id"] for c in kept}
+        others = [
+            c for c in current if (c.get("Labels") or {}).get(LABEL_TYPE) == want.service and c["Id"] not in ids
+        ]
+        await asyncio.gather(*(self._retire(app, c) for c in others))
 
     async def _retire(self, app: str, container: dict[str, Any]) -> None:
         """Stop a process once the connections its balancer holds open to it are done (or drain time ends)."""
