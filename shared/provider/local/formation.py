@@ -59,6 +59,8 @@ class Desired:
     volumes: list[Volume] = field(default_factory=list)
     grace: int = 30
     drain: int = int(DRAIN_SECONDS)
+    other_ports: list[int] = field(default_factory=list)
+    """The type's container ports besides the main one: reachable on the rack network."""
     stop_first: bool = False
     """``singleton`` (or ``deployment.maximum`` of 100): the old processes stop before new ones start."""
 
@@ -133,6 +135,7 @@ class LocalFormation:
                     volumes=service.volumes,
                     grace=service.termination_grace,
                     drain=service.drain,
+                    other_ports=[mapping.container for mapping in service.ports if mapping.container != service.port],
                     stop_first=service.singleton or service.deployment.maximum <= 100,
                 )
             )
@@ -173,7 +176,7 @@ class LocalFormation:
         if want.command:
             config["Cmd"] = want.command
         if want.port:
-            config["ExposedPorts"] = {f"{want.port}/tcp": {}}
+            config["ExposedPorts"] = {f"{port}/tcp": {} for port in (want.port, *want.other_ports)}
         name = f"{self.rack}-{release.app}-{want.service}-{secrets.token_hex(3)}"
         container = await self.docker.run(config, name=name)
         log.log("process.start", app=release.app, service=want.service, release=release.id, id=container["Id"][:12])
@@ -416,6 +419,7 @@ class LocalFormation:
                 ports = [f"{balancer.port}:{want.port}"]
             else:
                 ports = [str(want.port)]
+            ports += [str(port) for port in want.other_ports]  # on the rack network
             formation.append(
                 Formation(
                     name=want.service,
