@@ -94,6 +94,17 @@ class FakeReleases:
         return dict(self.env.get(app, {}))
 
 
+class FakeTimers:
+    def __init__(self) -> None:
+        self.adopted = 0
+
+    async def adopt(self) -> None:
+        self.adopted += 1
+
+    async def list(self, app: str) -> list[object]:
+        return []
+
+
 class FakeProvider:
     name = "fake"
 
@@ -103,6 +114,7 @@ class FakeProvider:
         self.processes = FakeProcesses(self.apps)
         self.formation = FakeFormation()
         self.releases = FakeReleases(self.apps)
+        self.timers = FakeTimers()
         self.opened = False
 
     async def __aenter__(self) -> Self:

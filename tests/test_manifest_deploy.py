@@ -23,6 +23,7 @@ web:
   restart: always
 redis:
   image: {REDIS_IMAGE}
+  command: redis-server --protected-mode no
   ports:
     - "6379"
 """

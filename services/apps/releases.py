@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from shared.errors import BadRequest, NotFound
 from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
-from shared.models import App, Formation, FormationUpdate, Release
+from shared.models import App, Formation, FormationUpdate, Release, TimerStatus
 from shared.provider import Provider
 from shared.service import provider_of
 
@@ -115,6 +115,17 @@ async def environment_unset(
 @router.get("/apps/{app}/formation", name="formation_get", summary="The app's process types", responses=ERRORS)
 async def formation_get(app: AppName, provider: ProviderDep) -> list[Formation]:
     return await provider.formation.get(app)
+
+
+@router.get(
+    "/apps/{app}/timers",
+    name="timer_list",
+    summary="The app's timers: schedule, last run, its exit code, next run",
+    responses=ERRORS,
+)
+async def timer_list(app: AppName, provider: ProviderDep) -> list[TimerStatus]:
+    await provider.apps.get(app)
+    return await provider.timers.list(app)
 
 
 @router.post(

@@ -11,12 +11,14 @@ from shared.models import System
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.builds import LocalBuilds
 from shared.provider.local.docker import Docker
+from shared.provider.local.events import Events
 from shared.provider.local.formation import LocalFormation
 from shared.provider.local.logs import LocalLogs
 from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.releases import LocalReleases
 from shared.provider.local.resources import LocalParams, LocalResources
 from shared.provider.local.state import State
+from shared.provider.local.timers import LocalTimers
 
 
 class LocalSystem:
@@ -43,6 +45,8 @@ class LocalProvider:
             self.state, self.docker, self.apps, self.releases, settings.name, settings.balancer_host
         )
         self.apps.on_delete.append(self.formation.forget)
+        self.timers = LocalTimers(self.docker, self.apps, self.releases, self.processes, Events(self.state))
+        self.apps.on_delete.append(self.timers.forget)
         self.params = LocalParams(self.state)
         self.resources = LocalResources(
             self.state, self.docker, self.apps, self.params, settings.name, self.formation.network
@@ -64,6 +68,7 @@ class LocalProvider:
         tb: TracebackType | None,
     ) -> None:
         await self.builds.close()
+        await self.timers.close()
         await self.processes.close()
         await self.formation.close()
         await self.resources.close()

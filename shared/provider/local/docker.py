@@ -161,7 +161,7 @@ class Docker:
     async def volumes(self, labels: dict[str, str]) -> list[str]:
         """The names of the volumes that carry every one of ``labels``."""
         volumes: Any = self.client.volumes  # aiodocker's volume API is untyped
-        filters = json.dumps({"label": [f"{key}={value}" for key, value in labels.items()]})
+        filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
         async with translated("volumes"):
             found = await volumes.list(filters=filters)
         return [str(volume["Name"]) for volume in (found or {}).get("Volumes") or []]
