@@ -76,6 +76,11 @@ services:
     drain: 1
     scale:
       memory: 16
+timers:
+  hourly:
+    schedule: "0 * * * *"
+    command: ls /data
+    service: web
 """
 
 
@@ -103,6 +108,10 @@ def test_a_volume_keeps_its_data_across_releases_and_goes_with_the_app(
         assert deployed.returncode == 0, deployed.stderr
         assert fetch(info(cli, app_name)["Balancer"], "/marks") == "first\n"
         assert len(app_volumes(app_name)) == 1
+        listed = cli("timers", "--app", app_name, check=True).stdout.splitlines()
+        assert listed[0].split() == ["NAME", "SCHEDULE", "SERVICE", "COMMAND", "LAST", "RUN", "EXIT", "NEXT", "RUN"]
+        assert listed[1].split()[:8] == ["hourly", "0", "*", "*", "*", "*", "web", "ls"]
+        assert "in " in listed[1]  # the next run
         cli("env", "set", "RELEASE_MARK=second", "--promote", "--app", app_name, check=True, timeout=300)
         assert fetch(info(cli, app_name)["Balancer"], "/marks") == "first\nsecond\n"  # the new process appended
     finally:
