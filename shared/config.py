@@ -55,3 +55,11 @@ class LocalProviderSettings(BaseSettings):
 
     docker_url: str | None = Field(None, description="Docker Engine address; DOCKER_HOST or the socket if unset.")
     network: str = Field("", description="The rack's Docker network; '<rack>' when empty.")
+    docker_timeout: float = Field(
+        30.0, gt=0, description="Seconds any one Docker Engine call may take (streams: to connect) before a 503."
+    )
+    balancer_orphan_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="The balancer process outlives the rack's restarts; it stops after this long with no rack.",
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -13,8 +15,62 @@ from fastapi import APIRouter, FastAPI, Request
 
 from shared import __version__
 from shared.config import RackSettings
+from shared.errors import Unavailable
 from shared.http import create_service_app
+from shared.logfmt import Logger
 from shared.provider import Provider, load_provider
+
+log = Logger("service")
+STARTUP_WAIT_SECONDS = 10.0
+"""How long the service waits for a start-up hook before it answers anyway (the hook goes on meanwhile)."""
+RETRY_SECONDS = (1.0, 2.0, 5.0)
+
+Hook = Callable[[Provider], Awaitable[None]]
+
+
+async def _retried(name: str, hook: Hook, opened: Provider, first: asyncio.Task[None] | None) -> None:
+    """Finish a start-up hook in the background: wait for ``first`` (the attempt under way), then run it
+    again while the engine (or whatever it needs) is unavailable, backing off, until it succeeds."""
+    attempt = 0
+    while True:
+        try:
+            if first is not None:
+                await first
+                first = None
+            else:
+                await hook(opened)
+            log.log("startup.done", service=name, hook=hook.__name__, attempts=attempt + 1)
+            return
+        except Unavailable as exc:
+            log.error("startup.retry", service=name, hook=hook.__name__, message=exc.message)
+        except Exception as exc:
+            log.error("startup.failed", service=name, hook=hook.__name__, message=str(exc) or type(exc).__name__)
+            return
+        await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
+        attempt += 1
+
+
+async def run_startup(name: str, hooks: Sequence[Hook], opened: Provider) -> list[asyncio.Task[None]]:
+    """Run each hook before the service answers, except what needs an engine that is down or hung: such a
+    hook (one raising :class:`Unavailable`, or still running after ``STARTUP_WAIT_SECONDS``) goes on in the
+    background, so the rack starts while its engine is away and catches up when it is back. Returns the
+    background tasks, for the service to cancel when it stops. Any other failure fails the start."""
+    background = []
+    for hook in hooks:
+        first = asyncio.ensure_future(hook(opened))
+        done, _ = await asyncio.wait({first}, timeout=STARTUP_WAIT_SECONDS)
+        if first in done:
+            failure = first.exception()
+            if failure is None:
+                continue
+            if not isinstance(failure, Unavailable):
+                raise failure
+            log.error("startup.retry", service=name, hook=hook.__name__, message=failure.message)
+            background.append(asyncio.create_task(_retried(name, hook, opened, None)))
+        else:
+            log.log("startup.slow", service=name, hook=hook.__name__, seconds=STARTUP_WAIT_SECONDS)
+            background.append(asyncio.create_task(_retried(name, hook, opened, first)))
+    return background
 
 
 def provider_of(request: Request) -> Provider:
@@ -30,9 +86,10 @@ def build_service(
     provider: Provider | None = None,
     internal: bool = True,
     tags: list[dict[str, Any]] | None = None,
-    startup: Sequence[Callable[[Provider], Awaitable[None]]] = (),
+    startup: Sequence[Hook] = (),
 ) -> FastAPI:
-    """A service app. ``startup`` runs with the opened provider before the service answers.
+    """A service app. ``startup`` runs with the opened provider before the service answers (see
+    :func:`run_startup` for an engine that is down).
     ``provider`` replaces the configured one (tests pass a fake through this seam);
     ``internal=False`` drops the gateway-secret guard, for in-process tests only."""
     settings = settings or RackSettings()
@@ -42,9 +99,14 @@ def build_service(
         async with provider or load_provider(settings) as opened:
             app.state.provider = opened
             app.state.settings = settings
-            for hook in startup:
-                await hook(opened)
-            yield
+            background = await run_startup(name, startup, opened)
+            try:
+                yield
+            finally:
+                for task in background:
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.gather(*background, return_exceptions=True)
 
     secret = settings.internal_secret.get_secret_value() if internal else None
     app = create_service_app(name, version=__version__, lifespan=lifespan, tags=tags, secret=secret)

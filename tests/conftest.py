@@ -25,6 +25,9 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
+# A rack's balancer process outlives the rack (apps keep answering through its restarts); the ones tests
+# start go soon after their rack (the default is a quarter of an hour).
+os.environ.setdefault("RACK_LOCAL_BALANCER_ORPHAN_SECONDS", "30")
 RUN_ID = secrets.token_hex(4)
 RACK_NAME = f"test-{RUN_ID}"
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +139,13 @@ def stop_rack(rack: RunningRack) -> None:
             rack.process.wait()
 
 
+def stop_balancer(data_dir: Path) -> None:
+    """Stop the balancer process of the rack at ``data_dir`` (it outlives the rack): it exits within a second
+    of its control socket going."""
+    with contextlib.suppress(FileNotFoundError):
+        (data_dir / "run" / "balancer.sock").unlink()
+
+
 @pytest.fixture(scope="session")
 def rack(tmp_path_factory: pytest.TempPathFactory, docker_engine: str) -> Iterator[RunningRack]:
     """A rack started as a user starts it (`convox rack start`), shared by the session's tests."""
@@ -145,6 +155,7 @@ def rack(tmp_path_factory: pytest.TempPathFactory, docker_engine: str) -> Iterat
         yield running
     finally:
         stop_rack(running)
+        stop_balancer(data_dir)
         remove_labelled_containers(RACK_NAME)
 
 

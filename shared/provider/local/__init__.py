@@ -9,6 +9,7 @@ from shared import __version__
 from shared.config import LocalProviderSettings, RackSettings
 from shared.models import System
 from shared.provider.local.apps import LocalApps
+from shared.provider.local.balancers import Balancers
 from shared.provider.local.builds import LocalBuilds
 from shared.provider.local.docker import Docker
 from shared.provider.local.events import Events
@@ -36,13 +37,16 @@ class LocalProvider:
         local = local or LocalProviderSettings()
         self.settings = settings
         self.state = State(settings.data_dir / "state.db")
-        self.docker = Docker(local.docker_url)
+        self.docker = Docker(local.docker_url, local.docker_timeout)
         self.apps = LocalApps(self.state, self.docker, settings.name, settings.balancer_host)
         self.system = LocalSystem(settings.name)
         self.releases = LocalReleases(self.state, self.apps)
         self.processes = LocalProcesses(self.docker, self.apps, settings.name, self.releases)
+        self.balancers = Balancers(
+            settings.run_dir, settings.data_dir / "logs" / "balancer.log", local.balancer_orphan_seconds
+        )
         self.formation = LocalFormation(
-            self.state, self.docker, self.apps, self.releases, settings.name, settings.balancer_host
+            self.state, self.docker, self.apps, self.releases, settings.name, settings.balancer_host, self.balancers
         )
         self.apps.on_delete.append(self.formation.forget)
         self.timers = LocalTimers(self.docker, self.apps, self.releases, self.processes, Events(self.state))

@@ -1,6 +1,10 @@
-"""A TCP balancer on a host port, spreading connections over a process type's healthy containers.
+"""One listener of a balancer: a public host port forwarding TCP connections to a set of backends.
 
-Backends change with scale and roll-outs; connections already open are never cut by such a change.
+A listener is the unit of a balancer: ``(host, port) -> [(ip, container_port), ...]``. A process type with
+several public ports has one listener per port. Backends change with scale and roll-outs; connections
+already open are never cut by such a change. Listeners live in the balancer process
+(:mod:`shared.provider.local.balancerd`), which outlives the rack's services; the rack drives it through
+:mod:`shared.provider.local.balancers`.
 """
 
 from __future__ import annotations
@@ -10,10 +14,22 @@ import contextlib
 import itertools
 from collections import Counter
 
+from pydantic import BaseModel, Field
+
 from shared.logfmt import Logger
 
 log = Logger("balancer")
 CHUNK = 256 * 1024
+CONNECT_SECONDS = 3.0
+
+
+class ListenerSpec(BaseModel):
+    """What one listener should be: where it listens and where it forwards."""
+
+    name: str = Field(description="Unique among the balancer's listeners, e.g. 'web.myapp:80'.")
+    host: str
+    port: int = Field(0, ge=0, le=65535, description="The public port; 0 takes a free one (then kept).")
+    backends: list[tuple[str, int]] = Field(default_factory=list, description="(ip, container port) pairs.")
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -27,7 +43,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-class Balancer:
+class Listener:
+    """A TCP listener spreading connections round-robin over its backends (the next one when one refuses)."""
+
     def __init__(self, name: str, host: str, port: int) -> None:
         self.name = name
         self.host = host
@@ -43,23 +61,27 @@ class Balancer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def spec(self) -> ListenerSpec:
+        return ListenerSpec(name=self.name, host=self.host, port=self.port, backends=list(self.backends))
+
     async def start(self) -> int:
-        """Listen (on the recorded port, or a free one when it is 0); returns the port."""
+        """Listen (on the given port, or a free one when it is 0); returns the port."""
         self._server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
         self.port = int(self._server.sockets[0].getsockname()[1])
-        log.log("balancer.start", balancer=self.name, port=self.port)
+        log.log("listener.start", listener=self.name, port=self.port)
         return self.port
 
     def set_backends(self, backends: list[tuple[str, int]]) -> None:
         if sorted(backends) != sorted(self.backends):
-            log.log("balancer.backends", balancer=self.name, count=len(backends))
+            log.log("listener.backends", listener=self.name, count=len(backends))
         self.backends = list(backends)
 
-    async def drained(self, backend: tuple[str, int], within: float) -> bool:
-        """Wait until no connection through this balancer is open to ``backend`` (at most ``within`` s)."""
+    async def drained(self, ip: str, within: float) -> bool:
+        """Wait until no connection through this listener is open to a backend at ``ip`` (at most ``within``
+        seconds); False when some still are."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        while self.active[backend] > 0:
+        while any(count > 0 for (host, _), count in self.active.items() if host == ip):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
@@ -73,6 +95,7 @@ class Balancer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+            log.log("listener.close", listener=self.name, port=self.port)
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
@@ -85,7 +108,7 @@ class Balancer:
         for offset in range(len(backends)):
             backend = backends[(start + offset) % len(backends)]
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(*backend), 3)
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(*backend), CONNECT_SECONDS)
             except (OSError, TimeoutError):
                 continue
             return backend, reader, writer
@@ -109,6 +132,8 @@ class Balancer:
                 backend_writer.close()
                 with contextlib.suppress(OSError, ConnectionError):
                     await backend_writer.wait_closed()
+        except asyncio.CancelledError:
+            pass  # the listener closes (its app went): this connection ends with it
         finally:
             client_writer.close()
             with contextlib.suppress(OSError, ConnectionError):

@@ -22,8 +22,10 @@ LABEL_ONEOFF = "convox.oneoff"
 LABEL_SANDBOX = "convox.sandbox"
 """On a network sandbox of one-offs (:mod:`shared.provider.local.sandboxes`): the app it serves (it has no
 ``convox.app``: it is no process of the app)."""
-STREAMING = aiohttp.ClientTimeout(sock_connect=10)
-"""Streams (logs, events) run as long as they last; only connecting has a limit."""
+TIMEOUT = 30.0
+"""The default for one call to the Engine (``RACK_LOCAL_DOCKER_TIMEOUT``); past it the call is a 503."""
+UNREACHABLE = "docker engine unreachable"
+"""How every error for an engine that refuses, drops or does not answer begins (the 503s' message)."""
 
 
 @asynccontextmanager
@@ -33,6 +35,8 @@ async def translated(what: str) -> AsyncIterator[None]:
         yield
     except aiodocker.DockerError as exc:
         message = str(exc.message) if exc.message else f"docker error {exc.status}"
+        if exc.status == 900:  # aiodocker's "cannot connect"
+            raise Unavailable(f"{UNREACHABLE} (it refused the connection)") from None
         if exc.status == 404:
             raise NotFound(f"{what}: not found") from None
         if exc.status == 409:
@@ -40,21 +44,35 @@ async def translated(what: str) -> AsyncIterator[None]:
         if exc.status == 400:
             raise BadRequest(f"{what}: {message}") from None
         raise RackError(f"{what}: {message}", status=502) from None
+    except TimeoutError:  # aiohttp's timeouts too (ServerTimeoutError is one)
+        raise Unavailable(f"{UNREACHABLE}: it did not answer {what} in time") from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise Unavailable(f"docker engine unreachable ({type(exc).__name__})") from None
+        raise Unavailable(f"{UNREACHABLE} ({type(exc).__name__})") from None
 
 
 class Docker:
-    """One aiodocker client per provider, opened in its lifespan."""
+    """One aiodocker client per provider, opened in its lifespan.
 
-    def __init__(self, url: str | None) -> None:
+    Every call has a time limit: ``timeout`` seconds for a request and its answer (a hung engine makes it
+    a 503, never a request or a lock held for good); streams (logs, events, builds, pulls) have a limit to
+    connect and run as long as they last; stopping a container has its grace on top."""
+
+    def __init__(self, url: str | None, timeout: float = TIMEOUT) -> None:
         self.url = url
+        self.timeout = timeout
         self._client: aiodocker.Docker | None = None
+
+    @property
+    def limits(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 10.0))
+
+    def streaming(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(sock_connect=min(self.timeout, 10.0))
 
     @property
     def client(self) -> aiodocker.Docker:
         if self._client is None:
-            self._client = aiodocker.Docker(url=self.url)
+            self._client = aiodocker.Docker(url=self.url, timeout=self.limits)
         return self._client
 
     async def close(self) -> None:
@@ -104,7 +122,7 @@ class Docker:
         async with translated(f"process {container_id}"):
             container = self.client.containers.container(container_id)
             try:
-                await container.stop(t=grace)
+                await container.stop(t=grace, timeout=aiohttp.ClientTimeout(total=grace + self.timeout))
             finally:
                 await container.delete(force=True, v=True)
 
@@ -191,7 +209,7 @@ class Docker:
             params["since"] = since
         async with (
             translated(f"process {container_id[:12]}"),
-            self.client._query(f"containers/{container_id}/logs", params=params, timeout=STREAMING) as response,
+            self.client._query(f"containers/{container_id}/logs", params=params, timeout=self.streaming()) as response,
         ):
             buffer = bytearray()
             async for chunk in response.content.iter_any():
@@ -220,7 +238,10 @@ class Docker:
         params = {"filters": json.dumps(filters)}
         if since:
             params["since"] = since
-        async with translated("events"), self.client._query("events", params=params, timeout=STREAMING) as response:
+        async with (
+            translated("events"),
+            self.client._query("events", params=params, timeout=self.streaming()) as response,
+        ):
             async for line in response.content:
                 if line.strip():
                     yield json.loads(line)

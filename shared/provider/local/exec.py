@@ -160,6 +160,12 @@ class _Receiver(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
 
+def _answer_seconds(client: aiodocker.Docker) -> float:
+    """How long the engine may take to connect or to answer a request (the client's limit)."""
+    limit: aiohttp.ClientTimeout = client._timeout
+    return float(limit.total or 30.0)
+
+
 async def _connect(client: aiodocker.Docker) -> tuple[asyncio.Transport, _Receiver]:
     """A new connection to the engine, where aiodocker's client connects."""
     loop = asyncio.get_running_loop()
@@ -167,9 +173,13 @@ async def _connect(client: aiodocker.Docker) -> tuple[asyncio.Transport, _Receiv
     url = URL(client.docker_host)
     try:
         if isinstance(connector, aiohttp.UnixConnector):
-            transport, protocol = await loop.create_unix_connection(_Receiver, connector.path)
+            transport, protocol = await asyncio.wait_for(
+                loop.create_unix_connection(_Receiver, connector.path), _answer_seconds(client)
+            )
         elif url.scheme == "http" and url.host:
-            transport, protocol = await loop.create_connection(_Receiver, url.host, url.port or 2375)
+            transport, protocol = await asyncio.wait_for(
+                loop.create_connection(_Receiver, url.host, url.port or 2375), _answer_seconds(client)
+            )
         else:
             raise Unavailable(f"streams need the docker engine on a unix socket or plain tcp, not {url.scheme}")
     except OSError as exc:
@@ -198,9 +208,10 @@ class Hijacked:
                 f"Content-Length: {len(data)}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
             )
             transport.write(head.encode() + data)
-            while (mark := receiver.buf.find(b"\r\n\r\n", 1, receiver.end)) < 0:
-                if not await receiver.more():
-                    raise ConnectionResetError("closed before the response")
+            async with asyncio.timeout(_answer_seconds(client)):
+                while (mark := receiver.buf.find(b"\r\n\r\n", 1, receiver.end)) < 0:
+                    if not await receiver.more():
+                        raise ConnectionResetError("closed before the response")
             lines = receiver.buf[1:mark].decode("latin-1").split("\r\n")
             status = int(lines[0].split(" ", 2)[1])
             if status not in (101, 200):

@@ -17,12 +17,13 @@ from typing import Any
 
 import httpx
 
-from shared.errors import BadRequest, Conflict, NotFound, RackError
+from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
 from shared.manifest import Health, Manifest, Volume, resolve_manifest
 from shared.models import App, Formation, FormationUpdate, Release
 from shared.provider.local.apps import LocalApps
-from shared.provider.local.balancer import Balancer
+from shared.provider.local.balancer import ListenerSpec
+from shared.provider.local.balancers import Balancers
 from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
 from shared.provider.local.events import Events
 from shared.provider.local.images import image_name
@@ -83,7 +84,14 @@ def container_ip(container: dict[str, Any], network: str) -> str:
 
 class LocalFormation:
     def __init__(
-        self, state: State, docker: Docker, apps: LocalApps, releases: LocalReleases, rack: str, balancer_host: str
+        self,
+        state: State,
+        docker: Docker,
+        apps: LocalApps,
+        releases: LocalReleases,
+        rack: str,
+        balancer_host: str,
+        lb: Balancers,
     ) -> None:
         self.state = state
         self.docker = docker
@@ -92,7 +100,9 @@ class LocalFormation:
         self.rack = rack
         self.balancer_host = balancer_host
         self.network = f"convox-{rack}"
-        self.balancers: dict[tuple[str, str], Balancer] = {}
+        self.lb = lb
+        self.balancers: dict[tuple[str, str], ListenerSpec] = {}
+        """The listener of each public process type, as last put to the balancer process."""
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.events = Events(state)
@@ -252,28 +262,27 @@ class LocalFormation:
             return False
         return response.status_code < 400
 
-    async def _balancer(self, app: str, want: Desired) -> Balancer:
-        key = (app, want.service)
-        balancer = self.balancers.get(key)
-        if balancer is None:
-            balancer = Balancer(f"{want.service}.{app}", self.balancer_host, want.balancer_port or 0)
-            try:
-                port = await balancer.start()
-            except OSError:  # the recorded port is taken: take another
-                balancer = Balancer(f"{want.service}.{app}", self.balancer_host, 0)
-                port = await balancer.start()
-            self.balancers[key] = balancer
+    async def _balancer(self, app: str, service: str, port: int | None, backends: list[tuple[str, int]]) -> None:
+        """Put the listener of ``service`` (on its kept port) with these backends; keep the port it got."""
+        known = self.balancers.get((app, service))
+        spec = ListenerSpec(
+            name=f"{service}.{app}",
+            host=self.balancer_host,
+            port=known.port if known is not None else port or 0,
+            backends=backends,
+        )
+        spec.port = await self.lb.put(spec)
+        self.balancers[(app, service)] = spec
+        if known is None or known.port != spec.port:
             await self.state.execute(
                 "INSERT INTO formation (app, service, balancer_port) VALUES (?, ?, ?) "
                 "ON CONFLICT (app, service) DO UPDATE SET balancer_port = excluded.balancer_port",
-                (app, want.service, port),
+                (app, service, spec.port),
             )
-        return balancer
 
     async def _drop_balancer(self, app: str, service: str) -> None:
-        balancer = self.balancers.pop((app, service), None)
-        if balancer is not None:
-            await balancer.close()
+        self.balancers.pop((app, service), None)
+        await self.lb.delete(f"{service}.{app}")
         await self.state.execute(
             "UPDATE formation SET balancer_port = NULL WHERE app = ? AND service = ?", (app, service)
         )
@@ -319,8 +328,8 @@ class LocalFormation:
             raise
         for want in wanted:
             if want.public and want.port:
-                balancer = await self._balancer(app, want)
-                balancer.set_backends(await self._backends(keep[want.service], want.port))
+                backends = await self._backends(keep[want.service], want.port)
+                await self._balancer(app, want.service, want.balancer_port, backends)
             elif (app, want.service) in self.balancers:
                 await self._drop_balancer(app, want.service)
         kept = {c["Id"] for containers in keep.values() for c in containers}
@@ -350,11 +359,10 @@ class LocalFormation:
         """Stop a process once the connections its balancer holds open to it are done (or drain time ends)."""
         labels = container.get("Labels") or {}
         service = labels.get(LABEL_TYPE, "")
-        balancer = self.balancers.get((app, service))
-        if balancer is not None:
-            ip = container_ip(container, self.network)
-            for backend in [b for b in balancer.active if b[0] == ip and balancer.active[b] > 0]:
-                await balancer.drained(backend, _seconds(labels.get(LABEL_DRAIN), DRAIN_SECONDS))
+        ip = container_ip(container, self.network)
+        if (app, service) in self.balancers and ip:
+            with contextlib.suppress(RackError):
+                await self.lb.drained(f"{service}.{app}", ip, _seconds(labels.get(LABEL_DRAIN), DRAIN_SECONDS))
         await self.docker.stop(container["Id"], grace=int(_seconds(labels.get(LABEL_GRACE), 10)))
 
     async def _backends(self, containers: list[dict[str, Any]], port: int) -> list[tuple[str, int]]:
@@ -427,7 +435,7 @@ class LocalFormation:
                     running=count,
                     memory=want.memory,
                     ports=ports,
-                    balancer=balancer.address if balancer is not None and want.public else "",
+                    balancer=f"{balancer.host}:{balancer.port}" if balancer is not None and want.public else "",
                 )
             )
         return formation
@@ -468,19 +476,29 @@ class LocalFormation:
         self._spawn(self._refresh())
 
     async def _adopt(self, release: Release, interrupted: bool) -> None:
-        async with self._lock(release.app):
-            try:
-                await self.converge(release)
-            except Exception as exc:
-                log.error("formation.adopt", app=release.app, release=release.id, message=str(exc))
-            if interrupted:
+        attempt = 0
+        while True:
+            async with self._lock(release.app):
+                try:
+                    await self.converge(release)
+                except Unavailable as exc:  # the engine is away: adopt again when it is back
+                    log.error("formation.adopt", app=release.app, release=release.id, message=exc.message)
+                except Exception as exc:
+                    log.error("formation.adopt", app=release.app, release=release.id, message=str(exc))
+                    break
+                else:
+                    break
+            await asyncio.sleep(min(2.0**attempt, 10.0))
+            attempt += 1
+        if interrupted:
+            with contextlib.suppress(RackError):
                 await self.apps.set_status(release.app, "failed")
 
     async def _refresh(self) -> None:
         """Keep each balancer's backends on the running containers of the active release."""
         while True:
             await asyncio.sleep(REFRESH_SECONDS)
-            for (app, service), balancer in list(self.balancers.items()):
+            for app, service in list(self.balancers):
                 if self._lock(app).locked():
                     continue
                 with contextlib.suppress(RackError, KeyError):
@@ -494,19 +512,22 @@ class LocalFormation:
                         and (c.get("Labels") or {}).get(LABEL_TYPE) == service
                         and (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
                     ]
-                    if port:
-                        balancer.set_backends(await self._backends(running, port))
+                    if port and (app, service) in self.balancers:
+                        await self._balancer(app, service, None, await self._backends(running, port))
 
     async def forget(self, app: str) -> None:
         """The app is being deleted: close its balancers and drop its formation."""
         for app_name, service in list(self.balancers):
             if app_name == app:
                 await self._drop_balancer(app, service)
+        for spec in await self.lb.listeners():  # also those no start of this service adopted yet
+            if spec.name.endswith(f".{app}"):
+                await self.lb.delete(spec.name)
         await self.state.execute("DELETE FROM formation WHERE app = ?", (app,))
 
     async def close(self) -> None:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await asyncio.gather(*(b.close() for b in self.balancers.values()), return_exceptions=True)
+        await self.lb.close()  # the listeners keep serving in the balancer process, for the next start to adopt
         self.balancers.clear()
