@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, RunningRack
 
 REDIS_IMAGE = "rack-local/redis:bookworm"
 CLIENTS_IMAGE = "rack-local/clients:bookworm"
@@ -117,3 +117,42 @@ def test_a_volume_keeps_its_data_across_releases_and_goes_with_the_app(
     finally:
         cli("apps", "delete", app_name)
     assert app_volumes(app_name) == []
+
+
+TWO_PORTS = """
+version: "2"
+services:
+  web:
+    image: {image}
+    command: >-
+      sh -c 'mkdir -p /a /b; echo one > /a/index.html; echo two > /b/index.html;
+      httpd -p 3001 -h /b; exec httpd -f -p 3000 -h /a'
+    ports:
+      - "80:3000"
+      - "443:3001"
+      - "5432"
+    mem_limit: 16m
+"""
+
+
+def test_a_two_port_compose_app_answers_on_both_balancer_ports(
+    cli: Cli, rack: RunningRack, app_name: str, busybox_image: str, tmp_path: Path
+) -> None:
+    from tests.test_builds import api
+    from tests.test_deploy import fetch
+
+    source = tmp_path / "two"
+    source.mkdir()
+    (source / "docker-compose.yml").write_text(TWO_PORTS.format(image=busybox_image))
+    cli("apps", "create", app_name, check=True)
+    try:
+        deployed = cli("deploy", str(source), "--app", app_name, timeout=300)
+        assert deployed.returncode == 0, deployed.stderr
+        (web,) = api(rack, "GET", f"/apps/{app_name}/formation").json()
+        host, _, main = web["balancer"].rpartition(":")
+        first, second, internal = web["ports"]
+        assert first == f"{main}:3000" and second.endswith(":3001") and internal == "5432"
+        assert fetch(web["balancer"]) == "one\n"
+        assert fetch(f"{host}:{second.split(':')[0]}") == "two\n"
+    finally:
+        cli("apps", "delete", app_name)

@@ -61,7 +61,9 @@ class Desired:
     grace: int = 30
     drain: int = int(DRAIN_SECONDS)
     other_ports: list[int] = field(default_factory=list)
-    """The type's container ports besides the main one: reachable on the rack network."""
+    """The type's container ports besides the main one, all reachable on the rack network."""
+    extra_listeners: list[tuple[int, int]] = field(default_factory=list)
+    """(container port, asked balancer port) of the public ports besides the main one: a listener each."""
     stop_first: bool = False
     """``singleton`` (or ``deployment.maximum`` of 100): the old processes stop before new ones start."""
 
@@ -102,6 +104,8 @@ class LocalFormation:
         self.network = f"convox-{rack}"
         self.lb = lb
         self.balancers: dict[tuple[str, str], ListenerSpec] = {}
+        self.extra: dict[tuple[str, str, int], int] = {}
+        """(app, service, asked balancer port) -> the port of each further public listener of a type."""
         """The listener of each public process type, as last put to the balancer process."""
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -139,13 +143,14 @@ class LocalFormation:
                     env=env,
                     command=["sh", "-c", command] if isinstance(command, str) else command,
                     port=service.port,
-                    public=service.public,
+                    public=bool(service.ports) and service.ports[0].public,
                     health=service.health,
                     balancer_port=override.get("balancer_port"),
                     volumes=service.volumes,
                     grace=service.termination_grace,
                     drain=service.drain,
-                    other_ports=[mapping.container for mapping in service.ports if mapping.container != service.port],
+                    other_ports=[mapping.container for mapping in service.ports[1:]],
+                    extra_listeners=[(m.container, m.balancer or m.container) for m in service.ports[1:] if m.public],
                     stop_first=service.singleton or service.deployment.maximum <= 100,
                 )
             )
@@ -280,6 +285,23 @@ class LocalFormation:
                 (app, service, spec.port),
             )
 
+    async def _extra_listeners(self, app: str, want: Desired, containers: list[dict[str, Any]]) -> None:
+        """A listener for each public port of ``want`` besides the main one (``443:3001``), named
+        ``web.myapp:443`` (the balancer process keeps its port across restarts); ones no longer asked for go."""
+        asked = {balancer for _, balancer in want.extra_listeners}
+        for container_port, balancer in want.extra_listeners:
+            spec = ListenerSpec(
+                name=f"{want.service}.{app}:{balancer}",
+                host=self.balancer_host,
+                port=self.extra.get((app, want.service, balancer), 0),
+                backends=await self._backends(containers, container_port),
+            )
+            self.extra[(app, want.service, balancer)] = await self.lb.put(spec)
+        for key in [k for k in self.extra if k[:2] == (app, want.service) and k[2] not in asked]:
+            del self.extra[key]
+            with contextlib.suppress(RackError):
+                await self.lb.delete(f"{want.service}.{app}:{key[2]}")
+
     async def _drop_balancer(self, app: str, service: str) -> None:
         self.balancers.pop((app, service), None)
         await self.lb.delete(f"{service}.{app}")
@@ -332,6 +354,7 @@ class LocalFormation:
                 await self._balancer(app, want.service, want.balancer_port, backends)
             elif (app, want.service) in self.balancers:
                 await self._drop_balancer(app, want.service)
+            await self._extra_listeners(app, want, keep[want.service])
         kept = {c["Id"] for containers in keep.values() for c in containers}
         scope = {want.service for want in wanted}
         retire = [
@@ -344,6 +367,11 @@ class LocalFormation:
             for app_name, service in list(self.balancers):
                 if app_name == app and service not in scope:
                     await self._drop_balancer(app, service)
+            for app_name, service, asked in list(self.extra):
+                if app_name == app and service not in scope:
+                    del self.extra[(app_name, service, asked)]
+                    with contextlib.suppress(RackError):
+                        await self.lb.delete(f"{service}.{app}:{asked}")
 
     async def _stop_first(
         self, app: str, want: Desired, current: list[dict[str, Any]], kept: list[dict[str, Any]]
@@ -361,8 +389,11 @@ class LocalFormation:
         service = labels.get(LABEL_TYPE, "")
         ip = container_ip(container, self.network)
         if (app, service) in self.balancers and ip:
+            names = [f"{service}.{app}"] + [f"{s}.{a}:{b}" for a, s, b in self.extra if (a, s) == (app, service)]
             with contextlib.suppress(RackError):
-                await self.lb.drained(f"{service}.{app}", ip, _seconds(labels.get(LABEL_DRAIN), DRAIN_SECONDS))
+                await asyncio.gather(
+                    *(self.lb.drained(name, ip, _seconds(labels.get(LABEL_DRAIN), DRAIN_SECONDS)) for name in names)
+                )
         await self.docker.stop(container["Id"], grace=int(_seconds(labels.get(LABEL_GRACE), 10)))
 
     async def _backends(self, containers: list[dict[str, Any]], port: int) -> list[tuple[str, int]]:
@@ -427,7 +458,13 @@ class LocalFormation:
                 ports = [f"{balancer.port}:{want.port}"]
             else:
                 ports = [str(want.port)]
-            ports += [str(port) for port in want.other_ports]  # on the rack network
+            listening = {asked: port for (a, s, asked), port in self.extra.items() if (a, s) == (app, want.service)}
+            for container_port in want.other_ports:
+                asked = next((b for c, b in want.extra_listeners if c == container_port), None)
+                if asked is not None and asked in listening:
+                    ports.append(f"{listening[asked]}:{container_port}")
+                else:
+                    ports.append(str(container_port))  # on the rack network
             formation.append(
                 Formation(
                     name=want.service,
@@ -514,14 +551,19 @@ class LocalFormation:
                     ]
                     if port and (app, service) in self.balancers:
                         await self._balancer(app, service, None, await self._backends(running, port))
+                        for want in await self.desired(release):
+                            if want.service == service and want.extra_listeners:
+                                await self._extra_listeners(app, want, running)
 
     async def forget(self, app: str) -> None:
         """The app is being deleted: close its balancers and drop its formation."""
         for app_name, service in list(self.balancers):
             if app_name == app:
                 await self._drop_balancer(app, service)
+        for key in [key for key in self.extra if key[0] == app]:
+            del self.extra[key]
         for spec in await self.lb.listeners():  # also those no start of this service adopted yet
-            if spec.name.endswith(f".{app}"):
+            if spec.name.endswith(f".{app}") or spec.name.rpartition(":")[0].endswith(f".{app}"):
                 await self.lb.delete(spec.name)
         await self.state.execute("DELETE FROM formation WHERE app = ?", (app,))
 
