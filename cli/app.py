@@ -167,9 +167,18 @@ def api_get(path: Annotated[str, typer.Argument(help="An API path, such as /apps
 
 
 def _register_commands() -> None:
-    from cli import cmd_builds, cmd_init, cmd_logs, cmd_processes, cmd_rack_aws, cmd_releases, cmd_services
+    from cli import (
+        cmd_builds,
+        cmd_init,
+        cmd_logs,
+        cmd_processes,
+        cmd_rack_aws,
+        cmd_releases,
+        cmd_services,
+        cmd_timers,
+    )
 
-    for module in (cmd_builds, cmd_releases, cmd_processes, cmd_logs, cmd_init, cmd_services, cmd_rack_aws):
+    for module in (cmd_builds, cmd_releases, cmd_processes, cmd_logs, cmd_init, cmd_services, cmd_rack_aws, cmd_timers):
         module.register(app)
 
 

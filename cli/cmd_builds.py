@@ -7,6 +7,7 @@ the websocket and return the finished build, or raise ``CliError("build failed: 
 
 from __future__ import annotations
 
+import json
 import posixpath
 import sys
 import tempfile
@@ -54,6 +55,17 @@ def always_sent(directory: Path, manifest: str) -> set[str]:
             keep.add(posixpath.normpath(posixpath.join(service.build.path, service.build.manifest)))
             keep.add(posixpath.normpath(posixpath.join(service.build.path, ".dockerignore")))
     return keep
+
+
+def manifest_warnings(build: dict[str, Any]) -> list[str]:
+    """The keys of the manifest the rack does not act on (``convox.yml: services.web.domain is not supported
+    by this rack``), as the rack parsed it for this build."""
+    try:
+        parsed = json.loads(build.get("manifest") or "{}")
+    except ValueError:
+        return []
+    warnings = parsed.get("warnings") if isinstance(parsed, dict) else None
+    return [str(warning) for warning in warnings] if isinstance(warnings, list) else []
 
 
 def pack_source(directory: Path, archive: Path, manifest: str) -> int:
@@ -212,6 +224,8 @@ def build_and_wait(
             in_thread(pack_source, directory, archive, manifest)
         build = upload(c, app, archive, params)
     build_id = str(build["id"])
+    for warning in manifest_warnings(build):
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     print(f"Starting build {build_id}... OK", file=sys.stderr, flush=True)
     try:
         exit_code, error = follow_logs(c.rack, app, build_id, out or sys.stdout.buffer)

@@ -172,3 +172,16 @@ class LogEntry(Model):
     release: str = ""
     pid: str = ""
     line: str
+
+
+class TimerStatus(Model):
+    """A timer of the app's active release: its schedule, and how its runs went."""
+
+    name: str
+    schedule: str = Field(examples=["*/5 * * * *"], description="5-field cron, UTC.")
+    service: str
+    command: str
+    last_run: datetime | None = None
+    last_exit: int | None = Field(None, description="The last run's exit code; none while it runs or before any.")
+    running: str = Field("", description="The pid of the run in progress.")
+    next_run: datetime | None = None

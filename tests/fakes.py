@@ -82,6 +82,29 @@ class FakeFormation:
         self.adopted += 1
 
 
+class FakeReleases:
+    """Only the app environment a build's manifest is filled from (``${VAR}``); set ``env[app]`` in a test."""
+
+    def __init__(self, apps: FakeApps) -> None:
+        self.apps = apps
+        self.env: dict[str, dict[str, str]] = {}
+
+    async def environment(self, app: str) -> dict[str, str]:
+        await self.apps.get(app)
+        return dict(self.env.get(app, {}))
+
+
+class FakeTimers:
+    def __init__(self) -> None:
+        self.adopted = 0
+
+    async def adopt(self) -> None:
+        self.adopted += 1
+
+    async def list(self, app: str) -> list[object]:
+        return []
+
+
 class FakeProvider:
     name = "fake"
 
@@ -90,6 +113,8 @@ class FakeProvider:
         self.system = FakeSystem()
         self.processes = FakeProcesses(self.apps)
         self.formation = FakeFormation()
+        self.releases = FakeReleases(self.apps)
+        self.timers = FakeTimers()
         self.opened = False
 
     async def __aenter__(self) -> Self:

@@ -133,10 +133,10 @@ def test_health_as_a_path_string() -> None:
     [
         ("3", Scale(count=3)),
         ("0", Scale(count=0)),
-        ('"1-3"', Scale(count=1)),
-        ("2-5", Scale(count=2)),
+        ('"1-3"', Scale(count=1, count_max=3)),
+        ("2-5", Scale(count=2, count_max=5)),
         ("{count: 2, memory: 512}", Scale(count=2, memory=512)),
-        ("{count: 1-4, cpu: 1024}", Scale(count=1, cpu=1024)),
+        ("{count: 1-4, cpu: 1024}", Scale(count=1, count_max=4, cpu=1024)),
     ],
 )
 def test_scale_as_count_range_or_map(value: str, scale: Scale) -> None:
@@ -179,25 +179,43 @@ def test_yaml_syntax_error_names_the_line() -> None:
     assert error("services:\n\tweb: {}\n").startswith("convox.yml: line 2, column 1: invalid YAML")
 
 
-def test_unknown_service_key_is_named_with_a_suggestion() -> None:
-    assert error("services:\n  web:\n    prot: 3000\n") == (
-        'convox.yml: services.web.prot: unknown key (did you mean "port"?)'
+def warnings(text: str, filename: str = "convox.yml") -> list[str]:
+    return parse_manifest(text, filename).warnings
+
+
+def test_unknown_service_key_is_a_warning_with_a_suggestion() -> None:
+    assert warnings("services:\n  web:\n    prot: 3000\n") == [
+        'convox.yml: services.web.prot is not a key Convox knows (did you mean "port"?)'
+    ]
+
+
+def test_unknown_keys_at_every_level_are_warnings() -> None:
+    assert warnings("servics:\n  web: {}\nservices: {web: {}}\n") == [
+        'convox.yml: servics is not a key Convox knows (did you mean "services"?)'
+    ]
+    assert warnings("services:\n  web:\n    health: {paht: /}\n") == [
+        'convox.yml: services.web.health.paht is not a key Convox knows (did you mean "path"?)'
+    ]
+    assert "services.web.scale.size is not a key" in warnings("services:\n  web:\n    scale: {size: 2}\n")[0]
+    assert (
+        "services.web.build.dockerfile is not a key" in warnings("services:\n  web:\n    build: {dockerfile: x}\n")[0]
+    )
+    assert (
+        "resources.db.option is not a key"
+        in warnings("resources:\n  db: {type: redis, option: {}}\nservices: {w: {}}")[0]
     )
 
 
-def test_unknown_keys_at_every_level_are_errors() -> None:
-    assert error("servics:\n  web: {}\n").startswith('convox.yml: servics: unknown key (did you mean "services"?)')
-    assert "services.web.health.paht: unknown key" in error("services:\n  web:\n    health: {paht: /}\n")
-    assert "services.web.scale.size: unknown key" in error("services:\n  web:\n    scale: {size: 2}\n")
-    assert "services.web.build.dockerfile: unknown key" in error("services:\n  web:\n    build: {dockerfile: x}\n")
-    assert "resources.db.option: unknown key" in error("resources:\n  db: {type: redis, option: {}}\nservices: {w: {}}")
-
-
-def test_convox_keys_this_rack_does_not_run_are_named_as_unsupported() -> None:
-    message = error("timers: {}\nservices:\n  web:\n    domain: example.org\n")
-    assert message == (
-        "convox.yml: timers: not supported by this rack; services.web.domain: not supported by this rack"
+def test_convox_keys_this_rack_does_not_act_on_are_warnings_and_the_file_deploys() -> None:
+    manifest = parse_manifest(
+        "balancers: {}\nservices:\n  web:\n    domain: example.org\n    sticky: true\n", "convox.yml"
     )
+    assert manifest.warnings == [
+        "convox.yml: balancers is not supported by this rack",
+        "convox.yml: services.web.domain is not supported by this rack",
+        "convox.yml: services.web.sticky is not supported by this rack",
+    ]
+    assert list(manifest.services) == ["web"]
 
 
 def test_wrong_types_name_the_key_and_what_was_given() -> None:
@@ -291,10 +309,10 @@ def test_resource_referenced_but_not_declared_is_an_error() -> None:
 
 def test_resource_types_are_checked() -> None:
     assert error("resources:\n  db: {type: mongo}\nservices:\n  web: {}\n") == (
-        'convox.yml: resources.db.type: must be one of mysql, postgres, redis, got "mongo"'
+        'convox.yml: resources.db.type: must be one of mariadb, memcached, mysql, postgres, redis, got "mongo"'
     )
     assert error("resources:\n  db: {}\nservices:\n  web: {}\n") == (
-        "convox.yml: resources.db.type: is required (one of mysql, postgres, redis)"
+        "convox.yml: resources.db.type: is required (one of mariadb, memcached, mysql, postgres, redis)"
     )
 
 
@@ -322,7 +340,6 @@ def test_every_problem_is_reported_at_once() -> None:
     assert message.startswith("convox.yml: ")
     assert message.count("convox.yml") == 1
     assert "services.web.port: must be at least 1, got 0" in message
-    assert "services.web.prot: unknown key" in message
     assert 'services.Bad: invalid service name "Bad"' in message
 
 
@@ -411,12 +428,6 @@ def test_compose_mem_limit_becomes_scale_memory_in_mb(limit: object, megabytes: 
     )
 
 
-def test_compose_second_port_is_an_error_naming_the_key() -> None:
-    assert error('web:\n  ports: ["80:3000", "443:3001"]\n', "docker-compose.yml") == (
-        "docker-compose.yml: web.ports[1]: only one port per service is supported, got 2 ports"
-    )
-
-
 def test_compose_bad_ports_are_errors() -> None:
     assert error('web:\n  ports: "80:3000"\n', "docker-compose.yml") == (
         'docker-compose.yml: web.ports: must be a list like ["80:3000"], got "80:3000"'
@@ -425,22 +436,23 @@ def test_compose_bad_ports_are_errors() -> None:
         'docker-compose.yml: web.ports[0]: ports are 1 to 65535, got "80:99999"'
     )
     assert error('web:\n  ports: ["53/udp"]\n', "docker-compose.yml") == (
-        "docker-compose.yml: web.ports[0]: udp ports are not supported"
+        "docker-compose.yml: web.ports[0]: udp ports are not supported by this rack's balancer"
     )
     assert error('web:\n  ports: ["0.0.0.0:80:3000"]\n', "docker-compose.yml").startswith(
         'docker-compose.yml: web.ports[0]: must be "BALANCER:CONTAINER" like "80:3000", or "PORT"'
     )
 
 
-def test_compose_unknown_and_unsupported_keys_are_named() -> None:
-    assert error("web:\n  image: x\n  port: 80\n  entrypoint: sh\n", "docker-compose.yml") == (
-        'docker-compose.yml: web.port: unknown key (did you mean "ports"?); web.entrypoint: not supported by this rack'
-    )
-    assert error('version: "2"\nservices:\n  web: {image: x}\nvolumes: {}\n', "docker-compose.yml") == (
-        "docker-compose.yml: volumes: not supported by this rack"
-    )
-    assert error('version: "2"\nservices:\n  web: {image: x, prots: []}\n', "docker-compose.yml").startswith(
-        "docker-compose.yml: services.web.prots: unknown key"
+def test_compose_unknown_and_unsupported_keys_are_warnings() -> None:
+    assert warnings("web:\n  image: x\n  port: 80\n  entrypoint: sh\n", "docker-compose.yml") == [
+        'docker-compose.yml: web.port is not a key Convox knows (did you mean "ports"?)',
+        "docker-compose.yml: web.entrypoint is not supported by this rack",
+    ]
+    assert warnings('version: "2"\nservices:\n  web: {image: x}\nvolumes: {}\n', "docker-compose.yml") == [
+        "docker-compose.yml: volumes is not supported by this rack"
+    ]
+    assert warnings('version: "2"\nservices:\n  web: {image: x, prots: []}\n', "docker-compose.yml")[0].startswith(
+        "docker-compose.yml: services.web.prots is not a key Convox knows"
     )
 
 
@@ -469,7 +481,7 @@ def test_compose_other_errors_name_file_and_key() -> None:
         "docker-compose.yml: services: at least one service is required"
     )
     assert error("web:\n  links: database\n", "docker-compose.yml") == (
-        'docker-compose.yml: web.links: must be a list, got "database"'
+        'docker-compose.yml: web.links: must be a list of process types, got "database"'
     )
     assert error("web:\n  build: {context: ., dockerfile: A}\n  dockerfile: B\n", "docker-compose.yml") == (
         "docker-compose.yml: web.dockerfile: the Dockerfile is already named by build.dockerfile"
@@ -502,7 +514,7 @@ def test_format_is_chosen_by_the_file_name(filename: str, compose: bool) -> None
 def test_compose_file_is_not_read_as_convox_yml() -> None:
     text = 'web:\n  image: nginx\n  ports: ["80:80"]\n'
     assert parse_manifest(text, "docker-compose.yml").services["web"].port == 80
-    assert error(text, "convox.yml") == "convox.yml: web: unknown key; services: at least one service is required"
+    assert error(text, "convox.yml") == "convox.yml: services: at least one service is required"
 
 
 # -- the service environment ----------------------------------------------------------------------------------

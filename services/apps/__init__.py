@@ -1,4 +1,4 @@
-"""The apps service: apps, releases, environment, formation; it owns their state."""
+"""The apps service: apps, releases, environment, formation, timers; it owns their state."""
 
 from __future__ import annotations
 
@@ -30,3 +30,4 @@ def create_app(
 async def adopt(provider: Provider) -> None:
     """The apps service owns formation: it takes charge of running processes and balancers at start."""
     await provider.formation.adopt()
+    await provider.timers.adopt()

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Depends, Query
 from shared.errors import BadRequest
 from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.logfmt import Logger
-from shared.models import App, Formation, FormationUpdate, Release
+from shared.models import App, Formation, FormationUpdate, Release, TimerStatus
 from shared.names import check_env
 from shared.params import app_path, env_key_path, id_path, type_path
 from shared.provider import Provider
@@ -104,6 +104,17 @@ async def environment_unset(
 @router.get("/apps/{app}/formation", name="formation_get", summary="The app's process types", responses=ERRORS)
 async def formation_get(app: AppName, provider: ProviderDep) -> list[Formation]:
     return await provider.formation.get(app)
+
+
+@router.get(
+    "/apps/{app}/timers",
+    name="timer_list",
+    summary="The app's timers: schedule, last run, its exit code, next run",
+    responses=ERRORS,
+)
+async def timer_list(app: AppName, provider: ProviderDep) -> list[TimerStatus]:
+    await provider.apps.get(app)
+    return await provider.timers.list(app)
 
 
 @router.post(

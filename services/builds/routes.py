@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import posixpath
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import cast
 
@@ -92,14 +93,15 @@ def check_manifest_name(name: str) -> None:
         raise BadRequest(f"manifest: must be a path inside the source, got {name!r}")
 
 
-def load_manifest(context: Path, name: str) -> Manifest:
+def load_manifest(context: Path, name: str, env: Mapping[str, str] | None = None) -> Manifest:
     """Find and parse the manifest of the extracted source at ``context``, and check that every build it
-    asks for has its directory and Dockerfile in the source. Blocking: run in a thread."""
+    asks for has its directory and Dockerfile in the source; ``${VAR}`` is filled from ``env`` (the app's
+    environment). Blocking: run in a thread."""
     path = find_manifest(context, name or None)
     filename = path.relative_to(context).as_posix()
     if resolve_inside(context, filename) is None:
         raise ManifestError(f"{filename}: must be a file inside the source")
-    manifest = parse_manifest(path.read_text(encoding="utf-8", errors="replace"), filename)
+    manifest = parse_manifest(path.read_text(encoding="utf-8", errors="replace"), filename, env)
     compose = is_compose_file(filename)
     for service_name, service in manifest.services.items():
         spec = service.build
@@ -181,7 +183,8 @@ async def _build_create(
                 extract, archive, context, max_size=limits.max_extracted_size, max_members=limits.max_entries
             )
             await asyncio.to_thread(remove_tree, archive)
-            parsed = await asyncio.to_thread(load_manifest, context, manifest)
+            env = await provider.releases.environment(app)
+            parsed = await asyncio.to_thread(load_manifest, context, manifest, env)
         except BaseException:
             await asyncio.to_thread(remove_tree, archive)
             await asyncio.to_thread(remove_tree, context)

@@ -29,6 +29,7 @@ from shared.models import (
     Release,
     Resource,
     System,
+    TimerStatus,
 )
 from shared.stream import ProcessStream
 
@@ -154,6 +155,16 @@ class FormationAPI(Protocol):
         ...
 
 
+class TimersAPI(Protocol):
+    async def list(self, app: str) -> list[TimerStatus]:
+        """The timers of the app's active release, with their last run, its exit code and the next run."""
+        ...
+
+    async def adopt(self) -> None:
+        """Start running timers on their schedules; called once by the service that owns formation."""
+        ...
+
+
 class LogsAPI(Protocol):
     """Every process of an app in one stream, with history; platform events; the rack's own log.
 
@@ -255,6 +266,7 @@ class Provider(Protocol):
     builds: BuildsAPI
     releases: ReleasesAPI
     formation: FormationAPI
+    timers: TimersAPI
     logs: LogsAPI
     resources: ResourcesAPI
     params: ParamsAPI

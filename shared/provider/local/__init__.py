@@ -12,12 +12,14 @@ from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancers import Balancers
 from shared.provider.local.builds import LocalBuilds
 from shared.provider.local.docker import Docker
+from shared.provider.local.events import Events
 from shared.provider.local.formation import LocalFormation
 from shared.provider.local.logs import LocalLogs
 from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.releases import LocalReleases
 from shared.provider.local.resources import LocalParams, LocalResources
 from shared.provider.local.state import State
+from shared.provider.local.timers import LocalTimers
 
 
 class LocalSystem:
@@ -47,6 +49,8 @@ class LocalProvider:
             self.state, self.docker, self.apps, self.releases, settings.name, settings.balancer_host, self.balancers
         )
         self.apps.on_delete.append(self.formation.forget)
+        self.timers = LocalTimers(self.docker, self.apps, self.releases, self.processes, Events(self.state))
+        self.apps.on_delete.append(self.timers.forget)
         self.params = LocalParams(self.state)
         self.resources = LocalResources(
             self.state, self.docker, self.apps, self.params, settings.name, self.formation.network
@@ -54,6 +58,7 @@ class LocalProvider:
         self.apps.on_delete.append(self.resources.forget_app)
         self.builds = LocalBuilds(self.state, self.docker, self.apps, self.releases, settings.name, settings.data_dir)
         self.apps.after_delete.append(self.builds.forget_app)
+        self.apps.after_delete.append(self.formation.forget_volumes)
         self.logs = LocalLogs(self.state, self.docker, self.apps, settings.name, settings.data_dir)
 
     async def __aenter__(self) -> Self:
@@ -67,6 +72,7 @@ class LocalProvider:
         tb: TracebackType | None,
     ) -> None:
         await self.builds.close()
+        await self.timers.close()
         await self.processes.close()
         await self.formation.close()
         await self.resources.close()

@@ -253,6 +253,7 @@ class LocalBuilds:
     ) -> None:
         if not manifest.services:
             raise RackError("the manifest has no services", status=400)
+        env = await self.releases.environment(app)
         for name, service in manifest.services.items():
             if service.build is None:
                 await live.write(f"Service {name} runs image {service.image}: nothing to build\n".encode())
@@ -270,7 +271,7 @@ class LocalBuilds:
                     context,
                     tag=tag,
                     dockerfile=spec.manifest,
-                    buildargs=spec.args,
+                    buildargs={**{key: env[key] for key in spec.required_args if key in env}, **spec.args},
                     nocache=options.no_cache,
                 ):
                     await live.write(text.encode("utf-8", "replace"))

@@ -195,6 +195,14 @@ class Docker:
         async with translated(f"volume {name}"):
             await volumes.create({"Name": name, "Labels": labels})
 
+    async def volumes(self, labels: dict[str, str]) -> list[str]:
+        """The names of the volumes that carry every one of ``labels``."""
+        volumes: Any = self.client.volumes  # aiodocker's volume API is untyped
+        filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
+        async with translated("volumes"):
+            found = await volumes.list(filters=filters)
+        return [str(volume["Name"]) for volume in (found or {}).get("Volumes") or []]
+
     async def volume_remove(self, name: str) -> None:
         """Remove a volume; one that is already gone is fine."""
         volume: Any = aiodocker.volumes.DockerVolume(self.client, name)  # type: ignore[no-untyped-call]

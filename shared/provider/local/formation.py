@@ -20,7 +20,7 @@ import httpx
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
-from shared.manifest import Health, Manifest
+from shared.manifest import Health, Manifest, Volume, resolve_manifest
 from shared.models import App, Formation, FormationUpdate, Release
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancer import ListenerSpec
@@ -33,6 +33,10 @@ from shared.provider.local.state import State
 
 log = Logger("formation")
 LABEL_MEMORY = "convox.memory"
+LABEL_GRACE = "convox.grace"
+"""Seconds between SIGTERM and SIGKILL when the process stops (the manifest's termination.grace)."""
+LABEL_DRAIN = "convox.drain"
+"""Seconds the balancer lets the process's open connections finish (the manifest's drain)."""
 REFRESH_SECONDS = 2.0
 DRAIN_SECONDS = 30.0
 """How long a retired process keeps serving the connections its balancer opened to it before it stops."""
@@ -59,12 +63,26 @@ class Desired:
     health: Health | None
     balancer_port: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    volumes: list[Volume] = field(default_factory=list)
+    grace: int = 30
+    drain: int = int(DRAIN_SECONDS)
+    other_ports: list[int] = field(default_factory=list)
+    """The type's container ports besides the main one, all reachable on the rack network."""
+    extra_listeners: list[tuple[int, int]] = field(default_factory=list)
+    """(container port, asked balancer port) of the public ports besides the main one: a listener each."""
+    stop_first: bool = False
+    """``singleton`` (or ``deployment.maximum`` of 100): the old processes stop before new ones start."""
+
+
+def _seconds(label: str | None, default: float) -> float:
+    """A drain or grace time from a container's label (containers made before the label have the default)."""
+    return int(label) if label is not None and label.isdigit() else default
 
 
 def manifest_of(release: Release) -> Manifest:
     if not release.manifest:
         raise BadRequest(f"release {release.id} has no build to run")
-    return Manifest.model_validate_json(release.manifest)
+    return resolve_manifest(Manifest.model_validate_json(release.manifest), release.env)
 
 
 def container_ip(container: dict[str, Any], network: str) -> str:
@@ -92,6 +110,8 @@ class LocalFormation:
         self.network = f"convox-{rack}"
         self.lb = lb
         self.balancers: dict[tuple[str, str], ListenerSpec] = {}
+        self.extra: dict[tuple[str, str, int], int] = {}
+        """(app, service, asked balancer port) -> the port of each further public listener of a type."""
         """The listener of each public process type, as last put to the balancer process."""
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -120,7 +140,7 @@ class LocalFormation:
         wanted = []
         for name, service in sorted(manifest.services.items()):
             override = overrides.get(name, {})
-            env = manifest.service_environment(name, release.env)
+            env = manifest.service_environment(name, release.env, release.app)
             if service.port is not None:
                 env.setdefault("PORT", str(service.port))
             if service.image:
@@ -139,9 +159,15 @@ class LocalFormation:
                     env=env,
                     command=["sh", "-c", command] if isinstance(command, str) else command,
                     port=service.port,
-                    public=service.public,
+                    public=bool(service.ports) and service.ports[0].public,
                     health=service.health,
                     balancer_port=override.get("balancer_port"),
+                    volumes=service.volumes,
+                    grace=service.termination_grace,
+                    drain=service.drain,
+                    other_ports=[mapping.container for mapping in service.ports[1:]],
+                    extra_listeners=[(m.container, m.balancer or m.container) for m in service.ports[1:] if m.public],
+                    stop_first=service.singleton or service.deployment.maximum <= 100,
                 )
             )
         return wanted
@@ -159,6 +185,8 @@ class LocalFormation:
             LABEL_TYPE: want.service,
             LABEL_RELEASE: release.id,
             LABEL_MEMORY: str(want.memory),
+            LABEL_GRACE: str(want.grace),
+            LABEL_DRAIN: str(want.drain),
         }
         config: dict[str, Any] = {
             "Image": want.image,
@@ -174,14 +202,33 @@ class LocalFormation:
             },
             "NetworkingConfig": {"EndpointsConfig": {self.network: {"Aliases": [f"{want.service}.{release.app}"]}}},
         }
+        if want.volumes:
+            config["HostConfig"]["Mounts"] = await self._volumes(release.app, want)
         if want.command:
             config["Cmd"] = want.command
         if want.port:
-            config["ExposedPorts"] = {f"{want.port}/tcp": {}}
+            config["ExposedPorts"] = {f"{port}/tcp": {} for port in (want.port, *want.other_ports)}
         name = f"{self.rack}-{release.app}-{want.service}-{secrets.token_hex(3)}"
         container = await self.docker.run(config, name=name)
         log.log("process.start", app=release.app, service=want.service, release=release.id, id=container["Id"][:12])
         return container
+
+    def volume_name(self, app: str, service: str, volume: str) -> str:
+        """A named volume per app and process type: kept across releases, roll-outs and rack restarts."""
+        return f"{self.rack}-{app}-{service}-{volume}"
+
+    async def _volumes(self, app: str, want: Desired) -> list[dict[str, Any]]:
+        mounts = []
+        for volume in want.volumes:
+            name = self.volume_name(app, want.service, volume.name)
+            await self.docker.volume_create(name, {LABEL_RACK: self.rack, LABEL_APP: app, LABEL_TYPE: want.service})
+            mounts.append({"Type": "volume", "Source": name, "Target": volume.path})
+        return mounts
+
+    async def forget_volumes(self, app: str) -> None:
+        """Remove the app's volumes (its containers are gone: the app is being deleted)."""
+        for name in await self.docker.volumes({LABEL_RACK: self.rack, LABEL_APP: app}):
+            await self.docker.volume_remove(name)
 
     async def _healthy(self, container: dict[str, Any], want: Desired) -> None:
         """Wait until a new container passes its health check: HTTP GET on ``health`` when the manifest gives
@@ -254,6 +301,23 @@ class LocalFormation:
                 (app, service, spec.port),
             )
 
+    async def _extra_listeners(self, app: str, want: Desired, containers: list[dict[str, Any]]) -> None:
+        """A listener for each public port of ``want`` besides the main one (``443:3001``), named
+        ``web.myapp:443`` (the balancer process keeps its port across restarts); ones no longer asked for go."""
+        asked = {balancer for _, balancer in want.extra_listeners}
+        for container_port, balancer in want.extra_listeners:
+            spec = ListenerSpec(
+                name=f"{want.service}.{app}:{balancer}",
+                host=self.balancer_host,
+                port=self.extra.get((app, want.service, balancer), 0),
+                backends=await self._backends(containers, container_port),
+            )
+            self.extra[(app, want.service, balancer)] = await self.lb.put(spec)
+        for key in [k for k in self.extra if k[:2] == (app, want.service) and k[2] not in asked]:
+            del self.extra[key]
+            with contextlib.suppress(RackError):
+                await self.lb.delete(f"{want.service}.{app}:{key[2]}")
+
     async def _drop_balancer(self, app: str, service: str) -> None:
         self.balancers.pop((app, service), None)
         await self.lb.delete(f"{service}.{app}")
@@ -286,6 +350,8 @@ class LocalFormation:
                     and (c.get("Labels") or {}).get(LABEL_MEMORY) == str(want.memory)
                 ]
                 keep[want.service] = matching[: want.count]
+                if want.stop_first and want.count > len(keep[want.service]):
+                    await self._stop_first(app, want, current, keep[want.service])
                 for _ in range(want.count - len(keep[want.service])):
                     container = await self._start(release, want)
                     started.append(container)
@@ -307,6 +373,7 @@ class LocalFormation:
                 await self._balancer(app, want.service, want.balancer_port, backends)
             elif (app, want.service) in self.balancers:
                 await self._drop_balancer(app, want.service)
+            await self._extra_listeners(app, want, keep[want.service])
         kept = {c["Id"] for containers in keep.values() for c in containers}
         scope = {want.service for want in wanted}
         retire = [
@@ -319,15 +386,34 @@ class LocalFormation:
             for app_name, service in list(self.balancers):
                 if app_name == app and service not in scope:
                     await self._drop_balancer(app, service)
+            for app_name, service, asked in list(self.extra):
+                if app_name == app and service not in scope:
+                    del self.extra[(app_name, service, asked)]
+                    with contextlib.suppress(RackError):
+                        await self.lb.delete(f"{service}.{app}:{asked}")
+
+    async def _stop_first(
+        self, app: str, want: Desired, current: list[dict[str, Any]], kept: list[dict[str, Any]]
+    ) -> None:
+        """A singleton type never runs twice: its other processes stop (drained) before a new one starts."""
+        ids = {c["Id"] for c in kept}
+        others = [
+            c for c in current if (c.get("Labels") or {}).get(LABEL_TYPE) == want.service and c["Id"] not in ids
+        ]
+        await asyncio.gather(*(self._retire(app, c) for c in others))
 
     async def _retire(self, app: str, container: dict[str, Any]) -> None:
         """Stop a process once the connections its balancer holds open to it are done (or drain time ends)."""
-        service = (container.get("Labels") or {}).get(LABEL_TYPE, "")
+        labels = container.get("Labels") or {}
+        service = labels.get(LABEL_TYPE, "")
         ip = container_ip(container, self.network)
         if (app, service) in self.balancers and ip:
+            names = [f"{service}.{app}"] + [f"{s}.{a}:{b}" for a, s, b in self.extra if (a, s) == (app, service)]
             with contextlib.suppress(RackError):
-                await self.lb.drained(f"{service}.{app}", ip, DRAIN_SECONDS)
-        await self.docker.stop(container["Id"])
+                await asyncio.gather(
+                    *(self.lb.drained(name, ip, _seconds(labels.get(LABEL_DRAIN), DRAIN_SECONDS)) for name in names)
+                )
+        await self.docker.stop(container["Id"], grace=int(_seconds(labels.get(LABEL_GRACE), 10)))
 
     async def _backends(self, containers: list[dict[str, Any]], port: int) -> list[tuple[str, int]]:
         backends = []
@@ -391,6 +477,13 @@ class LocalFormation:
                 ports = [f"{balancer.port}:{want.port}"]
             else:
                 ports = [str(want.port)]
+            listening = {asked: port for (a, s, asked), port in self.extra.items() if (a, s) == (app, want.service)}
+            for container_port in want.other_ports:
+                asked = next((b for c, b in want.extra_listeners if c == container_port), None)
+                if asked is not None and asked in listening:
+                    ports.append(f"{listening[asked]}:{container_port}")
+                else:
+                    ports.append(str(container_port))  # on the rack network
             formation.append(
                 Formation(
                     name=want.service,
@@ -572,14 +665,19 @@ class LocalFormation:
                     ]
                     if port and (app, service) in self.balancers:
                         await self._balancer(app, service, None, await self._backends(running, port))
+                        for want in await self.desired(release):
+                            if want.service == service and want.extra_listeners:
+                                await self._extra_listeners(app, want, running)
 
     async def forget(self, app: str) -> None:
         """The app is being deleted: close its balancers and drop its formation."""
         for app_name, service in list(self.balancers):
             if app_name == app:
                 await self._drop_balancer(app, service)
+        for key in [key for key in self.extra if key[0] == app]:
+            del self.extra[key]
         for spec in await self.lb.listeners():  # also those no start of this service adopted yet
-            if spec.name.endswith(f".{app}"):
+            if spec.name.endswith(f".{app}") or spec.name.rpartition(":")[0].endswith(f".{app}"):
                 await self.lb.delete(spec.name)
         await self.state.execute("DELETE FROM formation WHERE app = ?", (app,))
 

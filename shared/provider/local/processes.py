@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError
 from shared.logfmt import Logger
-from shared.manifest import Manifest
+from shared.manifest import Manifest, resolve_manifest
 from shared.models import Process, ProcessRunOptions, Release
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.docker import (
@@ -157,7 +157,7 @@ class LocalProcesses:
         release = await self._release(app, options.release)
         if not release.manifest:
             raise BadRequest(f"release {release.id} has no build to run")
-        manifest = Manifest.model_validate_json(release.manifest)
+        manifest = resolve_manifest(Manifest.model_validate_json(release.manifest), release.env)
         service = manifest.service(options.service)
         if service.image:
             image = service.image
@@ -165,7 +165,7 @@ class LocalProcesses:
             image = image_name(self.rack, app, options.service, release.build)
         else:
             raise BadRequest(f"release {release.id} has no build for {options.service}")
-        environment = manifest.service_environment(options.service, release.env)
+        environment = manifest.service_environment(options.service, release.env, app)
         if service.port is not None:
             environment.setdefault("PORT", str(service.port))
         environment.update(options.environment)

@@ -1,0 +1,117 @@
+"""Timers on the local provider against the real Docker Engine, driven by a test clock: a timer runs its
+command as a one-off of its service's release when due (twice over two minutes), with platform events for
+each start and exit code; a run still going when the next is due is not doubled; the listing shows the last
+run, its exit code and the next run; timers follow the release."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from shared.manifest import Manifest, Service, Timer
+from shared.provider.local import LocalProvider
+from shared.provider.local.events import Events
+from shared.provider.local.images import image_name
+from shared.provider.local.timers import LABEL_TIMER, LocalTimers
+from tests.conftest import RACK_NAME
+from tests.test_processes_provider import docker, provider
+
+__all__ = ["provider"]  # the fixture, shared with the processes tests
+
+START = datetime(2030, 1, 1, 0, 0, 30, tzinfo=UTC)
+
+
+class FakeClock:
+    """The simulated time the timers read: the test moves it, no test waits for a real minute."""
+
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def at(self, minute: int) -> None:
+        self.now = START.replace(second=0) + timedelta(minutes=minute)
+
+
+async def release(provider: LocalProvider, app: str, image: str, timers: dict[str, Timer], build: str) -> str:
+    manifest = Manifest(services={"web": Service(name="web", command="sleep 3600")}, timers=timers)
+    await provider.state.execute(
+        "INSERT INTO builds (id, app, status, manifest, created) VALUES (?, ?, 'complete', ?, ?)",
+        (build, app, manifest.model_dump_json(), datetime.now(UTC).isoformat()),
+    )
+    docker("tag", image, image_name(RACK_NAME, app, "web", build))
+    made = await provider.releases.create(app, build=build)
+    await provider.apps.set_status(app, "running", release=made.id)
+    return made.id
+
+
+async def settled(timers: LocalTimers, app: str, name: str) -> None:
+    for _ in range(300):
+        if not timers.state[(app, name)].running:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timer {name} is still running")
+
+
+async def events(provider: LocalProvider, app: str) -> list[str]:
+    rows = await provider.state.fetch_all("SELECT message FROM events WHERE app = ? ORDER BY time", (app,))
+    return [row["message"] for row in rows if row["message"].startswith("timer ")]
+
+
+async def test_a_timer_runs_on_schedule_with_events_and_is_never_doubled(
+    provider: LocalProvider, busybox_image: str
+) -> None:
+    app = "timed"
+    await provider.apps.create(app)
+    build = "B" + "TIMERSTEST"
+    timers_spec = {
+        "tick": Timer(name="tick", schedule="* * * * *", command="echo tick; exit 3", service="web"),
+        "slow": Timer(name="slow", schedule="* * * * *", command="sleep 30", service="web"),
+    }
+    await release(provider, app, busybox_image, timers_spec, build)
+    clock = FakeClock()
+    timers = LocalTimers(
+        provider.docker, provider.apps, provider.releases, provider.processes, Events(provider.state), clock
+    )
+    try:
+        await timers.beat()  # 00:00:30: first seen, nothing is due yet
+        listed = {timer.name: timer for timer in await timers.list(app)}
+        assert listed["tick"].next_run == datetime(2030, 1, 1, 0, 1, tzinfo=UTC) and listed["tick"].last_run is None
+        assert await events(provider, app) == []
+
+        clock.at(1)
+        await timers.beat()
+        slow_pid = timers.state[(app, "slow")].running
+        assert slow_pid
+        running = await provider.processes.list(app)
+        assert any(process.id == slow_pid for process in running)  # convox ps shows the timer's run
+        await settled(timers, app, "tick")
+        listed = {timer.name: timer for timer in await timers.list(app)}
+        assert (listed["tick"].last_run, listed["tick"].last_exit) == (clock.now, 3)
+        assert listed["tick"].next_run == datetime(2030, 1, 1, 0, 2, tzinfo=UTC)
+        assert listed["slow"].running == slow_pid and listed["slow"].last_exit is None
+
+        clock.at(2)
+        await timers.beat()  # tick runs again; slow is still going and is not doubled
+        await settled(timers, app, "tick")
+        assert timers.state[(app, "slow")].running == slow_pid
+        labelled = docker("ps", "-q", "--filter", f"label={LABEL_TIMER}=slow", "--filter", f"label=convox.app={app}")
+        assert len(labelled.split()) == 1
+        messages = await events(provider, app)
+        assert messages.count("timer tick started") == 2 and messages.count("timer tick exited with code 3") == 2
+        assert messages.count("timer slow started") == 1
+
+        await provider.processes.stop(app, slow_pid)
+        await settled(timers, app, "slow")
+        assert "timer slow exited with code" in " ".join(await events(provider, app))
+
+        # a new release without timers: they go
+        await release(provider, app, busybox_image, {}, "B" + "TIMERSNONE")
+        clock.at(3)
+        await timers.beat()
+        assert await timers.list(app) == [] and timers.state == {}
+    finally:
+        await timers.close()
+        for tag in ("B" + "TIMERSTEST", "B" + "TIMERSNONE"):
+            docker("rmi", image_name(RACK_NAME, app, "web", tag), check=False)
