@@ -52,7 +52,8 @@ def convox(aws: MotoServer, config: Path, *args: str) -> subprocess.CompletedPro
 
 def param_rows(text: str) -> dict[str, str]:
     """`convox rack params` output: ``Name  value`` lines (an empty value is a name alone)."""
-    return {parts[0]: parts[1] if len(parts) > 1 else "" for parts in (line.split(None, 1) for line in text.splitlines())}
+    rows = [line.split(None, 1) for line in text.splitlines() if line.strip()]
+    return {parts[0]: parts[1] if len(parts) > 1 else "" for parts in rows}
 
 
 async def leftovers() -> dict[str, list[Any]]:
