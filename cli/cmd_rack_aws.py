@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -66,6 +66,10 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore"):  # ClientError, NoCredentialsError...
             raise CliError(f"AWS: {exc}") from None
         raise
+
+
+async def _checked(check: Callable[[], object]) -> None:
+    check()
 
 
 def _credentials(path: Path | None) -> Any:
@@ -142,8 +146,9 @@ def register(app: typer.Typer) -> None:
             raise CliError(f"unknown provider {provider!r}: `rack install` knows aws (a local rack: `rack start`)")
         values = parse_pairs(params or [])
         creds = _credentials(credentials)
-        from shared.provider.aws.install import install
+        from shared.provider.aws.install import check_name, check_params, install
 
+        _run(_checked(lambda: (check_name(name), check_params(values))))  # bad input: refused before anything
         print(f"Installing rack {name} on AWS", file=sys.stderr, flush=True)
         installed = _run(install(name, values, creds, region, _event))
         password = installed.password.get_secret_value()

@@ -90,7 +90,11 @@ async def install(
     async with sess.client("cloudformation") as cfn, sess.client("ssm") as ssm, sess.client("acm") as acm:
         if await stacks.describe(cfn, name) is not None:
             raise Conflict(f"a stack named {name} already exists in {region}: pick another --name")
-        values = dict(params)
+        # Every parameter explicitly, defaults included: moto 5 treats a defaulted parameter as changed at the
+        # first update and then loses every resource that refers to it (and AWS needs no UsePreviousValue).
+        declared = stacks.template_parameters(rack_template())
+        values = {k: str(d["Default"]) for k, d in declared.items() if "Default" in d}
+        values.update(params)
         if not values.get("Ami"):
             try:
                 values["Ami"] = (await ssm.get_parameter(Name=AMI_PARAMETER))["Parameter"]["Value"]

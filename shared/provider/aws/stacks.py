@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -185,9 +186,11 @@ async def update_parameters(
         return stack
     before = await _event_ids(cfn, stack["StackId"])
     try:
+        # The stack's own template sent back (not UsePreviousTemplate: moto 5 then drops the stack's Outputs).
+        body = (await cfn.get_template(StackName=stack["StackId"]))["TemplateBody"]
         await cfn.update_stack(
             StackName=name,
-            UsePreviousTemplate=True,
+            TemplateBody=body if isinstance(body, str) else json.dumps(body),
             Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in merged.items()],
             Capabilities=["CAPABILITY_IAM"],
         )
