@@ -50,3 +50,20 @@ async def provider(provider_name: str, backend: str, tmp_path: Path) -> AsyncIte
         if provider_name == "aws":
             await asyncio.to_thread(register_container_instance, RACK_NAME)
         yield opened
+
+
+BUILDER_IMAGE = "rack-test/builder:1"
+"""The builder image the aws tests configure; on moto its task is placed but never runs (see play_builder)."""
+
+
+@pytest.fixture
+async def aws_provider(moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Provider]:
+    """The aws provider alone, on a freshly reset moto with one (test double) container instance."""
+    reset(moto_endpoint)
+    for key, value in aws_environment(moto_endpoint).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RACK_AWS_BOOTSTRAP", "true")
+    monkeypatch.setenv("RACK_AWS_BUILD_IMAGE", BUILDER_IMAGE)
+    async with load_provider(settings_for("aws", tmp_path)) as opened:
+        await asyncio.to_thread(register_container_instance, RACK_NAME)
+        yield opened
