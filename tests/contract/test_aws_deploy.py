@@ -20,7 +20,9 @@ from tests.contract.aws_helpers import in_moto, play_builder
 
 
 async def service(app: str, process_type: str) -> dict[str, Any]:
-    described = await in_moto("ecs", "describe_services", cluster=RACK_NAME, services=[f"{RACK_NAME}-{app}_{process_type}"])
+    described = await in_moto(
+        "ecs", "describe_services", cluster=RACK_NAME, services=[f"{RACK_NAME}-{app}_{process_type}"]
+    )
     return dict(described["services"][0])
 
 
@@ -48,16 +50,22 @@ async def test_promote_registers_a_task_definition_per_type_and_updates_its_serv
     assert definition["command"] == ["sh", "-c", "python -m http.server 3000"]
     assert definition["memory"] == 256
     assert definition["portMappings"][0]["containerPort"] == 3000
-    assert env_of(definition).items() >= {"GREETING": "hi", "RELEASE": release.id, "APP": "shop", "PORT": "3000"}.items()
+    assert (
+        env_of(definition).items() >= {"GREETING": "hi", "RELEASE": release.id, "APP": "shop", "PORT": "3000"}.items()
+    )
     assert definition["logConfiguration"] == {
         "logDriver": "awslogs",
-        "options": {"awslogs-group": f"/convox/{RACK_NAME}/shop", "awslogs-region": "us-east-1",
-                    "awslogs-stream-prefix": "web"},
+        "options": {
+            "awslogs-group": f"/convox/{RACK_NAME}/shop",
+            "awslogs-region": "us-east-1",
+            "awslogs-stream-prefix": "web",
+        },
     }
     worker = await container((await service("shop", "worker"))["taskDefinition"])
-    assert worker["command"] == ["sleep", "infinity"] and "portMappings" not in worker or not worker["portMappings"]
+    assert (worker["command"] == ["sleep", "infinity"] and "portMappings" not in worker) or not worker["portMappings"]
     assert [(f.name, f.count, f.ports) for f in await aws_provider.formation.get("shop")] == [
-        ("web", 1, ["3000"]), ("worker", 1, [])
+        ("web", 1, ["3000"]),
+        ("worker", 1, []),
     ]
 
 
@@ -86,7 +94,9 @@ async def test_two_concurrent_promotes_both_happen_in_turn(aws_provider: Provide
     one = await aws_provider.releases.create("race", env={"V": "1"})
     two = await aws_provider.releases.create("race", env={"V": "2"})
     assert built.release
-    apps = await asyncio.gather(aws_provider.releases.promote("race", one.id), aws_provider.releases.promote("race", two.id))
+    apps = await asyncio.gather(
+        aws_provider.releases.promote("race", one.id), aws_provider.releases.promote("race", two.id)
+    )
     final = (await aws_provider.apps.get("race")).release
     assert final in {one.id, two.id} and {a.release for a in apps} <= {one.id, two.id}
     assert env_of(await container((await service("race", "web"))["taskDefinition"]))["RELEASE"] == final
@@ -155,7 +165,9 @@ async def test_a_one_off_is_stopped_at_its_time_limit(aws_provider: Provider, tm
     assert process.id != kept.id
 
 
-async def test_deleting_an_app_removes_its_services_and_task_definitions(aws_provider: Provider, tmp_path: Path) -> None:
+async def test_deleting_an_app_removes_its_services_and_task_definitions(
+    aws_provider: Provider, tmp_path: Path
+) -> None:
     await aws_provider.apps.create("doomed")
     build = await play_builder(aws_provider, "doomed", tmp_path)
     await aws_provider.releases.promote("doomed", build.release)

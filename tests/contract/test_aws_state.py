@@ -66,7 +66,9 @@ async def test_a_large_source_is_uploaded_in_parts(aws_provider: Provider, tmp_p
     small.mkdir()
     (small / "Dockerfile").write_text("FROM busybox\n")
     other = await aws_provider.builds.create("big", small, manifest(), BuildOptions())
-    head = await in_moto("s3", "head_object", Bucket=f"{RACK_NAME}-settings", Key=f"apps/big/builds/{other.id}/source.tgz")
+    head = await in_moto(
+        "s3", "head_object", Bucket=f"{RACK_NAME}-settings", Key=f"apps/big/builds/{other.id}/source.tgz"
+    )
     assert "-" not in head["ETag"]
 
 
@@ -94,7 +96,9 @@ async def test_a_build_whose_builder_is_gone_is_recovered_as_failed(aws_provider
     build = await aws_provider.builds.create("orphan", source, manifest(), BuildOptions())
     assert build.status == "running"
     assert await aws_provider.builds.recover() == 0
-    tasks = await in_moto("ecs", "list_tasks", cluster=RACK_NAME, startedBy="convox.build.orphan", desiredStatus="RUNNING")
+    tasks = await in_moto(
+        "ecs", "list_tasks", cluster=RACK_NAME, startedBy="convox.build.orphan", desiredStatus="RUNNING"
+    )
     await in_moto("ecs", "stop_task", cluster=RACK_NAME, task=tasks["taskArns"][0], reason="test: the builder died")
     assert await aws_provider.builds.recover() == 1
     failed = await aws_provider.builds.get("orphan", build.id)

@@ -66,8 +66,10 @@ async def test_process_errors(provider: Provider) -> None:
 
 async def test_running_an_unknown_image_fails_cleanly(provider: Provider) -> None:
     if provider.name == "aws":
-        pytest.skip("ECS accepts any image at RunTask; a missing one stops the task later, when its instance "
-                    "pulls it, and no instance pulls on moto")
+        pytest.skip(
+            "ECS accepts any image at RunTask; a missing one stops the task later, when its instance "
+            "pulls it, and no instance pulls on moto"
+        )
     await provider.apps.create("noimage")
     with pytest.raises(NotFound):
         await provider.processes.run("noimage", ProcessRunOptions(service="web", image="rack-test/absent:0"))

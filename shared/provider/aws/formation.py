@@ -203,9 +203,8 @@ class AwsFormation:
     async def locked(self, app: str) -> AsyncIterator[None]:
         """The app's promote lock: a conditional write of a lease (across processes), waiting for another holder;
         within one process an asyncio lock queues them first."""
-        async with self._locks.setdefault(app, asyncio.Lock()):
-            async with self._leased(app):
-                yield
+        async with self._locks.setdefault(app, asyncio.Lock()), self._leased(app):
+            yield
 
     @contextlib.asynccontextmanager
     async def _leased(self, app: str) -> AsyncIterator[None]:
