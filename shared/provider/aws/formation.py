@@ -77,6 +77,7 @@ class AwsFormation:
         self.rack = rack
         self.settings = settings
         self.cluster = settings.cluster or rack
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def ecs(self) -> Any:
         return await self.clients.get("ecs")
@@ -200,7 +201,13 @@ class AwsFormation:
 
     @contextlib.asynccontextmanager
     async def locked(self, app: str) -> AsyncIterator[None]:
-        """The app's promote lock: a conditional write of a lease; waits for another holder."""
+        """The app's promote lock: a conditional write of a lease (across processes), waiting for another holder;
+        within one process an asyncio lock queues them first."""
+        async with self._locks.setdefault(app, asyncio.Lock()), self._leased(app):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, app: str) -> AsyncIterator[None]:
         deadline = time.monotonic() + self.settings.lock_timeout
         delay = 0.02
         while True:

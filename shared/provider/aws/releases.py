@@ -8,11 +8,13 @@ so that two concurrent ``convox env set`` never lose one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.ids import release_id
+from shared.logfmt import Logger
 from shared.models import App, Release
 from shared.provider.aws.apps import AwsApps
 from shared.provider.aws.clients import error_code, translated
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from shared.provider.aws.formation import AwsFormation
 
 RETRIES = 50
+log = Logger("releases")
 EnvChange = Callable[[dict[str, str]], dict[str, str]]
 
 
@@ -34,6 +37,7 @@ class AwsReleases:
         self.state = state
         self.apps = apps
         self.formation: AwsFormation | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def _release(self, item: Item) -> Release:
         env = await self.state.get_json(env_key(item["app"], item["id"]))
@@ -66,63 +70,95 @@ class AwsReleases:
         return item
 
     async def _create(self, app: str, build: str | None, change: EnvChange, description: str) -> Release:
-        db = await self.state.dynamodb()
-        for _ in range(RETRIES):
-            base_id = (await self.apps.item(app)).get("latest", "")
-            base = await self._release(await self._item(app, base_id)) if base_id else None
-            manifest = base.manifest if base else ""
-            use_build = (base.build if base else "") if build is None else build
-            if build:
-                manifest = (await self._build(app, build)).get("manifest", "")
-            release = Release(
-                id=release_id(),
-                app=app,
-                build=use_build,
-                env=change(dict(base.env) if base else {}),
-                manifest=manifest,
-                description=description,
-            )
-            created = now_iso()
-            await self.state.put_secret_json(env_key(app, release.id), release.env)
-            item = {
-                "id": release.id,
-                "app": app,
-                "build": release.build,
-                "manifest": manifest,
-                "description": description,
-                "created": created,
-            }
-            try:
-                await db.transact_write_items(
-                    TransactItems=[
-                        {
-                            "Put": {
-                                "TableName": self.state.releases_table,
-                                "Item": to_item(item),
-                                "ConditionExpression": "attribute_not_exists(id)",
-                            }
-                        },
-                        {
-                            "Update": {
-                                "TableName": self.state.apps_table,
-                                "Key": to_item({"name": app}),
-                                "UpdateExpression": "SET #l = :new",
-                                "ConditionExpression": "attribute_exists(#n) AND #l = :old",
-                                "ExpressionAttributeNames": {"#l": "latest", "#n": "name"},
-                                "ExpressionAttributeValues": to_item({":new": release.id, ":old": base_id}),
-                            }
-                        },
-                    ]
+        async with self._locks.setdefault(app, asyncio.Lock()):  # fewer retries within one process
+            for _ in range(RETRIES):
+                base_id = (await self.apps.item(app)).get("latest", "")
+                base = await self._release(await self._item(app, base_id)) if base_id else None
+                manifest = base.manifest if base else ""
+                use_build = (base.build if base else "") if build is None else build
+                if build:
+                    manifest = (await self._build(app, build)).get("manifest", "")
+                release = Release(
+                    id=release_id(),
+                    app=app,
+                    build=use_build,
+                    env=change(dict(base.env) if base else {}),
+                    manifest=manifest,
+                    description=description,
+                    created=parse_iso(now_iso()),
                 )
-            except Exception as exc:
-                await self.state.delete_object(env_key(app, release.id))
-                if error_code(exc) != "TransactionCanceledException":
-                    with translated(f"cannot create a release of {app}"):
-                        raise
-                await self.apps.item(app)  # NotFound when the app went meanwhile
-                continue  # another release came first: make this one again on top of it
-            return release.model_copy(update={"created": parse_iso(created)})
+                if await self.write(release, base_id):
+                    return release
+                # another release came first (another process): make this one again on top of it
         raise Conflict(f"app {app} is changing too fast to make a release; try again")
+
+    async def write(self, release: Release, base_id: str) -> bool:
+        """Store ``release`` as the app's latest if ``base_id`` still is (one transaction); False, with
+        nothing stored, when another release came first."""
+        app = release.app
+        db = await self.state.dynamodb()
+        created = release.created.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if release.created else now_iso()
+        await self.state.put_secret_json(env_key(app, release.id), release.env)
+        item = {
+            "id": release.id,
+            "app": app,
+            "build": release.build,
+            "manifest": release.manifest,
+            "description": release.description,
+            "created": created,
+        }
+        try:
+            await db.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.state.releases_table,
+                            "Item": to_item(item),
+                            "ConditionExpression": "attribute_not_exists(id)",
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.state.apps_table,
+                            "Key": to_item({"name": app}),
+                            "UpdateExpression": "SET #l = :new",
+                            "ConditionExpression": "attribute_exists(#n) AND #l = :old",
+                            "ExpressionAttributeNames": {"#l": "latest", "#n": "name"},
+                            "ExpressionAttributeValues": to_item({":new": release.id, ":old": base_id}),
+                        }
+                    },
+                ]
+            )
+        except Exception as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                await self.state.delete_object(env_key(app, release.id))
+                with translated(f"cannot create a release of {app}"):
+                    raise
+            return await self._settle(app, release.id, item)
+        return True
+
+    async def _settle(self, app: str, release: str, item: Item) -> bool:
+        """After a cancelled transaction: whether the release was made after all. A transaction is all or
+        nothing on AWS, so this only removes the environment; moto applies half of one when requests race
+        (it is not thread-safe), and then this undoes the half or completes it, by what the pointer says."""
+        latest = (await self.apps.item(app)).get("latest", "")  # NotFound when the app went meanwhile
+        db = await self.state.dynamodb()
+        try:
+            await self._item(app, release)
+            exists = True
+        except NotFound:
+            exists = False
+        if latest == release:
+            if not exists:
+                with translated(f"cannot create a release of {app}"):
+                    await db.put_item(TableName=self.state.releases_table, Item=to_item(item))
+            return True
+        if exists:
+            log.error("release.create", app=app, release=release, message="undoing a half-applied transaction")
+            with translated(f"cannot create a release of {app}"):
+                await db.delete_item(TableName=self.state.releases_table, Key=to_item({"id": release}))
+        await self.state.delete_object(env_key(app, release))
+        return False
 
     async def create(
         self, app: str, *, build: str | None = None, env: dict[str, str] | None = None, description: str = ""

@@ -1,0 +1,53 @@
+"""Helpers of the aws tests: moto's own view of what the provider made (boto3, read-only), and the test
+double of the builder (moto runs no task: the test reports the build's images as the builder would)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from shared.manifest import BuildSpec, Manifest, Service
+from shared.models import Build, BuildOptions
+from shared.provider import Provider
+from shared.provider.aws.builds import AwsBuilds
+from tests.conftest import RACK_NAME
+from tests.contract.moto_server import REGION
+
+ECR = f"123456789012.dkr.ecr.{REGION}.amazonaws.com"
+
+
+def manifest() -> Manifest:
+    return Manifest(
+        services={
+            "web": Service(name="web", build=BuildSpec(), port=3000, command="python -m http.server 3000"),
+            "worker": Service(name="worker", build=BuildSpec(), command=["sleep", "infinity"]),
+        }
+    )
+
+
+def builds_of(provider: Provider) -> AwsBuilds:
+    assert isinstance(provider.builds, AwsBuilds)
+    return provider.builds
+
+
+async def play_builder(provider: Provider, app: str, tmp_path: Path, tag: str = "1") -> Build:
+    """Test double of the builder task: a build is made through the provider (its source goes to S3, its
+    task is placed in moto), then finished with the ECR images the builder would have pushed."""
+    source = tmp_path / f"source-{tag}"
+    source.mkdir()
+    (source / "Dockerfile").write_text("FROM busybox\n")
+    build = await provider.builds.create(app, source, manifest(), BuildOptions(description=f"build {tag}"))
+    images = {name: f"{ECR}/{RACK_NAME}/{app}:{name}.{build.id.lower()}" for name in ("web", "worker")}
+    return await builds_of(provider).finish(app, build.id, images)
+
+
+def boto(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service, region_name=REGION)
+
+
+async def in_moto(service: str, method: str, **kwargs: Any) -> Any:
+    """One call to moto through boto3, in a thread: what AWS itself holds."""
+    return await asyncio.to_thread(lambda: getattr(boto(service), method)(**kwargs))

@@ -1,0 +1,69 @@
+"""The conformance suite's provider fixture: every test runs over each provider against its real backend.
+
+- ``local``: SQLite under a temporary data dir and the real Docker Engine;
+- ``aws``: moto in server mode (DynamoDB, S3, ECS, CloudWatch Logs, EC2), reset before each test; one
+  container instance is registered in moto as a test double, so that RunTask places tasks. Nothing ever runs
+  on moto: where a test needs a running process or its output, the aws case says what it simulates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from shared.config import RackSettings
+from shared.provider import PROVIDERS, Provider, load_provider
+from tests.conftest import RACK_NAME
+from tests.contract.moto_server import aws_environment, moto_endpoint, register_container_instance, reset
+
+__all__ = ["moto_endpoint"]
+
+
+def settings_for(name: str, data_dir: Path) -> RackSettings:
+    return RackSettings(provider=name, data_dir=data_dir, name=RACK_NAME)
+
+
+@pytest.fixture(params=sorted(PROVIDERS))
+def provider_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def backend(provider_name: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Brings up the provider's backend: the Docker Engine, or a freshly reset moto with AWS settings set."""
+    if provider_name == "aws":
+        endpoint = str(request.getfixturevalue("moto_endpoint"))
+        reset(endpoint)
+        for key, value in aws_environment(endpoint).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("RACK_AWS_BOOTSTRAP", "true")
+        return endpoint
+    return str(request.getfixturevalue("docker_engine"))
+
+
+@pytest.fixture
+async def provider(provider_name: str, backend: str, tmp_path: Path) -> AsyncIterator[Provider]:
+    async with load_provider(settings_for(provider_name, tmp_path)) as opened:
+        if provider_name == "aws":
+            await asyncio.to_thread(register_container_instance, RACK_NAME)
+        yield opened
+
+
+BUILDER_IMAGE = "rack-test/builder:1"
+"""The builder image the aws tests configure; on moto its task is placed but never runs (see play_builder)."""
+
+
+@pytest.fixture
+async def aws_provider(moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Provider]:
+    """The aws provider alone, on a freshly reset moto with one (test double) container instance."""
+    reset(moto_endpoint)
+    for key, value in aws_environment(moto_endpoint).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RACK_AWS_BOOTSTRAP", "true")
+    monkeypatch.setenv("RACK_AWS_BUILD_IMAGE", BUILDER_IMAGE)
+    async with load_provider(settings_for("aws", tmp_path)) as opened:
+        await asyncio.to_thread(register_container_instance, RACK_NAME)
+        yield opened
