@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import output
+from cli import completion, output
 from cli.client import Client
 from cli.config import current_rack, normalize_host, resolve_app, save_login
 from cli.errors import CliError
@@ -18,7 +18,7 @@ app = typer.Typer(
     name="convox",
     help="Deploy and run apps on a Rack.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -30,7 +30,13 @@ app.add_typer(rack_app, name="rack")
 app.add_typer(api_app, name="api")
 
 AppOption = Annotated[
-    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+    str | None,
+    typer.Option(
+        "--app",
+        "-a",
+        help="App name (default: .convox/app, then the directory's name).",
+        autocompletion=completion.app_names,
+    ),
 ]
 
 
@@ -105,7 +111,10 @@ def apps_cancel(name: Annotated[str | None, typer.Argument(help="The app.")] = N
 
 @app.command("restart")
 def restart(
-    service: Annotated[str | None, typer.Argument(help="Only this process type.")] = None, app_opt: AppOption = None
+    service: Annotated[
+        str | None, typer.Argument(help="Only this process type.", autocompletion=completion.process_types)
+    ] = None,
+    app_opt: AppOption = None,
 ) -> None:
     """Restart the app's processes (of one process type), rolling: no request is refused meanwhile."""
     name = resolve_app(app_opt)

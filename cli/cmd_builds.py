@@ -18,13 +18,19 @@ from typing import Annotated, Any, BinaryIO
 
 import typer
 
-from cli import output
+from cli import completion, output
 from cli.client import Client
 from cli.config import Rack, current_rack, resolve_app
 from cli.errors import CliError
 
 AppOption = Annotated[
-    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+    str | None,
+    typer.Option(
+        "--app",
+        "-a",
+        help="App name (default: .convox/app, then the directory's name).",
+        autocompletion=completion.app_names,
+    ),
 ]
 UPLOAD_CHUNK = 256 * 1024
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import typer
 
-from cli import output
+from cli import completion, output
 from cli.client import Client
 from cli.config import Rack, current_rack, resolve_app
 from cli.errors import CliError
@@ -40,7 +40,13 @@ BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)
 DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 AppOption = Annotated[
-    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+    str | None,
+    typer.Option(
+        "--app",
+        "-a",
+        help="App name (default: .convox/app, then the directory's name).",
+        autocompletion=completion.app_names,
+    ),
 ]
 SinceOption = Annotated[
     str, typer.Option("--since", help="Start this long ago (30s, 2m, 1h30m, 2d) or at an RFC 3339 time.")
@@ -311,7 +317,10 @@ def register(app: typer.Typer) -> None:
     @app.command("logs")
     def logs(
         app_opt: AppOption = None,
-        service: Annotated[str | None, typer.Option("--service", "-s", help="Only this process type.")] = None,
+        service: Annotated[
+            str | None,
+            typer.Option("--service", "-s", help="Only this process type.", autocompletion=completion.process_types),
+        ] = None,
         since: SinceOption = "2m",
         text: FilterOption = None,
         no_follow: NoFollowOption = False,

@@ -9,13 +9,19 @@ from urllib.parse import quote
 
 import typer
 
-from cli import output
+from cli import completion, output
 from cli.client import Client
 from cli.config import current_rack, resolve_app
 from cli.errors import CliError
 
 AppOption = Annotated[
-    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+    str | None,
+    typer.Option(
+        "--app",
+        "-a",
+        help="App name (default: .convox/app, then the directory's name).",
+        autocompletion=completion.app_names,
+    ),
 ]
 RACK_APP = "convox"
 COMMAND_CONTEXT = {"allow_interspersed_args": False, "ignore_unknown_options": True}
@@ -80,7 +86,10 @@ def register(app: typer.Typer) -> None:
     def ps_list(
         ctx: typer.Context,
         app_opt: AppOption = None,
-        service: Annotated[str | None, typer.Option("--service", "-s", help="Only this process type.")] = None,
+        service: Annotated[
+            str | None,
+            typer.Option("--service", "-s", help="Only this process type.", autocompletion=completion.process_types),
+        ] = None,
         release: Annotated[str | None, typer.Option("--release", help="Only processes of this release.")] = None,
         watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw CPU and MEM every second.")] = False,
     ) -> None:
@@ -139,7 +148,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run", context_settings=COMMAND_CONTEXT)
     def run(
-        service: Annotated[str, typer.Argument(help="The process type (as named in the manifest).")],
+        service: Annotated[
+            str,
+            typer.Argument(
+                help="The process type (as named in the manifest).", autocompletion=completion.process_types
+            ),
+        ],
         command: Annotated[list[str], typer.Argument(help="The command: everything after the process type.")],
         app_opt: AppOption = None,
         release: Annotated[str | None, typer.Option("--release", help="Run this release (default: active).")] = None,

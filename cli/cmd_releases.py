@@ -8,13 +8,19 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import output
+from cli import completion, output
 from cli.client import Client
 from cli.config import current_rack, resolve_app
 from cli.errors import CliError
 
 AppOption = Annotated[
-    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+    str | None,
+    typer.Option(
+        "--app",
+        "-a",
+        help="App name (default: .convox/app, then the directory's name).",
+        autocompletion=completion.app_names,
+    ),
 ]
 PromoteOption = Annotated[bool, typer.Option("--promote", help="Promote the new release at once.")]
 
@@ -217,7 +223,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("scale")
     def scale(
-        service: Annotated[str | None, typer.Argument(help="The process type to change.")] = None,
+        service: Annotated[
+            str | None, typer.Argument(help="The process type to change.", autocompletion=completion.process_types)
+        ] = None,
         count: Annotated[int | None, typer.Option("--count", help="How many processes.")] = None,
         memory: Annotated[int | None, typer.Option("--memory", help="Memory limit per process, MB.")] = None,
         app_opt: AppOption = None,
