@@ -242,9 +242,9 @@ def api_delete(path: PathArgument) -> None:
 
 
 def _register_commands() -> None:
-    from cli import cmd_builds, cmd_init, cmd_logs, cmd_processes, cmd_releases, cmd_services
+    from cli import cmd_builds, cmd_cp, cmd_init, cmd_logs, cmd_processes, cmd_releases, cmd_services
 
-    for module in (cmd_builds, cmd_releases, cmd_processes, cmd_logs, cmd_init, cmd_services):
+    for module in (cmd_builds, cmd_releases, cmd_processes, cmd_cp, cmd_logs, cmd_init, cmd_services):
         module.register(app)
 
 
