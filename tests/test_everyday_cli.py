@@ -196,3 +196,57 @@ def test_an_app_never_released_is_not_running(cli: Cli, app_name: str) -> None:
         assert re.search(rf"^{app_name} +created", listed, re.MULTILINE)
     finally:
         cli("apps", "delete", app_name)
+
+
+def web_pid(cli: Cli, app: str) -> str:
+    rows = cli("ps", "--app", app, check=True).stdout.splitlines()[1:]
+    return next(row.split()[0] for row in rows if row.split()[1] == "web")
+
+
+def digest(path: Path) -> str:
+    import hashlib
+
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def test_cp_round_trips_a_100_mib_file_and_a_directory(cli: Cli, web_app: tuple[str, Path], tmp_path: Path) -> None:
+    import os
+
+    app, _ = web_app
+    pid = web_pid(cli, app)
+    big = tmp_path / "big.bin"
+    with big.open("wb") as handle:
+        for _ in range(100):
+            handle.write(os.urandom(1 << 20))
+    sent = cli("cp", str(big), f"{pid}:/tmp/big.bin", "--app", app, timeout=300)
+    assert sent.returncode == 0, sent.stderr
+    size = cli("exec", "--app", app, pid, "sh", "-c", "wc -c < /tmp/big.bin", check=True).stdout.strip()
+    assert size == str(100 << 20)
+    back = tmp_path / "back.bin"
+    got = cli("cp", f"{pid}:/tmp/big.bin", str(back), "--app", app, timeout=300)
+    assert got.returncode == 0, got.stderr
+    assert digest(back) == digest(big)
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("alpha\n")
+    (tree / "sub" / "b.txt").write_text("beta\n")
+    cli("cp", str(tree), f"{pid}:/srv/tree", "--app", app, check=True)
+    listed = cli("exec", "--app", app, pid, "sh", "-c", "cat /srv/tree/a.txt /srv/tree/sub/b.txt", check=True)
+    assert listed.stdout == "alpha\nbeta\n"
+    into = tmp_path / "into"
+    into.mkdir()
+    cli("cp", f"{pid}:/srv/tree", str(into), "--app", app, check=True)  # an existing directory: under its name
+    assert (into / "tree" / "sub" / "b.txt").read_text() == "beta\n"
+    cli("cp", f"{pid}:/srv/tree/", str(tmp_path / "renamed"), "--app", app, check=True)
+    assert (tmp_path / "renamed" / "a.txt").read_text() == "alpha\n"
+
+    missing = cli("cp", f"{pid}:/no/such/file", str(tmp_path / "x"), "--app", app)
+    assert missing.returncode != 0 and missing.stderr.startswith("ERROR: ")
+    assert not (tmp_path / "x").exists()
+    neither = cli("cp", str(big), str(tmp_path / "y"), "--app", app)
+    assert neither.stderr == "ERROR: one side must be a process: PID:/path\n"
