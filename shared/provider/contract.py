@@ -219,6 +219,11 @@ class ResourcesAPI(Protocol):
 
     async def unlink(self, name: str, app: str) -> Resource: ...
 
+    async def address(self, name: str) -> tuple[str, int]:
+        """Where the rack reaches the service's server (host, port): what `convox services proxy` relays to.
+        NotFound for an unknown service, Conflict when its server is not running."""
+        ...
+
     async def adopt(self) -> None:
         """After a (re)start of the rack: finish or undo what was cut short, bring back missing servers.
         Called once by the service that owns backing services."""
