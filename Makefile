@@ -12,18 +12,20 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 # `make run HOST=0.0.0.0 PORT=5443 DATA_DIR=/srv/rack`: each is passed on only when set.
 RUN_ARGS := $(if $(HOST),--host '$(HOST)') $(if $(PORT),--port '$(PORT)') $(if $(DATA_DIR),--data-dir '$(DATA_DIR)')
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: help install docker test-tools images lint test run bench bench-ceiling clean distclean
+.PHONY: help install install-dev docker test-tools images lint test run bench bench-ceiling clean distclean
 
 help:
 	@echo "make run         install, start a Docker Engine if needed, run the rack (HOST= PORT= DATA_DIR=)"
 	@echo "make test        install, Docker Engine, test tools, lint, then pytest (PYTEST_ARGS=)"
-	@echo "make install     create .venv and install the project with its dev extras (.venv/bin/convox)"
+	@echo "make install     create .venv and install what the rack and the CLI need (.venv/bin/convox)"
+	@echo "make install-dev also the test, lint and build tools (the dev extra; make test and lint do this)"
 	@echo "make docker      make sure a Docker Engine answers (installs/starts dockerd as root on Debian)"
 	@echo "make test-tools  install what the tests need beyond Python (chromium, busybox-static, tmux)"
 	@echo "make images      build the offline service and app base images from Debian packages (cached)"
@@ -33,20 +35,32 @@ help:
 	@echo "make clean       remove caches; make distclean also removes .venv"
 
 # ---- install -----------------------------------------------------------------------------------
-# The stamp is newer than pyproject.toml once the install succeeded: a second `make install` is a no-op.
-$(STAMP): pyproject.toml
+# A stamp is newer than pyproject.toml once its install succeeded: a second `make install` is a no-op.
+# `make run` installs only what the rack needs; the dev extra (pytest, mypy, ruff, playwright, moto...) is
+# installed by `make install-dev`, which `make test` and `make lint` use.
+define make_venv
 	@if [ ! -x $(BIN)/python ]; then \
 	  echo "creating $(VENV) with $$(command -v $(PYTHON))"; \
 	  $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
 	    echo "ERROR: '$(PYTHON) -m venv' failed; Python >= 3.11 with venv is needed (Debian: apt-get install python3-venv)" >&2; \
 	    exit 1; }; \
+	  $(BIN)/python -m pip install --quiet --upgrade pip; \
 	fi
-	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+endef
+
+$(STAMP): pyproject.toml
+	$(make_venv)
+	$(BIN)/python -m pip install -e .
 	@test -x $(BIN)/convox || { echo "ERROR: $(BIN)/convox was not installed" >&2; exit 1; }
 	@touch $@
 
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $@
+
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
 
 # ---- system prerequisites ----------------------------------------------------------------------
 docker:
@@ -56,12 +70,12 @@ test-tools:
 	@bash scripts/ensure-test-tools.sh
 
 # ---- checks ------------------------------------------------------------------------------------
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy cli services shared
 
 # pytest's exit code 5 ("no tests collected") fails like any other non-zero code.
-test: install docker test-tools images
+test: install-dev docker test-tools images
 	@$(MAKE) --no-print-directory lint
 	@$(BIN)/pytest -q $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; fi; \
@@ -71,10 +85,10 @@ test: install docker test-tools images
 run: install docker
 	exec $(BIN)/convox rack start $(RUN_ARGS)
 
-bench: install docker
+bench: install-dev docker
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-ceiling: install docker
+bench-ceiling: install-dev docker
 	$(BIN)/python -m bench.ceiling
 
 # ---- images ------------------------------------------------------------------------------------

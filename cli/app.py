@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import output
+from cli import completion, output
 from cli.client import Client
 from cli.config import current_rack, normalize_host, resolve_app, save_login
 from cli.errors import CliError
@@ -18,7 +18,7 @@ app = typer.Typer(
     name="convox",
     help="Deploy and run apps on a Rack.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -30,7 +30,13 @@ app.add_typer(rack_app, name="rack")
 app.add_typer(api_app, name="api")
 
 AppOption = Annotated[
-    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+    str | None,
+    typer.Option(
+        "--app",
+        "-a",
+        help="App name (default: .convox/app, then the directory's name).",
+        autocompletion=completion.app_names,
+    ),
 ]
 
 
@@ -85,8 +91,36 @@ def apps_info(name: Annotated[str | None, typer.Argument(help="The app.")] = Non
             ("Status", data["status"]),
             ("Release", data["release"]),
             ("Balancer", data["balancer"]),
+            *(
+                [("Failed", f"{data['failed_release']} ({data.get('failure') or 'failed'})")]
+                if data.get("failed_release")
+                else []
+            ),
         ]
     )
+
+
+@apps_app.command("cancel")
+def apps_cancel(name: Annotated[str | None, typer.Argument(help="The app.")] = None, app_opt: AppOption = None) -> None:
+    """Cancel the roll-out in progress; the release that was serving goes on serving."""
+    name = name or resolve_app(app_opt)
+    with Client(current_rack(), timeout=120) as c, output.step(f"Cancelling the roll-out of {name}"):
+        data = c.post(f"/apps/{name}/cancel")
+    print(f"Release: {data['release'] or 'none'} is serving")
+
+
+@app.command("restart")
+def restart(
+    service: Annotated[
+        str | None, typer.Argument(help="Only this process type.", autocompletion=completion.process_types)
+    ] = None,
+    app_opt: AppOption = None,
+) -> None:
+    """Restart the app's processes (of one process type), rolling: no request is refused meanwhile."""
+    name = resolve_app(app_opt)
+    params = {"service": service} if service else {}
+    with Client(current_rack(), timeout=600) as c, output.step(f"Restarting {service or 'every process type'}"):
+        c.post(f"/apps/{name}/restart", params=params)
 
 
 @apps_app.command("delete")
@@ -157,18 +191,70 @@ def rack_start(
         raise CliError("the rack failed to start (see the lines above)")
 
 
-@api_app.command("get")
-def api_get(path: Annotated[str, typer.Argument(help="An API path, such as /apps.")]) -> None:
-    """GET a path of the API and print the JSON."""
-    if not path.startswith("/"):
-        path = "/" + path
+def _api_path(path: str) -> str:
+    return path if path.startswith("/") else "/" + path
+
+
+def _api_body(data: str | None) -> dict[str, Any]:
+    """``--data``: JSON text, ``@FILE`` or ``-`` (stdin); nothing: no body."""
+    import json
+
+    if data is None:
+        return {}
+    if data == "-":
+        text = sys.stdin.read()
+    elif data.startswith("@"):
+        try:
+            text = Path(data[1:]).read_text()
+        except OSError as exc:
+            raise CliError(f"--data: cannot read {data[1:]}: {exc.strerror}") from None
+    else:
+        text = data
+    try:
+        return {"json": json.loads(text)}
+    except ValueError as exc:
+        raise CliError(f"--data is not JSON: {exc}") from None
+
+
+def _api_call(method: str, path: str, data: str | None = None) -> None:
     with client() as c:
-        output.pretty_json(c.get(path))
+        result = c.request(method, _api_path(path), **_api_body(data))
+    if result is not None:
+        output.pretty_json(result)
+
+
+PathArgument = Annotated[str, typer.Argument(help="An API path, such as /apps.")]
+DataOption = Annotated[str | None, typer.Option("--data", "-d", help="The JSON body: text, @FILE, or - for stdin.")]
+
+
+@api_app.command("get")
+def api_get(path: PathArgument) -> None:
+    """GET a path of the API and print the JSON."""
+    _api_call("GET", path)
+
+
+@api_app.command("post")
+def api_post(path: PathArgument, data: DataOption = None) -> None:
+    """POST to a path of the API (with a JSON body from --data) and print the JSON answer."""
+    _api_call("POST", path, data)
+
+
+@api_app.command("put")
+def api_put(path: PathArgument, data: DataOption = None) -> None:
+    """PUT to a path of the API (with a JSON body from --data) and print the JSON answer."""
+    _api_call("PUT", path, data)
+
+
+@api_app.command("delete")
+def api_delete(path: PathArgument) -> None:
+    """DELETE a path of the API and print the JSON answer, if any."""
+    _api_call("DELETE", path)
 
 
 def _register_commands() -> None:
     from cli import (
         cmd_builds,
+        cmd_cp,
         cmd_init,
         cmd_logs,
         cmd_processes,
@@ -178,7 +264,9 @@ def _register_commands() -> None:
         cmd_timers,
     )
 
-    for module in (cmd_builds, cmd_releases, cmd_processes, cmd_logs, cmd_init, cmd_services, cmd_rack_aws, cmd_timers):
+    for module in (
+        cmd_builds, cmd_releases, cmd_processes, cmd_cp, cmd_logs, cmd_init, cmd_services, cmd_rack_aws, cmd_timers
+    ):
         module.register(app)
 
 

@@ -19,13 +19,19 @@ from typing import Annotated, Any, BinaryIO
 
 import typer
 
-from cli import output
+from cli import completion, output
 from cli.client import Client
 from cli.config import Rack, current_rack, resolve_app
 from cli.errors import CliError
 
 AppOption = Annotated[
-    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+    str | None,
+    typer.Option(
+        "--app",
+        "-a",
+        help="App name (default: .convox/app, then the directory's name).",
+        autocompletion=completion.app_names,
+    ),
 ]
 UPLOAD_CHUNK = 256 * 1024
 
@@ -103,18 +109,37 @@ def in_thread(target: Any, *args: Any) -> Any:
 # ---- uploading ---------------------------------------------------------------------------------
 
 
+def speed_column() -> Any:
+    """Rich's transfer speed, but also for an upload of one or two chunks (rich needs several samples and
+    shows ``?``): then the average since the start."""
+    from rich.filesize import decimal
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
+
+    class AverageSpeedColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            if speed is None and task.elapsed and task.completed:
+                speed = task.completed / task.elapsed
+            if speed is None:
+                return Text("?", style="progress.data.speed")
+            return Text(f"{decimal(int(speed))}/s", style="progress.data.speed")
+
+    return AverageSpeedColumn()
+
+
 def upload(c: Client, app: str, archive: Path, params: dict[str, str]) -> dict[str, Any]:
     """POST the archive as the body, streamed from disk, with a progress bar (bytes sent / total) on stderr."""
     import httpx
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     size = archive.stat().st_size
     progress = Progress(
         TextColumn("Uploading source"),
         BarColumn(),
         DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        speed_column(),
         console=Console(stderr=True, highlight=False),
     )
     task = progress.add_task("upload", total=size)
@@ -253,12 +278,16 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 def elapsed(build: dict[str, Any], now: datetime | None = None) -> str:
-    """``12s``, ``3m4s``, ``1h2m``: from start to end (or to now while it runs)."""
+    """``0.8s``, ``12s``, ``3m4s``, ``1h2m``: from start to end (or to now while it runs); a build of a few
+    seconds (the usual, with a warm cache) to a tenth, not rounded down to ``0s``."""
     started = _parse_time(build.get("started"))
     if started is None:
         return ""
     ended = _parse_time(build.get("ended")) or now or datetime.now(UTC)
-    seconds = max(0, int((ended - started).total_seconds()))
+    exact = max(0.0, (ended - started).total_seconds())
+    if exact < 10:
+        return f"{exact:.1f}s"
+    seconds = int(exact)
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:

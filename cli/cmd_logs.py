@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import typer
 
-from cli import output
+from cli import completion, output
 from cli.client import Client
 from cli.config import Rack, current_rack, resolve_app
 from cli.errors import CliError
@@ -40,7 +40,13 @@ BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)
 DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 AppOption = Annotated[
-    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+    str | None,
+    typer.Option(
+        "--app",
+        "-a",
+        help="App name (default: .convox/app, then the directory's name).",
+        autocompletion=completion.app_names,
+    ),
 ]
 SinceOption = Annotated[
     str, typer.Option("--since", help="Start this long ago (30s, 2m, 1h30m, 2d) or at an RFC 3339 time.")
@@ -141,8 +147,16 @@ class Dropped(Exception):
     """The stream is gone without its status, or could not be had for now: worth another try."""
 
 
-async def once(rack: Rack, path: str, query: Mapping[str, str], printer: Printer, connected: Callable[[], None]) -> int:
-    """One connection: print until the status (its exit code) or until it drops (:class:`Dropped`)."""
+async def once(
+    rack: Rack,
+    path: str,
+    query: Mapping[str, str],
+    printer: Printer,
+    connected: Callable[[], None],
+    first_batch: Callable[[int], None] = lambda _: None,
+) -> int:
+    """One connection: print until the status (its exit code) or until it drops (:class:`Dropped`);
+    ``first_batch`` is told how many lines the first message printed (the history it caught up)."""
     from websockets.exceptions import ConnectionClosed
 
     from cli.stream import StreamUnavailable, connect
@@ -150,13 +164,18 @@ async def once(rack: Rack, path: str, query: Mapping[str, str], printer: Printer
     try:
         async with connect(rack, path, query) as connection:
             connected()
+            first = True
             try:
                 async for message in connection:
                     data = message.encode() if isinstance(message, str) else message
                     if not data:
                         continue
                     if data[0] == STDOUT:
+                        before_count = printer.printed
                         printer.feed(data[1:])
+                        if first:
+                            first = False
+                            first_batch(printer.printed - before_count)
                     elif data[0] == STATUS:
                         try:
                             status_message: dict[str, Any] = json.loads(data[1:])
@@ -172,10 +191,17 @@ async def once(rack: Rack, path: str, query: Mapping[str, str], printer: Printer
     raise Dropped("the log stream ended without a status")
 
 
+def notice(message: str) -> None:
+    """A line about the stream itself, on stderr (stdout carries only the log)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 async def follow_stream(rack: Rack, path: str, query: dict[str, str], out: IO[bytes]) -> int:
-    """Run a log stream to its end, connecting again while the rack side drops it."""
+    """Run a log stream to its end, connecting again while the rack side drops it; says on stderr at once
+    that it is reconnecting, and when it is back, that it resumed and how many lines it caught up."""
     printer = Printer(out)
     ever = False
+    reconnecting = False
     failing_since: float | None = None
     attempt = 0
 
@@ -183,18 +209,27 @@ async def follow_stream(rack: Rack, path: str, query: dict[str, str], out: IO[by
         nonlocal ever, failing_since, attempt
         ever, failing_since, attempt = True, None, 0
 
+    def first_batch(lines: int) -> None:
+        nonlocal reconnecting
+        if reconnecting:
+            reconnecting = False
+            notice(f"resumed the log stream, caught up {lines} line{'' if lines == 1 else 's'}")
+
     while True:
         params = dict(query)
         resume = printer.resume()
         if resume is not None:
             params["since"] = resume
         try:
-            return await once(rack, path, params, printer, connected)
+            return await once(rack, path, params, printer, connected, first_batch)
         except Dropped as exc:
             now = time.monotonic()
             failing_since = failing_since or now
             if not ever and "unreachable" in str(exc):
                 raise CliError(str(exc)) from None
+            if ever and not reconnecting:
+                reconnecting = True
+                notice(f"lost the log stream ({exc}), reconnecting...")
             if now - failing_since > RECONNECT_FOR:
                 raise CliError(f"lost the log stream: {exc}") from None
         await asyncio.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
@@ -270,7 +305,7 @@ def watch_rack_processes(every: float = WATCH_EVERY) -> None:
                 live.update(grid(rack_rows(c.get("/system/processes"))), refresh=True)
                 time.sleep(every)
     except KeyboardInterrupt:
-        return
+        raise typer.Exit(130) from None
 
 
 # ---- commands --------------------------------------------------------------------------------------------
@@ -282,7 +317,10 @@ def register(app: typer.Typer) -> None:
     @app.command("logs")
     def logs(
         app_opt: AppOption = None,
-        service: Annotated[str | None, typer.Option("--service", "-s", help="Only this process type.")] = None,
+        service: Annotated[
+            str | None,
+            typer.Option("--service", "-s", help="Only this process type.", autocompletion=completion.process_types),
+        ] = None,
         since: SinceOption = "2m",
         text: FilterOption = None,
         no_follow: NoFollowOption = False,

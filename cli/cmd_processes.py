@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 
-from cli import output
+from cli import completion, output
 from cli.client import Client
 from cli.config import current_rack, resolve_app
 from cli.errors import CliError
 
 AppOption = Annotated[
-    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+    str | None,
+    typer.Option(
+        "--app",
+        "-a",
+        help="App name (default: .convox/app, then the directory's name).",
+        autocompletion=completion.app_names,
+    ),
 ]
 RACK_APP = "convox"
 COMMAND_CONTEXT = {"allow_interspersed_args": False, "ignore_unknown_options": True}
@@ -80,7 +86,10 @@ def register(app: typer.Typer) -> None:
     def ps_list(
         ctx: typer.Context,
         app_opt: AppOption = None,
-        service: Annotated[str | None, typer.Option("--service", "-s", help="Only this process type.")] = None,
+        service: Annotated[
+            str | None,
+            typer.Option("--service", "-s", help="Only this process type.", autocompletion=completion.process_types),
+        ] = None,
         release: Annotated[str | None, typer.Option("--release", help="Only processes of this release.")] = None,
         watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw CPU and MEM every second.")] = False,
     ) -> None:
@@ -139,7 +148,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run", context_settings=COMMAND_CONTEXT)
     def run(
-        service: Annotated[str, typer.Argument(help="The process type (as named in the manifest).")],
+        service: Annotated[
+            str,
+            typer.Argument(
+                help="The process type (as named in the manifest).", autocompletion=completion.process_types
+            ),
+        ],
         command: Annotated[list[str], typer.Argument(help="The command: everything after the process type.")],
         app_opt: AppOption = None,
         release: Annotated[str | None, typer.Option("--release", help="Run this release (default: active).")] = None,
@@ -178,9 +192,17 @@ def grid(cells: Sequence[Sequence[str]]) -> Any:
     return table
 
 
+WATCH_RECONNECT_FOR = 120.0
+"""How long `ps --watch` keeps trying to get a dropped stream back before it gives up with an error."""
+WATCH_BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
 def watch_table(app: str, params: dict[str, str]) -> None:
-    """`convox ps --watch`: the table redrawn from the metrics stream, until Ctrl-C."""
+    """`convox ps --watch`: the table redrawn from the metrics stream, until Ctrl-C (exit 130). When the rack
+    goes away it says so at once on stderr and reconnects; when back, it says it resumed."""
     import asyncio
+    import sys
+    import time
 
     from rich.live import Live
 
@@ -189,16 +211,43 @@ def watch_table(app: str, params: dict[str, str]) -> None:
     if app == RACK_APP:
         raise CliError("--watch is not available for the rack's own processes")
 
-    async def frames() -> AsyncIterator[list[dict[str, Any]]]:
-        async for frame in stream.watch(current_rack(), f"/apps/{quote(app)}/processes/metrics", list(params.items())):
-            yield frame
+    def notice(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
 
     async def show() -> None:
+        rack = current_rack()
+        path = f"/apps/{quote(app)}/processes/metrics"
+        ever = reconnecting = False
+        failing_since: float | None = None
+        attempt = 0
         with Live(grid([]), console=output.console(), auto_refresh=False) as live:
-            async for frame in frames():
-                live.update(grid(rows(frame)), refresh=True)
+            while True:
+                try:
+                    async for frame in stream.watch(rack, path, list(params.items())):
+                        if reconnecting:
+                            reconnecting = False
+                            notice("resumed watching the processes")
+                        ever, failing_since, attempt = True, None, 0
+                        live.update(grid(rows(frame)), refresh=True)
+                except stream.StreamUnavailable as exc:
+                    reason = exc.message
+                except CliError as exc:
+                    if exc.message != stream.METRICS_ENDED:
+                        raise
+                    reason = exc.message
+                if not ever:
+                    raise CliError(reason)
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > WATCH_RECONNECT_FOR:
+                    raise CliError(f"lost the metrics stream: {reason}")
+                if not reconnecting:
+                    reconnecting = True
+                    notice(f"lost the metrics stream ({reason}), reconnecting...")
+                await asyncio.sleep(WATCH_BACKOFF[min(attempt, len(WATCH_BACKOFF) - 1)])
+                attempt += 1
 
     try:
         asyncio.run(show())
     except KeyboardInterrupt:
-        return
+        raise typer.Exit(130) from None

@@ -8,13 +8,19 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import output
+from cli import completion, output
 from cli.client import Client
 from cli.config import current_rack, resolve_app
 from cli.errors import CliError
 
 AppOption = Annotated[
-    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+    str | None,
+    typer.Option(
+        "--app",
+        "-a",
+        help="App name (default: .convox/app, then the directory's name).",
+        autocompletion=completion.app_names,
+    ),
 ]
 PromoteOption = Annotated[bool, typer.Option("--promote", help="Promote the new release at once.")]
 
@@ -32,9 +38,10 @@ def wait_for_rollout(c: Client, app: str, release: str, within: float = 600) -> 
         data = c.get(f"/apps/{app}")
         if data["status"] == "running" and data["release"] == release:
             return
-        if data["status"] == "failed":
+        if data["status"] == "failed" or data.get("failed_release") == release:
+            why = f" ({data['failure']})" if data.get("failure") else ""
             raise CliError(
-                f"release {release} failed to roll out; {data['release'] or 'nothing'} is still serving "
+                f"release {release} failed to roll out{why}; {data['release'] or 'nothing'} is still serving "
                 f"(see `convox logs --app {app}`)"
             )
         time.sleep(pause)
@@ -46,6 +53,40 @@ def promote(c: Client, app: str, release: str) -> None:
     with output.step(f"Promoting {release}"):
         c.post(f"/apps/{app}/releases/{release}/promote")
         wait_for_rollout(c, app, release)
+
+
+def edit_text(text: str) -> str:
+    """``text`` as the user leaves it in ``$VISUAL`` / ``$EDITOR`` (vi when neither is set)."""
+    import os
+    import shlex
+    import subprocess
+    import tempfile
+
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    with tempfile.TemporaryDirectory(prefix="convox-env-") as directory:
+        path = Path(directory) / "env"
+        path.write_text(text)
+        path.chmod(0o600)
+        try:
+            code = subprocess.call([*shlex.split(editor), str(path)])
+        except OSError as exc:
+            raise CliError(f"cannot start the editor {editor!r}: {exc.strerror}") from None
+        if code != 0:
+            raise CliError(f"the editor exited with code {code}: nothing changed")
+        return path.read_text()
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """KEY=VALUE lines (blank lines and ``#`` comments skipped)."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"line {number}: expected KEY=VALUE, got {line!r}: nothing changed")
+        values[key.strip()] = value
+    return values
 
 
 def register(app: typer.Typer) -> None:
@@ -61,14 +102,19 @@ def register(app: typer.Typer) -> None:
             return
         name = resolve_app(app_opt)
         with client() as c:
-            active = c.get(f"/apps/{name}")["release"]
+            current = c.get(f"/apps/{name}")
             rows = c.get(f"/apps/{name}/releases")
+
+        def status(release: str) -> str:
+            if release == current["release"]:
+                return "active"
+            if release == current.get("failed_release"):
+                return "cancelled" if current.get("failure") == "cancelled" else "failed"
+            return ""
+
         output.table(
             ["id", "status", "build", "created", "description"],
-            [
-                (r["id"], "active" if r["id"] == active else "", r["build"], output.ago(r["created"]), r["description"])
-                for r in rows
-            ],
+            [(r["id"], status(r["id"]), r["build"], output.ago(r["created"]), r["description"]) for r in rows],
         )
 
     @releases.command("info")
@@ -146,6 +192,24 @@ def register(app: typer.Typer) -> None:
             if promote_now:
                 promote(c, name, release["id"])
 
+    @env.command("edit")
+    def env_edit(app_opt: AppOption = None, promote_now: PromoteOption = False) -> None:
+        """Edit the environment in $EDITOR (KEY=VALUE lines): a new release when it changed, promoted with
+        --promote."""
+        name = resolve_app(app_opt)
+        with client() as c:
+            current: dict[str, str] = c.get(f"/apps/{name}/environment")
+            edited = parse_env(edit_text("".join(f"{key}={current[key]}\n" for key in sorted(current))))
+            if edited == current:
+                print("No changes")
+                return
+            changed = sorted(key for key in edited.keys() | current.keys() if edited.get(key) != current.get(key))
+            with output.step(f"Setting {', '.join(changed)}"):
+                release = c.post(f"/apps/{name}/environment", json=edited, params={"replace": True})
+            print(f"Release: {release['id']}")
+            if promote_now:
+                promote(c, name, release["id"])
+
     @env.command("unset")
     def env_unset(key: str, app_opt: AppOption = None, promote_now: PromoteOption = False) -> None:
         """Unset a variable: a new release, promoted with --promote."""
@@ -159,7 +223,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("scale")
     def scale(
-        service: Annotated[str | None, typer.Argument(help="The process type to change.")] = None,
+        service: Annotated[
+            str | None, typer.Argument(help="The process type to change.", autocompletion=completion.process_types)
+        ] = None,
         count: Annotated[int | None, typer.Option("--count", help="How many processes.")] = None,
         memory: Annotated[int | None, typer.Option("--memory", help="Memory limit per process, MB.")] = None,
         app_opt: AppOption = None,

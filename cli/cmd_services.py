@@ -6,13 +6,19 @@ from typing import Annotated
 
 import typer
 
-from cli import output
+from cli import completion, output
 from cli.client import Client
 from cli.config import current_rack, resolve_app
 from cli.errors import CliError
 
 AppOption = Annotated[
-    str | None, typer.Option("--app", "-a", help="App name (default: .convox/app, then the directory's name).")
+    str | None,
+    typer.Option(
+        "--app",
+        "-a",
+        help="App name (default: .convox/app, then the directory's name).",
+        autocompletion=completion.app_names,
+    ),
 ]
 SLOW = 660.0
 """Creating waits for the server to accept connections; linking waits for the app's roll-out."""

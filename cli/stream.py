@@ -39,6 +39,9 @@ PING_TIMEOUT = 60.0
 STDIN, STDOUT, STDERR = 0, 1, 2
 
 
+METRICS_ENDED = "the metrics stream ended"
+
+
 class StreamUnavailable(CliError):
     """The stream could not be had for now (the rack is down or restarting, a 5xx): worth another try."""
 
@@ -250,7 +253,7 @@ async def watch(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> Asyn
                         raise CliError(status.error)
         except ConnectionClosed:
             pass
-    raise CliError("the metrics stream ended")
+    raise CliError(METRICS_ENDED)
 
 
 # ---- the commands (shared by the Typer commands and the fast entry below) -----------------------------------

@@ -33,6 +33,11 @@ LOG_MAX_BYTES = 32 << 20
 """The rack's own log is kept to two files of about this size: rack.log and rack.log.1."""
 
 
+READY_SECONDS = 90.0
+"""How long a service may take to answer at start (six Python processes importing at once on a busy
+machine take tens of seconds)."""
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -186,7 +191,7 @@ class Supervisor:
         tmp.write_text(text)
         tmp.replace(path)
 
-    async def ready(self, child: Child, within: float = 30.0) -> None:
+    async def ready(self, child: Child, within: float = READY_SECONDS) -> None:
         """Wait until the child answers ``GET /check``."""
         if child.socket is not None:
             transport = httpx.AsyncHTTPTransport(uds=str(child.socket))

@@ -33,7 +33,9 @@ AppName = Annotated[
     AfterValidator(_check_app_name),
     WithJsonSchema({"type": "string", "pattern": APP_NAME_PATTERN, "maxLength": 30}),
 ]
-AppStatus = Literal["creating", "running", "updating", "deleting", "rollback", "failed"]
+AppStatus = Literal["created", "creating", "running", "updating", "deleting", "rollback", "failed"]
+"""``created``: no release has served yet; ``running``: a release serves (also after a later roll-out failed,
+see ``App.failed_release``); ``failed``: the first roll-out failed and nothing serves."""
 
 
 class Model(BaseModel):
@@ -51,6 +53,10 @@ class App(Model):
     status: AppStatus = Field(examples=["running"])
     release: str = Field("", description="The active release id, empty before the first release.")
     balancer: str = Field("", description="Where the app's public process type answers, if it has one.")
+    failed_release: str = Field(
+        "", description="The release whose latest roll-out failed or was cancelled (`release` still serves)."
+    )
+    failure: str = Field("", description="Why that roll-out did not finish.")
 
 
 class AppCreate(Model):

@@ -112,7 +112,7 @@ def start_rack(
             cwd=ROOT,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120  # beyond the supervisor's own wait for its services (90 s)
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"rack exited with {process.returncode}: {log.read_text()[-3000:]}")
@@ -124,7 +124,7 @@ def start_rack(
         time.sleep(0.1)
     else:
         process.kill()
-        raise RuntimeError(f"rack did not answer within 60s: {log.read_text()[-3000:]}")
+        raise RuntimeError(f"rack did not answer within 120s: {log.read_text()[-3000:]}")
     stored = (data_dir / "password").read_text().strip()
     return RunningRack(url, f"127.0.0.1:{port}", stored, data_dir, name, process, log)
 

@@ -19,7 +19,7 @@ class FakeApps:
         check_name(name)
         if name in self.apps or name == "convox":
             raise Conflict(f"app already exists: {name}")
-        self.apps[name] = App(name=name, status="running")
+        self.apps[name] = App(name=name, status="created")
         return self.apps[name]
 
     async def get(self, name: str) -> App:

@@ -29,9 +29,16 @@ async def api() -> AsyncIterator[httpx.AsyncClient]:
 async def test_create_then_list_and_get_an_app(api: httpx.AsyncClient) -> None:
     created = await api.post("/apps", json={"name": "myapp"})
     assert created.status_code == 201
-    assert created.json() == {"name": "myapp", "status": "running", "release": "", "balancer": ""}
+    assert created.json() == {
+        "name": "myapp",
+        "status": "created",
+        "release": "",
+        "balancer": "",
+        "failed_release": "",
+        "failure": "",
+    }
     assert [a["name"] for a in (await api.get("/apps")).json()] == ["myapp"]
-    assert (await api.get("/apps/myapp")).json()["status"] == "running"
+    assert (await api.get("/apps/myapp")).json()["status"] == "created"
 
 
 async def test_duplicate_app_is_409(api: httpx.AsyncClient) -> None:

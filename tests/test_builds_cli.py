@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cli.cmd_builds import always_sent, elapsed, pack_source
+from cli.cmd_builds import always_sent, elapsed, pack_source, speed_column
 from cli.config import Rack
 from cli.stream import socket_url
 
@@ -60,6 +61,22 @@ def test_websocket_url_follows_the_scheme() -> None:
 def test_elapsed_reads_like_a_duration() -> None:
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert elapsed({"started": None}) == ""
+    assert elapsed({"started": "2026-01-01T11:59:59.200000+00:00", "ended": "2026-01-01T12:00:00+00:00"}) == "0.8s"
+    assert elapsed({"started": "2026-01-01T11:59:55.600000Z", "ended": "2026-01-01T12:00:00Z"}) == "4.4s"
     assert elapsed({"started": "2026-01-01T11:59:48+00:00", "ended": None}, now) == "12s"
     assert elapsed({"started": "2026-01-01T11:56:56Z", "ended": "2026-01-01T12:00:00Z"}) == "3m4s"
     assert elapsed({"started": "2026-01-01T10:58:00+00:00", "ended": "2026-01-01T12:00:00+00:00"}) == "1h2m"
+
+
+def test_the_upload_speed_shows_also_for_an_upload_of_one_chunk() -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    clock = [100.0]
+    progress = Progress(console=Console(file=io.StringIO()), get_time=lambda: clock[0])
+    task = progress.add_task("upload", total=4096)
+    column = speed_column()
+    assert str(column.render(progress.tasks[0])) == "?"  # nothing sent yet
+    clock[0] += 0.5
+    progress.advance(task, 4096)  # one chunk, the whole upload: too few samples for rich's own estimate
+    assert str(column.render(progress.tasks[0])) == "8.2 kB/s"

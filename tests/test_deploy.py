@@ -149,8 +149,13 @@ def test_failed_health_check_keeps_the_old_release_serving(
     assert failed.returncode != 0
     assert "ERROR: release R" in failed.stderr and "failed to roll out" in failed.stderr
     after = info(cli, app)
-    assert after["Status"] == "failed"
+    assert after["Status"] == "running"  # the previous release still serves
     assert after["Release"] == good["Release"]
+    assert after["Failed"].startswith("R") and "health check" in after["Failed"]
+    failed_release = after["Failed"].split()[0]
+    releases = cli("releases", "--app", app, check=True).stdout
+    assert re.search(rf"^{failed_release} +failed ", releases, re.MULTILINE), releases
+    assert re.search(rf"^{good['Release']} +active ", releases, re.MULTILINE), releases
     assert fetch(good["Balancer"]) == "v1\n"
     assert len(containers(rack, app, "web")) == 1
 

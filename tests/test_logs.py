@@ -404,6 +404,10 @@ def test_a_stream_survives_a_kill_of_the_logs_service_without_loss_or_duplicates
     assert numbers(follower.lines, writer) == list(range(3000))
     history = cli("logs", "--app", app, "--since", "5m", "--no-follow", check=True).stdout.splitlines()
     assert numbers(history, writer) == list(range(3000))
+    code, stderr = follower.stop()
+    assert code == 130  # Ctrl-C
+    assert "reconnecting..." in stderr  # said when the stream dropped, not after 120 s
+    assert re.search(r"resumed the log stream, caught up \d+ lines?", stderr), stderr
 
 
 def test_a_quiet_stream_stays_open(

@@ -156,3 +156,59 @@ def test_sockets_dirs_log_and_state_are_private_even_when_they_were_there_before
             assert stat.S_IMODE((data / file).stat().st_mode) == 0o600, file
     finally:
         stop_rack(rack)
+
+
+def test_sigint_stops_a_rack_started_in_the_background(tmp_path: Path, docker_engine: str) -> None:
+    """A non-interactive shell starts a background job (`make run &`) with SIGINT ignored; the rack still
+    stops cleanly on SIGINT (what Ctrl-C or `kill -INT` sends to the job)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    data_dir = tmp_path / "data"
+    port = free_port()
+    env = dict(os.environ, RACK_NAME=RACK_NAME + "-sup7", CONVOX_PASSWORD="pw", PYTHONUNBUFFERED="1")
+    command = f"{sys.executable} -m cli.main rack start --port {port} --data-dir {data_dir} & wait"
+    shell = subprocess.Popen(
+        ["bash", "-c", command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert time.monotonic() < deadline, "the rack did not answer"
+            assert shell.poll() is None, "the rack exited"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/check", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        (rack,) = psutil.Process(shell.pid).children()
+        children = list(services_of(rack.pid).values())
+        rack.send_signal(signal.SIGINT)
+        assert shell.wait(20) == 0  # the shell's `wait` hands on the rack's own exit code
+        _, alive = psutil.wait_procs(children, timeout=5)
+        assert alive == []
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+        shell.wait()
+
+
+def test_make_run_installs_only_what_the_rack_needs_and_make_test_the_dev_extra(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    def planned(target: str) -> str:
+        venv = tmp_path / "venv"  # a venv that does not exist: make plans every step, runs none (-n)
+        return subprocess.run(
+            ["make", "-n", "-B", target, f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+
+    run = planned("run")
+    assert "pip install -e .\n" in run and ".[dev]" not in run
+    assert "rack start" in run
+    assert "pip install -e '.[dev]'" in planned("test")
+    assert "pip install -e '.[dev]'" in planned("lint")

@@ -130,3 +130,27 @@ async def formation_update(
     provider: ProviderDep,
 ) -> Formation:
     return await provider.formation.scale(app, service, update)
+
+
+@router.post(
+    "/apps/{app}/restart",
+    name="app_restart",
+    summary="Restart the app's processes, rolling (of one process type with `service`)",
+    responses={**ERRORS, **error_response(409, "The app is updating")},
+)
+async def app_restart(
+    app: AppName,
+    provider: ProviderDep,
+    service: Annotated[str | None, Query(description="Only this process type.", examples=["web"])] = None,
+) -> list[Formation]:
+    return await provider.formation.restart(app, service)
+
+
+@router.post(
+    "/apps/{app}/cancel",
+    name="app_cancel",
+    summary="Cancel the roll-out in progress (the release that was serving goes on serving)",
+    responses={**ERRORS, **error_response(409, "No roll-out in progress, or it is already switching")},
+)
+async def app_cancel(app: AppName, provider: ProviderDep) -> App:
+    return await provider.formation.cancel(app)

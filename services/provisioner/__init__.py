@@ -5,13 +5,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.provisioner.linking import AppsService, Linker, Promoter
+from services.provisioner.proxy import router as proxy_router
 from services.provisioner.routes import params_router, router
 from shared.config import RackSettings
 from shared.provider import Provider
 from shared.service import build_service
 
 NAME = "provisioner"
-ROUTERS = [router, params_router]
+ROUTERS = [router, proxy_router, params_router]
 TAGS = [
     {"name": "services", "description": "Backing services (postgres, mysql, redis) linked into apps"},
     {"name": "system", "description": "The rack"},

@@ -124,7 +124,7 @@ class Linker:
             current = await self.provider.apps.get(app)
             if current.status == "running" and current.release == release:
                 return
-            if current.status == "failed":
+            if current.status == "failed" or current.failed_release == release:
                 raise RackError(
                     f"release {release} failed to roll out; {current.release or 'nothing'} is still serving "
                     f"(see `convox logs --app {app}`)",

@@ -149,6 +149,16 @@ class FormationAPI(Protocol):
     async def get(self, app: str) -> list[Formation]: ...
     async def scale(self, app: str, service: str, update: FormationUpdate) -> Formation: ...
 
+    async def restart(self, app: str, service: str | None = None) -> list[Formation]:
+        """A rolling restart of the app's processes (of one process type): new ones pass their health checks
+        before the old ones stop. Conflict while the app is updating."""
+        ...
+
+    async def cancel(self, app: str) -> App:
+        """Stop the roll-out in progress; the release that was serving goes on serving (Conflict when no
+        roll-out is in progress, or when it is already switching)."""
+        ...
+
     async def adopt(self) -> None:
         """Take charge of what runs after a (re)start of the rack: adopt running processes, serve the
         balancers, keep the counts. Called once by the service that owns formation."""
@@ -196,9 +206,7 @@ class LogsAPI(Protocol):
         """The rack's own log: its services' lines, ``service`` naming one (``gateway``)."""
         ...
 
-    async def event(
-        self, app: str, message: str, *, release: str = "", pid: str = "", service: str = "convox"
-    ) -> None:
+    async def event(self, app: str, message: str, *, release: str = "", pid: str = "", service: str = "convox") -> None:
         """A platform event in the app's log (``convox:RELEASE/PID message``); never raises."""
         ...
 
@@ -239,6 +247,11 @@ class ResourcesAPI(Protocol):
         ...
 
     async def unlink(self, name: str, app: str) -> Resource: ...
+
+    async def address(self, name: str) -> tuple[str, int]:
+        """Where the rack reaches the service's server (host, port): what `convox services proxy` relays to.
+        NotFound for an unknown service, Conflict when its server is not running."""
+        ...
 
     async def adopt(self) -> None:
         """After a (re)start of the rack: finish or undo what was cut short, bring back missing servers.

@@ -14,7 +14,7 @@ from tests.contract.conftest import settings_for
 
 async def test_app_lifecycle(provider: Provider) -> None:
     created = await provider.apps.create("myapp")
-    assert (created.name, created.status, created.release) == ("myapp", "running", "")
+    assert (created.name, created.status, created.release) == ("myapp", "created", "")  # not running: no release
     assert [a.name for a in await provider.apps.list()] == ["myapp"]
     assert (await provider.apps.get("myapp")).name == "myapp"
     await provider.apps.delete("myapp")

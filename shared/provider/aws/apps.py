@@ -31,7 +31,10 @@ def log_group(rack: str, app: str) -> str:
 
 
 def to_app(item: Item) -> App:
-    return App(name=item["name"], status=item["status"], release=item.get("release", ""))
+    status, release = item["status"], item.get("release", "")
+    if status == "running" and not release:
+        status = "created"  # nothing has served yet
+    return App(name=item["name"], status=status, release=release)
 
 
 class AwsApps:

@@ -12,14 +12,28 @@ from shared.errors import BadRequest, Conflict, NotFound
 from shared.models import RACK_APP, App, invalid_app_name
 from shared.names import is_app_name
 from shared.provider.local.docker import LABEL_APP, LABEL_RACK, LABEL_SANDBOX, Docker
+from shared.provider.local.rollouts import Rollouts
 from shared.provider.local.state import State
 
 APP_TABLES = (("releases", "app"), ("builds", "app"), ("formation", "app"), ("links", "app"), ("apps", "name"))
 """Where an app's records are, the app's own last."""
 
 
-def _app(row: aiosqlite.Row, balancer: str = "") -> App:
-    return App(name=row["name"], status=row["status"], release=row["release"], balancer=balancer)
+def _app(row: aiosqlite.Row, balancer: str = "", rollout: tuple[str, str, str] | None = None) -> App:
+    status = row["status"]
+    if status == "running" and not row["release"]:
+        status = "created"  # nothing has served yet
+    failed, failure = "", ""
+    if rollout is not None and rollout[1] in ("failed", "cancelled"):
+        failed, failure = rollout[0], rollout[2]
+    return App(
+        name=row["name"],
+        status=status,
+        release=row["release"],
+        balancer=balancer,
+        failed_release=failed,
+        failure=failure,
+    )
 
 
 def check_name(name: str) -> None:
@@ -33,6 +47,7 @@ class LocalApps:
         self.docker = docker
         self.rack = rack
         self.balancer_host = balancer_host
+        self.rollouts = Rollouts(state)
         self.on_delete: list[Callable[[str], Awaitable[None]]] = []
         """Run when an app is being deleted, while its containers still exist."""
         self.after_delete: list[Callable[[str], Awaitable[None]]] = []
@@ -55,7 +70,7 @@ class LocalApps:
         created = datetime.now(UTC).isoformat()
         try:
             await self.state.execute(
-                "INSERT INTO apps (name, status, release, created) VALUES (?, 'running', '', ?)", (name, created)
+                "INSERT INTO apps (name, status, release, created) VALUES (?, 'created', '', ?)", (name, created)
             )
         except aiosqlite.IntegrityError:
             raise Conflict(f"app already exists: {name}") from None
@@ -66,12 +81,12 @@ class LocalApps:
         row = await self.state.fetch_one("SELECT * FROM apps WHERE name = ?", (name,))
         if row is None:
             raise NotFound(f"no such app: {name}")
-        return _app(row, (await self._balancers()).get(name, ""))
+        return _app(row, (await self._balancers()).get(name, ""), await self.rollouts.latest(name))
 
     async def list(self) -> list[App]:
         balancers = await self._balancers()
         rows = await self.state.fetch_all("SELECT * FROM apps ORDER BY name")
-        return [_app(row, balancers.get(row["name"], "")) for row in rows]
+        return [_app(row, balancers.get(row["name"], ""), await self.rollouts.latest(row["name"])) for row in rows]
 
     async def set_status(self, name: str, status: str, release: str | None = None) -> None:
         if release is None:
@@ -90,6 +105,7 @@ class LocalApps:
                     await self.docker.remove(container["Id"])
         for hook in self.after_delete:
             await hook(name)
+        await self.rollouts.forget(name)
         # its records go together: a kill before this leaves a `deleting` app that the next start finishes,
         # never an app without its releases
         async with self.state.transaction() as tx:

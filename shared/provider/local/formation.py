@@ -119,6 +119,10 @@ class LocalFormation:
         """Apps skipped at start (their records are damaged): not reconciled."""
         self.pending: set[str] = set()
         """Apps whose reconciliation is about to run (one pass for a burst of events)."""
+        self.rolling: dict[str, asyncio.Task[None]] = {}
+        """The roll-out in progress per app (what `convox apps cancel` stops)."""
+        self.switching: set[str] = set()
+        """Apps whose roll-out has switched its balancers: too late to cancel."""
         self.events = Events(state)
         releases.formation = self
 
@@ -328,12 +332,17 @@ class LocalFormation:
     # ---- convergence -----------------------------------------------------------------------------
 
     async def converge(
-        self, release: Release, only: str | None = None, patch: dict[str, FormationUpdate] | None = None
+        self,
+        release: Release,
+        only: str | None = None,
+        patch: dict[str, FormationUpdate] | None = None,
+        fresh: bool = False,
     ) -> None:
         """Make the app run ``release``: start what is missing, health-check it, switch the balancers,
         then stop everything else (other releases, surplus, other memory). Nothing old stops until every
         new container is healthy; on a failure the new containers are removed and the error raised. A
-        process the Engine is restarting (its restart policy, with back-off) counts as there."""
+        process the Engine is restarting (its restart policy, with back-off) counts as there. ``fresh``
+        replaces every process in scope, even those that already run the release (a restart)."""
         app = release.app
         wanted = [w for w in await self.desired(release, patch) if only is None or w.service == only]
         await self.docker.ensure_network(self.network, {LABEL_RACK: self.rack})
@@ -349,7 +358,7 @@ class LocalFormation:
                     and (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
                     and (c.get("Labels") or {}).get(LABEL_MEMORY) == str(want.memory)
                 ]
-                keep[want.service] = matching[: want.count]
+                keep[want.service] = [] if fresh else matching[: want.count]
                 if want.stop_first and want.count > len(keep[want.service]):
                     await self._stop_first(app, want, current, keep[want.service])
                 for _ in range(want.count - len(keep[want.service])):
@@ -367,6 +376,7 @@ class LocalFormation:
         except BaseException:
             await asyncio.gather(*(self.docker.remove(c["Id"]) for c in started), return_exceptions=True)
             raise
+        self.switching.add(app)
         for want in wanted:
             if want.public and want.port:
                 backends = await self._backends(keep[want.service], want.port)
@@ -439,8 +449,25 @@ class LocalFormation:
             raise Conflict(f"app {release.app} is already updating")
         await self.desired(release)  # a manifest or environment problem is a 400 now, before anything changes
         await self.apps.set_status(release.app, "updating")
-        self._spawn(self._rollout(release))
+        await self.apps.rollouts.record(release.app, release.id, "updating")
+        task: asyncio.Task[None] = asyncio.create_task(self._rollout(release))
+        self.tasks.add(task)
+        self.rolling[release.app] = task
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self.tasks.discard(finished)
+            if self.rolling.get(release.app) is finished:
+                del self.rolling[release.app]
+
+        task.add_done_callback(done)
         return await self.apps.get(release.app)
+
+    async def _ended(self, release: Release, outcome: str, message: str) -> None:
+        """A roll-out that did not finish: the previous release (if any) goes on serving, so the app is
+        ``running`` (``failed`` when nothing serves); the roll-out is remembered with its reason."""
+        serving = (await self.apps.get(release.app)).release
+        await self.apps.set_status(release.app, "running" if serving else "failed")
+        await self.apps.rollouts.record(release.app, release.id, outcome, message)
 
     async def _rollout(self, release: Release) -> None:
         async with self._lock(release.app):
@@ -448,13 +475,55 @@ class LocalFormation:
             with contextlib.suppress(Exception), log.measure("release.promote", app=release.app, release=release.id):
                 try:
                     await self.converge(release)
+                except asyncio.CancelledError:
+                    await asyncio.shield(self._ended(release, "cancelled", "cancelled"))
+                    await self.events.emit(release.app, "release roll-out cancelled", release=release.id)
+                    return
                 except Exception as exc:
-                    await self.apps.set_status(release.app, "failed")
                     reason = getattr(exc, "message", None) or type(exc).__name__
+                    await self._ended(release, "failed", str(reason))
                     await self.events.emit(release.app, f"release failed to roll out: {reason}", release=release.id)
                     raise
+                finally:
+                    self.switching.discard(release.app)
                 await self.apps.set_status(release.app, "running", release=release.id)
+                await self.apps.rollouts.record(release.app, release.id, "running")
                 await self.events.emit(release.app, "release promoted", release=release.id)
+
+    async def cancel(self, app: str) -> App:
+        """Stop the roll-out in progress: its new processes go, the release that was serving stays."""
+        await self.apps.get(app)
+        task = self.rolling.get(app)
+        if task is None or task.done():
+            raise Conflict(f"app {app} is not updating: there is no roll-out to cancel")
+        if app in self.switching:
+            raise Conflict(f"the roll-out of app {app} is already switching to its new release")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        log.log("release.cancel", app=app)
+        return await self.apps.get(app)
+
+    async def restart(self, app: str, service: str | None = None) -> list[Formation]:
+        """A rolling restart of the app's processes (of one type): new ones start and pass their health
+        checks before the balancers switch and the old ones stop, so nothing is refused meanwhile."""
+        current = await self.apps.get(app)
+        if not current.release:
+            raise BadRequest(f"app {app} has no release yet: deploy it first")
+        release = await self.releases.get(app, current.release)
+        if service is not None:
+            services = manifest_of(release).services
+            if service not in services:
+                raise NotFound(f"no such process type: {service} (types: {', '.join(services) or 'none'})")
+        if current.status == "updating" or self._lock(app).locked():
+            raise Conflict(f"app {app} is updating: restart it when the roll-out is done")
+        async with self._lock(app):
+            with log.measure("formation.restart", app=app, service=service or ""):
+                try:
+                    await self.converge(release, only=service, fresh=True)
+                finally:
+                    self.switching.discard(app)
+            await self.events.emit(app, f"{service or 'every process type'} restarted", release=release.id)
+        return await self.get(app)
 
     async def get(self, app: str) -> list[Formation]:
         current = await self.apps.get(app)
@@ -501,14 +570,18 @@ class LocalFormation:
         if not current.release:
             raise BadRequest(f"app {app} has no release yet: deploy it first")
         release = await self.releases.get(app, current.release)
-        if service not in manifest_of(release).services:
-            raise NotFound(f"no such process type: {service}")
+        services = manifest_of(release).services
+        if service not in services:
+            raise NotFound(f"no such process type: {service} (types: {', '.join(services) or 'none'})")
         if update.count is None and update.memory is None:
             raise BadRequest("nothing to change: give a count or a memory")
         async with self._lock(app):
             # tried first, saved once it runs: a change the Engine refuses leaves the formation as it was
             with log.measure("formation.scale", app=app, service=service, count=update.count, memory=update.memory):
-                await self.converge(release, only=service, patch={service: update})
+                try:
+                    await self.converge(release, only=service, patch={service: update})
+                finally:
+                    self.switching.discard(app)
             await self.state.execute(
                 "INSERT INTO formation (app, service, count, memory) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (app, service) DO UPDATE SET count = COALESCE(excluded.count, count), "
@@ -621,7 +694,10 @@ class LocalFormation:
                 if not short:
                     return
                 with log.measure("formation.reconcile", app=app, release=release.id, short=",".join(short)):
-                    await self.converge(release)
+                    try:
+                        await self.converge(release)
+                    finally:
+                        self.switching.discard(app)
                 await self.events.emit(app, f"processes replaced: {', '.join(short)}", release=release.id)
             except (RackError, ValueError) as exc:
                 log.error("formation.reconcile", app=app, message=getattr(exc, "message", None) or str(exc))
@@ -639,11 +715,16 @@ class LocalFormation:
                     break
                 else:
                     break
+                finally:
+                    self.switching.discard(release.app)
             await asyncio.sleep(min(2.0**attempt, 10.0))
             attempt += 1
-        if interrupted:
+        if interrupted:  # the previous release still serves: running, the cut-short roll-out remembered
             with contextlib.suppress(RackError):
-                await self.apps.set_status(release.app, "failed")
+                await self.apps.set_status(release.app, "running")
+                for app, rolled in await self.apps.rollouts.interrupted():
+                    if app == release.app:
+                        await self.apps.rollouts.record(app, rolled, "failed", "interrupted by a restart of the rack")
 
     async def _refresh(self) -> None:
         """Keep each balancer's backends on the running containers of the active release."""

@@ -72,11 +72,13 @@ def _ports(raw: Any) -> list[str]:
         for port in raw:
             if port.get("PublicPort"):
                 ports.append(f"{port['PublicPort']}:{port['PrivatePort']}")
-    elif isinstance(raw, dict):  # containers/{id}/json NetworkSettings.Ports
+    elif isinstance(raw, dict):  # containers/{id}/json NetworkSettings.Ports: published or only exposed
         for key, bindings in raw.items():
             private = key.split("/")[0]
             for binding in bindings or []:
                 ports.append(f"{binding.get('HostPort')}:{private}")
+            if not bindings:
+                ports.append(private)
     return sorted(set(ports))
 
 
@@ -318,8 +320,12 @@ class LocalProcesses:
         if release:
             labels[LABEL_RELEASE] = release
         containers = await self.docker.containers(labels)
+        # the list's entries carry the creation time; a process's last start (after a restart by the engine's
+        # restart policy) and its exposed ports are in its inspect document
+        inspected = await asyncio.gather(*(self.docker.inspect(c["Id"]) for c in containers), return_exceptions=True)
+        documents = [d if isinstance(d, dict) else c for c, d in zip(containers, inspected, strict=True)]
         processes = sorted(
-            (to_process(c) for c in containers),
+            (to_process(c) for c in documents),
             key=lambda p: (p.name, p.started.timestamp() if p.started else 0.0, p.id),
         )
         if stats and processes:

@@ -320,6 +320,17 @@ class LocalResources:
         containers = await self._containers()
         return self._resource(record, links.get(name, []), containers.get(name), reveal)
 
+    async def address(self, name: str) -> tuple[str, int]:
+        record = await self._record(name)
+        container = (await self._containers()).get(name)
+        if container is None or container.get("State") != "running":
+            raise Conflict(f"service {name} is not running")
+        networks = ((await self.docker.inspect(container["Id"])).get("NetworkSettings") or {}).get("Networks") or {}
+        ip = str((networks.get(self.network) or {}).get("IPAddress") or "")
+        if not ip:
+            raise Conflict(f"service {name} has no address on the rack's network")
+        return ip, record.kind.port
+
     async def list(self, reveal: bool = False) -> list[Resource]:
         rows = await self.state.fetch_all("SELECT * FROM resources ORDER BY name")
         links = await self._links()

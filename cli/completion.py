@@ -1,0 +1,48 @@
+"""Shell completion of what lives on the rack: app names and an app's process types.
+
+Typer asks these while the user presses Tab (`convox --install-completion` sets bash or zsh up); they answer
+quickly or with nothing: a rack that is down or slow never makes the shell hang or print an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TIMEOUT = 2.0
+
+
+def _get(path: str) -> Any:
+    import httpx
+
+    from cli.config import current_rack
+
+    try:
+        rack = current_rack()
+        response = httpx.get(rack.host + path, auth=("convox", rack.password), timeout=TIMEOUT)
+    except Exception:  # no login, the rack unreachable: nothing to offer
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def app_names(incomplete: str) -> list[str]:
+    """The rack's apps starting with ``incomplete``."""
+    apps = _get("/apps")
+    if not isinstance(apps, list):
+        return []
+    return [a["name"] for a in apps if isinstance(a, dict) and str(a.get("name", "")).startswith(incomplete)]
+
+
+def process_types(ctx: Any, incomplete: str) -> list[str]:
+    """The process types of the app the command line names (``--app``, else the directory's app)."""
+    from urllib.parse import quote
+
+    from cli.config import resolve_app
+
+    try:
+        app = resolve_app(ctx.params.get("app_opt"))
+    except Exception:
+        return []
+    formation = _get(f"/apps/{quote(app)}/formation")
+    if not isinstance(formation, list):
+        return []
+    return [f["name"] for f in formation if isinstance(f, dict) and str(f.get("name", "")).startswith(incomplete)]
