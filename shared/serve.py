@@ -11,7 +11,15 @@ from starlette.types import ASGIApp
 from shared import logfmt
 
 
-def serve(app: ASGIApp, *, uds: Path | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+def serve(
+    app: ASGIApp,
+    *,
+    uds: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+) -> None:
     logfmt.configure()
     if uds is not None:
         uds.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +39,8 @@ def serve(app: ASGIApp, *, uds: Path | None = None, host: str = "127.0.0.1", por
         ws_ping_timeout=60,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        ssl_certfile=str(certfile) if certfile else None,
+        ssl_keyfile=str(keyfile) if keyfile else None,
     )
     server = uvicorn.Server(config)
     if uds is not None:

@@ -41,16 +41,18 @@ def test_a_service_killed_is_restarted_within_two_seconds_and_keeps_its_state(
     rack = start_rack(tmp_path / "data", RACK_NAME + "-sup2")
     auth = ("x", rack.password)
     try:
-        assert httpx.post(f"{rack.url}/apps", json={"name": "survivor"}, auth=auth).status_code == 201
+        created = httpx.post(f"{rack.url}/apps", verify=rack.verify, json={"name": "survivor"}, auth=auth)
+        assert created.status_code == 201
         old = services_of(rack.process.pid)["apps"]
         old.send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        while True:
-            response = httpx.get(f"{rack.url}/apps/survivor", auth=auth)
-            if response.status_code == 200:
-                break
-            assert time.monotonic() - killed < 2.0, "apps did not come back within 2 s"
-            time.sleep(0.02)
+        with rack.client(timeout=5) as http:
+            while True:
+                response = http.get("/apps/survivor")
+                if response.status_code == 200:
+                    break
+                assert time.monotonic() - killed < 2.0, "apps did not come back within 2 s"
+                time.sleep(0.02)
         new = services_of(rack.process.pid)["apps"]
         assert new.pid != old.pid
         log = (rack.data_dir / "logs" / "rack.log").read_text()
@@ -64,12 +66,12 @@ def test_state_and_password_survive_a_rack_restart(tmp_path: Path, docker_engine
     data = tmp_path / "data"
     first = start_rack(data, RACK_NAME + "-sup3")
     auth = ("x", first.password)
-    httpx.post(f"{first.url}/apps", json={"name": "durable"}, auth=auth).raise_for_status()
+    httpx.post(f"{first.url}/apps", verify=first.verify, json={"name": "durable"}, auth=auth).raise_for_status()
     stop_rack(first)
     second = start_rack(data, RACK_NAME + "-sup3", password="ignored-after-first-start")
     try:
         assert second.password == first.password
-        response = httpx.get(f"{second.url}/apps/durable", auth=auth)
+        response = httpx.get(f"{second.url}/apps/durable", verify=second.verify, auth=auth)
         assert response.status_code == 200
     finally:
         stop_rack(second)

@@ -54,7 +54,9 @@ def open_docs(page: Page, rack: RunningRack) -> None:
 
 
 def test_swagger_ui_renders_offline(rack: RunningRack, browser: Browser) -> None:
-    context = browser.new_context(http_credentials={"username": "docs", "password": rack.password})
+    context = browser.new_context(
+        http_credentials={"username": "docs", "password": rack.password}, ignore_https_errors=True
+    )
     try:
         page = context.new_page()
         requests: list[Request] = []
@@ -99,7 +101,7 @@ def test_swagger_ui_renders_offline(rack: RunningRack, browser: Browser) -> None
 def test_swagger_ui_try_it_out_lists_apps(rack: RunningRack, browser: Browser) -> None:
     name = f"swagger-{secrets.token_hex(3)}"
     auth = ("anyone", rack.password)
-    created = httpx.post(f"{rack.url}/apps", json={"name": name}, auth=auth, timeout=30)
+    created = httpx.post(f"{rack.url}/apps", verify=rack.verify, json={"name": name}, auth=auth, timeout=30)
     assert created.status_code == 201, created.text
     # The browser carries the password only for the page itself (HTML, assets, document); the API call made by
     # "Try it out" gets through only with the credentials typed into Swagger's "Authorize" dialog.
@@ -112,7 +114,7 @@ def test_swagger_ui_try_it_out_lists_apps(rack: RunningRack, browser: Browser) -
         else:
             route.continue_()
 
-    context = browser.new_context()
+    context = browser.new_context(ignore_https_errors=True)
     try:
         context.route(f"{rack.url}/**", add_password)
         page = context.new_page()
@@ -146,14 +148,14 @@ def test_swagger_ui_try_it_out_lists_apps(rack: RunningRack, browser: Browser) -
         assert name in [app["name"] for app in shown]
     finally:
         context.close()
-        httpx.delete(f"{rack.url}/apps/{name}", auth=auth, timeout=30)
+        httpx.delete(f"{rack.url}/apps/{name}", verify=rack.verify, auth=auth, timeout=30)
 
 
 def test_docs_need_the_password(rack: RunningRack) -> None:
     for path in ("/docs", "/openapi.json"):
-        response = httpx.get(f"{rack.url}{path}", timeout=10)
+        response = httpx.get(f"{rack.url}{path}", verify=rack.verify, timeout=10)
         assert response.status_code == 401, (path, response.status_code)
         assert response.headers["www-authenticate"].lower().startswith("basic")
-        wrong = httpx.get(f"{rack.url}{path}", auth=("anyone", "not-" + rack.password), timeout=10)
+        wrong = httpx.get(f"{rack.url}{path}", verify=rack.verify, auth=("anyone", "not-" + rack.password), timeout=10)
         assert wrong.status_code == 401, (path, wrong.status_code)
-    assert httpx.get(f"{rack.url}/check", timeout=10).status_code == 200
+    assert httpx.get(f"{rack.url}/check", verify=rack.verify, timeout=10).status_code == 200

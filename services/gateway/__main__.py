@@ -18,13 +18,15 @@ def main() -> None:
     parser.add_argument("--host", default=gateway.host)
     parser.add_argument("--port", type=int, default=gateway.port)
     parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--certfile", type=Path, help="Serve HTTPS with this certificate (PEM).")
+    parser.add_argument("--keyfile", type=Path, help="The certificate's private key (PEM).")
     args = parser.parse_args()
     settings = RackSettings(**({"data_dir": args.data_dir} if args.data_dir else {}))
     secret = settings.internal_secret.get_secret_value()
     if not secret:
         sys.exit("ERROR: RACK_INTERNAL_SECRET is not set")
     app = create_app(load_password(settings.data_dir), Upstreams.for_rack(settings.run_dir, secret))
-    serve(app, host=args.host, port=args.port)
+    serve(app, host=args.host, port=args.port, certfile=args.certfile, keyfile=args.keyfile)
 
 
 main()
