@@ -168,6 +168,21 @@ def rack_info(ctx: typer.Context) -> None:
     )
 
 
+@rack_app.command("access")
+def rack_access(
+    role: Annotated[str, typer.Option(help="read (look, follow logs) or write (everything but making tokens).")],
+    duration: Annotated[str, typer.Option(help="How long the token is valid: 30m, 1h, 7d...")] = "1h",
+) -> None:
+    """Print a scoped, expiring token to use instead of the password (CONVOX_PASSWORD or `convox login`), e.g.
+    for CI. Only the rack password can make one."""
+    if role not in ("read", "write"):
+        raise CliError(f"invalid role: {role!r} (read or write)")
+    with client() as c:
+        made = c.post("/system/access", json={"role": role, "duration": duration})
+    print(made["token"])
+    print(f"{made['role']} token, expires {made['expires']}", file=sys.stderr)
+
+
 @rack_app.command("start")
 def rack_start(
     host: Annotated[str, typer.Option(help="Address the gateway listens on.")] = "127.0.0.1",

@@ -45,7 +45,7 @@ class Client:
             raise CliError(f"rack at {self.rack.host}: {type(exc).__name__}") from None
         if response.status_code == 401:
             raise CliError(
-                f"invalid password for {self.rack.host} (run `convox login {self.rack.host}`)"
+                f"{error_message(response)} for {self.rack.host} (run `convox login {self.rack.host}`)"
             )
         if response.status_code >= 400:
             raise CliError(error_message(response))

@@ -52,12 +52,12 @@ def socket_url(rack: Rack, path: str, query: Sequence[tuple[str, str]] | Mapping
 
 def refusal(status: int, body: bytes, host: str) -> CliError:
     """The error for a refused handshake: the rack's own message (a 5xx is :class:`StreamUnavailable`)."""
-    if status == 401:
-        return CliError(f"invalid password for {host} (run `convox login {host}`)")
     try:
         message = json.loads(body).get("error")
     except (ValueError, AttributeError):
         message = None
+    if status == 401:
+        return CliError(f"{message or 'invalid password'} for {host} (run `convox login {host}`)")
     text = str(message) if message else f"rack refused the stream: {status}"
     return StreamUnavailable(text) if status >= 500 else CliError(text)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from services.gateway import create_app, load_password
 from services.gateway.proxy import Upstreams
+from services.gateway.tokens import ensure_key
 from shared.config import GatewaySettings, RackSettings
 from shared.serve import serve
 
@@ -25,7 +26,8 @@ def main() -> None:
     secret = settings.internal_secret.get_secret_value()
     if not secret:
         sys.exit("ERROR: RACK_INTERNAL_SECRET is not set")
-    app = create_app(load_password(settings.data_dir), Upstreams.for_rack(settings.run_dir, secret))
+    key = ensure_key(settings.data_dir)
+    app = create_app(load_password(settings.data_dir), Upstreams.for_rack(settings.run_dir, secret), key)
     serve(app, host=args.host, port=args.port, certfile=args.certfile, keyfile=args.keyfile)
 
 

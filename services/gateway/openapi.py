@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from services.gateway.access import ACCESS_PATH, error
 from shared import __version__
 from shared.config import SERVICES
 from shared.errors import RackError
@@ -31,11 +32,20 @@ GATEWAY_PATHS: dict[str, Any] = {
                 }
             },
         }
-    }
+    },
+    "/system/access": ACCESS_PATH,
 }
 
 DESCRIPTION = """The rack's API. Every route except `GET /check` needs the rack password as HTTP Basic
-authentication (any user name). Errors are `{"error": "message"}` with a 4xx or 5xx status."""
+authentication (any user name), or an access token from `POST /system/access` in its place (a `read` token
+gets 403 from every route that changes anything, websockets included; an expired one 401). A websocket
+handshake or a request other than GET/HEAD/OPTIONS whose `Origin` is not the rack's own is refused with 403.
+Errors are `{"error": "message"}` with a 4xx or 5xx status."""
+
+AUTH_RESPONSES = {
+    "401": error("No password or token, a wrong one, or an expired token"),
+    "403": error("A read token on a route that changes something, or a request from another site's page"),
+}
 
 
 def merge(documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -43,12 +53,17 @@ def merge(documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
     paths: dict[str, Any] = dict(GATEWAY_PATHS)
     schemas: dict[str, Any] = {}
     tags: dict[str, dict[str, Any]] = {}
-    operation_ids = {"check": "gateway"}
+    operation_ids = {"check": "gateway", "access_create": "gateway"}
+    for status, answer in AUTH_RESPONSES.items():
+        ACCESS_PATH["post"]["responses"].setdefault(status, answer)
     for service, doc in documents.items():
         for path, item in doc.get("paths", {}).items():
             if path in paths:
                 raise RackError(f"openapi: path {path} is served by two services")
             for operation in item.values():
+                responses = operation.setdefault("responses", {})
+                for status, answer in AUTH_RESPONSES.items():
+                    responses.setdefault(status, answer)
                 op_id = operation.get("operationId")
                 if op_id in operation_ids:
                     raise RackError(f"openapi: operationId {op_id} in {service} and {operation_ids[op_id]}")
