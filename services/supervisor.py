@@ -161,6 +161,7 @@ class Supervisor:
         self.lines: asyncio.Queue[str | None] = asyncio.Queue(maxsize=10_000)
         self.console: queue.Queue[str] = queue.Queue(maxsize=10_000)
         self.console_dropped = 0
+        self.stdout: TextIO = sys.stdout
         threading.Thread(target=self._print_console, name="console", daemon=True).start()
         python = sys.executable
         common = ["--data-dir", str(data_dir)]
@@ -189,8 +190,8 @@ class Supervisor:
         while True:
             text = self.console.get()
             with contextlib.suppress(OSError, ValueError):
-                sys.stdout.write(text)
-                sys.stdout.flush()
+                self.stdout.write(text)
+                self.stdout.flush()
             self.console.task_done()
 
     async def drain_console(self, within: float = 2.0) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import stat
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from tests.conftest import RACK_NAME, start_rack, stop_rack
 
@@ -128,3 +131,52 @@ async def test_the_rack_log_is_kept_to_two_bounded_files(tmp_path: Path) -> None
     previous = rotated.read_text().splitlines()
     assert [line[-4:] for line in previous] == [f"{n:04d}" for n in range(30)]
     assert [line[-4:] for line in current] == [f"{n:04d}" for n in range(30, 35)]
+
+
+async def test_a_child_line_over_64_kib_is_cut_and_the_child_keeps_running(tmp_path: Path) -> None:
+    from services.supervisor import MAX_LINE, Child, Supervisor
+
+    supervisor = Supervisor(tmp_path, "127.0.0.1", 0)
+    program = (
+        "import sys\n"
+        "sys.stdout.write('a' * 300_000 + '\\n')\n"
+        "print('after', flush=True)\n"
+        "sys.stdout.write('b' * 200_000)\n"  # a long last line with no newline at all
+        "sys.stdout.flush()\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", program, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    child = Child("apps", [], None, process)
+    await asyncio.wait_for(supervisor.pump(child, process), 30)
+    assert await asyncio.wait_for(process.wait(), 30) == 0
+    lines = []
+    while not supervisor.lines.empty():
+        entry = supervisor.lines.get_nowait()
+        assert entry is not None
+        lines.append(entry.split(" ", 1)[1].rstrip("\n"))
+    assert lines == [
+        "apps: " + "a" * MAX_LINE + f" [line cut at {MAX_LINE} bytes]",
+        "apps: after",
+        "apps: " + "b" * MAX_LINE + f" [line cut at {MAX_LINE} bytes]",
+    ]
+
+
+async def test_a_stdout_nobody_reads_never_blocks_the_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.supervisor import Supervisor
+
+    read_end, write_end = os.pipe()
+    stuck = os.fdopen(write_end, "w")
+    monkeypatch.setattr(sys, "stdout", stuck)
+    supervisor = Supervisor(tmp_path, "127.0.0.1", 0)
+    began = time.monotonic()
+    for n in range(20_000):  # far more than the pipe holds
+        supervisor.emit("gateway", f"ns=gateway at=request n={n} " + "x" * 100)
+    assert time.monotonic() - began < 5
+    assert supervisor.console_dropped > 0
+    os.close(read_end)  # the writer thread's blocked write fails now and it carries on
+    monkeypatch.undo()
+    with contextlib.suppress(OSError):
+        stuck.close()
