@@ -308,7 +308,7 @@ class Supervisor:
         tmp.write_text(text)
         tmp.replace(path)
 
-    async def ready(self, child: Child, within: float = 30.0) -> None:
+    async def ready(self, child: Child, within: float = 90.0) -> None:
         """Wait until the child answers ``GET /check``."""
         if child.socket is not None:
             transport = httpx.AsyncHTTPTransport(uds=str(child.socket))

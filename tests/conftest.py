@@ -146,7 +146,7 @@ def start_rack(
         )
     url = f"{'http' if insecure_http else 'https'}://127.0.0.1:{port}"
     cert = None if insecure_http else data_dir / "tls" / "cert.pem"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"rack exited with {process.returncode}: {log.read_text()[-3000:]}")
@@ -162,7 +162,7 @@ def start_rack(
         time.sleep(0.1)
     else:
         process.kill()
-        raise RuntimeError(f"rack did not answer within 60s: {log.read_text()[-3000:]}")
+        raise RuntimeError(f"rack did not answer within 180s: {log.read_text()[-3000:]}")
     stored = (data_dir / "password").read_text().strip()
     return RunningRack(url, f"127.0.0.1:{port}", stored, data_dir, name, process, log, cert)
 

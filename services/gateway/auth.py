@@ -57,20 +57,32 @@ def password_from(header: bytes) -> bytes | None:
     return password if sep else None
 
 
-def own_origin(scope: Scope, headers: dict[bytes, bytes]) -> str:
-    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme", "http"))
-    return f"{scheme}://{headers.get(b'host', b'').decode('latin-1').lower()}"
+DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _authority(scheme: str, netloc: str) -> str:
+    """``host:port`` with the scheme's default port made explicit."""
+    has_port = netloc.rpartition(":")[2].isdigit() and (not netloc.startswith("[") or "]:" in netloc)
+    return netloc if has_port else f"{netloc}:{DEFAULT_PORTS.get(scheme, '')}"
 
 
 def cross_site(scope: Scope, headers: dict[bytes, bytes]) -> str | None:
-    """The foreign ``Origin`` of a request that could change something, or ``None`` when it may proceed."""
+    """The foreign ``Origin`` of a request that could change something, or ``None`` when it may proceed. The
+    rack's own origin is the host and port the request was sent to (its ``Host``); the scheme is not compared,
+    so that a TLS-terminating proxy in front of a rack still counts as the rack."""
     if scope["type"] == "http" and scope["method"] in SAFE_METHODS:
         return None
     origin = headers.get(b"origin")
     if origin is None:
         return None
     given = origin.decode("latin-1").strip().lower().rstrip("/")
-    return None if given == own_origin(scope, headers) else given
+    scheme, sep, netloc = given.partition("://")
+    if not sep or not netloc or "/" in netloc:
+        return given  # "null" (a sandboxed page, a file) or nonsense: never the rack
+    raw_scheme = str(scope.get("scheme") or "http")
+    served = {"ws": "http", "wss": "https"}.get(raw_scheme, raw_scheme)
+    host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+    return None if host and _authority(scheme, netloc) == _authority(served, host) else given
 
 
 def allowed_for_read(scope: Scope) -> bool:
