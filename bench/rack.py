@@ -9,6 +9,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -37,6 +38,7 @@ class Rack:
         so that nothing under ``~/.convox`` is read or written."""
         env = dict(os.environ if base is None else base)
         env.update(CONVOX_HOST=self.url, CONVOX_PASSWORD=self.password, CONVOX_CONFIG=str(self.config_dir))
+        env["CONVOX_CERT"] = str(self.data_dir / "tls" / "cert.pem")  # the rack's own certificate, as a pin
         return env
 
     def log_tail(self, lines: int = 20) -> str:
@@ -64,9 +66,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _check(url: str) -> bool:
+def _check(url: str, cert: Path) -> bool:
+    if not cert.exists():
+        return False
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
     try:
-        with urllib.request.urlopen(f"{url}/check", timeout=1.0) as response:
+        with urllib.request.urlopen(f"{url}/check", timeout=1.0, context=context) as response:
             return int(response.status) == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -90,10 +96,10 @@ def throwaway_rack(convox: Path, *, name: str | None = None, start_timeout: floa
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    env=env)
-    rack = Rack(f"http://127.0.0.1:{port}", password, data_dir, config_dir, log_path, process)
+    rack = Rack(f"https://127.0.0.1:{port}", password, data_dir, config_dir, log_path, process)
     try:
         deadline = time.monotonic() + start_timeout
-        while not _check(rack.url):
+        while not _check(rack.url, data_dir / "tls" / "cert.pem"):
             if process.poll() is not None:
                 raise RackFailed(f"`convox rack start` exited {process.returncode}:\n{rack.log_tail()}")
             if time.monotonic() > deadline:

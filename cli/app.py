@@ -44,18 +44,70 @@ def client() -> Client:
     return Client(current_rack())
 
 
+def _read_password() -> str:
+    """The password for `convox login`, never from the command line (``ps`` would show it): ``CONVOX_PASSWORD``,
+    else a line of stdin when it is not a terminal (``cat password | convox login HOST``), else a hidden
+    prompt."""
+    import os
+
+    given = os.environ.get("CONVOX_PASSWORD")
+    if given:
+        return given
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline().rstrip("\r\n")
+        if not line:
+            raise CliError("no password on stdin")
+        return line
+    import getpass
+
+    return getpass.getpass("Password: ")
+
+
 @app.command()
 def login(
-    host: Annotated[str, typer.Argument(help="The rack: host:port or a URL.")],
-    password: Annotated[str, typer.Option("--password", "-p", prompt=True, hide_input=True, help="The rack password.")],
+    host: Annotated[str, typer.Argument(help="The rack: host:port or a URL (https:// unless it says http://).")],
+    fingerprint: Annotated[
+        str | None,
+        typer.Option(help="The SHA-256 fingerprint the rack's banner printed: the certificate must have it."),
+    ] = None,
 ) -> None:
-    """Log in to a rack and remember it (under ~/.convox or $CONVOX_CONFIG)."""
-    from cli.config import Rack
+    """Log in to a rack and remember it (under ~/.convox or $CONVOX_CONFIG).
 
-    rack = Rack(normalize_host(host), password)
-    with Client(rack) as c:
-        c.get("/system")
-    save_login(rack.host, password)
+    The password is read from CONVOX_PASSWORD, else from stdin, else asked for. Over HTTPS the rack's
+    certificate is pinned on first use (its fingerprint is printed: compare it with the rack's banner) and
+    every later command trusts that certificate only."""
+    import os
+    import tempfile
+
+    from cli.config import Rack, config_dir
+    from cli.pins import CERT_ENV, fetch_certificate, pin_path, save_pin
+    from shared.tls import pem_fingerprint
+
+    rack = Rack(normalize_host(host), _read_password())
+    pem = None
+    if rack.host.startswith("https://") and not os.environ.get(CERT_ENV):
+        pem = fetch_certificate(rack.host)
+        seen = pem_fingerprint(pem)
+        wanted = fingerprint.strip().upper() if fingerprint else None
+        if wanted is not None and wanted.removeprefix("SHA256:") != seen:
+            raise CliError(f"the certificate of {rack.host} has fingerprint {seen}, not {wanted}: not trusting it")
+        pinned = pin_path(config_dir(), rack.host)
+        if pinned.exists() and pem_fingerprint(pinned.read_text()) != seen:
+            print(f"WARNING: the certificate of {rack.host} changed since the last login", file=sys.stderr)
+        print(f"Certificate of {rack.host}: SHA-256 fingerprint {seen}", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as scratch:  # check the password against this very certificate
+            save_pin(Path(scratch), rack.host, pem)
+            os.environ[CERT_ENV] = str(pin_path(Path(scratch), rack.host))
+            try:
+                with Client(rack) as c:
+                    c.get("/system")
+            finally:
+                del os.environ[CERT_ENV]
+        save_pin(config_dir(), rack.host, pem)
+    else:
+        with Client(rack) as c:
+            c.get("/system")
+    save_login(rack.host, rack.password)
     print(f"Logged in to {rack.host}")
 
 
@@ -150,6 +202,21 @@ def rack_info(ctx: typer.Context) -> None:
     )
 
 
+@rack_app.command("access")
+def rack_access(
+    role: Annotated[str, typer.Option(help="read (look, follow logs) or write (everything but making tokens).")],
+    duration: Annotated[str, typer.Option(help="How long the token is valid: 30m, 1h, 7d...")] = "1h",
+) -> None:
+    """Print a scoped, expiring token to use instead of the password (CONVOX_PASSWORD or `convox login`), e.g.
+    for CI. Only the rack password can make one."""
+    if role not in ("read", "write"):
+        raise CliError(f"invalid role: {role!r} (read or write)")
+    with client() as c:
+        made = c.post("/system/access", json={"role": role, "duration": duration})
+    print(made["token"])
+    print(f"{made['role']} token, expires {made['expires']}", file=sys.stderr)
+
+
 @rack_app.command("start")
 def rack_start(
     host: Annotated[str, typer.Option(help="Address the gateway listens on.")] = "127.0.0.1",
@@ -158,8 +225,14 @@ def rack_start(
     provider: Annotated[
         str | None, typer.Option("--provider", help="local (Docker Engine) or aws; RACK_PROVIDER, else local.")
     ] = None,
+    insecure_http: Annotated[
+        bool, typer.Option("--insecure-http", help="Serve plain HTTP instead of HTTPS (only for loopback dev).")
+    ] = False,
 ) -> None:
-    """Run the rack in the foreground: the gateway and its five services, supervised. Ctrl-C stops it."""
+    """Run the rack in the foreground: the gateway and its five services, supervised. Ctrl-C stops it.
+
+    It serves HTTPS with a certificate it generates at first start (kept in the data dir); `convox login`
+    pins it. The password is CONVOX_PASSWORD at first start (16 characters at least) or generated."""
     import asyncio
     import os
 
@@ -170,23 +243,45 @@ def rack_start(
             raise CliError(f"unknown provider: {provider} (known: {', '.join(PROVIDERS)})")
         os.environ["RACK_PROVIDER"] = provider  # the services read it from the environment they inherit
 
-    from services.supervisor import Supervisor, ensure_password
+    from services.supervisor import DataDirLock, StartError, Supervisor, ensure_password
     from shared.config import RackSettings
 
     settings = RackSettings(data_dir=data_dir) if data_dir else RackSettings()
     directory = settings.data_dir.expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    password, generated = ensure_password(directory, os.environ.get("CONVOX_PASSWORD"))
-    supervisor = Supervisor(directory, host, port, rack=settings.name)
+    lock = DataDirLock(directory)
+    try:
+        lock.acquire()
+        password, generated = ensure_password(directory, os.environ.get("CONVOX_PASSWORD"))
+    except StartError as exc:
+        lock.release()
+        raise CliError(str(exc)) from None
+    try:
+        tls = None
+        fingerprint = ""
+        if not insecure_http:
+            from shared.tls import ensure_certificate, pem_fingerprint
 
-    def banner() -> None:
-        shown = password if generated else f'"$(cat {directory / "password"})"'
-        print(f"\nRack {settings.name} is running at {supervisor.url}", file=sys.stderr)
-        if generated:
-            print("The rack password was generated and is shown only this once.", file=sys.stderr)
-        print(f"Log in with:  convox login {supervisor.url} --password {shown}\n", file=sys.stderr, flush=True)
+            tls = ensure_certificate(directory, host)
+            fingerprint = pem_fingerprint(tls[0].read_text())
+        supervisor = Supervisor(directory, host, port, rack=settings.name, tls=tls)
 
-    code = asyncio.run(supervisor.run(on_ready=banner))
+        def banner() -> None:
+            lines = ["", f"Rack {settings.name} is running at {supervisor.url}"]
+            if fingerprint:
+                lines.append(f"Its certificate's SHA-256 fingerprint: {fingerprint}")
+            else:
+                lines.append("WARNING: plain HTTP (--insecure-http): the password crosses the network in clear text")
+            if generated:
+                lines.append(f"The rack password was generated and is shown only this once: {password}")
+            else:
+                lines.append(f"The rack password is in {directory / 'password'}")
+            lines.append(f"Log in with:  convox login {supervisor.url}   (it asks for the password)")
+            print("\n".join(lines) + "\n", file=sys.stderr, flush=True)
+
+        code = asyncio.run(supervisor.run(on_ready=banner))
+    finally:
+        lock.release()
     if code:
         raise CliError("the rack failed to start (see the lines above)")
 

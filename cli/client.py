@@ -13,7 +13,13 @@ from cli.errors import CliError
 class Client:
     def __init__(self, rack: Rack, timeout: float = 30.0) -> None:
         self.rack = rack
-        self.http = httpx.Client(base_url=rack.host, auth=("convox", rack.password), timeout=timeout)
+        verify = rack.ssl_context()
+        self.http = httpx.Client(
+            base_url=rack.host,
+            auth=("convox", rack.password),
+            timeout=timeout,
+            verify=True if verify is None else verify,
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -24,7 +30,14 @@ class Client:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self.http.request(method, path, **kwargs)
-        except httpx.ConnectError:
+        except httpx.ConnectError as exc:
+            from cli.pins import is_certificate_error
+
+            if is_certificate_error(exc):
+                raise CliError(
+                    f"the certificate of {self.rack.host} is not the one pinned at login: refusing to send the password"
+                    f" (if the rack's certificate really changed, run `convox login {self.rack.host}` again)"
+                ) from None
             raise CliError(f"rack unreachable at {self.rack.host}: connection refused") from None
         except httpx.TimeoutException:
             raise CliError(f"rack at {self.rack.host} did not answer in time") from None
@@ -32,7 +45,7 @@ class Client:
             raise CliError(f"rack at {self.rack.host}: {type(exc).__name__}") from None
         if response.status_code == 401:
             raise CliError(
-                f"invalid password for {self.rack.host} (run `convox login {self.rack.host} --password ...`)"
+                f"{error_message(response)} for {self.rack.host} (run `convox login {self.rack.host}`)"
             )
         if response.status_code >= 400:
             raise CliError(error_message(response))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,12 +18,13 @@ def config_dir() -> Path:
 
 
 def normalize_host(host: str) -> str:
-    """``127.0.0.1:5443`` or ``http://127.0.0.1:5443/`` -> ``http://127.0.0.1:5443``."""
+    """``127.0.0.1:5443`` or ``https://127.0.0.1:5443/`` -> ``https://127.0.0.1:5443`` (HTTPS unless the URL
+    says ``http://``)."""
     host = host.strip().rstrip("/")
     if not host:
         raise CliError("no host given")
     if "://" not in host:
-        host = f"http://{host}"
+        host = f"https://{host}"
     parts = urlsplit(host)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise CliError(f"invalid host: {host}")
@@ -60,6 +62,12 @@ class Rack:
     host: str
     password: str
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """What HTTPS to this rack trusts: its pinned certificate (see :mod:`cli.pins`); ``None`` for HTTP."""
+        from cli.pins import context_for
+
+        return context_for(config_dir(), self.host)
+
 
 def current_rack() -> Rack:
     """``CONVOX_HOST`` + ``CONVOX_PASSWORD``, else what `convox login` stored."""
@@ -70,10 +78,10 @@ def current_rack() -> Rack:
     elif host_file.exists():
         host = host_file.read_text().strip()
     else:
-        raise CliError("no rack: run `convox login HOST --password PASSWORD` or set CONVOX_HOST")
+        raise CliError("no rack: run `convox login HOST` or set CONVOX_HOST")
     password = os.environ.get("CONVOX_PASSWORD") or _auth().get(host)
     if not password:
-        raise CliError(f"no password for {host}: run `convox login {host} --password PASSWORD`")
+        raise CliError(f"no password for {host}: run `convox login {host}`")
     return Rack(host, password)
 
 

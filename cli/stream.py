@@ -55,12 +55,12 @@ def socket_url(rack: Rack, path: str, query: Sequence[tuple[str, str]] | Mapping
 
 def refusal(status: int, body: bytes, host: str) -> CliError:
     """The error for a refused handshake: the rack's own message (a 5xx is :class:`StreamUnavailable`)."""
-    if status == 401:
-        return CliError(f"invalid password for {host} (run `convox login {host} --password ...`)")
     try:
         message = json.loads(body).get("error")
     except (ValueError, AttributeError):
         message = None
+    if status == 401:
+        return CliError(f"{message or 'invalid password'} for {host} (run `convox login {host}`)")
     text = str(message) if message else f"rack refused the stream: {status}"
     return StreamUnavailable(text) if status >= 500 else CliError(text)
 
@@ -71,13 +71,17 @@ async def connect(
 ) -> AsyncIterator[ClientConnection]:
     """An open stream, or :class:`CliError` with the rack's own message (:class:`StreamUnavailable` when
     the rack cannot be reached or answers 5xx)."""
+    import ssl
+
     import websockets
     from websockets.exceptions import InvalidHandshake, InvalidStatus
 
     token = base64.b64encode(f"convox:{rack.password}".encode()).decode()
+    context = rack.ssl_context()
     try:
         connection = await websockets.connect(
             socket_url(rack, path, query),
+            ssl=context,
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             additional_headers={"Authorization": f"Basic {token}"},
             ping_interval=PING_INTERVAL,
@@ -90,6 +94,11 @@ async def connect(
         )
     except InvalidStatus as exc:
         raise refusal(exc.response.status_code, bytes(exc.response.body or b""), rack.host) from None
+    except ssl.SSLCertVerificationError:
+        raise CliError(
+            f"the certificate of {rack.host} is not the one pinned at login: refusing to send the password"
+            f" (if the rack's certificate really changed, run `convox login {rack.host}` again)"
+        ) from None
     except (OSError, InvalidHandshake) as exc:
         raise StreamUnavailable(
             f"rack unreachable at {rack.host}: {exc.strerror if isinstance(exc, OSError) else exc}"

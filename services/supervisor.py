@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
+import queue
 import secrets
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,12 +28,20 @@ import httpx
 
 from shared.config import INTERNAL_HEADER, SERVICES
 from shared.logfmt import format_line
+from shared.tls import pinned_context
 
 RESTART_DELAYS = (0.1, 0.5, 1.0, 1.5)
 """Back-off between restarts of a service that keeps dying; never past the 2 s promise."""
 STABLE_AFTER = 10.0
 LOG_MAX_BYTES = 32 << 20
 """The rack's own log is kept to two files of about this size: rack.log and rack.log.1."""
+MAX_LINE = 16 << 10
+"""A child's output line longer than this is cut (the rest of it dropped), never fatal to its reader."""
+PASSWORD_MIN_LENGTH = 16
+
+
+class StartError(Exception):
+    """The rack cannot start (a bad password, a data dir in use): said once, clearly, before anything runs."""
 
 
 READY_SECONDS = 90.0
@@ -43,16 +54,51 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def check_password(password: str, origin: str) -> str:
+    if not password.strip():
+        raise StartError(f"the rack password ({origin}) is empty")
+    if len(password) < PASSWORD_MIN_LENGTH:
+        raise StartError(
+            f"the rack password ({origin}) is too short: {len(password)} characters, at least "
+            f"{PASSWORD_MIN_LENGTH} are needed"
+        )
+    if password != password.strip() or "\n" in password:
+        raise StartError(f"the rack password ({origin}) has leading or trailing blanks or a line break")
+    return password
+
+
+def write_private_atomic(path: Path, text: str) -> None:
+    """``text`` in ``path`` mode 0600, all or nothing: a temp file, fsync, rename, fsync of the directory."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def ensure_password(data_dir: Path, from_env: str | None) -> tuple[str, bool]:
     """The rack password: stored at first start (``CONVOX_PASSWORD`` or generated), mode 0600.
-    Returns the password and whether it was generated now (and so must be shown once)."""
+    Returns the password and whether it was generated now (and so must be shown once). An empty, blank or
+    short password (given or stored) is :class:`StartError`."""
     path = data_dir / "password"
     if path.exists():
-        return path.read_text().strip(), False
+        return check_password(path.read_text().rstrip("\n"), f"stored in {path}"), False
+    if from_env is not None:
+        check_password(from_env, "CONVOX_PASSWORD")
     password = from_env or secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(password + "\n")
+    write_private_atomic(path, password + "\n")
     return password, not from_env
 
 
@@ -61,6 +107,36 @@ def open_private_log(path: Path) -> TextIO:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(fd, 0o600)
     return os.fdopen(fd, "a", encoding="utf-8")
+
+
+class DataDirLock:
+    """An exclusive ``flock`` on ``<data dir>/rack.lock`` for the life of one `rack start`: a second start on
+    the same data dir is refused at once, before it touches the first one's sockets or files."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "rack.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise StartError(
+                f"the data dir {self.path.parent} is in use by another rack"
+                + (f" (pid {holder})" if holder else "")
+                + ": stop it first or give another --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 @dataclass
@@ -76,7 +152,13 @@ class Child:
 
 class Supervisor:
     def __init__(
-        self, data_dir: Path, host: str, port: int, rack: str = "convox", log_max_bytes: int = LOG_MAX_BYTES
+        self,
+        data_dir: Path,
+        host: str,
+        port: int,
+        rack: str = "convox",
+        log_max_bytes: int = LOG_MAX_BYTES,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.run_dir = data_dir / "run"
@@ -87,7 +169,12 @@ class Supervisor:
         self.rack = rack
         self.secret = secrets.token_hex(32)
         self.stopping = asyncio.Event()
+        self.tls = tls
         self.lines: asyncio.Queue[str | None] = asyncio.Queue(maxsize=10_000)
+        self.console: queue.Queue[str] = queue.Queue(maxsize=10_000)
+        self.console_dropped = 0
+        self.stdout: TextIO = sys.stdout
+        threading.Thread(target=self._print_console, name="console", daemon=True).start()
         python = sys.executable
         common = ["--data-dir", str(data_dir)]
         self.children = [
@@ -98,19 +185,39 @@ class Supervisor:
             )
             for name in SERVICES
         ]
-        self.children.append(
-            Child("gateway", [python, "-m", "services.gateway", "--host", host, "--port", str(port), *common], None)
-        )
+        gateway = [python, "-m", "services.gateway", "--host", host, "--port", str(port), *common]
+        if tls is not None:
+            gateway += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
+        self.children.append(Child("gateway", gateway, None))
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{host}:{self.port}"
+
+    def _print_console(self) -> None:
+        """The supervisor's stdout, written by a thread of its own: a stdout nobody reads (a full pipe, a
+        stopped terminal) blocks this thread only, never the rack; lines past the queue are dropped."""
+        while True:
+            text = self.console.get()
+            with contextlib.suppress(OSError, ValueError):
+                self.stdout.write(text)
+                self.stdout.flush()
+            self.console.task_done()
+
+    async def drain_console(self, within: float = 2.0) -> None:
+        deadline = time.monotonic() + within
+        while self.console.unfinished_tasks and time.monotonic() < deadline:  # noqa: ASYNC110 - a thread's queue
+            await asyncio.sleep(0.01)
 
     def emit(self, source: str, line: str) -> None:
-        """A line of the rack's log: ``source: line``, to stdout and to the log file."""
+        """A line of the rack's log: ``source: line``, to stdout and to the log file; neither ever blocks."""
         text = f"{source}: {line}"
-        print(text, flush=True)
+        try:
+            self.console.put_nowait(text + "\n")
+        except queue.Full:
+            self.console_dropped += 1
         with contextlib.suppress(asyncio.QueueFull):
             self.lines.put_nowait(f"{datetime.now(UTC).isoformat()} {text}\n")
 
@@ -168,9 +275,31 @@ class Supervisor:
         await self.write_processes()
 
     async def pump(self, child: Child, process: asyncio.subprocess.Process) -> None:
+        """The child's output, line by line, into the rack's log. A line over :data:`MAX_LINE` is cut (the
+        rest dropped up to its newline) so that no line, however long, stops the reading: a child whose
+        output is not read blocks on its own log."""
         assert process.stdout is not None
-        while line := await process.stdout.readline():
-            self.emit(child.name, line.decode("utf-8", "backslashreplace").rstrip("\n"))
+        buffer = b""
+        cutting = False
+        while chunk := await process.stdout.read(1 << 16):
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if cutting:
+                    cutting = False
+                    continue
+                self._emit_output(child, line, cut=len(line) > MAX_LINE)
+            if len(buffer) > MAX_LINE:
+                if not cutting:
+                    self._emit_output(child, buffer, cut=True)
+                cutting = True
+                buffer = b""
+        if buffer and not cutting:
+            self._emit_output(child, buffer, cut=False)
+
+    def _emit_output(self, child: Child, line: bytes, cut: bool) -> None:
+        text = line[:MAX_LINE].decode("utf-8", "backslashreplace")
+        self.emit(child.name, text + (f" [line cut at {MAX_LINE} bytes]" if cut else ""))
 
     async def write_processes(self) -> None:
         """``run/processes.json``: what `convox ps --app convox` lists."""
@@ -197,7 +326,8 @@ class Supervisor:
             transport = httpx.AsyncHTTPTransport(uds=str(child.socket))
             base = f"http://{child.name}"
         else:
-            transport = httpx.AsyncHTTPTransport()
+            verify = pinned_context(self.tls[0]) if self.tls else True
+            transport = httpx.AsyncHTTPTransport(verify=verify)
             base = self.url
         deadline = time.monotonic() + within
         async with httpx.AsyncClient(transport=transport, base_url=base, timeout=2.0) as client:
@@ -286,4 +416,5 @@ class Supervisor:
                 await asyncio.wait_for(asyncio.shield(writer), 5)
             writer.cancel()
             await asyncio.gather(writer, *watchers, return_exceptions=True)
+            await self.drain_console()
         return code

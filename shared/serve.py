@@ -12,7 +12,15 @@ from starlette.types import ASGIApp
 from shared import logfmt
 
 
-def serve(app: ASGIApp, *, uds: Path | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+def serve(
+    app: ASGIApp,
+    *,
+    uds: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+) -> None:
     logfmt.configure()
     sockets = [listen_private(uds)] if uds is not None else None
     config = uvicorn.Config(
@@ -28,6 +36,8 @@ def serve(app: ASGIApp, *, uds: Path | None = None, host: str = "127.0.0.1", por
         ws_ping_timeout=60,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        ssl_certfile=str(certfile) if certfile else None,
+        ssl_keyfile=str(keyfile) if keyfile else None,
     )
     server = uvicorn.Server(config)
     server.run(sockets=sockets)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -81,10 +83,41 @@ class RunningRack:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+    cert: Path | None = None
+    """The rack's TLS certificate (``None`` for an ``--insecure-http`` rack)."""
+
+    @functools.cached_property
+    def ssl(self) -> ssl.SSLContext | None:
+        """A client context trusting this rack's certificate: ``verify=rack.ssl`` for httpx, ``ssl=rack.ssl`` for
+        websockets (``None`` for a plain HTTP rack)."""
+        if self.cert is None:
+            return None
+        from shared.tls import pinned_context
+
+        return pinned_context(self.cert)
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """``verify=`` for httpx: the rack's certificate, or ``True`` for a plain HTTP rack."""
+        return self.ssl or True
+
+    @property
+    def ws_url(self) -> str:
+        """The rack's URL as a websocket base (``wss://...`` or ``ws://...``)."""
+        return "ws" + self.url.removeprefix("http")
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        """An httpx client for this rack: its base URL, its certificate, the rack password."""
+        return httpx.Client(base_url=self.url, verify=self.verify, auth=("convox", self.password), **kwargs)  # type: ignore[arg-type]
 
     def env(self, config_dir: Path) -> dict[str, str]:
+        """The environment of a `convox` that talks to this rack: CONVOX_HOST, CONVOX_PASSWORD and CONVOX_CERT
+        (the rack's certificate, trusted as a pin would be)."""
         env = dict(os.environ)
         env.update(CONVOX_HOST=self.url, CONVOX_PASSWORD=self.password, CONVOX_CONFIG=str(config_dir))
+        env.pop("CONVOX_CERT", None)
+        if self.cert is not None:
+            env["CONVOX_CERT"] = str(self.cert)
         return env
 
 
@@ -94,8 +127,10 @@ def start_rack(
     password: str | None = "test-password-" + RUN_ID,
     port: int | None = None,
     env: dict[str, str] | None = None,
+    insecure_http: bool = False,
 ) -> RunningRack:
-    """``env`` adds to the rack's environment (settings such as ``RACK_BUILDS_MAX_SOURCE_SIZE``)."""
+    """``env`` adds to the rack's environment (settings such as ``RACK_BUILDS_MAX_SOURCE_SIZE``). The rack serves
+    HTTPS with its own certificate (``rack.cert``) unless ``insecure_http``."""
     port = port or free_port()
     extra = env or {}
     env = dict(os.environ, RACK_NAME=name, PYTHONUNBUFFERED="1", **extra)
@@ -105,28 +140,34 @@ def start_rack(
     log = data_dir.parent / f"{data_dir.name}.log"
     with log.open("ab") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "rack", "start", "--port", str(port), "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "cli.main", "rack", "start", "--port", str(port), "--data-dir", str(data_dir)]
+            + (["--insecure-http"] if insecure_http else []),
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=ROOT,
         )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120  # beyond the supervisor's own wait for its services (90 s)
+    url = f"{'http' if insecure_http else 'https'}://127.0.0.1:{port}"
+    cert = None if insecure_http else data_dir / "tls" / "cert.pem"
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"rack exited with {process.returncode}: {log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{url}/check", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
+            if cert is None or cert.exists():
+                from shared.tls import pinned_context
+
+                verify = pinned_context(cert) if cert else True
+                if httpx.get(f"{url}/check", timeout=1, verify=verify).status_code == 200:
+                    break
+        except (httpx.TransportError, ssl.SSLError):
             pass
         time.sleep(0.1)
     else:
         process.kill()
-        raise RuntimeError(f"rack did not answer within 120s: {log.read_text()[-3000:]}")
+        raise RuntimeError(f"rack did not answer within 180s: {log.read_text()[-3000:]}")
     stored = (data_dir / "password").read_text().strip()
-    return RunningRack(url, f"127.0.0.1:{port}", stored, data_dir, name, process, log)
+    return RunningRack(url, f"127.0.0.1:{port}", stored, data_dir, name, process, log, cert)
 
 
 def stop_rack(rack: RunningRack) -> None:

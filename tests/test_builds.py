@@ -54,7 +54,9 @@ def write_app(directory: Path, dockerfile: str = DOCKERFILE, manifest: str = CON
 
 
 def api(rack: RunningRack, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, f"{rack.url}{path}", auth=("convox", rack.password), timeout=60, **kwargs)
+    return httpx.request(
+        method, f"{rack.url}{path}", verify=rack.verify, auth=("convox", rack.password), timeout=60, **kwargs
+    )
 
 
 def images(rack: RunningRack, app: str) -> list[str]:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import Cli, RunningRack
+from tests.conftest import ROOT, Cli, RunningRack
 
 
 def test_version_prints_and_exits_zero() -> None:
@@ -54,7 +54,7 @@ def test_wrong_password_and_rack_down_are_errors(cli: Cli, tmp_path: Path) -> No
     assert wrong.stderr.startswith("ERROR: invalid password")
     down = Cli({**cli.env, "CONVOX_HOST": "127.0.0.1:1"}, cli.cwd)("apps")
     assert down.returncode != 0
-    assert down.stderr.startswith("ERROR: rack unreachable at http://127.0.0.1:1")
+    assert down.stderr.startswith("ERROR: rack unreachable at https://127.0.0.1:1")
     nothing = Cli(
         {k: v for k, v in cli.env.items() if not k.startswith("CONVOX_HOST")}
         | {"CONVOX_CONFIG": str(tmp_path / "empty")},
@@ -67,16 +67,16 @@ def test_wrong_password_and_rack_down_are_errors(cli: Cli, tmp_path: Path) -> No
 def test_login_stores_credentials_privately(rack: RunningRack, tmp_path: Path) -> None:
     config = tmp_path / "cfg"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOX_")} | {"CONVOX_CONFIG": str(config)}
-    user = Cli(env, tmp_path)
-    refused = user("login", rack.host, "--password", "nope")
-    assert refused.returncode != 0 and refused.stderr.startswith("ERROR: invalid password")
+    user = Cli(env | {"PYTHONPATH": str(ROOT)}, tmp_path)
+    refused = user("login", rack.host, input="nope-nope-nope-nope\n")
+    assert refused.returncode != 0 and refused.stderr.splitlines()[-1].startswith("ERROR: invalid password")
     assert not (config / "auth").exists()
-    user("login", rack.url + "/", "--password", rack.password, check=True)
+    user("login", rack.url + "/", input=rack.password + "\n", check=True)
     auth = config / "auth"
     assert stat.S_IMODE(auth.stat().st_mode) == 0o600
     assert json.loads(auth.read_text()) == {rack.url: rack.password}
     assert "Provider" in user("rack", check=True).stdout
-    user("login", rack.host, "--password", rack.password, check=True)
+    user("login", rack.host, input=rack.password + "\n", check=True)
     assert json.loads(auth.read_text()) == {rack.url: rack.password}
 
 

@@ -334,10 +334,10 @@ def test_bad_input_to_releases_environment_and_formation(
         ("GET", "/releases/RNOTREALXXX", None, 404),
         ("POST", "/releases/RNOTREALXXX/rollback", None, 404),
     ]
-    releases_before = httpx.get(f"{base}/releases", auth=auth).json()
+    releases_before = httpx.get(f"{base}/releases", auth=auth, verify=rack.verify).json()
     for method, path, body, status in cases:
-        response = httpx.request(method, base + path, json=body, auth=auth)
+        response = httpx.request(method, base + path, json=body, auth=auth, verify=rack.verify)
         assert response.status_code == status, (method, path, response.text)
         assert set(response.json()) == {"error"}
-    assert httpx.get(f"{base}/releases", auth=auth).json() == releases_before
-    assert httpx.get(f"{rack.url}/apps/nope-nope/formation", auth=auth).status_code == 404
+    assert httpx.get(f"{base}/releases", auth=auth, verify=rack.verify).json() == releases_before
+    assert httpx.get(f"{rack.url}/apps/nope-nope/formation", verify=rack.verify, auth=auth).status_code == 404

@@ -18,7 +18,7 @@ METHODS = ("get", "put", "post", "delete", "patch")
 
 
 def openapi(rack: RunningRack) -> dict[str, object]:
-    response = httpx.get(f"{rack.url}/openapi.json", auth=("x", rack.password))
+    response = httpx.get(f"{rack.url}/openapi.json", verify=rack.verify, auth=("x", rack.password))
     assert response.status_code == 200
     doc: dict[str, object] = response.json()
     return doc
@@ -29,7 +29,7 @@ def concrete(path: str) -> str:
 
 
 def test_check_needs_no_password(rack: RunningRack) -> None:
-    assert httpx.get(f"{rack.url}/check").json() == {"status": "ok"}
+    assert httpx.get(f"{rack.url}/check", verify=rack.verify).json() == {"status": "ok"}
 
 
 def test_every_documented_route_refuses_a_request_without_the_password(rack: RunningRack) -> None:
@@ -42,7 +42,9 @@ def test_every_documented_route_refuses_a_request_without_the_password(rack: Run
             if method not in METHODS or item[method].get("security") == []:
                 continue
             for auth in (None, ("convox", "wrong-password"), ("", "")):
-                response = httpx.request(method.upper(), f"{rack.url}{concrete(path)}", auth=auth, json={})
+                response = httpx.request(
+                    method.upper(), f"{rack.url}{concrete(path)}", verify=rack.verify, auth=auth, json={}
+                )
                 assert response.status_code == 401, (method, path, auth)
                 assert "error" in response.json()
                 assert response.headers["www-authenticate"].startswith("Basic")
@@ -53,13 +55,13 @@ def test_every_documented_route_refuses_a_request_without_the_password(rack: Run
 
 def test_any_user_name_works_with_the_password(rack: RunningRack) -> None:
     for user in ("convox", "", "someone"):
-        assert httpx.get(f"{rack.url}/apps", auth=(user, rack.password)).status_code == 200
+        assert httpx.get(f"{rack.url}/apps", verify=rack.verify, auth=(user, rack.password)).status_code == 200
 
 
 async def test_websocket_routes_need_the_password(rack: RunningRack) -> None:
-    url = rack.url.replace("http://", "ws://") + "/apps/x1/logs"
+    url = rack.ws_url + "/apps/x1/logs"
     with pytest.raises(InvalidStatus) as refused:
-        async with websockets.connect(url):
+        async with websockets.connect(url, ssl=rack.ssl):
             pass
     assert refused.value.response.status_code == 401
 
@@ -79,11 +81,17 @@ def test_openapi_is_one_document_with_unique_stable_operation_ids(rack: RunningR
 
 def test_errors_are_json_with_the_right_status(rack: RunningRack) -> None:
     auth = ("x", rack.password)
-    missing = httpx.get(f"{rack.url}/apps/nope", auth=auth)
+    missing = httpx.get(f"{rack.url}/apps/nope", verify=rack.verify, auth=auth)
     assert (missing.status_code, missing.json()) == (404, {"error": "no such app: nope"})
-    unrouted = httpx.get(f"{rack.url}/nowhere", auth=auth)
+    unrouted = httpx.get(f"{rack.url}/nowhere", verify=rack.verify, auth=auth)
     assert unrouted.status_code == 404 and unrouted.json() == {"error": "no such route: /nowhere"}
-    bad = httpx.post(f"{rack.url}/apps", auth=auth, content=b"not json", headers={"content-type": "application/json"})
+    bad = httpx.post(
+        f"{rack.url}/apps",
+        verify=rack.verify,
+        auth=auth,
+        content=b"not json",
+        headers={"content-type": "application/json"},
+    )
     assert bad.status_code == 400 and "error" in bad.json()
 
 
@@ -110,7 +118,7 @@ def test_only_the_gateway_listens_on_tcp(rack: RunningRack) -> None:
 
 
 def test_requests_are_logged_in_logfmt_without_the_password(rack: RunningRack) -> None:
-    httpx.get(f"{rack.url}/apps", auth=("x", rack.password))
+    httpx.get(f"{rack.url}/apps", verify=rack.verify, auth=("x", rack.password))
     log = rack.data_dir / "logs" / "rack.log"
     pattern = re.compile(
         r'gateway: ns=gateway at=request state=success status=200 method="GET" path="/apps" elapsed=\d+\.\d{3}$'
@@ -128,6 +136,6 @@ def test_requests_are_logged_in_logfmt_without_the_password(rack: RunningRack) -
 
 
 def test_proxied_responses_carry_one_date_and_server_header(rack: RunningRack) -> None:
-    response = httpx.get(f"{rack.url}/apps", auth=("x", rack.password))
+    response = httpx.get(f"{rack.url}/apps", verify=rack.verify, auth=("x", rack.password))
     assert len(response.headers.get_list("date")) == 1
     assert len(response.headers.get_list("server")) == 1

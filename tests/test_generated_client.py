@@ -56,7 +56,7 @@ class Generated:
 def generated(rack: RunningRack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Generated]:
     """The rack's document, the generator's output for it, and the generated package imported."""
     work = tmp_path_factory.mktemp("generated-client")
-    response = httpx.get(f"{rack.url}/openapi.json", auth=("convox", rack.password), timeout=30)
+    response = httpx.get(f"{rack.url}/openapi.json", verify=rack.verify, auth=("convox", rack.password), timeout=30)
     assert response.status_code == 200, response.text
     spec = response.json()
     (work / "spec.json").write_text(json.dumps(spec))
@@ -103,6 +103,7 @@ def client(generated: Generated, rack: RunningRack) -> Any:
     """The generated AuthenticatedClient with the rack password as HTTP Basic auth."""
     return generated.package.AuthenticatedClient(
         base_url=rack.url,
+        verify_ssl=rack.verify,
         token=basic_token(rack.password),
         prefix="Basic",
         raise_on_unexpected_status=True,
@@ -203,7 +204,7 @@ def test_a_source_upload_is_a_binary_body(generated: Generated, client: Any, app
 
 
 def test_without_the_password_only_the_check_answers(generated: Generated, rack: RunningRack) -> None:
-    anonymous = generated.package.Client(base_url=rack.url, raise_on_unexpected_status=True)
+    anonymous = generated.package.Client(base_url=rack.url, verify_ssl=rack.verify, raise_on_unexpected_status=True)
     with anonymous as api:
         check = generated.op("system", "check").sync(client=api)
         assert check is not None and check.status
@@ -214,7 +215,8 @@ def test_without_the_password_only_the_check_answers(generated: Generated, rack:
 
 async def test_the_async_variant_with_httpx_basic_auth(generated: Generated, rack: RunningRack) -> None:
     """The plain Client with httpx's own BasicAuth, through the generated ``asyncio_detailed`` call."""
-    client = generated.package.Client(base_url=rack.url, httpx_args={"auth": httpx.BasicAuth("convox", rack.password)})
+    client = generated.package.Client(
+        base_url=rack.url, verify_ssl=rack.verify, httpx_args={"auth": httpx.BasicAuth("convox", rack.password)})
     async with client as api:
         response = await generated.op("apps", "app_list").asyncio_detailed(client=api)
     assert response.status_code == 200

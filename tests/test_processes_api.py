@@ -32,7 +32,7 @@ def app(rack: RunningRack, busybox_image: str) -> Iterator[App]:
     """An app with one process (started as formation would, with the rack's labels)."""
     auth = ("convox", rack.password)
     name = f"api-{secrets.token_hex(3)}"
-    assert httpx.post(f"{rack.url}/apps", json={"name": name}, auth=auth).status_code == 201
+    assert httpx.post(f"{rack.url}/apps", verify=rack.verify, json={"name": name}, auth=auth).status_code == 201
     pid = subprocess.run(
         ["docker", "run", "-d", "--init", "--label", f"convox.rack={rack.name}", "--label", f"convox.app={name}",
          "--label", "convox.type=web", "--label", "convox.release=RAPIAPIAPIA", busybox_image, "sleep", "3600"],
@@ -41,13 +41,14 @@ def app(rack: RunningRack, busybox_image: str) -> Iterator[App]:
     try:
         yield App(name, pid, auth)
     finally:
-        httpx.delete(f"{rack.url}/apps/{name}", auth=auth, timeout=60)
+        httpx.delete(f"{rack.url}/apps/{name}", verify=rack.verify, auth=auth, timeout=60)
 
 
 def socket(rack: RunningRack, path: str) -> websockets.connect:
     token = httpx.BasicAuth("convox", rack.password)._auth_header
     return websockets.connect(
-        rack.url.replace("http://", "ws://") + path,
+        rack.ws_url + path,
+        ssl=rack.ssl,
         subprotocols=[stream.SUBPROTOCOL],  # type: ignore[list-item]
         additional_headers={"Authorization": token},
         compression=None,
@@ -56,7 +57,7 @@ def socket(rack: RunningRack, path: str) -> websockets.connect:
 
 
 def test_every_process_route_is_documented_with_its_operation_id(rack: RunningRack) -> None:
-    doc = httpx.get(f"{rack.url}/openapi.json", auth=("x", rack.password)).json()
+    doc = httpx.get(f"{rack.url}/openapi.json", verify=rack.verify, auth=("x", rack.password)).json()
     operations = {
         op["operationId"]: (method, path) for path, item in doc["paths"].items() for method, op in item.items()
     }
@@ -83,13 +84,13 @@ def test_every_process_route_is_documented_with_its_operation_id(rack: RunningRa
 
 def test_a_socket_path_without_an_upgrade_says_so(rack: RunningRack, app: App) -> None:
     for path in (f"/apps/{app.name}/processes/{app.pid}/exec", f"/apps/{app.name}/processes/metrics"):
-        response = httpx.get(f"{rack.url}{path}", auth=app.auth)
+        response = httpx.get(f"{rack.url}{path}", verify=rack.verify, auth=app.auth)
         assert response.status_code == 426
         assert "websocket" in response.json()["error"]
 
 
 def test_list_get_and_filters(rack: RunningRack, app: App) -> None:
-    listed = httpx.get(f"{rack.url}/apps/{app.name}/processes", auth=app.auth).json()
+    listed = httpx.get(f"{rack.url}/apps/{app.name}/processes", verify=rack.verify, auth=app.auth).json()
     assert [p["id"] for p in listed] == [app.pid]
     process = listed[0]
     assert set(process) >= {
@@ -109,20 +110,24 @@ def test_list_get_and_filters(rack: RunningRack, app: App) -> None:
         app.name, "web", "RAPIAPIAPIA", "sleep 3600",
     )  # fmt: skip
     assert isinstance(process["cpu"], float) and 0 < process["memory"] < 1
-    assert httpx.get(f"{rack.url}/apps/{app.name}/processes/{app.pid}", auth=app.auth).json()["id"] == app.pid
+    found = httpx.get(f"{rack.url}/apps/{app.name}/processes/{app.pid}", verify=rack.verify, auth=app.auth)
+    assert found.json()["id"] == app.pid
     for query, expected in (("service=web", 1), ("service=worker", 0), ("release=RAPIAPIAPIA", 1), ("release=RX", 0)):
-        assert len(httpx.get(f"{rack.url}/apps/{app.name}/processes?{query}", auth=app.auth).json()) == expected
-    missing = httpx.get(f"{rack.url}/apps/{app.name}/processes/0123456789ab", auth=app.auth)
+        listed = httpx.get(f"{rack.url}/apps/{app.name}/processes?{query}", verify=rack.verify, auth=app.auth)
+        assert len(listed.json()) == expected
+    missing = httpx.get(f"{rack.url}/apps/{app.name}/processes/0123456789ab", verify=rack.verify, auth=app.auth)
     assert (missing.status_code, missing.json()) == (404, {"error": "no such process: 0123456789ab"})
 
 
 def test_run_body_is_validated(rack: RunningRack, app: App) -> None:
     url = f"{rack.url}/apps/{app.name}/services/web/processes"
-    bad = httpx.post(url, json={"command": ["true"], "timeout": 0}, auth=app.auth)
+    bad = httpx.post(url, json={"command": ["true"], "timeout": 0}, auth=app.auth, verify=rack.verify)
     assert bad.status_code == 400 and "timeout" in bad.json()["error"]
-    bad_env = httpx.post(url, json={"command": ["true"], "environment": {"A=B": "x"}}, auth=app.auth)
+    bad_env = httpx.post(
+        url, json={"command": ["true"], "environment": {"A=B": "x"}}, auth=app.auth, verify=rack.verify
+    )
     assert bad_env.status_code == 400 and "invalid environment variable name" in bad_env.json()["error"]
-    unreleased = httpx.post(url, json={"command": "true"}, auth=app.auth)
+    unreleased = httpx.post(url, json={"command": "true"}, auth=app.auth, verify=rack.verify)
     assert unreleased.status_code == 400 and "has no release yet" in unreleased.json()["error"]
 
 

@@ -77,8 +77,8 @@ def deployed(rack: RunningRack, busybox_image: str, tmp_path_factory: pytest.Tem
     convox("apps", "create", other)
     convox("deploy", "--app", name)
     auth = ("convox", rack.password)
-    release = httpx.get(f"{rack.url}/apps/{name}", auth=auth).json()["release"]
-    [process] = httpx.get(f"{rack.url}/apps/{name}/processes", auth=auth).json()
+    release = httpx.get(f"{rack.url}/apps/{name}", verify=rack.verify, auth=auth).json()["release"]
+    [process] = httpx.get(f"{rack.url}/apps/{name}/processes", verify=rack.verify, auth=auth).json()
     other_pid = docker(
         "run", "-d", "--init", "--label", f"convox.rack={rack.name}", "--label", f"convox.app={other}",
         "--label", "convox.type=web", busybox_image, "sleep", "3600",
@@ -322,7 +322,10 @@ def test_a_stream_that_ends_without_a_status_is_an_error(cli: Cli, rack: Running
     assert child.returncode != 0
     assert "ERROR: the stream ended without an exit status" in stderr
     eventually(
-        lambda: httpx.get(f"{rack.url}/apps/{deployed.name}/processes", auth=("x", rack.password)).status_code == 200,
+        lambda: httpx.get(
+            f"{rack.url}/apps/{deployed.name}/processes", verify=rack.verify, auth=("x", rack.password)
+        ).status_code
+        == 200,
         within=15,
     )
 
@@ -420,7 +423,7 @@ async def test_every_stream_needs_the_password(rack: RunningRack, deployed: Depl
     import websockets
     from websockets.exceptions import InvalidStatus
 
-    base = rack.url.replace("http://", "ws://")
+    base = rack.ws_url
     paths = (
         f"/apps/{deployed.name}/processes/{deployed.pid}/exec?command=true",
         f"/apps/{deployed.name}/services/web/processes?command=true",
@@ -429,7 +432,7 @@ async def test_every_stream_needs_the_password(rack: RunningRack, deployed: Depl
     for path in paths:
         for headers in ({}, {"Authorization": "Basic Y29udm94Ondyb25n"}):  # none, convox:wrong
             with pytest.raises(InvalidStatus) as refused:
-                async with websockets.connect(base + path, additional_headers=headers):
+                async with websockets.connect(base + path, additional_headers=headers, ssl=rack.ssl):
                     pass
             assert refused.value.response.status_code == 401
 

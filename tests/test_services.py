@@ -53,7 +53,7 @@ def remove_services(rack: str) -> None:
 
 
 def api(rack: RunningRack) -> httpx.Client:
-    return httpx.Client(base_url=rack.url, auth=("convox", rack.password), timeout=300)
+    return rack.client(timeout=300)
 
 
 def service_container(rack: str, name: str) -> str:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import stat
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from shared.config import SERVICES
 from tests.conftest import RACK_NAME, start_rack, stop_rack
@@ -42,16 +45,18 @@ def test_a_service_killed_is_restarted_within_two_seconds_and_keeps_its_state(
     rack = start_rack(tmp_path / "data", RACK_NAME + "-sup2")
     auth = ("x", rack.password)
     try:
-        assert httpx.post(f"{rack.url}/apps", json={"name": "survivor"}, auth=auth).status_code == 201
+        created = httpx.post(f"{rack.url}/apps", verify=rack.verify, json={"name": "survivor"}, auth=auth)
+        assert created.status_code == 201
         old = services_of(rack.process.pid)["apps"]
         old.send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        while True:
-            response = httpx.get(f"{rack.url}/apps/survivor", auth=auth)
-            if response.status_code == 200:
-                break
-            assert time.monotonic() - killed < 2.0, "apps did not come back within 2 s"
-            time.sleep(0.02)
+        with rack.client(timeout=5) as http:
+            while True:
+                response = http.get("/apps/survivor")
+                if response.status_code == 200:
+                    break
+                assert time.monotonic() - killed < 2.0, "apps did not come back within 2 s"
+                time.sleep(0.02)
         new = services_of(rack.process.pid)["apps"]
         assert new.pid != old.pid
         log = (rack.data_dir / "logs" / "rack.log").read_text()
@@ -65,12 +70,12 @@ def test_state_and_password_survive_a_rack_restart(tmp_path: Path, docker_engine
     data = tmp_path / "data"
     first = start_rack(data, RACK_NAME + "-sup3")
     auth = ("x", first.password)
-    httpx.post(f"{first.url}/apps", json={"name": "durable"}, auth=auth).raise_for_status()
+    httpx.post(f"{first.url}/apps", verify=first.verify, json={"name": "durable"}, auth=auth).raise_for_status()
     stop_rack(first)
     second = start_rack(data, RACK_NAME + "-sup3", password="ignored-after-first-start")
     try:
         assert second.password == first.password
-        response = httpx.get(f"{second.url}/apps/durable", auth=auth)
+        response = httpx.get(f"{second.url}/apps/durable", verify=second.verify, auth=auth)
         assert response.status_code == 200
     finally:
         stop_rack(second)
@@ -168,8 +173,9 @@ def test_sigint_stops_a_rack_started_in_the_background(tmp_path: Path, docker_en
 
     data_dir = tmp_path / "data"
     port = free_port()
-    env = dict(os.environ, RACK_NAME=RACK_NAME + "-sup7", CONVOX_PASSWORD="pw", PYTHONUNBUFFERED="1")
-    command = f"{sys.executable} -m cli.main rack start --port {port} --data-dir {data_dir} & wait"
+    password = "background-password-" + RACK_NAME
+    env = dict(os.environ, RACK_NAME=RACK_NAME + "-sup7", CONVOX_PASSWORD=password, PYTHONUNBUFFERED="1")
+    command = f"{sys.executable} -m cli.main rack start --insecure-http --port {port} --data-dir {data_dir} & wait"
     shell = subprocess.Popen(
         ["bash", "-c", command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
@@ -212,3 +218,52 @@ def test_make_run_installs_only_what_the_rack_needs_and_make_test_the_dev_extra(
     assert "rack start" in run
     assert "pip install -e '.[dev]'" in planned("test")
     assert "pip install -e '.[dev]'" in planned("lint")
+
+
+async def test_a_child_line_over_64_kib_is_cut_and_the_child_keeps_running(tmp_path: Path) -> None:
+    from services.supervisor import MAX_LINE, Child, Supervisor
+
+    supervisor = Supervisor(tmp_path, "127.0.0.1", 0)
+    program = (
+        "import sys\n"
+        "sys.stdout.write('a' * 300_000 + '\\n')\n"
+        "print('after', flush=True)\n"
+        "sys.stdout.write('b' * 200_000)\n"  # a long last line with no newline at all
+        "sys.stdout.flush()\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", program, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    child = Child("apps", [], None, process)
+    await asyncio.wait_for(supervisor.pump(child, process), 30)
+    assert await asyncio.wait_for(process.wait(), 30) == 0
+    lines = []
+    while not supervisor.lines.empty():
+        entry = supervisor.lines.get_nowait()
+        assert entry is not None
+        lines.append(entry.split(" ", 1)[1].rstrip("\n"))
+    assert lines == [
+        "apps: " + "a" * MAX_LINE + f" [line cut at {MAX_LINE} bytes]",
+        "apps: after",
+        "apps: " + "b" * MAX_LINE + f" [line cut at {MAX_LINE} bytes]",
+    ]
+
+
+async def test_a_stdout_nobody_reads_never_blocks_the_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.supervisor import Supervisor
+
+    read_end, write_end = os.pipe()
+    stuck = os.fdopen(write_end, "w")
+    monkeypatch.setattr(sys, "stdout", stuck)
+    supervisor = Supervisor(tmp_path, "127.0.0.1", 0)
+    began = time.monotonic()
+    for n in range(20_000):  # far more than the pipe holds
+        supervisor.emit("gateway", f"ns=gateway at=request n={n} " + "x" * 100)
+    assert time.monotonic() - began < 5
+    assert supervisor.console_dropped > 0
+    os.close(read_end)  # the writer thread's blocked write fails now and it carries on
+    monkeypatch.undo()
+    with contextlib.suppress(OSError):
+        stuck.close()

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -54,7 +57,9 @@ def open_docs(page: Page, rack: RunningRack) -> None:
 
 
 def test_swagger_ui_renders_offline(rack: RunningRack, browser: Browser) -> None:
-    context = browser.new_context(http_credentials={"username": "docs", "password": rack.password})
+    context = browser.new_context(
+        http_credentials={"username": "docs", "password": rack.password}, ignore_https_errors=True
+    )
     try:
         page = context.new_page()
         requests: list[Request] = []
@@ -99,7 +104,7 @@ def test_swagger_ui_renders_offline(rack: RunningRack, browser: Browser) -> None
 def test_swagger_ui_try_it_out_lists_apps(rack: RunningRack, browser: Browser) -> None:
     name = f"swagger-{secrets.token_hex(3)}"
     auth = ("anyone", rack.password)
-    created = httpx.post(f"{rack.url}/apps", json={"name": name}, auth=auth, timeout=30)
+    created = httpx.post(f"{rack.url}/apps", verify=rack.verify, json={"name": name}, auth=auth, timeout=30)
     assert created.status_code == 201, created.text
     # The browser carries the password only for the page itself (HTML, assets, document); the API call made by
     # "Try it out" gets through only with the credentials typed into Swagger's "Authorize" dialog.
@@ -112,7 +117,7 @@ def test_swagger_ui_try_it_out_lists_apps(rack: RunningRack, browser: Browser) -
         else:
             route.continue_()
 
-    context = browser.new_context()
+    context = browser.new_context(ignore_https_errors=True)
     try:
         context.route(f"{rack.url}/**", add_password)
         page = context.new_page()
@@ -144,16 +149,75 @@ def test_swagger_ui_try_it_out_lists_apps(rack: RunningRack, browser: Browser) -
         shown = json.loads(body.inner_text())
         assert isinstance(shown, list)
         assert name in [app["name"] for app in shown]
+        stored = page.evaluate("() => JSON.stringify(Object.assign({}, window.localStorage))")
+        assert rack.password not in stored and "authorized" not in stored  # Swagger UI does not keep it
     finally:
         context.close()
-        httpx.delete(f"{rack.url}/apps/{name}", auth=auth, timeout=30)
+        httpx.delete(f"{rack.url}/apps/{name}", verify=rack.verify, auth=auth, timeout=30)
 
 
 def test_docs_need_the_password(rack: RunningRack) -> None:
     for path in ("/docs", "/openapi.json"):
-        response = httpx.get(f"{rack.url}{path}", timeout=10)
+        response = httpx.get(f"{rack.url}{path}", verify=rack.verify, timeout=10)
         assert response.status_code == 401, (path, response.status_code)
         assert response.headers["www-authenticate"].lower().startswith("basic")
-        wrong = httpx.get(f"{rack.url}{path}", auth=("anyone", "not-" + rack.password), timeout=10)
+        wrong = httpx.get(f"{rack.url}{path}", verify=rack.verify, auth=("anyone", "not-" + rack.password), timeout=10)
         assert wrong.status_code == 401, (path, wrong.status_code)
-    assert httpx.get(f"{rack.url}/check", timeout=10).status_code == 200
+    assert httpx.get(f"{rack.url}/check", verify=rack.verify, timeout=10).status_code == 200
+
+
+class EvilPage(http.server.BaseHTTPRequestHandler):
+    """Another site's page (another origin: its own port) that tries to use the rack with the browser's
+    credentials: a no-CORS POST (sent without a preflight) and a websocket."""
+
+    page = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(self.page)))
+        self.end_headers()
+        self.wfile.write(self.page)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_page_on_another_origin_cannot_use_a_logged_in_browser(rack: RunningRack, browser: Browser) -> None:
+    name = f"csrf-{secrets.token_hex(3)}"
+    auth = ("anyone", rack.password)
+    assert httpx.post(f"{rack.url}/apps", verify=rack.verify, json={"name": name}, auth=auth).status_code == 201
+    promote = f"/apps/{name}/releases/RNOSUCHONE/promote"
+    follow = f"/apps/{name}/logs"
+    EvilPage.page = f"""<html><body><script>
+      window.done = {{}};
+      fetch("{rack.url}{promote}", {{method: "POST", mode: "no-cors", credentials: "include"}})
+        .then(() => {{ window.done.post = "sent"; }}, () => {{ window.done.post = "failed"; }});
+      const ws = new WebSocket("{rack.ws_url}{follow}");
+      ws.onopen = () => {{ window.done.ws = "open"; }};
+      ws.onerror = () => {{ window.done.ws = "refused"; }};
+    </script></body></html>""".encode()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EvilPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    context = browser.new_context(
+        http_credentials={"username": "victim", "password": rack.password}, ignore_https_errors=True
+    )
+    try:
+        page = context.new_page()
+        open_docs(page, rack)  # the browser has logged in at /docs
+        with page.expect_response(lambda response: response.url.endswith(promote)) as answered:
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/", wait_until="domcontentloaded")
+        assert answered.value.status == 403
+        page.wait_for_function("() => window.done.post && window.done.ws", timeout=WAIT_MS)
+        assert page.evaluate("() => window.done.ws") == "refused"
+        log = rack.data_dir / "logs" / "rack.log"
+        expected = [f'status=403 method="POST" path="{promote}"', f'status=403 method="WS" path="{follow}"']
+        deadline = time.monotonic() + 10
+        while not all(line in log.read_text() for line in expected):
+            assert time.monotonic() < deadline, "the refusals are not in the rack's log"
+            time.sleep(0.05)
+    finally:
+        context.close()
+        server.shutdown()
+        server.server_close()
+        httpx.delete(f"{rack.url}/apps/{name}", verify=rack.verify, auth=auth, timeout=30)

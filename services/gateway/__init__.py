@@ -16,7 +16,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway.auth import RequirePassword
+from services.gateway.access import AccessRequest, issue_access
+from services.gateway.auth import RequireAccess
 from services.gateway.openapi import merged
 from services.gateway.proxy import Upstreams, not_routed
 from services.gateway.routing import service_for
@@ -65,7 +66,7 @@ class RequestLog:
             )
 
 
-def create_app(password: str, upstreams: Upstreams) -> FastAPI:
+def create_app(password: str, upstreams: Upstreams, token_key: bytes) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
@@ -94,12 +95,16 @@ def create_app(password: str, upstreams: Upstreams) -> FastAPI:
             swagger_css_url="/docs/assets/swagger-ui.css",
             swagger_favicon_url="/docs/assets/favicon.png",
             oauth2_redirect_url="/docs/oauth2-redirect",
-            swagger_ui_parameters={"persistAuthorization": True, "displayOperationId": True},
+            swagger_ui_parameters={"persistAuthorization": False, "displayOperationId": True},
         )
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
     async def oauth2_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
+
+    @app.post("/system/access", include_in_schema=False)
+    async def access(request: Request, body: AccessRequest) -> JSONResponse:
+        return issue_access(request, body, token_key)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -121,7 +126,7 @@ def create_app(password: str, upstreams: Upstreams) -> FastAPI:
         await upstreams.relay(service, websocket)
 
     app.add_middleware(CleanPath)
-    app.add_middleware(RequirePassword, password=password)
+    app.add_middleware(RequireAccess, password=password, token_key=token_key)
     app.add_middleware(RequestLog)
     return app
 

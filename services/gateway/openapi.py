@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from services.gateway.access import ACCESS_PATH, error
 from shared import __version__
 from shared.config import SERVICES
 from shared.errors import RackError
@@ -32,36 +33,37 @@ GATEWAY_PATHS: dict[str, Any] = {
                 }
             },
         }
-    }
+    },
+    "/system/access": ACCESS_PATH,
 }
 
 DESCRIPTION = f"""The rack's API. Every route except `GET /check` needs the rack password as HTTP Basic
-authentication (any user name). Errors are `{{"error": "message"}}` with a 4xx or 5xx status. A JSON request
-body is at most {MAX_BODY // 1024} KiB (413 beyond); path parameters are checked against their patterns (400)."""
-STATE_CHANGING = ("post", "put", "patch", "delete")
-
-
-def _error(description: str) -> dict[str, Any]:
-    schema = {"$ref": "#/components/schemas/Error"}
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+authentication (any user name), or an access token from `POST /system/access` in its place (a `read` token
+gets 403 from every route that changes anything, websockets included; an expired one 401). A websocket
+handshake or a request other than GET/HEAD/OPTIONS whose `Origin` is not the rack's own is refused with 403.
+Errors are `{{"error": "message"}}` with a 4xx or 5xx status. A JSON request body is at most
+{MAX_BODY // 1024} KiB (413 beyond); path parameters are checked against their patterns (400)."""
 
 
 def document_errors(method: str, operation: dict[str, Any]) -> None:
-    """Add the answers the gateway and every service give to any operation: 401 (HTTP Basic), 503 (the
-    service is down), 400 (bad parameters or body), 403 (a state-changing request from another origin),
-    413 (a body over the cap). What the operation documents itself is kept."""
+    """Add the answers the gateway and every service give to any operation: 401 (no or a wrong password or
+    token), 403 (a read token on a route that changes something, a request from another site's page), 503
+    (the service is down), 400 (bad parameters or body), 413 (a body over the cap). What the operation
+    documents itself is kept."""
     responses = operation.setdefault("responses", {})
     if operation.get("security") == []:
         return
-    added = {"401": _error("No or a wrong password (HTTP Basic)"), "503": _error("The service is unavailable")}
+    added = {
+        "401": error("No password or token, a wrong one, or an expired token"),
+        "403": error("A read token on a route that changes something, or a request from another site's page"),
+        "503": error("The service is unavailable"),
+    }
     if operation.get("parameters") or operation.get("requestBody"):
-        added["400"] = _error("Bad input")
+        added["400"] = error("Bad input")
     if any(p.get("in") == "path" for p in operation.get("parameters") or []):
-        added["404"] = _error("No such app, or no such object named in the path")
-    if method in STATE_CHANGING:
-        added["403"] = _error("Refused: the request comes from another site (Origin)")
+        added["404"] = error("No such app, or no such object named in the path")
     if operation.get("requestBody"):
-        added["413"] = _error("The request body is too large")
+        added["413"] = error("The request body is too large")
     for status, response in added.items():
         responses.setdefault(status, response)
 
@@ -71,7 +73,8 @@ def merge(documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
     paths: dict[str, Any] = dict(GATEWAY_PATHS)
     schemas: dict[str, Any] = {}
     tags: dict[str, dict[str, Any]] = {}
-    operation_ids = {"check": "gateway"}
+    operation_ids = {"check": "gateway", "access_create": "gateway"}
+    document_errors("post", ACCESS_PATH["post"])
     for service, doc in documents.items():
         for path, item in doc.get("paths", {}).items():
             if path in paths:
