@@ -34,7 +34,7 @@ PROBLEMS: dict[tuple[str, int], str] = {}
 
 
 def document(rack: RunningRack) -> dict[str, Any]:
-    response = httpx.get(f"{rack.url}/openapi.json", auth=("x", rack.password))
+    response = httpx.get(f"{rack.url}/openapi.json", verify=rack.verify, auth=("x", rack.password))
     assert response.status_code == 200
     doc: dict[str, Any] = response.json()
     return doc
@@ -45,14 +45,14 @@ def fuzz_app(rack: RunningRack) -> Iterator[str]:
     """A real app for path parameters to name, so that operations are reached past their 404."""
     name = f"fuzz-{secrets.token_hex(3)}"
     auth = ("x", rack.password)
-    before = {a["name"] for a in httpx.get(f"{rack.url}/apps", auth=auth).json()}
-    assert httpx.post(f"{rack.url}/apps", json={"name": name}, auth=auth).status_code == 201
+    before = {a["name"] for a in httpx.get(f"{rack.url}/apps", verify=rack.verify, auth=auth).json()}
+    assert httpx.post(f"{rack.url}/apps", verify=rack.verify, json={"name": name}, auth=auth).status_code == 201
     try:
         yield name
     finally:
-        after = {a["name"] for a in httpx.get(f"{rack.url}/apps", auth=auth).json()}
+        after = {a["name"] for a in httpx.get(f"{rack.url}/apps", verify=rack.verify, auth=auth).json()}
         for made in sorted(after - before):  # the app, and any the fuzzer made with a valid name
-            httpx.delete(f"{rack.url}/apps/{made}", auth=auth, timeout=60)
+            httpx.delete(f"{rack.url}/apps/{made}", verify=rack.verify, auth=auth, timeout=60)
 
 
 def segment(pattern: str | None, app: str, name: str) -> st.SearchStrategy[str]:
@@ -166,7 +166,7 @@ def test_every_operation_survives_random_and_malformed_input(rack: RunningRack, 
     doc = document(rack)
     count = 0
     started = time.monotonic()
-    with httpx.Client(base_url=rack.url, auth=("x", rack.password), timeout=30) as client:
+    with httpx.Client(base_url=rack.url, verify=rack.verify, auth=("x", rack.password), timeout=30) as client:
         for path, item in doc["paths"].items():
             for method in item:
                 if method in METHODS:
@@ -193,7 +193,7 @@ def test_every_operation_survives_random_and_malformed_input(rack: RunningRack, 
 def test_control_and_non_ascii_characters_in_path_parameters_are_bad_input(
     rack: RunningRack, method: str, path: str
 ) -> None:
-    response = httpx.request(method, f"{rack.url}{path}", auth=("x", rack.password), json={"A": "b"})
+    response = httpx.request(method, f"{rack.url}{path}", verify=rack.verify, auth=("x", rack.password), json={"A": "b"})
     assert response.status_code == 400, response.text
     assert response.json()["error"].startswith("invalid ")  # the app, the path or a parameter
 
@@ -201,15 +201,15 @@ def test_control_and_non_ascii_characters_in_path_parameters_are_bad_input(
 def test_env_values_with_nul_and_bad_keys_are_refused(rack: RunningRack, fuzz_app: str) -> None:
     auth = ("x", rack.password)
     for env in ({"GOOD": "a\x00b"}, {"BAD\nKEY": "x"}, {"KEY\n": "x"}, {"": "x"}):
-        response = httpx.post(f"{rack.url}/apps/{fuzz_app}/environment", json=env, auth=auth)
+        response = httpx.post(f"{rack.url}/apps/{fuzz_app}/environment", verify=rack.verify, json=env, auth=auth)
         assert response.status_code == 400, (env, response.text)
-    assert httpx.get(f"{rack.url}/apps/{fuzz_app}/environment", auth=auth).json() == {}
+    assert httpx.get(f"{rack.url}/apps/{fuzz_app}/environment", verify=rack.verify, auth=auth).json() == {}
 
 
 def test_a_json_body_over_the_cap_is_refused_with_413(rack: RunningRack, fuzz_app: str) -> None:
     auth = ("x", rack.password)
     big = {"BIG": "x" * (2 * 1024 * 1024)}
-    response = httpx.post(f"{rack.url}/apps/{fuzz_app}/environment", json=big, auth=auth)
+    response = httpx.post(f"{rack.url}/apps/{fuzz_app}/environment", verify=rack.verify, json=big, auth=auth)
     assert response.status_code == 413
     assert "larger than" in response.json()["error"]
 
@@ -224,9 +224,10 @@ def test_a_json_body_over_the_cap_is_refused_with_413(rack: RunningRack, fuzz_ap
         content=chunks(),
         headers={"content-type": "application/json"},
         auth=auth,
+        verify=rack.verify,
     )
     assert response.status_code == 413
-    assert httpx.get(f"{rack.url}/apps/{fuzz_app}/environment", auth=auth).json() == {}
+    assert httpx.get(f"{rack.url}/apps/{fuzz_app}/environment", verify=rack.verify, auth=auth).json() == {}
 
 
 def test_every_operation_documents_401_and_503(rack: RunningRack) -> None:
