@@ -193,7 +193,8 @@ def test_every_operation_survives_random_and_malformed_input(rack: RunningRack, 
 def test_control_and_non_ascii_characters_in_path_parameters_are_bad_input(
     rack: RunningRack, method: str, path: str
 ) -> None:
-    response = httpx.request(method, f"{rack.url}{path}", verify=rack.verify, auth=("x", rack.password), json={"A": "b"})
+    auth = ("x", rack.password)
+    response = httpx.request(method, f"{rack.url}{path}", verify=rack.verify, auth=auth, json={"A": "b"})
     assert response.status_code == 400, response.text
     assert response.json()["error"].startswith("invalid ")  # the app, the path or a parameter
 
