@@ -22,7 +22,7 @@ from shared.provider.local.balancer import ListenerSpec
 
 log = Logger("balancers")
 REQUEST_SECONDS = 10.0
-START_SECONDS = 15.0
+START_SECONDS = 60.0
 PACKAGE_ROOT = str(Path(shared.__file__).resolve().parent.parent)
 
 
