@@ -228,3 +228,20 @@ def test_a_second_rack_of_the_same_name_is_refused(aws: MotoServer, tmp_path: Pa
     again = convox(aws, config, "rack", "install", "aws")
     assert again.returncode == 1
     assert "already exists" in again.stderr
+
+
+def test_uninstall_refuses_a_stack_that_is_not_a_rack(aws: MotoServer, tmp_path: Path) -> None:
+    template = "Resources:\n  Group:\n    Type: AWS::Logs::LogGroup\n    Properties:\n      LogGroupName: keep-me\n"
+
+    async def create() -> None:
+        async with session(None, "us-east-1").client("cloudformation") as cfn:
+            await stacks.create(cfn, "someone-else", template, {}, {}, poll=0.05)
+
+    asyncio.run(create())
+    done = convox(aws, tmp_path / "convox", "rack", "uninstall", "someone-else", "--yes")
+    assert done.returncode == 1
+    assert "is not a rack" in done.stderr
+    assert asyncio.run(leftovers()) == {"stacks": ["someone-else"], "log groups": ["keep-me"]}
+    missing = convox(aws, tmp_path / "convox", "rack", "uninstall", "nothere", "--yes")
+    assert missing.returncode == 1
+    assert "no rack named nothere" in missing.stderr

@@ -260,3 +260,21 @@ class StackParams:
                         changes[key] = str(declared[key]["Default"])
             stack = await update_parameters(cfn, self._stack, changes, self._on_event, poll=self._poll)
             return parameters(stack)
+
+
+def human_status(stack_status: str | None) -> str:
+    """An app's status from its stack's (Convox's ``humanStatus``): creating, running, updating, rollback,
+    failed, deleting; a missing stack is ``deleted``."""
+    if not stack_status or stack_status == "DELETE_COMPLETE":
+        return "deleted"
+    if stack_status == "CREATE_IN_PROGRESS":
+        return "creating"
+    if stack_status == "DELETE_IN_PROGRESS":
+        return "deleting"
+    if stack_status == "ROLLBACK_COMPLETE" or (stack_status.endswith("_FAILED") and stack_status != "DELETE_FAILED"):
+        return "failed"
+    if stack_status.endswith("ROLLBACK_IN_PROGRESS"):
+        return "rollback"
+    if stack_status.endswith("_IN_PROGRESS"):
+        return "updating"
+    return "running"  # *_COMPLETE, UPDATE_ROLLBACK_COMPLETE and DELETE_FAILED: the app still runs
