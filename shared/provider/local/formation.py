@@ -556,11 +556,13 @@ class LocalFormation:
                         balancer.set_backends(await self._backends(running, port))
 
     async def forget(self, app: str) -> None:
-        """The app is being deleted: close its balancers and drop its formation."""
-        for app_name, service in list(self.balancers):
-            if app_name == app:
-                await self._drop_balancer(app, service)
-        await self.state.execute("DELETE FROM formation WHERE app = ?", (app,))
+        """The app is being deleted: close its balancers and drop its formation, once a roll-out, scale or
+        reconciliation in progress is done (it would start processes after the deletion removed them)."""
+        async with self._lock(app):
+            for app_name, service in list(self.balancers):
+                if app_name == app:
+                    await self._drop_balancer(app, service)
+            await self.state.execute("DELETE FROM formation WHERE app = ?", (app,))
 
     async def close(self) -> None:
         for task in list(self.tasks):
