@@ -45,6 +45,9 @@ class FakeBuilds:
         self.manifests: dict[str, Manifest] = {}
         self.recovered = 0
 
+    async def running(self) -> int:
+        return 0
+
     async def create(self, app: str, context: Path, manifest: Manifest, options: BuildOptions) -> Build:
         await self.apps.get(app)
         build = build_id()

@@ -3,7 +3,7 @@ links (the environment change goes through a release that is promoted), rack par
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self, cast
@@ -98,6 +98,23 @@ class FakeReleases:
         await self.apps.get(app)
         mine = [r for r in self.made if r.app == app]
         return dict(mine[-1].env) if mine else {}
+
+    async def change_env(
+        self,
+        app: str,
+        *,
+        set: dict[str, str] | None = None,
+        unset: Collection[str] = (),
+        replace: bool = False,
+        description: str = "",
+    ) -> Release:
+        env = {} if replace else await self.environment(app)
+        env.update(set or {})
+        for key in unset:
+            if key not in env:
+                raise NotFound(f"no such environment variable: {key}")
+            del env[key]
+        return await self.create(app, env=env, description=description)
 
 
 class FakeParams:

@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from shared import stream
@@ -228,6 +229,13 @@ async def _text(request: Request, lines: AsyncIterator[list[bytes]], follow: boo
             slots.give()
         raise
 
+    held = [follow]
+
+    async def give_back() -> None:  # once, whether the body ran to its end, was cut off or never started
+        if held[0]:
+            held[0] = False
+            slots.give()
+
     async def body() -> AsyncIterator[bytes]:
         try:
             if first:
@@ -235,10 +243,9 @@ async def _text(request: Request, lines: AsyncIterator[list[bytes]], follow: boo
             async for batch in lines:
                 yield b"".join(batch)
         finally:
-            if follow:
-                slots.give()
+            await give_back()
 
-    return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+    return StreamingResponse(body(), media_type="text/plain; charset=utf-8", background=BackgroundTask(give_back))
 
 
 @router.get("/apps/{app}/logs", name="app_logs", tags=["logs"], summary="An app's log", description=SOCKET_DOC,

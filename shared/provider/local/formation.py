@@ -751,16 +751,18 @@ class LocalFormation:
                                 await self._extra_listeners(app, want, running)
 
     async def forget(self, app: str) -> None:
-        """The app is being deleted: close its balancers and drop its formation."""
-        for app_name, service in list(self.balancers):
-            if app_name == app:
-                await self._drop_balancer(app, service)
-        for key in [key for key in self.extra if key[0] == app]:
-            del self.extra[key]
-        for spec in await self.lb.listeners():  # also those no start of this service adopted yet
-            if spec.name.endswith(f".{app}") or spec.name.rpartition(":")[0].endswith(f".{app}"):
-                await self.lb.delete(spec.name)
-        await self.state.execute("DELETE FROM formation WHERE app = ?", (app,))
+        """The app is being deleted: close its balancers and drop its formation, once a roll-out, scale or
+        reconciliation in progress is done (it would start processes after the deletion removed them)."""
+        async with self._lock(app):
+            for app_name, service in list(self.balancers):
+                if app_name == app:
+                    await self._drop_balancer(app, service)
+            for key in [key for key in self.extra if key[0] == app]:
+                del self.extra[key]
+            for spec in await self.lb.listeners():  # also those no start of this service adopted yet
+                if spec.name.endswith(f".{app}") or spec.name.rpartition(":")[0].endswith(f".{app}"):
+                    await self.lb.delete(spec.name)
+            await self.state.execute("DELETE FROM formation WHERE app = ?", (app,))
 
     async def close(self) -> None:
         for task in list(self.tasks):

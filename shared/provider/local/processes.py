@@ -365,10 +365,19 @@ class LocalProcesses:
         """SIGTERM (to the command itself: the container's init passes it on), SIGKILL after a grace, removed
         (a one-off once its log is read)."""
         try:
-            await self.docker.stop(container_id, grace=STOP_GRACE)
+            info = await self.docker.inspect(container_id)
         except NotFound:
             return
-        except Conflict:  # being removed already: wait until it is gone
+        if ((info.get("Config") or {}).get("Labels") or {}).get(LABEL_ONEOFF) != "true":
+            with contextlib.suppress(NotFound, Conflict):  # a process of the formation: stopped and removed
+                await self.docker.stop(container_id, grace=STOP_GRACE)
+            return
+        try:  # a one-off: stopped, and removed once its log is read
+            async with translated(f"process {container_id[:12]}"):
+                await self.docker.client.containers.container(container_id).stop(t=STOP_GRACE)
+        except NotFound:
+            return
+        except Conflict:  # being removed already, or not running
             pass
         removal = self.removals.get(container_id)
         if removal is not None:
@@ -420,12 +429,13 @@ class LocalProcesses:
                         params={"condition": "not-running"},
                         timeout=None,
                     )
+            await self.docker.inspect(container_id)  # one removed already (NotFound) has nothing to wait for
             await self.receipts.wait(container_id)
             with contextlib.suppress(NotFound, Conflict):
                 await self.docker.remove(container_id)
             await self.receipts.forget(container_id)
         except NotFound:
-            return
+            await self.receipts.forget(container_id)
         except RackError as exc:  # the reaper's next round finds it ended and removes it
             log.error("process.remove", id=container_id[:12], message=exc.message)
 
