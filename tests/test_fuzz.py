@@ -40,9 +40,10 @@ def document(rack: RunningRack) -> dict[str, Any]:
     return doc
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fuzz_app(rack: RunningRack) -> Iterator[str]:
-    """A real app for path parameters to name, so that operations are reached past their 404."""
+    """A real app (per test: the fuzzer may delete it) for path parameters to name, so that operations are
+    reached past their 404."""
     name = f"fuzz-{secrets.token_hex(3)}"
     auth = ("x", rack.password)
     before = {a["name"] for a in httpx.get(f"{rack.url}/apps", verify=rack.verify, auth=auth).json()}

@@ -124,3 +124,38 @@ def test_labels_a_dockerfile_brings_are_dropped_from_the_image_and_steer_nothing
     finally:
         cli("apps", "delete", app_name)
     assert tree(canary) == ["keep"]
+
+
+def test_labels_of_an_image_a_service_runs_as_is_are_overridden_at_start(
+    rack: RunningRack, cli: Cli, app_name: str, busybox_image: str, canary: Path, tmp_path: Path
+) -> None:
+    walk_out = os.path.relpath(canary, rack.data_dir / "logs" / "apps")
+    tag = f"rack-test/labelled-{app_name}:1"
+    label = f'LABEL convox.oneoff="true" convox.build="BHOSTILEAAA" convox.app="{walk_out}"'
+    dockerfile = f"FROM {busybox_image}\n{label}\n".encode()
+    subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=dockerfile, capture_output=True, check=True)
+    source = tmp_path / "worker"
+    source.mkdir()
+    (source / "convox.yml").write_text(f"services:\n  worker:\n    image: {tag}\n    command: sleep 3600\n")
+    cli("apps", "create", app_name, check=True)
+    try:
+        result = deploy(cli, app_name, source)
+        assert result.returncode == 0, result.stderr
+        found = subprocess.run(
+            ["docker", "ps", "-q", "--filter", f"label=convox.rack={rack.name}", "--filter",
+             f"label=convox.app={app_name}", "--filter", "label=convox.type=worker"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        assert len(found) == 1  # counted by the formation: not taken for a one-off, none extra started
+        info = json.loads(subprocess.run(["docker", "inspect", found[0]], capture_output=True, check=True).stdout)
+        labels = info[0]["Config"]["Labels"]
+        assert labels["convox.app"] == app_name
+        assert labels["convox.oneoff"] == "" and labels["convox.build"] == ""
+        deadline = time.monotonic() + 30
+        while "worker started" not in logs_of(rack, app_name):
+            assert time.monotonic() < deadline, logs_of(rack, app_name)
+            time.sleep(0.2)
+        assert tree(canary) == ["keep"]
+    finally:
+        cli("apps", "delete", app_name)
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)

@@ -25,6 +25,7 @@ from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.limits import Slots
 from shared.logfmt import Logger
 from shared.models import Model, Process, ProcessRunOptions
+from shared.names import check_env, parse_pair
 from shared.params import app_path, pid_path, type_path
 from shared.provider import Provider
 from shared.service import provider_of
@@ -189,9 +190,7 @@ class ProcessRun(Model):
 
 
 def run_options(service: str, command: list[str] | str, environment: dict[str, str], release: str) -> ProcessRunOptions:
-    for key in environment:
-        if not key or "=" in key or "\x00" in key:
-            raise BadRequest(f"invalid environment variable name: {key!r}")
+    check_env(environment)
     return ProcessRunOptions(service=service, command=shell_words(command), environment=environment, release=release)
 
 
@@ -504,9 +503,7 @@ async def _run_session(websocket: WebSocket, app: str, service: str) -> None:
         terminal_of(websocket)
         environment = {}
         for pair in query.getlist("env"):
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise BadRequest(f"env: expected KEY=VALUE, got {pair!r}")
+            key, value = parse_pair(pair)
             environment[key] = value
         time_limit = _int(query.get("timeout"), "timeout", most=30 * 86400)
         options = run_options(service, command_of(websocket, required=False), environment, query.get("release") or "")
