@@ -62,3 +62,19 @@ async def test_deleting_an_app_deletes_its_releases(provider: Provider) -> None:
     await provider.apps.create("gone")
     assert await provider.releases.list("gone") == []
     assert await provider.releases.environment("gone") == {}
+
+
+async def test_environment_changes_made_at_once_are_all_kept(provider: Provider) -> None:
+    await provider.apps.create("envchange")
+    await provider.releases.create("envchange", env={"KEEP": "1", "GONE": "x"})
+    await asyncio.gather(*(provider.releases.change_env("envchange", set={f"K{n}": str(n)}) for n in range(5)))
+    changed = await provider.releases.change_env("envchange", unset=["GONE"], description="env unset GONE")
+    assert changed.env == {"KEEP": "1", **{f"K{n}": str(n) for n in range(5)}}
+    assert changed.description == "env unset GONE"
+    with pytest.raises(NotFound):
+        await provider.releases.change_env("envchange", unset=["NEVER"])
+    replaced = await provider.releases.change_env("envchange", set={"ONLY": "1"}, replace=True)
+    assert replaced.env == {"ONLY": "1"}
+    assert await provider.releases.environment("envchange") == {"ONLY": "1"}
+    with pytest.raises(NotFound):
+        await provider.releases.change_env("nope", set={"A": "1"})

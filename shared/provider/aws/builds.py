@@ -247,6 +247,14 @@ class AwsBuilds:
                 return
             await asyncio.sleep(1.0)
 
+    async def running(self) -> int:
+        """How many builds of the rack are running now (every app's): what the builds cap counts."""
+        count = 0
+        async for item in self.state.scan(self.state.builds_table):
+            if item.get("status") == "running":
+                count += 1
+        return count
+
     async def recover(self) -> int:
         """Mark failed the builds whose builder task is gone (or that never got one); returns how many."""
         ecs = await self.clients.get("ecs")

@@ -9,7 +9,7 @@ so that two concurrent ``convox env set`` never lose one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from shared.errors import BadRequest, Conflict, NotFound
@@ -169,6 +169,30 @@ class AwsReleases:
         return await self._create(
             app, build, (lambda base: base) if env is None else (lambda _: dict(env)), description
         )
+
+    async def change_env(
+        self,
+        app: str,
+        *,
+        set: dict[str, str] | None = None,
+        unset: Collection[str] = (),
+        replace: bool = False,
+        description: str = "",
+    ) -> Release:
+        """The contract's atomic environment change: ``set`` on top of the latest release's environment (of
+        nothing with ``replace``), ``unset`` removed (NotFound for a key that is not there), applied to
+        whichever release is latest when it is written."""
+        await self.apps.item(app)
+
+        def change(base: dict[str, str]) -> dict[str, str]:
+            changed = {**({} if replace else base), **(set or {})}
+            for key in unset:
+                if key not in changed:
+                    raise NotFound(f"no such environment variable: {key}")
+                del changed[key]
+            return changed
+
+        return await self._create(app, None, change, description)
 
     async def change_environment(
         self, app: str, set: dict[str, str] | None = None, unset: list[str] | None = None, description: str = ""
