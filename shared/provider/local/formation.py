@@ -396,7 +396,7 @@ class LocalFormation:
         if service is not None:
             services = manifest_of(release).services
             if service not in services:
-                raise NotFound(f"no such process type: {service} (types: {', '.join(services) or 'none'})")
+                raise NotFound(f"no such process type: {service} (types: {', '.join(sorted(services)) or 'none'})")
         if current.status == "updating" or self._lock(app).locked():
             raise Conflict(f"app {app} is updating: restart it when the roll-out is done")
         async with self._lock(app):
@@ -448,7 +448,7 @@ class LocalFormation:
         release = await self.releases.get(app, current.release)
         services = manifest_of(release).services
         if service not in services:
-            raise NotFound(f"no such process type: {service} (types: {', '.join(services) or 'none'})")
+            raise NotFound(f"no such process type: {service} (types: {', '.join(sorted(services)) or 'none'})")
         if update.count is None and update.memory is None:
             raise BadRequest("nothing to change: give a count or a memory")
         async with self._lock(app):
