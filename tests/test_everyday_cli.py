@@ -319,3 +319,23 @@ def test_services_proxy_reaches_the_server_from_a_local_port(cli: Cli, rack: Run
             proxy.wait()
     missing = cli("services", "proxy", "no-such-service")
     assert missing.returncode != 0 and "ERROR: no such service: no-such-service" in missing.stderr
+
+
+def test_ps_started_is_the_last_start_and_ps_info_lists_the_ports(
+    cli: Cli, rack: RunningRack, web_app: tuple[str, Path]
+) -> None:
+    app, _ = web_app
+    pid = web_pid(cli, app)
+
+    def started() -> str:
+        listed = json.loads(cli("api", "get", f"/apps/{app}/processes", check=True).stdout)
+        return str(next(p["started"] for p in listed if p["id"] == pid))
+
+    before = started()
+    # the process dies; the engine's restart policy starts the same container again
+    subprocess.run(["docker", "exec", pid, "killall", "-9", "httpd"], capture_output=True, check=False)
+    eventually(lambda: started() > before)
+    lines = cli("ps", "info", pid, "--app", app, check=True).stdout.splitlines()
+    shown = {key: value.strip() for key, _, value in (line.partition(" ") for line in lines)}
+    assert shown["Ports"] == "3000"
+    assert shown["Started"].endswith(("seconds ago", "second ago", "just now")), shown["Started"]
