@@ -317,6 +317,8 @@ def test_services_proxy_reaches_the_server_from_a_local_port(cli: Cli, rack: Run
         if proxy.poll() is None:
             proxy.kill()
             proxy.wait()
+        if proxy.stderr is not None:
+            proxy.stderr.close()
     missing = cli("services", "proxy", "no-such-service")
     assert missing.returncode != 0 and "ERROR: no such service: no-such-service" in missing.stderr
 
