@@ -35,6 +35,7 @@ REFRESH_SECONDS = 2.0
 DRAIN_SECONDS = 30.0
 """How long a retired process keeps serving the connections its balancer opened to it before it stops."""
 MB = 1024 * 1024
+INTERRUPTED = "interrupted by a restart of the rack"
 
 
 @dataclass
@@ -83,6 +84,8 @@ class LocalFormation:
         """The roll-out in progress per app (what `convox apps cancel` stops)."""
         self.switching: set[str] = set()
         """Apps whose roll-out has switched its balancers: too late to cancel."""
+        self.closing = False
+        """The service is stopping: a roll-out cut short now is interrupted (adoption finishes it), not cancelled."""
         self.events = Events(state)
         releases.formation = self
 
@@ -359,6 +362,8 @@ class LocalFormation:
                 try:
                     await self.converge(release)
                 except asyncio.CancelledError:
+                    if self.closing:  # left `updating`: the next start's adoption records it as interrupted
+                        raise
                     await asyncio.shield(self._ended(release, "cancelled", "cancelled"))
                     await self.events.emit(release.app, "release roll-out cancelled", release=release.id)
                     return
@@ -474,6 +479,9 @@ class LocalFormation:
             if not app.release:
                 if app.status == "updating":
                     await self.apps.set_status(app.name, "failed")
+                    for name, rolled in await self.apps.rollouts.interrupted():
+                        if name == app.name:
+                            await self.apps.rollouts.record(name, rolled, "failed", INTERRUPTED)
                 continue
             release = await self.releases.get(app.name, app.release)
             interrupted = app.status == "updating"
@@ -492,7 +500,7 @@ class LocalFormation:
                 await self.apps.set_status(release.app, "running")
                 for app, rolled in await self.apps.rollouts.interrupted():
                     if app == release.app:
-                        await self.apps.rollouts.record(app, rolled, "failed", "interrupted by a restart of the rack")
+                        await self.apps.rollouts.record(app, rolled, "failed", INTERRUPTED)
 
     async def _refresh(self) -> None:
         """Keep each balancer's backends on the running containers of the active release."""
@@ -523,6 +531,7 @@ class LocalFormation:
         await self.state.execute("DELETE FROM formation WHERE app = ?", (app,))
 
     async def close(self) -> None:
+        self.closing = True
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
