@@ -51,6 +51,27 @@ def register(app: typer.Typer) -> None:
             [(r["name"], r["type"], r["status"], ", ".join(r["apps"])) for r in rows],
         )
 
+    @services.command("proxy")
+    def services_proxy(
+        name: Annotated[str, typer.Argument(help="The service.")],
+        port: Annotated[
+            int | None, typer.Option("--port", "-p", min=0, max=65535, help="Local port (default: the type's own).")
+        ] = None,
+    ) -> None:
+        """Listen on a local port that reaches the service through the rack (psql, mysql, redis-cli); Ctrl-C
+        stops."""
+        import asyncio
+
+        from cli.cmd_proxy import DEFAULT_PORTS, serve
+
+        rack = current_rack()
+        with client() as c:
+            kind = c.get(f"/services/{name}")["type"]
+        try:
+            asyncio.run(serve(rack, name, DEFAULT_PORTS.get(kind, 0) if port is None else port))
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
     @services.command("create")
     def services_create(
         kind: Annotated[str, typer.Argument(metavar="TYPE", help="postgres, mysql or redis.")],

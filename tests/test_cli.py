@@ -23,9 +23,9 @@ def test_apps_create_list_info_delete(cli: Cli, app_name: str) -> None:
     assert f"Creating app {app_name}... OK" in created.stderr
     listing = cli("apps", check=True).stdout.splitlines()
     assert listing[0].split() == ["APP", "STATUS", "RELEASE"]
-    assert any(line.split()[:2] == [app_name, "running"] for line in listing[1:])
+    assert any(line.split()[:2] == [app_name, "created"] for line in listing[1:])  # not running: no release yet
     info = cli("apps", "info", app_name, check=True).stdout
-    assert "Name" in info and app_name in info and "running" in info
+    assert "Name" in info and app_name in info and "created" in info
     cli("apps", "delete", app_name, check=True)
     assert app_name not in cli("apps", check=True).stdout
 

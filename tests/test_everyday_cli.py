@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -116,7 +119,8 @@ def test_apps_cancel_stops_a_roll_out_and_keeps_the_serving_release(
 ) -> None:
     app, source = web_app
     good = info(cli, app)
-    assert cli("apps", "cancel", app).stderr.startswith("ERROR: app ")  # nothing to cancel
+    nothing = cli("apps", "cancel", app)
+    assert nothing.returncode != 0 and f"ERROR: app {app} is not updating" in nothing.stderr
     (source / "www" / "index.html").write_text("v2\n")
     manifest = source / "convox.yml"  # a roll-out that would wait a minute for a health check that never passes
     manifest.write_text(manifest.read_text().replace("path: /\n      grace: 1\n", "path: /missing\n      grace: 60\n"))
@@ -157,13 +161,19 @@ def test_env_edit_opens_the_editor_and_promotes(cli: Cli, web_app: tuple[str, Pa
     unchanged = with_editor(cli, "true")("env", "edit", "--app", app)
     assert (unchanged.returncode, unchanged.stdout) == (0, "No changes\n")
     editor = tmp_path / "editor.sh"  # what a user does in $EDITOR: change a value, add a line
-    editor.write_text('#!/bin/sh\nsed -i "s/^GREETING=hello$/GREETING=edited/" "$1"\necho "ADDED=yes" >> "$1"\n')
+    editor.write_text('#!/bin/sh\nprintf "GREETING=edited\\n# a comment\\nADDED=yes\\n" >> "$1"\n')
     editor.chmod(0o755)
     edited = with_editor(cli, str(editor))("env", "edit", "--promote", "--app", app)
     assert edited.returncode == 0, edited.stderr
     assert "Setting ADDED, GREETING... OK" in edited.stderr
     assert fetch(balancer, "/cgi-bin/env").startswith("GREETING=edited\n")
     assert cli("env", "--app", app, check=True).stdout.splitlines() == ["ADDED=yes", "GREETING=edited"]
+    remover = tmp_path / "remover.sh"  # a line deleted: the variable goes
+    remover.write_text('#!/bin/sh\nsed -i "/^ADDED=/d" "$1"\n')
+    remover.chmod(0o755)
+    removed = with_editor(cli, str(remover))("env", "edit", "--app", app)
+    assert removed.returncode == 0 and "Setting ADDED... OK" in removed.stderr, removed.stderr
+    assert cli("env", "--app", app, check=True).stdout.splitlines() == ["GREETING=edited"]
     failing = with_editor(cli, "false")("env", "edit", "--app", app)
     assert failing.returncode != 0 and "ERROR: the editor exited with code 1" in failing.stderr
 
@@ -250,3 +260,84 @@ def test_cp_round_trips_a_100_mib_file_and_a_directory(cli: Cli, web_app: tuple[
     assert not (tmp_path / "x").exists()
     neither = cli("cp", str(big), str(tmp_path / "y"), "--app", app)
     assert neither.stderr == "ERROR: one side must be a process: PID:/path\n"
+
+
+@pytest.fixture
+def redis_service(cli: Cli, rack: RunningRack) -> Iterator[str]:
+    """A redis backing service from the offline image of `make images`."""
+    from tests.test_services import LOCAL_IMAGES, require_images
+
+    require_images()
+    name = f"cache-{secrets.token_hex(2)}"
+    cli("rack", "params", "set", f"redis_image={LOCAL_IMAGES['redis_image']}", check=True)
+    created = cli("services", "create", "redis", "--name", name, timeout=300)
+    assert created.returncode == 0, created.stderr
+    try:
+        yield name
+    finally:
+        cli("services", "delete", name, timeout=120)
+
+
+def test_services_proxy_reaches_the_server_from_a_local_port(cli: Cli, rack: RunningRack, redis_service: str) -> None:
+    from tests.conftest import free_port
+
+    with httpx.Client(base_url=rack.url, auth=("convox", rack.password), timeout=30) as api:
+        url = api.get(f"/services/{redis_service}", params={"reveal": "true"}).json()["url"]
+        refused = api.get(f"/services/{redis_service}/proxy")  # a plain GET: the path is a websocket
+        assert refused.status_code == 426 and "websocket" in refused.json()["error"]
+    password = url.split("://:", 1)[1].split("@", 1)[0]
+    port = free_port()
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "services", "proxy", redis_service, "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli.env,
+        cwd=cli.cwd,
+    )
+    try:
+        assert proxy.stderr is not None
+        assert proxy.stderr.readline() == f"Proxying 127.0.0.1:{port} to {redis_service} (Ctrl-C stops)\n"
+
+        def ask(conn: socket.socket, *commands: str) -> bytes:
+            conn.sendall("".join(f"{c}\r\n" for c in commands).encode())
+            answer = b""
+            while answer.count(b"\r\n") < len(commands) + commands[-1].startswith("GET"):
+                chunk = conn.recv(4096)
+                assert chunk, f"the proxy closed the connection; so far {answer!r}"
+                answer += chunk
+            return answer
+
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as first:
+            assert ask(first, f"AUTH {password}", "PING", "SET greeting hello") == b"+OK\r\n+PONG\r\n+OK\r\n"
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as second:  # a connection of its own
+                assert ask(second, f"AUTH {password}", "GET greeting") == b"+OK\r\n$5\r\nhello\r\n"
+        proxy.send_signal(signal.SIGINT)
+        assert proxy.wait(30) == 130
+    finally:
+        if proxy.poll() is None:
+            proxy.kill()
+            proxy.wait()
+        if proxy.stderr is not None:
+            proxy.stderr.close()
+    missing = cli("services", "proxy", "no-such-service")
+    assert missing.returncode != 0 and "ERROR: no such service: no-such-service" in missing.stderr
+
+
+def test_ps_started_is_the_last_start_and_ps_info_lists_the_ports(
+    cli: Cli, rack: RunningRack, web_app: tuple[str, Path]
+) -> None:
+    app, _ = web_app
+    pid = web_pid(cli, app)
+
+    def started() -> str:
+        listed = json.loads(cli("api", "get", f"/apps/{app}/processes", check=True).stdout)
+        return str(next(p["started"] for p in listed if p["id"] == pid))
+
+    before = started()
+    # the process dies; the engine's restart policy starts the same container again
+    subprocess.run(["docker", "exec", pid, "killall", "-9", "httpd"], capture_output=True, check=False)
+    eventually(lambda: started() > before)
+    lines = cli("ps", "info", pid, "--app", app, check=True).stdout.splitlines()
+    shown = {key: value.strip() for key, _, value in (line.partition(" ") for line in lines)}
+    assert shown["Ports"] == "3000"
+    assert shown["Started"].endswith(("seconds ago", "second ago", "just now")), shown["Started"]

@@ -365,12 +365,14 @@ async def test_operation_ids_and_the_gateway_route(api: httpx.AsyncClient) -> No
         "resource_delete",
         "resource_link",
         "resource_unlink",
+        "resource_proxy",
         "system_params_get",
         "system_params_set",
     }
     create = document["components"]["schemas"]["ResourceCreate"]["properties"]
     assert create["type"]["enum"] == ["postgres", "mysql", "redis"]
-    for path in ("/services", "/services/db", "/services/db/links", "/services/db/links/myapp", "/system/params"):
+    paths = ("/services", "/services/db", "/services/db/links", "/services/db/links/myapp", "/services/db/proxy")
+    for path in (*paths, "/system/params"):
         assert service_for(path) == "provisioner", path
     assert service_for("/system") == "apps"
 

@@ -46,6 +46,7 @@ ALIVE = ("running", "restarting")
 RECONCILE_SECONDS = 10.0
 """How often formation is checked without an Engine event (the event stream may be down)."""
 RECONCILE_DEBOUNCE = 0.5
+INTERRUPTED = "interrupted by a restart of the rack"
 
 
 @dataclass
@@ -123,6 +124,8 @@ class LocalFormation:
         """The roll-out in progress per app (what `convox apps cancel` stops)."""
         self.switching: set[str] = set()
         """Apps whose roll-out has switched its balancers: too late to cancel."""
+        self.closing = False
+        """The service is stopping: a roll-out cut short now is interrupted (adoption finishes it), not cancelled."""
         self.events = Events(state)
         releases.formation = self
 
@@ -476,6 +479,8 @@ class LocalFormation:
                 try:
                     await self.converge(release)
                 except asyncio.CancelledError:
+                    if self.closing:  # left `updating`: the next start's adoption records it as interrupted
+                        raise
                     await asyncio.shield(self._ended(release, "cancelled", "cancelled"))
                     await self.events.emit(release.app, "release roll-out cancelled", release=release.id)
                     return
@@ -513,7 +518,7 @@ class LocalFormation:
         if service is not None:
             services = manifest_of(release).services
             if service not in services:
-                raise NotFound(f"no such process type: {service} (types: {', '.join(services) or 'none'})")
+                raise NotFound(f"no such process type: {service} (types: {', '.join(sorted(services)) or 'none'})")
         if current.status == "updating" or self._lock(app).locked():
             raise Conflict(f"app {app} is updating: restart it when the roll-out is done")
         async with self._lock(app):
@@ -572,7 +577,7 @@ class LocalFormation:
         release = await self.releases.get(app, current.release)
         services = manifest_of(release).services
         if service not in services:
-            raise NotFound(f"no such process type: {service} (types: {', '.join(services) or 'none'})")
+            raise NotFound(f"no such process type: {service} (types: {', '.join(sorted(services)) or 'none'})")
         if update.count is None and update.memory is None:
             raise BadRequest("nothing to change: give a count or a memory")
         async with self._lock(app):
@@ -604,6 +609,9 @@ class LocalFormation:
             if not app.release:
                 if app.status == "updating":
                     await self.apps.set_status(app.name, "failed")
+                    for name, rolled in await self.apps.rollouts.interrupted():
+                        if name == app.name:
+                            await self.apps.rollouts.record(name, rolled, "failed", INTERRUPTED)
                 continue
             try:
                 release = await self.releases.get(app.name, app.release)
@@ -724,7 +732,7 @@ class LocalFormation:
                 await self.apps.set_status(release.app, "running")
                 for app, rolled in await self.apps.rollouts.interrupted():
                     if app == release.app:
-                        await self.apps.rollouts.record(app, rolled, "failed", "interrupted by a restart of the rack")
+                        await self.apps.rollouts.record(app, rolled, "failed", INTERRUPTED)
 
     async def _refresh(self) -> None:
         """Keep each balancer's backends on the running containers of the active release."""
@@ -765,6 +773,7 @@ class LocalFormation:
             await self.state.execute("DELETE FROM formation WHERE app = ?", (app,))
 
     async def close(self) -> None:
+        self.closing = True
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
