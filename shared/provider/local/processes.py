@@ -418,7 +418,7 @@ class LocalProcesses:
                         f"containers/{container_id}/wait",
                         method="POST",
                         params={"condition": "not-running"},
-                        timeout=None,
+                        timeout=self.docker.streaming(),  # answered at the exit: only connecting is limited
                     )
             await self.receipts.wait(container_id)
             with contextlib.suppress(NotFound, Conflict):
