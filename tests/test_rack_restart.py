@@ -3,7 +3,10 @@ answering on the same port while `convox rack start` is stopped and started agai
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,7 +40,15 @@ class Requester:
             time.sleep(0.01)
 
 
+def balancer_pids(data: Path) -> list[int]:
+    found = subprocess.run(
+        ["pgrep", "-f", f"balancerd --socket {data / 'run' / 'balancer.sock'}"], capture_output=True, text=True
+    )
+    return [int(pid) for pid in found.stdout.split()]
+
+
 def test_an_app_answers_on_the_same_port_through_a_full_rack_restart(busybox_image: str, tmp_path: Path) -> None:
+    """And when the balancer process itself is killed, the rack starts it again on the same port."""
     name = RACK_NAME + "-restart"
     data = tmp_path / "data"
     env = {"RACK_LOCAL_BALANCER_ORPHAN_SECONDS": "120"}
@@ -67,6 +78,13 @@ def test_an_app_answers_on_the_same_port_through_a_full_rack_restart(busybox_ima
             adopted = requester.ok
             while requester.ok < adopted + 50:  # and it goes on answering after the adoption
                 time.sleep(0.05)
+            requester.stopping.set()
+            thread.join(10)
+            (pid,) = balancer_pids(data)
+            os.kill(pid, signal.SIGKILL)
+            assert fetch(balancer, within=30) == "v1\n"  # started again by the apps service, on the kept port
+            assert info(user, "steady")["Balancer"] == balancer
+            assert len(balancer_pids(data)) == 1
         finally:
             stop_rack(second)
     finally:

@@ -427,7 +427,7 @@ class LocalProcesses:
                         f"containers/{container_id}/wait",
                         method="POST",
                         params={"condition": "not-running"},
-                        timeout=None,
+                        timeout=self.docker.streaming(),  # answered at the exit: only connecting is limited
                     )
             await self.docker.inspect(container_id)  # one removed already (NotFound) has nothing to wait for
             await self.receipts.wait(container_id)
