@@ -184,3 +184,27 @@ async def test_deleting_an_app_removes_its_services_and_task_definitions(
     assert tasks["taskArns"] == []
     groups = await in_moto("logs", "describe_log_groups", logGroupNamePrefix=f"/convox/{RACK_NAME}/doomed")
     assert groups["logGroups"] == []
+
+
+async def test_restart_gives_each_service_a_new_deployment_and_cancel_needs_a_roll_out(
+    aws_provider: Provider, tmp_path: Path
+) -> None:
+    """Simulated: the builder (play_builder). moto finishes every ECS deployment at once, so there is never a
+    roll-out in progress to cancel: cancel is proven to refuse (409) and to change nothing."""
+    from shared.errors import Conflict
+
+    await aws_provider.apps.create("again")
+    await play_builder(aws_provider, "again", tmp_path)
+    release = await aws_provider.releases.create("again")
+    await aws_provider.releases.promote("again", release.id)
+    before = await service("again", "web")
+    formation = await aws_provider.formation.restart("again", "web")
+    assert "web" in [f.name for f in formation]
+    after = await service("again", "web")
+    assert after["taskDefinition"] == before["taskDefinition"]
+    with pytest.raises(NotFound):
+        await aws_provider.formation.restart("again", "wbe")
+    with pytest.raises(Conflict):
+        await aws_provider.formation.cancel("again")
+    assert (await service("again", "web"))["taskDefinition"] == before["taskDefinition"]
+    assert (await aws_provider.apps.get("again")).release == release.id

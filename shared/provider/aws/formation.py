@@ -342,6 +342,53 @@ class AwsFormation:
                     await self.apply(app, release, only=service)
         return next(f for f in await self.get(app) if f.name == service)
 
+    async def restart(self, app: str, service: str | None = None) -> list[Formation]:
+        """A rolling restart: each ECS service (of one type) gets a new deployment of its task definition; ECS
+        starts the new tasks before it stops the old ones (minimum healthy 100%)."""
+        current = await self.apps.item(app)
+        if not current.get("release"):
+            raise BadRequest(f"app {app} has no release yet: deploy it first")
+        release = await self.releases.get(app, current["release"])
+        types = manifest_of(release).services
+        if service is not None and service not in types:
+            raise NotFound(f"no such process type: {service} (types: {', '.join(types) or 'none'})")
+        if current.get("status") == "updating":
+            raise Conflict(f"app {app} is updating: restart it when the roll-out is done")
+        ecs = await self.ecs()
+        async with self.locked(app):
+            with log.measure("formation.restart", app=app, service=service or ""):
+                for name in await self.services(app):
+                    if service is None or name == service:
+                        with translated(f"cannot restart {app}/{name}"):
+                            await ecs.update_service(
+                                cluster=self.cluster, service=family(self.rack, app, name), forceNewDeployment=True
+                            )
+        return await self.get(app)
+
+    async def cancel(self, app: str) -> App:
+        """Stop the ECS deployments in progress: each service whose newest deployment has not finished is
+        pointed back at the task definition of the deployment it replaces (the release that was serving)."""
+        await self.apps.item(app)
+        ecs = await self.ecs()
+        rolled_back = 0
+        async with self.locked(app):
+            for name, described in (await self.services(app)).items():
+                deployments = described.get("deployments", [])
+                primary = next((d for d in deployments if d.get("status") == "PRIMARY"), None)
+                previous = next((d for d in deployments if d.get("status") == "ACTIVE"), None)
+                if primary is None or previous is None or primary.get("rolloutState") == "COMPLETED":
+                    continue
+                with translated(f"cannot cancel the roll-out of {app}/{name}"):
+                    await ecs.update_service(
+                        cluster=self.cluster, service=family(self.rack, app, name),
+                        taskDefinition=previous["taskDefinition"],
+                    )
+                rolled_back += 1
+        if not rolled_back:
+            raise Conflict(f"app {app} is not updating: there is no roll-out to cancel")
+        log.log("release.cancel", app=app, services=rolled_back)
+        return await self.apps.get(app)
+
     async def forget(self, app: str) -> None:
         """A deleted app's services go (scaled to 0 first) and its task definitions are deregistered."""
         for service in await self.services(app):

@@ -8,7 +8,7 @@ from typing import Self
 from shared import __version__
 from shared.config import RackSettings
 from shared.errors import BadRequest
-from shared.models import Resource, System
+from shared.models import Resource, System, TimerStatus
 from shared.provider.aws.apps import AwsApps
 from shared.provider.aws.builds import AwsBuilds
 from shared.provider.aws.clients import Clients, translated
@@ -19,6 +19,7 @@ from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.settings import AwsProviderSettings
 from shared.provider.aws.state import State
 
+TIMERS_NOT_YET = "timers are not run on the aws provider yet (EventBridge rules to RunTask: issue 15)"
 NOT_YET = "backing services are not available on the aws provider yet (RDS and ElastiCache: issue 15 item 9)"
 
 
@@ -29,6 +30,16 @@ class AwsSystem:
 
     async def get(self) -> System:
         return System(name=self.rack, version=__version__, provider="aws", status="running")
+
+
+class AwsTimers:
+    """Timers: refused with a clear error (listing too: the rack does not run them here, so it shows none)."""
+
+    async def list(self, app: str) -> list[TimerStatus]:
+        raise BadRequest(TIMERS_NOT_YET)
+
+    async def adopt(self) -> None:
+        return None
 
 
 class AwsResources:
@@ -50,6 +61,9 @@ class AwsResources:
         raise BadRequest(NOT_YET)
 
     async def unlink(self, name: str, app: str) -> Resource:
+        raise BadRequest(NOT_YET)
+
+    async def address(self, name: str) -> tuple[str, int]:
         raise BadRequest(NOT_YET)
 
     async def adopt(self) -> None:
@@ -94,6 +108,7 @@ class AwsProvider:
             self.state, self.clients, self.apps, self.releases, self.formation, settings.name, aws.build_image
         )
         self.logs = AwsLogs(self.clients, self.apps, self.processes, settings.name, aws)
+        self.timers = AwsTimers()
         self.resources = AwsResources()
         self.params = AwsParams(self.clients, settings.name)
 
