@@ -110,6 +110,7 @@ class Balancers:
     async def _start(self) -> None:
         """Start the balancer process, detached: it is no child of this service and outlives it."""
         await asyncio.to_thread(self.log_path.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self.socket_path.parent.mkdir, mode=0o700, parents=True, exist_ok=True)
         output = await asyncio.to_thread(os.open, self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         env = {k: v for k, v in os.environ.items() if k not in ("RACK_INTERNAL_SECRET", "CONVOX_PASSWORD")}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)

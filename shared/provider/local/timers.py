@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from shared.manifest import Manifest, ManifestError, Timer, resolve_manifest
 from shared.manifest.timers import next_run
 from shared.models import ProcessRunOptions, TimerStatus
 from shared.provider.local.apps import LocalApps
-from shared.provider.local.docker import Docker, translated
+from shared.provider.local.docker import Docker
 from shared.provider.local.events import Events
 from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.releases import LocalReleases
@@ -108,6 +109,7 @@ class LocalTimers:
         options = ProcessRunOptions(
             service=timer.service, command=["sh", "-c", timer.command], labels={LABEL_TIMER: timer.name}
         )
+        since = time.time() - 1
         try:
             process = await self.processes.run(app, options)
         except RackError as exc:
@@ -116,18 +118,20 @@ class LocalTimers:
             return
         state.last_run, state.last_exit, state.running = now, None, process.id
         await self.events.emit(app, f"timer {timer.name} started", pid=process.id, service="timer")
-        self._spawn(self._wait(app, timer, state, process.id))
+        self._spawn(self._wait(app, timer, state, process.id, since))
 
-    async def _wait(self, app: str, timer: Timer, state: _State, pid: str) -> None:
+    async def _wait(self, app: str, timer: Timer, state: _State, pid: str, since: float) -> None:
+        """The run's exit code from the Engine's ``die`` event (read from ``since``: a run that ended and was
+        removed before this began is still found)."""
         code: int | None = None
         try:
-            async with translated(f"process {pid}"):
-                result = await self.docker.client._query_json(
-                    f"containers/{pid}/wait", method="POST", params={"condition": "removed"}
-                )
-            code = int(result.get("StatusCode", -1))
+            filters = {"container": [pid], "event": ["die"]}
+            async for event in self.docker.events(filters, since=f"{since:.9f}"):
+                attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                code = int(attributes["exitCode"]) if str(attributes.get("exitCode", "")).isdigit() else None
+                break
         except RackError:
-            code = None  # it ended and went before the wait began
+            code = None  # the engine went away: the code is not known
         finally:
             if state.running == pid:
                 state.running = ""
