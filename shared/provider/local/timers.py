@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from shared.manifest import Manifest, ManifestError, Timer, resolve_manifest
 from shared.manifest.timers import next_run
 from shared.models import ProcessRunOptions, TimerStatus
 from shared.provider.local.apps import LocalApps
-from shared.provider.local.docker import Docker
+from shared.provider.local.docker import Docker, translated
 from shared.provider.local.events import Events
 from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.releases import LocalReleases
@@ -125,11 +126,7 @@ class LocalTimers:
         removed before this began is still found)."""
         code: int | None = None
         try:
-            filters = {"container": [pid], "event": ["die"]}
-            async for event in self.docker.events(filters, since=f"{since:.9f}"):
-                attributes = (event.get("Actor") or {}).get("Attributes") or {}
-                code = int(attributes["exitCode"]) if str(attributes.get("exitCode", "")).isdigit() else None
-                break
+            code = await self._exit_code(pid, since)
         except RackError:
             code = None  # the engine went away: the code is not known
         finally:
@@ -138,6 +135,22 @@ class LocalTimers:
             state.last_exit = code
         shown = "unknown" if code is None else str(code)
         await self.events.emit(app, f"timer {timer.name} exited with code {shown}", pid=pid, service="timer")
+
+    async def _exit_code(self, pid: str, since: float) -> int | None:
+        """Poll the Engine's past events (a bounded query each time) until the run's ``die`` event is there."""
+        filters = json.dumps({"container": [pid], "event": ["die"]})
+        pause = 0.1
+        while True:
+            params = {"filters": filters, "since": f"{since:.9f}", "until": f"{time.time():.9f}"}
+            async with translated("events"), self.docker.client._query("events", params=params) as response:
+                body = await response.text()
+            for line in body.splitlines():
+                if line.strip():
+                    attributes = (json.loads(line).get("Actor") or {}).get("Attributes") or {}
+                    exit_code = str(attributes.get("exitCode", ""))
+                    return int(exit_code) if exit_code.isdigit() else None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     async def list(self, app: str) -> list[TimerStatus]:
         """The app's timers with their last run, its exit code and the next run."""
