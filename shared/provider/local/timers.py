@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -108,6 +110,7 @@ class LocalTimers:
         options = ProcessRunOptions(
             service=timer.service, command=["sh", "-c", timer.command], labels={LABEL_TIMER: timer.name}
         )
+        since = time.time() - 1
         try:
             process = await self.processes.run(app, options)
         except RackError as exc:
@@ -116,24 +119,38 @@ class LocalTimers:
             return
         state.last_run, state.last_exit, state.running = now, None, process.id
         await self.events.emit(app, f"timer {timer.name} started", pid=process.id, service="timer")
-        self._spawn(self._wait(app, timer, state, process.id))
+        self._spawn(self._wait(app, timer, state, process.id, since))
 
-    async def _wait(self, app: str, timer: Timer, state: _State, pid: str) -> None:
+    async def _wait(self, app: str, timer: Timer, state: _State, pid: str, since: float) -> None:
+        """The run's exit code from the Engine's ``die`` event (read from ``since``: a run that ended and was
+        removed before this began is still found)."""
         code: int | None = None
         try:
-            async with translated(f"process {pid}"):
-                result = await self.docker.client._query_json(
-                    f"containers/{pid}/wait", method="POST", params={"condition": "removed"}
-                )
-            code = int(result.get("StatusCode", -1))
+            code = await self._exit_code(pid, since)
         except RackError:
-            code = None  # it ended and went before the wait began
+            code = None  # the engine went away: the code is not known
         finally:
             if state.running == pid:
                 state.running = ""
             state.last_exit = code
         shown = "unknown" if code is None else str(code)
         await self.events.emit(app, f"timer {timer.name} exited with code {shown}", pid=pid, service="timer")
+
+    async def _exit_code(self, pid: str, since: float) -> int | None:
+        """Poll the Engine's past events (a bounded query each time) until the run's ``die`` event is there."""
+        filters = json.dumps({"container": [pid], "event": ["die"]})
+        pause = 0.1
+        while True:
+            params = {"filters": filters, "since": f"{since:.9f}", "until": f"{time.time():.9f}"}
+            async with translated("events"), self.docker.client._query("events", params=params) as response:
+                body = await response.text()
+            for line in body.splitlines():
+                if line.strip():
+                    attributes = (json.loads(line).get("Actor") or {}).get("Attributes") or {}
+                    exit_code = str(attributes.get("exitCode", ""))
+                    return int(exit_code) if exit_code.isdigit() else None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     async def list(self, app: str) -> list[TimerStatus]:
         """The app's timers with their last run, its exit code and the next run."""
