@@ -18,7 +18,9 @@ def _get(path: str) -> Any:
 
     try:
         rack = current_rack()
-        response = httpx.get(rack.host + path, auth=("convox", rack.password), timeout=TIMEOUT)
+        context = rack.ssl_context()  # the pinned certificate, as every other command trusts it
+        verify = True if context is None else context
+        response = httpx.get(rack.host + path, auth=("convox", rack.password), timeout=TIMEOUT, verify=verify)
     except Exception:  # no login, the rack unreachable: nothing to offer
         return None
     return response.json() if response.status_code == 200 else None

@@ -16,6 +16,20 @@ from typing import Any
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:@+")
 
 
+_ESCAPES = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, 0x85)},
+    **{0x2028: "\\u2028", 0x2029: "\\u2029"},
+    ord("\\"): "\\\\",
+    ord('"'): '\\"',
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+"""What a quoted value writes for a backslash, a quote and every character that could end or split a line
+(a C0 or C1 control, the Unicode line and paragraph separators): a value from outside (a request path) can
+never make two log lines of one, nor forge a field."""
+
+
 class Quoted(str):
     """A value always written in quotes (``method="GET"``), as the request log lines show them."""
 
@@ -28,8 +42,7 @@ def _value(value: Any) -> str:
     text = str(value)
     if text and not isinstance(value, Quoted) and all(ch in _SAFE for ch in text):
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+    return f'"{text.translate(_ESCAPES)}"'
 
 
 def format_line(**fields: Any) -> str:

@@ -281,7 +281,7 @@ def redis_service(cli: Cli, rack: RunningRack) -> Iterator[str]:
 def test_services_proxy_reaches_the_server_from_a_local_port(cli: Cli, rack: RunningRack, redis_service: str) -> None:
     from tests.conftest import free_port
 
-    with httpx.Client(base_url=rack.url, auth=("convox", rack.password), timeout=30) as api:
+    with rack.client(timeout=30) as api:
         url = api.get(f"/services/{redis_service}", params={"reveal": "true"}).json()["url"]
         refused = api.get(f"/services/{redis_service}/proxy")  # a plain GET: the path is a websocket
         assert refused.status_code == 426 and "websocket" in refused.json()["error"]

@@ -45,7 +45,9 @@ def hostile(rack: RunningRack, image: str, app: str) -> str:
 
 
 def logs_of(rack: RunningRack, app: str) -> str:
-    response = httpx.get(f"{rack.url}/apps/{app}/logs", params={"follow": "false"}, auth=("x", rack.password))
+    response = httpx.get(
+        f"{rack.url}/apps/{app}/logs", params={"follow": "false"}, auth=("x", rack.password), verify=rack.verify
+    )
     assert response.status_code == 200, response.text
     return response.text
 
