@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Coroutine
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Query, Response, WebSocket
@@ -451,18 +452,25 @@ def sessions_of(websocket: WebSocket) -> Slots:
     return slots
 
 
-@router.websocket("/apps/{app}/processes/{pid}/exec")
-async def process_exec_socket(websocket: WebSocket, app: str, pid: str) -> None:
+async def in_session_slot(websocket: WebSocket, session: Coroutine[Any, Any, None]) -> None:
+    """Run ``session`` holding one of the service's session slots; past the cap the websocket is refused (429)
+    and ``session`` never starts."""
     slots = sessions_of(websocket)
     try:
         slots.take()
     except RackError as exc:
+        session.close()
         await refuse(websocket, exc)
         return
     try:
-        await _exec_session(websocket, app, pid)
+        await session
     finally:
         slots.give()
+
+
+@router.websocket("/apps/{app}/processes/{pid}/exec")
+async def process_exec_socket(websocket: WebSocket, app: str, pid: str) -> None:
+    await in_session_slot(websocket, _exec_session(websocket, app, pid))
 
 
 async def _exec_session(websocket: WebSocket, app: str, pid: str) -> None:
@@ -484,16 +492,7 @@ async def _exec_session(websocket: WebSocket, app: str, pid: str) -> None:
 
 @router.websocket("/apps/{app}/services/{service}/processes")
 async def process_run_socket(websocket: WebSocket, app: str, service: str) -> None:
-    slots = sessions_of(websocket)
-    try:
-        slots.take()
-    except RackError as exc:
-        await refuse(websocket, exc)
-        return
-    try:
-        await _run_session(websocket, app, service)
-    finally:
-        slots.give()
+    await in_session_slot(websocket, _run_session(websocket, app, service))
 
 
 async def _run_session(websocket: WebSocket, app: str, service: str) -> None:
