@@ -20,13 +20,13 @@ from typing import Any
 
 from shared.errors import NotFound
 from shared.logfmt import Logger
+from shared.logline import EVENT_SERVICE, line_source, wanted
 from shared.provider.aws.apps import AwsApps, log_group
 from shared.provider.aws.clients import Clients, error_code, translated
 from shared.provider.aws.processes import AwsProcesses, pid_of
 from shared.provider.aws.settings import AwsProviderSettings
 
 log = Logger("logs")
-EVENT_SERVICE = "convox"
 EVENTS_STREAM = "convox/events"
 PAGE = 10_000
 SEEN_MARGIN = 2.0
@@ -46,21 +46,7 @@ class Line:
     def render(self) -> bytes:
         """``2015-01-01T00:00:00.000000Z web:RNJYVQUMKKU/68831d3dce63 text\n`` (see ``LogsAPI``)."""
         stamp = datetime.fromtimestamp(self.ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        who = f"{self.service}:{self.release}/{self.pid}" if self.pid else f"{self.service}:{self.release}"
-        return f"{stamp} {who} {self.text.rstrip(chr(10))}\n".encode("utf-8", "backslashreplace")
-
-
-def wanted(line: Line, service: str, pid: str, text: str) -> bool:
-    """Lines of a process type (and the platform's events about it), of one process, containing a text."""
-    if (
-        service
-        and line.service != service
-        and not (line.service == EVENT_SERVICE and line.text.startswith(service + " "))
-    ):
-        return False
-    if pid and line.pid != pid:
-        return False
-    return not (text and text not in line.text)
+        return f"{stamp} {line_source(self)} {self.text.rstrip(chr(10))}\n".encode("utf-8", "backslashreplace")
 
 
 def to_ms(moment: datetime | None) -> int:

@@ -19,12 +19,11 @@ import time
 from datetime import UTC, datetime
 
 from shared.logfmt import Logger
+from shared.logline import EVENT_SERVICE
 from shared.provider.local.state import State
 
 log = Logger("logs")
 
-EVENT_SERVICE = "convox"
-"""The process type shown for platform events (``convox:RELEASE/PID``)."""
 TS_WIDTH = len("2015-01-01T00:00:00.000000000Z")
 
 

@@ -51,12 +51,12 @@ from typing import IO, Any
 
 from shared.errors import BadRequest, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
+from shared.logline import EVENT_SERVICE, line_source, wanted
 from shared.models import invalid_app_name
 from shared.names import is_app_name, is_id, under
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
 from shared.provider.local.events import (
-    EVENT_SERVICE,
     TS_WIDTH,
     Events,
     clean,
@@ -130,8 +130,7 @@ class Line:
 
     def render(self) -> bytes:
         """``2015-01-01T00:00:00.000000Z web:RNJYVQUMKKU/68831d3dce63 text\n`` (see ``LogsAPI``)."""
-        who = f"{self.service}:{self.release}/{self.pid}" if self.pid else f"{self.service}:{self.release}"
-        return f"{self.ts[:26]}Z {who} {self.text}\n".encode("utf-8", "backslashreplace")
+        return f"{self.ts[:26]}Z {line_source(self)} {self.text}\n".encode("utf-8", "backslashreplace")
 
 
 def decode_line(raw: bytes) -> Line | None:
@@ -467,15 +466,7 @@ def matcher(service: str = "", pid: str = "", text: str = "") -> Match | None:
         return None
 
     def match(line: Line) -> bool:
-        if (
-            service
-            and line.service != service
-            and not (line.service == EVENT_SERVICE and line.text.startswith(service + " "))
-        ):
-            return False
-        if pid and line.pid != pid:
-            return False
-        return not (text and text not in line.text)
+        return wanted(line, service, pid, text)
 
     return match
 
