@@ -263,3 +263,7 @@ async def on_uvicorn(app: ASGIApp) -> AsyncIterator[int]:
     finally:
         server.should_exit = True
         await task
+
+
+# moto in server mode, one per session for every AWS test (tests/aws and tests/contract)
+from tests.moto_server import aws, moto_server  # noqa: E402, F401

@@ -1,3 +1,2 @@
-"""Fixtures for the AWS tests: moto in server mode (tests/moto_server.py)."""
-
-from tests.moto_server import aws, moto_server  # noqa: F401
+"""The AWS tests use moto in server mode: the ``moto_server`` and ``aws`` fixtures of tests/moto_server.py,
+registered once for the whole session in tests/conftest.py."""

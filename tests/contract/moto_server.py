@@ -1,65 +1,28 @@
 """moto in server mode: a real HTTP AWS endpoint on a free loopback port, for this test session.
 
 The session fails (never skips) when it cannot start. Between tests its state is reset and ECS tasks are
-pinned to RUNNING (moto otherwise moves a task one state on at every describe). This is a stand-in until
-the shared moto fixture (issue 15, helper awsinfra) is merged; the lead unifies them.
+pinned to RUNNING (moto otherwise moves a task one state on at every describe). The server itself is the one
+session fixture of tests/moto_server.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.moto_server import MotoServer
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 
 
-def moto_command(port: int) -> list[str]:
-    script = Path(sys.executable).with_name("moto_server")
-    if script.exists():
-        return [str(script), "-H", "127.0.0.1", "-p", str(port)]
-    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-
-
 @pytest.fixture(scope="session")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The endpoint of a moto_server started for this session, stopped at its end."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(moto_command(port), stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"moto_server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{endpoint}/moto-api/", timeout=1).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"moto_server did not answer on {endpoint} within 30 s")
-            time.sleep(0.05)
-        yield endpoint
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def moto_endpoint(moto_server: MotoServer) -> str:
+    """The endpoint of the session's moto_server (tests/moto_server.py starts and stops it)."""
+    return moto_server.url
 
 
 def reset(endpoint: str) -> None:
