@@ -29,7 +29,7 @@ help:
 	@echo "make docker      make sure a Docker Engine answers (installs/starts dockerd as root on Debian)"
 	@echo "make test-tools  install what the tests need beyond Python (chromium, busybox-static, tmux)"
 	@echo "make images      build the offline service and app base images from Debian packages (cached)"
-	@echo "make lint        ruff check + mypy (strict) on cli, services, shared"
+	@echo "make lint        ruff check + mypy (strict) on the product, its tests and benchmarks"
 	@echo "make bench       run the benchmarks (python -m bench, BENCH_ARGS=)"
 	@echo "make bench-ceiling  exec throughput of one ideal relaying process vs docker exec (a probe)"
 	@echo "make clean       remove caches; make distclean also removes .venv"
@@ -72,7 +72,7 @@ test-tools:
 # ---- checks ------------------------------------------------------------------------------------
 lint: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy cli services shared
+	$(BIN)/mypy bench cli services shared tests
 
 # pytest's exit code 5 ("no tests collected") fails like any other non-zero code.
 test: install-dev docker test-tools images

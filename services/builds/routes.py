@@ -236,7 +236,7 @@ async def build_logs(
 @router.websocket("/apps/{app}/builds/{build_id}/logs")
 async def build_logs_socket(websocket: WebSocket, app: str, build_id: str) -> None:
     """The log so far, then live output until the build ends, then its status (see ``shared.stream``)."""
-    provider = cast("Provider", websocket.app.state.provider)
+    provider = provider_of(websocket)
     try:
         await provider.builds.get(app, build_id)
     except RackError as exc:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Coroutine
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Response, WebSocket
 from fastapi.responses import JSONResponse
@@ -291,10 +291,6 @@ def command_of(websocket: WebSocket, required: bool = True) -> list[str]:
     return command
 
 
-def provider_ws(websocket: WebSocket) -> Provider:
-    return cast("Provider", websocket.app.state.provider)
-
-
 async def _send_status(websocket: WebSocket, exit_code: int | None = None, error: str | None = None) -> None:
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         await websocket.send_bytes(stream.status(exit_code=exit_code, error=error))
@@ -411,7 +407,7 @@ async def attach(websocket: WebSocket, process: ProcessStream, time_limit: float
 
 @router.websocket("/apps/{app}/processes/metrics")
 async def process_metrics_socket(websocket: WebSocket, app: str) -> None:
-    provider = provider_ws(websocket)
+    provider = provider_of(websocket)
     query = websocket.query_params
     try:
         await provider.apps.get(app)
@@ -474,7 +470,7 @@ async def process_exec_socket(websocket: WebSocket, app: str, pid: str) -> None:
 
 
 async def _exec_session(websocket: WebSocket, app: str, pid: str) -> None:
-    provider = provider_ws(websocket)
+    provider = provider_of(websocket)
     try:
         terminal_of(websocket)
         process = await provider.processes.exec(app, pid, command_of(websocket))
@@ -496,7 +492,7 @@ async def process_run_socket(websocket: WebSocket, app: str, service: str) -> No
 
 
 async def _run_session(websocket: WebSocket, app: str, service: str) -> None:
-    provider = provider_ws(websocket)
+    provider = provider_of(websocket)
     query = websocket.query_params
     try:
         terminal_of(websocket)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, cast
+from typing import Any
 
 from fastapi import APIRouter, Path, Response, WebSocket
 from fastapi.responses import JSONResponse
@@ -19,7 +19,7 @@ from shared import stream
 from shared.errors import RackError
 from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
-from shared.provider import Provider
+from shared.service import provider_of
 from shared.stream import Channel
 
 log = Logger("provisioner")
@@ -59,7 +59,7 @@ async def resource_proxy(name: str = Path(description="The service's name.", exa
 
 @router.websocket("/services/{name}/proxy")
 async def resource_proxy_socket(websocket: WebSocket, name: str) -> None:
-    provider = cast("Provider", websocket.app.state.provider)
+    provider = provider_of(websocket)
     try:
         host, port = await provider.resources.address(name)
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
