@@ -153,7 +153,7 @@ class Formation(Model):
     )
     certificate: str = Field(
         "",
-        examples=["SHA256:AB:CD:..."],
+        examples=["3F:A0:...:9C"],
         description="The SHA-256 fingerprint of the certificate its https/tls listeners serve (the app's own).",
     )
 

@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from shared.names import OutsideRoot
-from shared.provider.local.balancer import Listener
+from shared.provider.local.balancer import Listener, ListenerSpec
+from shared.provider.local.balancerd import BalancerDaemon
 from shared.provider.local.certificates import AppCertificates
 from shared.tls import fingerprint
 from tests.conftest import Cli, RunningRack
@@ -65,6 +66,45 @@ async def test_a_tls_listener_answers_with_the_app_certificate_and_forwards_plai
     await certificates.forget("shop")
     assert not Path(tls.key).parent.exists()
     assert await certificates.fingerprint("shop") == ""
+
+
+async def served(port: int, cafile: str) -> tuple[str, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trusting(Path(cafile)))
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.write(b"hi\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return fingerprint(der), answer
+
+
+async def test_a_listener_put_again_turns_tls_on_its_port_and_takes_a_new_certificate(tmp_path: Path) -> None:
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"got " + await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(backend, "127.0.0.1", 0)
+    backends = [("127.0.0.1", int(server.sockets[0].getsockname()[1]))]
+    daemon = BalancerDaemon(tmp_path / "balancer.sock", 60)
+    certificates = AppCertificates(tmp_path, "127.0.0.1", "rack")
+    first, second = await certificates.ensure("one"), await certificates.ensure("two")
+    try:
+        port = await daemon.put(ListenerSpec(name="web.one", host="127.0.0.1", backends=backends))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"plain\n")
+        assert await reader.read() == b"got plain\n"
+        writer.close()
+        spec = ListenerSpec(name="web.one", host="127.0.0.1", port=port, backends=backends, tls=first)
+        assert await daemon.put(spec) == port  # the same port, now TLS
+        assert await served(port, first.certificate) == (first.fingerprint, b"got hi\n")
+        assert await daemon.put(spec.model_copy(update={"port": 0, "tls": second})) == port
+        assert await served(port, second.certificate) == (second.fingerprint, b"got hi\n")
+        (listed,) = (await daemon.answer({"op": "list"}))["listeners"]
+        assert listed["tls"]["fingerprint"] == second.fingerprint and "PRIVATE" not in str(listed)
+    finally:
+        await asyncio.gather(*(listener.close() for listener in daemon.listeners.values()))
+        server.close()
+        await server.wait_closed()
 
 
 # ---- on the rack ---------------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ class AppCertificates:
         self.host = host
         self.rack = rack
         self._locks: dict[str, asyncio.Lock] = {}
+        self._known: dict[str, ListenerTLS] = {}
+        """What ``ensure`` found, per app: the balancers' refresh asks every few seconds."""
 
     def directory(self, app: str) -> Path:
         return under(self.root, app)
@@ -75,19 +77,21 @@ class AppCertificates:
         """The app's certificate, made now if it has none."""
         directory = self.directory(app)
         async with self._locks.setdefault(app, asyncio.Lock()):
-            if not await asyncio.to_thread((directory / CERT_NAME).exists):
-                await asyncio.to_thread(_make, directory, f"{app}.{self.rack}", self.host)
-                log.log("certificate.create", app=app)
-            pem = await asyncio.to_thread((directory / CERT_NAME).read_text)
-        return ListenerTLS(
-            certificate=str(directory / CERT_NAME),
-            key=str(directory / KEY_NAME),
-            fingerprint=pem_fingerprint(pem),
-            alpn=alpn or [],
-        )
+            known = self._known.get(app)
+            if known is None:
+                if not await asyncio.to_thread((directory / CERT_NAME).exists):
+                    await asyncio.to_thread(_make, directory, f"{app}.{self.rack}", self.host)
+                    log.log("certificate.create", app=app)
+                pem = await asyncio.to_thread((directory / CERT_NAME).read_text)
+                cert, key = str(directory / CERT_NAME), str(directory / KEY_NAME)
+                known = ListenerTLS(certificate=cert, key=key, fingerprint=pem_fingerprint(pem))
+                self._known[app] = known
+        return known.model_copy(update={"alpn": alpn or []})
 
     async def fingerprint(self, app: str) -> str:
-        """``SHA256:AB:...`` of the app's certificate, ``""`` while it has none."""
+        """``AB:CD:...`` (SHA-256) of the app's certificate, ``""`` while it has none."""
+        if app in self._known:
+            return self._known[app].fingerprint
         try:
             pem = await asyncio.to_thread((self.directory(app) / CERT_NAME).read_text)
         except FileNotFoundError:
@@ -97,9 +101,11 @@ class AppCertificates:
     async def forget(self, app: str) -> None:
         """The app is deleted (its listeners closed): its certificate goes too."""
         directory = self.directory(app)
-        await asyncio.to_thread(shutil.rmtree, directory, True)
+        self._known.pop(app, None)
         self._locks.pop(app, None)
-        log.log("certificate.delete", app=app)
+        if await asyncio.to_thread(directory.exists):
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            log.log("certificate.delete", app=app)
 
 
 def server_context(tls: ListenerTLS) -> ssl.SSLContext:
