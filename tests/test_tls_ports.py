@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import sqlite3
 import ssl
 import stat
 import subprocess
@@ -20,6 +21,7 @@ from shared.names import OutsideRoot
 from shared.provider.local.balancer import Listener, ListenerSpec
 from shared.provider.local.balancerd import BalancerDaemon
 from shared.provider.local.certificates import AppCertificates
+from shared.provider.local.state import State
 from shared.tls import fingerprint
 from tests.conftest import Cli, RunningRack
 
@@ -105,6 +107,26 @@ async def test_a_listener_put_again_turns_tls_on_its_port_and_takes_a_new_certif
         await asyncio.gather(*(listener.close() for listener in daemon.listeners.values()))
         server.close()
         await server.wait_closed()
+
+
+async def test_a_data_dir_from_before_tls_ports_gets_the_balancer_scheme_column(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:  # the formation table as racks before TLS ports made it
+        db.execute(
+            "CREATE TABLE formation (app TEXT NOT NULL, service TEXT NOT NULL, count INTEGER, memory INTEGER, "
+            "balancer_port INTEGER, PRIMARY KEY (app, service))"
+        )
+        db.execute("INSERT INTO formation (app, service, balancer_port) VALUES ('shop', 'web', 4000)")
+    state = State(path)
+    await state.open()
+    try:
+        row = await state.fetch_one("SELECT balancer_port, balancer_scheme FROM formation")
+        assert row is not None and (row["balancer_port"], row["balancer_scheme"]) == (4000, "")
+    finally:
+        await state.close()
+    again = State(path)  # and a second open finds it there
+    await again.open()
+    await again.close()
 
 
 # ---- on the rack ---------------------------------------------------------------------------------------------
