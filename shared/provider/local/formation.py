@@ -321,7 +321,7 @@ class LocalFormation:
         )
         spec.port = await self.lb.put(spec)
         self.balancers[(app, service)] = spec
-        if known is None or known.port != spec.port or (known.tls is None) != (spec.tls is None):
+        if known is None or known.port != spec.port or known.tls != spec.tls:
             await self.state.execute(
                 "INSERT INTO formation (app, service, balancer_port, balancer_scheme) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (app, service) DO UPDATE SET balancer_port = excluded.balancer_port, "
