@@ -11,6 +11,7 @@ from shared.models import System
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancers import Balancers
 from shared.provider.local.builds import LocalBuilds
+from shared.provider.local.certificates import AppCertificates
 from shared.provider.local.docker import Docker
 from shared.provider.local.events import Events
 from shared.provider.local.formation import LocalFormation
@@ -45,8 +46,16 @@ class LocalProvider:
         self.balancers = Balancers(
             settings.run_dir, settings.data_dir / "logs" / "balancer.log", local.balancer_orphan_seconds
         )
+        self.certificates = AppCertificates(settings.data_dir, settings.balancer_host, settings.name)
         self.formation = LocalFormation(
-            self.state, self.docker, self.apps, self.releases, settings.name, settings.balancer_host, self.balancers
+            self.state,
+            self.docker,
+            self.apps,
+            self.releases,
+            settings.name,
+            settings.balancer_host,
+            self.balancers,
+            self.certificates,
         )
         self.apps.on_delete.append(self.formation.forget)
         self.timers = LocalTimers(self.docker, self.apps, self.releases, self.processes, Events(self.state))
@@ -59,6 +68,7 @@ class LocalProvider:
         self.builds = LocalBuilds(self.state, self.docker, self.apps, self.releases, settings.name, settings.data_dir)
         self.apps.after_delete.append(self.builds.forget_app)
         self.apps.after_delete.append(self.formation.forget_volumes)
+        self.apps.after_delete.append(self.certificates.forget)
         self.logs = LocalLogs(self.state, self.docker, self.apps, settings.name, settings.data_dir)
 
     async def __aenter__(self) -> Self:
