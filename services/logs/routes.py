@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -33,6 +33,7 @@ from shared.models import RACK_APP
 from shared.params import app_path, pid_path
 from shared.service import provider_of
 from shared.stream import Channel
+from shared.websocket import accept, refuse
 
 log = Logger("logs")
 router = APIRouter()
@@ -76,14 +77,6 @@ def follows_of(app: Any) -> Slots:
     if not isinstance(slots, Slots):
         slots = app.state.follows = Slots("log follows", 500, "RACK_LOGS_MAX_FOLLOWS")
     return slots
-
-
-async def refuse(websocket: WebSocket, error: RackError) -> None:
-    """Answer the handshake with the error's status and ``{"error": ...}`` instead of accepting it."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(JSONResponse({"error": error.message}, status_code=error.status))
-    else:
-        await websocket.close(code=1008, reason=error.message[:120])
 
 
 async def _send(websocket: WebSocket, batch: list[bytes]) -> None:
@@ -135,8 +128,7 @@ async def _serve(websocket: WebSocket, lines: AsyncIterator[list[bytes]], what: 
         return
     except StopAsyncIteration:
         first = []
-    offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol=stream.SUBPROTOCOL if stream.SUBPROTOCOL in offered else None)
+    await accept(websocket)
     sent = 0
 
     async def send() -> None:
