@@ -75,6 +75,20 @@ class System(Model):
     status: str = Field(examples=["running"])
 
 
+class ImageStatus(Model):
+    """Whether the rack's builds can start ``FROM`` an image (``GET /system/images``; `convox init` asks)."""
+
+    image: str = Field(examples=["python:3.12-slim"])
+    present: bool | None = Field(
+        examples=[False], description="The engine that builds has the image (null: this provider cannot tell)."
+    )
+    pullable: bool | None = Field(
+        examples=[False],
+        description="A registry answered, within a few seconds, that it has the image (null: not asked, since "
+        "the engine has it, or this provider cannot tell).",
+    )
+
+
 class Process(Model):
     """A running container of an app, as `convox ps` shows it. cpu and memory are fractions."""
 

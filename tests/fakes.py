@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self, cast
 
 from shared.errors import Conflict, NotFound
-from shared.models import App, Process, ProcessRunOptions, System
+from shared.models import App, ImageStatus, Process, ProcessRunOptions, System
 from shared.provider.local.apps import check_name
 
 if TYPE_CHECKING:
@@ -41,8 +41,17 @@ class FakeApps:
 
 
 class FakeSystem:
+    def __init__(self) -> None:
+        self.present = {"rack-local/python3:bookworm"}
+
     async def get(self) -> System:
         return System(name="fake", version="0", provider="fake", status="running")
+
+    async def images(self, images: list[str]) -> list[ImageStatus]:
+        return [
+            ImageStatus(image=image, present=image in self.present, pullable=None if image in self.present else False)
+            for image in images
+        ]
 
 
 class FakeProcesses:

@@ -117,3 +117,31 @@ async def test_the_apps_service_adopts_running_processes_at_start() -> None:
     provider = FakeProvider()
     async for _ in serve(create_app(RackSettings(), provider=as_provider(provider), internal=False)):
         assert provider.formation.adopted == 1
+
+
+async def test_system_images_says_whether_builds_can_start_from_each(api: httpx.AsyncClient) -> None:
+    answer = await api.get("/system/images", params={"image": ["rack-local/python3:bookworm", "python:3.12-slim"]})
+    assert answer.status_code == 200
+    assert answer.json() == [
+        {"image": "rack-local/python3:bookworm", "present": True, "pullable": None},
+        {"image": "python:3.12-slim", "present": False, "pullable": False},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        ({}, "image"),
+        ({"image": [f"app{n}:1" for n in range(9)]}, "ask for 1 to 8 images, not 9"),
+        ({"image": ["Python:3"]}, "invalid image reference: 'Python:3'"),
+        ({"image": ["python:3 --rm"]}, "invalid image reference"),
+        ({"image": ["../containers"]}, "invalid image reference"),
+        ({"image": ["a" * 256]}, "invalid image reference"),
+    ],
+)
+async def test_system_images_refuses_what_is_no_image_reference(
+    api: httpx.AsyncClient, params: dict[str, list[str]], error: str
+) -> None:
+    answer = await api.get("/system/images", params=params)
+    assert answer.status_code == 400
+    assert error in answer.json()["error"]

@@ -24,6 +24,7 @@ from shared.models import (
     BuildOptions,
     Formation,
     FormationUpdate,
+    ImageStatus,
     Process,
     ProcessRunOptions,
     Release,
@@ -43,6 +44,11 @@ class AppsAPI(Protocol):
 
 class SystemAPI(Protocol):
     async def get(self) -> System: ...
+
+    async def images(self, images: list[str]) -> list[ImageStatus]:
+        """Whether builds can start from each image: the engine has it, or a registry answers for it (each
+        probe bounded by a few seconds and remembered for a while). In the order asked."""
+        ...
 
 
 class ProcessesAPI(Protocol):

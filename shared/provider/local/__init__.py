@@ -5,9 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
-from shared import __version__
 from shared.config import LocalProviderSettings, RackSettings
-from shared.models import System
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancers import Balancers
 from shared.provider.local.builds import LocalBuilds
@@ -20,15 +18,8 @@ from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.releases import LocalReleases
 from shared.provider.local.resources import LocalParams, LocalResources
 from shared.provider.local.state import State
+from shared.provider.local.system import LocalSystem
 from shared.provider.local.timers import LocalTimers
-
-
-class LocalSystem:
-    def __init__(self, rack: str) -> None:
-        self.rack = rack
-
-    async def get(self) -> System:
-        return System(name=self.rack, version=__version__, provider="local", status="running")
 
 
 class LocalProvider:
@@ -40,7 +31,7 @@ class LocalProvider:
         self.state = State(settings.data_dir / "state.db")
         self.docker = Docker(local.docker_url, local.docker_timeout)
         self.apps = LocalApps(self.state, self.docker, settings.name, settings.balancer_host)
-        self.system = LocalSystem(settings.name)
+        self.system = LocalSystem(settings.name, self.docker)
         self.releases = LocalReleases(self.state, self.apps)
         self.processes = LocalProcesses(self.docker, self.apps, settings.name, self.releases)
         self.balancers = Balancers(
