@@ -92,7 +92,7 @@ bench-ceiling: install-dev docker
 	$(BIN)/python -m bench.ceiling
 
 # ---- images ------------------------------------------------------------------------------------
-# The offline images (images/README.md): a debootstrapped Debian base, postgres, mysql (MariaDB) and redis
+# The offline images (images/README.md): a debootstrapped Debian base, postgres, mysql (MariaDB), redis and memcached
 # honouring the official images' environment, and an app base image with their clients. Cached: an image
 # whose label matches what it is built from is not rebuilt, so a warm `make images` takes a fraction of a second.
 images: docker

@@ -5,6 +5,7 @@
 #   rack-local/postgres:bookworm  PostgreSQL 15, honouring the official postgres image's environment
 #   rack-local/mysql:bookworm     MariaDB 10.11, honouring the official mysql image's environment
 #   rack-local/redis:bookworm     Redis 7.0, taking the official redis image's command line
+#   rack-local/memcached:bookworm Memcached 1.6, taking the official memcached image's command line
 #   rack-local/clients:bookworm   psql, mariadb/mysql (+ mysql-url), redis-cli and busybox: an app base image
 #
 # No container registry is reachable here, so nothing is pulled: the base is made with debootstrap from a
@@ -12,7 +13,7 @@
 # Cached: every image carries a label with a hash of what it is built from (this script's settings and its
 # directory under images/); an image whose label matches is not rebuilt, so a second run does nothing.
 #
-#   bash images/build.sh [NAME...]     NAME: debian postgres mysql redis clients (default: all)
+#   bash images/build.sh [NAME...]     NAME: debian postgres mysql redis memcached clients (default: all)
 #   DEBIAN_MIRROR=http://...  RACK_IMAGE_PREFIX=rack-local  IMAGES_FORCE=1 (rebuild all)
 set -euo pipefail
 SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
@@ -23,7 +24,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PREFIX=${RACK_IMAGE_PREFIX:-rack-local}
 LABEL=rack.images.hash
 BASE=$PREFIX/debian:$SUITE
-SERVICES=(postgres mysql redis clients)
+SERVICES=(postgres mysql redis memcached clients)
 
 say() { echo "images: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }

@@ -149,11 +149,11 @@ class FormationUpdate(Model):
     memory: int | None = Field(None, ge=6, le=1_048_576, description="MB (the Engine's least is 6)")
 
 
-ResourceType = Literal["postgres", "mysql", "redis"]
+ResourceType = Literal["postgres", "mysql", "mariadb", "redis", "memcached"]
 
 
 class Resource(Model):
-    """A backing service (postgres, mysql, redis) and the apps it is linked to."""
+    """A backing service (postgres, mysql, mariadb, redis, memcached) and the apps it is linked to."""
 
     name: str = Field(examples=["postgres"])
     type: ResourceType

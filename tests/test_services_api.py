@@ -223,7 +223,8 @@ async def test_create_list_get_with_the_password_hidden(api: httpx.AsyncClient, 
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"type": "mongodb"}, 400, "unknown service type: 'mongodb' (known: mysql, postgres, redis)"),
+        ({"type": "mongodb"}, 400, "unknown service type: 'mongodb' (known: mariadb, memcached, mysql, postgres, "
+         "redis)"),
         ({"type": "redis", "name": "Bad_Name"}, 400, "invalid service name: 'Bad_Name'"),
         ({"type": "redis", "name": "x" * 31}, 400, "invalid service name"),
         ({"type": "redis", "size": 5}, 400, "size: Extra inputs are not permitted"),
@@ -341,6 +342,8 @@ async def test_delete_is_refused_while_linked_then_unlink_and_delete(
 
 async def test_rack_params_show_defaults_and_change(api: httpx.AsyncClient) -> None:
     assert (await api.get("/system/params")).json() == {
+        "mariadb_image": "mariadb:11",
+        "memcached_image": "memcached:1.6",
         "mysql_image": "mysql:8",
         "postgres_image": "postgres:16",
         "redis_image": "redis:7",
@@ -370,7 +373,7 @@ async def test_operation_ids_and_the_gateway_route(api: httpx.AsyncClient) -> No
         "system_params_set",
     }
     create = document["components"]["schemas"]["ResourceCreate"]["properties"]
-    assert create["type"]["enum"] == ["postgres", "mysql", "redis"]
+    assert create["type"]["enum"] == ["postgres", "mysql", "mariadb", "redis", "memcached"]
     paths = ("/services", "/services/db", "/services/db/links", "/services/db/links/myapp", "/services/db/proxy")
     for path in (*paths, "/system/params"):
         assert service_for(path) == "provisioner", path

@@ -23,6 +23,7 @@ ProviderDep = Annotated[Provider, Depends(provider_of)]
 ServiceName = Annotated[str, app_path("The service's name.", "postgres")]
 Reveal = Annotated[bool, Query(description="Show the password in the URL instead of `***`.")]
 NAME_SCHEMA = {"type": "string", "pattern": APP_NAME_PATTERN, "maxLength": 30}
+TYPES = ["postgres", "mysql", "mariadb", "redis", "memcached"]
 BAD = BAD_INPUT
 MISSING = error_response(404, "No such service")
 
@@ -35,8 +36,8 @@ LinkerDep = Annotated[Linker, Depends(linker_of)]
 
 
 class ResourceCreate(Model):
-    type: Annotated[str, WithJsonSchema({"type": "string", "enum": ["postgres", "mysql", "redis"]})] = Field(
-        description="postgres, mysql or redis.", examples=["postgres"]
+    type: Annotated[str, WithJsonSchema({"type": "string", "enum": TYPES})] = Field(
+        description="postgres, mysql, mariadb, redis or memcached.", examples=["postgres"]
     )
     name: Annotated[str | None, WithJsonSchema(NAME_SCHEMA)] = Field(
         None,

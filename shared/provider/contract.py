@@ -226,9 +226,9 @@ class LogsAPI(Protocol):
 
 
 class ResourcesAPI(Protocol):
-    """Backing services (postgres, mysql, redis) and the apps linked to them. A service's URL carries its
-    password: ``get`` and ``list`` show it as ``***`` unless ``reveal``. Linking only records the link;
-    the caller puts the URL into the app's environment (a release), which is provider-neutral."""
+    """Backing services (postgres, mysql, mariadb, redis, memcached) and the apps linked to them. A service's
+    URL carries its password: ``get`` and ``list`` show it as ``***`` unless ``reveal``. Linking only records
+    the link; the caller puts the URL into the app's environment (a release), which is provider-neutral."""
 
     async def create(self, kind: str, name: str) -> Resource:
         """Provision a service; it is ``creating`` until it accepts connections, then ``running``, and the
