@@ -152,6 +152,13 @@ class FormationUpdate(Model):
 ResourceType = Literal["postgres", "mysql", "mariadb", "redis", "memcached"]
 
 
+class ResourceEnv(Model):
+    """What a manifest's resources change in the environment of the release a build makes."""
+
+    set: dict[str, str] = Field(default_factory=dict, description="``DATABASE_URL`` and the like, to set.")
+    unset: list[str] = Field(default_factory=list, description="Those of resources the manifest dropped.")
+
+
 class Resource(Model):
     """A backing service (postgres, mysql, mariadb, redis, memcached) and the apps it is linked to."""
 

@@ -379,3 +379,64 @@ def test_data_survives_a_restart_of_the_rack(tmp_path: Path) -> None:
 
         remove_labelled_containers(name)
         docker("network", "rm", f"convox-{name}", check=False)
+
+
+MANIFEST_WITH_DATABASE = """\
+resources:
+  database:
+    type: postgres
+services:
+  web:
+    build: .
+    command: busybox httpd -f -p 3000 -h /www
+    port: 3000
+    resources: [database]
+    health: {path: /, grace: 1, timeout: 2}
+    scale: {count: 1, memory: 128}
+"""
+
+
+def test_a_deploy_makes_its_manifest_resources_links_them_and_keeps_their_data(
+    user: Cli, services_rack: RunningRack, tmp_path: Path
+) -> None:
+    app = f"res-{secrets.token_hex(3)}"
+    service = f"{app}-database"
+    source = tmp_path / "app"
+    shutil.copytree(SAMPLE, source)
+    (source / "convox.yml").write_text(MANIFEST_WITH_DATABASE)
+    user("apps", "create", app, check=True)
+    try:
+        first = user("deploy", str(source), "--app", app, timeout=400)
+        assert first.returncode == 0, first.stderr
+        assert "Resources database (postgres)... OK" in first.stdout + first.stderr
+        assert table(user("services", check=True).stdout)[service] == ["postgres", "running", app]
+        url = info(user, service, "--reveal")["URL"]
+        assert url.startswith("postgres://app:") and url.endswith(f"@{service}:5432/app")
+        assert user("env", "get", "DATABASE_URL", "--app", app, check=True).stdout.strip() == url
+        assert container_env(app_container(services_rack.name, app)).get("DATABASE_URL") == url
+        made = run_web(user, app, 'psql -v ON_ERROR_STOP=1 $DATABASE_URL -c "create table kept as select 5432 as v"')
+        assert made.returncode == 0, made.stderr
+        refused = user("services", "unlink", service, "--app", app)
+        assert refused.returncode != 0
+        assert f"ERROR: service {service} is resources.database of {app}'s manifest" in refused.stderr
+
+        again = user("deploy", str(source), "--app", app, timeout=400)  # kept, not made again
+        assert again.returncode == 0, again.stderr
+        assert info(user, service, "--reveal")["URL"] == url
+        kept = run_web(user, app, 'psql -tA $DATABASE_URL -c "select v from kept"')
+        assert kept.returncode == 0, kept.stderr
+        assert kept.stdout.split() == ["5432"]
+
+        without = MANIFEST_WITH_DATABASE.replace("    resources: [database]\n", "")
+        (source / "convox.yml").write_text(without.replace("resources:\n  database:\n    type: postgres\n", ""))
+        dropped = user("deploy", str(source), "--app", app, timeout=400)
+        assert dropped.returncode == 0, dropped.stderr
+        assert "DATABASE_URL" not in user("env", "--app", app, check=True).stdout
+        gone = run_web(user, app, 'echo "url=${DATABASE_URL:-none}"')
+        assert gone.stdout.split() == ["url=none"], gone.stdout
+        assert table(user("services", check=True).stdout)[service] == ["postgres", "running"]  # unlinked, kept
+    finally:
+        user("apps", "delete", app)
+    assert table(user("services", check=True).stdout)[service] == ["postgres", "running"]  # not with the app
+    user("services", "delete", service, check=True, timeout=300)
+    assert_nothing_left(user, services_rack, service)

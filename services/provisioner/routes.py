@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
-from pydantic import Field, WithJsonSchema
+from pydantic import Field, StringConstraints, WithJsonSchema
 
 from services.provisioner.linking import Linker
 from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.logfmt import Logger
-from shared.models import APP_NAME_PATTERN, Model, Resource
+from shared.manifest import SERVICE_NAME_PATTERN
+from shared.models import APP_NAME_PATTERN, Model, Resource, ResourceEnv
 from shared.params import app_path
 from shared.provider import Provider
 from shared.service import provider_of
@@ -48,6 +49,22 @@ class ResourceCreate(Model):
 
 class ResourceLink(Model):
     app: str = Field(description="The app to link the service into.", examples=["myapp"])
+
+
+class ManifestResources(Model):
+    resources: dict[Annotated[str, StringConstraints(pattern=SERVICE_NAME_PATTERN, max_length=63)], str] = Field(
+        description="The manifest's resources: name to type."
+    )
+
+
+@router.post("/apps/{app}/resources", name="app_resources_declare", include_in_schema=False)
+async def app_resources_declare(
+    app: Annotated[str, app_path()], body: ManifestResources, linker: LinkerDep
+) -> ResourceEnv:
+    """For the builds service (not routed by the gateway): a build's resources ready and linked, before its
+    release is made."""
+    with log.measure("resource.manifest.request", app=app, resources=len(body.resources)):
+        return await linker.declare(app, body.resources)
 
 
 @router.get("/services", name="resource_list", summary="List backing services")

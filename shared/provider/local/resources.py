@@ -246,6 +246,17 @@ def check_name(name: str) -> None:
         )
 
 
+def manifest_service(app: str, name: str) -> str:
+    """The service that holds resource ``name`` of ``app``'s manifest: ``<app>-<name>``, as Convox names them."""
+    service = f"{app}-{name}"
+    if not is_app_name(service):
+        raise BadRequest(
+            f"resources.{name}: the service name {service} is too long (at most 30 characters, the app's "
+            "name and the resource's together): give the resource a shorter name"
+        )
+    return service
+
+
 @dataclass(frozen=True)
 class Record:
     name: str
@@ -446,8 +457,67 @@ class LocalResources:
         return await self.get(name)
 
     async def forget_app(self, app: str) -> None:
-        """The app is being deleted: its links go with it."""
-        await self.state.execute("DELETE FROM links WHERE app = ?", (app,))
+        """The app is being deleted: its links go with it (its manifest's services and their data stay)."""
+        async with self.state.transaction() as tx:
+            await tx.execute("DELETE FROM links WHERE app = ?", (app,))
+            await tx.execute("DELETE FROM manifest_resources WHERE app = ?", (app,))
+
+    # ---- resources of an app's manifest ------------------------------------------------------------
+
+    async def declared(self, app: str) -> dict[str, str]:
+        rows = await self.state.fetch_all(
+            "SELECT name, resource FROM manifest_resources WHERE app = ? ORDER BY name", (app,)
+        )
+        return {row["name"]: row["resource"] for row in rows}
+
+    async def declare(self, app: str, name: str, kind: str) -> Resource:
+        spec = kind_of(kind)
+        service = manifest_service(app, name)
+        await self.apps.get(app)
+        row = await self.state.fetch_one("SELECT type FROM resources WHERE name = ?", (service,))
+        if row is None:
+            with contextlib.suppress(Conflict):  # made at the same moment by another deploy: waited on below
+                await self.create(spec.name, service)
+        elif row["type"] != spec.name:
+            raise Conflict(
+                f"resources.{name} is {spec.name} but the service {service} is {row['type']}: delete it with "
+                f"`convox services delete {service}` (its data goes with it) or rename the resource"
+            )
+        await self._wait_running(service)
+        async with self.state.transaction() as tx:
+            now = datetime.now(UTC).isoformat()
+            await tx.execute(
+                "INSERT INTO manifest_resources (app, name, resource, created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (app, name, service, now),
+            )
+            await tx.execute(
+                "INSERT INTO links (resource, app, created) VALUES (?, ?, ?) ON CONFLICT (resource, app) DO NOTHING",
+                (service, app, now),
+            )
+        log.log("resource.declare", app=app, resource=name, service=service, type=spec.name)
+        return await self.get(service, reveal=True)
+
+    async def undeclare(self, app: str, name: str) -> None:
+        service = (await self.declared(app)).get(name)
+        if service is None:
+            raise NotFound(f"app {app} has no resource {name}")
+        async with self.state.transaction() as tx:
+            await tx.execute("DELETE FROM manifest_resources WHERE app = ? AND name = ?", (app, name))
+            await tx.execute("DELETE FROM links WHERE resource = ? AND app = ?", (service, app))
+        log.log("resource.undeclare", app=app, resource=name, service=service)
+
+    async def _wait_running(self, name: str) -> None:
+        """Until the service is running (another caller may be creating it), for as long as a create takes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT + PROBE_TIMEOUT
+        while True:
+            record = await self._record(name)
+            if record.status == "running":
+                return
+            if record.status != "creating" or loop.time() > deadline:
+                raise Conflict(f"service {name} is {record.status}")
+            await asyncio.sleep(0.5)
 
     async def adopt(self) -> None:
         rows = await self.state.fetch_all("SELECT * FROM resources ORDER BY name")
@@ -574,6 +644,7 @@ class LocalResources:
         await self._remove_artifacts(name)
         async with self.state.transaction() as tx:
             await tx.execute("DELETE FROM links WHERE resource = ?", (name,))
+            await tx.execute("DELETE FROM manifest_resources WHERE resource = ?", (name,))
             await tx.execute("DELETE FROM resources WHERE name = ?", (name,))
 
     # ---- after a restart -------------------------------------------------------------------------
