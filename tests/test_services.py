@@ -440,3 +440,23 @@ def test_a_deploy_makes_its_manifest_resources_links_them_and_keeps_their_data(
     assert table(user("services", check=True).stdout)[service] == ["postgres", "running"]  # not with the app
     user("services", "delete", service, check=True, timeout=300)
     assert_nothing_left(user, services_rack, service)
+
+
+def test_a_deploy_whose_resource_cannot_start_fails_with_no_release_and_nothing_made(
+    user: Cli, services_rack: RunningRack, busybox_image: str, app_name: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "app"
+    shutil.copytree(SAMPLE, source)
+    (source / "convox.yml").write_text(MANIFEST_WITH_DATABASE.replace("type: postgres", "type: mysql"))
+    user("apps", "create", app_name, check=True)
+    try:
+        user("rack", "params", "set", f"mysql_image={busybox_image}", check=True)  # exits at once
+        failed = user("deploy", str(source), "--app", app_name, timeout=400)
+        assert failed.returncode != 0
+        assert f"mysql {app_name}-database exited with code 0 before it accepted connections" in failed.stderr
+        assert user("releases", "--app", app_name, check=True).stdout.splitlines()[1:] == []
+        assert_nothing_left(user, services_rack, f"{app_name}-database")
+    finally:
+        with api(services_rack) as client:
+            client.post("/system/params", json=LOCAL_IMAGES)
+        user("apps", "delete", app_name)
