@@ -5,6 +5,10 @@ A link or unlink makes a new release from the app's latest one with the variable
 app has an active release, the new one is promoted (after any roll-out in progress) and the call returns
 once it serves, so the app's processes, and any process started after, see the change; an app that was never
 deployed gets it with its first deploy. Links and unlinks of one app are serialised.
+
+A manifest's resources are linked differently: the builds service asks (:meth:`Linker.declare`) before it
+makes a build's release, and the variables go into that release, which the deploy promotes; nothing is
+promoted here. Such a link is undone by dropping the resource from the manifest, not by an unlink.
 """
 
 from __future__ import annotations
