@@ -91,10 +91,10 @@ bench-ceiling: install-dev docker
 	$(BIN)/python -m bench.ceiling
 
 # ---- images ------------------------------------------------------------------------------------
-# The offline images (images/README.md): a debootstrapped Debian base, postgres, mysql (MariaDB) and redis
-# honouring the official images' environment, an app base image with their clients, and the python3 and node
-# language bases (`convox init --base offline`). Cached: an image whose label matches what it is built from is
-# not rebuilt, so a warm `make images` takes a fraction of a second.
+# The offline images (images/README.md): a debootstrapped Debian base, postgres, mysql (MariaDB), redis and
+# memcached honouring the official images' environment, an app base image with their clients, and the python3
+# and node language bases (`convox init --base offline`). Cached: an image whose label matches what it is built
+# from is not rebuilt, so a warm `make images` takes a fraction of a second.
 images: docker
 	@bash images/build.sh
 

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from cli.config import Rack
 from cli.errors import CliError
 
-DEFAULT_PORTS = {"postgres": 5432, "mysql": 3306, "redis": 6379}
+DEFAULT_PORTS = {"postgres": 5432, "mysql": 3306, "mariadb": 3306, "redis": 6379, "memcached": 11211}
 CHUNK = 64 * 1024
 
 

@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
     from cli.app import rack_app
 
     services = typer.Typer(
-        help="Backing services (postgres, mysql, redis), linked into apps as <NAME>_URL.",
+        help="Backing services (postgres, mysql, mariadb, redis, memcached), linked into apps as <NAME>_URL.",
         invoke_without_command=True,
     )
     params = typer.Typer(help="Show and change the rack's parameters.", invoke_without_command=True)
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
 
     @services.command("create")
     def services_create(
-        kind: Annotated[str, typer.Argument(metavar="TYPE", help="postgres, mysql or redis.")],
+        kind: Annotated[str, typer.Argument(metavar="TYPE", help="postgres, mysql, mariadb, redis or memcached.")],
         name: Annotated[str | None, typer.Option("--name", "-n", help="The service's name (default: TYPE).")] = None,
     ) -> None:
         """Create a backing service and wait until it accepts connections."""

@@ -5,6 +5,7 @@
 #   rack-local/postgres:bookworm  PostgreSQL 15, honouring the official postgres image's environment
 #   rack-local/mysql:bookworm     MariaDB 10.11, honouring the official mysql image's environment
 #   rack-local/redis:bookworm     Redis 7.0, taking the official redis image's command line
+#   rack-local/memcached:bookworm Memcached 1.6, taking the official memcached image's command line
 #   rack-local/clients:bookworm   psql, mariadb/mysql (+ mysql-url), redis-cli and busybox: an app base image
 #   rack-local/python3:bookworm   Python 3.11 with `python` and `pip` (a venv): `convox init --base offline`
 #   rack-local/node:bookworm      Node.js 18 and npm 9: `convox init --base offline`
@@ -14,7 +15,7 @@
 # Cached: every image carries a label with a hash of what it is built from (this script's settings and its
 # directory under images/); an image whose label matches is not rebuilt, so a second run does nothing.
 #
-#   bash images/build.sh [NAME...]     NAME: debian postgres mysql redis clients python3 node (default: all)
+#   bash images/build.sh [NAME...]     NAME: debian postgres mysql redis memcached clients python3 node (default: all)
 #   DEBIAN_MIRROR=http://...  RACK_IMAGE_PREFIX=rack-local  IMAGES_FORCE=1 (rebuild all)
 set -euo pipefail
 SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
@@ -25,7 +26,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PREFIX=${RACK_IMAGE_PREFIX:-rack-local}
 LABEL=rack.images.hash
 BASE=$PREFIX/debian:$SUITE
-SERVICES=(postgres mysql redis clients)
+SERVICES=(postgres mysql redis memcached clients)
 SERVICES+=(python3 node)  # the language bases of apps (images/README.md)
 
 say() { echo "images: $*" >&2; }

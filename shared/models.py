@@ -177,11 +177,18 @@ class FormationUpdate(Model):
     memory: int | None = Field(None, ge=6, le=1_048_576, description="MB (the Engine's least is 6)")
 
 
-ResourceType = Literal["postgres", "mysql", "redis"]
+ResourceType = Literal["postgres", "mysql", "mariadb", "redis", "memcached"]
+
+
+class ResourceEnv(Model):
+    """What a manifest's resources change in the environment of the release a build makes."""
+
+    set: dict[str, str] = Field(default_factory=dict, description="``DATABASE_URL`` and the like, to set.")
+    unset: list[str] = Field(default_factory=list, description="Those of resources the manifest dropped.")
 
 
 class Resource(Model):
-    """A backing service (postgres, mysql, redis) and the apps it is linked to."""
+    """A backing service (postgres, mysql, mariadb, redis, memcached) and the apps it is linked to."""
 
     name: str = Field(examples=["postgres"])
     type: ResourceType

@@ -29,6 +29,12 @@ ID_RE = re.compile(r"[A-Z][A-Z0-9]{1,63}")
 """A build or release id (``BAPRZPQKXNE``, ``RNJYVQUMKKU``)."""
 
 
+def url_key(name: str) -> str:
+    """The variable a linked backing service is found by: ``my-db`` gives ``MY_DB_URL`` (a manifest's resource
+    by its name in the manifest, ``database`` gives ``DATABASE_URL``, as Convox names them)."""
+    return name.upper().replace("-", "_") + "_URL"
+
+
 def is_app_name(name: object) -> bool:
     return isinstance(name, str) and APP_NAME_RE.fullmatch(name) is not None
 

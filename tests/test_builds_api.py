@@ -43,6 +43,10 @@ class FakeBuilds:
         self.sources: dict[str, list[str]] = {}
         self.manifests: dict[str, Manifest] = {}
         self.recovered = 0
+        self.resource_hook: object = None
+
+    def link_resources(self, hook: object) -> None:
+        self.resource_hook = hook
 
     async def running(self) -> int:
         return 0

@@ -75,6 +75,9 @@ class CountedBuilds:
     async def recover(self) -> int:
         return 0
 
+    def link_resources(self, hook: object) -> None:
+        pass
+
 
 async def refused(url: str) -> tuple[int, str]:
     with pytest.raises(InvalidStatus) as caught:

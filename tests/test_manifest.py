@@ -547,6 +547,17 @@ def test_service_environment_merges_defaults_and_the_app_env_wins() -> None:
     }
 
 
+def test_a_resource_url_goes_only_to_the_services_that_list_the_resource() -> None:
+    manifest = parse_manifest(
+        "resources:\n  database: {type: postgres}\n  cache: {type: memcached}\n"
+        "services:\n  web: {image: a, resources: [database, cache]}\n  worker: {image: a, resources: [cache]}\n",
+        "convox.yml",
+    )
+    env = {"DATABASE_URL": "postgres://db", "CACHE_URL": "memcached://c:11211", "OTHER": "1"}
+    assert manifest.service_environment("web", env) == env
+    assert manifest.service_environment("worker", env) == {"CACHE_URL": "memcached://c:11211", "OTHER": "1"}
+
+
 def test_service_environment_lists_missing_required_keys() -> None:
     manifest = parse_manifest(ENV, "convox.yml")
     with pytest.raises(ManifestError) as caught:

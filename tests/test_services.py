@@ -20,7 +20,10 @@ from tests.conftest import RACK_NAME, Cli, RunningRack, start_rack, stop_rack
 
 SAMPLE = Path(__file__).parent / "apps" / "clients"
 SUITE = "bookworm"
-LOCAL_IMAGES = {f"{kind}_image": f"rack-local/{kind}:{SUITE}" for kind in ("postgres", "mysql", "redis")}
+LOCAL_IMAGES = {
+    **{f"{kind}_image": f"rack-local/{kind}:{SUITE}" for kind in ("postgres", "mysql", "redis", "memcached")},
+    "mariadb_image": f"rack-local/mysql:{SUITE}",  # MariaDB already
+}
 CLIENTS_IMAGE = f"rack-local/clients:{SUITE}"
 HEX_PASSWORD = re.compile(r":([0-9a-f]{48})@")
 
@@ -242,10 +245,42 @@ def test_redis_linked_into_an_app(user: Cli, services_rack: RunningRack, clients
     )
 
 
+def used_once(user: Cli, app: str, kind: str, command: str, expected: str) -> None:
+    """Create ``kind``, link it, use it from `convox run web`, unlink and delete it."""
+    key = f"{kind.upper()}_URL"
+    try:
+        created = user("services", "create", kind, timeout=300)
+        assert created.returncode == 0, created.stderr
+        assert table(user("services", check=True).stdout)[kind] == [kind, "running"]
+        user("services", "link", kind, "--app", app, check=True, timeout=300)
+        assert user("env", "get", key, "--app", app, check=True).stdout.strip() == info(user, kind, "--reveal")["URL"]
+        result = run_web(user, app, command)
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stdout, result.stdout
+        user("services", "unlink", kind, "--app", app, check=True, timeout=300)
+    finally:
+        user("services", "unlink", kind, "--app", app, timeout=300)
+        deleted = user("services", "delete", kind, timeout=300)
+    assert deleted.returncode == 0, deleted.stderr
+
+
+def test_mariadb_used_from_an_app(user: Cli, services_rack: RunningRack, clients_app: str) -> None:
+    used_once(user, clients_app, "mariadb", 'mysql-url "$MARIADB_URL" -N -B -e "select version()"', "MariaDB")
+
+
+def test_memcached_used_from_an_app(user: Cli, services_rack: RunningRack, clients_app: str) -> None:
+    stats = (
+        'where=${MEMCACHED_URL#memcached://}; printf "set k 0 0 2\\r\\nhi\\r\\nstats\\r\\nquit\\r\\n" '
+        '| busybox nc "${where%:*}" "${where##*:}"'
+    )
+    used_once(user, clients_app, "memcached", stats, "STAT curr_items 1")
+
+
 def test_bad_input_is_refused_with_clear_errors(user: Cli, services_rack: RunningRack, app_name: str) -> None:
     unknown = user("services", "create", "mongodb")
     assert unknown.returncode != 0
-    assert "ERROR: unknown service type: 'mongodb' (known: mysql, postgres, redis)" in unknown.stderr
+    known = "mariadb, memcached, mysql, postgres, redis"
+    assert f"ERROR: unknown service type: 'mongodb' (known: {known})" in unknown.stderr
     user("apps", "create", app_name, check=True)
     try:
         with api(services_rack) as client:
@@ -287,10 +322,12 @@ def test_a_failing_create_leaves_nothing_behind(user: Cli, services_rack: Runnin
     try:
         # an image the engine does not have and cannot pull (no registry is reachable)
         user("rack", "params", "set", "redis_image=rack-test/missing:1", check=True)
-        assert "redis_image     rack-test/missing:1" in user("rack", "params", check=True).stdout
+        assert "redis_image      rack-test/missing:1" in user("rack", "params", check=True).stdout
         failed = user("services", "create", "redis", "--name", "ghost")
         assert failed.returncode != 0
         assert "ERROR: image rack-test/missing:1 is not on the engine and could not be pulled" in failed.stderr
+        hint = "pick another image with `convox rack params set redis_image=IMAGE`, or build the offline one with "
+        assert hint + "`make images` (then redis_image=rack-local/redis:bookworm)" in failed.stderr
         assert_nothing_left(user, services_rack, "ghost")
         # a server that exits before it accepts connections
         user("rack", "params", "set", f"mysql_image={busybox_image}", check=True)
@@ -302,7 +339,7 @@ def test_a_failing_create_leaves_nothing_behind(user: Cli, services_rack: Runnin
         with api(services_rack) as client:
             client.post("/system/params", json=LOCAL_IMAGES)
     assert user("rack", "params", check=True).stdout.splitlines() == [
-        f"{key:<14}  {value}" for key, value in sorted(LOCAL_IMAGES.items())
+        f"{key:<15}  {value}" for key, value in sorted(LOCAL_IMAGES.items())
     ]
 
 
@@ -342,3 +379,84 @@ def test_data_survives_a_restart_of_the_rack(tmp_path: Path) -> None:
 
         remove_labelled_containers(name)
         docker("network", "rm", f"convox-{name}", check=False)
+
+
+MANIFEST_WITH_DATABASE = """\
+resources:
+  database:
+    type: postgres
+services:
+  web:
+    build: .
+    command: busybox httpd -f -p 3000 -h /www
+    port: 3000
+    resources: [database]
+    health: {path: /, grace: 1, timeout: 2}
+    scale: {count: 1, memory: 128}
+"""
+
+
+def test_a_deploy_makes_its_manifest_resources_links_them_and_keeps_their_data(
+    user: Cli, services_rack: RunningRack, tmp_path: Path
+) -> None:
+    app = f"res-{secrets.token_hex(3)}"
+    service = f"{app}-database"
+    source = tmp_path / "app"
+    shutil.copytree(SAMPLE, source)
+    (source / "convox.yml").write_text(MANIFEST_WITH_DATABASE)
+    user("apps", "create", app, check=True)
+    try:
+        first = user("deploy", str(source), "--app", app, timeout=400)
+        assert first.returncode == 0, first.stderr
+        assert "Resources database (postgres)... OK" in first.stdout + first.stderr
+        assert table(user("services", check=True).stdout)[service] == ["postgres", "running", app]
+        url = info(user, service, "--reveal")["URL"]
+        assert url.startswith("postgres://app:") and url.endswith(f"@{service}:5432/app")
+        assert user("env", "get", "DATABASE_URL", "--app", app, check=True).stdout.strip() == url
+        assert container_env(app_container(services_rack.name, app)).get("DATABASE_URL") == url
+        made = run_web(user, app, 'psql -v ON_ERROR_STOP=1 $DATABASE_URL -c "create table kept as select 5432 as v"')
+        assert made.returncode == 0, made.stderr
+        refused = user("services", "unlink", service, "--app", app)
+        assert refused.returncode != 0
+        assert f"ERROR: service {service} is resources.database of {app}'s manifest" in refused.stderr
+
+        again = user("deploy", str(source), "--app", app, timeout=400)  # kept, not made again
+        assert again.returncode == 0, again.stderr
+        assert info(user, service, "--reveal")["URL"] == url
+        kept = run_web(user, app, 'psql -tA $DATABASE_URL -c "select v from kept"')
+        assert kept.returncode == 0, kept.stderr
+        assert kept.stdout.split() == ["5432"]
+
+        without = MANIFEST_WITH_DATABASE.replace("    resources: [database]\n", "")
+        (source / "convox.yml").write_text(without.replace("resources:\n  database:\n    type: postgres\n", ""))
+        dropped = user("deploy", str(source), "--app", app, timeout=400)
+        assert dropped.returncode == 0, dropped.stderr
+        assert "DATABASE_URL" not in user("env", "--app", app, check=True).stdout
+        gone = run_web(user, app, 'echo "url=${DATABASE_URL:-none}"')
+        assert gone.stdout.split() == ["url=none"], gone.stdout
+        assert table(user("services", check=True).stdout)[service] == ["postgres", "running"]  # unlinked, kept
+    finally:
+        user("apps", "delete", app)
+    assert table(user("services", check=True).stdout)[service] == ["postgres", "running"]  # not with the app
+    user("services", "delete", service, check=True, timeout=300)
+    assert_nothing_left(user, services_rack, service)
+
+
+def test_a_deploy_whose_resource_cannot_start_fails_with_no_release_and_nothing_made(
+    user: Cli, services_rack: RunningRack, busybox_image: str, app_name: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "app"
+    shutil.copytree(SAMPLE, source)
+    (source / "convox.yml").write_text(MANIFEST_WITH_DATABASE.replace("type: postgres", "type: mysql"))
+    user("apps", "create", app_name, check=True)
+    try:
+        user("rack", "params", "set", f"mysql_image={busybox_image}", check=True)  # exits at once
+        failed = user("deploy", str(source), "--app", app_name, timeout=400)
+        assert failed.returncode != 0
+        assert f"mysql {app_name}-database exited with code 0 before it accepted connections" in failed.stderr
+        assert user("releases", "--app", app_name, check=True).stdout.splitlines()[1:] == []
+        assert_nothing_left(user, services_rack, f"{app_name}-database")
+    finally:
+        with api(services_rack) as client:
+            client.post("/system/params", json=LOCAL_IMAGES)
+        user("apps", "delete", app_name)

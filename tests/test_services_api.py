@@ -18,7 +18,7 @@ from shared.config import RackSettings
 from shared.errors import Conflict, NotFound
 from shared.ids import release_id
 from shared.models import App, Release, Resource, ResourceType
-from shared.provider.local.resources import PARAM_DEFAULTS, check_name, kind_of
+from shared.provider.local.resources import PARAM_DEFAULTS, check_name, kind_of, manifest_service
 from tests.fakes import FakeApps, as_provider
 
 PASSWORD = "0123456789abcdef" * 3
@@ -30,6 +30,7 @@ class FakeResources:
     def __init__(self, apps: FakeApps) -> None:
         self.apps = apps
         self.items: dict[str, Resource] = {}
+        self.manifests: dict[str, dict[str, str]] = {}
         self.adopted = 0
 
     def _url(self, resource: Resource, reveal: bool) -> str:
@@ -74,6 +75,23 @@ class FakeResources:
             raise NotFound(f"service {name} is not linked to {app}")
         self.items[name].apps = [a for a in resource.apps if a != app]
         return await self.get(name)
+
+    async def declare(self, app: str, name: str, kind: str) -> Resource:
+        service = manifest_service(app, name)
+        await self.apps.get(app)
+        if service not in self.items:
+            await self.create(kind, service)
+        if app not in self.items[service].apps:
+            await self.link(service, app)
+        self.manifests.setdefault(app, {})[name] = service
+        return await self.get(service, reveal=True)
+
+    async def declared(self, app: str) -> dict[str, str]:
+        return dict(self.manifests.get(app, {}))
+
+    async def undeclare(self, app: str, name: str) -> None:
+        service = self.manifests.get(app, {}).pop(name)
+        await self.unlink(service, app)
 
     async def adopt(self) -> None:
         self.adopted += 1
@@ -223,7 +241,8 @@ async def test_create_list_get_with_the_password_hidden(api: httpx.AsyncClient, 
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"type": "mongodb"}, 400, "unknown service type: 'mongodb' (known: mysql, postgres, redis)"),
+        ({"type": "mongodb"}, 400, "unknown service type: 'mongodb' (known: mariadb, memcached, mysql, postgres, "
+         "redis)"),
         ({"type": "redis", "name": "Bad_Name"}, 400, "invalid service name: 'Bad_Name'"),
         ({"type": "redis", "name": "x" * 31}, 400, "invalid service name"),
         ({"type": "redis", "size": 5}, 400, "size: Extra inputs are not permitted"),
@@ -341,6 +360,8 @@ async def test_delete_is_refused_while_linked_then_unlink_and_delete(
 
 async def test_rack_params_show_defaults_and_change(api: httpx.AsyncClient) -> None:
     assert (await api.get("/system/params")).json() == {
+        "mariadb_image": "mariadb:11",
+        "memcached_image": "memcached:1.6",
         "mysql_image": "mysql:8",
         "postgres_image": "postgres:16",
         "redis_image": "redis:7",
@@ -370,7 +391,7 @@ async def test_operation_ids_and_the_gateway_route(api: httpx.AsyncClient) -> No
         "system_params_set",
     }
     create = document["components"]["schemas"]["ResourceCreate"]["properties"]
-    assert create["type"]["enum"] == ["postgres", "mysql", "redis"]
+    assert create["type"]["enum"] == ["postgres", "mysql", "mariadb", "redis", "memcached"]
     paths = ("/services", "/services/db", "/services/db/links", "/services/db/links/myapp", "/services/db/proxy")
     for path in (*paths, "/system/params"):
         assert service_for(path) == "provisioner", path
@@ -380,3 +401,37 @@ async def test_operation_ids_and_the_gateway_route(api: httpx.AsyncClient) -> No
 @pytest.mark.parametrize(("name", "key"), [("postgres", "POSTGRES_URL"), ("my-db-2", "MY_DB_2_URL")])
 def test_env_key(name: str, key: str) -> None:
     assert env_key(name) == key
+
+
+async def test_a_builds_manifest_resources_are_made_once_linked_and_unlinked_when_dropped(
+    api: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    deployed(provider, "myapp")
+    url = f"postgres://app:{PASSWORD}@myapp-database:5432/app"
+    first = await api.post("/apps/myapp/resources", json={"resources": {"database": "postgres"}})
+    assert (first.status_code, first.json()) == (200, {"set": {"DATABASE_URL": url}, "unset": []})
+    again = await api.post("/apps/myapp/resources", json={"resources": {"database": "postgres"}})
+    assert again.json() == {"set": {"DATABASE_URL": url}, "unset": []}
+    assert [(r["name"], r["apps"]) for r in (await api.get("/services")).json()] == [("myapp-database", ["myapp"])]
+    refused = await api.delete("/services/myapp-database/links/myapp")
+    assert refused.status_code == 409
+    assert refused.json()["error"].startswith("service myapp-database is resources.database of myapp's manifest")
+    dropped = await api.post("/apps/myapp/resources", json={"resources": {}})
+    assert dropped.json() == {"set": {}, "unset": ["DATABASE_URL"]}
+    assert [(r["name"], r["apps"]) for r in (await api.get("/services")).json()] == [("myapp-database", [])]
+    assert provider.releases.made == []  # the build makes the release, with these in it
+
+
+async def test_a_manifest_resource_whose_service_name_is_too_long_is_400(
+    api: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    deployed(provider, "an-app-with-a-long-name")
+    response = await api.post("/apps/an-app-with-a-long-name/resources", json={"resources": {"database": "redis"}})
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        "resources.database: the service name an-app-with-a-long-name-database is too long (at most 30 "
+        "characters, the app's name and the resource's together): give the resource a shorter name"
+    )
+    bad = await api.post("/apps/myapp/resources", json={"resources": {"Bad_Name": "redis"}})
+    assert bad.status_code == 400
+    assert (await api.get("/services")).json() == []

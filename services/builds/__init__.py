@@ -6,6 +6,7 @@ import asyncio
 
 from fastapi import FastAPI
 
+from services.builds.resources import ProvisionerResources
 from services.builds.routes import UPLOAD_PATH, UPLOADS, router
 from services.builds.settings import BuildsSettings
 from shared.archive import remove_tree
@@ -35,6 +36,7 @@ def create_app(
         if uploads.is_dir():
             for leftover in await asyncio.to_thread(lambda: list(uploads.glob("upload-*"))):
                 await asyncio.to_thread(remove_tree, leftover)
+        opened.builds.link_resources(ProvisionerResources(settings, opened))
         failed = await opened.builds.recover()
         if failed:
             log.log("build.recover", failed=failed)

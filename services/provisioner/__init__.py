@@ -1,4 +1,5 @@
-"""The provisioner service: backing services (postgres, mysql, redis): create, link, delete; rack params."""
+"""The provisioner service: backing services (postgres, mysql, mariadb, redis, memcached): create, link,
+delete; rack params."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from shared.service import build_service
 NAME = "provisioner"
 ROUTERS = [router, proxy_router, params_router]
 TAGS = [
-    {"name": "services", "description": "Backing services (postgres, mysql, redis) linked into apps"},
+    {"name": "services", "description": "Backing services (postgres, mysql, mariadb, redis, memcached) for apps"},
     {"name": "system", "description": "The rack"},
 ]
 

@@ -5,6 +5,10 @@ A link or unlink makes a new release from the app's latest one with the variable
 app has an active release, the new one is promoted (after any roll-out in progress) and the call returns
 once it serves, so the app's processes, and any process started after, see the change; an app that was never
 deployed gets it with its first deploy. Links and unlinks of one app are serialised.
+
+A manifest's resources are linked differently: the builds service asks (:meth:`Linker.declare`) before it
+makes a build's release, and the variables go into that release, which the deploy promotes; nothing is
+promoted here. Such a link is undone by dropping the resource from the manifest, not by an unlink.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import httpx
 from shared.config import INTERNAL_HEADER, RackSettings
 from shared.errors import Conflict, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
-from shared.models import Resource
+from shared.models import Resource, ResourceEnv
+from shared.names import url_key
 from shared.provider import Provider
 
 log = Logger("provisioner")
@@ -27,7 +32,7 @@ POLL_SECONDS = 0.25
 
 def env_key(name: str) -> str:
     """The variable a linked service is found by: ``my-db`` gives ``MY_DB_URL``."""
-    return name.upper().replace("-", "_") + "_URL"
+    return url_key(name)
 
 
 class Promoter(Protocol):
@@ -93,6 +98,11 @@ class Linker:
             resource = await self.provider.resources.get(name)
             if app not in resource.apps:
                 raise NotFound(f"service {name} is not linked to {app}")
+            for declared, service in (await self.provider.resources.declared(app)).items():
+                if service == name:
+                    raise Conflict(
+                        f"service {name} is resources.{declared} of {app}'s manifest: remove it there and deploy"
+                    )
             release_id = ""
             if env_key(name) in await self.provider.releases.environment(app):
                 release = await self.provider.releases.change_env(
@@ -104,6 +114,22 @@ class Linker:
             if release_id:
                 await self._roll_out(app, release_id)
         return await self.provider.resources.get(name)
+
+    async def declare(self, app: str, wanted: dict[str, str]) -> ResourceEnv:
+        """The resources of a build's manifest (name to type), each ready and linked, and those of the app's
+        previous manifests that it dropped unlinked (their services and data stay): the environment the
+        build's release gets. No release is made here; the build makes it."""
+        async with self._lock(app):
+            before = await self.provider.resources.declared(app)
+            env = ResourceEnv()
+            for name, kind in sorted(wanted.items()):
+                resource = await self.provider.resources.declare(app, name, kind)
+                env.set[url_key(name)] = resource.url
+            for name in sorted(set(before) - set(wanted)):
+                await self.provider.resources.undeclare(app, name)
+                env.unset.append(url_key(name))
+            log.log("resource.declare.manifest", app=app, linked=len(env.set), unlinked=len(env.unset))
+            return env
 
     async def _roll_out(self, app: str, release: str) -> None:
         """Promote ``release`` when the app runs one (waiting out a roll-out in progress), then wait until

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
-from pydantic import Field, WithJsonSchema
+from pydantic import Field, StringConstraints, WithJsonSchema
 
 from services.provisioner.linking import Linker
 from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.logfmt import Logger
-from shared.models import APP_NAME_PATTERN, Model, Resource
+from shared.manifest import SERVICE_NAME_PATTERN
+from shared.models import APP_NAME_PATTERN, Model, Resource, ResourceEnv
 from shared.params import app_path
 from shared.provider import Provider
 from shared.service import provider_of
@@ -23,6 +24,7 @@ ProviderDep = Annotated[Provider, Depends(provider_of)]
 ServiceName = Annotated[str, app_path("The service's name.", "postgres")]
 Reveal = Annotated[bool, Query(description="Show the password in the URL instead of `***`.")]
 NAME_SCHEMA = {"type": "string", "pattern": APP_NAME_PATTERN, "maxLength": 30}
+TYPES = ["postgres", "mysql", "mariadb", "redis", "memcached"]
 BAD = BAD_INPUT
 MISSING = error_response(404, "No such service")
 
@@ -35,8 +37,8 @@ LinkerDep = Annotated[Linker, Depends(linker_of)]
 
 
 class ResourceCreate(Model):
-    type: Annotated[str, WithJsonSchema({"type": "string", "enum": ["postgres", "mysql", "redis"]})] = Field(
-        description="postgres, mysql or redis.", examples=["postgres"]
+    type: Annotated[str, WithJsonSchema({"type": "string", "enum": TYPES})] = Field(
+        description="postgres, mysql, mariadb, redis or memcached.", examples=["postgres"]
     )
     name: Annotated[str | None, WithJsonSchema(NAME_SCHEMA)] = Field(
         None,
@@ -47,6 +49,22 @@ class ResourceCreate(Model):
 
 class ResourceLink(Model):
     app: str = Field(description="The app to link the service into.", examples=["myapp"])
+
+
+class ManifestResources(Model):
+    resources: dict[Annotated[str, StringConstraints(pattern=SERVICE_NAME_PATTERN, max_length=63)], str] = Field(
+        description="The manifest's resources: name to type."
+    )
+
+
+@router.post("/apps/{app}/resources", name="app_resources_declare", include_in_schema=False)
+async def app_resources_declare(
+    app: Annotated[str, app_path()], body: ManifestResources, linker: LinkerDep
+) -> ResourceEnv:
+    """For the builds service (not routed by the gateway): a build's resources ready and linked, before its
+    release is made."""
+    with log.measure("resource.manifest.request", app=app, resources=len(body.resources)):
+        return await linker.declare(app, body.resources)
 
 
 @router.get("/services", name="resource_list", summary="List backing services")

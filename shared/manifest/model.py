@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from shared.manifest.errors import ManifestError, whole_number
 from shared.models import Model
+from shared.names import url_key
 
 Protocol = Literal["http", "https", "tcp", "tls"]
 
@@ -147,9 +148,10 @@ class Manifest(Model):
 
         Defaults declared at the top level, then the service's own (which win over the top level's), then the
         links to other process types (``REDIS_URL``, ... when ``app`` is given), then the app's environment
-        (``convox env set``), which wins over all. ``*`` passes the whole app environment (as every process
-        gets it here). A key declared without a default anywhere is required: a ManifestError lists the
-        required keys the app's environment lacks.
+        (``convox env set``), which wins over all, but for the URL of a resource of the manifest
+        (``DATABASE_URL``), which only the services that list the resource get. ``*`` passes the whole app
+        environment (as every process gets it here). A key declared without a default anywhere is required: a
+        ManifestError lists the required keys the app's environment lacks.
         """
         service = self.service(service_name)
         merged: dict[str, str] = {}
@@ -172,6 +174,9 @@ class Manifest(Model):
             for link in service.links:
                 merged.update(self.link_environment(link, app, app_env))
         merged.update(app_env)
+        for resource in self.resources:  # a resource's URL goes to the services that list it
+            if resource not in service.resources:
+                merged.pop(url_key(resource), None)
         return merged
 
     def link_environment(self, link: str, app: str, app_env: Mapping[str, str]) -> dict[str, str]:

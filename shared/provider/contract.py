@@ -29,6 +29,7 @@ from shared.models import (
     ProcessRunOptions,
     Release,
     Resource,
+    ResourceEnv,
     System,
     TimerStatus,
 )
@@ -94,7 +95,19 @@ class ProcessesAPI(Protocol):
         ...
 
 
+class ResourceHook(Protocol):
+    async def __call__(self, app: str, manifest: Manifest) -> ResourceEnv:
+        """Make the resources ``manifest`` declares ready and linked (unlink those it dropped): the variables
+        the release gets. Raises (a RackError) when one cannot be had: the build fails, no release is made."""
+        ...
+
+
 class BuildsAPI(Protocol):
+    def link_resources(self, hook: ResourceHook) -> None:
+        """Called where builds run: ``hook`` runs before a complete build's release is made, and what it
+        returns goes into that release's environment."""
+        ...
+
     async def create(self, app: str, context: Path, manifest: Manifest, options: BuildOptions) -> Build:
         """Record a build of the source tree at ``context`` (already extracted safely, its manifest parsed)
         and start building it in the background; the provider owns ``context`` from here on. A build that
@@ -120,9 +133,17 @@ class BuildsAPI(Protocol):
 
 class ReleasesAPI(Protocol):
     async def create(
-        self, app: str, *, build: str | None = None, env: dict[str, str] | None = None, description: str = ""
+        self,
+        app: str,
+        *,
+        build: str | None = None,
+        env: dict[str, str] | None = None,
+        description: str = "",
+        set: dict[str, str] | None = None,
+        unset: Collection[str] = (),
     ) -> Release:
-        """A new release; what is not given is copied from the app's latest release."""
+        """A new release; what is not given is copied from the app's latest release, in one step with the
+        environment changed: ``unset`` removed (where there), then ``set`` on top (a manifest's resources)."""
         ...
 
     async def change_env(
@@ -232,9 +253,9 @@ class LogsAPI(Protocol):
 
 
 class ResourcesAPI(Protocol):
-    """Backing services (postgres, mysql, redis) and the apps linked to them. A service's URL carries its
-    password: ``get`` and ``list`` show it as ``***`` unless ``reveal``. Linking only records the link;
-    the caller puts the URL into the app's environment (a release), which is provider-neutral."""
+    """Backing services (postgres, mysql, mariadb, redis, memcached) and the apps linked to them. A service's
+    URL carries its password: ``get`` and ``list`` show it as ``***`` unless ``reveal``. Linking only records
+    the link; the caller puts the URL into the app's environment (a release), which is provider-neutral."""
 
     async def create(self, kind: str, name: str) -> Resource:
         """Provision a service; it is ``creating`` until it accepts connections, then ``running``, and the
@@ -253,6 +274,22 @@ class ResourcesAPI(Protocol):
         ...
 
     async def unlink(self, name: str, app: str) -> Resource: ...
+
+    async def declare(self, app: str, name: str, kind: str) -> Resource:
+        """Resource ``name`` of ``app``'s manifest: the service ``<app>-<name>`` (BadRequest when that is no
+        valid service name), created when missing (the call returns once it is running; a create that fails
+        raises and leaves nothing), kept when there (Conflict when it is of another type), linked to the app.
+        Returned with its URL revealed."""
+        ...
+
+    async def declared(self, app: str) -> dict[str, str]:
+        """The resources of ``app``'s manifest that are linked: manifest name to service name."""
+        ...
+
+    async def undeclare(self, app: str, name: str) -> None:
+        """The manifest no longer declares ``name``: unlink it from the app; the service and its data stay
+        (``delete`` removes them). NotFound when the app has no such resource."""
+        ...
 
     async def address(self, name: str) -> tuple[str, int]:
         """Where the rack reaches the service's server (host, port): what `convox services proxy` relays to.

@@ -17,16 +17,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from shared.errors import BadRequest, NotFound
+from shared.errors import BadRequest, NotFound, RackError
 from shared.ids import build_id
 from shared.logfmt import Logger
 from shared.manifest import Manifest
-from shared.models import Build, BuildOptions
+from shared.models import Build, BuildOptions, ResourceEnv
 from shared.provider.aws.apps import AwsApps, log_group
 from shared.provider.aws.clients import Clients, error_code, translated
 from shared.provider.aws.formation import AwsFormation
 from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.state import Item, State, now_iso, parse_iso, to_item
+from shared.provider.contract import ResourceHook
 
 log = Logger("builds")
 NO_BUILDER = "the rack has no builder image (RACK_AWS_BUILD_IMAGE)"
@@ -79,6 +80,7 @@ class AwsBuilds:
         self.clients = clients
         self.apps = apps
         self.releases = releases
+        self._resources: ResourceHook | None = None
         self.formation = formation
         self.rack = rack
         self.build_image = build_image
@@ -189,6 +191,9 @@ class AwsBuilds:
             return
         await self._set(build, status="running", started=now_iso(), task=response["tasks"][0]["taskArn"])
 
+    def link_resources(self, hook: ResourceHook) -> None:
+        self._resources = hook
+
     async def finish(self, app: str, build: str, images: dict[str, str], error: str = "") -> Build:
         """The builder's report: the images it pushed (one per built process type) and a release, or its
         error. Only a running build can finish (a second report is a Conflict)."""
@@ -198,8 +203,17 @@ class AwsBuilds:
         if error:
             await self._set(build, status="failed", error=error, ended=now_iso())
             return await self.get(app, build)
+        env = ResourceEnv()
+        if self._resources is not None and item.get("manifest"):
+            try:
+                env = await self._resources(app, Manifest.model_validate_json(item["manifest"]))
+            except RackError as exc:
+                await self._set(build, status="failed", error=exc.message, ended=now_iso())
+                return await self.get(app, build)
         await self._set(build, status="complete", images=images, ended=now_iso())
-        release = await self.releases.create(app, build=build, description=item.get("description", ""))
+        release = await self.releases.create(
+            app, build=build, description=item.get("description", ""), set=env.set, unset=env.unset
+        )
         await self._set(build, release=release.id)
         log.log("build.complete", app=app, build=build, release=release.id)
         return await self.get(app, build)

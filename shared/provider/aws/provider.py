@@ -68,6 +68,15 @@ class AwsResources:
     async def unlink(self, name: str, app: str) -> Resource:
         raise BadRequest(NOT_YET)
 
+    async def declare(self, app: str, name: str, kind: str) -> Resource:
+        raise BadRequest(NOT_YET)
+
+    async def declared(self, app: str) -> dict[str, str]:
+        return {}
+
+    async def undeclare(self, app: str, name: str) -> None:
+        raise BadRequest(NOT_YET)
+
     async def address(self, name: str) -> tuple[str, int]:
         raise BadRequest(NOT_YET)
 

@@ -161,14 +161,25 @@ class AwsReleases:
         return False
 
     async def create(
-        self, app: str, *, build: str | None = None, env: dict[str, str] | None = None, description: str = ""
+        self,
+        app: str,
+        *,
+        build: str | None = None,
+        env: dict[str, str] | None = None,
+        description: str = "",
+        set: dict[str, str] | None = None,
+        unset: Collection[str] = (),
     ) -> Release:
         await self.apps.item(app)
         if build:
             await self._build(app, build)
-        return await self._create(
-            app, build, (lambda base: base) if env is None else (lambda _: dict(env)), description
-        )
+
+        def change(base: dict[str, str]) -> dict[str, str]:
+            changed = {key: value for key, value in (base if env is None else env).items() if key not in unset}
+            changed.update(set or {})
+            return changed
+
+        return await self._create(app, build, change, description)
 
     async def change_env(
         self,

@@ -26,9 +26,9 @@ from shared.errors import NotFound, RackError
 from shared.ids import build_id
 from shared.logfmt import Logger
 from shared.manifest import Manifest
-from shared.models import Build, BuildOptions
+from shared.models import Build, BuildOptions, ResourceEnv
 from shared.names import is_id, is_under, under
-from shared.provider.contract import AppsAPI, ReleasesAPI
+from shared.provider.contract import AppsAPI, ReleasesAPI, ResourceHook
 from shared.provider.local.docker import Docker
 from shared.provider.local.images import image_name
 from shared.provider.local.state import State
@@ -145,6 +145,10 @@ class LocalBuilds:
         self.dir = data_dir / "builds"
         self._live: dict[str, LiveLog] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._resources: ResourceHook | None = None
+
+    def link_resources(self, hook: ResourceHook) -> None:
+        self._resources = hook
 
     def log_path(self, build: str) -> Path:
         return under(self.dir, f"{checked_id(build)}.log")
@@ -219,9 +223,12 @@ class LocalBuilds:
             await live.open()
             await self._set(build, status="running", started=_now())
             await self._build_images(app, build, work / "source", manifest, options, live)
+            env = await self._resource_env(app, manifest, live)
             await live.write(b"Creating release... ")
             await self._set(build, status="complete", ended=_now())
-            release = await self.releases.create(app, build=build, description=options.description)
+            release = await self.releases.create(
+                app, build=build, description=options.description, set=env.set, unset=env.unset
+            )
             await self._set(build, release=release.id)
             await live.write(f"OK\nBuild {build} complete: release {release.id}\n".encode())
         except asyncio.CancelledError:
@@ -241,6 +248,20 @@ class LocalBuilds:
             await asyncio.to_thread(shutil.rmtree, work, True)
             elapsed = (asyncio.get_running_loop().time() - started) * 1000
             log.log("build.run", app=app, build=build, state="error" if error else "success", elapsed=elapsed)
+
+    async def _resource_env(self, app: str, manifest: Manifest, live: LiveLog) -> ResourceEnv:
+        """The manifest's resources, ready and linked (each made once, kept across deploys): their URLs."""
+        if self._resources is None:
+            return ResourceEnv()
+        names = ", ".join(f"{name} ({spec.type})" for name, spec in sorted(manifest.resources.items()))
+        if names:
+            await live.write(f"Resources {names}... ".encode())
+        env = await self._resources(app, manifest)
+        if names:
+            await live.write(b"OK\n")
+        if env.unset:
+            await live.write(f"Unlinked {', '.join(env.unset)} (the services and their data stay)\n".encode())
+        return env
 
     async def _fail(self, build: str, error: str, live: LiveLog) -> None:
         with contextlib.suppress(Exception):

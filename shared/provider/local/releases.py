@@ -42,9 +42,21 @@ class LocalReleases:
         return to_release(row) if row else None
 
     async def create(
-        self, app: str, *, build: str | None = None, env: dict[str, str] | None = None, description: str = ""
+        self,
+        app: str,
+        *,
+        build: str | None = None,
+        env: dict[str, str] | None = None,
+        description: str = "",
+        set: dict[str, str] | None = None,
+        unset: Collection[str] = (),
     ) -> Release:
-        return await self._create(app, build=build, env=env, description=description)
+        def change(current: dict[str, str]) -> dict[str, str]:
+            changed = {key: value for key, value in current.items() if key not in unset}
+            changed.update(set or {})
+            return changed
+
+        return await self._create(app, build=build, env=env, change=change, description=description)
 
     async def change_env(
         self,

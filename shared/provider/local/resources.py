@@ -1,4 +1,4 @@
-"""Backing services on the local provider: postgres, mysql and redis servers in containers.
+"""Backing services on the local provider: postgres, mysql, mariadb, redis and memcached servers in containers.
 
 A service named NAME is one container on the rack's network (``convox-<rack>``, the network apps run on)
 where it answers at the host name NAME, a network alias (apps' process types resolve as ``TYPE.APP``, so a
@@ -11,10 +11,11 @@ restart of the container, of the rack and of the engine. Container and volume ca
 Credentials are generated (192 random bits, hex so that they need no escaping in URLs or command lines) and
 kept with the record in the rack's state. The image of each type is a rack parameter (``<type>_image``),
 the official image by default; the container gets the official images' environment contract
-(POSTGRES_USER/PASSWORD/DB, MYSQL_ROOT_PASSWORD/DATABASE/USER/PASSWORD, ``redis-server --requirepass``),
-which the offline images of ``make images`` honour too. A service is ``creating`` until its server answers
-its protocol's greeting over TCP (checked from the rack against the container's address), then
-``running``. Nothing here logs a password or a URL that carries one.
+(POSTGRES_USER/PASSWORD/DB, MYSQL_ROOT_PASSWORD/DATABASE/USER/PASSWORD for mysql and mariadb alike,
+``redis-server --requirepass``; memcached has no credentials), which the offline images of ``make images``
+honour too. An image that cannot be pulled is an error naming the parameter and the ``make images`` target.
+A service is ``creating`` until its server answers its protocol's greeting over TCP (checked from the rack
+against the container's address), then ``running``. Nothing here logs a password or a URL that carries one.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class Kind:
     def credentials(self) -> Credentials:
         return Credentials(username="app", password=_secret(), database="app")
 
+    image_target: ClassVar[str] = ""
+    """The ``make images`` image that serves this type offline (``bash images/build.sh NAME``)."""
+
     def url(self, host: str, creds: Credentials, reveal: bool = False) -> str:
         password = creds.password if reveal else HIDDEN
         return f"{self.scheme}://{creds.username}:{password}@{host}:{self.port}/{creds.database}"
@@ -110,6 +114,7 @@ class Postgres(Kind):
     port = 5432
     data = "/var/lib/postgresql/data"
     default_image = "postgres:16"
+    image_target = "postgres"
 
     def environment(self, creds: Credentials) -> dict[str, str]:
         return {"POSTGRES_USER": creds.username, "POSTGRES_PASSWORD": creds.password, "POSTGRES_DB": creds.database}
@@ -133,6 +138,7 @@ class MySQL(Kind):
     port = 3306
     data = "/var/lib/mysql"
     default_image = "mysql:8"
+    image_target = "mysql"
 
     def credentials(self) -> Credentials:
         return Credentials(username="app", password=_secret(), database="app", root_password=_secret())
@@ -161,6 +167,7 @@ class Redis(Kind):
     port = 6379
     data = "/data"
     default_image = "redis:7"
+    image_target = "redis"
 
     def credentials(self) -> Credentials:
         return Credentials(username="", password=_secret(), database="0")
@@ -184,7 +191,42 @@ class Redis(Kind):
         return ping
 
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (Postgres(), MySQL(), Redis())}
+class MariaDB(MySQL):
+    """The official mariadb image takes the mysql image's MYSQL_* variables too; offline, the mysql image of
+    ``make images`` is MariaDB already."""
+
+    name = "mariadb"
+    default_image = "mariadb:11"
+    image_target = "mysql"
+
+
+class Memcached(Kind):
+    """No credentials and no data on disk (memcached keeps everything in memory): the URL is
+    ``memcached://NAME:11211``."""
+
+    name = "memcached"
+    scheme = "memcached"
+    port = 11211
+    data = ""
+    default_image = "memcached:1.6"
+    image_target = "memcached"
+
+    def credentials(self) -> Credentials:
+        return Credentials(username="", password="", database="")
+
+    def url(self, host: str, creds: Credentials, reveal: bool = False) -> str:
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def talk(self, creds: Credentials) -> Talk:
+        async def version(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+            writer.write(b"version\r\n")  # the text protocol
+            await writer.drain()
+            return (await reader.readline()).startswith(b"VERSION ")
+
+        return version
+
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (Postgres(), MySQL(), MariaDB(), Redis(), Memcached())}
 PARAM_DEFAULTS: dict[str, str] = {f"{name}_image": kind.default_image for name, kind in KINDS.items()}
 
 
@@ -202,6 +244,17 @@ def check_name(name: str) -> None:
             f"invalid service name: {name!r} (lowercase letters, digits and dashes, starting with a letter, "
             "at most 30 characters)"
         )
+
+
+def manifest_service(app: str, name: str) -> str:
+    """The service that holds resource ``name`` of ``app``'s manifest: ``<app>-<name>``, as Convox names them."""
+    service = f"{app}-{name}"
+    if not is_app_name(service):
+        raise BadRequest(
+            f"resources.{name}: the service name {service} is too long (at most 30 characters, the app's "
+            "name and the resource's together): give the resource a shorter name"
+        )
+    return service
 
 
 @dataclass(frozen=True)
@@ -404,8 +457,67 @@ class LocalResources:
         return await self.get(name)
 
     async def forget_app(self, app: str) -> None:
-        """The app is being deleted: its links go with it."""
-        await self.state.execute("DELETE FROM links WHERE app = ?", (app,))
+        """The app is being deleted: its links go with it (its manifest's services and their data stay)."""
+        async with self.state.transaction() as tx:
+            await tx.execute("DELETE FROM links WHERE app = ?", (app,))
+            await tx.execute("DELETE FROM manifest_resources WHERE app = ?", (app,))
+
+    # ---- resources of an app's manifest ------------------------------------------------------------
+
+    async def declared(self, app: str) -> dict[str, str]:
+        rows = await self.state.fetch_all(
+            "SELECT name, resource FROM manifest_resources WHERE app = ? ORDER BY name", (app,)
+        )
+        return {row["name"]: row["resource"] for row in rows}
+
+    async def declare(self, app: str, name: str, kind: str) -> Resource:
+        spec = kind_of(kind)
+        service = manifest_service(app, name)
+        await self.apps.get(app)
+        row = await self.state.fetch_one("SELECT type FROM resources WHERE name = ?", (service,))
+        if row is None:
+            with contextlib.suppress(Conflict):  # made at the same moment by another deploy: waited on below
+                await self.create(spec.name, service)
+        elif row["type"] != spec.name:
+            raise Conflict(
+                f"resources.{name} is {spec.name} but the service {service} is {row['type']}: delete it with "
+                f"`convox services delete {service}` (its data goes with it) or rename the resource"
+            )
+        await self._wait_running(service)
+        async with self.state.transaction() as tx:
+            now = datetime.now(UTC).isoformat()
+            await tx.execute(
+                "INSERT INTO manifest_resources (app, name, resource, created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (app, name, service, now),
+            )
+            await tx.execute(
+                "INSERT INTO links (resource, app, created) VALUES (?, ?, ?) ON CONFLICT (resource, app) DO NOTHING",
+                (service, app, now),
+            )
+        log.log("resource.declare", app=app, resource=name, service=service, type=spec.name)
+        return await self.get(service, reveal=True)
+
+    async def undeclare(self, app: str, name: str) -> None:
+        service = (await self.declared(app)).get(name)
+        if service is None:
+            raise NotFound(f"app {app} has no resource {name}")
+        async with self.state.transaction() as tx:
+            await tx.execute("DELETE FROM manifest_resources WHERE app = ? AND name = ?", (app, name))
+            await tx.execute("DELETE FROM links WHERE resource = ? AND app = ?", (service, app))
+        log.log("resource.undeclare", app=app, resource=name, service=service)
+
+    async def _wait_running(self, name: str) -> None:
+        """Until the service is running (another caller may be creating it), for as long as a create takes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT + PROBE_TIMEOUT
+        while True:
+            record = await self._record(name)
+            if record.status == "running":
+                return
+            if record.status != "creating" or loop.time() > deadline:
+                raise Conflict(f"service {name} is {record.status}")
+            await asyncio.sleep(0.5)
 
     async def adopt(self) -> None:
         rows = await self.state.fetch_all("SELECT * FROM resources ORDER BY name")
@@ -445,7 +557,7 @@ class LocalResources:
             with log.measure("resource.create", resource=record.name, type=record.kind.name, image=record.image):
                 await self._remove_artifacts(record.name)  # a crashed create's leftovers hold stale credentials
                 await self.docker.ensure_network(self.network, {LABEL_RACK: self.rack})
-                await self.docker.ensure_image(record.image)
+                await self._ensure_image(record)
                 await self.docker.volume_create(self.volume_name(record.name), self.labels(record))
                 container = await self._run(record)
                 await self._wait_ready(record, container["Id"])
@@ -453,6 +565,20 @@ class LocalResources:
         except BaseException:
             await self._remove(record.name)
             raise
+
+    async def _ensure_image(self, record: Record) -> None:
+        """The service's image on the engine (pulled when missing); one that cannot be had is an error that
+        says how to pick another (the rack parameter) or build the offline one (`make images`)."""
+        try:
+            await self.docker.ensure_image(record.image)
+        except RackError as exc:
+            kind = record.kind
+            offline = f"rack-local/{kind.image_target}:bookworm"
+            raise RackError(
+                f"{exc.message}; pick another image with `convox rack params set {kind.name}_image=IMAGE`, or "
+                f"build the offline one with `make images` (then {kind.name}_image={offline})",
+                status=exc.status,
+            ) from None
 
     async def _run(self, record: Record) -> dict[str, Any]:
         kind = record.kind
@@ -463,7 +589,11 @@ class LocalResources:
             "Hostname": record.name,
             "ExposedPorts": {f"{kind.port}/tcp": {}},
             "HostConfig": {
-                "Mounts": [{"Type": "volume", "Source": self.volume_name(record.name), "Target": kind.data}],
+                "Mounts": [
+                    {"Type": "volume", "Source": self.volume_name(record.name), "Target": kind.data}
+                ]
+                if kind.data
+                else [],
                 "RestartPolicy": {"Name": "unless-stopped"},
                 "NetworkMode": self.network,
             },
@@ -514,6 +644,7 @@ class LocalResources:
         await self._remove_artifacts(name)
         async with self.state.transaction() as tx:
             await tx.execute("DELETE FROM links WHERE resource = ?", (name,))
+            await tx.execute("DELETE FROM manifest_resources WHERE resource = ?", (name,))
             await tx.execute("DELETE FROM resources WHERE name = ?", (name,))
 
     # ---- after a restart -------------------------------------------------------------------------
@@ -537,7 +668,7 @@ class LocalResources:
         """The container is gone (the volume keeps the data): make it again."""
         with log.measure("resource.restore", resource=record.name, type=record.kind.name):
             await self.docker.ensure_network(self.network, {LABEL_RACK: self.rack})
-            await self.docker.ensure_image(record.image)
+            await self._ensure_image(record)
             await self.docker.volume_create(self.volume_name(record.name), self.labels(record))
             await self._run(record)
 

@@ -70,6 +70,13 @@ CREATE TABLE IF NOT EXISTS links (
     created TEXT NOT NULL,
     PRIMARY KEY (resource, app)
 );
+CREATE TABLE IF NOT EXISTS manifest_resources (
+    app TEXT NOT NULL,
+    name TEXT NOT NULL,
+    resource TEXT NOT NULL UNIQUE,
+    created TEXT NOT NULL,
+    PRIMARY KEY (app, name)
+);
 CREATE TABLE IF NOT EXISTS params (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
