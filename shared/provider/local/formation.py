@@ -30,6 +30,7 @@ from shared.provider.local.events import Events
 from shared.provider.local.images import image_name
 from shared.provider.local.releases import LocalReleases
 from shared.provider.local.state import State
+from shared.provider.local.volumes import Volumes
 
 log = Logger("formation")
 LABEL_MEMORY = "convox.memory"
@@ -127,6 +128,7 @@ class LocalFormation:
         self.closing = False
         """The service is stopping: a roll-out cut short now is interrupted (adoption finishes it), not cancelled."""
         self.events = Events(state)
+        self.volumes = Volumes(docker, rack)
         releases.formation = self
 
     # ---- desired state -------------------------------------------------------------------------
@@ -210,7 +212,7 @@ class LocalFormation:
             "NetworkingConfig": {"EndpointsConfig": {self.network: {"Aliases": [f"{want.service}.{release.app}"]}}},
         }
         if want.volumes:
-            config["HostConfig"]["Mounts"] = await self._volumes(release.app, want)
+            config["HostConfig"]["Mounts"] = await self.volumes.mounts(release.app, want.service, want.volumes)
         if want.command:
             config["Cmd"] = want.command
         if want.port:
@@ -219,23 +221,6 @@ class LocalFormation:
         container = await self.docker.run(config, name=name)
         log.log("process.start", app=release.app, service=want.service, release=release.id, id=container["Id"][:12])
         return container
-
-    def volume_name(self, app: str, service: str, volume: str) -> str:
-        """A named volume per app and process type: kept across releases, roll-outs and rack restarts."""
-        return f"{self.rack}-{app}-{service}-{volume}"
-
-    async def _volumes(self, app: str, want: Desired) -> list[dict[str, Any]]:
-        mounts = []
-        for volume in want.volumes:
-            name = self.volume_name(app, want.service, volume.name)
-            await self.docker.volume_create(name, {LABEL_RACK: self.rack, LABEL_APP: app, LABEL_TYPE: want.service})
-            mounts.append({"Type": "volume", "Source": name, "Target": volume.path})
-        return mounts
-
-    async def forget_volumes(self, app: str) -> None:
-        """Remove the app's volumes (its containers are gone: the app is being deleted)."""
-        for name in await self.docker.volumes({LABEL_RACK: self.rack, LABEL_APP: app}):
-            await self.docker.volume_remove(name)
 
     async def _healthy(self, container: dict[str, Any], want: Desired) -> None:
         """Wait until a new container passes its health check: HTTP GET on ``health`` when the manifest gives
