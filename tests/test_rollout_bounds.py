@@ -1,6 +1,7 @@
 """A roll-out within the process type's deployment bounds, watched on the Docker Engine: with count 4,
 minimum 50 and maximum 100, processes are replaced in batches, at least 2 serve (answer on their port) at
-every moment and never more than 4 run in all."""
+every moment and never more than 4 run in all; a roll-out that fails goes back to the serving release within
+the same bounds."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ ROLLING = """
 services:
   web:
     image: {image}
-    command: sh -c 'mkdir -p /www; echo $MARK > /www/index.html; sleep 1; exec httpd -f -p 3000 -h /www'
+    command: >-
+      sh -c 'test "$MARK" != bad || exit 1; mkdir -p /www; echo $MARK > /www/index.html; sleep 1;
+      exec httpd -f -p 3000 -h /www'
     port: 3000
     environment:
       - MARK=first
@@ -72,31 +75,48 @@ def test_a_roll_out_keeps_the_deployment_minimum_serving_and_never_runs_more_tha
     source.mkdir()
     (source / "convox.yml").write_text(ROLLING.format(image=busybox_image))
     cli("apps", "create", app_name, check=True)
-    samples: list[Sample] = []
-    done = threading.Event()
 
-    def watch() -> None:
-        with engine() as docker:
-            while not done.is_set():
-                samples.append(sample(docker, app_name))
+    def watched(mark: str) -> tuple[int, list[Sample]]:
+        """Promote ``MARK=mark`` while the Engine is watched: the CLI's exit code and what was seen."""
+        samples: list[Sample] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            with engine() as docker:
+                while not done.is_set():
+                    samples.append(sample(docker, app_name))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            promoted = cli("env", "set", f"MARK={mark}", "--promote", "--app", app_name, timeout=300)
+        finally:
+            done.set()
+            watcher.join()
+        assert len(samples) > 10
+        return promoted.returncode, samples
 
     try:
         deployed = cli("deploy", str(source), "--app", app_name, timeout=300)
         assert deployed.returncode == 0, deployed.stderr
         with engine() as docker:
             assert sample(docker, app_name).serving == ["first"] * 4
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
-            cli("env", "set", "MARK=second", "--promote", "--app", app_name, check=True, timeout=300)
-        finally:
-            done.set()
-            watcher.join()
-        assert len(samples) > 10
+        code, samples = watched("second")
+        assert code == 0
         assert max(s.running for s in samples) == 4, samples  # the maximum: 100% of 4
         assert min(len(s.serving) for s in samples) >= 2, samples  # the minimum: 50% of 4
         # in batches: old and new served side by side, with only part of the old ones left
         assert any(s.serving.count("first") == 2 and s.serving.count("second") == 2 for s in samples), samples
+        with engine() as docker:
+            assert sample(docker, app_name).serving == ["second"] * 4
+
+        # the new processes exit: the 2 old ones stopped for them come back, the minimum still serving
+        code, samples = watched("bad")
+        assert code != 0
+        assert max(s.running for s in samples) <= 4, samples
+        assert min(len(s.serving) for s in samples) >= 2, samples
+        assert set().union(*(s.serving for s in samples)) == {"second"}
+        assert any(len(s.serving) == 2 for s in samples), samples  # it had begun: 2 old ones had stopped
         with engine() as docker:
             assert sample(docker, app_name).serving == ["second"] * 4
     finally:
