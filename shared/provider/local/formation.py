@@ -4,7 +4,8 @@ Each process type of the active release runs ``count`` containers of its image o
 (where it resolves as ``TYPE.APP``), with the app's environment, a memory limit and Docker's restart
 policy (so a container that exits is restarted with back-off and the count holds). A roll-out starts the
 new containers and waits for their health checks before the balancers switch and the old ones stop, so a
-failed roll-out leaves the previous release serving.
+failed roll-out leaves the previous release serving; a type whose ``deployment`` bounds leave no room for the
+whole count at once is replaced in steps (:mod:`shared.provider.local.rolling`).
 """
 
 from __future__ import annotations
