@@ -432,10 +432,10 @@ class LocalFormation:
         await self.apps.set_status(release.app, "running" if serving else "failed")
         await self.apps.rollouts.record(release.app, release.id, outcome, message)
 
-    async def _back(self, release: Release, outcome: str, message: str) -> None:
+    async def _roll_back(self, release: Release) -> None:
         """A roll-out cut short: the release that was serving gets its full count back (a roll-out in steps
-        may have stopped some of its processes already), in the steps its deployment allows; then
-        :meth:`_ended`. Should that fail, the reconciliation brings the count back later."""
+        may have stopped some of its processes already), in the steps its deployment allows. Should that
+        fail, the reconciliation brings the count back later."""
         serving = (await self.apps.get(release.app)).release
         if serving and serving != release.id:
             try:
@@ -444,7 +444,6 @@ class LocalFormation:
                 log.error("release.rollback", app=release.app, release=serving, message=str(exc))
             finally:
                 self.switching.discard(release.app)
-        await self._ended(release, outcome, message)
 
     async def _rollout(self, release: Release) -> None:
         async with self._lock(release.app):
@@ -455,12 +454,15 @@ class LocalFormation:
                 except asyncio.CancelledError:
                     if self.closing:  # left `updating`: the next start's adoption records it as interrupted
                         raise
-                    await asyncio.shield(self._back(release, "cancelled", "cancelled"))
+                    with contextlib.suppress(asyncio.CancelledError):  # a second cancel ends the way back only
+                        await self._roll_back(release)
+                    await asyncio.shield(self._ended(release, "cancelled", "cancelled"))
                     await self.events.emit(release.app, "release roll-out cancelled", release=release.id)
                     return
                 except Exception as exc:
                     reason = getattr(exc, "message", None) or type(exc).__name__
-                    await self._back(release, "failed", str(reason))
+                    await self._roll_back(release)
+                    await self._ended(release, "failed", str(reason))
                     await self.events.emit(release.app, f"release failed to roll out: {reason}", release=release.id)
                     raise
                 finally:
