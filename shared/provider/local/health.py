@@ -79,4 +79,3 @@ class HealthChecks:
         except httpx.HTTPError:
             return False
         return response.status_code < 400
-
