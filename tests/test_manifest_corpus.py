@@ -45,7 +45,7 @@ def test_gen1_two_ports_tls_label_and_an_internal_port() -> None:
     assert web.ports[1].tls and not web.ports[0].tls
     assert web.environment == ["RACK_ENV=production", "SECRET"]
     assert web.health == Health(path="/check", timeout=3)
-    assert web.drain == 10
+    assert web.drain == 10 and web.deployment == Deployment(minimum=25, maximum=150)
     assert web.scale == Scale(memory=512)
     assert manifest.warnings == [
         "docker-compose.yml: services.web.labels.convox.port.443.proxy is not supported by this rack"

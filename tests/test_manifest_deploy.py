@@ -94,7 +94,7 @@ def app_volumes(app: str) -> list[str]:
     return listed.stdout.split()
 
 
-def test_a_volume_keeps_its_data_across_releases_and_goes_with_the_app(
+def test_a_volume_keeps_its_data_across_releases_is_shared_with_one_offs_and_goes_with_the_app(
     cli: Cli, app_name: str, busybox_image: str, tmp_path: Path
 ) -> None:
     from tests.test_deploy import fetch, info
@@ -108,6 +108,11 @@ def test_a_volume_keeps_its_data_across_releases_and_goes_with_the_app(
         assert deployed.returncode == 0, deployed.stderr
         assert fetch(info(cli, app_name)["Balancer"], "/marks") == "first\n"
         assert len(app_volumes(app_name)) == 1
+        # a one-off of the type mounts the type's volume: it reads what web wrote, web serves what it writes
+        read = cli("run", "--app", app_name, "web", "cat /data/marks", input="")
+        assert (read.returncode, read.stdout) == (0, "first\n"), read.stderr
+        cli("run", "--app", app_name, "web", "echo from-run > /data/ran", input="", check=True)
+        assert fetch(info(cli, app_name)["Balancer"], "/ran") == "from-run\n"
         listed = cli("timers", "--app", app_name, check=True).stdout.splitlines()
         assert listed[0].split() == ["NAME", "SCHEDULE", "SERVICE", "COMMAND", "LAST", "RUN", "EXIT", "NEXT", "RUN"]
         assert listed[1].split()[:8] == ["hourly", "0", "*", "*", "*", "*", "web", "ls"]

@@ -115,3 +115,87 @@ async def test_a_timer_runs_on_schedule_with_events_and_is_never_doubled(
         await timers.close()
         for tag in ("B" + "TIMERSTEST", "B" + "TIMERSNONE"):
             docker("rmi", image_name(RACK_NAME, app, "web", tag), check=False)
+
+
+def runner(provider: LocalProvider, clock: FakeClock) -> LocalTimers:
+    """A timer runner as the apps service makes one at each start of the rack."""
+    return LocalTimers(
+        provider.docker, provider.apps, provider.releases, provider.processes, Events(provider.state), clock
+    )
+
+
+def runs_of(app: str, timer: str) -> list[str]:
+    return docker("ps", "-q", "--filter", f"label={LABEL_TIMER}={timer}", "--filter", f"label=convox.app={app}").split()
+
+
+async def test_timers_keep_their_last_run_across_a_restart_and_a_run_going_is_not_doubled(
+    provider: LocalProvider, busybox_image: str
+) -> None:
+    app = "timed-kept"
+    await provider.apps.create(app)
+    build = "B" + "TIMERSKEPT"
+    timers_spec = {
+        "tick": Timer(name="tick", schedule="* * * * *", command="echo tick; exit 3", service="web"),
+        "slow": Timer(name="slow", schedule="* * * * *", command="sleep 30", service="web"),
+        "lost": Timer(name="lost", schedule="* * * * *", command="sleep 30", service="web"),
+    }
+    await release(provider, app, busybox_image, timers_spec, build)
+    clock = FakeClock()
+    minute = START.replace(second=0)
+    try:
+        first = runner(provider, clock)
+        try:
+            await first.beat()
+            clock.at(1)
+            await first.beat()
+            await settled(first, app, "tick")
+            slow_pid, lost_pid = first.state[(app, "slow")].running, first.state[(app, "lost")].running
+            assert slow_pid and lost_pid
+        finally:
+            await first.close()  # the rack stops: the runs it started go on
+        # the rack stopped just as `lost` started, before its pid was saved
+        await provider.state.execute("UPDATE timers SET running = '' WHERE app = ? AND name = 'lost'", (app,))
+
+        clock.now = minute + timedelta(minutes=1, seconds=20)
+        second = runner(provider, clock)
+        try:
+            await second.load()
+            listed = {timer.name: timer for timer in await second.list(app)}
+            assert (listed["tick"].last_run, listed["tick"].last_exit) == (minute + timedelta(minutes=1), 3)
+            assert listed["tick"].next_run == minute + timedelta(minutes=2)
+            assert (listed["slow"].running, listed["slow"].last_exit) == (slow_pid, None)
+
+            clock.at(2)
+            await second.beat()  # tick runs again; slow and lost are still going: neither is doubled
+            await settled(second, app, "tick")
+            assert runs_of(app, "slow") == [slow_pid] and runs_of(app, "lost") == [lost_pid]
+            assert second.state[(app, "lost")].running == lost_pid  # found on the Engine, followed from now on
+            messages = await events(provider, app)
+            assert messages.count("timer tick started") == 2 and messages.count("timer tick exited with code 3") == 2
+            assert messages.count("timer slow started") == 1 and messages.count("timer lost started") == 1
+
+            # the runs are followed to their end across the restart: their exit codes are kept
+            for pid in (slow_pid, lost_pid):
+                await provider.processes.stop(app, pid)
+            await settled(second, app, "slow")
+            await settled(second, app, "lost")
+            listed = {timer.name: timer for timer in await second.list(app)}
+            assert listed["slow"].running == "" and listed["slow"].last_exit is not None
+            assert listed["lost"].running == "" and listed["lost"].last_exit is not None
+        finally:
+            await second.close()
+
+        # down over minutes 3 and 4: runs that fell due meanwhile are not made up at the next start
+        clock.at(4)
+        clock.now += timedelta(seconds=30)
+        third = runner(provider, clock)
+        try:
+            await third.beat()
+            listed = {timer.name: timer for timer in await third.list(app)}
+            assert listed["tick"].next_run == minute + timedelta(minutes=5)
+            assert listed["tick"].last_run == minute + timedelta(minutes=2) and listed["tick"].last_exit == 3
+            assert (await events(provider, app)).count("timer tick started") == 2
+        finally:
+            await third.close()
+    finally:
+        docker("rmi", image_name(RACK_NAME, app, "web", build), check=False)

@@ -231,6 +231,9 @@ class ComposeParser(Parser):
                     data["internal"] = True
                     for mapping in data.get("ports", []):
                         mapping["public"] = False
+            elif label in ("convox.deployment.minimum", "convox.deployment.maximum"):
+                data.setdefault("deployment", {})[parts[2]] = spelled
+                aliases[("deployment", parts[2])] = where
             elif label == "convox.draining.timeout":
                 data["drain"] = spelled
                 aliases[("drain",)] = where

@@ -58,7 +58,7 @@ class LocalProvider:
         self.apps.on_delete.append(self.resources.forget_app)
         self.builds = LocalBuilds(self.state, self.docker, self.apps, self.releases, settings.name, settings.data_dir)
         self.apps.after_delete.append(self.builds.forget_app)
-        self.apps.after_delete.append(self.formation.forget_volumes)
+        self.apps.after_delete.append(self.formation.volumes.forget)
         self.apps.after_delete.append(self.certificates.forget)
         self.logs = LocalLogs(self.state, self.docker, self.apps, settings.name, settings.data_dir)
 

@@ -4,7 +4,8 @@ Each process type of the active release runs ``count`` containers of its image o
 (where it resolves as ``TYPE.APP``), with the app's environment, a memory limit and Docker's restart
 policy (so a container that exits is restarted with back-off and the count holds). A roll-out starts the
 new containers and waits for their health checks before the balancers switch and the old ones stop, so a
-failed roll-out leaves the previous release serving.
+failed roll-out leaves the previous release serving; a type whose ``deployment`` bounds leave no room for the
+whole count at once is replaced in steps (:mod:`shared.provider.local.rolling`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
-
-import httpx
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
@@ -28,9 +28,12 @@ from shared.provider.local.balancers import Balancers
 from shared.provider.local.certificates import AppCertificates, ListenerTLS
 from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
 from shared.provider.local.events import Events
+from shared.provider.local.health import HealthChecks, container_ip
 from shared.provider.local.images import image_name
 from shared.provider.local.releases import LocalReleases
+from shared.provider.local.rolling import next_step
 from shared.provider.local.state import State
+from shared.provider.local.volumes import Volumes
 
 log = Logger("formation")
 LABEL_MEMORY = "convox.memory"
@@ -74,8 +77,11 @@ class Desired:
     """(container port, asked balancer port) of the public ports besides the main one: a listener each."""
     tls_ports: dict[int, str] = field(default_factory=dict)
     """Container port -> ``https`` or ``tls``: the ports whose listener terminates TLS (the app's certificate)."""
-    stop_first: bool = False
-    """``singleton`` (or ``deployment.maximum`` of 100): the old processes stop before new ones start."""
+    minimum: int = 50
+    """Percent of the count that serves throughout a roll-out (``deployment.minimum``; 0 for a singleton)."""
+    maximum: int = 200
+    """Percent of the count that may run at once during a roll-out (``deployment.maximum``; 100 for a
+    singleton: its old process stops before the new one starts)."""
 
 
 def _seconds(label: str | None, default: float) -> float:
@@ -92,11 +98,6 @@ def manifest_of(release: Release) -> Manifest:
 def endpoint(host: str, port: int, protocol: str = "") -> str:
     """Where a client connects: ``host:port``, or ``https://host:port`` (``tls://``) where TLS terminates."""
     return f"{protocol}://{host}:{port}" if protocol in ("https", "tls") else f"{host}:{port}"
-
-
-def container_ip(container: dict[str, Any], network: str) -> str:
-    networks = (container.get("NetworkSettings") or {}).get("Networks") or {}
-    return str((networks.get(network) or {}).get("IPAddress") or "")
 
 
 class LocalFormation:
@@ -137,6 +138,8 @@ class LocalFormation:
         self.closing = False
         """The service is stopping: a roll-out cut short now is interrupted (adoption finishes it), not cancelled."""
         self.events = Events(state)
+        self.volumes = Volumes(docker, rack)
+        self.health = HealthChecks(docker, self.network, self.events)
         releases.formation = self
 
     # ---- desired state -------------------------------------------------------------------------
@@ -185,7 +188,8 @@ class LocalFormation:
                     other_ports=[mapping.container for mapping in service.ports[1:]],
                     extra_listeners=[(m.container, m.balancer or m.container) for m in service.ports[1:] if m.public],
                     tls_ports={m.container: m.protocol for m in service.ports if m.public and m.tls},
-                    stop_first=service.singleton or service.deployment.maximum <= 100,
+                    minimum=0 if service.singleton else service.deployment.minimum,
+                    maximum=100 if service.singleton else service.deployment.maximum,
                 )
             )
         return wanted
@@ -221,7 +225,7 @@ class LocalFormation:
             "NetworkingConfig": {"EndpointsConfig": {self.network: {"Aliases": [f"{want.service}.{release.app}"]}}},
         }
         if want.volumes:
-            config["HostConfig"]["Mounts"] = await self._volumes(release.app, want)
+            config["HostConfig"]["Mounts"] = await self.volumes.mounts(release.app, want.service, want.volumes)
         if want.command:
             config["Cmd"] = want.command
         if want.port:
@@ -230,76 +234,6 @@ class LocalFormation:
         container = await self.docker.run(config, name=name)
         log.log("process.start", app=release.app, service=want.service, release=release.id, id=container["Id"][:12])
         return container
-
-    def volume_name(self, app: str, service: str, volume: str) -> str:
-        """A named volume per app and process type: kept across releases, roll-outs and rack restarts."""
-        return f"{self.rack}-{app}-{service}-{volume}"
-
-    async def _volumes(self, app: str, want: Desired) -> list[dict[str, Any]]:
-        mounts = []
-        for volume in want.volumes:
-            name = self.volume_name(app, want.service, volume.name)
-            await self.docker.volume_create(name, {LABEL_RACK: self.rack, LABEL_APP: app, LABEL_TYPE: want.service})
-            mounts.append({"Type": "volume", "Source": name, "Target": volume.path})
-        return mounts
-
-    async def forget_volumes(self, app: str) -> None:
-        """Remove the app's volumes (its containers are gone: the app is being deleted)."""
-        for name in await self.docker.volumes({LABEL_RACK: self.rack, LABEL_APP: app}):
-            await self.docker.volume_remove(name)
-
-    async def _healthy(self, container: dict[str, Any], want: Desired) -> None:
-        """Wait until a new container passes its health check: HTTP GET on ``health`` when the manifest gives
-        one, else a TCP connect to its port; a type without a port needs only to keep running."""
-        health = want.health or Health()
-        deadline = asyncio.get_running_loop().time() + health.grace + 3 * health.timeout + 2
-        first = True
-        pause = 0.05  # a fresh process usually answers within a few tenths of a second: look soon, then back off
-        while True:
-            info = await self.docker.inspect(container["Id"])
-            state = info.get("State") or {}
-            if not state.get("Running") or state.get("Restarting"):
-                code = state.get("ExitCode")
-                await self._event(container, f"{want.service} failed its health check (exited with code {code})")
-                raise RackError(f"{want.service} exited with code {code} before it was healthy")
-            if want.port is None:
-                if not first:  # a type without a port: still running after its first look
-                    return
-                pause = 1.0
-            elif await self._check(container_ip(info, self.network), want.port, want.health):
-                return
-            first = False
-            if asyncio.get_running_loop().time() > deadline:
-                what = f"GET {want.health.path}" if want.health else f"TCP {want.port}"
-                await self._event(container, f"{want.service} failed its health check ({what})")
-                raise RackError(f"{want.service} failed its health check ({what})")
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, float(health.interval), 1.0)
-
-    async def _event(self, container: dict[str, Any], message: str) -> None:
-        labels = (container.get("Config") or {}).get("Labels") or {}
-        app, release = labels.get(LABEL_APP, ""), labels.get(LABEL_RELEASE, "")
-        await self.events.emit(app, message, release=release, pid=container["Id"])
-
-    @staticmethod
-    async def _check(ip: str, port: int, health: Health | None) -> bool:
-        if not ip:
-            return False
-        if health is None:
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 2)
-            except (OSError, TimeoutError):
-                return False
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return True
-        try:
-            async with httpx.AsyncClient(timeout=health.timeout) as client:
-                response = await client.get(f"http://{ip}:{port}{health.path}")
-        except httpx.HTTPError:
-            return False
-        return response.status_code < 400
 
     async def _tls(self, app: str, protocol: str | None) -> ListenerTLS | None:
         """The app's certificate for a listener of an ``https``/``tls`` port (made once, then kept)."""
@@ -365,51 +299,43 @@ class LocalFormation:
         fresh: bool = False,
     ) -> None:
         """Make the app run ``release``: start what is missing, health-check it, switch the balancers,
-        then stop everything else (other releases, surplus, other memory). Nothing old stops until every
-        new container is healthy; on a failure the new containers are removed and the error raised. A
-        process the Engine is restarting (its restart policy, with back-off) counts as there. ``fresh``
-        replaces every process in scope, even those that already run the release (a restart)."""
+        then stop everything else (other releases, surplus, other memory). Each process type goes in the steps
+        its ``deployment`` allows (:mod:`shared.provider.local.rolling`); by default the whole count starts
+        at once and nothing old stops until every new container is healthy. On a failure the new containers
+        that do not serve yet are removed and the error raised (those that serve beside old ones stay: a
+        roll-out goes back to the release that was serving, in the same steps). A process the Engine is
+        restarting (its restart policy, with back-off) counts as there. ``fresh`` replaces every process in
+        scope, even those that already run the release (a restart)."""
         app = release.app
         wanted = [w for w in await self.desired(release, patch) if only is None or w.service == only]
         await self.docker.ensure_network(self.network, {LABEL_RACK: self.rack})
         current = [c for c in await self._containers(app) if c.get("State") in ALIVE]
         keep: dict[str, list[dict[str, Any]]] = {}
         started: list[dict[str, Any]] = []
+        serving: set[str] = set()
+        """New containers that serve beside old ones (the roll-out goes on in steps): kept on a failure."""
+        rolls = []
+        for want in wanted:
+            of_type = [c for c in current if (c.get("Labels") or {}).get(LABEL_TYPE) == want.service]
+            matching = [
+                c
+                for c in of_type
+                if (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
+                and (c.get("Labels") or {}).get(LABEL_MEMORY) == str(want.memory)
+            ]
+            keep[want.service] = [] if fresh else matching[: want.count]
+            ids = {c["Id"] for c in keep[want.service]}
+            old = [c for c in of_type if c["Id"] not in ids]
+            rolls.append(self._roll(release, want, keep[want.service], old, started, serving))
         try:
-            for want in wanted:
-                matching = [
-                    c
-                    for c in current
-                    if (c.get("Labels") or {}).get(LABEL_TYPE) == want.service
-                    and (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
-                    and (c.get("Labels") or {}).get(LABEL_MEMORY) == str(want.memory)
-                ]
-                keep[want.service] = [] if fresh else matching[: want.count]
-                if want.stop_first and want.count > len(keep[want.service]):
-                    await self._stop_first(app, want, current, keep[want.service])
-                for _ in range(want.count - len(keep[want.service])):
-                    container = await self._start(release, want)
-                    started.append(container)
-                    keep[want.service].append(container)
-            await asyncio.gather(
-                *(
-                    self._healthy(c, want)
-                    for want in wanted
-                    for c in keep[want.service]
-                    if any(c["Id"] == s["Id"] for s in started)
-                )
-            )
+            await _together(rolls)
         except BaseException:
-            await asyncio.gather(*(self.docker.remove(c["Id"]) for c in started), return_exceptions=True)
+            dropped = [c for c in started if c["Id"] not in serving]
+            await asyncio.gather(*(self.docker.remove(c["Id"]) for c in dropped), return_exceptions=True)
             raise
         self.switching.add(app)
         for want in wanted:
-            if want.public and want.port:
-                backends = await self._backends(keep[want.service], want.port)
-                await self._balancer(app, want, backends)
-            elif (app, want.service) in self.balancers:
-                await self._drop_balancer(app, want.service)
-            await self._extra_listeners(app, want, keep[want.service])
+            await self._serve(app, want, keep[want.service])
         kept = {c["Id"] for containers in keep.values() for c in containers}
         scope = {want.service for want in wanted}
         retire = [
@@ -428,15 +354,49 @@ class LocalFormation:
                     with contextlib.suppress(RackError):
                         await self.lb.delete(f"{service}.{app}:{asked}")
 
-    async def _stop_first(
-        self, app: str, want: Desired, current: list[dict[str, Any]], kept: list[dict[str, Any]]
+    async def _roll(
+        self,
+        release: Release,
+        want: Desired,
+        keep: list[dict[str, Any]],
+        old: list[dict[str, Any]],
+        started: list[dict[str, Any]],
+        serving: set[str],
     ) -> None:
-        """A singleton type never runs twice: its other processes stop (drained) before a new one starts."""
-        ids = {c["Id"] for c in kept}
-        others = [
-            c for c in current if (c.get("Labels") or {}).get(LABEL_TYPE) == want.service and c["Id"] not in ids
-        ]
-        await asyncio.gather(*(self._retire(app, c) for c in others))
+        """Bring ``keep`` (the type's processes of the release) up to its count in the steps its deployment
+        allows: stop the old processes it may, start a batch, wait until they are healthy, let them serve
+        beside the old ones left; again until the count is there. The old ones left stop afterwards."""
+        others = [c for c in old if c.get("State") != "running"]  # being restarted by the Engine: not serving
+        old_serving = [c for c in old if c.get("State") == "running"]
+        while True:
+            step = next_step(want.count, want.minimum, want.maximum, len(keep), len(old_serving), len(others))
+            if not step.start:
+                return
+            if step.stop:
+                stopping = (others + old_serving)[: step.stop]
+                gone = {c["Id"] for c in stopping}
+                others = [c for c in others if c["Id"] not in gone]
+                old_serving = [c for c in old_serving if c["Id"] not in gone]
+                await self._serve(release.app, want, old_serving + keep)
+                await asyncio.gather(*(self._retire(release.app, c) for c in stopping))
+            batch = []
+            for _ in range(step.start):
+                container = await self._start(release, want)
+                started.append(container)
+                batch.append(container)
+            await asyncio.gather(*(self.health.wait(c, want.service, want.port, want.health) for c in batch))
+            keep.extend(batch)
+            if len(keep) < want.count:  # more steps to come: the new ones serve beside the old ones meanwhile
+                serving.update(c["Id"] for c in batch)
+                await self._serve(release.app, want, old_serving + keep)
+
+    async def _serve(self, app: str, want: Desired, containers: list[dict[str, Any]]) -> None:
+        """Put the type's balancer listeners on ``containers`` (drop them when the type is no longer public)."""
+        if want.public and want.port:
+            await self._balancer(app, want, await self._backends(containers, want.port))
+        elif (app, want.service) in self.balancers:
+            await self._drop_balancer(app, want.service)
+        await self._extra_listeners(app, want, containers)
 
     async def _retire(self, app: str, container: dict[str, Any]) -> None:
         """Stop a process once the connections its balancer holds open to it are done (or drain time ends)."""
@@ -495,6 +455,19 @@ class LocalFormation:
         await self.apps.set_status(release.app, "running" if serving else "failed")
         await self.apps.rollouts.record(release.app, release.id, outcome, message)
 
+    async def _roll_back(self, release: Release) -> None:
+        """A roll-out cut short: the release that was serving gets its full count back (a roll-out in steps
+        may have stopped some of its processes already), in the steps its deployment allows. Should that
+        fail, the reconciliation brings the count back later."""
+        serving = (await self.apps.get(release.app)).release
+        if serving and serving != release.id:
+            try:
+                await self.converge(await self.releases.get(release.app, serving))
+            except Exception as exc:
+                log.error("release.rollback", app=release.app, release=serving, message=str(exc))
+            finally:
+                self.switching.discard(release.app)
+
     async def _rollout(self, release: Release) -> None:
         async with self._lock(release.app):
             # a failure is logged by measure, and the app's status tells the user
@@ -504,11 +477,14 @@ class LocalFormation:
                 except asyncio.CancelledError:
                     if self.closing:  # left `updating`: the next start's adoption records it as interrupted
                         raise
+                    with contextlib.suppress(asyncio.CancelledError):  # a second cancel ends the way back only
+                        await self._roll_back(release)
                     await asyncio.shield(self._ended(release, "cancelled", "cancelled"))
                     await self.events.emit(release.app, "release roll-out cancelled", release=release.id)
                     return
                 except Exception as exc:
                     reason = getattr(exc, "message", None) or type(exc).__name__
+                    await self._roll_back(release)
                     await self._ended(release, "failed", str(reason))
                     await self.events.emit(release.app, f"release failed to roll out: {reason}", release=release.id)
                     raise
@@ -810,3 +786,15 @@ class LocalFormation:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.lb.close()  # the listeners keep serving in the balancer process, for the next start to adopt
         self.balancers.clear()
+
+
+async def _together(coroutines: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``coroutines`` at once; when one fails, the others are cancelled (and awaited) and its error raised."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError
 from shared.logfmt import Logger
-from shared.manifest import Manifest, resolve_manifest
+from shared.manifest import Manifest, Volume, resolve_manifest
 from shared.models import Process, ProcessRunOptions, Release
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.docker import (
@@ -38,6 +38,7 @@ from shared.provider.local.images import image_name
 from shared.provider.local.receipts import Receipts
 from shared.provider.local.sandboxes import Sandboxes
 from shared.provider.local.stats import Sampler
+from shared.provider.local.volumes import Volumes
 
 if TYPE_CHECKING:
     from shared.provider.contract import ReleasesAPI
@@ -124,6 +125,7 @@ class LocalProcesses:
         self.image_configs: dict[str, dict[str, Any]] = {}
         self.network_seen = False
         self.sandboxes = Sandboxes(docker, rack, self.network, apps)
+        self.volumes = Volumes(docker, rack)
         self.swept = 0.0
         self.receipts = Receipts(apps.state)
         self.ends: asyncio.Task[None] | None = None
@@ -154,8 +156,13 @@ class LocalProcesses:
         """What a one-off process of ``options.service`` runs: the release's image of that process type with
         the release's environment (the manifest's defaults under the app's own), ``options.environment`` on top.
         Options that name an image already are returned as they are (provider-level tests run any image)."""
+        return (await self._resolved(app, options))[0]
+
+    async def _resolved(self, app: str, options: ProcessRunOptions) -> tuple[ProcessRunOptions, list[Volume]]:
+        """:meth:`resolve`, and the volumes of the process type (a one-off mounts them as its type's
+        processes do)."""
         if options.image:
-            return options
+            return options, []
         release = await self._release(app, options.release)
         if not release.manifest:
             raise BadRequest(f"release {release.id} has no build to run")
@@ -175,7 +182,7 @@ class LocalProcesses:
         if not command and service.command:
             command = ["sh", "-c", service.command] if isinstance(service.command, str) else service.command
         memory = options.memory or service.scale.memory
-        return options.model_copy(
+        resolved = options.model_copy(
             update={
                 "image": image,
                 "release": release.id,
@@ -184,6 +191,7 @@ class LocalProcesses:
                 "memory": memory,
             }
         )
+        return resolved, service.volumes
 
     async def _argv(self, image: str, command: list[str]) -> list[str]:
         """The full argv a container of ``image`` runs: the image's entrypoint, then the command or its CMD."""
@@ -202,10 +210,11 @@ class LocalProcesses:
     async def _config(
         self, app: str, options: ProcessRunOptions, time_limit: float | None, interactive: bool
     ) -> tuple[dict[str, Any], list[str]]:
+        volumes: list[Volume] = []
         if options.image:
             await self.apps.get(app)
         else:
-            options = await self.resolve(app, options)
+            options, volumes = await self._resolved(app, options)
         argv, network = await asyncio.gather(self._argv(options.image, options.command), self._network())
         labels = {
             **options.labels,
@@ -225,6 +234,8 @@ class LocalProcesses:
             host["Memory"] = host["MemorySwap"] = options.memory * MB
         if network:
             host["NetworkMode"] = self.network
+        if volumes:
+            host["Mounts"] = await self.volumes.mounts(app, options.service, volumes)
         config: dict[str, Any] = {
             "Image": options.image,
             "Env": [f"{key}={value}" for key, value in sorted(options.environment.items())],

@@ -90,6 +90,17 @@ CREATE TABLE IF NOT EXISTS events (
     pid TEXT NOT NULL DEFAULT '',
     message TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS timers (
+    app TEXT NOT NULL,
+    name TEXT NOT NULL,
+    schedule TEXT NOT NULL,
+    next_run TEXT NOT NULL,
+    last_run TEXT,
+    last_exit INTEGER,
+    running TEXT NOT NULL DEFAULT '',
+    started REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (app, name)
+);
 CREATE TABLE IF NOT EXISTS log_receipts (
     container TEXT PRIMARY KEY,
     at REAL NOT NULL
