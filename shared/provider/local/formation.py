@@ -1,4 +1,5 @@
-"""Formation on the local provider: roll-outs, scale, balancers, and adoption after a restart.
+"""Formation on the local provider: roll-outs, scale, and adoption after a restart (the balancer listeners of
+the public types are :mod:`shared.provider.local.listeners`).
 
 Each process type of the active release runs ``count`` containers of its image on the rack's network
 (where it resolves as ``TYPE.APP``), with the app's environment, a memory limit and Docker's restart
@@ -23,13 +24,13 @@ from shared.logfmt import Logger
 from shared.manifest import Health, Manifest, Volume, resolve_manifest
 from shared.models import App, Formation, FormationUpdate, Release
 from shared.provider.local.apps import LocalApps
-from shared.provider.local.balancer import ListenerSpec
 from shared.provider.local.balancers import Balancers
-from shared.provider.local.certificates import AppCertificates, ListenerTLS
+from shared.provider.local.certificates import AppCertificates
 from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
 from shared.provider.local.events import Events
 from shared.provider.local.health import HealthChecks, container_ip
 from shared.provider.local.images import image_name
+from shared.provider.local.listeners import Listeners
 from shared.provider.local.releases import LocalReleases
 from shared.provider.local.rolling import next_step
 from shared.provider.local.state import State
@@ -95,11 +96,6 @@ def manifest_of(release: Release) -> Manifest:
     return resolve_manifest(Manifest.model_validate_json(release.manifest), release.env)
 
 
-def endpoint(host: str, port: int, protocol: str = "") -> str:
-    """Where a client connects: ``host:port``, or ``https://host:port`` (``tls://``) where TLS terminates."""
-    return f"{protocol}://{host}:{port}" if protocol in ("https", "tls") else f"{host}:{port}"
-
-
 class LocalFormation:
     def __init__(
         self,
@@ -119,12 +115,8 @@ class LocalFormation:
         self.rack = rack
         self.balancer_host = balancer_host
         self.network = f"convox-{rack}"
-        self.lb = lb
         self.certificates = certificates
-        self.balancers: dict[tuple[str, str], ListenerSpec] = {}
-        self.extra: dict[tuple[str, str, int], int] = {}
-        """(app, service, asked balancer port) -> the port of each further public listener of a type."""
-        """The listener of each public process type, as last put to the balancer process."""
+        self.listeners = Listeners(state, docker, lb, certificates, balancer_host, self.network)
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.damaged: set[str] = set()
@@ -235,60 +227,6 @@ class LocalFormation:
         log.log("process.start", app=release.app, service=want.service, release=release.id, id=container["Id"][:12])
         return container
 
-    async def _tls(self, app: str, protocol: str | None) -> ListenerTLS | None:
-        """The app's certificate for a listener of an ``https``/``tls`` port (made once, then kept)."""
-        if protocol not in ("https", "tls"):
-            return None
-        return await self.certificates.ensure(app, ["http/1.1"] if protocol == "https" else [])
-
-    async def _balancer(self, app: str, want: Desired, backends: list[tuple[str, int]]) -> None:
-        """Put the listener of ``want``'s main port (on its kept port) with these backends; keep the port it got."""
-        service = want.service
-        known = self.balancers.get((app, service))
-        protocol = want.tls_ports.get(want.port or 0, "")
-        spec = ListenerSpec(
-            name=f"{service}.{app}",
-            host=self.balancer_host,
-            port=known.port if known is not None else want.balancer_port or 0,
-            backends=backends,
-            tls=await self._tls(app, protocol),
-        )
-        spec.port = await self.lb.put(spec)
-        self.balancers[(app, service)] = spec
-        if known is None or known.port != spec.port or known.tls != spec.tls:
-            await self.state.execute(
-                "INSERT INTO formation (app, service, balancer_port, balancer_scheme) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (app, service) DO UPDATE SET balancer_port = excluded.balancer_port, "
-                "balancer_scheme = excluded.balancer_scheme",
-                (app, service, spec.port, protocol),
-            )
-
-    async def _extra_listeners(self, app: str, want: Desired, containers: list[dict[str, Any]]) -> None:
-        """A listener for each public port of ``want`` besides the main one (``443:3001``), named
-        ``web.myapp:443`` (the balancer process keeps its port across restarts); ones no longer asked for go."""
-        asked = {balancer for _, balancer in want.extra_listeners}
-        for container_port, balancer in want.extra_listeners:
-            spec = ListenerSpec(
-                name=f"{want.service}.{app}:{balancer}",
-                host=self.balancer_host,
-                port=self.extra.get((app, want.service, balancer), 0),
-                backends=await self._backends(containers, container_port),
-                tls=await self._tls(app, want.tls_ports.get(container_port)),
-            )
-            self.extra[(app, want.service, balancer)] = await self.lb.put(spec)
-        for key in [k for k in self.extra if k[:2] == (app, want.service) and k[2] not in asked]:
-            del self.extra[key]
-            with contextlib.suppress(RackError):
-                await self.lb.delete(f"{want.service}.{app}:{key[2]}")
-
-    async def _drop_balancer(self, app: str, service: str) -> None:
-        self.balancers.pop((app, service), None)
-        await self.lb.delete(f"{service}.{app}")
-        await self.state.execute(
-            "UPDATE formation SET balancer_port = NULL, balancer_scheme = '' WHERE app = ? AND service = ?",
-            (app, service),
-        )
-
     # ---- convergence -----------------------------------------------------------------------------
 
     async def converge(
@@ -335,7 +273,7 @@ class LocalFormation:
             raise
         self.switching.add(app)
         for want in wanted:
-            await self._serve(app, want, keep[want.service])
+            await self.listeners.serve(app, want, keep[want.service])
         kept = {c["Id"] for containers in keep.values() for c in containers}
         scope = {want.service for want in wanted}
         retire = [
@@ -345,14 +283,7 @@ class LocalFormation:
         ]
         await asyncio.gather(*(self._retire(app, c) for c in retire), return_exceptions=True)
         if only is None:
-            for app_name, service in list(self.balancers):
-                if app_name == app and service not in scope:
-                    await self._drop_balancer(app, service)
-            for app_name, service, asked in list(self.extra):
-                if app_name == app and service not in scope:
-                    del self.extra[(app_name, service, asked)]
-                    with contextlib.suppress(RackError):
-                        await self.lb.delete(f"{service}.{app}:{asked}")
+            await self.listeners.drop_others(app, scope)
 
     async def _roll(
         self,
@@ -377,7 +308,7 @@ class LocalFormation:
                 gone = {c["Id"] for c in stopping}
                 others = [c for c in others if c["Id"] not in gone]
                 old_serving = [c for c in old_serving if c["Id"] not in gone]
-                await self._serve(release.app, want, old_serving + keep)
+                await self.listeners.serve(release.app, want, old_serving + keep)
                 await asyncio.gather(*(self._retire(release.app, c) for c in stopping))
             batch = []
             for _ in range(step.start):
@@ -388,36 +319,16 @@ class LocalFormation:
             keep.extend(batch)
             if len(keep) < want.count:  # more steps to come: the new ones serve beside the old ones meanwhile
                 serving.update(c["Id"] for c in batch)
-                await self._serve(release.app, want, old_serving + keep)
-
-    async def _serve(self, app: str, want: Desired, containers: list[dict[str, Any]]) -> None:
-        """Put the type's balancer listeners on ``containers`` (drop them when the type is no longer public)."""
-        if want.public and want.port:
-            await self._balancer(app, want, await self._backends(containers, want.port))
-        elif (app, want.service) in self.balancers:
-            await self._drop_balancer(app, want.service)
-        await self._extra_listeners(app, want, containers)
+                await self.listeners.serve(release.app, want, old_serving + keep)
 
     async def _retire(self, app: str, container: dict[str, Any]) -> None:
         """Stop a process once the connections its balancer holds open to it are done (or drain time ends)."""
         labels = container.get("Labels") or {}
         service = labels.get(LABEL_TYPE, "")
         ip = container_ip(container, self.network)
-        if (app, service) in self.balancers and ip:
-            names = [f"{service}.{app}"] + [f"{s}.{a}:{b}" for a, s, b in self.extra if (a, s) == (app, service)]
-            with contextlib.suppress(RackError):
-                await asyncio.gather(
-                    *(self.lb.drained(name, ip, _seconds(labels.get(LABEL_DRAIN), DRAIN_SECONDS)) for name in names)
-                )
+        if ip:
+            await self.listeners.drained(app, service, ip, _seconds(labels.get(LABEL_DRAIN), DRAIN_SECONDS))
         await self.docker.stop(container["Id"], grace=int(_seconds(labels.get(LABEL_GRACE), 10)))
-
-    async def _backends(self, containers: list[dict[str, Any]], port: int) -> list[tuple[str, int]]:
-        backends = []
-        for container in containers:
-            ip = container_ip(await self.docker.inspect(container["Id"]), self.network)
-            if ip:
-                backends.append((ip, port))
-        return backends
 
     # ---- the contract ----------------------------------------------------------------------------
 
@@ -543,27 +454,7 @@ class LocalFormation:
                 if (c.get("Labels") or {}).get(LABEL_TYPE) == want.service
                 and (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
             )
-            balancer = self.balancers.get((app, want.service))
-            if want.port is None:
-                ports: list[str] = []
-            elif want.public and balancer is not None:
-                ports = [f"{balancer.port}:{want.port}"]
-            else:
-                ports = [str(want.port)]
-            main = ""
-            endpoints = []
-            if balancer is not None and want.public:
-                main = endpoint(balancer.host, balancer.port, want.tls_ports.get(want.port or 0, ""))
-                endpoints.append(main)
-            listening = {asked: port for (a, s, asked), port in self.extra.items() if (a, s) == (app, want.service)}
-            for container_port in want.other_ports:
-                asked = next((b for c, b in want.extra_listeners if c == container_port), None)
-                if asked is not None and asked in listening:
-                    ports.append(f"{listening[asked]}:{container_port}")
-                    protocol = want.tls_ports.get(container_port, "")
-                    endpoints.append(endpoint(self.balancer_host, listening[asked], protocol))
-                else:
-                    ports.append(str(container_port))  # on the rack network
+            ports, main, endpoints = self.listeners.ports(app, want)
             formation.append(
                 Formation(
                     name=want.service,
@@ -746,7 +637,7 @@ class LocalFormation:
         """Keep each balancer's backends on the running containers of the active release."""
         while True:
             await asyncio.sleep(REFRESH_SECONDS)
-            for app, service in list(self.balancers):
+            for app, service in list(self.listeners.main):
                 if self._lock(app).locked():
                     continue
                 with contextlib.suppress(RackError, KeyError):
@@ -760,23 +651,16 @@ class LocalFormation:
                         and (c.get("Labels") or {}).get(LABEL_TYPE) == service
                         and (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
                     ]
-                    if want is not None and want.port and (app, service) in self.balancers:
-                        await self._balancer(app, want, await self._backends(running, want.port))
+                    if want is not None and want.port and (app, service) in self.listeners.main:
+                        await self.listeners.put_main(app, want, await self.listeners.backends(running, want.port))
                         if want.extra_listeners:
-                            await self._extra_listeners(app, want, running)
+                            await self.listeners.put_extra(app, want, running)
 
     async def forget(self, app: str) -> None:
         """The app is being deleted: close its balancers and drop its formation, once a roll-out, scale or
         reconciliation in progress is done (it would start processes after the deletion removed them)."""
         async with self._lock(app):
-            for app_name, service in list(self.balancers):
-                if app_name == app:
-                    await self._drop_balancer(app, service)
-            for key in [key for key in self.extra if key[0] == app]:
-                del self.extra[key]
-            for spec in await self.lb.listeners():  # also those no start of this service adopted yet
-                if spec.name.endswith(f".{app}") or spec.name.rpartition(":")[0].endswith(f".{app}"):
-                    await self.lb.delete(spec.name)
+            await self.listeners.forget(app)
             await self.state.execute("DELETE FROM formation WHERE app = ?", (app,))
 
     async def close(self) -> None:
@@ -784,8 +668,7 @@ class LocalFormation:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.lb.close()  # the listeners keep serving in the balancer process, for the next start to adopt
-        self.balancers.clear()
+        await self.listeners.close()
 
 
 async def _together(coroutines: list[Coroutine[Any, Any, None]]) -> None:
