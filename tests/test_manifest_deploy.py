@@ -157,6 +157,8 @@ def test_a_two_port_compose_app_answers_on_both_balancer_ports(
         host, _, main = web["balancer"].rpartition(":")
         first, second, internal = web["ports"]
         assert first == f"{main}:3000" and second.endswith(":3001") and internal == "5432"
+        (process,) = api(rack, "GET", f"/apps/{app_name}/processes").json()
+        assert process["ports"] == sorted([first, second, internal])  # every mapping, as the balancers serve them
         assert fetch(web["balancer"]) == "one\n"
         assert fetch(f"{host}:{second.split(':')[0]}") == "two\n"
     finally:

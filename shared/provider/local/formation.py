@@ -655,6 +655,7 @@ class LocalFormation:
                         await self.listeners.put_main(app, want, await self.listeners.backends(running, want.port))
                         if want.extra_listeners:
                             await self.listeners.put_extra(app, want, running)
+                        await self.listeners.record(app, want)
 
     async def forget(self, app: str) -> None:
         """The app is being deleted: close its balancers and drop its formation, once a roll-out, scale or

@@ -44,6 +44,8 @@ class Listeners:
         """The main listener of each public process type (app, type), as last put to the balancer process."""
         self.extra: dict[tuple[str, str, int], int] = {}
         """(app, type, asked balancer port) -> the port of each further public listener of a type."""
+        self.recorded: dict[tuple[str, str], dict[int, tuple[int, str]]] = {}
+        """What the ``listeners`` table holds per (app, type): container port -> (balancer port, scheme)."""
 
     # ---- putting them ------------------------------------------------------------------------------
 
@@ -54,6 +56,7 @@ class Listeners:
         elif (app, want.service) in self.main:
             await self.drop(app, want.service)
         await self.put_extra(app, want, containers)
+        await self.record(app, want)
 
     async def put_main(self, app: str, want: Desired, backends: list[tuple[str, int]]) -> None:
         """Put the listener of ``want``'s main port (on its kept port) with these backends; keep the port it got."""
@@ -93,6 +96,31 @@ class Listeners:
         for key in [k for k in self.extra if k[:2] == (app, want.service) and k[2] not in asked]:
             await self._drop_extra(key)
 
+    async def record(self, app: str, want: Desired) -> None:
+        """Keep the type's listening ports in the ``listeners`` table (one transaction, only when they changed),
+        where every service reads them: ``convox ps`` shows ``PORT:CONTAINER_PORT`` for each."""
+        mapping: dict[int, tuple[int, str]] = {}
+        main = self.main.get((app, want.service))
+        if main is not None and want.port:
+            mapping[want.port] = (main.port, want.tls_ports.get(want.port, ""))
+        for container_port, asked in want.extra_listeners:
+            port = self.extra.get((app, want.service, asked))
+            if port:
+                mapping[container_port] = (port, want.tls_ports.get(container_port, ""))
+        await self._write(app, want.service, mapping)
+
+    async def _write(self, app: str, service: str, mapping: dict[int, tuple[int, str]]) -> None:
+        if self.recorded.get((app, service)) == mapping:
+            return
+        async with self.state.transaction() as tx:
+            await tx.execute("DELETE FROM listeners WHERE app = ? AND service = ?", (app, service))
+            for container_port, (port, scheme) in sorted(mapping.items()):
+                await tx.execute(
+                    "INSERT INTO listeners (app, service, container_port, port, scheme) VALUES (?, ?, ?, ?, ?)",
+                    (app, service, container_port, port, scheme),
+                )
+        self.recorded[(app, service)] = mapping
+
     async def _tls(self, app: str, protocol: str | None) -> ListenerTLS | None:
         """The app's certificate for a listener of an ``https``/``tls`` port (made once, then kept)."""
         if protocol not in ("https", "tls"):
@@ -131,10 +159,14 @@ class Listeners:
                 await self.drop(app, service)
         for key in [k for k in self.extra if k[0] == app and k[1] not in kept]:
             await self._drop_extra(key)
+        for recorded_app, service in list(self.recorded):
+            if recorded_app == app and service not in kept:
+                await self._write(app, service, {})
 
     async def forget(self, app: str) -> None:
         """The app is being deleted: every listener of it goes, also those no start of this service adopted."""
         await self.drop_others(app, set())
+        await self.state.execute("DELETE FROM listeners WHERE app = ?", (app,))
         for spec in await self.lb.listeners():
             if spec.name.endswith(f".{app}") or spec.name.rpartition(":")[0].endswith(f".{app}"):
                 await self.lb.delete(spec.name)

@@ -10,6 +10,7 @@ end. CPU and memory come from :mod:`shared.provider.local.stats`; streams from
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import re
 import secrets
@@ -339,6 +340,7 @@ class LocalProcesses:
             (to_process(c) for c in documents),
             key=lambda p: (p.name, p.started.timestamp() if p.started else 0.0, p.id),
         )
+        await self._balanced(app, processes, documents)
         if stats and processes:
             ids = {c["Id"][:12]: c["Id"] for c in containers}
             figures = await self.sampler.figures([ids[p.id] for p in processes])
@@ -359,9 +361,26 @@ class LocalProcesses:
             raise NotFound(f"no such process: {pid}")
         return container
 
+    async def _balanced(
+        self, app: str, processes: builtins.list[Process], documents: builtins.list[dict[str, Any]]
+    ) -> None:
+        """A port that a balancer listener serves is shown as ``PORT:CONTAINER_PORT`` (``"80:3000"``), as
+        Convox shows it; one-off processes are no balancer's backends and keep their container ports."""
+        sql = "SELECT service, container_port, port FROM listeners WHERE app = ?"
+        rows = await self.apps.state.fetch_all(sql, (app,))
+        served = {(r["service"], str(r["container_port"])): f"{r['port']}:{r['container_port']}" for r in rows}
+        if not served:
+            return
+        labels = [(d.get("Config") or {}).get("Labels") or d.get("Labels") or {} for d in documents]
+        oneoff = {d["Id"][:12] for d, of in zip(documents, labels, strict=True) if LABEL_ONEOFF in of}
+        for process in processes:
+            if process.id not in oneoff:
+                process.ports = sorted(served.get((process.name, port), port) for port in process.ports)
+
     async def get(self, app: str, pid: str) -> Process:
         container = await self._container(app, pid)
         process = to_process(container)
+        await self._balanced(app, [process], [container])
         if (container.get("State") or {}).get("Running"):
             figures = await self.sampler.figures([container["Id"]])
             process.cpu, process.memory = figures.get(container["Id"], (0.0, 0.0))

@@ -53,6 +53,14 @@ CREATE TABLE IF NOT EXISTS formation (
     balancer_scheme TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (app, service)
 );
+CREATE TABLE IF NOT EXISTS listeners (
+    app TEXT NOT NULL,
+    service TEXT NOT NULL,
+    container_port INTEGER NOT NULL,
+    port INTEGER NOT NULL,
+    scheme TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (app, service, container_port)
+);
 CREATE TABLE IF NOT EXISTS resources (
     name TEXT PRIMARY KEY,
     type TEXT NOT NULL,
