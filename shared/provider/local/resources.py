@@ -14,7 +14,8 @@ the official image by default; the container gets the official images' environme
 (POSTGRES_USER/PASSWORD/DB, MYSQL_ROOT_PASSWORD/DATABASE/USER/PASSWORD, ``redis-server --requirepass``),
 which the offline images of ``make images`` honour too. A service is ``creating`` until its server answers
 its protocol's greeting over TCP (checked from the rack against the container's address), then
-``running``. Nothing here logs a password or a URL that carries one.
+``running``. Nothing here logs a password or a URL that carries one. Dumps (export and import) are made by
+the service's own tools in its container: :mod:`shared.provider.local.dumps`.
 """
 
 from __future__ import annotations
@@ -168,7 +169,9 @@ class Redis(Kind):
         return Credentials(username="", password=_secret(), database="0")
 
     def command(self, creds: Credentials) -> list[str] | None:
-        return ["redis-server", "--requirepass", creds.password, "--appendonly", "yes"]
+        # no wait for more replicas before a snapshot is sent: an export (`redis-cli --rdb`) is the only one
+        flags = ["--appendonly", "yes", "--repl-diskless-sync-delay", "0"]
+        return ["redis-server", "--requirepass", creds.password, *flags]
 
     def talk(self, creds: Credentials) -> Talk:
         def command(*args: str) -> bytes:
