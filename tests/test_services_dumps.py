@@ -116,6 +116,13 @@ def test_postgres_round_trips_through_export_and_import(
     assert "syntax error" in stderr
     assert sql(digest) == before  # one transaction: nothing of the garbage, nothing lost
 
+    sql("delete from kept where id > 10")
+    cut = tmp_path / "cut.sql"
+    cut.write_bytes(dump.read_bytes()[: dump.stat().st_size // 2])  # ends in the middle of COPY's rows
+    code, stderr = convox(user, "services", "import", postgres, stdin=cut)
+    assert code != 0 and "ERROR: psql exited with code 3" in stderr, stderr
+    assert sql("select count(*) from kept") == "10"  # nothing of it committed
+
 
 def test_mysql_round_trips_through_export_and_import(user: Cli, rack: RunningRack, mysql: str, tmp_path: Path) -> None:
     password = docker("inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", service_container(rack.name, mysql))

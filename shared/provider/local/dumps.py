@@ -5,7 +5,8 @@ image's service user, reaching the server on the container's loopback with the c
 environment (never on its command line):
 
 - postgres: ``pg_dump --clean --if-exists --no-owner --no-privileges``, plain SQL that drops each object it
-  makes; loaded by ``psql --single-transaction -v ON_ERROR_STOP=1``: all of it or, at the first error, none.
+  makes; loaded by ``psql -v ON_ERROR_STOP=1`` in one transaction committed once the whole dump has come:
+  all of it or, at the first error (or a dump cut short), none.
 - mysql: ``mysqldump --single-transaction --routines --triggers --events`` (as root, over the unix socket);
   loaded by ``mysql``, which stops at the first error (what ran before it stays: MySQL's DDL is not
   transactional).
@@ -29,7 +30,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from shared.errors import RackError
+from shared.errors import BadRequest, RackError
 from shared.logfmt import Logger
 from shared.provider.local.docker import Docker
 from shared.provider.local.exec import ExecStream
@@ -50,12 +51,18 @@ Scrub = Callable[[str], str]
 
 @dataclass(frozen=True)
 class Tool:
-    """A command run in the service's container: its name in messages, argv, environment and user."""
+    """A command run in the service's container: its name in messages, argv, environment and user. One that
+    reads a dump gets ``before`` ahead of it and ``after`` behind it, only once the whole dump has come, and
+    must then write ``reached`` on its stdout (that it has read what came after the dump, not taken it as
+    part of a statement or of COPY data left open)."""
 
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     user: str = ""
+    before: bytes = b""
+    after: bytes = b""
+    reached: bytes = b""
 
 
 class Framer:
@@ -137,8 +144,13 @@ class PostgresFormat(Format):
         return Tool("pg_dump", argv, self._env(creds), "postgres")
 
     def load(self, creds: Credentials, port: int) -> Tool:
-        argv = ["psql", *self._target(creds, port), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
-        return Tool("psql", [*argv, "-o", "/dev/null"], self._env(creds), "postgres")
+        # One transaction, committed only when the whole dump has come: a dump cut short (the client went away)
+        # reaches psql's EOF without the COMMIT, and the server rolls everything back (psql's own
+        # --single-transaction would commit at EOF what it had read).
+        argv = ["psql", *self._target(creds, port), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null"]
+        marker = b"convox-import-committed"
+        after = b"\n;\nCOMMIT;\n\\echo " + marker + b"\n"
+        return Tool("psql", argv, self._env(creds), "postgres", before=b"BEGIN;\n", after=after, reached=marker)
 
 
 class MySQLFormat(Format):
@@ -303,17 +315,20 @@ async def run(
     """Run ``tool`` in the container with ``stdin`` (then EOF) as its input; :class:`ToolFailed` (400: the
     dump was refused) when it fails. An exception from ``stdin`` ends the tool and is raised."""
     process = ExecStream(docker, container_id, tool.argv, tool.env, tool.user)
-    errors = Tail()
+    errors, said = Tail(), Tail()
 
     async def drain() -> None:
         async for message in process.output():
-            if message[0] == Channel.STDERR:
-                errors.add(message[1:])
+            (errors if message[0] == Channel.STDERR else said).add(message[1:])
 
     async def send() -> None:
         if stdin is not None:
+            if tool.before:
+                await process.write(tool.before)
             async for chunk in stdin:
                 await process.write(chunk)
+            if tool.after:
+                await process.write(tool.after)
         await process.close_stdin()
 
     try:
@@ -335,6 +350,11 @@ async def run(
         await process.close()
     if code:
         raise ToolFailed(tool, code, errors.text(scrub), 400)
+    if tool.reached and tool.reached not in said.data:
+        raise BadRequest(
+            f"{tool.name} did not reach the end of the dump (it ends inside a statement or in COPY data): "
+            "nothing of it was committed"
+        )
 
 
 _finishing: set[asyncio.Task[None]] = set()
