@@ -23,13 +23,13 @@ BENCH_ARGS  ?=
 
 help:
 	@echo "make run         install, start a Docker Engine if needed, run the rack (HOST= PORT= DATA_DIR=)"
-	@echo "make test        install, Docker Engine, test tools, lint, then pytest (PYTEST_ARGS=)"
+	@echo "make test        install, Docker Engine, test tools, images; lint and the tiers of tests side by side (PYTEST_ARGS=)"
 	@echo "make install     create .venv and install what the rack and the CLI need (.venv/bin/convox)"
 	@echo "make install-dev also the test, lint and build tools (the dev extra; make test and lint do this)"
 	@echo "make docker      make sure a Docker Engine answers (installs/starts dockerd as root on Debian)"
 	@echo "make test-tools  install what the tests need beyond Python (chromium, busybox-static, tmux)"
 	@echo "make images      build the offline service and app base images from Debian packages (cached)"
-	@echo "make lint        ruff check + mypy (strict) on cli, services, shared"
+	@echo "make lint        ruff check + mypy (strict) on the product, its tests and benchmarks"
 	@echo "make bench       run the benchmarks (python -m bench, BENCH_ARGS=)"
 	@echo "make bench-ceiling  exec throughput of one ideal relaying process vs docker exec (a probe)"
 	@echo "make clean       remove caches; make distclean also removes .venv"
@@ -72,14 +72,13 @@ test-tools:
 # ---- checks ------------------------------------------------------------------------------------
 lint: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy cli services shared
+	$(BIN)/mypy bench cli services shared tests
 
-# pytest's exit code 5 ("no tests collected") fails like any other non-zero code.
-test: install-dev docker test-tools images
-	@$(MAKE) --no-print-directory lint
-	@$(BIN)/pytest -q $(PYTEST_ARGS); rc=$$?; \
-	  if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; fi; \
-	  exit $$rc
+# scripts/test.sh runs lint and the tests that need no engine side by side with the engine's tier (which
+# starts once the engine, the test tools and the offline images are ready); pytest's "no tests collected"
+# fails like any other non-zero code. PYTEST_ARGS= makes it one targeted pytest run after lint.
+test: install-dev
+	@PYTEST_ARGS='$(PYTEST_ARGS)' bash scripts/test.sh
 
 # ---- run ---------------------------------------------------------------------------------------
 run: install docker
@@ -93,8 +92,9 @@ bench-ceiling: install-dev docker
 
 # ---- images ------------------------------------------------------------------------------------
 # The offline images (images/README.md): a debootstrapped Debian base, postgres, mysql (MariaDB) and redis
-# honouring the official images' environment, and an app base image with their clients. Cached: an image
-# whose label matches what it is built from is not rebuilt, so a warm `make images` takes a fraction of a second.
+# honouring the official images' environment, an app base image with their clients, and the python3 and node
+# language bases (`convox init --base offline`). Cached: an image whose label matches what it is built from is
+# not rebuilt, so a warm `make images` takes a fraction of a second.
 images: docker
 	@bash images/build.sh
 

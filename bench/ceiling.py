@@ -112,7 +112,8 @@ def _sendmsg(engine: socket.socket, out: socket.socket) -> None:
     end = 0
     while n := engine.recv_into(view[end:]):
         end += n
-        pos, parts = 0, []
+        pos = 0
+        parts: list[bytes | memoryview] = []
         while end - pos >= 8:
             size = int.from_bytes(buf[pos + 4 : pos + 8], "big")
             if pos + 8 + size > end:

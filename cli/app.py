@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,12 +138,20 @@ def apps_info(name: Annotated[str | None, typer.Argument(help="The app.")] = Non
     name = name or resolve_app(app_opt)
     with client() as c:
         data = c.get(f"/apps/{name}")
+        formation: list[dict[str, Any]] = []
+        if data["release"]:
+            with contextlib.suppress(CliError):  # a release the rack cannot read: the app's own record still shows
+                formation = c.get(f"/apps/{name}/formation")
+    endpoints = [e for f in formation for e in f.get("endpoints", [])]
+    certificates = sorted({f["certificate"] for f in formation if f.get("certificate")})
     output.info(
         [
             ("Name", data["name"]),
             ("Status", data["status"]),
             ("Release", data["release"]),
             ("Balancer", data["balancer"]),
+            *([("Endpoints", " ".join(endpoints))] if endpoints[1:] else []),
+            *[("Certificate", fingerprint) for fingerprint in certificates],
             *(
                 [("Failed", f"{data['failed_release']} ({data.get('failure') or 'failed'})")]
                 if data.get("failed_release")

@@ -2,7 +2,8 @@
 
 `convox init [DIR]` looks at a source tree, tells what kind of app it is (Python, Node, Ruby, Go or a static site)
 and writes a ``Dockerfile`` and a ``convox.yml`` that deploy it: one service ``web`` with a public port, a health
-check on ``/`` and one 256 MB process. The generated Dockerfiles start from the official images.
+check on ``/`` and one 256 MB process. The generated Dockerfiles start from the official images, or for Python
+and Node from the offline bases of `make images` when the rack's engine cannot pull (:mod:`cli.init_base`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ class Plan:
     def dockerignore(self) -> str:
         return "\n".join([".git", ".convox", *self.ignore]) + "\n"
 
+    def bases(self) -> list[str]:
+        """The images the Dockerfile starts from (not its own stages)."""
+        stages: set[str] = set()
+        images: list[str] = []
+        for line in self.dockerfile.splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0].upper() == "FROM":
+                if words[1] not in stages:
+                    images.append(words[1])
+                if len(words) >= 4 and words[2].upper() == "AS":
+                    stages.add(words[3])
+        return images
+
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
@@ -52,15 +66,29 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--type", "-t", help=f"The kind of app, when it cannot be told: {', '.join(KINDS)}."),
         ] = None,
+        base: Annotated[
+            str | None,
+            typer.Option(
+                "--base",
+                "-b",
+                help="official (python:3.12-slim, node:20-slim...) or offline (`make images`: Python and Node). "
+                "Default: official, unless the rack the CLI is logged in to cannot pull it and has the offline one.",
+            ),
+        ] = None,
     ) -> None:
         """Write a Dockerfile and convox.yml for the app in DIR (Python, Node, Ruby, Go or a static site)."""
+        import sys
+
         from cli import output
         from cli.errors import CliError
+        from cli.init_base import BASES, choose
 
         if not directory.is_dir():
             raise CliError(f"no such directory: {directory}")
         if kind is not None and kind not in KINDS:
             raise CliError(f"unknown app type: {kind} (one of {', '.join(KINDS)})")
+        if base is not None and base not in BASES:
+            raise CliError(f"unknown base: {base} (one of {', '.join(BASES)})")
         try:
             plan = make_plan(directory, kind or detect(directory))
         except InitError as exc:
@@ -70,6 +98,10 @@ def register(app: typer.Typer) -> None:
         if existing and not force:
             taken = ", ".join(f"{path} exists" for path in existing)
             raise CliError(f"{taken} (use --force to overwrite)")
+        choice = choose(plan.kind, plan.bases(), base)
+        if choice.offline:
+            plan = make_plan(directory, plan.kind, offline=True)
+            files = plan.files()
         written: list[Path] = []
         with output.step(f"Initializing a {plan.kind} app"):
             for name, text in files.items():
@@ -81,6 +113,8 @@ def register(app: typer.Typer) -> None:
                 written.append(ignore)
         for path in written:
             print(f"Wrote {path}")
+        for note in choice.notes:
+            print(note, file=sys.stderr)
         print("Next: convox apps create, then convox deploy")
 
 
@@ -105,7 +139,15 @@ def detect(directory: Path) -> str:
     )
 
 
-def make_plan(directory: Path, kind: str) -> Plan:
+def make_plan(directory: Path, kind: str, offline: bool = False) -> Plan:
+    """What to write for an app of ``kind``; ``offline``: from its offline base (Python and Node have one)."""
+    if offline:
+        from cli.init_base import offline_image
+
+        image = offline_image(kind)
+        if image is None:
+            raise InitError(f"there is no offline base for {kind} apps")
+        return _python(directory, image) if kind == "python" else _node(directory, image)
     planners = {"python": _python, "node": _node, "ruby": _ruby, "go": _go, "static": _static}
     return planners[kind](directory)
 
@@ -158,7 +200,8 @@ def _dockerfile(*lines: str) -> str:
 _PY_ENTRIES = ("app.py", "main.py", "server.py", "wsgi.py", "application.py", "asgi.py")
 
 
-def _python(directory: Path) -> Plan:
+def _python(directory: Path, base: str = "python:3.12-slim") -> Plan:
+    """``base``: the official image, or the offline one, which has ``python`` and ``pip`` (in a venv) too."""
     requirements = _read(directory / "requirements.txt")
     pyproject = _read(directory / "pyproject.toml")
     dependencies = (requirements + "\n" + pyproject + "\n" + _read(directory / "Pipfile")).lower()
@@ -178,7 +221,7 @@ def _python(directory: Path) -> Plan:
     return Plan(
         "python",
         _dockerfile(
-            "FROM python:3.12-slim",
+            f"FROM {base}",
             f"ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PORT={PORT}",
             "WORKDIR /app",
             *install,
@@ -250,7 +293,7 @@ def _scripts(package: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in scripts.items()} if isinstance(scripts, dict) else {}
 
 
-def _node(directory: Path) -> Plan:
+def _node(directory: Path, base: str = "node:20-slim") -> Plan:
     package = _package_json(directory)
     scripts = _scripts(package)
     start = scripts.get("start", "").strip()
@@ -283,7 +326,7 @@ def _node(directory: Path) -> Plan:
     return Plan(
         "node",
         _dockerfile(
-            "FROM node:20-slim",
+            f"FROM {base}",
             f"ENV NODE_ENV=production PORT={PORT}",
             "WORKDIR /app",
             copy,

@@ -6,13 +6,15 @@
 #   rack-local/mysql:bookworm     MariaDB 10.11, honouring the official mysql image's environment
 #   rack-local/redis:bookworm     Redis 7.0, taking the official redis image's command line
 #   rack-local/clients:bookworm   psql, mariadb/mysql (+ mysql-url), redis-cli and busybox: an app base image
+#   rack-local/python3:bookworm   Python 3.11 with `python` and `pip` (a venv): `convox init --base offline`
+#   rack-local/node:bookworm      Node.js 18 and npm 9: `convox init --base offline`
 #
 # No container registry is reachable here, so nothing is pulled: the base is made with debootstrap from a
 # Debian mirror and the others are `docker build`s on top of it (apt-get through the host's network).
 # Cached: every image carries a label with a hash of what it is built from (this script's settings and its
 # directory under images/); an image whose label matches is not rebuilt, so a second run does nothing.
 #
-#   bash images/build.sh [NAME...]     NAME: debian postgres mysql redis clients (default: all)
+#   bash images/build.sh [NAME...]     NAME: debian postgres mysql redis clients python3 node (default: all)
 #   DEBIAN_MIRROR=http://...  RACK_IMAGE_PREFIX=rack-local  IMAGES_FORCE=1 (rebuild all)
 set -euo pipefail
 SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
@@ -24,6 +26,7 @@ PREFIX=${RACK_IMAGE_PREFIX:-rack-local}
 LABEL=rack.images.hash
 BASE=$PREFIX/debian:$SUITE
 SERVICES=(postgres mysql redis clients)
+SERVICES+=(python3 node)  # the language bases of apps (images/README.md)
 
 say() { echo "images: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }

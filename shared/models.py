@@ -52,7 +52,9 @@ class App(Model):
     name: str = Field(examples=["myapp"])
     status: AppStatus = Field(examples=["running"])
     release: str = Field("", description="The active release id, empty before the first release.")
-    balancer: str = Field("", description="Where the app's public process type answers, if it has one.")
+    balancer: str = Field(
+        "", description="Where the app's public process type answers, if it has one (https://host:port for TLS)."
+    )
     failed_release: str = Field(
         "", description="The release whose latest roll-out failed or was cancelled (`release` still serves)."
     )
@@ -71,6 +73,20 @@ class System(Model):
     version: str = Field(examples=["0.1.0"])
     provider: str = Field(examples=["local"])
     status: str = Field(examples=["running"])
+
+
+class ImageStatus(Model):
+    """Whether the rack's builds can start ``FROM`` an image (``GET /system/images``; `convox init` asks)."""
+
+    image: str = Field(examples=["python:3.12-slim"])
+    present: bool | None = Field(
+        examples=[False], description="The engine that builds has the image (null: this provider cannot tell)."
+    )
+    pullable: bool | None = Field(
+        examples=[False],
+        description="A registry answered, within a few seconds, that it has the image (null: not asked, since "
+        "the engine has it, or this provider cannot tell).",
+    )
 
 
 class Process(Model):
@@ -141,7 +157,19 @@ class Formation(Model):
     running: int = 0
     memory: int = 0
     ports: list[str] = Field(default_factory=list)
-    balancer: str = Field("", description="host:port a client connects to, for a type with a public port.")
+    balancer: str = Field(
+        "",
+        description="host:port a client connects to, for a type with a public port (https://host:port, or "
+        "tls://host:port, where the balancer terminates TLS).",
+    )
+    endpoints: list[str] = Field(
+        default_factory=list, description="Every balancer listener of the type, the main one first, as balancer."
+    )
+    certificate: str = Field(
+        "",
+        examples=["3F:A0:...:9C"],
+        description="The SHA-256 fingerprint of the certificate its https/tls listeners serve (the app's own).",
+    )
 
 
 class FormationUpdate(Model):

@@ -17,12 +17,24 @@ APP_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,29}$"
 APP_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,29}")
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
 ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
+IMAGE_PATTERN = (
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+|/)[a-z0-9]+)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+"""An image reference (``python:3.12-slim``, ``registry:5000/team/app:v1``, ``...@sha256:...``), at most 255
+characters."""
+IMAGE_RE = re.compile(IMAGE_PATTERN.removeprefix("^").removesuffix("$"))
 ID_RE = re.compile(r"[A-Z][A-Z0-9]{1,63}")
 """A build or release id (``BAPRZPQKXNE``, ``RNJYVQUMKKU``)."""
 
 
 def is_app_name(name: object) -> bool:
     return isinstance(name, str) and APP_NAME_RE.fullmatch(name) is not None
+
+
+def is_image(name: object) -> bool:
+    return isinstance(name, str) and len(name) <= 255 and IMAGE_RE.fullmatch(name) is not None
 
 
 def is_env_key(key: object) -> bool:

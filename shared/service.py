@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
+from starlette.requests import HTTPConnection
 
 from shared import __version__
 from shared.config import RackSettings
@@ -73,9 +74,9 @@ async def run_startup(name: str, hooks: Sequence[Hook], opened: Provider) -> lis
     return background
 
 
-def provider_of(request: Request) -> Provider:
-    """The provider opened in the service's lifespan (a FastAPI dependency)."""
-    return cast("Provider", request.app.state.provider)
+def provider_of(connection: HTTPConnection) -> Provider:
+    """The provider opened in the service's lifespan, for a request or a websocket (a FastAPI dependency)."""
+    return cast("Provider", connection.app.state.provider)
 
 
 def build_service(

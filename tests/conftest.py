@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 
 import httpx
 import pytest
@@ -87,7 +88,7 @@ class RunningRack:
     """The rack's TLS certificate (``None`` for an ``--insecure-http`` rack)."""
 
     @functools.cached_property
-    def ssl(self) -> ssl.SSLContext | None:
+    def ssl(self) -> SSLContext | None:
         """A client context trusting this rack's certificate: ``verify=rack.ssl`` for httpx, ``ssl=rack.ssl`` for
         websockets (``None`` for a plain HTTP rack)."""
         if self.cert is None:
@@ -97,7 +98,7 @@ class RunningRack:
         return pinned_context(self.cert)
 
     @property
-    def verify(self) -> ssl.SSLContext | bool:
+    def verify(self) -> SSLContext | bool:
         """``verify=`` for httpx: the rack's certificate, or ``True`` for a plain HTTP rack."""
         return self.ssl or True
 

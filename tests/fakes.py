@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self, cast
 
 from shared.errors import Conflict, NotFound
-from shared.models import App, Process, ProcessRunOptions, System
+from shared.models import App, ImageStatus, Process, ProcessRunOptions, System
 from shared.provider.local.apps import check_name
+
+if TYPE_CHECKING:
+    from shared.provider import Provider
 
 
 class FakeApps:
@@ -38,8 +41,17 @@ class FakeApps:
 
 
 class FakeSystem:
+    def __init__(self) -> None:
+        self.present = {"rack-local/python3:bookworm"}
+
     async def get(self) -> System:
         return System(name="fake", version="0", provider="fake", status="running")
+
+    async def images(self, images: list[str]) -> list[ImageStatus]:
+        return [
+            ImageStatus(image=image, present=image in self.present, pullable=None if image in self.present else False)
+            for image in images
+        ]
 
 
 class FakeProcesses:
@@ -125,3 +137,10 @@ class FakeProvider:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.opened = False
+
+
+def as_provider(fake: object) -> Provider:
+    """A fake given where the contract is expected. The fakes here implement only the sub-APIs that the API
+    tests reach (apps, system, processes, formation, releases, timers); a route that needs another fails
+    loudly with AttributeError, which is the point of a narrow fake."""
+    return cast("Provider", fake)

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from services.apps import create_app
 from shared.config import RackSettings
-from tests.fakes import FakeProvider
+from tests.fakes import FakeProvider, as_provider
 
 
 async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
@@ -22,7 +22,7 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def api() -> AsyncIterator[httpx.AsyncClient]:
-    async for client in serve(create_app(RackSettings(), provider=FakeProvider(), internal=False)):
+    async for client in serve(create_app(RackSettings(), provider=as_provider(FakeProvider()), internal=False)):
         yield client
 
 
@@ -97,7 +97,7 @@ async def test_system_shows_name_version_provider_status(api: httpx.AsyncClient)
 
 async def test_internal_service_refuses_requests_without_the_gateway_secret() -> None:
     settings = RackSettings(internal_secret="s3cret")
-    async for client in serve(create_app(settings, provider=FakeProvider())):
+    async for client in serve(create_app(settings, provider=as_provider(FakeProvider()))):
         refused = await client.get("/apps")
         assert refused.status_code == 403
         assert refused.json() == {"error": "forbidden: internal service"}
@@ -115,5 +115,33 @@ async def test_openapi_has_stable_operation_ids_and_no_422(api: httpx.AsyncClien
 
 async def test_the_apps_service_adopts_running_processes_at_start() -> None:
     provider = FakeProvider()
-    async for _ in serve(create_app(RackSettings(), provider=provider, internal=False)):
+    async for _ in serve(create_app(RackSettings(), provider=as_provider(provider), internal=False)):
         assert provider.formation.adopted == 1
+
+
+async def test_system_images_says_whether_builds_can_start_from_each(api: httpx.AsyncClient) -> None:
+    answer = await api.get("/system/images", params={"image": ["rack-local/python3:bookworm", "python:3.12-slim"]})
+    assert answer.status_code == 200
+    assert answer.json() == [
+        {"image": "rack-local/python3:bookworm", "present": True, "pullable": None},
+        {"image": "python:3.12-slim", "present": False, "pullable": False},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        ({}, "image"),
+        ({"image": [f"app{n}:1" for n in range(9)]}, "ask for 1 to 8 images, not 9"),
+        ({"image": ["Python:3"]}, "invalid image reference: 'Python:3'"),
+        ({"image": ["python:3 --rm"]}, "invalid image reference"),
+        ({"image": ["../containers"]}, "invalid image reference"),
+        ({"image": ["a" * 256]}, "invalid image reference"),
+    ],
+)
+async def test_system_images_refuses_what_is_no_image_reference(
+    api: httpx.AsyncClient, params: dict[str, list[str]], error: str
+) -> None:
+    answer = await api.get("/system/images", params=params)
+    assert answer.status_code == 400
+    assert error in answer.json()["error"]

@@ -10,7 +10,7 @@ import tarfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
@@ -26,9 +26,8 @@ from shared.errors import NotFound
 from shared.ids import build_id
 from shared.manifest import Manifest
 from shared.models import Build, BuildOptions
-from shared.provider import Provider
 from tests.conftest import on_uvicorn
-from tests.fakes import FakeApps, FakeProvider
+from tests.fakes import FakeApps, FakeProvider, as_provider
 
 CONVOX_YML = b"services:\n  web:\n    build: .\n    port: 3000\n"
 DOCKERFILE = b"FROM rack-test/busybox:1\nCOPY . /app\n"
@@ -135,7 +134,7 @@ def _app(name: str) -> Any:
 def service(tmp_path: Path, provider: FakeBuildsProvider, max_source_size: int = 10_000_000) -> FastAPI:
     return create_app(
         RackSettings(data_dir=tmp_path),
-        provider=cast("Provider", provider),
+        provider=as_provider(provider),
         internal=False,
         builds=BuildsSettings(max_source_size=max_source_size),
     )

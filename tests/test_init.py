@@ -11,15 +11,23 @@ from pathlib import Path
 import pytest
 
 from shared.manifest import BuildSpec, Health, Scale, parse_manifest
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Cli
+
+
+def no_rack() -> dict[str, str]:
+    """An environment logged in to no rack (so `convox init` asks none which base images its engine can use)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CONVOX_", "RACK_IMAGE_"))}
+    return {**env, "CONVOX_CONFIG": str(ROOT / "tests" / "no-such-convox-config")}
 
 
 def init(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = no_rack()
     return subprocess.run(
         [sys.executable, "-m", "cli.main", "init", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=env,
         timeout=60,
     )
 
@@ -116,7 +124,7 @@ def test_init_defaults_to_the_current_directory(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**no_rack(), "PYTHONPATH": str(ROOT)},
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
@@ -225,3 +233,115 @@ def test_init_go_app_under_cmd_uses_the_modules_go_version(tmp_path: Path) -> No
     assert lines[0] == "FROM golang:1.23 AS build"
     assert "COPY go.mod go.sum ./" in lines
     assert any(line.endswith(" ./cmd/tool") for line in lines)
+
+
+def test_init_base_offline_writes_the_debian_bases_of_make_images(tmp_path: Path) -> None:
+    python = write(tmp_path / "py", {"requirements.txt": "flask\n", "app.py": "app = Flask(__name__)\n"})
+    result = init(python, "--base", "offline")
+    assert result.returncode == 0, result.stderr
+    lines = dockerfile_lines(python)
+    assert lines[0] == "FROM rack-local/python3:bookworm"
+    assert "RUN pip install --no-cache-dir -r requirements.txt" in lines  # the base's pip is a venv's
+    node = write(tmp_path / "js", {"package.json": '{"scripts": {"start": "node server.js"}}', "server.js": ""})
+    assert init(node, "--base", "offline").returncode == 0
+    assert dockerfile_lines(node)[0] == "FROM rack-local/node:bookworm"
+    assert init(python, "--base", "official", "--force").returncode == 0
+    assert dockerfile_lines(python)[0] == "FROM python:3.12-slim"
+
+
+def test_init_base_offline_is_refused_where_there_is_none(tmp_path: Path) -> None:
+    write(tmp_path, {"go.mod": "module example.com/hello\n", "main.go": "package main\n"})
+    result = init(tmp_path, "--base", "offline")
+    assert result.returncode == 1
+    assert result.stderr == "ERROR: there is no offline base for go apps (there is for: python, node)\n"
+    assert not (tmp_path / "Dockerfile").exists()
+    bad = init(tmp_path, "--base", "alpine")
+    assert (bad.returncode, bad.stderr) == (1, "ERROR: unknown base: alpine (one of official, offline)\n")
+
+
+# -- on the session's rack: init, then deploy, then the app answers ---------------------------------------------
+
+HELLO_PY = """import http.server
+import os
+import signal
+import sys
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as PID 1, nothing else would stop it
+
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"hello from python {sys.version_info[0]}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), Hello).serve_forever()
+"""
+HELLO_JS = """process.on("SIGTERM", () => process.exit(0));
+require("http").createServer((req, res) => res.end("hello from node\\n")).listen(process.env.PORT);
+"""
+
+
+def engine_has(image: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", image], capture_output=True, check=False).returncode == 0
+
+
+def init_deploy_and_fetch(cli: Cli, app: str, source: Path, official: str, offline: str) -> str:
+    """`convox init` logged in to the rack, then `convox apps create` and `convox deploy`; the app's answer."""
+    from tests.test_deploy import fetch, info
+
+    result = cli("init", str(source))
+    assert result.returncode == 0, result.stderr
+    # The machines the suite runs on reach no registry (tests/images.py): the engine has the official base
+    # only if someone loaded it, and otherwise init must see that it cannot be pulled and write the offline one.
+    if engine_has(official):
+        assert dockerfile_lines(source)[0] == f"FROM {official}"
+    else:
+        assert dockerfile_lines(source)[0] == f"FROM {offline}"
+        assert f"The rack's engine cannot pull {official} (no registry answers for it): wrote FROM {offline}" in (
+            result.stderr
+        )
+        assert "--base official" in result.stderr
+    cli("apps", "create", app, check=True)
+    try:
+        deployed = cli("deploy", str(source), "--app", app, timeout=300)
+        assert deployed.returncode == 0, deployed.stderr
+        return fetch(info(cli, app)["Balancer"], within=30)
+    finally:
+        cli("apps", "delete", app)
+
+
+def test_init_then_deploy_a_python_app_that_answers(cli: Cli, app_name: str, tmp_path: Path) -> None:
+    source = write(tmp_path / "hello", {"app.py": HELLO_PY, "requirements.txt": "# the standard library serves\n"})
+    answer = init_deploy_and_fetch(cli, app_name, source, "python:3.12-slim", "rack-local/python3:bookworm")
+    assert answer == "hello from python 3\n"
+
+
+def test_init_then_deploy_a_node_app_that_answers(cli: Cli, app_name: str, tmp_path: Path) -> None:
+    package = {"name": "hello", "private": True, "scripts": {"start": "node server.js"}}
+    source = write(tmp_path / "hello", {"package.json": json.dumps(package), "server.js": HELLO_JS})
+    answer = init_deploy_and_fetch(cli, app_name, source, "node:20-slim", "rack-local/node:bookworm")
+    assert answer == "hello from node\n"
+
+
+def test_init_names_make_images_when_the_rack_has_neither_base(cli: Cli, tmp_path: Path) -> None:
+    source = write(tmp_path / "hello", {"app.py": HELLO_PY})
+    cli.env["RACK_IMAGE_PREFIX"] = "rack-test-unbuilt"  # as if `make images` had not run where the rack runs
+    result = cli("init", str(source))
+    assert result.returncode == 0, result.stderr
+    assert dockerfile_lines(source)[0] == "FROM python:3.12-slim"
+    if not engine_has("python:3.12-slim"):
+        assert result.stderr.splitlines()[1:] == [
+            "The rack's engine cannot pull python:3.12-slim (no registry answers for it), nor has it the offline "
+            "base rack-test-unbuilt/python3:bookworm: run `make images` where the rack runs, then "
+            "`convox init --base offline --force`"
+        ]
+    chosen = cli("init", str(source), "--base", "offline", "--force")
+    assert chosen.returncode == 0, chosen.stderr
+    assert dockerfile_lines(source)[0] == "FROM rack-test-unbuilt/python3:bookworm"
+    assert chosen.stderr.splitlines()[1:] == [
+        "The rack's engine has no rack-test-unbuilt/python3:bookworm yet: run `make images` where the rack runs"
+    ]

@@ -29,7 +29,7 @@ from shared.config import RackSettings
 from shared.errors import NotFound
 from shared.limits import Slots
 from tests.conftest import on_uvicorn
-from tests.fakes import FakeProvider
+from tests.fakes import FakeProvider, as_provider
 
 
 class EndlessLogs:
@@ -87,7 +87,8 @@ async def refused(url: str) -> tuple[int, str]:
 async def test_log_follows_past_their_cap_are_refused_with_429_until_one_ends(tmp_path: Path) -> None:
     provider = FakeProvider()
     provider.logs = EndlessLogs()  # type: ignore[attr-defined]
-    app = logs.create_app(RackSettings(data_dir=tmp_path), provider, internal=False, logs=LogsSettings(max_follows=2))  # type: ignore[arg-type]
+    settings = RackSettings(data_dir=tmp_path)
+    app = logs.create_app(settings, as_provider(provider), internal=False, logs=LogsSettings(max_follows=2))
     async with on_uvicorn(app) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         url = f"ws://127.0.0.1:{port}/apps/myapp/logs"
         async with contextlib.AsyncExitStack() as stack:
@@ -112,9 +113,9 @@ async def test_exec_and_run_sessions_past_their_cap_are_refused_with_429(tmp_pat
     provider.processes = IdleProcesses()  # type: ignore[assignment]
     app = processes.create_app(
         RackSettings(data_dir=tmp_path),
-        provider,
+        as_provider(provider),
         internal=False,
-        processes=ProcessesSettings(max_sessions=1),  # type: ignore[arg-type]
+        processes=ProcessesSettings(max_sessions=1),
     )
     sessions = app.state.sessions
     assert isinstance(sessions, Slots)
@@ -135,7 +136,7 @@ async def test_uploads_and_builds_past_their_cap_are_refused_with_429(tmp_path: 
     await provider.apps.create("myapp")
     provider.builds = CountedBuilds(1)  # type: ignore[attr-defined]
     limits = BuildsSettings(max_builds=1, max_uploads=1)
-    app = builds.create_app(RackSettings(data_dir=tmp_path), provider, internal=False, builds=limits)  # type: ignore[arg-type]
+    app = builds.create_app(RackSettings(data_dir=tmp_path), as_provider(provider), internal=False, builds=limits)
     async with on_uvicorn(app) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         response = await client.post("/apps/myapp/builds", content=b"not read")
         assert response.status_code == 429

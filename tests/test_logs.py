@@ -276,8 +276,8 @@ def test_platform_events_build_release_scale_and_a_failed_health_check(
     source = tmp_path / "web"
     shutil.copytree(ROOT / "tests" / "apps" / "web", source)
     deployed = cli("deploy", str(source), "--app", app, timeout=300)
-    events = cli("logs", "--app", app, "--no-follow", "--since", "10m", "--service", "convox").stdout
-    assert deployed.returncode == 0, f"{deployed.stderr[-2000:]}\n{events[-2000:]}"
+    history = cli("logs", "--app", app, "--no-follow", "--since", "10m", "--service", "convox").stdout
+    assert deployed.returncode == 0, f"{deployed.stderr[-2000:]}\n{history[-2000:]}"
     assert cli("scale", "web", "--count", "2", "--app", app).returncode == 0
     manifest = source / "convox.yml"
     manifest.write_text(manifest.read_text().replace("command: httpd -f -p 3000 -h /www", "command: sleep 600", 1))

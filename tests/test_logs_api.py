@@ -22,7 +22,7 @@ from shared import stream
 from shared.config import RackSettings
 from shared.errors import NotFound
 from tests.conftest import on_uvicorn
-from tests.fakes import FakeProvider
+from tests.fakes import FakeProvider, as_provider
 
 
 class FakeLogs:
@@ -77,7 +77,7 @@ def logs() -> FakeLogs:
 async def served(logs: FakeLogs, tmp_path: Path) -> AsyncIterator[str]:
     provider = FakeProvider()
     provider.logs = logs  # type: ignore[attr-defined]
-    app = create_app(RackSettings(data_dir=tmp_path), provider=provider, internal=False)  # type: ignore[arg-type]
+    app = create_app(RackSettings(data_dir=tmp_path), provider=as_provider(provider), internal=False)
     async with on_uvicorn(app) as port:
         yield f"127.0.0.1:{port}"
 
@@ -160,7 +160,7 @@ async def test_plain_get_answers_the_history_as_text(served: str) -> None:
 
 
 def test_openapi_documents_the_log_routes() -> None:
-    doc = create_app(RackSettings(), provider=FakeProvider(), internal=False).openapi()  # type: ignore[arg-type]
+    doc = create_app(RackSettings(), provider=as_provider(FakeProvider()), internal=False).openapi()
     ids = {path: item["get"]["operationId"] for path, item in doc["paths"].items()}
     assert ids == {
         "/apps/{app}/logs": "app_logs",
@@ -185,7 +185,7 @@ async def test_system_processes_lists_the_racks_processes_with_cpu_and_mem(tmp_p
     ]
     (tmp_path / "run" / "processes.json").write_text(json.dumps(entries))
     settings = RackSettings(data_dir=tmp_path)
-    app = build_service("processes", [router], settings=settings, provider=FakeProvider(), internal=False)  # type: ignore[arg-type]
+    app = build_service("processes", [router], settings=settings, provider=as_provider(FakeProvider()), internal=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://processes") as client:

@@ -24,6 +24,7 @@ from shared.provider.local.logs import (
     Limits,
     Line,
     Mark,
+    Offset,
     Splitter,
     advance,
     matcher,
@@ -129,14 +130,14 @@ def test_timestamps_round_trip() -> None:
 
 
 def test_a_cursor_counts_the_lines_at_its_timestamp() -> None:
-    offsets: dict[str, object] = {}
-    advance(offsets, "c:abc", ts(1))  # type: ignore[arg-type]
-    advance(offsets, "c:abc", ts(1))  # type: ignore[arg-type]
-    advance(offsets, "c:abc", ts(0))  # type: ignore[arg-type]  (older: no change)
-    assert (offsets["c:abc"].cursor, offsets["c:abc"].count) == (ts(1), 2)  # type: ignore[attr-defined]
-    advance(offsets, "e:app", "9")  # type: ignore[arg-type]
-    advance(offsets, "e:app", "10")  # type: ignore[arg-type]  (numbers, not strings)
-    assert offsets["e:app"].cursor == "10"  # type: ignore[attr-defined]
+    offsets: dict[str, Offset] = {}
+    advance(offsets, "c:abc", ts(1))
+    advance(offsets, "c:abc", ts(1))
+    advance(offsets, "c:abc", ts(0))  # older: no change
+    assert (offsets["c:abc"].cursor, offsets["c:abc"].count) == (ts(1), 2)
+    advance(offsets, "e:app", "9")
+    advance(offsets, "e:app", "10")  # numbers, not strings
+    assert offsets["e:app"].cursor == "10"
 
 
 # ---- history on disk -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -177,7 +178,7 @@ async def test_bad_stream_requests_are_refused_before_the_upgrade(rack: RunningR
 
 
 async def test_metrics_stream_sends_fresh_figures_every_second(rack: RunningRack, app: App) -> None:
-    frames: list[tuple[float, list[dict[str, object]]]] = []
+    frames: list[tuple[float, list[dict[str, Any]]]] = []
     async with socket(rack, f"/apps/{app.name}/processes/metrics") as connection:
         async for channel, payload in messages(connection):
             assert channel == Channel.STDOUT

@@ -248,13 +248,13 @@ async def test_a_closed_exec_stream_leaves_no_process(provider: LocalProvider, b
         marker = "4242" if tty else "4343"
         stream = await provider.processes.exec("orphans", pid, ["sh", "-c", f"sleep {marker} & sleep 1{marker}"])
         await stream.start(Terminal(tty=tty, width=80, height=24))
-        await until(lambda m=marker: f"sleep 1{m}" in container_processes(pid))  # type: ignore[misc]
+        await until(lambda m=marker: f"sleep 1{m}" in container_processes(pid))
         await stream.close()
         await until(
             lambda m=marker: (
                 f"sleep {m}" not in container_processes(pid) and f"sleep 1{m}" not in container_processes(pid)
             )
-        )  # type: ignore[misc]
+        )
 
 
 async def test_exec_needs_a_command_and_a_running_process(provider: LocalProvider, busybox_image: str) -> None:
@@ -313,7 +313,7 @@ async def test_an_interactive_run_closed_early_is_ended_and_removed(
         await stream.start(Terminal(tty=tty, width=80, height=24))
         [process] = await provider.processes.list("early")
         await stream.close()
-        await until(lambda p=process.id: not docker("ps", "-aq", "--filter", f"id={p}").strip())  # type: ignore[misc]
+        await until(lambda p=process.id: not docker("ps", "-aq", "--filter", f"id={p}").strip())
 
 
 async def test_a_detached_run_is_listed_while_it_runs_then_removed(provider: LocalProvider, busybox_image: str) -> None:
@@ -496,7 +496,7 @@ async def test_sandboxes_are_adopted_after_a_restart_and_removed_with_their_app(
     for app in ("kept", "busy", "ghost"):
         await provider.apps.create(app)
         await run_output(provider, app, "true", busybox_image)
-        await until(lambda app=app: processes.sandboxes.idle.get(app))  # type: ignore[misc]
+        await until(lambda app=app: processes.sandboxes.idle.get(app))
     [(sandbox, _)], [(busy, _)], [(ghost, _)] = (processes.sandboxes.idle[app] for app in ("kept", "busy", "ghost"))
     user = docker(
         "run", "-d", "--network", f"container:{busy}", "--label", f"convox.rack={RACK_NAME}", busybox_image,

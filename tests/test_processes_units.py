@@ -4,6 +4,7 @@ document and from cgroup files), the CLI's rendering and command lines, and the 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -142,8 +143,16 @@ def test_the_fast_entry_leaves_everything_else_to_typer(argv: list[str]) -> None
 
 def test_the_fast_entry_reads_options_before_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[object, ...]] = []
-    monkeypatch.setattr(client, "exec_command", lambda *args: calls.append(("exec", *args)) or 5)
-    monkeypatch.setattr(client, "run_command", lambda *args: calls.append(("run", *args)) or 6)
+
+    def recorded(kind: str, code: int) -> Callable[..., int]:
+        def command(*args: object) -> int:
+            calls.append((kind, *args))
+            return code
+
+        return command
+
+    monkeypatch.setattr(client, "exec_command", recorded("exec", 5))
+    monkeypatch.setattr(client, "run_command", recorded("run", 6))
     assert client.fast(["exec", "-a", "myapp", "abc123", "ls", "--app", "-la"]) == 5
     assert client.fast(["run", "--app=myapp", "-e", "A=1", "--env", "B=2=3", "-t", "9", "web", "sh", "-c", "x"]) == 6
     assert calls == [

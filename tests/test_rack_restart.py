@@ -14,8 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import RACK_NAME, Cli, remove_labelled_containers, start_rack, stop_balancer, stop_rack
+from tests.conftest import RACK_NAME, ROOT, Cli, remove_labelled_containers, start_rack, stop_balancer, stop_rack
 from tests.test_deploy import SAMPLE, deploy, fetch, info
+from tests.test_tls_ports import GEN2, get, served_fingerprint, trusting
 
 
 @dataclass
@@ -48,7 +49,8 @@ def balancer_pids(data: Path) -> list[int]:
 
 
 def test_an_app_answers_on_the_same_port_through_a_full_rack_restart(busybox_image: str, tmp_path: Path) -> None:
-    """And when the balancer process itself is killed, the rack starts it again on the same port."""
+    """And when the balancer process itself is killed, the rack starts it again on the same port; an https
+    port keeps its certificate throughout."""
     name = RACK_NAME + "-restart"
     data = tmp_path / "data"
     env = {"RACK_LOCAL_BALANCER_ORPHAN_SECONDS": "120"}
@@ -56,11 +58,19 @@ def test_an_app_answers_on_the_same_port_through_a_full_rack_restart(busybox_ima
     requester: Requester | None = None
     thread: threading.Thread | None = None
     try:
-        user = Cli(first.env(tmp_path / "cfg"), tmp_path)
+        user = Cli({**first.env(tmp_path / "cfg"), "PYTHONPATH": str(ROOT)}, tmp_path)  # this checkout's CLI
         source = tmp_path / "web"
         shutil.copytree(SAMPLE, source)
         user("apps", "create", "steady", check=True)
         assert deploy(user, "steady", source).returncode == 0
+        secure = tmp_path / "secure"
+        secure.mkdir()
+        (secure / "convox.yml").write_text(GEN2.format(image=busybox_image))
+        user("apps", "create", "secure", check=True)
+        assert deploy(user, "secure", secure).returncode == 0
+        https = info(user, "secure")["Balancer"]
+        certificate = info(user, "secure")["Certificate"]
+        pem = trusting(data / "certs" / "secure" / "cert.pem")
         balancer = info(user, "steady")["Balancer"]
         assert fetch(balancer) == "v1\n"
         requester = Requester(balancer)
@@ -75,6 +85,8 @@ def test_an_app_answers_on_the_same_port_through_a_full_rack_restart(busybox_ima
             assert requester.ok > during, "the app answered while the rack was down"
             assert info(user, "steady")["Balancer"] == balancer  # the same port, adopted
             assert info(user, "steady")["Status"] == "running"
+            assert get(https + "/", pem).text == "secure\n"  # the same listener, its certificate adopted
+            assert info(user, "secure")["Certificate"] == certificate
             adopted = requester.ok
             while requester.ok < adopted + 50:  # and it goes on answering after the adoption
                 time.sleep(0.05)
@@ -85,6 +97,8 @@ def test_an_app_answers_on_the_same_port_through_a_full_rack_restart(busybox_ima
             assert fetch(balancer, within=30) == "v1\n"  # started again by the apps service, on the kept port
             assert info(user, "steady")["Balancer"] == balancer
             assert len(balancer_pids(data)) == 1
+            assert get(https + "/", pem).text == "secure\n"
+            assert served_fingerprint(https.removeprefix("https://")) == certificate
         finally:
             stop_rack(second)
     finally:

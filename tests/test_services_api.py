@@ -19,7 +19,7 @@ from shared.errors import Conflict, NotFound
 from shared.ids import release_id
 from shared.models import App, Release, Resource, ResourceType
 from shared.provider.local.resources import PARAM_DEFAULTS, check_name, kind_of
-from tests.fakes import FakeApps
+from tests.fakes import FakeApps, as_provider
 
 PASSWORD = "0123456789abcdef" * 3
 
@@ -186,7 +186,7 @@ def apps_service(provider: FakeProvider) -> FakeAppsService:
 
 @pytest.fixture
 async def api(provider: FakeProvider, apps_service: FakeAppsService) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(RackSettings(), provider=provider, internal=False, promoter=apps_service)
+    app = create_app(RackSettings(), provider=as_provider(provider), internal=False, promoter=apps_service)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://provisioner") as client:

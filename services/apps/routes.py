@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from typing import Annotated
 
+from fastapi import APIRouter, Depends, Query, Response
+
+from shared.errors import BadRequest
 from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.logfmt import Logger
-from shared.models import App, AppCreate, System
+from shared.models import App, AppCreate, ImageStatus, System
+from shared.names import IMAGE_PATTERN, is_image
 from shared.params import app_path
 from shared.provider import Provider
 from shared.service import provider_of
@@ -16,6 +20,7 @@ router = APIRouter(responses=ENGINE_UNAVAILABLE)
 
 AppPath = app_path()
 NOT_FOUND = error_response(404, "No such app")
+MAX_IMAGES = 8
 
 
 @router.get("/apps", name="app_list", tags=["apps"], summary="List apps")
@@ -58,3 +63,29 @@ async def app_delete(app: str = AppPath, provider: Provider = Depends(provider_o
 @router.get("/system", name="system_get", tags=["system"], summary="Show the rack")
 async def system_get(provider: Provider = Depends(provider_of)) -> System:
     return await provider.system.get()
+
+
+@router.get(
+    "/system/images",
+    name="system_images",
+    tags=["system"],
+    summary="Whether builds can start from images",
+    description="For each `image` asked (1 to 8): whether the engine that builds has it, and if not, whether a "
+    "registry answers for it within a few seconds (the answer is remembered for five minutes). `convox init` "
+    "asks this to choose between the official base images and the offline ones (`make images`).",
+    responses=BAD_INPUT,
+)
+async def system_images(
+    image: Annotated[
+        list[str],
+        Query(description=f"An image reference, such as `python:3.12-slim` (pattern `{IMAGE_PATTERN}`)."),
+    ],
+    provider: Provider = Depends(provider_of),
+) -> list[ImageStatus]:
+    if not 1 <= len(image) <= MAX_IMAGES:
+        raise BadRequest(f"ask for 1 to {MAX_IMAGES} images, not {len(image)}")
+    for name in image:
+        if not is_image(name):
+            raise BadRequest(f"invalid image reference: {name[:300]!r}")
+    with log.measure("system.images", count=len(image)):
+        return await provider.system.images(list(dict.fromkeys(image)))

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import cast
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from fastapi.responses import StreamingResponse
+from starlette.websockets import WebSocketDisconnect
 
 from services.builds.settings import BuildsSettings
 from shared import stream
@@ -32,6 +32,7 @@ from shared.models import Build, BuildOptions
 from shared.params import app_path, id_path
 from shared.provider import Provider
 from shared.service import provider_of
+from shared.websocket import accept, close, refuse
 
 log = Logger("builds")
 router = APIRouter(responses=ENGINE_UNAVAILABLE)
@@ -236,14 +237,13 @@ async def build_logs(
 @router.websocket("/apps/{app}/builds/{build_id}/logs")
 async def build_logs_socket(websocket: WebSocket, app: str, build_id: str) -> None:
     """The log so far, then live output until the build ends, then its status (see ``shared.stream``)."""
-    provider = cast("Provider", websocket.app.state.provider)
+    provider = provider_of(websocket)
     try:
         await provider.builds.get(app, build_id)
     except RackError as exc:
-        await refuse(websocket, exc.status, exc.message)
+        await refuse(websocket, exc)
         return
-    offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol=stream.SUBPROTOCOL if stream.SUBPROTOCOL in offered else None)
+    await accept(websocket)
 
     async def send_log() -> None:
         async for chunk in provider.builds.logs(app, build_id, follow=True):
@@ -276,14 +276,4 @@ async def build_logs_socket(websocket: WebSocket, app: str, build_id: str) -> No
         for task in (sender, watcher):
             task.cancel()
         await asyncio.gather(sender, watcher, return_exceptions=True)
-    if websocket.client_state == WebSocketState.CONNECTED:
-        with contextlib.suppress(Exception):
-            await websocket.close(code=1000)
-
-
-async def refuse(websocket: WebSocket, status: int, message: str) -> None:
-    """Refuse the handshake with ``{"error": message}`` and the error's status (or close 1008)."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(JSONResponse({"error": message}, status_code=status))
-    else:
-        await websocket.close(code=1008, reason=message[:120])
+    await close(websocket)

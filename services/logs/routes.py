@@ -17,10 +17,10 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -31,8 +31,9 @@ from shared.limits import Slots
 from shared.logfmt import Logger
 from shared.models import RACK_APP
 from shared.params import app_path, pid_path
-from shared.provider import Provider
+from shared.service import provider_of
 from shared.stream import Channel
+from shared.websocket import accept, refuse
 
 log = Logger("logs")
 router = APIRouter()
@@ -76,18 +77,6 @@ def follows_of(app: Any) -> Slots:
     if not isinstance(slots, Slots):
         slots = app.state.follows = Slots("log follows", 500, "RACK_LOGS_MAX_FOLLOWS")
     return slots
-
-
-def provider_ws(websocket: WebSocket) -> Provider:
-    return cast("Provider", websocket.app.state.provider)
-
-
-async def refuse(websocket: WebSocket, error: RackError) -> None:
-    """Answer the handshake with the error's status and ``{"error": ...}`` instead of accepting it."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(JSONResponse({"error": error.message}, status_code=error.status))
-    else:
-        await websocket.close(code=1008, reason=error.message[:120])
 
 
 async def _send(websocket: WebSocket, batch: list[bytes]) -> None:
@@ -139,8 +128,7 @@ async def _serve(websocket: WebSocket, lines: AsyncIterator[list[bytes]], what: 
         return
     except StopAsyncIteration:
         first = []
-    offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol=stream.SUBPROTOCOL if stream.SUBPROTOCOL in offered else None)
+    await accept(websocket)
     sent = 0
 
     async def send() -> None:
@@ -259,7 +247,7 @@ async def app_logs(
     filter: str = FilterQuery,
     pid: str = Query("", description="Only this process."),
 ) -> StreamingResponse:
-    provider = cast("Provider", request.app.state.provider)
+    provider = provider_of(request)
     moment = parse_since(since)
     if app == RACK_APP:
         return await _text(
@@ -279,7 +267,7 @@ async def process_logs(
     follow: bool = Follow,
     filter: str = FilterQuery,
 ) -> StreamingResponse:
-    provider = cast("Provider", request.app.state.provider)
+    provider = provider_of(request)
     lines = provider.logs.app(app, since=parse_since(since), follow=follow, pid=pid, filter=filter)
     return await _text(request, lines, follow)
 
@@ -293,7 +281,7 @@ async def system_logs(
     service: str = Query("", description="Only this service of the rack (`gateway`)."),
     filter: str = FilterQuery,
 ) -> StreamingResponse:
-    provider = cast("Provider", request.app.state.provider)
+    provider = provider_of(request)
     lines = provider.logs.system(since=parse_since(since), follow=follow, service=service, filter=filter)
     return await _text(request, lines, follow)
 
@@ -304,7 +292,7 @@ async def system_logs(
 @router.websocket("/apps/{app}/logs")
 async def app_logs_socket(websocket: WebSocket, app: str) -> None:
     """Every process of the app, merged in time order, with platform events (``convox`` is the rack)."""
-    provider = provider_ws(websocket)
+    provider = provider_of(websocket)
     try:
         since, follow, service, text = _options(websocket)
     except RackError as exc:
@@ -321,7 +309,7 @@ async def app_logs_socket(websocket: WebSocket, app: str) -> None:
 @router.websocket("/apps/{app}/processes/{pid}/logs")
 async def process_logs_socket(websocket: WebSocket, app: str, pid: str) -> None:
     """One process of the app (also after it has gone, from the history)."""
-    provider = provider_ws(websocket)
+    provider = provider_of(websocket)
     try:
         since, follow, service, text = _options(websocket)
     except RackError as exc:
@@ -334,7 +322,7 @@ async def process_logs_socket(websocket: WebSocket, app: str, pid: str) -> None:
 @router.websocket("/system/logs")
 async def system_logs_socket(websocket: WebSocket) -> None:
     """The rack's own services: ``gateway: ns=gateway at=request ...``."""
-    provider = provider_ws(websocket)
+    provider = provider_of(websocket)
     try:
         since, follow, service, text = _options(websocket)
     except RackError as exc:

@@ -13,12 +13,11 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Coroutine
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Response, WebSocket
-from fastapi.responses import JSONResponse
 from pydantic import Field
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketDisconnect
 
 from shared import stream
 from shared.errors import BadRequest, RackError
@@ -31,6 +30,7 @@ from shared.params import app_path, pid_path, type_path
 from shared.provider import Provider
 from shared.service import provider_of
 from shared.stream import Channel, ProcessStream, Terminal
+from shared.websocket import accept, close, refuse, upgrade_required
 
 log = Logger("processes")
 router = APIRouter(responses=ENGINE_UNAVAILABLE)
@@ -56,14 +56,6 @@ def shell_words(command: list[str] | str) -> list[str]:
     if len(command) == 1 and not SAFE_WORD.fullmatch(command[0]):
         return ["sh", "-c", command[0]]
     return list(command)
-
-
-def _upgrade_required(path: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": f"{path} is a websocket: connect with an upgrade and the subprotocol {stream.SUBPROTOCOL}"},
-        status_code=426,
-        headers={"Upgrade": "websocket"},
-    )
 
 
 # ---- plain routes -------------------------------------------------------------------------------------------
@@ -107,7 +99,7 @@ async def process_metrics(
     service: Annotated[str | None, Query(description="Only this process type.")] = None,
     release: Annotated[str | None, Query(description="Only processes of this release.")] = None,
 ) -> Response:
-    return _upgrade_required(f"/apps/{app}/processes/metrics")
+    return upgrade_required(f"/apps/{app}/processes/metrics")
 
 
 @router.get(
@@ -174,7 +166,7 @@ async def process_exec(
     width: Annotated[int | None, Query(ge=1, le=10_000, description="Terminal columns.")] = None,
     height: Annotated[int | None, Query(ge=1, le=10_000, description="Terminal rows.")] = None,
 ) -> Response:
-    return _upgrade_required(f"/apps/{app}/processes/{pid}/exec")
+    return upgrade_required(f"/apps/{app}/processes/{pid}/exec")
 
 
 class ProcessRun(Model):
@@ -246,23 +238,10 @@ async def process_run_stream(
         int | None, Query(ge=1, description="Seconds after which the process is stopped.")
     ] = None,
 ) -> Response:
-    return _upgrade_required(f"/apps/{app}/services/{service}/processes")
+    return upgrade_required(f"/apps/{app}/services/{service}/processes")
 
 
 # ---- websockets ---------------------------------------------------------------------------------------------
-
-
-async def refuse(websocket: WebSocket, error: RackError) -> None:
-    """Answer the handshake with the error's status and ``{"error": ...}`` instead of accepting it."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(JSONResponse({"error": error.message}, status_code=error.status))
-    else:
-        await websocket.close(code=1008, reason=error.message[:120])
-
-
-async def accept(websocket: WebSocket) -> None:
-    offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol=stream.SUBPROTOCOL if stream.SUBPROTOCOL in offered else None)
 
 
 def _int(value: str | None, name: str, most: int = 10_000) -> int | None:
@@ -289,10 +268,6 @@ def command_of(websocket: WebSocket, required: bool = True) -> list[str]:
     if required and not command:
         raise BadRequest("no command: give it as `command` query parameters, one per word")
     return command
-
-
-def provider_ws(websocket: WebSocket) -> Provider:
-    return cast("Provider", websocket.app.state.provider)
 
 
 async def _send_status(websocket: WebSocket, exit_code: int | None = None, error: str | None = None) -> None:
@@ -404,14 +379,12 @@ async def attach(websocket: WebSocket, process: ProcessStream, time_limit: float
     finally:
         await asyncio.shield(process.close())
         log.log("stream.end", outcome=outcome)
-        if websocket.client_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(RuntimeError, OSError):
-                await websocket.close(code=1000)
+        await close(websocket)
 
 
 @router.websocket("/apps/{app}/processes/metrics")
 async def process_metrics_socket(websocket: WebSocket, app: str) -> None:
-    provider = provider_ws(websocket)
+    provider = provider_of(websocket)
     query = websocket.query_params
     try:
         await provider.apps.get(app)
@@ -439,9 +412,8 @@ async def process_metrics_socket(websocket: WebSocket, app: str) -> None:
     error = tasks[0].exception() if tasks[0] in done and not tasks[0].cancelled() else None
     if isinstance(error, RackError):
         await _send_status(websocket, error=error.message)
-    elif websocket.client_state == WebSocketState.CONNECTED:
-        with contextlib.suppress(RuntimeError, OSError):
-            await websocket.close(code=1000)
+    else:
+        await close(websocket)
 
 
 def sessions_of(websocket: WebSocket) -> Slots:
@@ -474,7 +446,7 @@ async def process_exec_socket(websocket: WebSocket, app: str, pid: str) -> None:
 
 
 async def _exec_session(websocket: WebSocket, app: str, pid: str) -> None:
-    provider = provider_ws(websocket)
+    provider = provider_of(websocket)
     try:
         terminal_of(websocket)
         process = await provider.processes.exec(app, pid, command_of(websocket))
@@ -496,7 +468,7 @@ async def process_run_socket(websocket: WebSocket, app: str, service: str) -> No
 
 
 async def _run_session(websocket: WebSocket, app: str, service: str) -> None:
-    provider = provider_ws(websocket)
+    provider = provider_of(websocket)
     query = websocket.query_params
     try:
         terminal_of(websocket)

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, cast
+from typing import Any
 
 from fastapi import APIRouter, Path, Response, WebSocket
-from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from shared import stream
 from shared.errors import RackError
 from shared.http import BAD_INPUT, error_response
 from shared.logfmt import Logger
-from shared.provider import Provider
+from shared.service import provider_of
 from shared.stream import Channel
+from shared.websocket import accept, refuse, upgrade_required
 
 log = Logger("provisioner")
 router = APIRouter(tags=["services"])
@@ -49,29 +49,20 @@ CONNECT_TIMEOUT = 10.0
     },
 )
 async def resource_proxy(name: str = Path(description="The service's name.", examples=["postgres"])) -> Response:
-    return JSONResponse(
-        {"error": f"/services/{name}/proxy is a websocket: connect with an upgrade and the subprotocol "
-         f"{stream.SUBPROTOCOL}"},
-        status_code=426,
-        headers={"Upgrade": "websocket"},
-    )  # fmt: skip
+    return upgrade_required(f"/services/{name}/proxy")
 
 
 @router.websocket("/services/{name}/proxy")
 async def resource_proxy_socket(websocket: WebSocket, name: str) -> None:
-    provider = cast("Provider", websocket.app.state.provider)
+    provider = provider_of(websocket)
     try:
         host, port = await provider.resources.address(name)
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
     except (RackError, OSError, TimeoutError) as exc:
         error = exc if isinstance(exc, RackError) else RackError(f"service {name} does not answer", status=409)
-        if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(JSONResponse({"error": error.message}, status_code=error.status))
-        else:
-            await websocket.close(code=1008, reason=error.message[:120])
+        await refuse(websocket, error)
         return
-    offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol=stream.SUBPROTOCOL if stream.SUBPROTOCOL in offered else None)
+    await accept(websocket)
     log.log("proxy.start", service=name)
 
     async def inbound() -> None:  # client -> server

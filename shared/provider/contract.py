@@ -24,6 +24,7 @@ from shared.models import (
     BuildOptions,
     Formation,
     FormationUpdate,
+    ImageStatus,
     Process,
     ProcessRunOptions,
     Release,
@@ -43,6 +44,11 @@ class AppsAPI(Protocol):
 
 class SystemAPI(Protocol):
     async def get(self) -> System: ...
+
+    async def images(self, images: list[str]) -> list[ImageStatus]:
+        """Whether builds can start from each image: the engine has it, or a registry answers for it (each
+        probe bounded by a few seconds and remembered for a while). In the order asked."""
+        ...
 
 
 class ProcessesAPI(Protocol):
@@ -289,19 +295,34 @@ class ParamsAPI(Protocol):
 
 
 class Provider(Protocol):
-    """A provider, opened as an async context manager in a service's lifespan."""
+    """A provider, opened as an async context manager in a service's lifespan.
 
-    name: str
-    apps: AppsAPI
-    system: SystemAPI
-    processes: ProcessesAPI
-    builds: BuildsAPI
-    releases: ReleasesAPI
-    formation: FormationAPI
-    timers: TimersAPI
-    logs: LogsAPI
-    resources: ResourcesAPI
-    params: ParamsAPI
+    The members are read-only properties, so an implementation may hold its own, narrower sub-API classes
+    (``LocalApps`` for :class:`AppsAPI`) as plain attributes and still be checked against this protocol.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def apps(self) -> AppsAPI: ...
+    @property
+    def system(self) -> SystemAPI: ...
+    @property
+    def processes(self) -> ProcessesAPI: ...
+    @property
+    def builds(self) -> BuildsAPI: ...
+    @property
+    def releases(self) -> ReleasesAPI: ...
+    @property
+    def formation(self) -> FormationAPI: ...
+    @property
+    def timers(self) -> TimersAPI: ...
+    @property
+    def logs(self) -> LogsAPI: ...
+    @property
+    def resources(self) -> ResourcesAPI: ...
+    @property
+    def params(self) -> ParamsAPI: ...
 
     async def __aenter__(self) -> Self: ...
 

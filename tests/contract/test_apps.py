@@ -55,3 +55,16 @@ async def test_apps_survive_reopening_the_provider(provider_name: str, backend: 
 async def test_system_names_the_provider(provider: Provider) -> None:
     system = await provider.system.get()
     assert (system.name, system.provider, system.status) == (RACK_NAME, provider.name, "running")
+
+
+async def test_system_images_tells_an_image_the_engine_has_from_one_no_registry_has(
+    provider: Provider, busybox_image: str
+) -> None:
+    missing = f"rack-test/missing-{RACK_NAME}:1"
+    had, unheard = await provider.system.images([busybox_image, missing])
+    if provider.name == "aws":  # builds run in an ECS task: the rack cannot tell
+        assert (had.present, had.pullable, unheard.present, unheard.pullable) == (None, None, None, None)
+        return
+    assert (had.image, had.present, had.pullable) == (busybox_image, True, None)
+    assert (unheard.image, unheard.present, unheard.pullable) == (missing, False, False)
+    assert await provider.system.images([missing]) == [unheard]  # remembered, and asked again the same

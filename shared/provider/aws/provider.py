@@ -9,7 +9,7 @@ from typing import Self
 from shared import __version__
 from shared.config import RackSettings
 from shared.errors import BadRequest
-from shared.models import Resource, System, TimerStatus
+from shared.models import ImageStatus, Resource, System, TimerStatus
 from shared.provider.aws.apps import AwsApps
 from shared.provider.aws.builds import AwsBuilds
 from shared.provider.aws.clients import Clients, translated
@@ -31,6 +31,11 @@ class AwsSystem:
 
     async def get(self) -> System:
         return System(name=self.rack, version=__version__, provider="aws", status="running")
+
+    async def images(self, images: list[str]) -> list[ImageStatus]:
+        """Builds run in an ECS task on the rack's builder image, which pulls from the registries the
+        cluster's network reaches: the rack cannot tell from here."""
+        return [ImageStatus(image=image, present=None, pullable=None) for image in images]
 
 
 class AwsTimers:

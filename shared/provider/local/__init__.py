@@ -5,12 +5,11 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
-from shared import __version__
 from shared.config import LocalProviderSettings, RackSettings
-from shared.models import System
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancers import Balancers
 from shared.provider.local.builds import LocalBuilds
+from shared.provider.local.certificates import AppCertificates
 from shared.provider.local.docker import Docker
 from shared.provider.local.events import Events
 from shared.provider.local.formation import LocalFormation
@@ -19,15 +18,8 @@ from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.releases import LocalReleases
 from shared.provider.local.resources import LocalParams, LocalResources
 from shared.provider.local.state import State
+from shared.provider.local.system import LocalSystem
 from shared.provider.local.timers import LocalTimers
-
-
-class LocalSystem:
-    def __init__(self, rack: str) -> None:
-        self.rack = rack
-
-    async def get(self) -> System:
-        return System(name=self.rack, version=__version__, provider="local", status="running")
 
 
 class LocalProvider:
@@ -39,14 +31,22 @@ class LocalProvider:
         self.state = State(settings.data_dir / "state.db")
         self.docker = Docker(local.docker_url, local.docker_timeout)
         self.apps = LocalApps(self.state, self.docker, settings.name, settings.balancer_host)
-        self.system = LocalSystem(settings.name)
+        self.system = LocalSystem(settings.name, self.docker)
         self.releases = LocalReleases(self.state, self.apps)
         self.processes = LocalProcesses(self.docker, self.apps, settings.name, self.releases)
         self.balancers = Balancers(
             settings.run_dir, settings.data_dir / "logs" / "balancer.log", local.balancer_orphan_seconds
         )
+        self.certificates = AppCertificates(settings.data_dir, settings.balancer_host, settings.name)
         self.formation = LocalFormation(
-            self.state, self.docker, self.apps, self.releases, settings.name, settings.balancer_host, self.balancers
+            self.state,
+            self.docker,
+            self.apps,
+            self.releases,
+            settings.name,
+            settings.balancer_host,
+            self.balancers,
+            self.certificates,
         )
         self.apps.on_delete.append(self.formation.forget)
         self.timers = LocalTimers(self.docker, self.apps, self.releases, self.processes, Events(self.state))
@@ -59,6 +59,7 @@ class LocalProvider:
         self.builds = LocalBuilds(self.state, self.docker, self.apps, self.releases, settings.name, settings.data_dir)
         self.apps.after_delete.append(self.builds.forget_app)
         self.apps.after_delete.append(self.formation.forget_volumes)
+        self.apps.after_delete.append(self.certificates.forget)
         self.logs = LocalLogs(self.state, self.docker, self.apps, settings.name, settings.data_dir)
 
     async def __aenter__(self) -> Self:

@@ -56,11 +56,13 @@ class LocalApps:
     async def _balancers(self) -> dict[str, str]:
         """Each app's balancer: its first public process type's (by name)."""
         rows = await self.state.fetch_all(
-            "SELECT app, balancer_port FROM formation WHERE balancer_port IS NOT NULL ORDER BY app, service"
+            "SELECT app, balancer_port, balancer_scheme FROM formation WHERE balancer_port IS NOT NULL "
+            "ORDER BY app, service"
         )
         found: dict[str, str] = {}
         for row in rows:
-            found.setdefault(row["app"], f"{self.balancer_host}:{row['balancer_port']}")
+            address = f"{self.balancer_host}:{row['balancer_port']}"
+            found.setdefault(row["app"], f"{row['balancer_scheme']}://{address}" if row["balancer_scheme"] else address)
         return found
 
     async def create(self, name: str) -> App:

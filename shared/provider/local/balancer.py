@@ -1,10 +1,11 @@
 """One listener of a balancer: a public host port forwarding TCP connections to a set of backends.
 
 A listener is the unit of a balancer: ``(host, port) -> [(ip, container_port), ...]``. A process type with
-several public ports has one listener per port. Backends change with scale and roll-outs; connections
-already open are never cut by such a change. Listeners live in the balancer process
-(:mod:`shared.provider.local.balancerd`), which outlives the rack's services; the rack drives it through
-:mod:`shared.provider.local.balancers`.
+several public ports has one listener per port; the listener of an ``https`` or ``tls`` port terminates
+TLS with the app's certificate (:mod:`shared.provider.local.certificates`) and forwards the plain bytes.
+Backends change with scale and roll-outs; connections already open are never cut by such a change.
+Listeners live in the balancer process (:mod:`shared.provider.local.balancerd`), which outlives the rack's
+services; the rack drives it through :mod:`shared.provider.local.balancers`.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 from collections import Counter
 
 from pydantic import BaseModel, Field
 
 from shared.logfmt import Logger
+from shared.provider.local.certificates import ListenerTLS, server_context
 
 log = Logger("balancer")
 CHUNK = 256 * 1024
 CONNECT_SECONDS = 3.0
+HANDSHAKE_SECONDS = 10.0
 
 
 class ListenerSpec(BaseModel):
@@ -30,6 +34,7 @@ class ListenerSpec(BaseModel):
     host: str
     port: int = Field(0, ge=0, le=65535, description="The public port; 0 takes a free one (then kept).")
     backends: list[tuple[str, int]] = Field(default_factory=list, description="(ip, container port) pairs.")
+    tls: ListenerTLS | None = Field(None, description="Terminate TLS with this certificate; None: plain TCP.")
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -39,6 +44,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
+        else:  # TLS has no half-close here: the end of what the backend sends ends the connection
+            writer.close()
     except (ConnectionError, OSError):
         writer.close()
 
@@ -46,10 +53,12 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 class Listener:
     """A TCP listener spreading connections round-robin over its backends (the next one when one refuses)."""
 
-    def __init__(self, name: str, host: str, port: int) -> None:
+    def __init__(self, name: str, host: str, port: int, tls: ListenerTLS | None = None) -> None:
         self.name = name
         self.host = host
         self.port = port
+        self.tls = tls
+        self._context: ssl.SSLContext | None = None
         self.backends: list[tuple[str, int]] = []
         self._turn = itertools.count()
         self._server: asyncio.Server | None = None
@@ -62,14 +71,34 @@ class Listener:
         return f"{self.host}:{self.port}"
 
     def spec(self) -> ListenerSpec:
-        return ListenerSpec(name=self.name, host=self.host, port=self.port, backends=list(self.backends))
+        return ListenerSpec(name=self.name, host=self.host, port=self.port, backends=list(self.backends), tls=self.tls)
 
     async def start(self) -> int:
         """Listen (on the given port, or a free one when it is 0); returns the port."""
-        self._server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
+        if self.tls is not None:
+            self._context = await asyncio.to_thread(server_context, self.tls)
+        self._server = await asyncio.start_server(
+            self._accept,
+            self.host,
+            self.port,
+            reuse_address=True,
+            ssl=self._context,
+            ssl_handshake_timeout=HANDSHAKE_SECONDS if self._context is not None else None,
+        )
         self.port = int(self._server.sockets[0].getsockname()[1])
-        log.log("listener.start", listener=self.name, port=self.port)
+        log.log("listener.start", listener=self.name, port=self.port, tls=self.tls is not None)
         return self.port
+
+    @property
+    def tls_loaded(self) -> bool:
+        return self._context is not None
+
+    async def set_certificate(self, tls: ListenerTLS) -> None:
+        """Serve new connections with another certificate (those open keep theirs)."""
+        assert self._context is not None
+        await asyncio.to_thread(self._context.load_cert_chain, tls.certificate, tls.key)
+        self.tls = tls
+        log.log("listener.certificate", listener=self.name, fingerprint=tls.fingerprint)
 
     def set_backends(self, backends: list[tuple[str, int]]) -> None:
         if sorted(backends) != sorted(self.backends):

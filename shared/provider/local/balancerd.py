@@ -54,19 +54,25 @@ class BalancerDaemon:
         async with self._lock:
             listener = self.listeners.get(spec.name)
             if listener is not None and listener.host == spec.host and spec.port in (0, listener.port):
-                listener.set_backends(spec.backends)
-                return listener.port
+                if listener.tls == spec.tls:
+                    listener.set_backends(spec.backends)
+                    return listener.port
+                if listener.tls is not None and spec.tls is not None and listener.tls.alpn == spec.tls.alpn:
+                    await listener.set_certificate(spec.tls)
+                    listener.set_backends(spec.backends)
+                    return listener.port
+                spec = spec.model_copy(update={"port": listener.port})  # plain <-> TLS: again, on its port
             if listener is not None:
                 await listener.close()
                 del self.listeners[spec.name]
-            listener = Listener(spec.name, spec.host, spec.port)
+            listener = Listener(spec.name, spec.host, spec.port, spec.tls)
             try:
                 await listener.start()
             except OSError:
-                if spec.port == 0:
-                    raise
+                if spec.port == 0 or (spec.tls is not None and not listener.tls_loaded):
+                    raise  # no free port, or the certificate's files cannot be read
                 log.log("listener.port_taken", listener=spec.name, port=spec.port)
-                listener = Listener(spec.name, spec.host, 0)  # the kept port is taken by someone else
+                listener = Listener(spec.name, spec.host, 0, spec.tls)  # the kept port is taken by someone else
                 await listener.start()
             listener.set_backends(spec.backends)
             self.listeners[spec.name] = listener

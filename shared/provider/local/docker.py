@@ -104,6 +104,33 @@ class Docker:
         labels = (info.get("Config") or {}).get("Labels") or {}
         return {str(k): str(v) for k, v in labels.items() if str(k).startswith(RACK_LABEL_PREFIX)}
 
+    async def has_image(self, image: str) -> bool:
+        try:
+            async with translated(f"image {image}"):
+                await self.client.images.inspect(image)
+        except NotFound:
+            return False
+        return True
+
+    async def registry_has(self, image: str, within: float) -> bool:
+        """Whether a registry answers, within ``within`` seconds, that it has ``image``: the Engine asks the
+        registry for the image's manifest (``GET /distribution/NAME/json``) and pulls nothing. No registry
+        reachable, none answering in time, or one without the image: False. An engine that refuses: 503."""
+        try:
+            async with asyncio.timeout(within), translated(f"image {image}"):
+                await self.client._query_json(
+                    f"distribution/{image}/json", timeout=aiohttp.ClientTimeout(total=within + 1.0)
+                )
+        except TimeoutError:
+            return False
+        except Unavailable as exc:
+            if "in time" not in exc.message:  # the engine itself is gone: a 503, as for every other call
+                raise
+            return False  # the engine's own limit: the registry held it past the probe
+        except RackError:  # the engine's answer for a registry it could not reach, or one without the image
+            return False
+        return True
+
     async def run(self, config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
         """Create and start a container. The rack's labels on it are the ones in ``config`` only: any that its
         image brings is overridden with an empty value, so that no image steers the rack."""

@@ -25,6 +25,7 @@ from shared.models import App, Formation, FormationUpdate, Release
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancer import ListenerSpec
 from shared.provider.local.balancers import Balancers
+from shared.provider.local.certificates import AppCertificates, ListenerTLS
 from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
 from shared.provider.local.events import Events
 from shared.provider.local.images import image_name
@@ -71,6 +72,8 @@ class Desired:
     """The type's container ports besides the main one, all reachable on the rack network."""
     extra_listeners: list[tuple[int, int]] = field(default_factory=list)
     """(container port, asked balancer port) of the public ports besides the main one: a listener each."""
+    tls_ports: dict[int, str] = field(default_factory=dict)
+    """Container port -> ``https`` or ``tls``: the ports whose listener terminates TLS (the app's certificate)."""
     stop_first: bool = False
     """``singleton`` (or ``deployment.maximum`` of 100): the old processes stop before new ones start."""
 
@@ -84,6 +87,11 @@ def manifest_of(release: Release) -> Manifest:
     if not release.manifest:
         raise BadRequest(f"release {release.id} has no build to run")
     return resolve_manifest(Manifest.model_validate_json(release.manifest), release.env)
+
+
+def endpoint(host: str, port: int, protocol: str = "") -> str:
+    """Where a client connects: ``host:port``, or ``https://host:port`` (``tls://``) where TLS terminates."""
+    return f"{protocol}://{host}:{port}" if protocol in ("https", "tls") else f"{host}:{port}"
 
 
 def container_ip(container: dict[str, Any], network: str) -> str:
@@ -101,6 +109,7 @@ class LocalFormation:
         rack: str,
         balancer_host: str,
         lb: Balancers,
+        certificates: AppCertificates,
     ) -> None:
         self.state = state
         self.docker = docker
@@ -110,6 +119,7 @@ class LocalFormation:
         self.balancer_host = balancer_host
         self.network = f"convox-{rack}"
         self.lb = lb
+        self.certificates = certificates
         self.balancers: dict[tuple[str, str], ListenerSpec] = {}
         self.extra: dict[tuple[str, str, int], int] = {}
         """(app, service, asked balancer port) -> the port of each further public listener of a type."""
@@ -174,6 +184,7 @@ class LocalFormation:
                     drain=service.drain,
                     other_ports=[mapping.container for mapping in service.ports[1:]],
                     extra_listeners=[(m.container, m.balancer or m.container) for m in service.ports[1:] if m.public],
+                    tls_ports={m.container: m.protocol for m in service.ports if m.public and m.tls},
                     stop_first=service.singleton or service.deployment.maximum <= 100,
                 )
             )
@@ -290,22 +301,32 @@ class LocalFormation:
             return False
         return response.status_code < 400
 
-    async def _balancer(self, app: str, service: str, port: int | None, backends: list[tuple[str, int]]) -> None:
-        """Put the listener of ``service`` (on its kept port) with these backends; keep the port it got."""
+    async def _tls(self, app: str, protocol: str | None) -> ListenerTLS | None:
+        """The app's certificate for a listener of an ``https``/``tls`` port (made once, then kept)."""
+        if protocol not in ("https", "tls"):
+            return None
+        return await self.certificates.ensure(app, ["http/1.1"] if protocol == "https" else [])
+
+    async def _balancer(self, app: str, want: Desired, backends: list[tuple[str, int]]) -> None:
+        """Put the listener of ``want``'s main port (on its kept port) with these backends; keep the port it got."""
+        service = want.service
         known = self.balancers.get((app, service))
+        protocol = want.tls_ports.get(want.port or 0, "")
         spec = ListenerSpec(
             name=f"{service}.{app}",
             host=self.balancer_host,
-            port=known.port if known is not None else port or 0,
+            port=known.port if known is not None else want.balancer_port or 0,
             backends=backends,
+            tls=await self._tls(app, protocol),
         )
         spec.port = await self.lb.put(spec)
         self.balancers[(app, service)] = spec
-        if known is None or known.port != spec.port:
+        if known is None or known.port != spec.port or known.tls != spec.tls:
             await self.state.execute(
-                "INSERT INTO formation (app, service, balancer_port) VALUES (?, ?, ?) "
-                "ON CONFLICT (app, service) DO UPDATE SET balancer_port = excluded.balancer_port",
-                (app, service, spec.port),
+                "INSERT INTO formation (app, service, balancer_port, balancer_scheme) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (app, service) DO UPDATE SET balancer_port = excluded.balancer_port, "
+                "balancer_scheme = excluded.balancer_scheme",
+                (app, service, spec.port, protocol),
             )
 
     async def _extra_listeners(self, app: str, want: Desired, containers: list[dict[str, Any]]) -> None:
@@ -318,6 +339,7 @@ class LocalFormation:
                 host=self.balancer_host,
                 port=self.extra.get((app, want.service, balancer), 0),
                 backends=await self._backends(containers, container_port),
+                tls=await self._tls(app, want.tls_ports.get(container_port)),
             )
             self.extra[(app, want.service, balancer)] = await self.lb.put(spec)
         for key in [k for k in self.extra if k[:2] == (app, want.service) and k[2] not in asked]:
@@ -329,7 +351,8 @@ class LocalFormation:
         self.balancers.pop((app, service), None)
         await self.lb.delete(f"{service}.{app}")
         await self.state.execute(
-            "UPDATE formation SET balancer_port = NULL WHERE app = ? AND service = ?", (app, service)
+            "UPDATE formation SET balancer_port = NULL, balancer_scheme = '' WHERE app = ? AND service = ?",
+            (app, service),
         )
 
     # ---- convergence -----------------------------------------------------------------------------
@@ -383,7 +406,7 @@ class LocalFormation:
         for want in wanted:
             if want.public and want.port:
                 backends = await self._backends(keep[want.service], want.port)
-                await self._balancer(app, want.service, want.balancer_port, backends)
+                await self._balancer(app, want, backends)
             elif (app, want.service) in self.balancers:
                 await self._drop_balancer(app, want.service)
             await self._extra_listeners(app, want, keep[want.service])
@@ -551,11 +574,18 @@ class LocalFormation:
                 ports = [f"{balancer.port}:{want.port}"]
             else:
                 ports = [str(want.port)]
+            main = ""
+            endpoints = []
+            if balancer is not None and want.public:
+                main = endpoint(balancer.host, balancer.port, want.tls_ports.get(want.port or 0, ""))
+                endpoints.append(main)
             listening = {asked: port for (a, s, asked), port in self.extra.items() if (a, s) == (app, want.service)}
             for container_port in want.other_ports:
                 asked = next((b for c, b in want.extra_listeners if c == container_port), None)
                 if asked is not None and asked in listening:
                     ports.append(f"{listening[asked]}:{container_port}")
+                    protocol = want.tls_ports.get(container_port, "")
+                    endpoints.append(endpoint(self.balancer_host, listening[asked], protocol))
                 else:
                     ports.append(str(container_port))  # on the rack network
             formation.append(
@@ -565,7 +595,9 @@ class LocalFormation:
                     running=count,
                     memory=want.memory,
                     ports=ports,
-                    balancer=f"{balancer.host}:{balancer.port}" if balancer is not None and want.public else "",
+                    balancer=main,
+                    endpoints=endpoints,
+                    certificate=await self.certificates.fingerprint(app) if want.tls_ports else "",
                 )
             )
         return formation
@@ -744,7 +776,7 @@ class LocalFormation:
                 with contextlib.suppress(RackError, KeyError):
                     current = await self.apps.get(app)
                     release = await self.releases.get(app, current.release)
-                    port = manifest_of(release).services[service].port
+                    want = next((w for w in await self.desired(release) if w.service == service), None)
                     running = [
                         c
                         for c in await self._containers(app)
@@ -752,11 +784,10 @@ class LocalFormation:
                         and (c.get("Labels") or {}).get(LABEL_TYPE) == service
                         and (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
                     ]
-                    if port and (app, service) in self.balancers:
-                        await self._balancer(app, service, None, await self._backends(running, port))
-                        for want in await self.desired(release):
-                            if want.service == service and want.extra_listeners:
-                                await self._extra_listeners(app, want, running)
+                    if want is not None and want.port and (app, service) in self.balancers:
+                        await self._balancer(app, want, await self._backends(running, want.port))
+                        if want.extra_listeners:
+                            await self._extra_listeners(app, want, running)
 
     async def forget(self, app: str) -> None:
         """The app is being deleted: close its balancers and drop its formation, once a roll-out, scale or

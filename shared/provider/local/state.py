@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS formation (
     count INTEGER,
     memory INTEGER,
     balancer_port INTEGER,
+    balancer_scheme TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (app, service)
 );
 CREATE TABLE IF NOT EXISTS resources (
@@ -93,6 +95,8 @@ CREATE TABLE IF NOT EXISTS log_sources (
     updated TEXT NOT NULL
 );
 """
+ADDED_COLUMNS = (("formation", "balancer_scheme", "TEXT NOT NULL DEFAULT ''"),)
+"""Columns added since a table was first made: a data dir from before gets them at open."""
 
 
 def _private(path: Path) -> None:
@@ -141,6 +145,15 @@ class State:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.executescript(SCHEMA)
+        for table, column, kind in ADDED_COLUMNS:
+            async with db.execute(f"PRAGMA table_info({table})") as cursor:
+                have = {row["name"] for row in await cursor.fetchall()}
+            if column not in have:
+                try:
+                    await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as exc:  # another service of the rack added it meanwhile
+                    if "duplicate column" not in str(exc):
+                        raise
         await db.commit()
         self._db = db
         await asyncio.to_thread(_private, self.path)
