@@ -21,6 +21,7 @@ from shared.errors import Conflict, RackError
 from shared.models import Resource
 from shared.stream import Channel
 from tests.conftest import on_uvicorn
+from tests.fakes import as_provider
 from tests.test_services_api import FakeAppsService, FakeProvider, FakeResources
 
 
@@ -73,7 +74,7 @@ async def served() -> AsyncIterator[tuple[str, DumpResources]]:
     resources.items["db"] = Resource(name="db", type="postgres", status="running")
     app = create_app(
         RackSettings(),
-        provider=provider,
+        provider=as_provider(provider),
         internal=False,
         promoter=FakeAppsService(provider.apps),
         provisioner=ProvisionerSettings(max_import_size=150_000, max_transfers=2),

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Coroutine
-from typing import Any, cast
+from typing import Any
 
 from fastapi import APIRouter, Path, Response, WebSocket
-from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from services.provisioner.settings import ProvisionerSettings
@@ -27,8 +26,9 @@ from shared.errors import PayloadTooLarge, RackError
 from shared.http import BAD_INPUT, error_response
 from shared.limits import Slots
 from shared.logfmt import Logger
-from shared.provider import Provider
+from shared.service import provider_of
 from shared.stream import Channel
+from shared.websocket import accept, close, refuse, upgrade_required
 
 log = Logger("provisioner")
 router = APIRouter(tags=["services"])
@@ -66,27 +66,6 @@ def transfers_of(websocket: WebSocket) -> Slots:
     return slots
 
 
-def _upgrade_required(path: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": f"{path} is a websocket: connect with an upgrade and the subprotocol {stream.SUBPROTOCOL}"},
-        status_code=426,
-        headers={"Upgrade": "websocket"},
-    )
-
-
-async def refuse(websocket: WebSocket, error: RackError) -> None:
-    """Answer the handshake with the error's status and ``{"error": ...}`` instead of accepting it."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(JSONResponse({"error": error.message}, status_code=error.status))
-    else:
-        await websocket.close(code=1008, reason=error.message[:120])
-
-
-async def accept(websocket: WebSocket) -> None:
-    offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol=stream.SUBPROTOCOL if stream.SUBPROTOCOL in offered else None)
-
-
 async def finish(websocket: WebSocket, error: str | None = None) -> None:
     """The status message (``exit_code`` 0, or the error), then the close."""
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
@@ -94,7 +73,7 @@ async def finish(websocket: WebSocket, error: str | None = None) -> None:
             await websocket.send_bytes(stream.status(exit_code=0))
         else:
             await websocket.send_bytes(stream.status(error=error))
-        await websocket.close(code=1000)
+    await close(websocket)
 
 
 async def in_transfer_slot(websocket: WebSocket, transfer: Coroutine[Any, Any, None]) -> None:
@@ -126,7 +105,7 @@ ServiceName = Path(description="The service's name.", examples=["postgres"])
     responses={**SOCKET, **REFUSALS},
 )
 async def resource_export(name: str = ServiceName) -> Response:
-    return _upgrade_required(f"/services/{name}/export")
+    return upgrade_required(f"/services/{name}/export")
 
 
 @router.get(
@@ -144,7 +123,7 @@ async def resource_export(name: str = ServiceName) -> Response:
     responses={**SOCKET, **REFUSALS},
 )
 async def resource_import(name: str = ServiceName) -> Response:
-    return _upgrade_required(f"/services/{name}/import")
+    return upgrade_required(f"/services/{name}/import")
 
 
 @router.websocket("/services/{name}/export")
@@ -153,7 +132,7 @@ async def resource_export_socket(websocket: WebSocket, name: str) -> None:
 
 
 async def _export(websocket: WebSocket, name: str) -> None:
-    provider = cast("Provider", websocket.app.state.provider)
+    provider = provider_of(websocket)
     try:
         chunks = await provider.resources.export(name)
     except RackError as exc:
@@ -183,7 +162,7 @@ async def resource_import_socket(websocket: WebSocket, name: str) -> None:
 
 
 async def _import(websocket: WebSocket, name: str) -> None:
-    provider = cast("Provider", websocket.app.state.provider)
+    provider = provider_of(websocket)
     limit = settings_of(websocket).max_import_size
     received = 0
 
