@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = Logger("resources")
 TAIL = 16 << 10
-"""How much of a tool's stderr is kept to say why it failed."""
+"""How much of a tool's stderr (and of a loading tool's stdout) is kept to say why it failed."""
 WHY = re.compile(r"error|fatal|failed|denied|refused|invalid|unknown|not found", re.IGNORECASE)
 IMPORT_DIR = "/tmp/convox-import"
 """Where a redis import's RDB file is received in the service's container (removed when the import ends)."""
@@ -248,7 +248,7 @@ FORMATS: dict[str, Format] = {f.kind: f for f in (PostgresFormat(), MySQLFormat(
 
 
 class Tail:
-    """The last ``TAIL`` bytes of a tool's stderr."""
+    """The last ``TAIL`` bytes of one of a tool's outputs."""
 
     def __init__(self) -> None:
         self.data = bytearray()
