@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -69,6 +70,34 @@ def register(app: typer.Typer) -> None:
             kind = c.get(f"/services/{name}")["type"]
         try:
             asyncio.run(serve(rack, name, DEFAULT_PORTS.get(kind, 0) if port is None else port))
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    @services.command("export")
+    def services_export(
+        name: Annotated[str, typer.Argument(help="The service.")],
+        file: Annotated[Path | None, typer.Option("--file", "-f", help="Write the dump here, not to stdout.")] = None,
+    ) -> None:
+        """Save a dump of the service's data: postgres pg_dump SQL, mysql mysqldump SQL, redis RDB (to stdout or
+        --file; a progress bar on stderr)."""
+        from cli.cmd_dumps import export
+
+        try:
+            export(current_rack(), name, file)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    @services.command("import")
+    def services_import(
+        name: Annotated[str, typer.Argument(help="The service.")],
+        file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the dump from here, not stdin.")] = None,
+    ) -> None:
+        """Load a dump (what export saves) into the service: postgres all or nothing, redis replaces its whole
+        data set (from stdin or --file; a progress bar on stderr)."""
+        from cli.cmd_dumps import import_
+
+        try:
+            import_(current_rack(), name, file)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
 

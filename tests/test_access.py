@@ -17,7 +17,12 @@ from services.gateway.tokens import issue, parse_duration
 from tests.conftest import Cli, RunningRack
 
 SAFE = {"get", "head", "options"}
-STREAMS_WRITE = ("/apps/{app}/processes/{pid}/exec?command=true", "/apps/{app}/services/web/processes?command=true")
+STREAMS_WRITE = (
+    "/apps/{app}/processes/{pid}/exec?command=true",
+    "/apps/{app}/services/web/processes?command=true",
+    "/services/{app}/export",  # a dump runs the service's tool and hands out all its data
+    "/services/{app}/import",
+)
 STREAMS_READ = ("/apps/{app}/logs", "/apps/{app}/processes/metrics", "/system/logs")
 
 

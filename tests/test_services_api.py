@@ -387,12 +387,15 @@ async def test_operation_ids_and_the_gateway_route(api: httpx.AsyncClient) -> No
         "resource_link",
         "resource_unlink",
         "resource_proxy",
+        "resource_export",
+        "resource_import",
         "system_params_get",
         "system_params_set",
     }
     create = document["components"]["schemas"]["ResourceCreate"]["properties"]
     assert create["type"]["enum"] == ["postgres", "mysql", "mariadb", "redis", "memcached"]
-    paths = ("/services", "/services/db", "/services/db/links", "/services/db/links/myapp", "/services/db/proxy")
+    paths = ("/services", "/services/db", "/services/db/links", "/services/db/links/myapp", "/services/db/proxy",
+             "/services/db/export", "/services/db/import")  # fmt: skip
     for path in (*paths, "/system/params"):
         assert service_for(path) == "provisioner", path
     assert service_for("/system") == "apps"

@@ -1,5 +1,5 @@
 """The provisioner service: backing services (postgres, mysql, mariadb, redis, memcached): create, link,
-delete; rack params."""
+delete, proxy, export and import; rack params."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from fastapi import FastAPI
 from services.provisioner.linking import AppsService, Linker, Promoter
 from services.provisioner.proxy import router as proxy_router
 from services.provisioner.routes import params_router, router
+from services.provisioner.settings import ProvisionerSettings
+from services.provisioner.transfers import router as transfers_router
 from shared.config import RackSettings
 from shared.provider import Provider
 from shared.service import build_service
 
 NAME = "provisioner"
-ROUTERS = [router, proxy_router, params_router]
+ROUTERS = [router, proxy_router, transfers_router, params_router]
 TAGS = [
     {"name": "services", "description": "Backing services (postgres, mysql, mariadb, redis, memcached) for apps"},
     {"name": "system", "description": "The rack"},
@@ -25,6 +27,7 @@ def create_app(
     provider: Provider | None = None,
     internal: bool = True,
     promoter: Promoter | None = None,
+    provisioner: ProvisionerSettings | None = None,
 ) -> FastAPI:
     """``promoter`` replaces the apps service (tests pass a fake through this seam)."""
     settings = settings or RackSettings()
@@ -37,4 +40,5 @@ def create_app(
     app = build_service(
         NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[start]
     )
+    app.state.provisioner_settings = provisioner or ProvisionerSettings()
     return app

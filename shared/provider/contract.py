@@ -11,7 +11,7 @@ implementation serves it; until then the protocol fixes its shape so that both p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Collection
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -294,6 +294,25 @@ class ResourcesAPI(Protocol):
     async def address(self, name: str) -> tuple[str, int]:
         """Where the rack reaches the service's server (host, port): what `convox services proxy` relays to.
         NotFound for an unknown service, Conflict when its server is not running."""
+        ...
+
+    async def export(self, name: str) -> AsyncGenerator[bytes]:
+        """A logical dump of the service's data, made by its own tool where the service runs: postgres
+        ``pg_dump``'s plain SQL (each object dropped if it exists before it is made), mysql ``mysqldump``'s
+        SQL, redis an RDB file. Checked now (NotFound for an unknown service, Conflict when its server is not
+        running); the returned generator runs the tool and yields its output as it comes, at the pace it is
+        consumed (the tool waits while the consumer does); closing it early ends the tool. A tool that fails raises
+        :class:`~shared.errors.RackError` at the end of the iterator, with its exit code and what it said: a
+        consumer that saw no error has the whole dump."""
+        ...
+
+    async def import_(self, name: str, dump: AsyncIterable[bytes]) -> None:
+        """Load a dump (what :meth:`export` makes, or the same tool's output elsewhere) into the service:
+        postgres in one transaction (all or nothing), mysql statement by statement, redis by replacing the
+        whole data set. The service is checked (NotFound, Conflict; Conflict too while another import into it
+        runs) before the first chunk of ``dump`` is read. A dump the tool refuses is
+        :class:`~shared.errors.BadRequest` with the tool's exit code and error; an exception from ``dump``
+        itself (the client went away, a size cap) ends the tool without finishing the import."""
         ...
 
     async def adopt(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, AsyncIterable
 from types import TracebackType
 from typing import Self
 
@@ -78,6 +79,12 @@ class AwsResources:
         raise BadRequest(NOT_YET)
 
     async def address(self, name: str) -> tuple[str, int]:
+        raise BadRequest(NOT_YET)
+
+    async def export(self, name: str) -> AsyncGenerator[bytes]:
+        raise BadRequest(NOT_YET)
+
+    async def import_(self, name: str, dump: AsyncIterable[bytes]) -> None:
         raise BadRequest(NOT_YET)
 
     async def adopt(self) -> None:

@@ -485,12 +485,23 @@ class _Attached(abc.ABC):
 
 
 class ExecStream(_Attached):
-    """``docker exec`` of ``command`` in a running container, attached to a stream."""
+    """``docker exec`` of ``command`` in a running container, attached to a stream; ``env`` is added to the
+    container's environment for this process only, ``user`` (a name or uid) runs it as someone else than the
+    container's own user."""
 
-    def __init__(self, docker: Docker, container_id: str, command: list[str]) -> None:
+    def __init__(
+        self,
+        docker: Docker,
+        container_id: str,
+        command: list[str],
+        env: dict[str, str] | None = None,
+        user: str = "",
+    ) -> None:
         self.docker = docker
         self.container_id = container_id
         self.command = command
+        self.env = env or {}
+        self.user = user
         self.terminal = Terminal()
         self.exec_id = ""
         self.conn: Hijacked | None = None
@@ -514,6 +525,10 @@ class ExecStream(_Attached):
             "Tty": terminal.tty,
             "Cmd": argv,
         }
+        if self.env:
+            body["Env"] = [f"{key}={value}" for key, value in sorted(self.env.items())]
+        if self.user:
+            body["User"] = self.user
         async with translated(self._what):
             created = await self.docker.client._query_json(
                 f"containers/{self.container_id}/exec", method="POST", data=body

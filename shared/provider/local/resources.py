@@ -16,6 +16,8 @@ the official image by default; the container gets the official images' environme
 honour too. An image that cannot be pulled is an error naming the parameter and the ``make images`` target.
 A service is ``creating`` until its server answers its protocol's greeting over TCP (checked from the rack
 against the container's address), then ``running``. Nothing here logs a password or a URL that carries one.
+Dumps (export and import) are made by the service's own tools in its container:
+:mod:`shared.provider.local.dumps`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import contextlib
 import re
 import secrets
 import struct
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, cast
@@ -36,6 +39,7 @@ from shared.errors import BadRequest, Conflict, NotFound, RackError
 from shared.logfmt import Logger
 from shared.models import Resource, ResourceType
 from shared.names import is_app_name
+from shared.provider.local import dumps
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.docker import LABEL_RACK, Docker
 from shared.provider.local.state import State
@@ -173,7 +177,9 @@ class Redis(Kind):
         return Credentials(username="", password=_secret(), database="0")
 
     def command(self, creds: Credentials) -> list[str] | None:
-        return ["redis-server", "--requirepass", creds.password, "--appendonly", "yes"]
+        # no wait for more replicas before a snapshot is sent: an export (`redis-cli --rdb`) is the only one
+        flags = ["--appendonly", "yes", "--repl-diskless-sync-delay", "0"]
+        return ["redis-server", "--requirepass", creds.password, *flags]
 
     def talk(self, creds: Credentials) -> Talk:
         def command(*args: str) -> bytes:
@@ -321,6 +327,7 @@ class LocalResources:
         self.rack = rack
         self.network = network
         self.tasks: set[asyncio.Task[None]] = set()
+        self.importing: set[str] = set()
 
     # ---- names and records -----------------------------------------------------------------------
 
@@ -352,6 +359,14 @@ class LocalResources:
         found = await self.docker.containers({LABEL_RACK: self.rack}, all=True)
         return {c["Labels"][LABEL_RESOURCE]: c for c in found if LABEL_RESOURCE in (c.get("Labels") or {})}
 
+    async def _running(self, name: str) -> tuple[Record, str]:
+        """The service's record and the id of its running container (NotFound, Conflict)."""
+        record = await self._record(name)
+        container = (await self._containers()).get(name)
+        if record.status != "running" or container is None or container.get("State") != "running":
+            raise Conflict(f"service {name} is not running")
+        return record, str(container["Id"])
+
     def _resource(self, record: Record, apps: list[str], container: dict[str, Any] | None, reveal: bool) -> Resource:
         status = record.status
         if status == "running":  # what the server is doing now, when it is not running
@@ -374,15 +389,40 @@ class LocalResources:
         return self._resource(record, links.get(name, []), containers.get(name), reveal)
 
     async def address(self, name: str) -> tuple[str, int]:
-        record = await self._record(name)
-        container = (await self._containers()).get(name)
-        if container is None or container.get("State") != "running":
-            raise Conflict(f"service {name} is not running")
-        networks = ((await self.docker.inspect(container["Id"])).get("NetworkSettings") or {}).get("Networks") or {}
+        record, container_id = await self._running(name)
+        networks = ((await self.docker.inspect(container_id)).get("NetworkSettings") or {}).get("Networks") or {}
         ip = str((networks.get(self.network) or {}).get("IPAddress") or "")
         if not ip:
             raise Conflict(f"service {name} has no address on the rack's network")
         return ip, record.kind.port
+
+    async def export(self, name: str) -> AsyncGenerator[bytes]:
+        record, container_id = await self._running(name)
+        kind = record.kind
+        return dumps.export(self.docker, container_id, kind.name, record.creds, kind.port, record.scrub)
+
+    async def import_(self, name: str, dump: AsyncIterable[bytes]) -> None:
+        record, container_id = await self._running(name)
+        if name in self.importing:
+            raise Conflict(f"an import into {name} is under way: wait for it to end")
+        self.importing.add(name)
+        kind = record.kind
+        start = time.perf_counter()
+        state, message = "error", "cancelled"
+        try:
+            await dumps.load(self.docker, container_id, kind.name, record.creds, kind.port, record.scrub, dump)
+            state, message = "success", ""
+        except dumps.ToolFailed as exc:
+            message = exc.brief  # never what the tool quoted of the data
+            raise
+        except Exception as exc:
+            message = getattr(exc, "message", None) or type(exc).__name__
+            raise
+        finally:
+            self.importing.discard(name)
+            elapsed = (time.perf_counter() - start) * 1000
+            said = {"message": message} if state == "error" else {}
+            log.log("resource.import", resource=name, type=kind.name, state=state, **said, elapsed=elapsed)
 
     async def list(self, reveal: bool = False) -> list[Resource]:
         rows = await self.state.fetch_all("SELECT * FROM resources ORDER BY name")
