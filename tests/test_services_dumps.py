@@ -1,5 +1,5 @@
 """`convox services export` / `import` on the session's rack, with the offline images of `make images`: for
-postgres, mysql and redis, data put into a service comes back after an export, a change (or loss) of the data
+postgres, mysql, mariadb and redis, data put into a service comes back after an export, a change (or loss) of the data
 and an import; a dump that is garbage fails with `ERROR: ...` and a non-zero exit while the service keeps its
 data and keeps working. One service per type, shared by the module's tests."""
 
@@ -49,6 +49,11 @@ def postgres(user: Cli) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def mysql(user: Cli) -> Iterator[str]:
     yield from service(user, "mysql")
+
+
+@pytest.fixture(scope="module")
+def mariadb(user: Cli) -> Iterator[str]:
+    yield from service(user, "mariadb")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +129,12 @@ def test_postgres_round_trips_through_export_and_import(
     assert sql("select count(*) from kept") == "10"  # nothing of it committed
 
 
-def test_mysql_round_trips_through_export_and_import(user: Cli, rack: RunningRack, mysql: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["mysql", "mariadb"])
+def test_mysql_and_mariadb_round_trip_through_export_and_import(
+    user: Cli, rack: RunningRack, kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    mysql: str = request.getfixturevalue(kind)
+    tool = "mysql" if kind == "mysql" else "mariadb"
     password = docker("inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", service_container(rack.name, mysql))
     root = next(line.split("=", 1)[1] for line in password.splitlines() if line.startswith("MYSQL_ROOT_PASSWORD="))
 
@@ -149,8 +159,8 @@ def test_mysql_round_trips_through_export_and_import(user: Cli, rack: RunningRac
     assert sql(digest) == before
     assert sql("select count(*) from kept_v") == "2"
 
-    stderr = refused_garbage(user, mysql, tmp_path, "mysql")
-    assert "ERROR: mysql exited with code 1: ERROR: ASCII '\\0' appeared in the statement" in stderr, stderr
+    stderr = refused_garbage(user, mysql, tmp_path, tool)
+    assert f"ERROR: {tool} exited with code 1: ERROR: ASCII '\\0' appeared in the statement" in stderr, stderr
     assert sql(digest) == before
 
 
@@ -210,3 +220,13 @@ def test_export_and_import_refuse_clearly(user: Cli, rack: RunningRack, redis: s
         assert plain.status_code == 426 and "websocket" in plain.json()["error"]
     missing = user("services", "import", redis, "--file", str(tmp_path / "missing.rdb"))
     assert missing.returncode != 0 and "ERROR: cannot read" in missing.stderr
+
+
+def test_a_memcached_service_has_nothing_to_export_or_import(user: Cli, tmp_path: Path) -> None:
+    for name in service(user, "memcached"):
+        dump = tmp_path / "cache"
+        dump.write_bytes(b"x")
+        for verb in ("export", "import"):
+            code, stderr = convox(user, "services", verb, name, "--file", str(dump))
+            assert code != 0 and "ERROR: memcached services keep no data to export or import" in stderr, stderr
+        assert dump.read_bytes() == b"x"

@@ -7,7 +7,7 @@ environment (never on its command line):
 - postgres: ``pg_dump --clean --if-exists --no-owner --no-privileges``, plain SQL that drops each object it
   makes; loaded by ``psql -v ON_ERROR_STOP=1`` in one transaction committed once the whole dump has come:
   all of it or, at the first error (or a dump cut short), none.
-- mysql: ``mysqldump --single-transaction --routines --triggers --events`` (as root, over the unix socket);
+- mysql (mariadb: its own names, mariadb-dump and mariadb): ``mysqldump --single-transaction --routines --triggers --events`` (as root, over the unix socket);
   loaded by ``mysql``, which stops at the first error (what ran before it stays: MySQL's DDL is not
   transactional).
 - redis: ``redis-cli --rdb -``, an RDB file (Redis's own snapshot, every database, with expiries). Loading
@@ -155,16 +155,25 @@ class PostgresFormat(Format):
 
 class MySQLFormat(Format):
     kind = "mysql"
+    dump_tool, client = "mysqldump", "mysql"
 
     def export(self, creds: Credentials, port: int) -> Tool:
         argv = [
-            "mysqldump", "-uroot", "--single-transaction", "--routines", "--triggers", "--events",
+            self.dump_tool, "-uroot", "--single-transaction", "--routines", "--triggers", "--events",
             "--no-tablespaces", "--hex-blob", creds.database,
         ]  # fmt: skip
-        return Tool("mysqldump", argv, {"MYSQL_PWD": creds.root_password}, "mysql")
+        return Tool(self.dump_tool, argv, {"MYSQL_PWD": creds.root_password}, "mysql")
 
     def load(self, creds: Credentials, port: int) -> Tool:
-        return Tool("mysql", ["mysql", "-uroot", creds.database], {"MYSQL_PWD": creds.root_password}, "mysql")
+        argv = [self.client, "-uroot", creds.database]
+        return Tool(self.client, argv, {"MYSQL_PWD": creds.root_password}, "mysql")
+
+
+class MariaDBFormat(MySQLFormat):
+    """MariaDB's own names for the same tools: its images from 11.0 on have no ``mysql*`` names."""
+
+    kind = "mariadb"
+    dump_tool, client = "mariadb-dump", "mariadb"
 
 
 REDIS_FINISH = r"""
@@ -244,7 +253,13 @@ class RedisFormat(Format):
         return EofMarkFramer()
 
 
-FORMATS: dict[str, Format] = {f.kind: f for f in (PostgresFormat(), MySQLFormat(), RedisFormat())}
+FORMATS: dict[str, Format] = {f.kind: f for f in (PostgresFormat(), MySQLFormat(), MariaDBFormat(), RedisFormat())}
+
+
+def dumpable(kind: str) -> None:
+    """BadRequest for a type of service that keeps no data to dump (memcached: a cache)."""
+    if kind not in FORMATS:
+        raise BadRequest(f"{kind} services keep no data to export or import (types with dumps: {', '.join(FORMATS)})")
 
 
 class Tail:

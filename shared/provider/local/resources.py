@@ -397,11 +397,13 @@ class LocalResources:
         return ip, record.kind.port
 
     async def export(self, name: str) -> AsyncGenerator[bytes]:
+        dumps.dumpable((await self._record(name)).kind.name)
         record, container_id = await self._running(name)
         kind = record.kind
         return dumps.export(self.docker, container_id, kind.name, record.creds, kind.port, record.scrub)
 
     async def import_(self, name: str, dump: AsyncIterable[bytes]) -> None:
+        dumps.dumpable((await self._record(name)).kind.name)
         record, container_id = await self._running(name)
         if name in self.importing:
             raise Conflict(f"an import into {name} is under way: wait for it to end")
