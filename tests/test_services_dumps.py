@@ -1,7 +1,8 @@
 """`convox services export` / `import` on the session's rack, with the offline images of `make images`: for
-postgres, mysql, mariadb and redis, data put into a service comes back after an export, a change (or loss) of the data
-and an import; a dump that is garbage fails with `ERROR: ...` and a non-zero exit while the service keeps its
-data and keeps working. One service per type, shared by the module's tests."""
+postgres, mysql, mariadb and redis, data put into a service comes back after an export, a change (or loss) of
+the data and an import; a dump that is garbage fails with `ERROR: ...` and a non-zero exit while the service
+keeps its data and keeps working; memcached has nothing to dump. One service per type, shared by the module's
+tests."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ environment (never on its command line):
 - postgres: ``pg_dump --clean --if-exists --no-owner --no-privileges``, plain SQL that drops each object it
   makes; loaded by ``psql -v ON_ERROR_STOP=1`` in one transaction committed once the whole dump has come:
   all of it or, at the first error (or a dump cut short), none.
-- mysql (mariadb: its own names, mariadb-dump and mariadb): ``mysqldump --single-transaction --routines --triggers --events`` (as root, over the unix socket);
+- mysql: ``mysqldump --single-transaction --routines --triggers --events`` (as root, over the unix socket;
+  mariadb: the same with its own names, ``mariadb-dump`` and ``mariadb``);
   loaded by ``mysql``, which stops at the first error (what ran before it stays: MySQL's DDL is not
   transactional).
 - redis: ``redis-cli --rdb -``, an RDB file (Redis's own snapshot, every database, with expiries). Loading
