@@ -210,6 +210,7 @@ class AwsProcesses:
         tags = [
             *self.formation.tags(app, want.service, release_id),
             {"key": "convox.started", "value": datetime.now(UTC).isoformat()},
+            *({"key": key, "value": value} for key, value in sorted(options.labels.items())),
         ]
         if time_limit is not None:
             tags.append({"key": "convox.deadline", "value": f"{time.time() + time_limit:.3f}"})

@@ -9,7 +9,7 @@ from typing import Self
 from shared import __version__
 from shared.config import RackSettings
 from shared.errors import BadRequest
-from shared.models import ImageStatus, Resource, System, TimerStatus
+from shared.models import ImageStatus, Resource, System
 from shared.provider.aws.apps import AwsApps
 from shared.provider.aws.builds import AwsBuilds
 from shared.provider.aws.clients import Clients, translated
@@ -19,8 +19,8 @@ from shared.provider.aws.processes import AwsProcesses
 from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.settings import AwsProviderSettings
 from shared.provider.aws.state import State
+from shared.provider.aws.timers import AwsTimers
 
-TIMERS_NOT_YET = "timers are not run on the aws provider yet (EventBridge rules to RunTask: issue 15)"
 NOT_YET = "backing services are not available on the aws provider yet (RDS and ElastiCache: issue 15 item 9)"
 
 
@@ -36,16 +36,6 @@ class AwsSystem:
         """Builds run in an ECS task on the rack's builder image, which pulls from the registries the
         cluster's network reaches: the rack cannot tell from here."""
         return [ImageStatus(image=image, present=None, pullable=None) for image in images]
-
-
-class AwsTimers:
-    """Timers: refused with a clear error (listing too: the rack does not run them here, so it shows none)."""
-
-    async def list(self, app: str) -> list[TimerStatus]:
-        raise BadRequest(TIMERS_NOT_YET)
-
-    async def adopt(self) -> None:
-        return None
 
 
 class AwsResources:
@@ -129,7 +119,9 @@ class AwsProvider:
             self.state, self.clients, self.apps, self.releases, self.formation, settings.name, aws.build_image
         )
         self.logs = AwsLogs(self.clients, self.apps, self.processes, settings.name, aws)
-        self.timers = AwsTimers()
+        self.timers = AwsTimers(
+            self.state, self.clients, self.apps, self.releases, self.formation, self.processes, self.logs
+        )
         self.resources = AwsResources()
         self.params = AwsParams(self.clients, settings.name)
 
@@ -149,6 +141,7 @@ class AwsProvider:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.timers.close()
         await self.processes.close()
         await self.logs.close()
         await self.clients.close()
