@@ -355,17 +355,24 @@ async def collect(stream: AsyncIterator[list[Line]], until: int, within: float =
     return got
 
 
-async def test_a_follower_gets_history_then_memory_then_live_lines_once_each(applog: Callable[..., AppLog]) -> None:
-    log = applog(recent_bytes=2000)
-    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(300)])
+def flush(log: AppLog) -> None:
+    """What the collector's flusher does: the released lines into the history, then out to the followers."""
     log.history.append(log.unflushed)
     log.flushed_to(log.unflushed[-1].seq)
     log.unflushed = []
+
+
+async def test_a_follower_gets_history_then_memory_then_live_lines_once_each(applog: Callable[..., AppLog]) -> None:
+    log = applog(recent_bytes=2000)
+    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(300)])
+    flush(log)
     assert log.recent[0].seq > 1  # the oldest are on disk only
-    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(300, 310)])  # in memory only
+    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(300, 310)])
+    flush(log)  # and in memory
     follower = log.read("", True, matcher())
     first = await collect(follower, 310)
     log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(310, 320)])
+    flush(log)
     rest = await collect(follower, 10)
     assert first + rest == [f"n={n}" for n in range(320)]
     await follower.aclose()  # type: ignore[attr-defined]
@@ -380,17 +387,34 @@ async def test_a_slow_follower_catches_up_from_the_history_without_a_gap(applog:
     assert log.subscribers
     for start in range(0, 5000, 50):  # the collector never waits for the follower
         log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(start, start + 50)])
-        log.history.append(log.unflushed)
-        log.flushed_to(log.unflushed[-1].seq)
-        log.unflushed = []
+        flush(log)
     assert next(iter(log.subscribers)).overflow
     assert await follower == [f"n={n}" for n in range(5000)]
+
+
+async def test_a_follower_is_sent_only_lines_already_in_the_history(applog: Callable[..., AppLog]) -> None:
+    """A collector killed before its flush loses what it had not written, and the next one re-reads it (maybe
+    with another time, for the order): a follower that had been sent it would see it twice after resuming."""
+    log = applog()
+    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(5)])
+    flush(log)
+    follower = log.read("", True, matcher())
+    assert await collect(follower, 5) == [f"n={n}" for n in range(5)]
+    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(5, 8)])  # released, not written yet
+    later = asyncio.ensure_future(collect(follower, 3))
+    await asyncio.sleep(0.05)
+    assert not later.done()
+    assert [line.text async for batch in log.read("", False, matcher()) for line in batch][-1] == "n=4"
+    flush(log)
+    assert await later == ["n=5", "n=6", "n=7"]
+    await follower.aclose()  # type: ignore[attr-defined]
 
 
 async def test_no_follow_reads_to_the_end_then_stops_and_filters_apply(applog: Callable[..., AppLog]) -> None:
     log = applog()
     log.release([Line(ts(n), "web" if n % 2 else "worker", "R", f"p{n % 2}", f"n={n}") for n in range(20)])
     log.release([Line(ts(20), "convox", "R", "p1", "web crashed (exit code 1)")])
+    flush(log)
     got = [line.text async for batch in log.read(ts(10), False, matcher(service="web")) for line in batch]
     assert got == [f"n={n}" for n in range(11, 20, 2)] + ["web crashed (exit code 1)"]
     got = [line.text async for batch in log.read("", False, matcher(pid="p0", text="n=1")) for line in batch]

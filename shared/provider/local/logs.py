@@ -15,7 +15,7 @@ history ends, without duplicates and without losing what was written meanwhile:
 Order: lines wait in a per-app heap ordered by time until every container of the app that is delivering
 (it sent something within ``order_window`` seconds, plus three times the Engine's recent delivery lag) has
 delivered a line at least as late, or for four times that at most; then they get the app's next sequence
-number and go, in time order, to the history and to every follower. A quiet process is not waited for, so a
+number and go, in time order, to the history and then to every follower. A quiet process is not waited for, so a
 lone line goes out at once; a container re-attached after a restart is waited for until it has read up to
 its end. Docker's events are sources too: a process's start is added before its log is read (its lines
 cannot overtake it), and a container created but not started yet, or read to its end while its exit event
@@ -27,9 +27,12 @@ the time of the newest released line, the time it is emitted with, rather than i
 source's cursor keeps its own). A follower's stream and the history are in time order whatever the lag.
 
 History: ``DATA/logs/apps/APP/<first seq>.log`` segments of tab-separated lines, bounded per app by bytes and
-age. A follower reads the history from ``since``, then the lines still in memory, then subscribes; its queue
-is bounded, and a follower that falls behind (a slow client) is not waited for: it catches up from the
-history and memory by sequence number, then subscribes again. The collector never blocks on a follower.
+age, written every few hundredths of a second. A follower is sent a line only once it is written there: a
+collector killed at any point loses none that a follower saw (the next one resumes where the history ends),
+so a follow resumed across a restart neither misses a line nor is sent one twice. A follower reads the
+history from ``since``, then the lines still in memory, then subscribes; its queue is bounded, and a
+follower that falls behind (a slow client) is not waited for: it catches up from the history and memory by
+sequence number, then subscribes again. The collector never blocks on a follower.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ READ_CHUNK = 4 * MIB
 LABEL_BUILD = "convox.build"
 BUILD_SERVICE = "build"
 MAINTAIN_EVERY = 30.0
+FLUSH_GAP = 0.02
+"""Seconds between two writes of the history: lines go to followers once written, a few hundredths late."""
 MAX_WAIT = 5.0
 """Seconds a line is held at most for the ordering (past a re-attached container's catch-up)."""
 EVENT_WRITE_SLACK = 0.1
@@ -599,11 +604,18 @@ class AppLog:
         self.latest = latest
         self.unflushed.extend(lines)
         self.recent.extend(lines)
-        for subscriber in list(self.subscribers):
-            subscriber.push(lines)
 
     def flushed_to(self, seq: int) -> None:
-        self.flushed = max(self.flushed, seq)
+        """Lines up to ``seq`` are in the history: they go to the followers now, never before. A line a
+        follower was shown is one a restart of the collector keeps (it resumes where the history ends), so a
+        follow resumed after a restart neither misses a line nor is shown one again (re-read, and maybe
+        re-timed, by the next collector)."""
+        if seq > self.flushed:
+            start = len(self.recent) - (self.seq - self.flushed)  # memory holds every line not flushed yet
+            fresh = list(itertools.islice(self.recent, max(0, start), start + seq - self.flushed))
+            self.flushed = seq
+            for subscriber in list(self.subscribers):
+                subscriber.push(fresh)
         while self.recent and self.recent_bytes > self.limits.recent_bytes and self.recent[0].seq <= self.flushed:
             self.recent_bytes -= len(self.recent.popleft().text) + 64
 
@@ -632,12 +644,13 @@ class AppLog:
                     break
 
     async def read(self, since: str, follow: bool, match: Match | None) -> AsyncIterator[list[Line]]:
-        """The lines from ``since`` (history, then memory), then with ``follow`` every new one."""
-        end = self.seq
+        """The lines from ``since`` (history, then memory), then with ``follow`` every new one: only lines in
+        the history already (see :meth:`flushed_to`)."""
+        end = self.flushed
         cursor = 0
         while True:
             while True:  # from disk until memory holds what follows the cursor
-                first_in_memory = self.recent[0].seq if self.recent else self.seq + 1
+                first_in_memory = self.recent[0].seq if self.recent else self.flushed + 1
                 if cursor + 1 >= first_in_memory:
                     break
                 upto = first_in_memory - 1 if follow else min(first_in_memory - 1, end)
@@ -650,7 +663,8 @@ class AppLog:
                     return
             # from memory, and subscribed in the same step: nothing released in between is missed
             skip = cursor + 1 - self.recent[0].seq if self.recent else 0
-            batch = list(itertools.islice(self.recent, max(0, skip), None))
+            flushed = self.flushed  # what follows comes to the subscriber once it is in the history
+            batch = [line for line in itertools.islice(self.recent, max(0, skip), None) if line.seq <= flushed]
             if not follow:
                 batch = [line for line in batch if line.seq <= end]
             if batch:
@@ -830,6 +844,8 @@ class LocalLogs:
         self.known_apps: set[str] = set()
         self.tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self._released = asyncio.Event()
+        """Set when lines are released: the flusher writes them (and so sends them to the followers) soon."""
         self._opening: dict[str, asyncio.Lock] = {}
         self._docker_down = False
         self.events_read_to = ""
@@ -1012,6 +1028,8 @@ class LocalLogs:
                 if next_due is not None:
                     self.dirty.add(applog)
                     due = next_due if due is None else min(due, next_due)
+                if applog.unflushed:
+                    self._released.set()
             if timer is not None:
                 timer.cancel()
                 timer = None
@@ -1023,7 +1041,9 @@ class LocalLogs:
     async def _flusher(self) -> None:
         last_maintenance = time.monotonic()
         while True:
-            await asyncio.sleep(self.limits.flush_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), self.limits.flush_interval)
+            self._released.clear()
             try:
                 await self._flush()
                 if time.monotonic() - last_maintenance > MAINTAIN_EVERY:
@@ -1031,6 +1051,8 @@ class LocalLogs:
                     await self._maintain()
             except Exception as exc:  # the disk or the database failed: keep collecting, try again
                 log.error("history.flush", error=type(exc).__name__, message=str(exc))
+                await asyncio.sleep(self.limits.flush_interval)
+            await asyncio.sleep(FLUSH_GAP)  # what is released meanwhile goes in the next batch
 
     async def _flush(self) -> None:
         work = [(applog, applog.unflushed) for applog in self.logs.values() if applog.unflushed]
@@ -1043,6 +1065,8 @@ class LocalLogs:
                 for applog, lines in work:
                     applog.unflushed[:0] = lines
                 raise
+            for applog, lines in work:  # in the history: out to the followers (their cursors are saved next)
+                applog.flushed_to(lines[-1].seq)
             for applog, lines in work:
                 advance_all(self.saved, lines)
                 for src in {line.src for line in lines if line.src}:
@@ -1064,8 +1088,6 @@ class LocalLogs:
                     rows,
                 )
             self.unsaved.difference_update(changed)
-        for applog, lines in work:
-            applog.flushed_to(lines[-1].seq)
 
     @staticmethod
     def _write(work: list[tuple[AppLog, list[Line]]]) -> None:
