@@ -115,7 +115,7 @@ class ProcessRunOptions(Model):
     release: str = ""
     environment: dict[str, str] = Field(default_factory=dict)
     memory: int = Field(0, ge=0, description="Memory limit in MB, 0 for none.")
-    labels: dict[str, str] = Field(default_factory=dict)
+    timer: str = Field("", description="The timer this run is for (its runs are found by it); empty for others.")
 
 
 BuildStatus = Literal["created", "running", "complete", "failed"]

@@ -22,9 +22,10 @@ from shared.config import RackSettings
 from shared.errors import BadRequest, NotFound
 from shared.manifest import Manifest, Service, Timer
 from shared.provider.aws.apps import log_group
+from shared.provider.aws.processes import TAG_TIMER
 from shared.provider.aws.provider import AwsProvider
 from shared.provider.aws.state import now_iso, to_item
-from shared.provider.aws.timers import TAG_TIMER, AwsTimers, states_of
+from shared.provider.aws.timers import AwsTimers, states_of
 from tests.aws.ecs_agent_double import ReportedExits
 from tests.conftest import RACK_NAME
 from tests.contract.moto_server import register_container_instance

@@ -29,6 +29,8 @@ from shared.provider.aws.settings import AwsProviderSettings
 from shared.stream import ProcessStream
 
 log = Logger("processes")
+TAG_TIMER = "convox.timer"
+"""The timer a one-off task runs for."""
 STATUS = {"PROVISIONING": "starting", "PENDING": "starting", "ACTIVATING": "starting", "RUNNING": "running"}
 
 
@@ -210,7 +212,7 @@ class AwsProcesses:
         tags = [
             *self.formation.tags(app, want.service, release_id),
             {"key": "convox.started", "value": datetime.now(UTC).isoformat()},
-            *({"key": key, "value": value} for key, value in sorted(options.labels.items())),
+            *([{"key": TAG_TIMER, "value": options.timer}] if options.timer else []),
         ]
         if time_limit is not None:
             tags.append({"key": "convox.deadline", "value": f"{time.time() + time_limit:.3f}"})

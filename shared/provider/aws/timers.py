@@ -62,12 +62,11 @@ from shared.provider.aws.apps import AwsApps
 from shared.provider.aws.clients import Clients, error_code, translated
 from shared.provider.aws.formation import AwsFormation
 from shared.provider.aws.logs import AwsLogs
-from shared.provider.aws.processes import AwsProcesses, pid_of, tags_of
+from shared.provider.aws.processes import TAG_TIMER, AwsProcesses, pid_of, tags_of
 from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.state import Item, State, to_item
 
 log = Logger("timers")
-TAG_TIMER = "convox.timer"
 PREFIX = "timer:"
 """The app item's attribute holding one timer's state is ``timer:<name>`` (no app or timer name has ``:``)."""
 BEAT_SECONDS = 5.0
@@ -306,7 +305,7 @@ class AwsTimers:
                 service=timer.service,
                 command=["sh", "-c", timer.command],
                 release=release,
-                labels={TAG_TIMER: timer.name},
+                timer=timer.name,
             )
             try:
                 process = await self.processes.run(app, options)

@@ -30,6 +30,7 @@ from shared.provider.local.docker import (
     LABEL_ONEOFF,
     LABEL_RACK,
     LABEL_RELEASE,
+    LABEL_TIMER,
     LABEL_TYPE,
     Docker,
     translated,
@@ -218,7 +219,7 @@ class LocalProcesses:
             options, volumes = await self._resolved(app, options)
         argv, network = await asyncio.gather(self._argv(options.image, options.command), self._network())
         labels = {
-            **options.labels,
+            **({LABEL_TIMER: options.timer} if options.timer else {}),
             **self._labels(app),
             LABEL_TYPE: options.service,
             LABEL_ONEOFF: "true",
