@@ -237,18 +237,10 @@ class LogsAPI(Protocol):
         """A platform event in the app's log (``convox:RELEASE/PID message``); never raises."""
         ...
 
-    async def collect(
-        self,
-        *,
-        max_bytes: int = ...,
-        max_age: float = ...,
-        order_window: float = ...,
-        follower_queue: int = ...,
-        max_line: int = ...,
-        poll_interval: float = ...,
-    ) -> None:
-        """Start collecting every app's log into its history (bounded per app by ``max_bytes`` and
-        ``max_age`` seconds); called once, by the logs service, which serves the streams."""
+    async def collect(self) -> None:
+        """Start collecting every app's log into its history (bounded as the provider's own settings say:
+        :class:`shared.logstore.settings.LogStoreSettings`); called once, by the logs service, which serves
+        the streams."""
         ...
 
 

@@ -38,6 +38,7 @@ from shared.logstore.applog import MAX_WAIT, AppLog, SourceProgress, matcher
 from shared.logstore.history import READ_CHUNK, History, Limits
 from shared.logstore.lines import Line, Offset, advance_all, after, text_of
 from shared.logstore.racklog import read_rack_log
+from shared.logstore.settings import LogStoreSettings
 from shared.logstore.timestamps import (
     normalize_ts,
     now_ts,
@@ -107,7 +108,9 @@ class ContainerEnd:
 
 
 class LocalLogs:
-    def __init__(self, state: State, docker: Docker, apps: LocalApps, rack: str, data_dir: Path) -> None:
+    def __init__(
+        self, state: State, docker: Docker, apps: LocalApps, rack: str, data_dir: Path, limits: Limits | None = None
+    ) -> None:
         self.state = state
         self.docker = docker
         self.apps = apps
@@ -118,7 +121,7 @@ class LocalLogs:
         self.apps_dir = self.root / "apps"
         self.rack_log = self.root / "rack.log"
         self.builds_dir = data_dir / "builds"
-        self.limits = Limits()
+        self.limits = limits or LogStoreSettings().limits()
         self.running = False
         self.logs: dict[str, AppLog] = {}
         self.offsets: dict[str, Offset] = {}
@@ -180,27 +183,10 @@ class LocalLogs:
             if out:
                 yield out
 
-    async def collect(
-        self,
-        *,
-        max_bytes: int = Limits.max_bytes,
-        max_age: float = Limits.max_age,
-        order_window: float = Limits.order_window,
-        follower_queue: int = Limits.follower_queue,
-        max_line: int = Limits.max_line,
-        poll_interval: float = Limits.poll_interval,
-    ) -> None:
+    async def collect(self) -> None:
         """Start collecting (the logs service does, once): resume every source where the history ends."""
         if self.running:
             return
-        self.limits = Limits(
-            max_bytes=max_bytes,
-            max_age=max_age,
-            order_window=order_window,
-            follower_queue=follower_queue,
-            max_line=max_line,
-            poll_interval=poll_interval,
-        )
         for row in await self.state.fetch_all("SELECT src, app, cursor, count FROM log_sources"):
             self.saved[row["src"]] = Offset(row["cursor"], row["count"])
             self.source_app[row["src"]] = row["app"]
