@@ -77,10 +77,13 @@ class ProcessesAPI(Protocol):
         is :class:`~shared.errors.NotFound` here, before anything starts."""
         ...
 
-    def metrics(
-        self, app: str, service: str | None = None, release: str | None = None, interval: float = 1.0
-    ) -> AsyncIterator[list[Process]]:
-        """The app's processes with fresh ``cpu`` and ``memory``, every ``interval`` seconds, until closed."""
+    @property
+    def metrics_interval(self) -> float:
+        """Seconds between two samples of :meth:`metrics`: the provider's own sampling (its engine's)."""
+        ...
+
+    def metrics(self, app: str, service: str | None = None, release: str | None = None) -> AsyncIterator[list[Process]]:
+        """The app's processes with fresh ``cpu`` and ``memory``, every :attr:`metrics_interval`, until closed."""
         ...
 
     async def list(

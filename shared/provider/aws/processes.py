@@ -246,8 +246,11 @@ class AwsProcesses:
         await self._task(app, pid)
         raise BadRequest("exec needs the rack's node agent, which the aws provider does not have yet")
 
+    metrics_interval = 60.0
+    """CloudWatch's standard resolution for ECS tasks (Container Insights): what a node agent would improve."""
+
     async def metrics(
-        self, app: str, service: str | None = None, release: str | None = None, interval: float = 1.0
+        self, app: str, service: str | None = None, release: str | None = None
     ) -> AsyncIterator[builtins.list[Process]]:
         await self.apps.item(app)
         raise BadRequest("live metrics need the rack's node agent, which the aws provider does not have yet")
