@@ -195,8 +195,10 @@ class Resource(Model):
     status: str = Field(
         examples=["running"],
         description="creating until the server accepts connections, then running (stopped or restarting when "
-        "its server is not up), deleting while it goes.",
+        "its server is not up), deleting while it goes; failed when it could not be made (see message: it holds "
+        "nothing, and a create of the same name tries again).",
     )
+    message: str = Field("", description="Why a failed service could not be made.")
     url: str = Field(
         "",
         examples=["postgres://app:***@postgres:5432/app"],

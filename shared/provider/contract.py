@@ -253,8 +253,10 @@ class ResourcesAPI(Protocol):
     the link; the caller puts the URL into the app's environment (a release), which is provider-neutral."""
 
     async def create(self, kind: str, name: str) -> Resource:
-        """Provision a service; it is ``creating`` until it accepts connections, then ``running``, and the
-        call returns then. A create that fails raises and leaves no container, volume or record."""
+        """Start provisioning a service and return it at once, ``creating``; it is ``running`` once it
+        accepts connections, or ``failed`` (with its ``message``) holding nothing but its record, which a
+        create of the same name replaces (RDS takes minutes: nothing waits for it here). Bad input and a name
+        in use (not failed) raise at once."""
         ...
 
     async def get(self, name: str, reveal: bool = False) -> Resource: ...
