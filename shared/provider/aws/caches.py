@@ -98,12 +98,16 @@ class Caches:
                 GroupId=group,
                 IpPermissions=[{"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "UserIdGroupPairs": sources}],
             )
-            await cache.create_cache_subnet_group(
-                CacheSubnetGroupName=ident,
-                SubnetIds=network.subnets,
-                CacheSubnetGroupDescription=group_name,
-                Tags=pairs,
-            )
+            try:
+                await cache.create_cache_subnet_group(
+                    CacheSubnetGroupName=self.subnet_group,
+                    SubnetIds=network.subnets,
+                    CacheSubnetGroupDescription=f"{self.rack} backing services",
+                    Tags=[{"Key": "System", "Value": "convox"}, {"Key": "Rack", "Value": self.rack}],
+                )
+            except Exception as exc:
+                if error_code(exc) != "CacheSubnetGroupAlreadyExists":
+                    raise
         common: dict[str, Any] = {
             "CacheNodeType": self.settings.cache_node_type,
             "Engine": engine,
