@@ -19,6 +19,7 @@ import pytest
 
 from shared.config import RackSettings
 from shared.errors import BadRequest, Conflict, RackError
+from shared.provider.aws import install
 from shared.provider.aws.provider import AwsProvider
 from shared.provider.aws.resources import KINDS, cache_id
 from shared.provider.aws.state import to_item
@@ -244,3 +245,32 @@ async def test_adopt_finishes_what_a_restart_cut_short(provider: AwsProvider, tm
         assert (await restarted.resources.get("cache")).url.startswith("rediss://:***@master.")
     assert (await in_moto("rds", "describe_db_instances"))["DBInstances"] == []
     assert await secrets_stored() == ["resources/cache/credentials.json"]
+
+
+async def test_on_an_installed_rack_services_use_its_network_and_uninstall_removes_them(
+    aws: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rack stack of `convox rack install aws` (on moto) gives the network; `rack uninstall` removes the
+    services with the rest. moto keeps a deleted cache ``deleting`` and the API-made cache subnet group."""
+    installed = await install.install(RACK, {"Ami": "ami-0123456789abcdef0"}, poll=0.05)
+    monkeypatch.setenv("RACK_AWS_BUCKET", installed.outputs["Settings"])  # the stack names its bucket
+    monkeypatch.setenv("RACK_AWS_RESOURCE_POLL", "0.05")
+    async with AwsProvider(RackSettings(provider="aws", data_dir=tmp_path, name=RACK)) as provider:
+        await provider.resources.create("postgres", "db")
+        await provider.resources.create("redis", "cache")
+        await provider.apps.create("web")
+        await provider.resources.link("db", "web")
+    stack = (await in_moto("cloudformation", "describe_stacks", StackName=f"{RACK}-resource-db"))["Stacks"][0]
+    security = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}["Security"]
+    assert rules(ingress(security)) == only_from(installed.outputs["InstancesSecurity"], 5432)
+    (db,) = (await in_moto("rds", "describe_db_instances"))["DBInstances"]
+    assert {s["SubnetIdentifier"] for s in db["DBSubnetGroup"]["Subnets"]} == set(
+        installed.outputs["Subnets"].split(",")
+    )
+    await install.uninstall(RACK, poll=0.05)
+    assert (await in_moto("cloudformation", "describe_stacks"))["Stacks"] == []
+    assert (await in_moto("rds", "describe_db_instances"))["DBInstances"] == []
+    groups = (await in_moto("elasticache", "describe_replication_groups"))["ReplicationGroups"]
+    assert [g["Status"] for g in groups] == ["deleting"]  # moto never finishes deleting a cache
+    left = (await in_moto("ec2", "describe_security_groups"))["SecurityGroups"]
+    assert [g["GroupName"] for g in left] == ["default"]  # moto's default VPC's

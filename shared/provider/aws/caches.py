@@ -231,3 +231,47 @@ class Caches:
                     with translated(f"cannot delete {what}"):
                         raise
             await asyncio.sleep(self.settings.resource_poll)
+
+
+async def remove_rack_caches(cache: Any, ec2: Any, rack: str, *, poll: float, limit: float = 3600.0) -> list[str]:
+    """Every cache of the rack (tagged ``Rack=<rack>``) and the security groups of its backing services, for
+    `convox rack uninstall` before the rack stack goes (on AWS a cache's network interfaces hold the rack's
+    subnets until it is gone: its security group is deleted once they let go). Returns the caches' ids."""
+    found: list[tuple[str, str, str]] = []
+    for method, key, id_key, status_key in (
+        ("describe_replication_groups", "ReplicationGroups", "ReplicationGroupId", "Status"),
+        ("describe_cache_clusters", "CacheClusters", "CacheClusterId", "CacheClusterStatus"),
+    ):
+        async for page in cache.get_paginator(method).paginate():
+            for item in page.get(key, []):
+                if method == "describe_cache_clusters" and item.get("ReplicationGroupId"):
+                    continue  # a member of a replication group: goes with it
+                tags = (await cache.list_tags_for_resource(ResourceName=item["ARN"])).get("TagList", [])
+                if {t["Key"]: t["Value"] for t in tags}.get("Rack") == rack:
+                    found.append((method, str(item[id_key]), str(item.get(status_key, "")).lower()))
+    for method, ident, status in found:
+        if status == "deleting":
+            continue
+        try:
+            if method == "describe_replication_groups":
+                await cache.delete_replication_group(ReplicationGroupId=ident)
+            else:
+                await cache.delete_cache_cluster(CacheClusterId=ident)
+        except Exception as exc:
+            if not gone(exc) and error_code(exc) not in BUSY:
+                raise
+    filters = [{"Name": "tag:Rack", "Values": [rack]}, {"Name": "tag:Type", "Values": ["resource"]}]
+    groups = (await ec2.describe_security_groups(Filters=filters))["SecurityGroups"]
+    deadline = asyncio.get_running_loop().time() + limit
+    for group in groups:
+        while True:
+            try:
+                await ec2.delete_security_group(GroupId=group["GroupId"])
+                break
+            except Exception as exc:
+                if gone(exc):
+                    break
+                if error_code(exc) not in IN_USE or asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(poll)
+    return [ident for _, ident, _ in found]

@@ -7,10 +7,10 @@ the rack stack's ``Subnets`` and ``InstancesSecurity`` outputs, as Convox placed
 - **RDS** (postgres, mysql, mariadb): one CloudFormation stack ``<rack>-resource-<NAME>`` from
   ``cloudformation/resource-rds.yml`` (a security group, a DB subnet group, an encrypted DB instance with
   its ``Port`` and ``EngineVersion`` explicit), tagged ``System=convox Type=resource Rack Resource``.
-- **ElastiCache** through its API, because moto's CloudFormation has no ElastiCache types: a security group
-  and a cache subnet group of the service's own, then a replication group for redis (an auth token, transit
-  and at-rest encryption, so its URL is ``rediss://``) or a cache cluster for memcached (no credentials,
-  the security group is its only guard, as for the local server). Their id is ``<rack>-<NAME>`` when that is
+- **ElastiCache** through its API (:mod:`shared.provider.aws.caches`), because moto's CloudFormation has no
+  ElastiCache types: a security group of the service's own in the rack's cache subnet group, then a
+  replication group for redis (an auth token, transit and at-rest encryption, so its URL is ``rediss://``)
+  or a cache cluster for memcached (no credentials, as locally). Their id is ``<rack>-<NAME>`` when that is
   a valid ElastiCache id, else a digest of both (ids are at most 40 characters, with no ``--``).
 
 The record of a service is an item of ``<prefix>-resources`` (key ``name``) holding its type, status,
@@ -24,7 +24,11 @@ Status: ``creating`` until the stack completes or the cache reports ``available`
 ``running``; afterwards ``get`` and ``list`` read the live state from the RDS and ElastiCache APIs (one paged
 call per API for a whole listing). On AWS one would also probe the endpoint over TCP before ``running``, as
 the local provider does; moto's endpoints do not listen (their names do not even resolve), so the status
-here comes from the APIs only.
+here comes from the APIs only (and a status reads ``missing`` when AWS no longer has the instance or cache).
+
+A create returns once the service is running (minutes on AWS). The work is shielded from the caller going
+away; if the rack stops meanwhile, the record stays ``creating`` and :meth:`AwsResources.adopt` waits for
+what AWS goes on making at the next start, or undoes it. A create that fails removes what it made.
 """
 
 from __future__ import annotations
@@ -464,6 +468,8 @@ class AwsResources:
                     made = await self._make_cache(record, kind, network, password)
                 fields.update(host=made["host"])
                 await self._running(name, made)
+        except asyncio.CancelledError:
+            raise  # the rack is stopping and AWS goes on making it: adopt() waits for it at the next start
         except BaseException:
             await self._remove(record)
             raise
@@ -525,7 +531,8 @@ class AwsResources:
             group = str(record.get("security") or "")
             await self.caches.delete(kind.engine, str(record["cache"]), group, self.stack_name(name))
         if kind.secret:
-            await self.state.delete_object(self.secret_key(name))
+            with contextlib.suppress(NotFound):
+                await self.state.delete_object(self.secret_key(name))
         db = await self.state.dynamodb()
         with translated(f"cannot delete service {name}"):
             await db.delete_item(TableName=self.table, Key=to_item({"name": name}))
@@ -556,6 +563,8 @@ class AwsResources:
                     host, port = await self.caches.wait(kind.engine, str(record["cache"]), kind.port)
                     made = {"host": host, "port": port}
                 await self._running(name, made)
+        except asyncio.CancelledError:
+            raise
         except BaseException:
             await self._remove(record)
             raise

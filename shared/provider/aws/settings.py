@@ -21,8 +21,15 @@ class AwsProviderSettings(BaseSettings):
     table_prefix: str = Field("", description="DynamoDB tables are '<prefix>-apps', ... ; '<rack>' when empty.")
     kms_key: str = Field("", description="The KMS key encrypting environments (SSE-KMS); the AWS-managed key if empty.")
     launch_type: str = Field("EC2", description="EC2 (container instances) or FARGATE.")
-    subnets: list[str] = Field(default_factory=list, description="Subnets of awsvpc tasks (FARGATE).")
-    security_groups: list[str] = Field(default_factory=list, description="Security groups of awsvpc tasks.")
+    subnets: list[str] = Field(
+        default_factory=list,
+        description="Subnets of awsvpc tasks (FARGATE) and of backing services; the rack stack's when empty.",
+    )
+    security_groups: list[str] = Field(
+        default_factory=list,
+        description="Security groups of awsvpc tasks; backing services accept connections from these and the "
+        "rack stack's InstancesSecurity only.",
+    )
     execution_role: str = Field("", description="The task execution role (pulls from ECR, writes logs).")
     bootstrap: bool = Field(False, description="Create missing tables, bucket, cluster (a rack without a stack).")
     log_poll_interval: float = Field(1.0, gt=0, description="Seconds between FilterLogEvents polls when following.")
