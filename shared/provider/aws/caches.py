@@ -2,13 +2,14 @@
 backing services of :mod:`shared.provider.aws.resources`.
 
 A cache has a security group of its own (its port, from the rack's security groups only), named for it and
-tagged ``Rack=<rack>``, and sits in the rack's cache subnet group ``<rack>-services`` (the rack's subnets;
-made by the first cache, removed by `convox rack uninstall`: moto 5 does not implement
-DeleteCacheSubnetGroup, so a group per cache would leak one per service there). redis is a replication
-group of one node with an auth token and transit and at-rest encryption; memcached a cache cluster of one
-node with no credentials (its security group is its only guard, as for the local server). A delete asks for
-the cache to go, then deletes its security group, retried while AWS says it is in use (until the cache is
-gone). moto 5 never finishes deleting a cache (it stays ``deleting``) and lets the security group go at once.
+tagged ``Rack=<rack> Type=resource``, and sits in the rack's cache subnet group ``<rack>-services`` (the
+rack's subnets): a resource of the rack stack on AWS, made here when missing (a rack without a stack, or
+moto, whose CloudFormation skips ElastiCache types; moto 5 cannot delete one either, so a group per cache
+would leak one per service there). redis is a replication group of one node with an auth token and transit
+and at-rest encryption; memcached a cache cluster of one node with no credentials (its security group is
+its only guard, as for the local server). A delete asks for the cache to go, then deletes its security
+group, retried while AWS says it is in use (until the cache is gone). moto 5 never finishes deleting a
+cache (it stays ``deleting``) and lets the security group go at once.
 """
 
 from __future__ import annotations
