@@ -542,7 +542,8 @@ class LocalResources:
         except RackError:  # a deploy that cannot have its resource leaves nothing of it
             failed = await self.state.fetch_one("SELECT status FROM resources WHERE name = ?", (service,))
             if failed is not None and failed["status"] == "failed":
-                await self._remove(service)
+                with contextlib.suppress(NotFound, Conflict):
+                    await self.delete(service)
             raise
         async with self.state.transaction() as tx:
             now = datetime.now(UTC).isoformat()
