@@ -237,11 +237,19 @@ def rack_start(
     insecure_http: Annotated[
         bool, typer.Option("--insecure-http", help="Serve plain HTTP instead of HTTPS (only for loopback dev).")
     ] = False,
+    stack: Annotated[
+        str | None,
+        typer.Option(
+            "--stack",
+            help="aws: the rack stack `rack install aws` made (RACK_AWS_STACK); the rack uses its names and password.",
+        ),
+    ] = None,
 ) -> None:
     """Run the rack in the foreground: the gateway and its five services, supervised. Ctrl-C stops it.
 
     It serves HTTPS with a certificate it generates at first start (kept in the data dir); `convox login`
-    pins it. The password is CONVOX_PASSWORD at first start (16 characters at least) or generated."""
+    pins it. The password is CONVOX_PASSWORD at first start (16 characters at least) or generated; against
+    an installed AWS stack (--stack) it is the one install made."""
     import asyncio
     import os
 
@@ -251,8 +259,14 @@ def rack_start(
         if provider not in PROVIDERS:
             raise CliError(f"unknown provider: {provider} (known: {', '.join(PROVIDERS)})")
         os.environ["RACK_PROVIDER"] = provider  # the services read it from the environment they inherit
+    installed = None
+    stack = stack or (os.environ.get("RACK_AWS_STACK") or None if os.environ.get("RACK_PROVIDER") == "aws" else None)
+    if stack:
+        from cli.cmd_rack_aws import stack_rack
 
-    from services.supervisor import DataDirLock, StartError, Supervisor, ensure_password
+        installed = stack_rack(stack)  # every name and the password from the stack, before anything starts
+
+    from services.supervisor import DataDirLock, StartError, Supervisor, ensure_password, write_private_atomic
     from shared.config import RackSettings
 
     settings = RackSettings(data_dir=data_dir) if data_dir else RackSettings()
@@ -261,7 +275,11 @@ def rack_start(
     lock = DataDirLock(directory)
     try:
         lock.acquire()
-        password, generated = ensure_password(directory, os.environ.get("CONVOX_PASSWORD"))
+        if installed is not None:  # the stack's password, also over one a previous start stored
+            password, generated = installed.password.get_secret_value(), False
+            write_private_atomic(directory / "password", password + "\n")
+        else:
+            password, generated = ensure_password(directory, os.environ.get("CONVOX_PASSWORD"))
     except StartError as exc:
         lock.release()
         raise CliError(str(exc)) from None
@@ -281,7 +299,10 @@ def rack_start(
                 lines.append(f"Its certificate's SHA-256 fingerprint: {fingerprint}")
             else:
                 lines.append("WARNING: plain HTTP (--insecure-http): the password crosses the network in clear text")
-            if generated:
+            if installed is not None:
+                lines.append(f"It runs against AWS stack {installed.name} ({installed.region}, {installed.status})")
+                lines.append("The rack password is the one `convox rack install aws` printed")
+            elif generated:
                 lines.append(f"The rack password was generated and is shown only this once: {password}")
             else:
                 lines.append(f"The rack password is in {directory / 'password'}")

@@ -127,6 +127,26 @@ def params_set_aws(host: str, values: dict[str, str]) -> dict[str, str]:
     return _run(params.set(values))
 
 
+def stack_rack(stack: str) -> Any:
+    """For `rack start --stack`: the installed rack's settings and password (a ``StackRack``), its settings
+    exported for the rack's services (``RACK_NAME`` is the stack's name, ``RACK_PROVIDER`` aws)."""
+    import os
+
+    from shared.provider.aws.rackstack import from_stack
+
+    if os.environ.get("RACK_PROVIDER", "aws") != "aws":
+        raise CliError(f"--stack names an AWS rack stack: it needs --provider aws, not {os.environ['RACK_PROVIDER']}")
+    named = os.environ.get("RACK_NAME")
+    if named and named != stack:
+        raise CliError(f"RACK_NAME is {named}, but the rack of stack {stack} is named {stack}")
+    given = os.environ.get("CONVOX_PASSWORD")
+    installed = _run(from_stack(stack))
+    if given and given != installed.password.get_secret_value():
+        raise CliError(f"CONVOX_PASSWORD is not the password of rack {stack} (unset it: the stack's is used)")
+    os.environ.update(installed.environment, RACK_PROVIDER="aws", RACK_NAME=stack)
+    return installed
+
+
 def register(app: typer.Typer) -> None:
     from cli.app import rack_app
 

@@ -129,9 +129,11 @@ def start_rack(
     port: int | None = None,
     env: dict[str, str] | None = None,
     insecure_http: bool = False,
+    args: tuple[str, ...] = (),
 ) -> RunningRack:
-    """``env`` adds to the rack's environment (settings such as ``RACK_BUILDS_MAX_SOURCE_SIZE``). The rack serves
-    HTTPS with its own certificate (``rack.cert``) unless ``insecure_http``."""
+    """``env`` adds to the rack's environment (settings such as ``RACK_BUILDS_MAX_SOURCE_SIZE``), ``args`` to
+    `rack start`'s (``--provider aws --stack NAME``). The rack serves HTTPS with its own certificate
+    (``rack.cert``) unless ``insecure_http``."""
     port = port or free_port()
     extra = env or {}
     env = dict(os.environ, RACK_NAME=name, PYTHONUNBUFFERED="1", **extra)
@@ -142,7 +144,8 @@ def start_rack(
     with log.open("ab") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "rack", "start", "--port", str(port), "--data-dir", str(data_dir)]
-            + (["--insecure-http"] if insecure_http else []),
+            + (["--insecure-http"] if insecure_http else [])
+            + list(args),
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=env,

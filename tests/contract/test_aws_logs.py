@@ -59,7 +59,8 @@ async def test_history_with_filter_service_pid_and_since(aws_provider: Provider,
     await put("hist", stream, (start, "listening on 3000"), (start + 1000, "GET / 200"), (start + 2000, "GET /x 404"))
     await aws_provider.logs.event("hist", "web scaled: count 2", release=release)
     lines = await history(aws_provider, "hist")
-    assert len(lines) == 4
+    assert len(lines) == 5
+    assert any(line.endswith(f" convox:{release} release promoted\n") for line in lines)  # the provider's own event
     stamp = datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
     assert lines[0] == f"{stamp}Z web:{release}/{pid} listening on 3000\n"
     assert lines[-1].split(" ", 1)[1] == f"convox:{release} web scaled: count 2\n"

@@ -25,9 +25,10 @@ def check_name(name: str) -> None:
         raise BadRequest(invalid_app_name(name))
 
 
-def log_group(rack: str, app: str) -> str:
-    """The app's CloudWatch Logs group; its processes' streams are ``TYPE/TYPE/TASKID`` (awslogs)."""
-    return f"/convox/{rack}/{app}"
+def log_group(prefix: str, app: str) -> str:
+    """The app's CloudWatch Logs group under the rack's (``State.log_prefix``); its processes' streams are
+    ``TYPE/TYPE/TASKID`` (awslogs)."""
+    return f"{prefix}/{app}"
 
 
 def to_app(item: Item) -> App:
@@ -65,7 +66,7 @@ class AwsApps:
         try:
             logs = await self.clients.get("logs")
             try:
-                await logs.create_log_group(logGroupName=log_group(self.rack, name))
+                await logs.create_log_group(logGroupName=log_group(self.state.log_prefix, name))
             except Exception as exc:
                 if error_code(exc) != "ResourceAlreadyExistsException":
                     with translated(f"cannot create the log group of {name}"):
@@ -115,7 +116,7 @@ class AwsApps:
             await hook(name)
         logs = await self.clients.get("logs")
         with contextlib.suppress(NotFound), translated(f"cannot delete the log group of {name}"):
-            await logs.delete_log_group(logGroupName=log_group(self.rack, name))
+            await logs.delete_log_group(logGroupName=log_group(self.state.log_prefix, name))
         for table in (self.state.releases_table, self.state.builds_table):
             await self.state.delete_app_items(table, name)
         await self.state.delete_prefix(f"apps/{name}/")

@@ -164,7 +164,7 @@ class AwsBuilds:
                     "logConfiguration": {
                         "logDriver": "awslogs",
                         "options": {
-                            "awslogs-group": log_group(self.rack, app),
+                            "awslogs-group": log_group(self.state.log_prefix, app),
                             "awslogs-region": self.clients.region,
                             "awslogs-stream-prefix": "build",
                         },
@@ -210,11 +210,21 @@ class AwsBuilds:
             except RackError as exc:
                 await self._set(build, status="failed", error=exc.message, ended=now_iso())
                 return await self.get(app, build)
-        await self._set(build, status="complete", images=images, ended=now_iso())
-        release = await self.releases.create(
-            app, build=build, description=item.get("description", ""), set=env.set, unset=env.unset
-        )
-        await self._set(build, release=release.id)
+        await self._set(build, images=images)  # what the release's task definitions run
+        try:
+            release = await self.releases.create_for_build(
+                app,
+                build,
+                item.get("manifest", ""),
+                description=item.get("description", ""),
+                set=env.set,
+                unset=env.unset,
+            )
+        except RackError as exc:
+            await self._set(build, status="failed", error=f"cannot make the release: {exc.message}", ended=now_iso())
+            return await self.get(app, build)
+        # complete and its release in one write: whoever sees the build complete also sees its release
+        await self._set(build, status="complete", release=release.id, ended=now_iso())
         log.log("build.complete", app=app, build=build, release=release.id)
         return await self.get(app, build)
 
@@ -237,7 +247,7 @@ class AwsBuilds:
             ended = (await self._item(app, build_id))["status"] in {"complete", "failed"}
             while task:
                 kwargs: dict[str, Any] = {
-                    "logGroupName": log_group(self.rack, app),
+                    "logGroupName": log_group(self.state.log_prefix, app),
                     "logStreamName": stream,
                     "startFromHead": True,
                 }

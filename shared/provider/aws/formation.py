@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.logfmt import Logger
@@ -46,6 +46,12 @@ def family(rack: str, app: str, service: str) -> str:
 def run_family(rack: str, app: str, service: str) -> str:
     """The task-definition family of one-off processes of a type run with an image of their own."""
     return f"{rack}-{app}_run_{service}"
+
+
+class EventWriter(Protocol):
+    """Where platform events go: ``AwsLogs.event`` (the app's ``convox/events`` stream); it never raises."""
+
+    def __call__(self, app: str, message: str, *, release: str = "") -> Awaitable[None]: ...
 
 
 @dataclass
@@ -80,6 +86,12 @@ class AwsFormation:
         self._locks: dict[str, asyncio.Lock] = {}
         self.checks: list[Callable[[Release], Awaitable[None]]] = []
         """Run at promote before any change: each raises (a 400) for a release it cannot carry out (timers)."""
+        self.events: EventWriter | None = None
+        """Set by the provider: promotes, scales and restarts are platform events in the app's log."""
+
+    async def emit(self, app: str, message: str, release: str = "") -> None:
+        if self.events is not None:
+            await self.events(app, message, release=release)
 
     async def ecs(self) -> Any:
         return await self.clients.get("ecs")
@@ -135,7 +147,7 @@ class AwsFormation:
             "logConfiguration": {
                 "logDriver": "awslogs",
                 "options": {
-                    "awslogs-group": log_group(self.rack, app),
+                    "awslogs-group": log_group(self.state.log_prefix, app),
                     "awslogs-region": self.clients.region,
                     "awslogs-stream-prefix": want.service,
                 },
@@ -290,11 +302,14 @@ class AwsFormation:
             try:
                 with log.measure("release.promote", app=app, release=release.id):
                     await self.apply(app, release)
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(NotFound):
                     await self.apps.set_status(app, "failed")
+                    reason = getattr(exc, "message", "") or str(exc) or type(exc).__name__
+                    await self.emit(app, f"release failed to roll out: {reason}", release.id)
                 raise
             await self.apps.set_status(app, "running", release.id)
+            await self.emit(app, "release promoted", release.id)
         return await self.apps.get(app)
 
     async def get(self, app: str) -> list[Formation]:
@@ -344,6 +359,9 @@ class AwsFormation:
                         )
                 else:
                     await self.apply(app, release, only=service)
+            changes = (("count", update.count), ("memory", update.memory))
+            scaled = ", ".join(f"{key} {value}" for key, value in changes if value is not None)
+            await self.emit(app, f"{service} scaled: {scaled}", release.id)
         return next(f for f in await self.get(app) if f.name == service)
 
     async def restart(self, app: str, service: str | None = None) -> list[Formation]:
@@ -367,6 +385,7 @@ class AwsFormation:
                             await ecs.update_service(
                                 cluster=self.cluster, service=family(self.rack, app, name), forceNewDeployment=True
                             )
+            await self.emit(app, f"{service or 'every process type'} restarted", release.id)
         return await self.get(app)
 
     async def cancel(self, app: str) -> App:

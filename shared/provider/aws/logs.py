@@ -212,7 +212,7 @@ class AwsLogs:
         filter: str = "",
     ) -> AsyncIterator[list[bytes]]:
         await self.apps.item(app)
-        group = log_group(self.rack, app)
+        group = log_group(self.apps.state.log_prefix, app)
         streams: list[str] | None = None
         if service or pid:
             streams = await self._selected(group, service, pid)
@@ -227,14 +227,14 @@ class AwsLogs:
     async def system(
         self, *, since: datetime | None = None, follow: bool = True, service: str = "", filter: str = ""
     ) -> AsyncIterator[list[bytes]]:
-        group = f"/convox/{self.rack}"
+        group = self.apps.state.log_prefix
         streams = [s for s in await self._streams(group) if s.split("/")[0] == service] if service else None
         async for batch in self._read("", group, streams, since, follow, service, "", filter):
             yield batch
 
     async def event(self, app: str, message: str, *, release: str = "", pid: str = "", service: str = "convox") -> None:
         cw = await self.cw()
-        group = log_group(self.rack, app)
+        group = log_group(self.apps.state.log_prefix, app)
         body = json.dumps({"release": release, "pid": pid, "message": message, "service": service})
         event = {"timestamp": int(time.time() * 1000), "message": body}
         try:
@@ -257,7 +257,7 @@ class AwsLogs:
         of here; its retention is the log store's history age (``RACK_LOGS_HISTORY_MAX_AGE``), in whole days."""
         max_age = LogStoreSettings().history_max_age
         cw = await self.cw()
-        group = f"/convox/{self.rack}"
+        group = self.apps.state.log_prefix
         try:
             await cw.create_log_group(logGroupName=group)
         except Exception as exc:

@@ -79,12 +79,13 @@ class AwsProvider:
             self.state, self.clients, self.apps, self.releases, self.formation, settings.name, aws.build_image
         )
         self.logs = AwsLogs(self.clients, self.apps, self.processes, settings.name, aws)
+        self.formation.events = self.logs.event
         self.timers = AwsTimers(
             self.state, self.clients, self.apps, self.releases, self.formation, self.processes, self.logs
         )
         self.resources = AwsResources(self.state, self.clients, self.apps, settings.name, aws)
         self.apps.on_delete.append(self.resources.forget_app)
-        self.params = AwsParams(self.clients, settings.name)
+        self.params = AwsParams(self.clients, aws.stack or settings.name)
 
     async def __aenter__(self) -> Self:
         if self.aws.bootstrap:

@@ -69,7 +69,9 @@ class AwsReleases:
             raise BadRequest(f"build {build} is {item.get('status')}, not complete")
         return item
 
-    async def _create(self, app: str, build: str | None, change: EnvChange, description: str) -> Release:
+    async def _create(
+        self, app: str, build: str | None, change: EnvChange, description: str, manifest_of_build: str | None = None
+    ) -> Release:
         async with self._locks.setdefault(app, asyncio.Lock()):  # fewer retries within one process
             for _ in range(RETRIES):
                 base_id = (await self.apps.item(app)).get("latest", "")
@@ -77,7 +79,11 @@ class AwsReleases:
                 manifest = base.manifest if base else ""
                 use_build = (base.build if base else "") if build is None else build
                 if build:
-                    manifest = (await self._build(app, build)).get("manifest", "")
+                    manifest = (
+                        manifest_of_build
+                        if manifest_of_build is not None
+                        else (await self._build(app, build)).get("manifest", "")
+                    )
                 release = Release(
                     id=release_id(),
                     app=app,
@@ -180,6 +186,26 @@ class AwsReleases:
             return changed
 
         return await self._create(app, build, change, description)
+
+    async def create_for_build(
+        self,
+        app: str,
+        build: str,
+        manifest: str,
+        *,
+        description: str = "",
+        set: dict[str, str] | None = None,
+        unset: Collection[str] = (),
+    ) -> Release:
+        """The release of a build whose builder has reported (``AwsBuilds.finish``): made before the build is
+        marked complete, so that a complete build always names its release."""
+
+        def change(base: dict[str, str]) -> dict[str, str]:
+            changed = {key: value for key, value in base.items() if key not in unset}
+            changed.update(set or {})
+            return changed
+
+        return await self._create(app, build, change, description, manifest)
 
     async def change_env(
         self,

@@ -15,11 +15,15 @@ class AwsProviderSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RACK_AWS_", extra="ignore")
 
+    stack: str = Field(
+        "", description="The installed rack stack; `convox rack start --stack` sets every name below from its outputs."
+    )
     region: str = Field("", description="The rack's region; AWS_DEFAULT_REGION (or us-east-1) when empty.")
     cluster: str = Field("", description="The ECS cluster; '<rack>' when empty.")
     bucket: str = Field("", description="The settings bucket (sources, environments); '<rack>-settings' when empty.")
     table_prefix: str = Field("", description="DynamoDB tables are '<prefix>-apps', ... ; '<rack>' when empty.")
     kms_key: str = Field("", description="The KMS key encrypting environments (SSE-KMS); the AWS-managed key if empty.")
+    log_group_prefix: str = Field("", description="Apps' log groups are '<prefix>/<app>'; '/convox/<rack>' when empty.")
     launch_type: str = Field("EC2", description="EC2 (container instances) or FARGATE.")
     subnets: list[str] = Field(
         default_factory=list,

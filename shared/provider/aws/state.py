@@ -1,7 +1,7 @@
 """The rack's state on AWS: DynamoDB tables (apps, releases, builds, resources) and the settings bucket in S3.
 
 Tables are ``<prefix>-apps`` and ``<prefix>-resources`` (key ``name``), ``<prefix>-releases`` and
-``<prefix>-builds`` (key ``id``, index ``app-created`` on ``app`` + ``created``), as Convox keyed them. Writes
+``<prefix>-builds`` (key ``id``, index ``app.created`` on ``app`` + ``created``), as Convox keyed them. Writes
 that race are conditional (``attribute_not_exists``, a version or pointer guard) or transactions, so that no
 update is lost. Objects (build sources, environments, service passwords) live in the settings bucket;
 environments and passwords are encrypted with SSE-KMS.
@@ -21,7 +21,7 @@ from shared.provider.aws.clients import Clients, error_code, translated
 from shared.provider.aws.settings import AwsProviderSettings
 
 Item = dict[str, Any]
-INDEX = "app-created"
+INDEX = "app.created"
 PART = 8 * 1024 * 1024
 
 
@@ -88,6 +88,8 @@ class State:
         self.builds_table = f"{prefix}-builds"
         self.resources_table = f"{prefix}-resources"
         self.bucket = settings.bucket or f"{rack}-settings"
+        self.log_prefix = settings.log_group_prefix or f"/convox/{rack}"
+        """The rack's own log group; each app's is ``<prefix>/<app>``."""
 
     async def dynamodb(self) -> Any:
         return await self.clients.get("dynamodb")

@@ -1,0 +1,277 @@
+"""End to end on moto: `convox rack install aws`, `convox rack start --provider aws --stack NAME`, the everyday
+commands through the CLI logged in to that rack, `convox rack uninstall`, and nothing left in the account.
+
+Simulated (each piece a test double under tests/, never imported by the product):
+- AWS itself: moto in server mode (tests/moto_server.py). Its CloudFormation is synchronous, no instance
+  boots, no task runs, ECS services never get tasks (so `ps` shows the one-off only: a service's desired
+  count is checked in ECS instead), and tasks stay RUNNING until stopped (pinned by the fixture).
+- The rack's API on ECS: nothing runs it on moto, so the rack runs here (`rack start --stack`) against the
+  installed stack, with the stack's names and password, as the API task would.
+- The ECS container agent: `register_instances` registers the auto-scaling group's instances in the
+  cluster, as the agent does when an instance boots, so that RunTask places one-offs.
+- The builder: moto runs no builder task; `play_builder` reports the build's images through the provider
+  (as the builder task's report would) once the rack has started its task. No image is built or pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.config import RackSettings
+from shared.provider.aws.provider import AwsProvider
+from shared.provider.aws.rackstack import from_stack
+from shared.provider.aws.settings import AwsProviderSettings
+from tests.aws.test_install import convox, leftovers
+from tests.conftest import ROOT, RunningRack, start_rack, stop_rack
+from tests.moto_server import MotoServer
+
+ACCOUNT = "123456789012"
+BUILDER_IMAGE = "rack-test/builder:1"
+"""The rack's builder image in this test: its task is placed on moto and never runs (see play_builder)."""
+MANIFEST = "services:\n  web:\n    build: .\n    port: 3000\n    command: python -m http.server 3000\n"
+
+
+def boto(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service, region_name="us-east-1")
+
+
+def register_instances(cluster: str) -> list[str]:
+    """Test double of the ECS container agent: every instance of the rack's auto-scaling group registers in
+    the cluster (what the agent does at boot, from the UserData's ECS_CLUSTER); nothing runs on them."""
+    groups = boto("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[f"{cluster}-instances"])
+    ids = [i["InstanceId"] for g in groups["AutoScalingGroups"] for i in g["Instances"]]
+    assert ids, "the rack's auto-scaling group has no instance"
+    arns = []
+    for instance in ids:
+        document = {
+            "instanceId": instance,
+            "region": "us-east-1",
+            "availabilityZone": "us-east-1a",
+            "accountId": ACCOUNT,
+        }
+        registered = boto("ecs").register_container_instance(
+            cluster=cluster, instanceIdentityDocument=json.dumps(document)
+        )
+        arns.append(registered["containerInstance"]["containerInstanceArn"])
+    return arns
+
+
+async def play_builder(name: str, app: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Test double of the builder task: waits for the rack's build of ``app`` to be running (its source in
+    S3, its task placed), then reports the image it would have pushed to ECR; returns the build id."""
+    installed = await from_stack(name)
+    for key, value in installed.environment.items():
+        monkeypatch.setenv(key, value)
+    settings = RackSettings(provider="aws", name=name, data_dir=tmp_path / "builder-double")
+    async with AwsProvider(settings, AwsProviderSettings()) as provider:
+        deadline = time.monotonic() + 60
+        while True:
+            running = [b for b in await provider.builds.list(app) if b.status == "running"]
+            if running:
+                break
+            assert time.monotonic() < deadline, "the rack started no build"
+            await asyncio.sleep(0.1)
+        build = running[0].id
+        source = boto("s3").head_object(
+            Bucket=installed.environment["RACK_AWS_BUCKET"], Key=f"apps/{app}/builds/{build}/source.tgz"
+        )
+        assert source["ContentLength"] > 0
+        image = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/{name}/{app}:web.{build.lower()}"
+        await provider.builds.finish(app, build, {"web": image})
+    return build
+
+
+def info(text: str) -> dict[str, str]:
+    """`convox rack` / `apps info` output: ``Name  value`` lines (an empty value is a name alone)."""
+    rows = [line.split(None, 1) for line in text.splitlines() if line.strip()]
+    return {parts[0]: parts[1].strip() if len(parts) > 1 else "" for parts in rows}
+
+
+def stack_outputs(name: str) -> dict[str, str]:
+    stack = boto("cloudformation").describe_stacks(StackName=name)["Stacks"][0]
+    return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+
+def table(text: str) -> list[list[str]]:
+    return [line.split() for line in text.splitlines()[1:] if line.strip()]
+
+
+def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_uninstalls_clean(
+    aws: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = f"e2e{secrets.token_hex(3)}"
+    config = tmp_path / "convox"
+    before = asyncio.run(leftovers())
+    installed = convox(aws, config, "rack", "install", "aws", "--name", name, "InstanceCount=2")
+    assert installed.returncode == 0, installed.stderr
+    password = installed.stdout.split("shown only this once:\n", 1)[1].splitlines()[0].strip()
+    assert {"keys", "aliases"} <= set(asyncio.run(leftovers()))  # the rack's KMS key, which uninstall must remove
+    register_instances(name)
+
+    rack: RunningRack = start_rack(
+        tmp_path / "data",
+        name,
+        password=None,
+        env={"RACK_AWS_BUILD_IMAGE": BUILDER_IMAGE},
+        args=("--provider", "aws", "--stack", name),
+    )
+    try:
+        assert rack.password == password  # the one install made (its SSM parameter), not a new one
+        env = {
+            **aws.env(),
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "CONVOX_CONFIG": str(config),
+            "PYTHONPATH": str(ROOT),
+        }
+        work = tmp_path / "work"
+        work.mkdir()
+
+        def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+            done = subprocess.run(
+                [sys.executable, "-m", "cli.main", *args],
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                input=password if args[0] == "login" else None,
+            )
+            if ok:
+                assert done.returncode == 0, f"convox {' '.join(args)}: {done.stderr}"
+            return done
+
+        assert "Logged in to" in cli("login", rack.url).stdout  # over TLS, pinning the rack's certificate
+        shown = info(cli("rack").stdout)
+        assert (shown["Name"], shown["Provider"], shown["Status"]) == (name, "aws", "running")
+        params = cli("rack", "params").stdout
+        assert re.search(r"^InstanceCount\s+2$", params, re.M) and password not in params
+
+        cli("apps", "create", "shop")
+        assert table(cli("apps").stdout)[0][:2] == ["shop", "created"]
+        # env changes: each a release (not promoted), stored in the stack's table and bucket
+        first = cli("env", "set", "GREETING=hi", "COLOR=blue", "-a", "shop")
+        cli("env", "unset", "COLOR", "-a", "shop")
+        assert cli("env", "get", "GREETING", "-a", "shop").stdout.strip() == "hi"
+        assert "COLOR" not in cli("env", "-a", "shop").stdout
+        releases = table(cli("releases", "-a", "shop").stdout)
+        assert len(releases) == 2, releases
+        assert releases[1][0] in first.stdout + first.stderr
+        outputs = stack_outputs(name)
+        apps_table = f"{outputs['TablePrefix']}-apps"
+        assert boto("dynamodb").get_item(TableName=apps_table, Key={"name": {"S": "shop"}})["Item"]
+        stored = boto("s3").head_object(Bucket=outputs["Settings"], Key=f"apps/shop/releases/{releases[0][0]}/env.json")
+        assert (stored["ServerSideEncryption"], stored["SSEKMSKeyId"]) == ("aws:kms", outputs["EncryptionKey"])
+        no_build = cli("releases", "rollback", releases[1][0], "-a", "shop", ok=False)
+        assert no_build.returncode == 1 and "has no build to roll back to" in no_build.stderr
+
+        # deploy: the CLI uploads the source, the rack starts the builder task, the double reports the image
+        source = tmp_path / "source"
+        source.mkdir()
+        (source / "convox.yml").write_text(MANIFEST)
+        (source / "Dockerfile").write_text("FROM busybox\n")
+        deploy = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "deploy", str(source), "-a", "shop"],
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        build = asyncio.run(play_builder(name, "shop", monkeypatch, tmp_path))
+        out, err = deploy.communicate(timeout=180)
+        assert deploy.returncode == 0, err
+        deployed = re.search(r"Release: (R\w+)", out)
+        assert deployed, out
+        app = info(cli("apps", "info", "shop").stdout)
+        assert (app["Status"], app["Release"]) == ("running", deployed[1])
+        service = boto("ecs").describe_services(cluster=name, services=[f"{name}-shop_web"])["services"][0]
+        definition = boto("ecs").describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"]
+        container = definition["containerDefinitions"][0]
+        assert container["image"].endswith(f"{name}/shop:web.{build.lower()}")
+        assert {"name": "GREETING", "value": "hi"} in container["environment"]
+        assert container["logConfiguration"]["options"]["awslogs-group"] == f"/convox/{name}/shop"
+        assert definition["executionRoleArn"] == outputs["ExecutionRole"]
+
+        cli("scale", "web", "--count", "2", "-a", "shop")
+        service = boto("ecs").describe_services(cluster=name, services=[f"{name}-shop_web"])["services"][0]
+        assert service["desiredCount"] == 2
+
+        cli("env", "set", "GREETING=hello", "-a", "shop", "--promote")
+        rolled = cli("releases", "rollback", deployed[1], "-a", "shop")
+        app = info(cli("apps", "info", "shop").stdout)
+        assert app["Release"] not in (deployed[1], "") and app["Release"] in rolled.stdout + rolled.stderr
+        assert cli("env", "get", "GREETING", "-a", "shop").stdout.strip() == "hi"
+
+        # a one-off: RunTask on the registered instances, in ps with the app's tags, then stopped
+        pid = cli("run", "--app", "shop", "--detach", "web", "sleep", "600").stdout.strip()
+        assert re.fullmatch(r"[0-9a-f]{12}", pid), pid
+        rows = table(cli("ps", "-a", "shop").stdout)
+        assert [r[:3] for r in rows] == [[pid, "web", app["Release"]]], rows
+        tasks = boto("ecs").list_tasks(cluster=name, desiredStatus="RUNNING")["taskArns"]
+        described = boto("ecs").describe_tasks(cluster=name, tasks=tasks, include=["TAGS"])["tasks"]
+        one_off = next(t for t in described if t["taskArn"].replace("-", "").endswith(pid))
+        tags = {t["key"]: t["value"] for t in one_off["tags"]}
+        assert (tags["convox.rack"], tags["convox.app"], tags["convox.type"]) == (name, "shop", "web")
+        cli("ps", "stop", pid, "-a", "shop")
+        assert table(cli("ps", "-a", "shop").stdout) == []
+
+        logs = cli("logs", "-a", "shop", "--no-follow").stdout
+        for event in ("release promoted", "web scaled: count 2"):
+            assert event in logs, logs
+
+        cli("apps", "delete", "shop")
+        assert table(cli("apps").stdout) == []
+    finally:
+        stop_rack(rack)
+    gone = convox(aws, config, "rack", "uninstall", name, "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert asyncio.run(leftovers()) == before
+
+
+def start_against(stack: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "rack",
+            "start",
+            "--provider",
+            "aws",
+            "--stack",
+            stack,
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "CONVOX_CONFIG": str(tmp_path / "convox")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_rack_start_refuses_a_stack_that_is_missing_or_not_a_rack(aws: MotoServer, tmp_path: Path) -> None:
+    missing = start_against("nosuchrack", tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("ERROR: no rack stack named nosuchrack")
+    template = "Resources:\n  Group:\n    Type: AWS::Logs::LogGroup\n    Properties:\n      LogGroupName: keep-me\n"
+    boto("cloudformation").create_stack(StackName="someone-else", TemplateBody=template)
+    other = start_against("someone-else", tmp_path)
+    assert other.returncode == 1
+    assert other.stderr.startswith("ERROR: stack someone-else is not a rack")
+    assert not (tmp_path / "data" / "password").exists()  # refused before the rack touched anything
