@@ -91,7 +91,8 @@ async def timer_tasks(provider: AwsProvider, app: str, timer: str) -> list[dict[
 
 async def events(provider: AwsProvider, app: str) -> list[str]:
     cw = await provider.clients.get("logs")
-    response = await cw.filter_log_events(logGroupName=log_group(provider.state.log_prefix, app), logStreamNames=["convox/events"])
+    group = log_group(provider.state.log_prefix, app)
+    response = await cw.filter_log_events(logGroupName=group, logStreamNames=["convox/events"])
     messages = [json.loads(e["message"])["message"] for e in response.get("events", [])]
     return [m for m in messages if m.startswith("timer ")]
 
