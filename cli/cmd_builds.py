@@ -22,7 +22,7 @@ import typer
 from cli import completion, output
 from cli.client import Client
 from cli.config import Rack, current_rack, resolve_app
-from cli.errors import CliError
+from cli.errors import CliError, RackUnavailable
 
 AppOption = Annotated[
     str | None,
@@ -164,31 +164,51 @@ def upload(c: Client, app: str, archive: Path, params: dict[str, str]) -> dict[s
 # ---- following -------------------------------------------------------------------------------
 
 
+CONNECT_FOR = 30.0
+"""Seconds a build's log stream is asked for again while the rack cannot give it (a service restarting)."""
+
+
 def follow_logs(rack: Rack, app: str, build_id: str, out: BinaryIO) -> tuple[int | None, str | None]:
     """Write the build's output to ``out`` as it comes; returns its status (exit code, error).
     A stream that ends without a status is an error."""
     import asyncio
+    import time
 
+    from websockets.asyncio.client import ClientConnection
     from websockets.exceptions import ConnectionClosed
 
-    from cli.stream import connect
+    from cli.stream import StreamUnavailable, connect
     from shared import stream
 
-    async def follow() -> tuple[int | None, str | None] | None:
-        async with connect(rack, f"/apps/{app}/builds/{build_id}/logs") as socket:
-            try:
-                async for message in socket:
-                    if isinstance(message, str):
-                        continue
-                    channel, payload = stream.decode(message)
-                    if channel in (stream.Channel.STDOUT, stream.Channel.STDERR):
-                        await asyncio.to_thread(_write, out, payload)
-                    elif channel == stream.Channel.STATUS:
-                        status = stream.parse_status(payload)
-                        return status.exit_code, status.error
-            except ConnectionClosed:
-                pass
+    hint = f"convox builds logs {build_id}"
+
+    async def relay(socket: ClientConnection) -> tuple[int | None, str | None] | None:
+        try:
+            async for message in socket:
+                if isinstance(message, str):
+                    continue
+                channel, payload = stream.decode(message)
+                if channel in (stream.Channel.STDOUT, stream.Channel.STDERR):
+                    await asyncio.to_thread(_write, out, payload)
+                elif channel == stream.Channel.STATUS:
+                    status = stream.parse_status(payload)
+                    return status.exit_code, status.error
+        except ConnectionClosed:
+            pass
         return None
+
+    async def follow() -> tuple[int | None, str | None] | None:
+        # A rack that cannot give the stream for now (its builds service restarting: a 5xx) is asked again
+        # for a while; nothing was shown yet, so nothing is shown twice.
+        deadline = time.monotonic() + CONNECT_FOR
+        while True:
+            try:
+                async with connect(rack, f"/apps/{app}/builds/{build_id}/logs") as socket:
+                    return await relay(socket)
+            except StreamUnavailable:
+                if time.monotonic() > deadline:
+                    raise StreamEnded(f"the build's log stream is unavailable; the build may go on ({hint})") from None
+                await asyncio.sleep(0.5)
 
     try:
         ended = asyncio.run(follow())
@@ -196,7 +216,6 @@ def follow_logs(rack: Rack, app: str, build_id: str, out: BinaryIO) -> tuple[int
         raise CliError(f"build log stream: {exc}") from None
     if ended is not None:
         return ended
-    hint = f"convox builds logs {build_id}"
     raise StreamEnded(f"the build log stream ended without a status; the build may go on ({hint})")
 
 
@@ -254,7 +273,10 @@ def build_and_wait(
     print(f"Starting build {build_id}... OK", file=sys.stderr, flush=True)
     try:
         exit_code, error = follow_logs(c.rack, app, build_id, out or sys.stdout.buffer)
-        final: dict[str, Any] = c.get(f"/apps/{app}/builds/{build_id}")
+        try:
+            final: dict[str, Any] = c.get(f"/apps/{app}/builds/{build_id}")
+        except RackUnavailable:  # the builds service restarting as its stream ended: its verdict comes soon
+            raise StreamEnded("the build's service is restarting") from None
     except StreamEnded:
         found = settled(c, app, build_id)
         if found is None:

@@ -47,7 +47,10 @@ def processes_of(provider: LocalProvider) -> LocalProcesses:
 
 
 def docker(*args: str, check: bool = True) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check).stdout
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+    if check and done.returncode:
+        raise AssertionError(f"docker {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def container_processes(pid: str) -> str:

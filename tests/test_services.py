@@ -294,6 +294,8 @@ def test_bad_input_is_refused_with_clear_errors(user: Cli, services_rack: Runnin
             no_service = client.post("/services/no-such/links", json={"app": app_name})
             assert (no_service.status_code, no_service.json()) == (404, {"error": "no such service: no-such"})
             assert client.get("/services/no-such").status_code == 404
+            # made in the background: running soon
+            eventually(lambda: client.get("/services/dup").json()["status"] == "running", 120, "dup never ran")
             assert client.post("/services/dup/links", json={"app": app_name}).status_code == 200
             refused = client.delete("/services/dup")
             assert refused.status_code == 409

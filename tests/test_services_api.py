@@ -225,6 +225,7 @@ async def test_create_list_get_with_the_password_hidden(api: httpx.AsyncClient, 
         "status": "running",
         "url": "postgres://app:***@postgres:5432/app",
         "apps": [],
+        "message": "",
     }
     assert (await api.post("/services", json={"type": "redis", "name": "cache"})).status_code == 201
     assert [(r["name"], r["type"]) for r in (await api.get("/services")).json()] == [
