@@ -9,8 +9,10 @@ Simulated (each piece a test double under tests/, never imported by the product)
   installed stack, with the stack's names and password, as the API task would.
 - The ECS container agent: `register_instances` registers the auto-scaling group's instances in the
   cluster, as the agent does when an instance boots, so that RunTask places one-offs.
-- The builder: moto runs no builder task; `play_builder` reports the build's images through the provider
-  (as the builder task's report would) once the rack has started its task. No image is built or pushed.
+- The builder task: tests/aws/builder_double.py reads what the rack gave the task (its environment, the
+  source in S3), writes its output to the build's log stream and reports its images to the rack's report
+  route with the build's token, exactly as the builder image would; it builds and pushes nothing. The rack
+  runs on loopback, so the URL the builder reports to (RACK_AWS_REPORT_URL) is the loopback one.
 """
 
 from __future__ import annotations
@@ -22,23 +24,19 @@ import re
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import pytest
+import httpx
 
-from shared.config import RackSettings
-from shared.provider.aws.provider import AwsProvider
-from shared.provider.aws.rackstack import from_stack
-from shared.provider.aws.settings import AwsProviderSettings
+from tests.aws import builder_double
 from tests.aws.test_install import convox, leftovers
-from tests.conftest import ROOT, RunningRack, start_rack, stop_rack
+from tests.conftest import ROOT, RunningRack, free_port, start_rack, stop_rack
 from tests.moto_server import MotoServer
 
 ACCOUNT = "123456789012"
 BUILDER_IMAGE = "rack-test/builder:1"
-"""The rack's builder image in this test: its task is placed on moto and never runs (see play_builder)."""
+"""The rack's builder image in this test: its task is placed on moto and played by tests/aws/builder_double.py."""
 MANIFEST = "services:\n  web:\n    build: .\n    port: 3000\n    command: python -m http.server 3000\n"
 
 
@@ -69,31 +67,6 @@ def register_instances(cluster: str) -> list[str]:
     return arns
 
 
-async def play_builder(name: str, app: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """Test double of the builder task: waits for the rack's build of ``app`` to be running (its source in
-    S3, its task placed), then reports the image it would have pushed to ECR; returns the build id."""
-    installed = await from_stack(name)
-    for key, value in installed.environment.items():
-        monkeypatch.setenv(key, value)
-    settings = RackSettings(provider="aws", name=name, data_dir=tmp_path / "builder-double")
-    async with AwsProvider(settings, AwsProviderSettings()) as provider:
-        deadline = time.monotonic() + 60
-        while True:
-            running = [b for b in await provider.builds.list(app) if b.status == "running"]
-            if running:
-                break
-            assert time.monotonic() < deadline, "the rack started no build"
-            await asyncio.sleep(0.1)
-        build = running[0].id
-        source = boto("s3").head_object(
-            Bucket=installed.environment["RACK_AWS_BUCKET"], Key=f"apps/{app}/builds/{build}/source.tgz"
-        )
-        assert source["ContentLength"] > 0
-        image = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/{name}/{app}:web.{build.lower()}"
-        await provider.builds.finish(app, build, {"web": image})
-    return build
-
-
 def info(text: str) -> dict[str, str]:
     """`convox rack` / `apps info` output: ``Name  value`` lines (an empty value is a name alone)."""
     rows = [line.split(None, 1) for line in text.splitlines() if line.strip()]
@@ -110,7 +83,7 @@ def table(text: str) -> list[list[str]]:
 
 
 def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_uninstalls_clean(
-    aws: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aws: MotoServer, tmp_path: Path
 ) -> None:
     name = f"e2e{secrets.token_hex(3)}"
     config = tmp_path / "convox"
@@ -121,11 +94,13 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
     assert {"keys", "aliases"} <= set(asyncio.run(leftovers()))  # the rack's KMS key, which uninstall must remove
     register_instances(name)
 
+    port = free_port()
     rack: RunningRack = start_rack(
         tmp_path / "data",
         name,
         password=None,
-        env={"RACK_AWS_BUILD_IMAGE": BUILDER_IMAGE},
+        port=port,
+        env={"RACK_AWS_BUILD_IMAGE": BUILDER_IMAGE, "RACK_AWS_REPORT_URL": f"https://127.0.0.1:{port}"},
         args=("--provider", "aws", "--stack", name),
     )
     try:
@@ -171,17 +146,16 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
         assert len(releases) == 2, releases
         assert releases[1][0] in first.stdout + first.stderr
         outputs = stack_outputs(name)
-        assert boto("dynamodb").get_item(TableName=f"{outputs['TablePrefix']}-apps", Key={"name": {"S": "shop"}})["Item"]
-        stored = boto("s3").head_object(Bucket=outputs["Settings"], Key=f"apps/shop/releases/{releases[0][0]}/env.json")
+        apps_table = f"{outputs['TablePrefix']}-apps"
+        assert boto("dynamodb").get_item(TableName=apps_table, Key={"name": {"S": "shop"}})["Item"]
+        env_object = f"apps/shop/releases/{releases[0][0]}/env.json"
+        stored = boto("s3").head_object(Bucket=outputs["Settings"], Key=env_object)
         assert (stored["ServerSideEncryption"], stored["SSEKMSKeyId"]) == ("aws:kms", outputs["EncryptionKey"])
         no_build = cli("releases", "rollback", releases[1][0], "-a", "shop", ok=False)
         assert no_build.returncode == 1 and "has no build to roll back to" in no_build.stderr
 
-        # deploy: the CLI uploads the source, the rack starts the builder task, the double reports the image
-        source = tmp_path / "source"
-        source.mkdir()
-        (source / "convox.yml").write_text(MANIFEST)
-        (source / "Dockerfile").write_text("FROM busybox\n")
+        # deploy: the CLI uploads the source, the rack starts the builder task, which reports with its token
+        source = builder_double.source_tree(tmp_path / "source", MANIFEST)
         deploy = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "deploy", str(source), "-a", "shop"],
             cwd=work,
@@ -190,9 +164,22 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
             stderr=subprocess.PIPE,
             text=True,
         )
-        build = asyncio.run(play_builder(name, "shop", monkeypatch, tmp_path))
+        task = builder_double.wait_for_task(name, "shop")
+        assert password not in json.dumps(task.described, default=str)  # the builder never gets the password
+        report = f"{rack.url}/apps/shop/builds/{task.env['BUILD_ID']}/report"
+        images = {"images": {"web": "busybox:latest"}}
+        for headers, auth in (({}, None), ({"X-Build-Token": password}, None), ({}, ("convox", password))):
+            refused = httpx.post(report, json=images, headers=headers, auth=auth, verify=rack.verify, timeout=30)
+            assert refused.status_code == 401, refused.text  # only the build's own token reports it
+        token = {"X-Build-Token": task.env["BUILD_TOKEN"]}
+        wrong = httpx.post(report, json={"images": {"worker": "busybox"}}, headers=token, verify=rack.verify)
+        assert wrong.status_code == 400 and "missing web; not built worker" in wrong.text  # and the build goes on
+        build = builder_double.play(name, "shop", rack.verify)
         out, err = deploy.communicate(timeout=180)
         assert deploy.returncode == 0, err
+        assert "Building web (test double: nothing is built)" in out  # the builder's output, from its log stream
+        again = httpx.post(report, json=images, headers=token, verify=rack.verify, timeout=30)
+        assert again.status_code == 400 and "not running" in again.text  # a token reports once
         deployed = re.search(r"Release: (R\w+)", out)
         assert deployed, out
         app = info(cli("apps", "info", "shop").stdout)

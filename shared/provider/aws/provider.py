@@ -126,7 +126,14 @@ class AwsProvider:
         self.apps.on_delete.append(self.processes.forget)
         self.apps.on_delete.append(self.formation.forget)
         self.builds = AwsBuilds(
-            self.state, self.clients, self.apps, self.releases, self.formation, settings.name, aws.build_image
+            self.state,
+            self.clients,
+            self.apps,
+            self.releases,
+            self.formation,
+            settings.name,
+            aws.build_image,
+            aws.report_url,
         )
         self.logs = AwsLogs(self.clients, self.apps, self.processes, settings.name, aws)
         self.formation.events = self.logs.event

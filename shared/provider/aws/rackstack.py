@@ -70,6 +70,7 @@ def settings_environment(name: str, region: str, out: dict[str, str]) -> dict[st
         "RACK_AWS_SECURITY_GROUPS": json.dumps([out["InstancesSecurity"]]),
         "RACK_AWS_EXECUTION_ROLE": out["ExecutionRole"],
         "RACK_AWS_BOOTSTRAP": "false",  # the stack made the tables, bucket and cluster
+        "RACK_AWS_REPORT_URL": out.get("Url", ""),  # where builder tasks report: the API's balancer
     }
 
 

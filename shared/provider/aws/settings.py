@@ -35,3 +35,6 @@ class AwsProviderSettings(BaseSettings):
     reaper_interval: float = Field(5.0, gt=0, description="Seconds between checks of one-off time limits.")
     multipart_threshold: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Bytes; above, multipart.")
     build_image: str = Field("", description="The builder image, run as an ECS task per build (empty: builds fail).")
+    report_url: str = Field(
+        "", description="The rack's URL as the builder task reaches it to report; the stack's Url by default."
+    )
