@@ -36,7 +36,8 @@ from tests.moto_server import MotoServer
 
 ACCOUNT = "123456789012"
 BUILDER_IMAGE = "rack-test/builder:1"
-"""The rack's builder image in this test: its task is placed on moto and played by tests/aws/builder_double.py."""
+"""The rack's builder image (stack parameter BuildImage): its task is placed on moto and played by
+tests/aws/builder_double.py."""
 MANIFEST = "services:\n  web:\n    build: .\n    port: 3000\n    command: python -m http.server 3000\n"
 
 
@@ -88,7 +89,9 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
     name = f"e2e{secrets.token_hex(3)}"
     config = tmp_path / "convox"
     before = asyncio.run(leftovers())
-    installed = convox(aws, config, "rack", "install", "aws", "--name", name, "InstanceCount=2")
+    installed = convox(
+        aws, config, "rack", "install", "aws", "--name", name, "InstanceCount=2", f"BuildImage={BUILDER_IMAGE}"
+    )
     assert installed.returncode == 0, installed.stderr
     password = installed.stdout.split("shown only this once:\n", 1)[1].splitlines()[0].strip()
     assert {"keys", "aliases"} <= set(asyncio.run(leftovers()))  # the rack's KMS key, which uninstall must remove
@@ -100,7 +103,7 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
         name,
         password=None,
         port=port,
-        env={"RACK_AWS_BUILD_IMAGE": BUILDER_IMAGE, "RACK_AWS_REPORT_URL": f"https://127.0.0.1:{port}"},
+        env={"RACK_AWS_REPORT_URL": f"https://127.0.0.1:{port}"},  # where the builder reaches this rack
         args=("--provider", "aws", "--stack", name),
     )
     try:
@@ -166,6 +169,7 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
         )
         task = builder_double.wait_for_task(name, "shop")
         assert password not in json.dumps(task.described, default=str)  # the builder never gets the password
+        assert task.described["definition"]["containerDefinitions"][0]["image"] == BUILDER_IMAGE  # the stack's
         report = f"{rack.url}/apps/shop/builds/{task.env['BUILD_ID']}/report"
         images = {"images": {"web": "busybox:latest"}}
         for headers, auth in (({}, None), ({"X-Build-Token": password}, None), ({}, ("convox", password))):

@@ -37,7 +37,7 @@ from shared.provider.aws.state import Item, State, now_iso, parse_iso, to_item
 from shared.provider.contract import ResourceHook
 
 log = Logger("builds")
-NO_BUILDER = "the rack has no builder image (RACK_AWS_BUILD_IMAGE)"
+NO_BUILDER = "the rack has no builder image (rack parameter BuildImage, setting RACK_AWS_BUILD_IMAGE)"
 RESTARTED = "the builder stopped before the build ended"
 
 

@@ -34,7 +34,9 @@ class AwsProviderSettings(BaseSettings):
     lock_timeout: float = Field(60.0, gt=0, description="Seconds a promote waits for another promote of its app.")
     reaper_interval: float = Field(5.0, gt=0, description="Seconds between checks of one-off time limits.")
     multipart_threshold: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Bytes; above, multipart.")
-    build_image: str = Field("", description="The builder image, run as an ECS task per build (empty: builds fail).")
+    build_image: str = Field(
+        "", description="The builder image, run as an ECS task per build (empty: builds fail); the stack's BuildImage."
+    )
     report_url: str = Field(
         "", description="The rack's URL as the builder task reaches it to report; the stack's Url by default."
     )
