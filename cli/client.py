@@ -7,7 +7,9 @@ from typing import Any
 import httpx
 
 from cli.config import Rack
-from cli.errors import CliError
+from cli.errors import CliError, RackUnavailable
+
+UNAVAILABLE = (502, 503, 504)
 
 
 class Client:
@@ -38,15 +40,19 @@ class Client:
                     f"the certificate of {self.rack.host} is not the one pinned at login: refusing to send the password"
                     f" (if the rack's certificate really changed, run `convox login {self.rack.host}` again)"
                 ) from None
-            raise CliError(f"rack unreachable at {self.rack.host}: connection refused") from None
+            raise RackUnavailable(f"rack unreachable at {self.rack.host}: connection refused") from None
         except httpx.TimeoutException:
-            raise CliError(f"rack at {self.rack.host} did not answer in time") from None
+            raise RackUnavailable(f"rack at {self.rack.host} did not answer in time") from None
+        except httpx.TransportError as exc:  # the connection reset or closed mid-answer
+            raise RackUnavailable(f"rack at {self.rack.host}: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
             raise CliError(f"rack at {self.rack.host}: {type(exc).__name__}") from None
         if response.status_code == 401:
             raise CliError(
                 f"{error_message(response)} for {self.rack.host} (run `convox login {self.rack.host}`)"
             )
+        if response.status_code in UNAVAILABLE:
+            raise RackUnavailable(error_message(response))
         if response.status_code >= 400:
             raise CliError(error_message(response))
         if response.status_code == 204 or not response.content:

@@ -36,7 +36,9 @@ RESUME_MARGIN = 5.0
 a little out of order); what was printed already is skipped."""
 RECONNECT_FOR = 120.0
 """How long the CLI keeps trying to get a dropped stream back before it gives up with an error."""
-BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)
+BACKOFF = (0.1, 0.25, 0.5, 1.0)
+"""Pauses between tries to get a dropped stream back: a rack restarting one of its services answers again
+within a second or two, and the follow resumes within a second of that (a refused try costs nothing)."""
 DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 AppOption = Annotated[

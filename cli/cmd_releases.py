@@ -11,7 +11,7 @@ import typer
 from cli import completion, output
 from cli.client import Client
 from cli.config import current_rack, resolve_app
-from cli.errors import CliError
+from cli.errors import CliError, RackUnavailable
 
 AppOption = Annotated[
     str | None,
@@ -22,6 +22,8 @@ AppOption = Annotated[
         autocompletion=completion.app_names,
     ),
 ]
+UNAVAILABLE_FOR = 60.0
+"""How long a roll-out is waited for through a rack that does not answer (see :func:`wait_for_rollout`)."""
 PromoteOption = Annotated[bool, typer.Option("--promote", help="Promote the new release at once.")]
 
 
@@ -31,11 +33,24 @@ def client() -> Client:
 
 def wait_for_rollout(c: Client, app: str, release: str, within: float = 600) -> None:
     """Poll the app until the roll-out of ``release`` is done; a failed one is an error. Polls come every 50 ms
-    at first (a small app rolls out in a few hundred), then less often, up to every 250 ms."""
+    at first (a small app rolls out in a few hundred), then less often, up to every 250 ms. A rack that does
+    not answer for a moment (its gateway or apps service restarting) is asked again, for up to
+    :data:`UNAVAILABLE_FOR` seconds in a row: the roll-out goes on (or is failed cleanly) meanwhile, and what
+    the CLI says is what the app runs."""
     deadline = time.monotonic() + within
     pause = 0.05
+    unavailable: float | None = None
     while time.monotonic() < deadline:
-        data = c.get(f"/apps/{app}")
+        try:
+            data = c.get(f"/apps/{app}")
+        except RackUnavailable:
+            unavailable = unavailable or time.monotonic()
+            if time.monotonic() - unavailable > UNAVAILABLE_FOR:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.25)
+            continue
+        unavailable = None
         if data["status"] == "running" and data["release"] == release:
             return
         if data["status"] == "failed" or data.get("failed_release") == release:

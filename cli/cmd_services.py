@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,23 @@ SLOW = 660.0
 
 def client(timeout: float = 30.0) -> Client:
     return Client(current_rack(), timeout=timeout)
+
+
+def wait_running(c: Client, name: str, timeout: float = SLOW, poll: float = 0.5) -> None:
+    """Until the service is running; its reason when it failed (it holds nothing, and can be created again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        data = c.get(f"/services/{name}")
+        if data["status"] == "running":
+            return
+        if data["status"] == "failed":
+            raise CliError(
+                f"{name} could not be made: {data.get('message') or 'no reason given'} (create it again, or "
+                f"`convox services delete {name}`)"
+            )
+        if time.monotonic() > deadline:
+            raise CliError(f"{name} is still {data['status']} after {timeout:.0f} s: see `convox services info {name}`")
+        time.sleep(poll)
 
 
 def register(app: typer.Typer) -> None:
@@ -105,11 +123,20 @@ def register(app: typer.Typer) -> None:
     def services_create(
         kind: Annotated[str, typer.Argument(metavar="TYPE", help="postgres, mysql, mariadb, redis or memcached.")],
         name: Annotated[str | None, typer.Option("--name", "-n", help="The service's name (default: TYPE).")] = None,
+        no_wait: Annotated[
+            bool, typer.Option("--no-wait", help="Return once it is being made (`convox services info` tells).")
+        ] = False,
     ) -> None:
         """Create a backing service and wait until it accepts connections."""
         body = {"type": kind, **({"name": name} if name else {})}
-        with client(SLOW) as c, output.step(f"Creating {name or kind} ({kind})"):
-            c.post("/services", json=body)
+        label = name or kind
+        if no_wait:
+            with client() as c, output.step(f"Creating {label} ({kind}) in the background"):
+                c.post("/services", json=body)
+            return
+        with client() as c, output.waiting(f"Creating {label} ({kind})"):
+            created = c.post("/services", json=body)
+            wait_running(c, created["name"])
 
     @services.command("info")
     def services_info(
@@ -124,6 +151,7 @@ def register(app: typer.Typer) -> None:
                 ("Name", data["name"]),
                 ("Type", data["type"]),
                 ("Status", data["status"]),
+                *([("Message", data["message"])] if data.get("message") else []),
                 ("Apps", ", ".join(data["apps"])),
                 ("URL", data["url"]),
             ]

@@ -5,3 +5,8 @@ class CliError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+class RackUnavailable(CliError):
+    """The rack did not answer for now (refused, reset, timed out, or a 502/503/504 while one of its services
+    restarts): a read is worth another try."""

@@ -65,3 +65,19 @@ def step(message: str) -> Iterator[None]:
         print("", file=sys.stderr)
         raise
     print("OK", file=sys.stderr)
+
+
+@contextmanager
+def waiting(message: str) -> Iterator[None]:
+    """:func:`step` with a spinner while it runs, where stderr is a terminal."""
+    if not sys.stderr.isatty():
+        with step(message):
+            yield
+        return
+    with Console(stderr=True).status(f"{message}..."):
+        try:
+            yield
+        except BaseException:
+            print(f"{message}... ", file=sys.stderr)
+            raise
+    print(f"{message}... OK", file=sys.stderr)

@@ -347,6 +347,7 @@ class Supervisor:
         while not self.stopping.is_set():
             assert child.process is not None
             code = await child.process.wait()
+            died = time.monotonic()
             await asyncio.gather(*child.pumps, return_exceptions=True)
             if self.stopping.is_set():
                 return
@@ -361,6 +362,9 @@ class Supervisor:
                 return
             await self.spawn(child)
             self.note("restart", service=child.name, pid=child.process.pid, attempt=child.restarts)
+            with contextlib.suppress(RuntimeError):  # it died again at start: the next turn restarts it
+                await self.ready(child)
+                self.note("ready", service=child.name, pid=child.process.pid, seconds=f"{time.monotonic() - died:.2f}")
 
     async def stop_children(self) -> None:
         running = [c for c in self.children if c.process is not None and c.process.returncode is None]

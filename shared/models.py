@@ -115,7 +115,7 @@ class ProcessRunOptions(Model):
     release: str = ""
     environment: dict[str, str] = Field(default_factory=dict)
     memory: int = Field(0, ge=0, description="Memory limit in MB, 0 for none.")
-    labels: dict[str, str] = Field(default_factory=dict)
+    timer: str = Field("", description="The timer this run is for (its runs are found by it); empty for others.")
 
 
 BuildStatus = Literal["created", "running", "complete", "failed"]
@@ -219,8 +219,10 @@ class Resource(Model):
     status: str = Field(
         examples=["running"],
         description="creating until the server accepts connections, then running (stopped or restarting when "
-        "its server is not up), deleting while it goes.",
+        "its server is not up), deleting while it goes; failed when it could not be made (see message: it holds "
+        "nothing, and a create of the same name tries again).",
     )
+    message: str = Field("", description="Why a failed service could not be made.")
     url: str = Field(
         "",
         examples=["postgres://app:***@postgres:5432/app"],

@@ -30,10 +30,12 @@ async def refuse(websocket: WebSocket, error: RackError) -> None:
         await websocket.close(code=1008, reason=error.message.encode()[:REASON_BYTES].decode(errors="ignore"))
 
 
-async def accept(websocket: WebSocket) -> None:
-    """Accept the handshake, choosing the rack's stream subprotocol when the client offers it."""
+async def accept(websocket: WebSocket, headers: dict[str, str] | None = None) -> None:
+    """Accept the handshake, choosing the rack's stream subprotocol when the client offers it (with
+    ``headers`` in the answer)."""
     offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    extra = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None, headers=extra or None)
 
 
 async def close(websocket: WebSocket, code: int = 1000) -> None:

@@ -339,5 +339,6 @@ def test_ps_started_is_the_last_start_and_ps_info_lists_the_ports(
     eventually(lambda: started() > before)
     lines = cli("ps", "info", pid, "--app", app, check=True).stdout.splitlines()
     shown = {key: value.strip() for key, _, value in (line.partition(" ") for line in lines)}
-    assert shown["Ports"] == "3000"
+    balancer = info(cli, app)["Balancer"].rpartition(":")[2]
+    assert shown["Ports"] == f"{balancer}:3000"  # the mapping its balancer serves, as Convox shows it
     assert shown["Started"].endswith(("seconds ago", "second ago", "just now")), shown["Started"]

@@ -16,21 +16,13 @@ import pytest
 from cli.cmd_logs import Printer, since_time
 from services.logs.routes import parse_since
 from shared.errors import BadRequest
-from shared.provider.local.events import docker_since, normalize_ts, ts_from_datetime, ts_from_ns, ts_to_datetime
-from shared.provider.local.logs import (
-    PARTIAL,
-    AppLog,
-    History,
-    Limits,
-    Line,
-    Mark,
-    Offset,
-    Splitter,
-    advance,
-    matcher,
-    rack_line,
-    read_rack_log,
-)
+from shared.logstore.applog import AppLog, SourceProgress, matcher
+from shared.logstore.history import History, Limits
+from shared.logstore.lines import Line, Offset, advance
+from shared.logstore.racklog import rack_line, read_rack_log
+from shared.logstore.timestamps import normalize_ts, ts_from_datetime, ts_from_ns, ts_to_datetime
+from shared.provider.local.events import docker_since
+from shared.provider.local.splitter import PARTIAL, Splitter
 
 TS = "2026-01-02T03:04:05.000000001Z"
 
@@ -203,12 +195,12 @@ def applog(tmp_path: Path) -> Iterator[Callable[..., AppLog]]:
 
 def test_lines_wait_for_a_delivering_process_but_not_for_a_quiet_one(applog: Callable[..., AppLog]) -> None:
     log = applog(order_window=0.25)
-    log.sources = {"c:a": Mark(ts(10), 100.0), "c:b": Mark(ts(5), 100.0)}
+    log.sources = {"c:a": SourceProgress(ts(10), 100.0), "c:b": SourceProgress(ts(5), 100.0)}
     log.add(Line(ts(8), "a", "", "a", "a8"), 100.0)
     log.add(Line(ts(6), "b", "", "b", "b6"), 100.0)
     assert log.release_due(100.1) is not None  # b (delivering, at 5) may still send something before 6
     assert log.seq == 0
-    log.sources["c:b"] = Mark(ts(7), 100.1)
+    log.sources["c:b"] = SourceProgress(ts(7), 100.1)
     log.release_due(100.1)
     assert [line.text for line in log.recent] == ["b6"]
     assert log.release_due(100.4) is None  # b has been quiet for longer than the window: not waited for
@@ -220,7 +212,7 @@ def test_a_container_catching_up_holds_the_apps_lines_until_it_has_read_to_its_e
     applog: Callable[..., AppLog],
 ) -> None:
     log = applog(order_window=0.1)
-    log.sources = {"c:a": Mark(ts(1), 100.0, catching_up=True)}
+    log.sources = {"c:a": SourceProgress(ts(1), 100.0, catching_up=True)}
     log.add(Line(ts(9), "b", "", "b", "b9"), 100.0)
     log.release_due(103.0)  # past the window and the hold, but the catch-up is not done
     assert log.seq == 0
@@ -260,13 +252,13 @@ def test_lines_wait_for_the_start_of_a_created_container_and_for_the_exit_of_a_f
     applog: Callable[..., AppLog],
 ) -> None:
     log = applog(order_window=0.1)  # the hold: 0.4 s
-    log.sources = {"c:new": Mark(ts(5), 100.0, pending=True)}  # created at 5, its start event not seen yet
+    log.sources = {"c:new": SourceProgress(ts(5), 100.0, pending=True)}  # created at 5, its start event not seen yet
     log.add(Line(ts(8), "web", "", "a", "a8"), 100.0)
     log.release_due(100.2)  # past the window: a container that delivers nothing would not be waited for
     assert log.seq == 0
     log.release_due(100.4)  # but not past the hold
     assert log.seq == 1
-    log.sources = {"c:old": Mark(ts(10), 101.0, pending=True)}  # read to its end at 10, its exit not seen yet
+    log.sources = {"c:old": SourceProgress(ts(10), 101.0, pending=True)}  # read to its end at 10, its exit not seen yet
     log.add(Line(ts(9), "web", "", "a", "a9"), 101.0)
     log.add(Line(ts(11), "web", "", "a", "a11"), 101.0)
     log.release_due(101.1)
@@ -274,7 +266,7 @@ def test_lines_wait_for_the_start_of_a_created_container_and_for_the_exit_of_a_f
     del log.sources["c:old"]  # its die event came
     log.release_due(101.1)
     assert [line.text for line in log.recent] == ["a8", "a9", "a11"]
-    log.sources = {"c:gone": Mark(ts(12), 101.0, pending=True)}
+    log.sources = {"c:gone": SourceProgress(ts(12), 101.0, pending=True)}
     log.release_due(101.0 + 5.1)  # an event that never comes is not waited for again
     assert not log.sources
 
@@ -355,17 +347,24 @@ async def collect(stream: AsyncIterator[list[Line]], until: int, within: float =
     return got
 
 
-async def test_a_follower_gets_history_then_memory_then_live_lines_once_each(applog: Callable[..., AppLog]) -> None:
-    log = applog(recent_bytes=2000)
-    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(300)])
+def flush(log: AppLog) -> None:
+    """What the collector's flusher does: the released lines into the history, then out to the followers."""
     log.history.append(log.unflushed)
     log.flushed_to(log.unflushed[-1].seq)
     log.unflushed = []
+
+
+async def test_a_follower_gets_history_then_memory_then_live_lines_once_each(applog: Callable[..., AppLog]) -> None:
+    log = applog(recent_bytes=2000)
+    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(300)])
+    flush(log)
     assert log.recent[0].seq > 1  # the oldest are on disk only
-    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(300, 310)])  # in memory only
+    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(300, 310)])
+    flush(log)  # and in memory
     follower = log.read("", True, matcher())
     first = await collect(follower, 310)
     log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(310, 320)])
+    flush(log)
     rest = await collect(follower, 10)
     assert first + rest == [f"n={n}" for n in range(320)]
     await follower.aclose()  # type: ignore[attr-defined]
@@ -380,17 +379,34 @@ async def test_a_slow_follower_catches_up_from_the_history_without_a_gap(applog:
     assert log.subscribers
     for start in range(0, 5000, 50):  # the collector never waits for the follower
         log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(start, start + 50)])
-        log.history.append(log.unflushed)
-        log.flushed_to(log.unflushed[-1].seq)
-        log.unflushed = []
+        flush(log)
     assert next(iter(log.subscribers)).overflow
     assert await follower == [f"n={n}" for n in range(5000)]
+
+
+async def test_a_follower_is_sent_only_lines_already_in_the_history(applog: Callable[..., AppLog]) -> None:
+    """A collector killed before its flush loses what it had not written, and the next one re-reads it (maybe
+    with another time, for the order): a follower that had been sent it would see it twice after resuming."""
+    log = applog()
+    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(5)])
+    flush(log)
+    follower = log.read("", True, matcher())
+    assert await collect(follower, 5) == [f"n={n}" for n in range(5)]
+    log.release([Line(ts(n), "web", "R", "abc", f"n={n}") for n in range(5, 8)])  # released, not written yet
+    later = asyncio.ensure_future(collect(follower, 3))
+    await asyncio.sleep(0.05)
+    assert not later.done()
+    assert [line.text async for batch in log.read("", False, matcher()) for line in batch][-1] == "n=4"
+    flush(log)
+    assert await later == ["n=5", "n=6", "n=7"]
+    await follower.aclose()  # type: ignore[attr-defined]
 
 
 async def test_no_follow_reads_to_the_end_then_stops_and_filters_apply(applog: Callable[..., AppLog]) -> None:
     log = applog()
     log.release([Line(ts(n), "web" if n % 2 else "worker", "R", f"p{n % 2}", f"n={n}") for n in range(20)])
     log.release([Line(ts(20), "convox", "R", "p1", "web crashed (exit code 1)")])
+    flush(log)
     got = [line.text async for batch in log.read(ts(10), False, matcher(service="web")) for line in batch]
     assert got == [f"n={n}" for n in range(11, 20, 2)] + ["web crashed (exit code 1)"]
     got = [line.text async for batch in log.read("", False, matcher(pid="p0", text="n=1")) for line in batch]

@@ -180,6 +180,8 @@ async def test_bad_stream_requests_are_refused_before_the_upgrade(rack: RunningR
 async def test_metrics_stream_sends_fresh_figures_every_second(rack: RunningRack, app: App) -> None:
     frames: list[tuple[float, list[dict[str, Any]]]] = []
     async with socket(rack, f"/apps/{app.name}/processes/metrics") as connection:
+        assert connection.response is not None
+        assert connection.response.headers["X-Metrics-Interval"] == "1"  # the local provider samples every second
         async for channel, payload in messages(connection):
             assert channel == Channel.STDOUT
             frames.append((time.monotonic(), json.loads(payload)))

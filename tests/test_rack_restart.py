@@ -50,7 +50,7 @@ def balancer_pids(data: Path) -> list[int]:
 
 def test_an_app_answers_on_the_same_port_through_a_full_rack_restart(busybox_image: str, tmp_path: Path) -> None:
     """And when the balancer process itself is killed, the rack starts it again on the same port; an https
-    port keeps its certificate throughout."""
+    port keeps its certificate throughout, and a volume its data."""
     name = RACK_NAME + "-restart"
     data = tmp_path / "data"
     env = {"RACK_LOCAL_BALANCER_ORPHAN_SECONDS": "120"}
@@ -65,9 +65,11 @@ def test_an_app_answers_on_the_same_port_through_a_full_rack_restart(busybox_ima
         assert deploy(user, "steady", source).returncode == 0
         secure = tmp_path / "secure"
         secure.mkdir()
-        (secure / "convox.yml").write_text(GEN2.format(image=busybox_image))
+        volume = "    volumes:\n      - /data\n"
+        (secure / "convox.yml").write_text(GEN2.format(image=busybox_image) + volume)
         user("apps", "create", "secure", check=True)
         assert deploy(user, "secure", secure).returncode == 0
+        user("run", "--app", "secure", "web", "echo kept > /data/mark", input="", check=True)
         https = info(user, "secure")["Balancer"]
         certificate = info(user, "secure")["Certificate"]
         pem = trusting(data / "certs" / "secure" / "cert.pem")
@@ -87,6 +89,8 @@ def test_an_app_answers_on_the_same_port_through_a_full_rack_restart(busybox_ima
             assert info(user, "steady")["Status"] == "running"
             assert get(https + "/", pem).text == "secure\n"  # the same listener, its certificate adopted
             assert info(user, "secure")["Certificate"] == certificate
+            read = user("run", "--app", "secure", "web", "cat /data/mark", input="")
+            assert (read.returncode, read.stdout) == (0, "kept\n"), read.stderr  # the volume kept its data
             adopted = requester.ok
             while requester.ok < adopted + 50:  # and it goes on answering after the adoption
                 time.sleep(0.05)

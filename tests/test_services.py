@@ -310,12 +310,16 @@ def test_bad_input_is_refused_with_clear_errors(user: Cli, services_rack: Runnin
         user("apps", "delete", app_name)
 
 
-def assert_nothing_left(user: Cli, rack: RunningRack, name: str) -> None:
+def assert_nothing_left(user: Cli, rack: RunningRack, name: str, failed: str = "") -> None:
+    """No container or volume of the service; no record either, or (``failed``) a failed one saying why."""
     labelled = ["--filter", f"label=convox.rack={rack.name}", "--filter", f"label=convox.resource={name}"]
     assert docker("ps", "-aq", *labelled) == ""
     assert docker("volume", "ls", "-q", "--filter", f"name={rack.name}-resource-{name}") == ""
-    missing = user("services", "info", name)
-    assert missing.returncode != 0 and f"ERROR: no such service: {name}" in missing.stderr
+    shown = user("services", "info", name)
+    if failed:
+        assert shown.returncode == 0 and "Status   failed" in shown.stdout and failed in shown.stdout, shown.stdout
+    else:
+        assert shown.returncode != 0 and f"ERROR: no such service: {name}" in shown.stderr
 
 
 def test_a_failing_create_leaves_nothing_behind(user: Cli, services_rack: RunningRack, busybox_image: str) -> None:
@@ -325,15 +329,19 @@ def test_a_failing_create_leaves_nothing_behind(user: Cli, services_rack: Runnin
         assert "redis_image      rack-test/missing:1" in user("rack", "params", check=True).stdout
         failed = user("services", "create", "redis", "--name", "ghost")
         assert failed.returncode != 0
-        assert "ERROR: image rack-test/missing:1 is not on the engine and could not be pulled" in failed.stderr
+        pull = "image rack-test/missing:1 is not on the engine and could not be pulled"
+        assert f"ERROR: ghost could not be made: {pull}" in failed.stderr, failed.stderr
         hint = "pick another image with `convox rack params set redis_image=IMAGE`, or build the offline one with "
         assert hint + "`make images` (then redis_image=rack-local/redis:bookworm)" in failed.stderr
-        assert_nothing_left(user, services_rack, "ghost")
-        # a server that exits before it accepts connections
+        assert "(create it again, or `convox services delete ghost`)" in failed.stderr
+        assert_nothing_left(user, services_rack, "ghost", failed=pull)  # its record says why, nothing else is left
+        # created again (over the failed one): a server that exits before it accepts connections
         user("rack", "params", "set", f"mysql_image={busybox_image}", check=True)
         exited = user("services", "create", "mysql", "--name", "ghost")
         assert exited.returncode != 0
-        assert "ERROR: mysql ghost exited with code 0 before it accepted connections" in exited.stderr
+        assert "ERROR: ghost could not be made: mysql ghost exited with code 0 before it accepted" in exited.stderr
+        assert_nothing_left(user, services_rack, "ghost", failed="exited with code 0")
+        user("services", "delete", "ghost", check=True)
         assert_nothing_left(user, services_rack, "ghost")
     finally:
         with api(services_rack) as client:

@@ -4,7 +4,6 @@ with them (`adopt`), and what a create leaves behind when it fails."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import RackSettings
-from shared.errors import NotFound, RackError
+from shared.errors import NotFound
 from shared.provider.local import LocalProvider
 from tests.conftest import RACK_NAME
 from tests.test_services import LOCAL_IMAGES, remove_services, require_images
@@ -56,7 +55,8 @@ async def running(provider: LocalProvider, name: str, within: float = 60) -> Non
 async def test_adopt_brings_back_a_missing_server_with_its_data(settings: RackSettings) -> None:
     async with LocalProvider(settings) as provider:
         created = await provider.resources.create("redis", "cache")
-        assert (created.status, created.url) == ("running", "redis://:***@cache:6379/0")
+        assert (created.status, created.url) == ("creating", "redis://:***@cache:6379/0")
+        await running(provider, "cache")
         password = (await provider.resources.get("cache", reveal=True)).url.split(":")[2].split("@")[0]
         cli = ["redis-cli", "--no-auth-warning", "-a", password]
         assert docker("exec", server("cache").strip(), *cli, "set", "kept", "yes").strip() == "OK"
@@ -85,19 +85,24 @@ async def test_a_create_cut_short_is_undone_when_the_rack_starts(settings: RackS
         docker("volume", "create", "--label", f"convox.rack={RACK}", f"{RACK}-resource-half")
         await provider.resources.adopt()
         await asyncio.gather(*provider.resources.tasks, return_exceptions=True)
+        half = await provider.resources.get("half")  # failed, saying why, and holding nothing
+        assert (half.status, half.message) == ("failed", "postgres half was being created when the rack stopped")
+        assert docker("volume", "ls", "-q", "--filter", f"name={RACK}-resource-half") == ""
+        await provider.resources.delete("half")
         with pytest.raises(NotFound):
             await provider.resources.get("half")
-        assert docker("volume", "ls", "-q", "--filter", f"name={RACK}-resource-half") == ""
 
 
-async def test_a_failed_create_leaves_no_container_volume_or_record(settings: RackSettings) -> None:
+async def test_a_failed_create_leaves_no_container_or_volume_and_a_record_saying_why(settings: RackSettings) -> None:
     async with LocalProvider(settings) as provider:
         await provider.params.set({"postgres_image": "rack-test/missing:1"})
-        with pytest.raises(RackError) as failed:
-            await provider.resources.create("postgres", "gone")
-        assert failed.value.status == 502
-        assert await provider.resources.list() == []
+        assert (await provider.resources.create("postgres", "gone")).status == "creating"  # at once
+        await asyncio.gather(*provider.resources.tasks, return_exceptions=True)
+        (gone,) = await provider.resources.list()
+        assert gone.status == "failed" and "rack-test/missing:1 is not on the engine" in gone.message
         assert server("gone") == ""
+        await provider.resources.delete("gone")
+        assert await provider.resources.list() == []
         assert docker("volume", "ls", "-q", "--filter", f"label=convox.rack={RACK}") == ""
         await provider.params.set({"postgres_image": ""})  # back to the default
         assert (await provider.params.get())["postgres_image"] == "postgres:16"
@@ -105,16 +110,15 @@ async def test_a_failed_create_leaves_no_container_volume_or_record(settings: Ra
 
 async def test_a_service_is_creating_until_its_server_accepts_connections(settings: RackSettings) -> None:
     async with LocalProvider(settings) as provider:
-        creating = asyncio.create_task(provider.resources.create("mysql", "db"))
+        assert (await provider.resources.create("mysql", "db")).status == "creating"  # returned at once
         seen: list[str] = []
-        while not creating.done():
-            with contextlib.suppress(NotFound):
-                seen.append((await provider.resources.get("db")).status)
+        while not seen or seen[-1] != "running":
+            seen.append((await provider.resources.get("db")).status)
+            assert len(seen) < 3000, seen
             await asyncio.sleep(0.05)
-        assert (await creating).status == "running"
-        # creating until the server accepts connections; running (if seen before create returned) only after
-        assert seen and seen[0] == "creating" and set(seen) <= {"creating", "running"}
-        assert "creating" not in seen[seen.index("running") :] if "running" in seen else True
+        # creating until the server accepts connections, then running
+        assert seen[0] == "creating" and set(seen) == {"creating", "running"}
+        assert "creating" not in seen[seen.index("running") :]
         assert [(r.name, r.type, r.status) for r in await provider.resources.list()] == [("db", "mysql", "running")]
         assert (await provider.resources.get("db")).url == "mysql://app:***@db:3306/app"
         await provider.resources.delete("db")

@@ -193,15 +193,3 @@ async def test_a_second_import_at_once_and_past_the_cap_on_transfers_are_refused
             for socket in (first, second):
                 await socket.send(stream.close(Channel.STDIN))
                 assert await messages(socket) == [(Channel.STATUS, b'{"exit_code": 0}')]
-
-
-async def test_the_aws_provider_refuses_dumps_as_it_refuses_services() -> None:
-    from shared.provider.aws.provider import NOT_YET, AwsResources
-
-    async def nothing() -> AsyncIterator[bytes]:
-        yield b""
-
-    for attempt in (AwsResources().export("db"), AwsResources().import_("db", nothing())):
-        with pytest.raises(RackError) as refused:
-            await attempt
-        assert (refused.value.status, refused.value.message) == (400, NOT_YET)

@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 from shared.manifest import Manifest, Service, Timer
 from shared.provider.local import LocalProvider
+from shared.provider.local.docker import LABEL_TIMER
 from shared.provider.local.events import Events
 from shared.provider.local.images import image_name
-from shared.provider.local.timers import LABEL_TIMER, LocalTimers
+from shared.provider.local.timers import LocalTimers
 from tests.conftest import RACK_NAME
 from tests.test_processes_provider import docker, provider
 

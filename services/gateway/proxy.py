@@ -140,7 +140,9 @@ class Upstreams:
             return
         except (TimeoutError, OSError):
             raise Unavailable(f"{service} service unavailable") from None
-        await websocket.accept(subprotocol=upstream.subprotocol)
+        said = upstream.response.headers.raw_items() if upstream.response is not None else []
+        forwarded = [(name.lower().encode(), value.encode()) for name, value in said if name.lower().startswith("x-")]
+        await websocket.accept(subprotocol=upstream.subprotocol, headers=forwarded or None)
 
         async def client_to_upstream() -> None:
             try:

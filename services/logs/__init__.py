@@ -26,14 +26,7 @@ def create_app(
     limits = logs or LogsSettings()
 
     async def collect(opened: Provider) -> None:
-        await opened.logs.collect(
-            max_bytes=limits.history_max_bytes,
-            max_age=limits.history_max_age,
-            order_window=limits.order_window,
-            follower_queue=limits.follower_queue,
-            max_line=limits.max_line,
-            poll_interval=limits.poll_interval,
-        )
+        await opened.logs.collect()
 
     app = build_service(
         NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[collect]

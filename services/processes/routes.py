@@ -32,6 +32,8 @@ from shared.service import provider_of
 from shared.stream import Channel, ProcessStream, Terminal
 from shared.websocket import accept, close, refuse, upgrade_required
 
+METRICS_INTERVAL = "X-Metrics-Interval"
+"""The handshake header giving the seconds between two metrics messages (the provider's sampling)."""
 log = Logger("processes")
 router = APIRouter(responses=ENGINE_UNAVAILABLE)
 
@@ -88,8 +90,9 @@ async def process_list(
     tags=["processes"],
     summary="Live CPU and MEM of an app's processes (websocket)",
     description=(
-        "A websocket (subprotocol `v1.stream.rack`). Every second a message on channel 1 (stdout) whose payload "
-        "is the JSON list of the app's processes, as `GET /apps/{app}/processes` returns it, with fresh `cpu` "
+        "A websocket (subprotocol `v1.stream.rack`). Every sampling interval of the provider (seconds, in the "
+        "handshake's `X-Metrics-Interval` header: 1 on the local provider) a message on channel 1 (stdout) whose "
+        "payload is the JSON list of the app's processes, as `GET /apps/{app}/processes` returns it, with fresh `cpu` "
         'and `memory`; until the client closes. A failure ends it with a status message `{"error": "..."}`.'
     ),
     responses={**SOCKET, **NOT_FOUND},
@@ -391,7 +394,7 @@ async def process_metrics_socket(websocket: WebSocket, app: str) -> None:
     except RackError as exc:
         await refuse(websocket, exc)
         return
-    await accept(websocket)
+    await accept(websocket, {METRICS_INTERVAL: f"{provider.processes.metrics_interval:g}"})
 
     async def send() -> None:
         async for processes in provider.processes.metrics(app, query.get("service"), query.get("release")):

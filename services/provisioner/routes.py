@@ -76,12 +76,8 @@ async def resource_list(provider: ProviderDep, reveal: Reveal = False) -> list[R
     "/services",
     name="resource_create",
     status_code=201,
-    summary="Create a backing service (answers once it accepts connections)",
-    responses={
-        **BAD,
-        **error_response(409, "The name is taken"),
-        **error_response(502, "The server could not be started"),
-    },
+    summary="Create a backing service: it is creating until it accepts connections, then running (or failed)",
+    responses={**BAD, **error_response(409, "The name is taken")},
 )
 async def resource_create(body: ResourceCreate, provider: ProviderDep) -> Resource:
     name = body.name or body.type

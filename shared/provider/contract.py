@@ -78,10 +78,13 @@ class ProcessesAPI(Protocol):
         is :class:`~shared.errors.NotFound` here, before anything starts."""
         ...
 
-    def metrics(
-        self, app: str, service: str | None = None, release: str | None = None, interval: float = 1.0
-    ) -> AsyncIterator[list[Process]]:
-        """The app's processes with fresh ``cpu`` and ``memory``, every ``interval`` seconds, until closed."""
+    @property
+    def metrics_interval(self) -> float:
+        """Seconds between two samples of :meth:`metrics`: the provider's own sampling (its engine's)."""
+        ...
+
+    def metrics(self, app: str, service: str | None = None, release: str | None = None) -> AsyncIterator[list[Process]]:
+        """The app's processes with fresh ``cpu`` and ``memory``, every :attr:`metrics_interval`, until closed."""
         ...
 
     async def list(
@@ -249,18 +252,10 @@ class LogsAPI(Protocol):
         """A platform event in the app's log (``convox:RELEASE/PID message``); never raises."""
         ...
 
-    async def collect(
-        self,
-        *,
-        max_bytes: int = ...,
-        max_age: float = ...,
-        order_window: float = ...,
-        follower_queue: int = ...,
-        max_line: int = ...,
-        poll_interval: float = ...,
-    ) -> None:
-        """Start collecting every app's log into its history (bounded per app by ``max_bytes`` and
-        ``max_age`` seconds); called once, by the logs service, which serves the streams."""
+    async def collect(self) -> None:
+        """Start collecting every app's log into its history (bounded as the provider's own settings say:
+        :class:`shared.logstore.settings.LogStoreSettings`); called once, by the logs service, which serves
+        the streams."""
         ...
 
 
@@ -270,8 +265,10 @@ class ResourcesAPI(Protocol):
     the link; the caller puts the URL into the app's environment (a release), which is provider-neutral."""
 
     async def create(self, kind: str, name: str) -> Resource:
-        """Provision a service; it is ``creating`` until it accepts connections, then ``running``, and the
-        call returns then. A create that fails raises and leaves no container, volume or record."""
+        """Start provisioning a service and return it at once, ``creating``; it is ``running`` once it
+        accepts connections, or ``failed`` (with its ``message``) holding nothing but its record, which a
+        create of the same name replaces (RDS takes minutes: nothing waits for it here). Bad input and a name
+        in use (not failed) raise at once."""
         ...
 
     async def get(self, name: str, reveal: bool = False) -> Resource: ...

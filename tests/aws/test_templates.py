@@ -14,7 +14,15 @@ import yaml
 from shared.provider.aws import stacks
 from shared.provider.aws.certificate import self_signed
 from shared.provider.aws.credentials import session
-from shared.provider.aws.templates import PortMap, ProcessPorts, app_template, logical_id, rack_template
+from shared.provider.aws.resources import KINDS
+from shared.provider.aws.templates import (
+    PortMap,
+    ProcessPorts,
+    app_template,
+    logical_id,
+    rack_template,
+    resource_template,
+)
 from tests.moto_server import MotoServer
 
 CERT = "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"
@@ -53,6 +61,25 @@ def test_rack_template_passes_cfn_lint() -> None:
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_app_template_passes_cfn_lint(shape: str) -> None:
     assert lint_errors(app_template("convox", "myapp", SHAPES[shape])) == []
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS.values() if k.service == "rds"], ids=lambda k: k.name)
+def test_resource_template_passes_cfn_lint_for_each_database(kind: Any) -> None:
+    clients = ["sg-0123456789abcdef0", "sg-0fedcba9876543210"]
+    template = resource_template("convox", "db", kind.engine, kind.version, kind.port, clients)
+    assert lint_errors(template) == []
+    found = resources(template)
+    rules = found["Security"]["Properties"]["SecurityGroupIngress"]
+    assert [(r["FromPort"], r["SourceSecurityGroupId"]) for r in rules] == [(kind.port, g) for g in clients]
+    assert not any("CidrIp" in r for r in rules)  # from the rack's security groups only, never an address range
+    instance = found["Instance"]["Properties"]
+    assert (instance["Engine"], instance["Port"], instance["StorageEncrypted"], instance["PubliclyAccessible"]) == (
+        kind.engine,
+        str(kind.port),
+        True,
+        False,
+    )
+    assert stacks.template_parameters(template)["MasterPassword"]["NoEcho"] is True
 
 
 def test_cfn_lint_catches_a_broken_template() -> None:

@@ -51,3 +51,30 @@ def boto(service: str) -> Any:
 async def in_moto(service: str, method: str, **kwargs: Any) -> Any:
     """One call to moto through boto3, in a thread: what AWS itself holds."""
     return await asyncio.to_thread(lambda: getattr(boto(service), method)(**kwargs))
+
+
+def rack_network(cidr: str = "10.9.0.0/16") -> tuple[list[str], str]:
+    """Test double of the rack stack's network: a VPC with two subnets in two zones and the instances'
+    security group, made in moto. Returns (subnets, instances security group)."""
+    ec2 = boto("ec2")
+    vpc = ec2.create_vpc(CidrBlock=cidr)["Vpc"]["VpcId"]
+    base = cidr.rsplit(".", 2)[0]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"{base}.{i}.0/24", AvailabilityZone=f"{REGION}{zone}")["Subnet"][
+            "SubnetId"
+        ]
+        for i, zone in enumerate("ab")
+    ]
+    group = ec2.create_security_group(GroupName="instances", Description="the rack's instances", VpcId=vpc)
+    return subnets, str(group["GroupId"])
+
+
+def use_rack_network(monkeypatch: Any) -> tuple[list[str], str]:
+    """:func:`rack_network`, named to the aws provider by its settings (as a rack without a stack is)."""
+    import json
+
+    subnets, group = rack_network()
+    monkeypatch.setenv("RACK_AWS_SUBNETS", json.dumps(subnets))
+    monkeypatch.setenv("RACK_AWS_SECURITY_GROUPS", json.dumps([group]))
+    monkeypatch.setenv("RACK_AWS_RESOURCE_POLL", "0.05")
+    return subnets, group

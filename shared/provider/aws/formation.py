@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -84,6 +84,8 @@ class AwsFormation:
         self.settings = settings
         self.cluster = settings.cluster or rack
         self._locks: dict[str, asyncio.Lock] = {}
+        self.checks: list[Callable[[Release], Awaitable[None]]] = []
+        """Run at promote before any change: each raises (a 400) for a release it cannot carry out (timers)."""
         self.events: EventWriter | None = None
         """Set by the provider: promotes, scales and restarts are platform events in the app's log."""
 
@@ -293,6 +295,8 @@ class AwsFormation:
         app = release.app
         overrides = (await self.apps.item(app)).get("formation", {})
         await self.desired(release, overrides)  # a manifest or environment problem is a 400 before any change
+        for check in self.checks:
+            await check(release)
         async with self.locked(app):
             await self.apps.set_status(app, "updating")
             try:

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.models import Model
 from shared.provider.aws import stacks
+from shared.provider.aws.caches import remove_rack_caches
 from shared.provider.aws.certificate import self_signed
 from shared.provider.aws.credentials import AwsCredentials, session
 from shared.provider.aws.templates import rack_template
@@ -211,6 +212,7 @@ async def uninstall(
         sess.client("ecr") as ecr,
         sess.client("logs") as logs,
         sess.client("ec2") as ec2,
+        sess.client("elasticache") as cache,
     ):
         rack = await stacks.describe(cfn, name)
         if rack is None:
@@ -226,6 +228,8 @@ async def uninstall(
         for stack in await rack_stacks(cfn, name):
             step(f"Deleting stack {stack['StackName']}")
             await stacks.delete(cfn, stack["StackId"], on_event, poll=poll)
+        step("Deleting the rack's caches (redis, memcached)")
+        await remove_rack_caches(cache, ec2, name, poll=poll)
         if out.get("Settings"):
             step(f"Emptying bucket {out['Settings']}")
             await _empty_bucket(s3, out["Settings"])

@@ -21,6 +21,7 @@ from typing import Any
 from shared.errors import NotFound
 from shared.logfmt import Logger
 from shared.logline import EVENT_SERVICE, line_source, wanted
+from shared.logstore.settings import LogStoreSettings
 from shared.provider.aws.apps import AwsApps, log_group
 from shared.provider.aws.clients import Clients, error_code, translated
 from shared.provider.aws.processes import AwsProcesses, pid_of
@@ -251,18 +252,10 @@ class AwsLogs:
         except Exception as exc:  # an event is never worth failing its operation for
             log.error("logs.event", app=app, error=type(exc).__name__)
 
-    async def collect(
-        self,
-        *,
-        max_bytes: int = 0,
-        max_age: float = 0.0,
-        order_window: float = 0.0,
-        follower_queue: int = 0,
-        max_line: int = 0,
-        poll_interval: float = 0.0,
-    ) -> None:
+    async def collect(self) -> None:
         """ECS ships every process's lines into its app's group (awslogs): only the rack's group is made sure
-        of here; retention is the group's (``max_age``, in days, when given)."""
+        of here; its retention is the log store's history age (``RACK_LOGS_HISTORY_MAX_AGE``), in whole days."""
+        max_age = LogStoreSettings().history_max_age
         cw = await self.cw()
         group = self.apps.state.log_prefix
         try:

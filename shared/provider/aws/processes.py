@@ -29,6 +29,8 @@ from shared.provider.aws.settings import AwsProviderSettings
 from shared.stream import ProcessStream
 
 log = Logger("processes")
+TAG_TIMER = "convox.timer"
+"""The timer a one-off task runs for."""
 STATUS = {"PROVISIONING": "starting", "PENDING": "starting", "ACTIVATING": "starting", "RUNNING": "running"}
 
 
@@ -210,6 +212,7 @@ class AwsProcesses:
         tags = [
             *self.formation.tags(app, want.service, release_id),
             {"key": "convox.started", "value": datetime.now(UTC).isoformat()},
+            *([{"key": TAG_TIMER, "value": options.timer}] if options.timer else []),
         ]
         if time_limit is not None:
             tags.append({"key": "convox.deadline", "value": f"{time.time() + time_limit:.3f}"})
@@ -243,8 +246,11 @@ class AwsProcesses:
         await self._task(app, pid)
         raise BadRequest("exec needs the rack's node agent, which the aws provider does not have yet")
 
+    metrics_interval = 60.0
+    """CloudWatch's standard resolution for ECS tasks (Container Insights): what a node agent would improve."""
+
     async def metrics(
-        self, app: str, service: str | None = None, release: str | None = None, interval: float = 1.0
+        self, app: str, service: str | None = None, release: str | None = None
     ) -> AsyncIterator[builtins.list[Process]]:
         await self.apps.item(app)
         raise BadRequest("live metrics need the rack's node agent, which the aws provider does not have yet")

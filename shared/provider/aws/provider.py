@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable
 from types import TracebackType
 from typing import Self
 
 from shared import __version__
 from shared.config import RackSettings
 from shared.errors import BadRequest
-from shared.models import ImageStatus, Resource, System, TimerStatus
+from shared.models import ImageStatus, System
 from shared.provider.aws.apps import AwsApps
 from shared.provider.aws.builds import AwsBuilds
 from shared.provider.aws.clients import Clients, translated
@@ -17,12 +16,11 @@ from shared.provider.aws.formation import AwsFormation
 from shared.provider.aws.logs import AwsLogs
 from shared.provider.aws.processes import AwsProcesses
 from shared.provider.aws.releases import AwsReleases
+from shared.provider.aws.resources import AwsResources
 from shared.provider.aws.settings import AwsProviderSettings
 from shared.provider.aws.stacks import human_status
 from shared.provider.aws.state import State
-
-TIMERS_NOT_YET = "timers are not run on the aws provider yet (EventBridge rules to RunTask: issue 15)"
-NOT_YET = "backing services are not available on the aws provider yet (RDS and ElastiCache: issue 15 item 9)"
+from shared.provider.aws.timers import AwsTimers
 
 
 class AwsSystem:
@@ -49,54 +47,6 @@ class AwsSystem:
         return [ImageStatus(image=image, present=None, pullable=None) for image in images]
 
 
-class AwsTimers:
-    """Timers: refused with a clear error (listing too: the rack does not run them here, so it shows none)."""
-
-    async def list(self, app: str) -> list[TimerStatus]:
-        raise BadRequest(TIMERS_NOT_YET)
-
-    async def adopt(self) -> None:
-        return None
-
-
-class AwsResources:
-    """Backing services: every call is refused with a clear error until RDS and ElastiCache are wired."""
-
-    async def create(self, kind: str, name: str) -> Resource:
-        raise BadRequest(NOT_YET)
-
-    async def get(self, name: str, reveal: bool = False) -> Resource:
-        raise BadRequest(NOT_YET)
-
-    async def list(self, reveal: bool = False) -> list[Resource]:
-        return []
-
-    async def delete(self, name: str) -> None:
-        raise BadRequest(NOT_YET)
-
-    async def link(self, name: str, app: str) -> Resource:
-        raise BadRequest(NOT_YET)
-
-    async def unlink(self, name: str, app: str) -> Resource:
-        raise BadRequest(NOT_YET)
-
-    async def declare(self, app: str, name: str, kind: str) -> Resource:
-        raise BadRequest(NOT_YET)
-
-    async def declared(self, app: str) -> dict[str, str]:
-        return {}
-
-    async def undeclare(self, app: str, name: str) -> None:
-        raise BadRequest(NOT_YET)
-
-    async def address(self, name: str) -> tuple[str, int]:
-        raise BadRequest(NOT_YET)
-
-    async def export(self, name: str) -> AsyncGenerator[bytes]:
-        raise BadRequest(NOT_YET)
-
-    async def import_(self, name: str, dump: AsyncIterable[bytes]) -> None:
-        raise BadRequest(NOT_YET)
 
     async def adopt(self) -> None:
         return None
@@ -148,8 +98,11 @@ class AwsProvider:
         )
         self.logs = AwsLogs(self.clients, self.apps, self.processes, settings.name, aws)
         self.formation.events = self.logs.event
-        self.timers = AwsTimers()
-        self.resources = AwsResources()
+        self.timers = AwsTimers(
+            self.state, self.clients, self.apps, self.releases, self.formation, self.processes, self.logs
+        )
+        self.resources = AwsResources(self.state, self.clients, self.apps, settings.name, aws)
+        self.apps.on_delete.append(self.resources.forget_app)
         self.params = AwsParams(self.clients, aws.stack or settings.name)
 
     async def __aenter__(self) -> Self:
@@ -168,6 +121,8 @@ class AwsProvider:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.timers.close()
+        await self.resources.close()
         await self.processes.close()
         await self.logs.close()
         await self.clients.close()

@@ -26,6 +26,7 @@ REQUIRED = (
     "AppsTable",
     "BuildsTable",
     "ReleasesTable",
+    "ResourcesTable",
     "LogGroup",
     "EncryptionKey",
     "LaunchType",
@@ -55,7 +56,7 @@ def settings_environment(
     if missing:
         raise BadRequest(f"stack {name} lacks the rack outputs {', '.join(missing)}: was it installed by this version?")
     prefix = out["TablePrefix"]
-    tables = {"AppsTable": "apps", "BuildsTable": "builds", "ReleasesTable": "releases"}
+    tables = {"AppsTable": "apps", "BuildsTable": "builds", "ReleasesTable": "releases", "ResourcesTable": "resources"}
     wrong = [key for key, suffix in tables.items() if out[key] != f"{prefix}-{suffix}"]
     if wrong:
         raise BadRequest(f"stack {name}: the tables {', '.join(wrong)} are not named after TablePrefix {prefix}")

@@ -25,8 +25,15 @@ class AwsProviderSettings(BaseSettings):
     kms_key: str = Field("", description="The KMS key encrypting environments (SSE-KMS); the AWS-managed key if empty.")
     log_group_prefix: str = Field("", description="Apps' log groups are '<prefix>/<app>'; '/convox/<rack>' when empty.")
     launch_type: str = Field("EC2", description="EC2 (container instances) or FARGATE.")
-    subnets: list[str] = Field(default_factory=list, description="Subnets of awsvpc tasks (FARGATE).")
-    security_groups: list[str] = Field(default_factory=list, description="Security groups of awsvpc tasks.")
+    subnets: list[str] = Field(
+        default_factory=list,
+        description="Subnets of awsvpc tasks (FARGATE) and of backing services; the rack stack's when empty.",
+    )
+    security_groups: list[str] = Field(
+        default_factory=list,
+        description="Security groups of awsvpc tasks; backing services accept connections from these and the "
+        "rack stack's InstancesSecurity only.",
+    )
     execution_role: str = Field("", description="The task execution role (pulls from ECR, writes logs).")
     bootstrap: bool = Field(False, description="Create missing tables, bucket, cluster (a rack without a stack).")
     log_poll_interval: float = Field(1.0, gt=0, description="Seconds between FilterLogEvents polls when following.")
@@ -40,3 +47,8 @@ class AwsProviderSettings(BaseSettings):
     report_url: str = Field(
         "", description="The rack's URL as the builder task reaches it to report; the stack's Url by default."
     )
+    db_instance_class: str = Field("db.t4g.micro", description="The RDS instance class of postgres/mysql/mariadb.")
+    db_storage: int = Field(20, ge=20, le=65536, description="GiB of storage of each RDS instance.")
+    cache_node_type: str = Field("cache.t4g.micro", description="The ElastiCache node type of redis/memcached.")
+    resource_poll: float = Field(10.0, gt=0, description="Seconds between status checks of a backing service.")
+    resource_timeout: float = Field(3600.0, gt=0, description="Seconds a backing service may take to be ready.")

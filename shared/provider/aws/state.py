@@ -1,9 +1,10 @@
-"""The rack's state on AWS: DynamoDB tables (apps, releases, builds) and the settings bucket in S3.
+"""The rack's state on AWS: DynamoDB tables (apps, releases, builds, resources) and the settings bucket in S3.
 
-Tables are ``<prefix>-apps`` (key ``name``), ``<prefix>-releases`` and ``<prefix>-builds`` (key ``id``, index
-``app.created`` on ``app`` + ``created``), as Convox keyed them. Writes that race are conditional
-(``attribute_not_exists``, a version or pointer guard) or transactions, so that no update is lost. Objects
-(build sources, environments) live in the settings bucket; environments are encrypted with SSE-KMS.
+Tables are ``<prefix>-apps`` and ``<prefix>-resources`` (key ``name``), ``<prefix>-releases`` and
+``<prefix>-builds`` (key ``id``, index ``app.created`` on ``app`` + ``created``), as Convox keyed them. Writes
+that race are conditional (``attribute_not_exists``, a version or pointer guard) or transactions, so that no
+update is lost. Objects (build sources, environments, service passwords) live in the settings bucket;
+environments and passwords are encrypted with SSE-KMS.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class State:
         self.apps_table = f"{prefix}-apps"
         self.releases_table = f"{prefix}-releases"
         self.builds_table = f"{prefix}-builds"
+        self.resources_table = f"{prefix}-resources"
         self.bucket = settings.bucket or f"{rack}-settings"
         self.log_prefix = settings.log_group_prefix or f"/convox/{rack}"
         """The rack's own log group; each app's is ``<prefix>/<app>``."""
@@ -102,9 +104,11 @@ class State:
         db = await self.dynamodb()
         with translated("cannot create the rack's tables"):
             existing = set((await db.list_tables())["TableNames"])
-            if self.apps_table not in existing:
+            for table in (self.apps_table, self.resources_table):
+                if table in existing:
+                    continue
                 await db.create_table(
-                    TableName=self.apps_table,
+                    TableName=table,
                     AttributeDefinitions=[{"AttributeName": "name", "AttributeType": "S"}],
                     KeySchema=[{"AttributeName": "name", "KeyType": "HASH"}],
                     BillingMode="PAY_PER_REQUEST",

@@ -70,3 +70,16 @@ def app_template(rack: str, app: str, processes: list[ProcessPorts], retention: 
     if len(set(logicals)) != len(logicals):
         raise ValueError(f"process names collide as CloudFormation ids: {', '.join(p.name for p in processes)}")
     return env.from_string(_read("app.yml")).render(rack=rack, app=app, processes=rows, retention=retention)
+
+
+def resource_template(rack: str, name: str, engine: str, version: str, port: int, clients: list[str]) -> str:
+    """A backing service's stack on RDS (``engine`` postgres, mysql or mariadb at ``version`` on ``port``), connections
+    allowed from the ``clients`` security groups only."""
+    from jinja2 import Environment, StrictUndefined
+
+    if not clients:
+        raise ValueError("a backing service needs the rack's security groups (nothing could reach it)")
+    env = Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)  # YAML, not HTML
+    return env.from_string(_read("resource-rds.yml")).render(
+        rack=rack, name=name, engine=engine, version=version, port=port, clients=clients
+    )

@@ -19,6 +19,8 @@ LABEL_APP = "convox.app"
 LABEL_TYPE = "convox.type"
 LABEL_RELEASE = "convox.release"
 LABEL_ONEOFF = "convox.oneoff"
+LABEL_TIMER = "convox.timer"
+"""The timer a one-off process runs for."""
 LABEL_SANDBOX = "convox.sandbox"
 """On a network sandbox of one-offs (:mod:`shared.provider.local.sandboxes`): the app it serves (it has no
 ``convox.app``: it is no process of the app)."""

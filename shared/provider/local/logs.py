@@ -1,5 +1,6 @@
-"""Logs on the local provider: one collector (in the logs service) reads every log of the rack's apps into a
-history per app on disk and fans it out to followers; the rack's own log is read from ``DATA/logs/rack.log``.
+"""Logs on the local provider: one collector (in the logs service) reads every log of the rack's apps into
+the log store (:mod:`shared.logstore`: a history per app on disk, in time order, fanned out to followers);
+the rack's own log is read from ``DATA/logs/rack.log``.
 
 Where lines come from, each a *source* with a cursor that is persisted once its lines are in the history
 (``log_sources``), so that a restart of the logs service or of the Docker Engine resumes exactly where the
@@ -12,56 +13,33 @@ history ends, without duplicates and without losing what was written meanwhile:
 - ``e:<app>``: platform events other processes write to the ``events`` table (cursor: the row id).
 - ``b:<build id>``: a build's output, tailed from ``DATA/builds/ID.log`` (cursor: the byte offset).
 
-Order: lines wait in a per-app heap ordered by time until every container of the app that is delivering
-(it sent something within ``order_window`` seconds, plus three times the Engine's recent delivery lag) has
-delivered a line at least as late, or for four times that at most; then they get the app's next sequence
-number and go, in time order, to the history and to every follower. A quiet process is not waited for, so a
-lone line goes out at once; a container re-attached after a restart is waited for until it has read up to
-its end. Docker's events are sources too: a process's start is added before its log is read (its lines
-cannot overtake it), and a container created but not started yet, or read to its end while its exit event
-has not come, is waited for (for the hold at most) until the event comes.
-
-The order is a guarantee, not a best effort: a line that still comes later than lines already released with
-later times (a source lagging past all of this: an event row committed late, a loaded Engine) goes out with
-the time of the newest released line, the time it is emitted with, rather than its own earlier one (its
-source's cursor keeps its own). A follower's stream and the history are in time order whatever the lag.
-
-History: ``DATA/logs/apps/APP/<first seq>.log`` segments of tab-separated lines, bounded per app by bytes and
-age. A follower reads the history from ``since``, then the lines still in memory, then subscribes; its queue
-is bounded, and a follower that falls behind (a slow client) is not waited for: it catches up from the
-history and memory by sequence number, then subscribes again. The collector never blocks on a follower.
+Docker's events are sources too: a process's start is added before its log is read (its lines cannot
+overtake it), and a container created but not started yet, or read to its end while its exit event has not
+come, is a *pending* source, waited for (for the hold at most) until the event comes. History segments are
+``DATA/logs/apps/APP/<first seq>.log``, written every few hundredths of a second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import os
-import shutil
 import time
-from bisect import bisect_right
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from shared.errors import BadRequest, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
-from shared.logline import EVENT_SERVICE, line_source, wanted
-from shared.models import invalid_app_name
-from shared.names import is_app_name, is_id, under
-from shared.provider.local.apps import LocalApps
-from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
-from shared.provider.local.events import (
-    TS_WIDTH,
-    Events,
-    clean,
-    docker_since,
-    exit_message,
+from shared.logline import EVENT_SERVICE
+from shared.logstore.applog import MAX_WAIT, AppLog, SourceProgress, matcher
+from shared.logstore.history import READ_CHUNK, History, Limits
+from shared.logstore.lines import Line, Offset, advance_all, after, text_of
+from shared.logstore.racklog import read_rack_log
+from shared.logstore.settings import LogStoreSettings
+from shared.logstore.timestamps import (
     normalize_ts,
     now_ts,
     ts_from_datetime,
@@ -69,700 +47,27 @@ from shared.provider.local.events import (
     ts_to_datetime,
     ts_to_ns,
 )
+from shared.models import invalid_app_name
+from shared.names import is_app_name, is_id, under
+from shared.provider.local.apps import LocalApps
+from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
+from shared.provider.local.events import Events, clean, docker_since, exit_message
 from shared.provider.local.receipts import Receipts
+from shared.provider.local.splitter import Splitter
 from shared.provider.local.state import State
 
 log = Logger("logs")
 
 MIB = 1024 * 1024
-PARTIAL = 16 * 1024
-"""Docker splits a longer line into messages of this size (json-file and local drivers alike)."""
-READ_CHUNK = 4 * MIB
 LABEL_BUILD = "convox.build"
 BUILD_SERVICE = "build"
 MAINTAIN_EVERY = 30.0
-MAX_WAIT = 5.0
-"""Seconds a line is held at most for the ordering (past a re-attached container's catch-up)."""
+FLUSH_GAP = 0.02
+"""Seconds between two writes of the history: lines go to followers once written, a few hundredths late."""
 EVENT_WRITE_SLACK = 0.1
 """Seconds between an event's timestamp and its row being committed, at most (what the events' reader allows)."""
-CATCH_UP_LIMIT = 10.0
-"""Seconds an app's lines wait at most for a re-attached container to read up to its end."""
 BUILD_CATCH_UP = 600.0
 """A build that ended this long before the collector first saw it is not copied into the app's log."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How the collector keeps history and serves followers (set by the logs service's settings)."""
-
-    max_bytes: int = 64 * MIB
-    max_age: float = 7 * 86400.0
-    order_window: float = 0.25
-    follower_queue: int = 20_000
-    max_line: int = MIB
-    poll_interval: float = 0.1
-    flush_interval: float = 0.2
-    recent_bytes: int = 16 * MIB
-
-    @property
-    def segment_bytes(self) -> int:
-        return max(64 * 1024, self.max_bytes // 8)
-
-
-# ---- lines and cursors -----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Line:
-    ts: str
-    service: str
-    release: str
-    pid: str
-    text: str
-    src: str = ""
-    cur: str = ""
-    seq: int = 0
-
-    def encode(self) -> bytes:
-        return (
-            f"{self.seq}\t{self.ts}\t{self.service}\t{self.release}\t{self.pid}\t{self.src}\t{self.cur}\t{self.text}\n"
-        ).encode("utf-8", "backslashreplace")
-
-    def render(self) -> bytes:
-        """``2015-01-01T00:00:00.000000Z web:RNJYVQUMKKU/68831d3dce63 text\n`` (see ``LogsAPI``)."""
-        return f"{self.ts[:26]}Z {line_source(self)} {self.text}\n".encode("utf-8", "backslashreplace")
-
-
-def decode_line(raw: bytes) -> Line | None:
-    try:
-        seq, ts, service, release, pid, src, cur, text = raw.decode("utf-8", "backslashreplace").split("\t", 7)
-        return Line(ts, service, release, pid, text, src, cur, int(seq))
-    except ValueError:
-        return None
-
-
-def text_of(data: bytes) -> str:
-    """A line's bytes as text: UTF-8, anything else escaped (``\\xff``), never dropped."""
-    return data.decode("utf-8", "backslashreplace")
-
-
-@dataclass(slots=True)
-class Offset:
-    """Where a source is: its cursor and, for containers, how many lines had that timestamp."""
-
-    cursor: str
-    count: int = 1
-
-
-def after(src: str, a: str, b: str) -> bool:
-    """Whether cursor ``a`` of ``src`` is past ``b`` (timestamps for containers, numbers otherwise)."""
-    if src.startswith("c:"):
-        return a > b
-    try:
-        return int(a) > int(b)
-    except ValueError:
-        return a > b
-
-
-def advance(offsets: dict[str, Offset], src: str, cur: str) -> None:
-    known = offsets.get(src)
-    if known is None or after(src, cur, known.cursor):
-        offsets[src] = Offset(cur, 1)
-    elif cur == known.cursor:
-        known.count += 1
-
-
-def advance_all(offsets: dict[str, Offset], lines: list[Line]) -> None:
-    """:func:`advance` for every line, a container's run of lines at once."""
-    runs: dict[str, list[str]] = {}
-    for line in lines:
-        if line.src:
-            runs.setdefault(line.src, []).append(line.cur)
-    for src, curs in runs.items():
-        if not src.startswith("c:"):
-            for cur in curs:
-                advance(offsets, src, cur)
-            continue
-        top = max(curs)
-        known = offsets.get(src)
-        if known is None or top > known.cursor:
-            offsets[src] = Offset(top, curs.count(top))
-        elif top == known.cursor:
-            known.count += curs.count(top)
-
-
-# ---- Docker's log messages -> lines ----------------------------------------------------------------------
-
-
-class Splitter:
-    """One container's log messages -> its complete lines ``(timestamp, bytes)``.
-
-    Without a TTY every message is ``TIMESTAMP text``; a line Docker split comes as messages of exactly 16 KiB
-    sharing the first one's timestamp, so a message of 16 KiB without a newline is held and joined with what
-    follows (a message with another timestamp means the held one was whole). Lines are cut at ``max_line``.
-    With a TTY the Engine frames nothing: lines are split at newlines and the repeated timestamps of a split
-    line are taken out again.
-    """
-
-    def __init__(self, tty: bool, max_line: int) -> None:
-        self.tty = tty
-        self.max_line = max_line
-        self.held: dict[int, tuple[str, bytearray]] = {}
-        self.raw = bytearray()
-
-    def feed(self, stream: int, payload: bytes, out: list[tuple[str, bytes]]) -> None:
-        if self.tty:
-            self._feed_tty(payload, out)
-            return
-        space = payload.find(b" ")
-        if space < 0:
-            return
-        ts = payload[:space].decode("ascii", "replace")
-        content = payload[space + 1 :]
-        held = self.held.get(stream)
-        if held is not None and held[0] != ts:
-            out.append((held[0], bytes(held[1])))
-            del self.held[stream]
-            held = None
-        if content.endswith(b"\n"):
-            if held is None:
-                out.append((ts, content[:-1]))
-            else:
-                held[1].extend(content[:-1])
-                out.append((ts, bytes(held[1])))
-                del self.held[stream]
-        elif len(content) >= PARTIAL:
-            if held is None:
-                held = self.held[stream] = (ts, bytearray(content))
-            else:
-                held[1].extend(content)
-            buffer = held[1]
-            while len(buffer) > self.max_line:
-                out.append((ts, bytes(buffer[: self.max_line])))
-                del buffer[: self.max_line]
-        elif held is None:
-            out.append((ts, content))
-        else:
-            held[1].extend(content)
-            out.append((ts, bytes(held[1])))
-            del self.held[stream]
-
-    def _feed_tty(self, chunk: bytes, out: list[tuple[str, bytes]]) -> None:
-        self.raw.extend(chunk)
-        start = 0
-        while (newline := self.raw.find(b"\n", start)) >= 0:
-            self._tty_line(bytes(self.raw[start:newline]), out)
-            start = newline + 1
-        del self.raw[:start]
-        if len(self.raw) > self.max_line + TS_WIDTH + 1:
-            self._tty_line(bytes(self.raw[: self.max_line + TS_WIDTH + 1]), out)
-            del self.raw[: self.max_line + TS_WIDTH + 1]
-
-    @staticmethod
-    def _tty_line(data: bytes, out: list[tuple[str, bytes]]) -> None:
-        stamp = data[:TS_WIDTH]
-        if len(data) > TS_WIDTH and data[TS_WIDTH] == 0x20 and stamp[10:11] == b"T":
-            ts = stamp.decode("ascii")
-            content = data[TS_WIDTH + 1 :]
-            marker = stamp + b" "
-            pos = PARTIAL
-            while len(content) > pos and content.startswith(marker, pos):
-                content = content[:pos] + content[pos + len(marker) :]
-                pos += PARTIAL
-        else:
-            ts, content = now_ts(), data
-        if content.endswith(b"\r"):
-            content = content[:-1]
-        out.append((ts, content))
-
-    def finish(self, out: list[tuple[str, bytes]]) -> None:
-        """The log ended: what is held is whole."""
-        for ts, data in self.held.values():
-            out.append((ts, bytes(data)))
-        self.held.clear()
-        if self.raw:
-            self._tty_line(bytes(self.raw), out)
-            self.raw.clear()
-
-
-# ---- history on disk -------------------------------------------------------------------------------------
-
-
-def _read_chunk(path: Path, offset: int, size: int) -> tuple[list[Line], int, bool]:
-    """Whole lines from ``offset``: the lines, the offset after them, and whether the file ended."""
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read(size)
-        while data and b"\n" not in data:
-            more = handle.read(size)
-            if not more:
-                break
-            data += more
-        eof = not handle.read(1)
-    cut = data.rfind(b"\n")
-    if cut < 0:
-        return [], offset, True
-    lines = [line for raw in data[:cut].split(b"\n") if (line := decode_line(raw)) is not None]
-    return lines, offset + cut + 1, eof and cut == len(data) - 1
-
-
-class History:
-    """One app's history: segment files named by their first sequence number, appended by the collector's
-    flusher only (in a thread), read by any number of followers (in threads)."""
-
-    def __init__(self, directory: Path, limits: Limits) -> None:
-        self.dir = directory
-        self.limits = limits
-        self.segments: list[int] = []
-        self.sizes: dict[int, int] = {}
-        self.first_ts: dict[int, str] = {}
-        self.last_ts = ""
-        """The time of the newest line (found by :meth:`open`): released lines never go back before it."""
-        self._handle: IO[bytes] | None = None
-
-    def path(self, first: int) -> Path:
-        return self.dir / f"{first:016d}.log"
-
-    def open(self) -> tuple[int, dict[str, Offset]]:
-        """Load the segments; returns the last sequence number and the sources' cursors in the newest
-        segment (the flusher's last batch may be there without its cursors saved)."""
-        if not self.dir.is_dir():
-            return 0, {}
-        found = sorted(int(p.stem) for p in self.dir.glob("*.log") if p.stem.isdigit())
-        self.segments = found
-        self.sizes = {first: self.path(first).stat().st_size for first in found}
-        offsets: dict[str, Offset] = {}
-        for first in reversed(found):
-            path = self.path(first)
-            data = path.read_bytes()
-            cut = data.rfind(b"\n") + 1
-            if cut < len(data):  # a batch cut off mid-line by a kill: drop the torn line
-                with path.open("r+b") as handle:
-                    handle.truncate(cut)
-                self.sizes[first] = cut
-            lines = [line for raw in data[:cut].split(b"\n") if raw and (line := decode_line(raw)) is not None]
-            if not lines:
-                if cut == 0 and first == self.segments[-1]:
-                    self._drop(first)
-                continue
-            for line in lines:
-                if line.src:
-                    advance(offsets, line.src, line.cur)
-            self.last_ts = max(line.ts for line in lines)
-            return max(line.seq for line in lines), offsets
-        return 0, offsets
-
-    @property
-    def total(self) -> int:
-        return sum(self.sizes.values())
-
-    def append(self, lines: list[Line]) -> None:
-        data = b"".join(line.encode() for line in lines)
-        if not self.segments or self.sizes.get(self.segments[-1], 0) >= self.limits.segment_bytes:
-            self._close()
-            first = lines[0].seq
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self.segments.append(first)
-            self.sizes[first] = 0
-        current = self.segments[-1]
-        if self._handle is None:
-            self._handle = self.path(current).open("ab")
-        self._handle.write(data)
-        self._handle.flush()
-        self.sizes[current] += len(data)
-        while len(self.segments) > 1 and self.total > self.limits.max_bytes:
-            self._drop(self.segments[0])
-
-    def prune(self, now: float) -> None:
-        """Drop segments whose newest line is older than ``max_age``."""
-        for first in list(self.segments):
-            try:
-                modified = self.path(first).stat().st_mtime
-            except FileNotFoundError:
-                modified = 0.0
-            if modified >= now - self.limits.max_age:
-                break
-            self._drop(first)
-
-    def _drop(self, first: int) -> None:
-        if self.segments and first == self.segments[-1]:
-            self._close()
-        self.segments.remove(first)
-        self.sizes.pop(first, None)
-        self.first_ts.pop(first, None)
-        with contextlib.suppress(FileNotFoundError):
-            self.path(first).unlink()
-
-    def _close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-    def close(self) -> None:
-        self._close()
-
-    def remove(self) -> None:
-        self._close()
-        self.segments.clear()
-        self.sizes.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def start(self, segments: list[int], cursor: int, since: str) -> int:
-        """The index of the segment where lines after ``cursor`` with a time from ``since`` begin."""
-        index = max(0, bisect_right(segments, cursor + 1) - 1)
-        if since:
-            for i in range(len(segments) - 1, index, -1):
-                if self._first_ts(segments[i]) <= since:
-                    return i
-        return index
-
-    def _first_ts(self, first: int) -> str:
-        known = self.first_ts.get(first)
-        if known is None:
-            try:
-                with self.path(first).open("rb") as handle:
-                    line = decode_line(handle.readline().rstrip(b"\n"))
-            except FileNotFoundError:
-                line = None
-            known = line.ts if line else ""
-            self.first_ts[first] = known
-        return known
-
-
-class Subscriber:
-    """A follower's queue of released lines: bounded; overflowing marks it to catch up instead."""
-
-    __slots__ = ("limit", "lines", "overflow", "ready")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.lines: list[Line] = []
-        self.overflow = False
-        self.ready = asyncio.Event()
-
-    def push(self, batch: list[Line]) -> None:
-        if self.overflow:
-            return
-        if len(self.lines) + len(batch) > self.limit:
-            self.overflow = True
-            self.lines = []
-        else:
-            self.lines.extend(batch)
-        self.ready.set()
-
-    def take(self) -> list[Line]:
-        lines, self.lines = self.lines, []
-        self.ready.clear()
-        return lines
-
-
-Match = Callable[[Line], bool]
-
-
-def matcher(service: str = "", pid: str = "", text: str = "") -> Match | None:
-    """Lines of a process type (and the platform's events about it), of one process, containing a text;
-    ``None`` when every line is wanted."""
-    if not (service or pid or text):
-        return None
-
-    def match(line: Line) -> bool:
-        return wanted(line, service, pid, text)
-
-    return match
-
-
-class Mark:
-    """A container being read: the latest timestamp it delivered, when it last delivered, and whether it is
-    catching up (re-attached after a restart: until it has read to its end, the app's lines wait for it).
-
-    A *pending* mark stands for an event of the container that Docker has not delivered yet: its start
-    (created, not started yet: its first lines may come before the start event) or its exit (its log is read
-    to the end, the ``die`` event is still on its way). Lines later than it wait for it (up to the hold) until
-    the event comes, so that Docker's event stream lagging behind the logs does not reorder them."""
-
-    __slots__ = ("catching_up", "pending", "seen", "ts")
-
-    def __init__(self, ts: str, seen: float, catching_up: bool = False, pending: bool = False) -> None:
-        self.ts = ts
-        self.seen = seen
-        self.catching_up = catching_up
-        self.pending = pending
-
-
-class AppLog:
-    """One app's log in the collector: the ordering heap, the released lines in memory, the followers."""
-
-    def __init__(self, name: str, history: History, limits: Limits, seq: int) -> None:
-        self.name = name
-        self.history = history
-        self.limits = limits
-        self.seq = seq
-        self.flushed = seq
-        self.heap: list[tuple[str, int, float, Line]] = []
-        self.incoming: list[tuple[str, int, float, Line]] = []
-        """Lines added since the last release, not in the heap yet (most often all go out at once)."""
-        self.newest = ""
-        self.lifecycle = 0
-        """How many process starts and exits are held (they also wait for the events table)."""
-        self.sources: dict[str, Mark] = {}
-        """Containers being read (the ordering waits for those that are delivering)."""
-        self.recent: deque[Line] = deque()
-        self.recent_bytes = 0
-        self.unflushed: list[Line] = []
-        self.subscribers: set[Subscriber] = set()
-        self.lag = 0.0
-        """How late lines arrive after their timestamp (a moving average, seconds)."""
-        self.latest = history.last_ts
-        """The time of the newest line released: no line goes out with an earlier one."""
-        self._counter = itertools.count()
-
-    def add(self, line: Line, arrival: float) -> None:
-        self.incoming.append((line.ts, next(self._counter), arrival, line))
-        if line.ts > self.newest:
-            self.newest = line.ts
-        if line.src.startswith("d:"):
-            self.lifecycle += 1
-
-    @property
-    def held(self) -> bool:
-        return bool(self.heap or self.incoming)
-
-    def forget_stale(self, now: float) -> None:
-        """Stop waiting for containers' events that did not come within ``MAX_WAIT`` (pending marks)."""
-        for src in [src for src, mark in self.sources.items() if mark.pending and now - mark.seen > MAX_WAIT]:
-            del self.sources[src]
-
-    def release_due(self, now: float, events_read_to: str = "~") -> float | None:
-        """Release what is due; returns when to look again, while lines are held. A process's start or exit
-        also waits until the events table is read up to its time (the platform events that caused it, such
-        as a failed health check, are written there by another process and come out first)."""
-        heap = self.heap
-        window = min(MAX_WAIT, self.limits.order_window + 3 * self.lag)
-        mark: str | None = None
-        quiet_at: float | None = None
-        blocked = False
-        self.forget_stale(now)
-        for source in self.sources.values():
-            limit = CATCH_UP_LIMIT if source.catching_up else MAX_WAIT if source.pending else window
-            if now - source.seen <= limit:
-                if mark is None or source.ts < mark:
-                    mark = source.ts
-                if quiet_at is None or source.seen + limit < quiet_at:
-                    quiet_at = source.seen + limit
-                blocked = blocked or source.catching_up
-        hold = min(MAX_WAIT, window * 4)
-        out: list[Line] = []
-        if (mark is None or self.newest <= mark) and (self.newest <= events_read_to or not self.lifecycle):
-            everything = heap + self.incoming  # all due: one sort instead of a heap operation per line
-            everything.sort()
-            heap.clear()
-            self.incoming.clear()
-            if everything:
-                self.release([entry[3] for entry in everything])
-            return None
-        for entry in self.incoming:
-            heapq.heappush(heap, entry)
-        self.incoming.clear()
-        while heap:
-            ts, _, arrival, line = heap[0]
-            overdue = not blocked and arrival + hold <= now
-            if not (mark is None or ts <= mark or overdue):
-                break
-            if line.src.startswith("d:") and ts > events_read_to and arrival + MAX_WAIT > now:
-                break
-            out.append(heapq.heappop(heap)[3])
-        if out:
-            self.release(out)
-        if not heap:
-            return None
-        due = heap[0][2] + hold
-        return due if quiet_at is None else min(due, quiet_at)
-
-    def release(self, lines: list[Line]) -> None:
-        """Give lines (in time order) their sequence numbers and send them to the history and the followers.
-
-        A line older than one released already (its source lagged past the ordering: Docker's event stream,
-        an event row committed late, a reader held up on a loaded machine) goes out with the time of the
-        newest line released instead of its own, the time it is emitted with: the stream stays in time order
-        whatever the lag. Its cursor keeps the source's own time (re-attaching and de-duplication use that)."""
-        latest = self.latest
-        for line in lines:
-            if line.ts < latest:
-                line.ts = latest
-            else:
-                latest = line.ts
-            self.seq += 1
-            line.seq = self.seq
-            self.recent_bytes += len(line.text) + 64
-            if line.src.startswith("d:"):
-                self.lifecycle -= 1
-        self.latest = latest
-        self.unflushed.extend(lines)
-        self.recent.extend(lines)
-        for subscriber in list(self.subscribers):
-            subscriber.push(lines)
-
-    def flushed_to(self, seq: int) -> None:
-        self.flushed = max(self.flushed, seq)
-        while self.recent and self.recent_bytes > self.limits.recent_bytes and self.recent[0].seq <= self.flushed:
-            self.recent_bytes -= len(self.recent.popleft().text) + 64
-
-    async def _disk(self, cursor: int, upto: int, since: str) -> AsyncIterator[list[Line]]:
-        segments = list(self.history.segments)
-        if not segments:
-            return
-        start = await asyncio.to_thread(self.history.start, segments, cursor, since)
-        for first in segments[start:]:
-            if first > upto:
-                return
-            offset = 0
-            while True:
-                try:
-                    lines, offset, eof = await asyncio.to_thread(
-                        _read_chunk, self.history.path(first), offset, READ_CHUNK
-                    )
-                except FileNotFoundError:  # pruned while being read
-                    break
-                out = [line for line in lines if cursor < line.seq <= upto and line.ts >= since]
-                if out:
-                    yield out
-                if lines and lines[-1].seq >= upto:
-                    return
-                if eof:
-                    break
-
-    async def read(self, since: str, follow: bool, match: Match | None) -> AsyncIterator[list[Line]]:
-        """The lines from ``since`` (history, then memory), then with ``follow`` every new one."""
-        end = self.seq
-        cursor = 0
-        while True:
-            while True:  # from disk until memory holds what follows the cursor
-                first_in_memory = self.recent[0].seq if self.recent else self.seq + 1
-                if cursor + 1 >= first_in_memory:
-                    break
-                upto = first_in_memory - 1 if follow else min(first_in_memory - 1, end)
-                async for batch in self._disk(cursor, upto, since):
-                    out = batch if match is None else [line for line in batch if match(line)]
-                    if out:
-                        yield out
-                cursor = upto
-                if not follow and cursor >= end:
-                    return
-            # from memory, and subscribed in the same step: nothing released in between is missed
-            skip = cursor + 1 - self.recent[0].seq if self.recent else 0
-            batch = list(itertools.islice(self.recent, max(0, skip), None))
-            if not follow:
-                batch = [line for line in batch if line.seq <= end]
-            if batch:
-                cursor = batch[-1].seq
-            subscriber = Subscriber(self.limits.follower_queue) if follow else None
-            if subscriber is not None:
-                self.subscribers.add(subscriber)
-            try:
-                out = [line for line in batch if line.ts >= since and (match is None or match(line))]
-                if out:
-                    yield out
-                if subscriber is None:
-                    return
-                while True:
-                    await subscriber.ready.wait()
-                    if subscriber.overflow:
-                        break
-                    lines = subscriber.take()
-                    if lines:
-                        cursor = lines[-1].seq
-                        out = [line for line in lines if line.ts >= since] if since else lines
-                        if match is not None:
-                            out = [line for line in out if match(line)]
-                        if out:
-                            yield out
-            finally:
-                if subscriber is not None:
-                    self.subscribers.discard(subscriber)
-            log.log("follower.catch_up", app=self.name, seq=cursor)
-
-
-# ---- the rack's own log ----------------------------------------------------------------------------------
-
-
-def _rack_start(path: Path, since: str) -> int:
-    """The offset of the first line of the rack's log at or after ``since`` (the file is in time order)."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return 0
-    with handle:
-        size = os.fstat(handle.fileno()).st_size
-
-        def line_start(position: int) -> int:
-            if position == 0:
-                return 0
-            handle.seek(position - 1)
-            handle.readline()
-            return handle.tell()
-
-        low, high = 0, size
-        while low < high:
-            middle = (low + high) // 2
-            handle.seek(line_start(middle))
-            raw = handle.readline()
-            ts = normalize_ts(raw.split(b" ", 1)[0].decode("ascii", "replace")) if raw else None
-            if not raw or (ts is not None and ts >= since):
-                high = middle
-            else:
-                low = middle + 1
-        return line_start(low)
-
-
-def _rack_read(path: Path, offset: int, size: int) -> tuple[bytes, int, int]:
-    """Bytes from ``offset``, the file's size and inode (0, 0 when it does not exist)."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return b"", 0, 0
-    with handle:
-        stat = os.fstat(handle.fileno())
-        handle.seek(offset)
-        return handle.read(size), stat.st_size, stat.st_ino
-
-
-def rack_line(raw: bytes) -> Line | None:
-    """``ISO-TIME service: text`` (what the supervisor writes) as a line of the service."""
-    stamp, _, rest = raw.partition(b" ")
-    ts = normalize_ts(stamp.decode("ascii", "replace"))
-    if ts is None:
-        return None
-    source, sep, text = text_of(rest).partition(": ")
-    if not sep:
-        source, text = "rack", source
-    return Line(ts, source, "", "", text)
-
-
-async def read_rack_log(path: Path, since: str, follow: bool, poll: float) -> AsyncIterator[list[Line]]:
-    offset = await asyncio.to_thread(_rack_start, path, since) if since else 0
-    inode = 0
-    partial = b""
-    while True:
-        data, size, current = await asyncio.to_thread(_rack_read, path, offset, READ_CHUNK)
-        if inode and (current != inode or size < offset):  # replaced or truncated: from its start
-            offset, partial, inode = 0, b"", current
-            continue
-        inode = current or inode
-        if data:
-            offset += len(data)
-            full = len(data) == READ_CHUNK
-            data = partial + data
-            cut = data.rfind(b"\n") + 1
-            partial = data[cut:]
-            lines = [line for raw in data[:cut].split(b"\n") if raw and (line := rack_line(raw))]
-            out = [line for line in lines if line.ts >= since]
-            if out:
-                yield out
-            if full:
-                continue
-        if not follow:
-            return
-        await asyncio.sleep(poll)
 
 
 # ---- the provider's logs ---------------------------------------------------------------------------------
@@ -793,8 +98,8 @@ class Resume:
 
 
 @dataclass
-class Watch:
-    """What the collector knows of a container between its events."""
+class ContainerEnd:
+    """How a container's last run ended, as far as its events have told the collector."""
 
     killed: bool = False
     oom: bool = False
@@ -803,7 +108,9 @@ class Watch:
 
 
 class LocalLogs:
-    def __init__(self, state: State, docker: Docker, apps: LocalApps, rack: str, data_dir: Path) -> None:
+    def __init__(
+        self, state: State, docker: Docker, apps: LocalApps, rack: str, data_dir: Path, limits: Limits | None = None
+    ) -> None:
         self.state = state
         self.docker = docker
         self.apps = apps
@@ -814,7 +121,7 @@ class LocalLogs:
         self.apps_dir = self.root / "apps"
         self.rack_log = self.root / "rack.log"
         self.builds_dir = data_dir / "builds"
-        self.limits = Limits()
+        self.limits = limits or LogStoreSettings().limits()
         self.running = False
         self.logs: dict[str, AppLog] = {}
         self.offsets: dict[str, Offset] = {}
@@ -824,12 +131,14 @@ class LocalLogs:
         self.source_app: dict[str, str] = {}
         self.unsaved: set[str] = set()
         self.readers: dict[str, asyncio.Task[None]] = {}
-        self.again: set[str] = set()
-        self.watch: dict[str, Watch] = {}
-        self.dirty: set[AppLog] = set()
+        self.reread: set[str] = set()
+        self.watch: dict[str, ContainerEnd] = {}
+        self.to_flush: set[AppLog] = set()
         self.known_apps: set[str] = set()
         self.tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self._released = asyncio.Event()
+        """Set when lines are released: the flusher writes them (and so sends them to the followers) soon."""
         self._opening: dict[str, asyncio.Lock] = {}
         self._docker_down = False
         self.events_read_to = ""
@@ -874,27 +183,10 @@ class LocalLogs:
             if out:
                 yield out
 
-    async def collect(
-        self,
-        *,
-        max_bytes: int = Limits.max_bytes,
-        max_age: float = Limits.max_age,
-        order_window: float = Limits.order_window,
-        follower_queue: int = Limits.follower_queue,
-        max_line: int = Limits.max_line,
-        poll_interval: float = Limits.poll_interval,
-    ) -> None:
+    async def collect(self) -> None:
         """Start collecting (the logs service does, once): resume every source where the history ends."""
         if self.running:
             return
-        self.limits = Limits(
-            max_bytes=max_bytes,
-            max_age=max_age,
-            order_window=order_window,
-            follower_queue=follower_queue,
-            max_line=max_line,
-            poll_interval=poll_interval,
-        )
         for row in await self.state.fetch_all("SELECT src, app, cursor, count FROM log_sources"):
             self.saved[row["src"]] = Offset(row["cursor"], row["count"])
             self.source_app[row["src"]] = row["app"]
@@ -989,7 +281,7 @@ class LocalLogs:
         for line in lines:
             applog.add(line, now)
         advance_all(self.offsets, lines)
-        self.dirty.add(applog)
+        self.to_flush.add(applog)
         self._wake.set()
 
     # ---- ordering and release --------------------------------------------------------------------------
@@ -1002,16 +294,18 @@ class LocalLogs:
             self._wake.clear()
             now = loop.time()
             due: float | None = None
-            dirty, self.dirty = self.dirty, set()
-            for applog in dirty:
+            to_flush, self.to_flush = self.to_flush, set()
+            for applog in to_flush:
                 try:
                     next_due = applog.release_due(now, self.events_read_to)
                 except Exception as exc:  # never stop releasing every other app's lines
                     log.error("release", app=applog.name, error=type(exc).__name__)
                     next_due = now + 1.0
                 if next_due is not None:
-                    self.dirty.add(applog)
+                    self.to_flush.add(applog)
                     due = next_due if due is None else min(due, next_due)
+                if applog.unflushed:
+                    self._released.set()
             if timer is not None:
                 timer.cancel()
                 timer = None
@@ -1023,7 +317,9 @@ class LocalLogs:
     async def _flusher(self) -> None:
         last_maintenance = time.monotonic()
         while True:
-            await asyncio.sleep(self.limits.flush_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), self.limits.flush_interval)
+            self._released.clear()
             try:
                 await self._flush()
                 if time.monotonic() - last_maintenance > MAINTAIN_EVERY:
@@ -1031,6 +327,8 @@ class LocalLogs:
                     await self._maintain()
             except Exception as exc:  # the disk or the database failed: keep collecting, try again
                 log.error("history.flush", error=type(exc).__name__, message=str(exc))
+                await asyncio.sleep(self.limits.flush_interval)
+            await asyncio.sleep(FLUSH_GAP)  # what is released meanwhile goes in the next batch
 
     async def _flush(self) -> None:
         work = [(applog, applog.unflushed) for applog in self.logs.values() if applog.unflushed]
@@ -1043,6 +341,8 @@ class LocalLogs:
                 for applog, lines in work:
                     applog.unflushed[:0] = lines
                 raise
+            for applog, lines in work:  # in the history: out to the followers (their cursors are saved next)
+                applog.flushed_to(lines[-1].seq)
             for applog, lines in work:
                 advance_all(self.saved, lines)
                 for src in {line.src for line in lines if line.src}:
@@ -1064,8 +364,6 @@ class LocalLogs:
                     rows,
                 )
             self.unsaved.difference_update(changed)
-        for applog, lines in work:
-            applog.flushed_to(lines[-1].seq)
 
     @staticmethod
     def _write(work: list[tuple[AppLog, list[Line]]]) -> None:
@@ -1153,12 +451,12 @@ class LocalLogs:
         app = labels.get(LABEL_APP)
         if not container or not app or not await self._trusted(labels):
             return
-        watch = self.watch.setdefault(container, Watch())
+        watch = self.watch.setdefault(container, ContainerEnd())
         when = int(event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000)
         src = f"c:{container}"
         if action == "create":  # its lines are waited for (ordering) from now, before its start is seen
             applog = await self.applog(app)
-            mark = Mark(ts_from_ns(when), asyncio.get_running_loop().time(), pending=True)
+            mark = SourceProgress(ts_from_ns(when), asyncio.get_running_loop().time(), pending=True)
             applog.sources.setdefault(src, mark)
         elif action == "kill":
             watch.killed = True
@@ -1184,7 +482,7 @@ class LocalLogs:
             awaited = owner.sources.get(src) if owner is not None else None
             if owner is not None and awaited is not None and awaited.pending:  # its exit, awaited: here it is
                 del owner.sources[src]
-                self.dirty.add(owner)
+                self.to_flush.add(owner)
                 self._wake.set()
 
     async def _lifecycle(self, app: str, container: str, labels: dict[str, str], message: str, when: int) -> None:
@@ -1205,7 +503,7 @@ class LocalLogs:
         if not self.running:
             return
         if container in self.readers:
-            self.again.add(container)
+            self.reread.add(container)
             return
         applog = await self.applog(labels[LABEL_APP])
         src = f"c:{container}"
@@ -1214,14 +512,14 @@ class LocalLogs:
         created = applog.sources.get(src)  # marked at its create event: none of its lines is older
         if created is not None:
             cursor = max(cursor, created.ts)
-        applog.sources[src] = Mark(cursor, asyncio.get_running_loop().time(), catching_up=True)
+        applog.sources[src] = SourceProgress(cursor, asyncio.get_running_loop().time(), catching_up=True)
         self._ensure_reader(container, labels)
 
     def _ensure_reader(self, container: str, labels: dict[str, str]) -> None:
         if not self.running:
             return
         if container in self.readers:
-            self.again.add(container)
+            self.reread.add(container)
             return
         self.readers[container] = asyncio.create_task(self._read(container, labels), name=f"logs {container[:12]}")
 
@@ -1239,13 +537,13 @@ class LocalLogs:
         mark = applog.sources.get(src)
         if mark is None or mark.pending:
             cursor = known.cursor if known else ""
-            mark = Mark(max(cursor, mark.ts) if mark else cursor, asyncio.get_running_loop().time(), True)
+            mark = SourceProgress(max(cursor, mark.ts) if mark else cursor, asyncio.get_running_loop().time(), True)
             applog.sources[src] = mark
         backoff = 0.1
         finished = ""
         try:
             while True:
-                self.again.discard(container)
+                self.reread.discard(container)
                 try:
                     info = await self.docker.inspect(container)
                 except NotFound:
@@ -1265,7 +563,7 @@ class LocalLogs:
                         backoff = min(2.0, backoff * 2)
                         continue
                     mark.catching_up = False
-                    self.dirty.add(applog)
+                    self.to_flush.add(applog)
                     self._wake.set()
                 received = await self._follow(applog, container, src, service, release, pid, running, tty)
                 if received is None:  # the connection dropped: the Engine is going or gone
@@ -1275,7 +573,7 @@ class LocalLogs:
                     backoff = min(2.0, backoff * 2)
                     continue
                 backoff = 0.1
-                if not running and container not in self.again:
+                if not running and container not in self.reread:
                     finished = normalize_ts(str(state.get("FinishedAt") or "")) or ""
                     if labels.get(LABEL_ONEOFF) == "true":  # read to its end: it may be removed now
                         await self.receipts.read(container)
@@ -1288,11 +586,11 @@ class LocalLogs:
             if finished > "1970" and watch is not None and watch.died < ts_to_ns(finished):
                 # read to its end, but its exit (Docker's die event, not earlier than this) has not come yet:
                 # what is later waits for it
-                applog.sources[src] = Mark(finished, asyncio.get_running_loop().time(), pending=True)
+                applog.sources[src] = SourceProgress(finished, asyncio.get_running_loop().time(), pending=True)
             if self.readers.get(container) is asyncio.current_task():
                 del self.readers[container]
             self._wake.set()
-            if container in self.again and self.running:  # started again while this reader was ending
+            if container in self.reread and self.running:  # started again while this reader was ending
                 self._ensure_reader(container, labels)
 
     async def _follow(
@@ -1393,7 +691,7 @@ class LocalLogs:
                 continue
             if len(rows) < 1000:
                 self.events_read_to = polled
-                self.dirty.update(applog for applog in self.logs.values() if applog.held)
+                self.to_flush.update(applog for applog in self.logs.values() if applog.held)
                 self._wake.set()
                 await asyncio.sleep(self.limits.poll_interval)
 
@@ -1448,4 +746,5 @@ class LocalLogs:
                 done.add(build)
 
 
-__all__ = ["History", "Limits", "Line", "LocalLogs", "Splitter", "rack_line", "read_rack_log"]
+__all__ = ["LocalLogs"]
+

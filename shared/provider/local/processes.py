@@ -30,6 +30,7 @@ from shared.provider.local.docker import (
     LABEL_ONEOFF,
     LABEL_RACK,
     LABEL_RELEASE,
+    LABEL_TIMER,
     LABEL_TYPE,
     Docker,
     translated,
@@ -218,7 +219,7 @@ class LocalProcesses:
             options, volumes = await self._resolved(app, options)
         argv, network = await asyncio.gather(self._argv(options.image, options.command), self._network())
         labels = {
-            **options.labels,
+            **({LABEL_TIMER: options.timer} if options.timer else {}),
             **self._labels(app),
             LABEL_TYPE: options.service,
             LABEL_ONEOFF: "true",
@@ -314,13 +315,16 @@ class LocalProcesses:
 
     # ---- listing ----------------------------------------------------------------------------------------------
 
+    metrics_interval = 1.0
+    """The Engine's stats are read once a second (as ``docker stats`` shows them)."""
+
     async def metrics(
-        self, app: str, service: str | None = None, release: str | None = None, interval: float = 1.0
+        self, app: str, service: str | None = None, release: str | None = None
     ) -> AsyncIterator[list[Process]]:
         while True:
             started = time.monotonic()
             yield await self.list(app, service, release)
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, self.metrics_interval - (time.monotonic() - started)))
 
     async def list(
         self, app: str, service: str | None = None, release: str | None = None, stats: bool = True

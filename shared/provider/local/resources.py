@@ -14,8 +14,10 @@ the official image by default; the container gets the official images' environme
 (POSTGRES_USER/PASSWORD/DB, MYSQL_ROOT_PASSWORD/DATABASE/USER/PASSWORD for mysql and mariadb alike,
 ``redis-server --requirepass``; memcached has no credentials), which the offline images of ``make images``
 honour too. An image that cannot be pulled is an error naming the parameter and the ``make images`` target.
-A service is ``creating`` until its server answers its protocol's greeting over TCP (checked from the rack
-against the container's address), then ``running``. Nothing here logs a password or a URL that carries one.
+A service is ``creating`` (made in the background: ``create`` returns at once) until its server answers its
+protocol's greeting over TCP (checked from the rack against the container's address), then ``running``; one
+that cannot be made is ``failed`` with its reason, holding no container and no volume, until it is deleted
+or created again. Nothing here logs a password or a URL that carries one.
 Dumps (export and import) are made by the service's own tools in its container:
 :mod:`shared.provider.local.dumps`.
 """
@@ -270,11 +272,12 @@ class Record:
     status: str
     image: str
     creds: Credentials
+    message: str = ""
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> Record:
         creds = Credentials(row["username"], row["password"], row["database"], row["root_password"])
-        return cls(row["name"], KINDS[row["type"]], row["status"], row["image"], creds)
+        return cls(row["name"], KINDS[row["type"]], row["status"], row["image"], creds, row["message"])
 
     def scrub(self, text: str) -> str:
         """``text`` without this service's passwords (docker's output can echo its environment)."""
@@ -378,6 +381,7 @@ class LocalResources:
             status=status,
             url=record.kind.url(record.name, record.creds, reveal),
             apps=apps,
+            message=record.message,
         )
 
     # ---- the contract ----------------------------------------------------------------------------
@@ -440,9 +444,12 @@ class LocalResources:
         check_name(name)
         image = (await self.params.get())[f"{spec.name}_image"]
         record = Record(name, spec, "creating", image, spec.credentials())
-        inserted = await self.state.execute(
+        inserted = await self.state.execute(  # over a failed one of the name (it holds nothing): tried again
             "INSERT INTO resources (name, type, status, image, username, password, database, root_password, "
-            "created) VALUES (?, ?, 'creating', ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            "created) VALUES (?, ?, 'creating', ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "type = excluded.type, status = 'creating', image = excluded.image, username = excluded.username, "
+            "password = excluded.password, database = excluded.database, root_password = excluded.root_password, "
+            "created = excluded.created, message = '' WHERE resources.status = 'failed'",
             (
                 name,
                 spec.name,
@@ -456,12 +463,17 @@ class LocalResources:
         )
         if not inserted:
             raise Conflict(f"service already exists: {name}")
-        # The work goes on if the caller goes away (a dropped request): it ends running or leaves nothing.
-        await asyncio.shield(self._spawn(self._provision(record)))
+        # In the background: the service is `creating` until it answers, then `running`; or `failed`, with
+        # why, holding nothing (no container, no volume). `convox services create` waits for one or the other.
+        self._spawn(self._provision(record))
         return await self.get(name)
 
     async def delete(self, name: str) -> None:
         record = await self._record(name)
+        failed = "DELETE FROM resources WHERE name = ? AND status = 'failed'"  # only its record is left
+        if record.status == "failed" and await self.state.execute(failed, (name,)):
+            log.log("resource.delete", resource=name, type=record.kind.name, state="failed")
+            return
         changed = await self.state.execute(
             "UPDATE resources SET status = 'deleting' WHERE name = ? AND status = 'running' "
             "AND NOT EXISTS (SELECT 1 FROM links WHERE resource = ?)",
@@ -525,7 +537,14 @@ class LocalResources:
                 f"resources.{name} is {spec.name} but the service {service} is {row['type']}: delete it with "
                 f"`convox services delete {service}` (its data goes with it) or rename the resource"
             )
-        await self._wait_running(service)
+        try:
+            await self._wait_running(service)
+        except RackError:  # a deploy that cannot have its resource leaves nothing of it
+            failed = await self.state.fetch_one("SELECT status FROM resources WHERE name = ?", (service,))
+            if failed is not None and failed["status"] == "failed":
+                with contextlib.suppress(NotFound, Conflict):
+                    await self.delete(service)
+            raise
         async with self.state.transaction() as tx:
             now = datetime.now(UTC).isoformat()
             await tx.execute(
@@ -557,6 +576,8 @@ class LocalResources:
             record = await self._record(name)
             if record.status == "running":
                 return
+            if record.status == "failed":
+                raise RackError(f"service {name} could not be made: {record.message}", status=502)
             if record.status != "creating" or loop.time() > deadline:
                 raise Conflict(f"service {name} is {record.status}")
             await asyncio.sleep(0.5)
@@ -604,9 +625,18 @@ class LocalResources:
                 container = await self._run(record)
                 await self._wait_ready(record, container["Id"])
                 await self.state.execute("UPDATE resources SET status = 'running' WHERE name = ?", (record.name,))
-        except BaseException:
-            await self._remove(record.name)
-            raise
+        except Exception as exc:  # (a provisioner that stops meanwhile leaves it creating: adoption resumes it)
+            await self._failed(record, exc)
+
+    async def _failed(self, record: Record, exc: Exception) -> None:
+        """The service could not be made: nothing of it stays (container, volume) but its record, ``failed``
+        with why (its passwords scrubbed), until it is deleted or created again."""
+        message = record.scrub(exc.message if isinstance(exc, RackError) else f"{type(exc).__name__}: {exc}")
+        await self._remove_artifacts(record.name)
+        await self.state.execute(
+            "UPDATE resources SET status = 'failed', message = ? WHERE name = ? AND status = 'creating'",
+            (message, record.name),
+        )
 
     async def _ensure_image(self, record: Record) -> None:
         """The service's image on the engine (pulled when missing); one that cannot be had is an error that
@@ -698,9 +728,8 @@ class LocalResources:
                     raise RackError(f"{record.kind.name} {record.name} was being created when the rack stopped")
                 await self._wait_ready(record, container["Id"])
                 await self.state.execute("UPDATE resources SET status = 'running' WHERE name = ?", (record.name,))
-        except BaseException:
-            await self._remove(record.name)
-            raise
+        except Exception as exc:
+            await self._failed(record, exc)
 
     async def _finish_delete(self, record: Record) -> None:
         with log.measure("resource.delete", resource=record.name, type=record.kind.name):

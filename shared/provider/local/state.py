@@ -121,7 +121,10 @@ CREATE TABLE IF NOT EXISTS log_sources (
     updated TEXT NOT NULL
 );
 """
-ADDED_COLUMNS = (("formation", "balancer_scheme", "TEXT NOT NULL DEFAULT ''"),)
+ADDED_COLUMNS = (
+    ("formation", "balancer_scheme", "TEXT NOT NULL DEFAULT ''"),
+    ("resources", "message", "TEXT NOT NULL DEFAULT ''"),
+)
 """Columns added since a table was first made: a data dir from before gets them at open."""
 
 

@@ -25,13 +25,12 @@ from shared.manifest import Manifest, ManifestError, Timer, resolve_manifest
 from shared.manifest.timers import next_run
 from shared.models import ProcessRunOptions, TimerStatus
 from shared.provider.local.apps import LocalApps
-from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, Docker, translated
+from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_TIMER, Docker, translated
 from shared.provider.local.events import Events
 from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.releases import LocalReleases
 
 log = Logger("timers")
-LABEL_TIMER = "convox.timer"
 BEAT_SECONDS = 1.0
 
 
@@ -185,7 +184,7 @@ class LocalTimers:
     async def _run(self, app: str, timer: Timer, state: _State, now: datetime) -> None:
         key = (app, timer.name)
         options = ProcessRunOptions(
-            service=timer.service, command=["sh", "-c", timer.command], labels={LABEL_TIMER: timer.name}
+            service=timer.service, command=["sh", "-c", timer.command], timer=timer.name
         )
         since = time.time() - 1
         try:

@@ -1,0 +1,86 @@
+"""A log line as the store keeps it, and where each of its sources is (its cursor)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.logline import line_source
+
+
+@dataclass(slots=True)
+class Line:
+    ts: str
+    service: str
+    release: str
+    pid: str
+    text: str
+    src: str = ""
+    cur: str = ""
+    seq: int = 0
+
+    def encode(self) -> bytes:
+        return (
+            f"{self.seq}\t{self.ts}\t{self.service}\t{self.release}\t{self.pid}\t{self.src}\t{self.cur}\t{self.text}\n"
+        ).encode("utf-8", "backslashreplace")
+
+    def render(self) -> bytes:
+        """``2015-01-01T00:00:00.000000Z web:RNJYVQUMKKU/68831d3dce63 text\n`` (see ``LogsAPI``)."""
+        return f"{self.ts[:26]}Z {line_source(self)} {self.text}\n".encode("utf-8", "backslashreplace")
+
+
+def decode_line(raw: bytes) -> Line | None:
+    try:
+        seq, ts, service, release, pid, src, cur, text = raw.decode("utf-8", "backslashreplace").split("\t", 7)
+        return Line(ts, service, release, pid, text, src, cur, int(seq))
+    except ValueError:
+        return None
+
+
+def text_of(data: bytes) -> str:
+    """A line's bytes as text: UTF-8, anything else escaped (``\\xff``), never dropped."""
+    return data.decode("utf-8", "backslashreplace")
+
+
+@dataclass(slots=True)
+class Offset:
+    """Where a source is: its cursor and, for containers, how many lines had that timestamp."""
+
+    cursor: str
+    count: int = 1
+
+
+def after(src: str, a: str, b: str) -> bool:
+    """Whether cursor ``a`` of ``src`` is past ``b`` (timestamps for containers, numbers otherwise)."""
+    if src.startswith("c:"):
+        return a > b
+    try:
+        return int(a) > int(b)
+    except ValueError:
+        return a > b
+
+
+def advance(offsets: dict[str, Offset], src: str, cur: str) -> None:
+    known = offsets.get(src)
+    if known is None or after(src, cur, known.cursor):
+        offsets[src] = Offset(cur, 1)
+    elif cur == known.cursor:
+        known.count += 1
+
+
+def advance_all(offsets: dict[str, Offset], lines: list[Line]) -> None:
+    """:func:`advance` for every line, a container's run of lines at once."""
+    runs: dict[str, list[str]] = {}
+    for line in lines:
+        if line.src:
+            runs.setdefault(line.src, []).append(line.cur)
+    for src, curs in runs.items():
+        if not src.startswith("c:"):
+            for cur in curs:
+                advance(offsets, src, cur)
+            continue
+        top = max(curs)
+        known = offsets.get(src)
+        if known is None or top > known.cursor:
+            offsets[src] = Offset(top, curs.count(top))
+        elif top == known.cursor:
+            known.count += curs.count(top)

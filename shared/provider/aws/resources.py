@@ -1,0 +1,611 @@
+"""Backing services on AWS: postgres, mysql and mariadb on RDS, redis and memcached on ElastiCache.
+
+Each service NAME lives in the rack's VPC: its subnets and, as the only sources allowed to connect, the
+security groups of the rack's instances and tasks (``RACK_AWS_SUBNETS`` / ``RACK_AWS_SECURITY_GROUPS``, else
+the rack stack's ``Subnets`` and ``InstancesSecurity`` outputs, as Convox placed its services).
+
+- **RDS** (postgres, mysql, mariadb): one CloudFormation stack ``<rack>-resource-<NAME>`` from
+  ``cloudformation/resource-rds.yml`` (a security group, a DB subnet group, an encrypted DB instance with
+  its ``Port`` and ``EngineVersion`` explicit), tagged ``System=convox Type=resource Rack Resource``.
+- **ElastiCache** through its API (:mod:`shared.provider.aws.caches`), because moto's CloudFormation has no
+  ElastiCache types: a security group of the service's own in the rack's cache subnet group, then a
+  replication group for redis (an auth token, transit and at-rest encryption, so its URL is ``rediss://``)
+  or a cache cluster for memcached (no credentials, as locally). Their id is ``<rack>-<NAME>`` when that is
+  a valid ElastiCache id, else a digest of both (ids are at most 40 characters, with no ``--``).
+
+The record of a service is an item of ``<prefix>-resources`` (key ``name``) holding its type, status,
+endpoint, what was made, and the apps linked to it (``links``) and those whose manifest declares it
+(``declared``), each changed by one conditional update, so two callers never lose a link and a delete
+never races a link. The generated password (192 random bits in hex) is kept as the apps' environments are:
+an SSE-KMS object of the settings bucket (``resources/<NAME>/credentials.json``); the stack gets it as a
+``NoEcho`` parameter. Nothing here logs a password or a URL carrying one.
+
+Status: ``creating`` until the stack completes or the cache reports ``available`` with an endpoint, then
+``running``; afterwards ``get`` and ``list`` read the live state from the RDS and ElastiCache APIs (one paged
+call per API for a whole listing). On AWS one would also probe the endpoint over TCP before ``running``, as
+the local provider does; moto's endpoints do not listen (their names do not even resolve), so the status
+here comes from the APIs only (and a status reads ``missing`` when AWS no longer has the instance or cache).
+
+A create returns once the service is running (minutes on AWS). The work is shielded from the caller going
+away; if the rack stops meanwhile, the record stays ``creating`` and :meth:`AwsResources.adopt` waits for
+what AWS goes on making at the next start, or undoes it. A create that fails removes what it made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterable, Coroutine
+from dataclasses import dataclass
+from typing import Any, cast
+
+from shared.errors import BadRequest, Conflict, NotFound, RackError
+from shared.logfmt import Logger
+from shared.models import Resource, ResourceType
+from shared.names import is_app_name
+from shared.provider.aws import stacks
+from shared.provider.aws.apps import AwsApps
+from shared.provider.aws.caches import Caches, Network
+from shared.provider.aws.clients import Clients, translated
+from shared.provider.aws.settings import AwsProviderSettings
+from shared.provider.aws.state import Item, State, from_item, now_iso, to_item
+from shared.provider.aws.templates import resource_template
+
+log = Logger("resources")
+HIDDEN = "***"
+NO_DUMPS = (
+    "export and import are not made by the rack on aws yet (they need a task in the rack's network running the "
+    "service's dump tools); use pg_dump, mysqldump or redis-cli against the service's URL from such a task"
+)
+CACHE_ID = re.compile(r"[a-z](?!.*--)[a-z0-9-]{0,39}(?<!-)")
+NAMES = {"#n": "name", "#s": "status", "#l": "links", "#d": "declared", "#g": "security"}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One type of backing service: where it runs (``rds``, ``redis``, ``memcached``) and its URL."""
+
+    name: str
+    service: str
+    scheme: str
+    port: int
+    engine: str
+    version: str = ""
+    username: str = ""
+    database: str = ""
+
+    @property
+    def secret(self) -> bool:
+        return self.name != "memcached"
+
+    def url(self, host: str, port: int, password: str) -> str:
+        if not self.secret:
+            return f"{self.scheme}://{host}:{port}"
+        return f"{self.scheme}://{self.username}:{password}@{host}:{port}/{self.database}"
+
+
+KINDS = {
+    kind.name: kind
+    for kind in (
+        Kind("postgres", "rds", "postgres", 5432, "postgres", "18", "app", "app"),
+        Kind("mysql", "rds", "mysql", 3306, "mysql", "8.4.11", "app", "app"),
+        Kind("mariadb", "rds", "mysql", 3306, "mariadb", "11.8.9", "app", "app"),
+        Kind("redis", "redis", "rediss", 6379, "redis", "7.1", "", "0"),
+        Kind("memcached", "memcached", "memcached", 11211, "memcached", "1.6.22"),
+    )
+}
+
+
+def kind_of(kind: str) -> Kind:
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise BadRequest(f"unknown service type: {kind!r} (known: {', '.join(sorted(KINDS))})") from None
+
+
+def check_name(name: str) -> None:
+    if not is_app_name(name):
+        raise BadRequest(
+            f"invalid service name: {name!r} (lowercase letters, digits and dashes, starting with a letter, "
+            "at most 30 characters)"
+        )
+
+
+def manifest_service(app: str, name: str) -> str:
+    """The service that holds resource ``name`` of ``app``'s manifest: ``<app>-<name>``, as Convox names them."""
+    service = f"{app}-{name}"
+    if not is_app_name(service):
+        raise BadRequest(
+            f"resources.{name}: the service name {service} is too long (at most 30 characters, the app's "
+            "name and the resource's together): give the resource a shorter name"
+        )
+    return service
+
+
+def cache_id(rack: str, name: str) -> str:
+    """The ElastiCache id (also its subnet group's name) of service ``name``."""
+    readable = f"{rack}-{name}"
+    if CACHE_ID.fullmatch(readable):
+        return readable
+    return "r" + hashlib.sha256(f"{rack}/{name}".encode()).hexdigest()[:24]  # no dash: never a readable id
+
+
+def live_status(kind: Kind, state: str | None) -> str:
+    """A running service's status from its AWS state (None: AWS has no such instance or cache any more)."""
+    if state is None:
+        return "missing"
+    if state in {"creating", "deleting"}:
+        return state
+    if state in {"stopped", "stopping"}:
+        return "stopped"
+    if state in {"rebooting", "starting", "rebooting cache cluster nodes"}:
+        return "restarting"
+    if "fail" in state or state.startswith(("incompatible", "inaccessible", "storage-full")):
+        return "failed"
+    return "running"  # available, and what keeps serving: backing-up, modifying, snapshotting, upgrading...
+
+
+def made_rds(stack: dict[str, Any], instance: dict[str, Any]) -> Item:
+    """What a complete RDS stack made: the endpoint (its outputs) and the DB instance's id."""
+    out = stacks.outputs(stack)
+    physical = str(instance["StackResourceDetail"]["PhysicalResourceId"])
+    return {"host": out["Address"], "port": int(out["Port"]), "instance": physical}
+
+
+class AwsResources:
+    def __init__(self, state: State, clients: Clients, apps: AwsApps, rack: str, settings: AwsProviderSettings) -> None:
+        self.state = state
+        self.clients = clients
+        self.apps = apps
+        self.rack = rack
+        self.settings = settings
+        self.table = state.resources_table
+        self.caches = Caches(clients, settings, rack)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # ---- names and records -----------------------------------------------------------------------
+
+    def stack_name(self, name: str) -> str:
+        return f"{self.rack}-resource-{name}"
+
+    def secret_key(self, name: str) -> str:
+        return f"resources/{name}/credentials.json"
+
+    def tags(self, record: Item) -> dict[str, str]:
+        return {
+            "System": "convox",
+            "Type": "resource",
+            "Rack": self.rack,
+            "Resource": record["name"],
+            "Service": record["type"],
+        }
+
+    async def _record(self, name: str) -> Item:
+        check_name(name)
+        return await self.state.get_item(self.table, {"name": name}, f"no such service: {name}")
+
+    async def _records(self) -> list[Item]:
+        return sorted([i async for i in self.state.scan(self.table)], key=lambda i: str(i["name"]))
+
+    async def _password(self, record: Item) -> str:
+        if not KINDS[record["type"]].secret:
+            return ""
+        return str((await self.state.get_json(self.secret_key(record["name"])))["password"])
+
+    async def _update(
+        self, name: str, expression: str, condition: str, values: dict[str, Any] | None = None, app: str = ""
+    ) -> bool:
+        """One conditional update of a record; False when the condition does not hold."""
+        db = await self.state.dynamodb()
+        names = {k: v for k, v in NAMES.items() if k in expression or k in condition}
+        if app:
+            names["#a"] = app
+        try:
+            with translated(f"cannot change service {name}"):
+                await db.update_item(
+                    TableName=self.table,
+                    Key=to_item({"name": name}),
+                    UpdateExpression=expression,
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames=names,
+                    **({"ExpressionAttributeValues": to_item(values)} if values else {}),
+                )
+        except Conflict:
+            return False
+        return True
+
+    async def _running(self, name: str, made: Item) -> None:
+        """The create is done: the service is running at its endpoint (with what was made)."""
+        names = {f"#{k}": k for k in made}
+        sets = ", ".join(f"#{k} = :{k}" for k in made)
+        db = await self.state.dynamodb()
+        with translated(f"service {name} was changed while it was being created"):
+            await db.update_item(
+                TableName=self.table,
+                Key=to_item({"name": name}),
+                UpdateExpression=f"SET #s = :running, {sets}",
+                ConditionExpression="#s = :creating",
+                ExpressionAttributeNames={"#s": "status", **names},
+                ExpressionAttributeValues=to_item(
+                    {":running": "running", ":creating": "creating", **{f":{k}": v for k, v in made.items()}}
+                ),
+            )
+
+    async def _states(self, records: list[Item]) -> dict[str, str | None]:
+        """The AWS status of each running service (its DB instance's or cache's; None when AWS has none), by
+        name: one paged call per API whatever the number of services."""
+        running = [r for r in records if r["status"] == "running"]
+        found: dict[str, str | None] = {str(r["name"]): None for r in running}
+        for service in sorted({KINDS[r["type"]].service for r in running}):
+            if service == "rds":
+                rds = await self.clients.get("rds")
+                statuses: dict[str, str] = {}
+                with translated("cannot read the rack's databases"):
+                    async for page in rds.get_paginator("describe_db_instances").paginate():
+                        for db in page.get("DBInstances", []):
+                            statuses[str(db["DBInstanceIdentifier"])] = str(db.get("DBInstanceStatus", "")).lower()
+            else:
+                statuses = await self.caches.statuses(service)
+            for record in running:
+                if KINDS[record["type"]].service == service:
+                    found[str(record["name"])] = statuses.get(str(record.get("instance") or record.get("cache")))
+        return found
+
+    async def _resource(self, record: Item, state: str | None, reveal: bool) -> Resource:
+        kind = KINDS[record["type"]]
+        status = str(record["status"])
+        if status == "running":
+            status = live_status(kind, state)
+        url = ""
+        if record.get("host"):
+            password = (await self._password(record)) if reveal else HIDDEN
+            url = kind.url(str(record["host"]), int(record["port"]), password)
+        apps = sorted(dict(record.get("links") or {}))
+        message = str(record.get("message") or "")
+        return Resource(
+            name=record["name"], type=cast(ResourceType, kind.name), status=status, url=url, apps=apps, message=message
+        )
+
+    # ---- the contract ----------------------------------------------------------------------------
+
+    async def get(self, name: str, reveal: bool = False) -> Resource:
+        record = await self._record(name)
+        return await self._resource(record, (await self._states([record])).get(name), reveal)
+
+    async def list(self, reveal: bool = False) -> list[Resource]:
+        records = await self._records()
+        states = await self._states(records)
+        return [await self._resource(r, states.get(str(r["name"])), reveal) for r in records]
+
+    async def address(self, name: str) -> tuple[str, int]:
+        record = await self._record(name)
+        resource = await self._resource(record, (await self._states([record])).get(name), False)
+        if resource.status != "running" or not record.get("host"):
+            raise Conflict(f"service {name} is not running")
+        return str(record["host"]), int(record["port"])
+
+    async def create(self, kind: str, name: str) -> Resource:
+        spec = kind_of(kind)
+        check_name(name)
+        network = await self._network()
+        record: Item = {
+            "name": name,
+            "type": spec.name,
+            "status": "creating",
+            "created": now_iso(),
+            "links": {},
+            "declared": {},
+        }
+        if spec.service == "rds":
+            record["stack"] = self.stack_name(name)
+        else:
+            record["cache"] = cache_id(self.rack, name)
+        db = await self.state.dynamodb()
+        with translated(f"service already exists: {name}"):  # over a failed one of the name: tried again
+            await db.put_item(
+                TableName=self.table,
+                Item=to_item(record),
+                ConditionExpression="attribute_not_exists(#n) OR #s = :failed",
+                ExpressionAttributeNames={"#n": "name", "#s": "status"},
+                ExpressionAttributeValues=to_item({":failed": "failed"}),
+            )
+        # In the background (minutes on AWS): creating, then running, or failed with why, holding nothing.
+        self._spawn(self._provision(record, network))
+        return await self.get(name)
+
+    async def delete(self, name: str) -> None:
+        record = await self._record(name)
+        if record["status"] == "failed" and await self._update(name, "SET #s = :deleting", "#s = :failed",
+                                                                {":deleting": "deleting", ":failed": "failed"}):
+            db = await self.state.dynamodb()  # nothing of it is left but its record
+            with translated(f"cannot delete service {name}"):
+                await db.delete_item(TableName=self.table, Key=to_item({"name": name}))
+            return
+        if not await self._update(
+            name,
+            "SET #s = :deleting",
+            "#s = :running AND size(#l) = :zero",
+            {":deleting": "deleting", ":running": "running", ":zero": 0},
+        ):
+            record = await self._record(name)
+            apps = sorted(dict(record.get("links") or {}))
+            if apps:
+                raise Conflict(f"service {name} is linked to {', '.join(apps)}: unlink it first")
+            raise Conflict(f"service {name} is {record['status']}")
+        with log.measure("resource.delete", resource=name, type=record["type"]):
+            await self._remove(record)
+
+    async def link(self, name: str, app: str) -> Resource:
+        record = await self._record(name)
+        await self.apps.get(app)
+        if not await self._update(
+            name,
+            "SET #l.#a = :now",
+            "#s = :running AND attribute_not_exists(#l.#a)",
+            {":now": now_iso(), ":running": "running"},
+            app,
+        ):
+            record = await self._record(name)
+            if app in (record.get("links") or {}):
+                raise Conflict(f"service {name} is already linked to {app}")
+            raise Conflict(f"service {name} is {record['status']}")
+        log.log("resource.link", resource=name, app=app)
+        return await self.get(name)
+
+    async def unlink(self, name: str, app: str) -> Resource:
+        await self._record(name)
+        if not await self._update(name, "REMOVE #l.#a", "attribute_exists(#l.#a)", app=app):
+            raise NotFound(f"service {name} is not linked to {app}")
+        log.log("resource.unlink", resource=name, app=app)
+        return await self.get(name)
+
+    async def forget_app(self, app: str) -> None:
+        """The app is being deleted: its links and declarations go with it (the services and data stay)."""
+        for record in await self._records():
+            if app in (record.get("links") or {}) or app in (record.get("declared") or {}):
+                await self._update(record["name"], "REMOVE #l.#a, #d.#a", "attribute_exists(#n)", app=app)
+
+    # ---- resources of an app's manifest ------------------------------------------------------------
+
+    async def declared(self, app: str) -> dict[str, str]:
+        found = {
+            str(r["declared"][app]): str(r["name"]) for r in await self._records() if app in (r.get("declared") or {})
+        }
+        return dict(sorted(found.items()))
+
+    async def declare(self, app: str, name: str, kind: str) -> Resource:
+        spec = kind_of(kind)
+        service = manifest_service(app, name)
+        await self.apps.get(app)
+        try:
+            existing: Item | None = await self._record(service)
+        except NotFound:
+            existing = None
+        if existing is None:
+            with contextlib.suppress(Conflict):  # made at the same moment by another deploy: waited on below
+                await self.create(spec.name, service)
+        elif existing["type"] != spec.name:
+            raise Conflict(
+                f"resources.{name} is {spec.name} but the service {service} is {existing['type']}: delete it with "
+                f"`convox services delete {service}` (its data goes with it) or rename the resource"
+            )
+        try:
+            await self._wait_running(service)
+        except RackError:  # a deploy that cannot have its resource leaves nothing of it
+            with contextlib.suppress(NotFound, Conflict):
+                if (await self._record(service))["status"] == "failed":
+                    await self.delete(service)
+            raise
+        if not await self._update(
+            service,
+            "SET #l.#a = if_not_exists(#l.#a, :now), #d.#a = :name",
+            "#s = :running",
+            {":now": now_iso(), ":name": name, ":running": "running"},
+            app,
+        ):
+            raise Conflict(f"service {service} is {(await self._record(service))['status']}")
+        log.log("resource.declare", app=app, resource=name, service=service, type=spec.name)
+        return await self.get(service, reveal=True)
+
+    async def undeclare(self, app: str, name: str) -> None:
+        service = (await self.declared(app)).get(name)
+        if service is None:
+            raise NotFound(f"app {app} has no resource {name}")
+        await self._update(service, "REMOVE #d.#a, #l.#a", "attribute_exists(#n)", app=app)
+        log.log("resource.undeclare", app=app, resource=name, service=service)
+
+    async def _wait_running(self, name: str) -> None:
+        """Until the service is running (another caller may be creating it), for as long as a create takes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.resource_timeout
+        while True:
+            record = await self._record(name)
+            if record["status"] == "running":
+                return
+            if record["status"] == "failed":
+                raise RackError(f"service {name} could not be made: {record.get('message', '')}", status=502)
+            if record["status"] != "creating" or loop.time() > deadline:
+                raise Conflict(f"service {name} is {record['status']}")
+            await asyncio.sleep(min(self.settings.resource_poll, 1.0))
+
+    async def export(self, name: str) -> AsyncGenerator[bytes]:
+        await self._record(name)
+        raise BadRequest(NO_DUMPS)
+
+    async def import_(self, name: str, dump: AsyncIterable[bytes]) -> None:
+        await self._record(name)
+        raise BadRequest(NO_DUMPS)
+
+    async def adopt(self) -> None:
+        """After a restart: creates cut short are waited on again (what AWS is still making) or undone,
+        deletes cut short are finished."""
+        for record in await self._records():
+            if record["status"] == "creating":
+                self._spawn(self._resume(record))
+            elif record["status"] == "deleting":
+                self._spawn(self._finish_delete(record))
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    # ---- provisioning ------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a create's caller may be gone, and adoption has no caller
+
+    async def _network(self) -> Network:
+        """The rack's subnets and the security groups of its instances and tasks."""
+        subnets, clients = list(self.settings.subnets), list(self.settings.security_groups)
+        cfn = await self.clients.get("cloudformation")
+        with translated(f"cannot read the rack stack {self.rack}"):
+            rack = await stacks.describe(cfn, self.rack)
+        out = stacks.outputs(rack) if rack else {}
+        subnets = subnets or [s for s in out.get("Subnets", "").split(",") if s]
+        clients += [out["InstancesSecurity"]] if out.get("InstancesSecurity") else []
+        if not subnets or not clients:
+            raise BadRequest(
+                f"the rack's network is unknown: no rack stack {self.rack} with Subnets and InstancesSecurity "
+                "outputs, and RACK_AWS_SUBNETS / RACK_AWS_SECURITY_GROUPS are not set"
+            )
+        ec2 = await self.clients.get("ec2")
+        with translated("cannot read the rack's subnets"):
+            found = (await ec2.describe_subnets(SubnetIds=subnets))["Subnets"]
+        return Network(vpc=str(found[0]["VpcId"]), subnets=subnets, clients=sorted(set(clients)))
+
+    async def _provision(self, record: Item, network: Network) -> None:
+        name, kind = str(record["name"]), KINDS[record["type"]]
+        try:
+            with log.measure("resource.create", resource=name, type=kind.name) as fields:
+                password = secrets.token_hex(24) if kind.secret else ""
+                if kind.secret:
+                    await self.state.put_secret_json(self.secret_key(name), {"password": password})
+                if kind.service == "rds":
+                    made = await self._make_rds(record, kind, network, password)
+                else:
+                    made = await self._make_cache(record, kind, network, password)
+                fields.update(host=made["host"])
+                await self._running(name, made)
+        except Exception as exc:  # (the rack stopping leaves it creating: adopt() waits for it at the next start)
+            await self._failed(record, exc)
+
+    async def _failed(self, record: Item, exc: Exception) -> None:
+        """The service could not be made: what AWS made of it and its password go; its record stays,
+        ``failed`` with why, until it is deleted or created again."""
+        name = str(record["name"])
+        message = exc.message if isinstance(exc, RackError) else f"{type(exc).__name__}: {exc}"
+        await self._remove(record, keep_record=True)
+        await self._update(
+            name, "SET #s = :failed, message = :message", "#s = :creating",
+            {":failed": "failed", ":message": message, ":creating": "creating"},
+        )  # fmt: skip
+
+    async def _make_rds(self, record: Item, kind: Kind, network: Network, password: str) -> Item:
+        name = str(record["name"])
+        cfn = await self.clients.get("cloudformation")
+        template = resource_template(self.rack, name, kind.engine, kind.version, kind.port, network.clients)
+        params = {
+            "Vpc": network.vpc,
+            "Subnets": ",".join(network.subnets),
+            "MasterUsername": kind.username,
+            "MasterPassword": password,
+            "DatabaseName": kind.database,
+            "InstanceClass": self.settings.db_instance_class,
+            "Storage": str(self.settings.db_storage),
+        }
+        try:
+            with translated(f"cannot create the stack of service {name}"):
+                stack = await stacks.create(
+                    cfn, record["stack"], template, params, self.tags(record), poll=self.settings.resource_poll
+                )
+                resources = await cfn.describe_stack_resource(StackName=stack["StackId"], LogicalResourceId="Instance")
+        except stacks.StackError as exc:
+            raise RackError(f"{kind.name} {name}: {exc}", status=502) from None
+        return made_rds(stack, resources)
+
+    async def _make_cache(self, record: Item, kind: Kind, network: Network, password: str) -> Item:
+        name = str(record["name"])
+
+        async def on_group(group: str) -> None:
+            await self._update(name, "SET #g = :g", "attribute_exists(#n)", {":g": group})
+
+        host, port = await self.caches.create(
+            kind.engine,
+            str(record["cache"]),
+            version=kind.version,
+            port=kind.port,
+            network=network,
+            password=password,
+            tags=self.tags(record),
+            group_name=self.stack_name(name),
+            on_group=on_group,
+        )
+        return {"host": host, "port": port}
+
+    async def _remove(self, record: Item, keep_record: bool = False) -> None:
+        """Remove everything of the service: what AWS holds of it, its password, its record (unless kept)."""
+        name, kind = str(record["name"]), KINDS[record["type"]]
+        record = {**record, **await self._current(name)}  # what a cut-short create recorded meanwhile
+        if kind.service == "rds":
+            cfn = await self.clients.get("cloudformation")
+            try:
+                with translated(f"cannot delete the stack of service {name}"):
+                    await stacks.delete(cfn, record["stack"], poll=self.settings.resource_poll)
+            except stacks.StackError as exc:
+                raise RackError(f"{kind.name} {name}: {exc}", status=502) from None
+        else:
+            group = str(record.get("security") or "")
+            await self.caches.delete(kind.engine, str(record["cache"]), group, self.stack_name(name))
+        if kind.secret:
+            with contextlib.suppress(NotFound):
+                await self.state.delete_object(self.secret_key(name))
+        if keep_record:
+            return
+        db = await self.state.dynamodb()
+        with translated(f"cannot delete service {name}"):
+            await db.delete_item(TableName=self.table, Key=to_item({"name": name}))
+
+    async def _current(self, name: str) -> Item:
+        db = await self.state.dynamodb()
+        with translated(f"cannot read service {name}"):
+            found = await db.get_item(TableName=self.table, Key=to_item({"name": name}), ConsistentRead=True)
+        return from_item(found["Item"]) if "Item" in found else {}
+
+    # ---- after a restart -------------------------------------------------------------------------
+
+    async def _resume(self, record: Item) -> None:
+        name, kind = str(record["name"]), KINDS[record["type"]]
+        try:
+            with log.measure("resource.resume", resource=name, type=kind.name):
+                if kind.service == "rds":
+                    cfn = await self.clients.get("cloudformation")
+                    with translated(f"cannot read the stack of service {name}"):
+                        stack = await stacks.wait(cfn, record["stack"], poll=self.settings.resource_poll)
+                        if stack is None:
+                            raise RackError(f"{kind.name} {name} was being created when the rack stopped")
+                        resources = await cfn.describe_stack_resource(
+                            StackName=stack["StackId"], LogicalResourceId="Instance"
+                        )
+                    made = made_rds(stack, resources)
+                else:
+                    host, port = await self.caches.wait(kind.engine, str(record["cache"]), kind.port)
+                    made = {"host": host, "port": port}
+                await self._running(name, made)
+        except Exception as exc:
+            await self._failed(record, exc)
+
+    async def _finish_delete(self, record: Item) -> None:
+        with log.measure("resource.delete", resource=record["name"], type=record["type"]):
+            await self._remove(record)
