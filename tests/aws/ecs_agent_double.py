@@ -1,6 +1,11 @@
-"""Test double of the ECS container agent's exit report: moto has no SubmitContainerStateChange, and every
-container of a moto task reports exit code 0. The agent on a real instance reports the code a container
-exited with, and ECS then shows it in ``describe_tasks`` as ``containers[].exitCode`` of the STOPPED task.
+"""Test doubles of the ECS container agent.
+
+Registration at boot: :func:`register_instances` registers every instance of the rack's auto-scaling group
+in its cluster, as the agent does when an instance starts (moto boots nothing), so that RunTask places tasks.
+
+Exit reports: moto has no SubmitContainerStateChange, and every container of a moto task reports exit
+code 0. The agent on a real instance reports the code a container exited with, and ECS then shows it in
+``describe_tasks`` as ``containers[].exitCode`` of the STOPPED task.
 
 :class:`ReportedExits` simulates exactly that and nothing more: registered on the provider's own ECS client
 (a botocore ``after-call`` hook, in the test only; the product never imports this), it sets the exit code a
@@ -9,9 +14,37 @@ test names for a task once moto says that task is STOPPED. The provider's code r
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from shared.provider.aws.provider import AwsProvider
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+
+
+def register_instances(cluster: str) -> list[str]:
+    """Test double of the ECS container agent: every instance of the rack's auto-scaling group registers in
+    the cluster (what the agent does at boot, from the UserData's ECS_CLUSTER); nothing runs on them."""
+    import boto3
+
+    autoscaling = boto3.client("autoscaling", region_name=REGION)
+    groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[f"{cluster}-instances"])
+    ids = [i["InstanceId"] for g in groups["AutoScalingGroups"] for i in g["Instances"]]
+    assert ids, "the rack's auto-scaling group has no instance"
+    arns = []
+    for instance in ids:
+        document = {
+            "instanceId": instance,
+            "region": REGION,
+            "availabilityZone": f"{REGION}a",
+            "accountId": ACCOUNT,
+        }
+        registered = boto3.client("ecs", region_name=REGION).register_container_instance(
+            cluster=cluster, instanceIdentityDocument=json.dumps(document)
+        )
+        arns.append(registered["containerInstance"]["containerInstanceArn"])
+    return arns
 
 
 class ReportedExits:

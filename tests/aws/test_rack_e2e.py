@@ -7,7 +7,7 @@ Simulated (each piece a test double under tests/, never imported by the product)
   count is checked in ECS instead), and tasks stay RUNNING until stopped (pinned by the fixture).
 - The rack's API on ECS: nothing runs it on moto, so the rack runs here (`rack start --stack`) against the
   installed stack, with the stack's names and password, as the API task would.
-- The ECS container agent: `register_instances` registers the auto-scaling group's instances in the
+- The ECS container agent: `ecs_agent_double.register_instances` registers the auto-scaling group's instances in the
   cluster, as the agent does when an instance boots, so that RunTask places one-offs.
 - The builder task: tests/aws/builder_double.py reads what the rack gave the task (its environment, the
   source in S3), writes its output to the build's log stream and reports its images to the rack's report
@@ -29,12 +29,11 @@ from typing import Any
 
 import httpx
 
-from tests.aws import builder_double
+from tests.aws import builder_double, ecs_agent_double
 from tests.aws.test_install import convox, leftovers
 from tests.conftest import ROOT, RunningRack, free_port, start_rack, stop_rack
 from tests.moto_server import MotoServer
 
-ACCOUNT = "123456789012"
 BUILDER_IMAGE = "rack-test/builder:1"
 """The rack's builder image (stack parameter BuildImage): its task is placed on moto and played by
 tests/aws/builder_double.py."""
@@ -45,27 +44,6 @@ def boto(service: str) -> Any:
     import boto3
 
     return boto3.client(service, region_name="us-east-1")
-
-
-def register_instances(cluster: str) -> list[str]:
-    """Test double of the ECS container agent: every instance of the rack's auto-scaling group registers in
-    the cluster (what the agent does at boot, from the UserData's ECS_CLUSTER); nothing runs on them."""
-    groups = boto("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[f"{cluster}-instances"])
-    ids = [i["InstanceId"] for g in groups["AutoScalingGroups"] for i in g["Instances"]]
-    assert ids, "the rack's auto-scaling group has no instance"
-    arns = []
-    for instance in ids:
-        document = {
-            "instanceId": instance,
-            "region": "us-east-1",
-            "availabilityZone": "us-east-1a",
-            "accountId": ACCOUNT,
-        }
-        registered = boto("ecs").register_container_instance(
-            cluster=cluster, instanceIdentityDocument=json.dumps(document)
-        )
-        arns.append(registered["containerInstance"]["containerInstanceArn"])
-    return arns
 
 
 def info(text: str) -> dict[str, str]:
@@ -95,7 +73,7 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
     assert installed.returncode == 0, installed.stderr
     password = installed.stdout.split("shown only this once:\n", 1)[1].splitlines()[0].strip()
     assert {"keys", "aliases"} <= set(asyncio.run(leftovers()))  # the rack's KMS key, which uninstall must remove
-    register_instances(name)
+    ecs_agent_double.register_instances(name)
 
     port = free_port()
     rack: RunningRack = start_rack(
