@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from shared.provider.aws.rackstack import REQUIRED
 from tests.aws import builder_double, ecs_agent_double
 from tests.aws.test_install import convox, leftovers
 from tests.conftest import ROOT, RunningRack, free_port, start_rack, stop_rack
@@ -210,7 +211,7 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
     assert asyncio.run(leftovers()) == before
 
 
-def start_against(stack: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def start_against(stack: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -226,20 +227,50 @@ def start_against(stack: str, tmp_path: Path) -> subprocess.CompletedProcess[str
             str(tmp_path / "data"),
         ],
         cwd=ROOT,
-        env={**os.environ, "CONVOX_CONFIG": str(tmp_path / "convox")},
+        env={**os.environ, "CONVOX_CONFIG": str(tmp_path / "convox"), **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-def test_rack_start_refuses_a_stack_that_is_missing_or_not_a_rack(aws: MotoServer, tmp_path: Path) -> None:
+def test_rack_start_refuses_a_stack_that_is_missing_not_a_rack_or_not_this_version(
+    aws: MotoServer, tmp_path: Path
+) -> None:
     missing = start_against("nosuchrack", tmp_path)
     assert missing.returncode == 1
     assert missing.stderr.startswith("ERROR: no rack stack named nosuchrack")
     template = "Resources:\n  Group:\n    Type: AWS::Logs::LogGroup\n    Properties:\n      LogGroupName: keep-me\n"
-    boto("cloudformation").create_stack(StackName="someone-else", TemplateBody=template)
+    cfn = boto("cloudformation")
+    cfn.create_stack(StackName="someone-else", TemplateBody=template)
     other = start_against("someone-else", tmp_path)
     assert other.returncode == 1
     assert other.stderr.startswith("ERROR: stack someone-else is not a rack")
+    # tagged as a rack, with its password parameter, but without this version's outputs
+    boto("ssm").put_parameter(Name="/convox/old/password", Value="p" * 40, Type="SecureString")
+    cfn.create_stack(
+        StackName="old",
+        TemplateBody="Parameters:\n  PasswordParameter:\n    Type: String\n" + template.replace("keep-me", "old"),
+        Parameters=[{"ParameterKey": "PasswordParameter", "ParameterValue": "/convox/old/password"}],
+        Tags=[{"Key": "System", "Value": "convox"}, {"Key": "Type", "Value": "rack"}],
+    )
+    old = start_against("old", tmp_path)
+    assert old.returncode == 1
+    assert old.stderr.startswith("ERROR: stack old lacks the rack outputs Cluster, Settings, TablePrefix")
+    assert "p" * 40 not in old.stdout + old.stderr
+    # a rack's outputs, but CONVOX_PASSWORD is not its password
+    outputs = {key: f"old-{key.lower()}" for key in REQUIRED}
+    outputs |= {"TablePrefix": "old", "AppsTable": "old-apps", "BuildsTable": "old-builds"}
+    outputs |= {"ReleasesTable": "old-releases", "ResourcesTable": "old-resources"}
+    body = "".join(f"  {key}:\n    Value: {value}\n" for key, value in outputs.items())
+    cfn.update_stack(
+        StackName="old",
+        TemplateBody="Parameters:\n  PasswordParameter:\n    Type: String\n" + template.replace("keep-me", "old")
+        + "Outputs:\n" + body,
+        Parameters=[{"ParameterKey": "PasswordParameter", "ParameterValue": "/convox/old/password"}],
+    )
+    wrong = start_against("old", tmp_path, CONVOX_PASSWORD="q" * 40)
+    assert wrong.returncode == 1
+    assert wrong.stderr.startswith("ERROR: CONVOX_PASSWORD is not the password of rack old")
+    assert "p" * 40 not in wrong.stdout + wrong.stderr
     assert not (tmp_path / "data" / "password").exists()  # refused before the rack touched anything
