@@ -3,6 +3,8 @@
 Registration at boot: :func:`register_instances` registers every instance of the rack's auto-scaling group
 in its cluster, as the agent does when an instance starts (moto boots nothing), so that RunTask places tasks.
 
+Services: :func:`converge_services` plays the service scheduler (moto starts no task for a service).
+
 Exit reports: moto has no SubmitContainerStateChange, and every container of a moto task reports exit
 code 0. The agent on a real instance reports the code a container exited with, and ECS then shows it in
 ``describe_tasks`` as ``containers[].exitCode`` of the STOPPED task.
@@ -66,3 +68,44 @@ class ReportedExits:
                 continue
             for container in task.get("containers", []):
                 container["exitCode"] = code
+
+
+def converge_services(cluster: str) -> int:
+    """Test double of the ECS service scheduler, one pass (moto's services never get tasks): each service
+    runs ``desiredCount`` tasks of its current task definition, in its group ``service:NAME``, with the task
+    definition's tags (``propagateTags=TASK_DEFINITION``); tasks of an older definition and extra ones are
+    stopped. Real ECS does this continuously; a test calls it where it wants the scheduler to have acted.
+    Returns how many tasks it started or stopped."""
+    import boto3
+
+    ecs = boto3.client("ecs", region_name=REGION)
+    changed = 0
+    arns = ecs.list_services(cluster=cluster)["serviceArns"]
+    for start in range(0, len(arns), 10):
+        for service in ecs.describe_services(cluster=cluster, services=arns[start : start + 10])["services"]:
+            if service["status"] != "ACTIVE":
+                continue
+            group = f"service:{service['serviceName']}"
+            running = ecs.list_tasks(cluster=cluster, desiredStatus="RUNNING")["taskArns"]
+            tasks = ecs.describe_tasks(cluster=cluster, tasks=running)["tasks"] if running else []
+            mine = [t for t in tasks if t.get("group") == group]
+            current = [t for t in mine if t["taskDefinitionArn"] == service["taskDefinition"]]
+            doomed = [t for t in mine if t not in current] + current[service["desiredCount"] :]
+            for task in doomed:
+                ecs.stop_task(cluster=cluster, task=task["taskArn"], reason="Scaling activity initiated by deployment")
+                changed += 1
+            missing = service["desiredCount"] - min(len(current), service["desiredCount"])
+            if missing > 0:
+                described = ecs.describe_task_definition(taskDefinition=service["taskDefinition"], include=["TAGS"])
+                placed = ecs.run_task(
+                    cluster=cluster,
+                    taskDefinition=service["taskDefinition"],
+                    count=missing,
+                    group=group,
+                    startedBy=f"ecs-svc/{service['serviceArn'].rsplit('/', 1)[-1]}",
+                    launchType=service.get("launchType") or "EC2",
+                    tags=described.get("tags", []),
+                )
+                assert not placed.get("failures"), placed["failures"]
+                changed += len(placed["tasks"])
+    return changed

@@ -3,12 +3,15 @@ commands through the CLI logged in to that rack, `convox rack uninstall`, and no
 
 Simulated (each piece a test double under tests/, never imported by the product):
 - AWS itself: moto in server mode (tests/moto_server.py). Its CloudFormation is synchronous, no instance
-  boots, no task runs, ECS services never get tasks (so `ps` shows the one-off only: a service's desired
-  count is checked in ECS instead), and tasks stay RUNNING until stopped (pinned by the fixture).
+  boots, no container runs (a task is a record: no line of output, no exit code), ECS services never get
+  tasks, and tasks stay RUNNING until stopped (pinned by the fixture).
 - The rack's API on ECS: nothing runs it on moto, so the rack runs here (`rack start --stack`) against the
   installed stack, with the stack's names and password, as the API task would.
-- The ECS container agent: `ecs_agent_double.register_instances` registers the auto-scaling group's instances in the
-  cluster, as the agent does when an instance boots, so that RunTask places one-offs.
+- The ECS container agent: `ecs_agent_double.register_instances` registers the auto-scaling group's
+  instances in the cluster, as the agent does when an instance boots, so that RunTask places tasks.
+- The ECS service scheduler: `ecs_agent_double.converge_services` runs each service's desired count of
+  tasks of its current task definition (moto's services never get any), called where the test wants the
+  scheduler to have acted (after a deploy, a scale, a roll-out).
 - The builder task: tests/aws/builder_double.py reads what the rack gave the task (its environment, the
   source in S3), writes its output to the build's log stream and reports its images to the rack's report
   route with the build's token, exactly as the builder image would; it builds and pushes nothing. The rack
@@ -175,28 +178,36 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
         assert container["logConfiguration"]["options"]["awslogs-group"] == f"/convox/{name}/shop"
         assert definition["executionRoleArn"] == outputs["ExecutionRole"]
 
+        ecs_agent_double.converge_services(name)  # the scheduler starts the service's task
+        assert [r[1:3] for r in table(cli("ps", "-a", "shop").stdout)] == [["web", deployed[1]]]
         cli("scale", "web", "--count", "2", "-a", "shop")
         service = boto("ecs").describe_services(cluster=name, services=[f"{name}-shop_web"])["services"][0]
         assert service["desiredCount"] == 2
+        ecs_agent_double.converge_services(name)
+        assert [r[1:3] for r in table(cli("ps", "-a", "shop").stdout)] == [["web", deployed[1]]] * 2
 
         cli("env", "set", "GREETING=hello", "-a", "shop", "--promote")
         rolled = cli("releases", "rollback", deployed[1], "-a", "shop")
         app = info(cli("apps", "info", "shop").stdout)
         assert app["Release"] not in (deployed[1], "") and app["Release"] in rolled.stdout + rolled.stderr
         assert cli("env", "get", "GREETING", "-a", "shop").stdout.strip() == "hi"
+        ecs_agent_double.converge_services(name)  # the roll-out: the old release's tasks replaced, the count kept
+        services = table(cli("ps", "-a", "shop").stdout)
+        assert [r[1:3] for r in services] == [["web", app["Release"]]] * 2, services
 
         # a one-off: RunTask on the registered instances, in ps with the app's tags, then stopped
         pid = cli("run", "--app", "shop", "--detach", "web", "sleep", "600").stdout.strip()
         assert re.fullmatch(r"[0-9a-f]{12}", pid), pid
         rows = table(cli("ps", "-a", "shop").stdout)
-        assert [r[:3] for r in rows] == [[pid, "web", app["Release"]]], rows
+        assert sorted(r[:3] for r in rows) == sorted([*[r[:3] for r in services], [pid, "web", app["Release"]]])
+        assert "sleep 600" in next(line for line in cli("ps", "-a", "shop").stdout.splitlines() if pid in line)
         tasks = boto("ecs").list_tasks(cluster=name, desiredStatus="RUNNING")["taskArns"]
         described = boto("ecs").describe_tasks(cluster=name, tasks=tasks, include=["TAGS"])["tasks"]
         one_off = next(t for t in described if t["taskArn"].replace("-", "").endswith(pid))
         tags = {t["key"]: t["value"] for t in one_off["tags"]}
         assert (tags["convox.rack"], tags["convox.app"], tags["convox.type"]) == (name, "shop", "web")
         cli("ps", "stop", pid, "-a", "shop")
-        assert table(cli("ps", "-a", "shop").stdout) == []
+        assert table(cli("ps", "-a", "shop").stdout) == services
 
         logs = cli("logs", "-a", "shop", "--no-follow").stdout
         for event in ("release promoted", "web scaled: count 2"):
@@ -204,6 +215,9 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
 
         cli("apps", "delete", "shop")
         assert table(cli("apps").stdout) == []
+        running = boto("ecs").list_tasks(cluster=name, desiredStatus="RUNNING")["taskArns"]
+        left = boto("ecs").describe_tasks(cluster=name, tasks=running)["tasks"] if running else []
+        assert [t["group"] for t in left] == [f"service:{name}-api"]  # the app's tasks went; the rack's API stays
     finally:
         stop_rack(rack)
     gone = convox(aws, config, "rack", "uninstall", name, "--yes")
