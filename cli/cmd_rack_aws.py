@@ -143,7 +143,10 @@ def stack_rack(stack: str) -> Any:
     installed = _run(from_stack(stack))
     if given and given != installed.password.get_secret_value():
         raise CliError(f"CONVOX_PASSWORD is not the password of rack {stack} (unset it: the stack's is used)")
+    given_url = os.environ.get("RACK_AWS_REPORT_URL")  # builders reach this rack elsewhere than the balancer
     os.environ.update(installed.environment, RACK_PROVIDER="aws", RACK_NAME=stack)
+    if given_url:
+        os.environ["RACK_AWS_REPORT_URL"] = given_url
     return installed
 
 

@@ -143,6 +143,30 @@ class Release(Model):
     created: datetime | None = None
 
 
+def _check_images(images: dict[str, str]) -> dict[str, str]:
+    from shared.names import is_image
+
+    for name, image in images.items():
+        if not is_app_name(name):
+            raise ValueError(f"invalid process type name: {name!r}")
+        if not is_image(image):
+            raise ValueError(f"invalid image reference for {name}: {image!r}")
+    return images
+
+
+class BuildReport(Model):
+    """What a builder that runs outside the rack (the aws provider's ECS task) reports at its end: the image it
+    pushed per built process type, or why it failed."""
+
+    images: Annotated[dict[str, str], AfterValidator(_check_images)] = Field(
+        default_factory=dict,
+        max_length=100,
+        examples=[{"web": "123456789012.dkr.ecr.us-east-1.amazonaws.com/convox/shop:web.bapr"}],
+        description="Process type -> the image pushed for it.",
+    )
+    error: str = Field("", max_length=4000, description="Why the build failed (then no image is used).")
+
+
 class BuildOptions(Model):
     description: str = ""
     manifest: str = Field("", description="The manifest's path in the source; convox.yml by default.")

@@ -51,6 +51,12 @@ def test_every_documented_route_refuses_a_request_without_the_password(rack: Run
             checked += 1
     assert checked >= 5
     assert paths["/check"]["get"]["security"] == []
+    report = paths["/apps/{app}/builds/{build_id}/report"]["post"]
+    assert report["security"] == [{"buildToken": []}]
+    passed = httpx.post(  # a build token instead of the password: the builds service answers (local: no reports)
+        f"{rack.url}/apps/x1/builds/BX/report", verify=rack.verify, json={}, headers={"X-Build-Token": "t"}
+    )
+    assert passed.status_code == 404 and "run in the rack" in passed.json()["error"]
 
 
 def test_any_user_name_works_with_the_password(rack: RunningRack) -> None:
@@ -73,7 +79,14 @@ def test_openapi_is_one_document_with_unique_stable_operation_ids(rack: RunningR
     assert len(ids) == len(set(ids))
     assert {"check", "app_list", "app_create", "app_get", "app_delete", "system_get"} <= set(ids)
     assert all(op.get("tags") for op in ops)
-    assert doc["components"]["securitySchemes"] == {"basic": {"type": "http", "scheme": "basic"}}  # type: ignore[index]
+    schemes = doc["components"]["securitySchemes"]  # type: ignore[index]
+    assert schemes["basic"] == {"type": "http", "scheme": "basic"}
+    assert {k: schemes["buildToken"][k] for k in ("type", "in", "name")} == {  # builders' reports only
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Build-Token",
+    }
+    assert set(schemes) == {"basic", "buildToken"}
     assert doc["security"] == [{"basic": []}]
     assert "HTTPValidationError" not in doc["components"]["schemas"]  # type: ignore[index]
     assert all("422" not in op["responses"] for op in ops)

@@ -23,14 +23,15 @@ from services.builds.settings import BuildsSettings
 from shared import stream
 from shared.archive import extract, receive, remove_tree, resolve_inside
 from shared.config import RackSettings
-from shared.errors import BadRequest, RackError, TooManyRequests
+from shared.errors import BadRequest, NotFound, RackError, TooManyRequests, Unauthorized
 from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.limits import Slots
 from shared.logfmt import Logger
 from shared.manifest import Manifest, ManifestError, find_manifest, is_compose_file, parse_manifest
-from shared.models import Build, BuildOptions
+from shared.models import Build, BuildOptions, BuildReport
 from shared.params import app_path, id_path
 from shared.provider import Provider
+from shared.provider.contract import BuildReportsAPI
 from shared.service import provider_of
 from shared.websocket import accept, close, refuse
 
@@ -43,6 +44,7 @@ UPLOADS = "tmp"
 UPLOAD_PATH = r"/apps/[^/]+/builds"
 """Where sources are uploaded (streamed to disk under the builds' own cap, not the JSON body cap)."""
 AppPath = app_path()
+BUILD_TOKEN_HEADER = "X-Build-Token"
 BuildPath = id_path("The build's id.", "BAPRZPQKXNE")
 NOT_FOUND = error_response(404, "No such app or build")
 TOO_LARGE = error_response(413, "The source is too large")
@@ -213,6 +215,41 @@ async def build_list(
 )
 async def build_get(app: str = AppPath, build_id: str = BuildPath, provider: Provider = Depends(provider_of)) -> Build:
     return await provider.builds.get(app, build_id)
+
+
+@router.post(
+    "/apps/{app}/builds/{build_id}/report",
+    name="build_report",
+    tags=["builds"],
+    summary="The builder's report: the images it pushed, or its error (the build's own token only)",
+    description=(
+        "Called by a builder that runs outside the rack (the aws provider's builder task) at its end, with the "
+        "per-build token from its environment in `X-Build-Token` (the rack password is never given to a "
+        "builder, and this route takes no other credential). A report with images makes the build's release."
+    ),
+    responses={
+        **BAD_INPUT,
+        **error_response(401, "No build token, or not this build's"),
+        **error_response(404, "No such app or build, or this rack's builds run in the rack and do not report"),
+    },
+    openapi_extra={"security": [{"buildToken": []}]},
+)
+async def build_report(
+    request: Request,
+    report: BuildReport,
+    app: str = AppPath,
+    build_id: str = BuildPath,
+    provider: Provider = Depends(provider_of),
+) -> Build:
+    token = request.headers.get(BUILD_TOKEN_HEADER, "")
+    if not token or len(token) > 200:
+        raise Unauthorized(f"build token required ({BUILD_TOKEN_HEADER})")
+    builds = provider.builds
+    if not isinstance(builds, BuildReportsAPI):
+        raise NotFound(f"builds of this rack ({provider.name}) run in the rack: there is nothing to report")
+    build = await builds.report(app, build_id, token, report)
+    log.log("build.report", app=app, build=build_id, status=build.status)
+    return build
 
 
 @router.get(

@@ -7,6 +7,10 @@
 - **Credentials**: HTTP Basic with the rack password (any user name, like Convox), or with a scoped token
   (:mod:`services.gateway.tokens`, e.g. user ``jwt``), or ``Authorization: Bearer <token>``. None or a wrong
   one is 401, an expired token is 401 ``token expired``.
+- **Builders' reports** (``POST /apps/APP/builds/ID/report`` with an ``X-Build-Token`` header) carry no
+  rack credential: the builder task was given a token for its one build, which the builds service checks
+  against that build (401 otherwise). The gateway passes them on with the role ``build``; the same route
+  without that header is authenticated here as any other.
 - **Roles**: the password and ``write`` tokens may do everything (but only the password makes tokens); a
   ``read`` token only reads: any other method, and every websocket but the log, build-log and metrics
   follows (exec and run are writes), is 403.
@@ -25,6 +29,9 @@ from services.gateway.tokens import TokenError, looks_like_token, verify
 from shared.http import deny
 
 PUBLIC_PATHS = frozenset({"/check"})
+BUILD_REPORT = re.compile(r"/apps/[^/]+/builds/[^/]+/report")
+"""Authenticated by the builds service with the build's own token, not here."""
+BUILDER = "build"
 CHALLENGE = [(b"www-authenticate", b'Basic realm="convox"')]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 READ_STREAMS = [
@@ -107,6 +114,15 @@ class RequireAccess:
             await deny(scope, receive, send, 403, f"cross-site request refused: origin {foreign} is not this rack")
             return
         if scope["type"] == "http" and scope["path"] in PUBLIC_PATHS and scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and BUILD_REPORT.fullmatch(scope["path"])
+            and b"x-build-token" in headers
+        ):
+            scope.setdefault("state", {})[ACCESS_KEY] = BUILDER
             await self.app(scope, receive, send)
             return
         header = headers.get(b"authorization")

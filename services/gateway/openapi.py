@@ -39,7 +39,8 @@ GATEWAY_PATHS: dict[str, Any] = {
 
 DESCRIPTION = f"""The rack's API. Every route except `GET /check` needs the rack password as HTTP Basic
 authentication (any user name), or an access token from `POST /system/access` in its place (a `read` token
-gets 403 from every route that changes anything, websockets included; an expired one 401). A websocket
+gets 403 from every route that changes anything, websockets included; an expired one 401); a builder's
+report takes its build's own token (`X-Build-Token`) and nothing else. A websocket
 handshake or a request other than GET/HEAD/OPTIONS whose `Origin` is not the rack's own is refused with 403.
 Errors are `{{"error": "message"}}` with a 4xx or 5xx status. A JSON request body is at most
 {MAX_BODY // 1024} KiB (413 beyond); path parameters are checked against their patterns (400)."""
@@ -98,7 +99,15 @@ def merge(documents: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": dict(sorted(schemas.items())),
-            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+                "buildToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Build-Token",
+                    "description": "The token a builder task was given for its one build (builders' reports only).",
+                },
+            },
         },
         "security": [{"basic": []}],
         "tags": list(tags.values()),

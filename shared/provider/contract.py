@@ -15,13 +15,14 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Collec
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 from shared.manifest import Manifest
 from shared.models import (
     App,
     Build,
     BuildOptions,
+    BuildReport,
     Formation,
     FormationUpdate,
     ImageStatus,
@@ -131,6 +132,17 @@ class BuildsAPI(Protocol):
     async def recover(self) -> int:
         """Mark failed the builds a dead process left running (called where builds run, at its start);
         returns how many."""
+        ...
+
+
+@runtime_checkable
+class BuildReportsAPI(Protocol):
+    """Builds run outside the rack (the aws provider's builder task) report their end through the rack, with
+    the per-build token the build's builder was given (never the rack password). A provider whose builds run
+    in the rack itself (local) has no such API."""
+
+    async def report(self, app: str, build_id: str, token: str, report: BuildReport) -> Build:
+        """Finish a running build with ``report`` (Unauthorized unless ``token`` is the build's own)."""
         ...
 
 

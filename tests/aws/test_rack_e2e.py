@@ -3,14 +3,19 @@ commands through the CLI logged in to that rack, `convox rack uninstall`, and no
 
 Simulated (each piece a test double under tests/, never imported by the product):
 - AWS itself: moto in server mode (tests/moto_server.py). Its CloudFormation is synchronous, no instance
-  boots, no task runs, ECS services never get tasks (so `ps` shows the one-off only: a service's desired
-  count is checked in ECS instead), and tasks stay RUNNING until stopped (pinned by the fixture).
+  boots, no container runs (a task is a record: no line of output, no exit code), ECS services never get
+  tasks, and tasks stay RUNNING until stopped (pinned by the fixture).
 - The rack's API on ECS: nothing runs it on moto, so the rack runs here (`rack start --stack`) against the
   installed stack, with the stack's names and password, as the API task would.
-- The ECS container agent: `register_instances` registers the auto-scaling group's instances in the
-  cluster, as the agent does when an instance boots, so that RunTask places one-offs.
-- The builder: moto runs no builder task; `play_builder` reports the build's images through the provider
-  (as the builder task's report would) once the rack has started its task. No image is built or pushed.
+- The ECS container agent: `ecs_agent_double.register_instances` registers the auto-scaling group's
+  instances in the cluster, as the agent does when an instance boots, so that RunTask places tasks.
+- The ECS service scheduler: `ecs_agent_double.converge_services` runs each service's desired count of
+  tasks of its current task definition (moto's services never get any), called where the test wants the
+  scheduler to have acted (after a deploy, a scale, a roll-out).
+- The builder task: tests/aws/builder_double.py reads what the rack gave the task (its environment, the
+  source in S3), writes its output to the build's log stream and reports its images to the rack's report
+  route with the build's token, exactly as the builder image would; it builds and pushes nothing. The rack
+  runs on loopback, so the URL the builder reports to (RACK_AWS_REPORT_URL) is the loopback one.
 """
 
 from __future__ import annotations
@@ -22,23 +27,20 @@ import re
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import pytest
+import httpx
 
-from shared.config import RackSettings
-from shared.provider.aws.provider import AwsProvider
-from shared.provider.aws.rackstack import from_stack
-from shared.provider.aws.settings import AwsProviderSettings
+from shared.provider.aws.rackstack import REQUIRED
+from tests.aws import builder_double, ecs_agent_double
 from tests.aws.test_install import convox, leftovers
-from tests.conftest import ROOT, RunningRack, start_rack, stop_rack
+from tests.conftest import ROOT, RunningRack, free_port, start_rack, stop_rack
 from tests.moto_server import MotoServer
 
-ACCOUNT = "123456789012"
 BUILDER_IMAGE = "rack-test/builder:1"
-"""The rack's builder image in this test: its task is placed on moto and never runs (see play_builder)."""
+"""The rack's builder image (stack parameter BuildImage): its task is placed on moto and played by
+tests/aws/builder_double.py."""
 MANIFEST = "services:\n  web:\n    build: .\n    port: 3000\n    command: python -m http.server 3000\n"
 
 
@@ -46,52 +48,6 @@ def boto(service: str) -> Any:
     import boto3
 
     return boto3.client(service, region_name="us-east-1")
-
-
-def register_instances(cluster: str) -> list[str]:
-    """Test double of the ECS container agent: every instance of the rack's auto-scaling group registers in
-    the cluster (what the agent does at boot, from the UserData's ECS_CLUSTER); nothing runs on them."""
-    groups = boto("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[f"{cluster}-instances"])
-    ids = [i["InstanceId"] for g in groups["AutoScalingGroups"] for i in g["Instances"]]
-    assert ids, "the rack's auto-scaling group has no instance"
-    arns = []
-    for instance in ids:
-        document = {
-            "instanceId": instance,
-            "region": "us-east-1",
-            "availabilityZone": "us-east-1a",
-            "accountId": ACCOUNT,
-        }
-        registered = boto("ecs").register_container_instance(
-            cluster=cluster, instanceIdentityDocument=json.dumps(document)
-        )
-        arns.append(registered["containerInstance"]["containerInstanceArn"])
-    return arns
-
-
-async def play_builder(name: str, app: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """Test double of the builder task: waits for the rack's build of ``app`` to be running (its source in
-    S3, its task placed), then reports the image it would have pushed to ECR; returns the build id."""
-    installed = await from_stack(name)
-    for key, value in installed.environment.items():
-        monkeypatch.setenv(key, value)
-    settings = RackSettings(provider="aws", name=name, data_dir=tmp_path / "builder-double")
-    async with AwsProvider(settings, AwsProviderSettings()) as provider:
-        deadline = time.monotonic() + 60
-        while True:
-            running = [b for b in await provider.builds.list(app) if b.status == "running"]
-            if running:
-                break
-            assert time.monotonic() < deadline, "the rack started no build"
-            await asyncio.sleep(0.1)
-        build = running[0].id
-        source = boto("s3").head_object(
-            Bucket=installed.environment["RACK_AWS_BUCKET"], Key=f"apps/{app}/builds/{build}/source.tgz"
-        )
-        assert source["ContentLength"] > 0
-        image = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/{name}/{app}:web.{build.lower()}"
-        await provider.builds.finish(app, build, {"web": image})
-    return build
 
 
 def info(text: str) -> dict[str, str]:
@@ -110,22 +66,26 @@ def table(text: str) -> list[list[str]]:
 
 
 def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_uninstalls_clean(
-    aws: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aws: MotoServer, tmp_path: Path
 ) -> None:
     name = f"e2e{secrets.token_hex(3)}"
     config = tmp_path / "convox"
     before = asyncio.run(leftovers())
-    installed = convox(aws, config, "rack", "install", "aws", "--name", name, "InstanceCount=2")
+    installed = convox(
+        aws, config, "rack", "install", "aws", "--name", name, "InstanceCount=2", f"BuildImage={BUILDER_IMAGE}"
+    )
     assert installed.returncode == 0, installed.stderr
     password = installed.stdout.split("shown only this once:\n", 1)[1].splitlines()[0].strip()
     assert {"keys", "aliases"} <= set(asyncio.run(leftovers()))  # the rack's KMS key, which uninstall must remove
-    register_instances(name)
+    ecs_agent_double.register_instances(name)
 
+    port = free_port()
     rack: RunningRack = start_rack(
         tmp_path / "data",
         name,
         password=None,
-        env={"RACK_AWS_BUILD_IMAGE": BUILDER_IMAGE},
+        port=port,
+        env={"RACK_AWS_REPORT_URL": f"https://127.0.0.1:{port}"},  # where the builder reaches this rack
         args=("--provider", "aws", "--stack", name),
     )
     try:
@@ -173,16 +133,14 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
         outputs = stack_outputs(name)
         apps_table = f"{outputs['TablePrefix']}-apps"
         assert boto("dynamodb").get_item(TableName=apps_table, Key={"name": {"S": "shop"}})["Item"]
-        stored = boto("s3").head_object(Bucket=outputs["Settings"], Key=f"apps/shop/releases/{releases[0][0]}/env.json")
+        env_object = f"apps/shop/releases/{releases[0][0]}/env.json"
+        stored = boto("s3").head_object(Bucket=outputs["Settings"], Key=env_object)
         assert (stored["ServerSideEncryption"], stored["SSEKMSKeyId"]) == ("aws:kms", outputs["EncryptionKey"])
         no_build = cli("releases", "rollback", releases[1][0], "-a", "shop", ok=False)
         assert no_build.returncode == 1 and "has no build to roll back to" in no_build.stderr
 
-        # deploy: the CLI uploads the source, the rack starts the builder task, the double reports the image
-        source = tmp_path / "source"
-        source.mkdir()
-        (source / "convox.yml").write_text(MANIFEST)
-        (source / "Dockerfile").write_text("FROM busybox\n")
+        # deploy: the CLI uploads the source, the rack starts the builder task, which reports with its token
+        source = builder_double.source_tree(tmp_path / "source", MANIFEST)
         deploy = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "deploy", str(source), "-a", "shop"],
             cwd=work,
@@ -191,9 +149,23 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
             stderr=subprocess.PIPE,
             text=True,
         )
-        build = asyncio.run(play_builder(name, "shop", monkeypatch, tmp_path))
+        task = builder_double.wait_for_task(name, "shop")
+        assert password not in json.dumps(task.described, default=str)  # the builder never gets the password
+        assert task.described["definition"]["containerDefinitions"][0]["image"] == BUILDER_IMAGE  # the stack's
+        report = f"{rack.url}/apps/shop/builds/{task.env['BUILD_ID']}/report"
+        images = {"images": {"web": "busybox:latest"}}
+        for headers, auth in (({}, None), ({"X-Build-Token": password}, None), ({}, ("convox", password))):
+            refused = httpx.post(report, json=images, headers=headers, auth=auth, verify=rack.verify, timeout=30)
+            assert refused.status_code == 401, refused.text  # only the build's own token reports it
+        token = {"X-Build-Token": task.env["BUILD_TOKEN"]}
+        wrong = httpx.post(report, json={"images": {"worker": "busybox"}}, headers=token, verify=rack.verify)
+        assert wrong.status_code == 400 and "missing web; not built worker" in wrong.text  # and the build goes on
+        build = builder_double.play(name, "shop", rack.verify)
         out, err = deploy.communicate(timeout=180)
         assert deploy.returncode == 0, err
+        assert "Building web (test double: nothing is built)" in out  # the builder's output, from its log stream
+        again = httpx.post(report, json=images, headers=token, verify=rack.verify, timeout=30)
+        assert again.status_code == 400 and "not running" in again.text  # a token reports once
         deployed = re.search(r"Release: (R\w+)", out)
         assert deployed, out
         app = info(cli("apps", "info", "shop").stdout)
@@ -206,28 +178,36 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
         assert container["logConfiguration"]["options"]["awslogs-group"] == f"/convox/{name}/shop"
         assert definition["executionRoleArn"] == outputs["ExecutionRole"]
 
+        ecs_agent_double.converge_services(name)  # the scheduler starts the service's task
+        assert [r[1:3] for r in table(cli("ps", "-a", "shop").stdout)] == [["web", deployed[1]]]
         cli("scale", "web", "--count", "2", "-a", "shop")
         service = boto("ecs").describe_services(cluster=name, services=[f"{name}-shop_web"])["services"][0]
         assert service["desiredCount"] == 2
+        ecs_agent_double.converge_services(name)
+        assert [r[1:3] for r in table(cli("ps", "-a", "shop").stdout)] == [["web", deployed[1]]] * 2
 
         cli("env", "set", "GREETING=hello", "-a", "shop", "--promote")
         rolled = cli("releases", "rollback", deployed[1], "-a", "shop")
         app = info(cli("apps", "info", "shop").stdout)
         assert app["Release"] not in (deployed[1], "") and app["Release"] in rolled.stdout + rolled.stderr
         assert cli("env", "get", "GREETING", "-a", "shop").stdout.strip() == "hi"
+        ecs_agent_double.converge_services(name)  # the roll-out: the old release's tasks replaced, the count kept
+        services = table(cli("ps", "-a", "shop").stdout)
+        assert [r[1:3] for r in services] == [["web", app["Release"]]] * 2, services
 
         # a one-off: RunTask on the registered instances, in ps with the app's tags, then stopped
         pid = cli("run", "--app", "shop", "--detach", "web", "sleep", "600").stdout.strip()
         assert re.fullmatch(r"[0-9a-f]{12}", pid), pid
         rows = table(cli("ps", "-a", "shop").stdout)
-        assert [r[:3] for r in rows] == [[pid, "web", app["Release"]]], rows
+        assert sorted(r[:3] for r in rows) == sorted([*[r[:3] for r in services], [pid, "web", app["Release"]]])
+        assert "sleep 600" in next(line for line in cli("ps", "-a", "shop").stdout.splitlines() if pid in line)
         tasks = boto("ecs").list_tasks(cluster=name, desiredStatus="RUNNING")["taskArns"]
         described = boto("ecs").describe_tasks(cluster=name, tasks=tasks, include=["TAGS"])["tasks"]
         one_off = next(t for t in described if t["taskArn"].replace("-", "").endswith(pid))
         tags = {t["key"]: t["value"] for t in one_off["tags"]}
         assert (tags["convox.rack"], tags["convox.app"], tags["convox.type"]) == (name, "shop", "web")
         cli("ps", "stop", pid, "-a", "shop")
-        assert table(cli("ps", "-a", "shop").stdout) == []
+        assert table(cli("ps", "-a", "shop").stdout) == services
 
         logs = cli("logs", "-a", "shop", "--no-follow").stdout
         for event in ("release promoted", "web scaled: count 2"):
@@ -235,6 +215,9 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
 
         cli("apps", "delete", "shop")
         assert table(cli("apps").stdout) == []
+        running = boto("ecs").list_tasks(cluster=name, desiredStatus="RUNNING")["taskArns"]
+        left = boto("ecs").describe_tasks(cluster=name, tasks=running)["tasks"] if running else []
+        assert [t["group"] for t in left] == [f"service:{name}-api"]  # the app's tasks went; the rack's API stays
     finally:
         stop_rack(rack)
     gone = convox(aws, config, "rack", "uninstall", name, "--yes")
@@ -242,7 +225,7 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
     assert asyncio.run(leftovers()) == before
 
 
-def start_against(stack: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def start_against(stack: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -258,20 +241,50 @@ def start_against(stack: str, tmp_path: Path) -> subprocess.CompletedProcess[str
             str(tmp_path / "data"),
         ],
         cwd=ROOT,
-        env={**os.environ, "CONVOX_CONFIG": str(tmp_path / "convox")},
+        env={**os.environ, "CONVOX_CONFIG": str(tmp_path / "convox"), **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-def test_rack_start_refuses_a_stack_that_is_missing_or_not_a_rack(aws: MotoServer, tmp_path: Path) -> None:
+def test_rack_start_refuses_a_stack_that_is_missing_not_a_rack_or_not_this_version(
+    aws: MotoServer, tmp_path: Path
+) -> None:
     missing = start_against("nosuchrack", tmp_path)
     assert missing.returncode == 1
     assert missing.stderr.startswith("ERROR: no rack stack named nosuchrack")
     template = "Resources:\n  Group:\n    Type: AWS::Logs::LogGroup\n    Properties:\n      LogGroupName: keep-me\n"
-    boto("cloudformation").create_stack(StackName="someone-else", TemplateBody=template)
+    cfn = boto("cloudformation")
+    cfn.create_stack(StackName="someone-else", TemplateBody=template)
     other = start_against("someone-else", tmp_path)
     assert other.returncode == 1
     assert other.stderr.startswith("ERROR: stack someone-else is not a rack")
+    # tagged as a rack, with its password parameter, but without this version's outputs
+    boto("ssm").put_parameter(Name="/convox/old/password", Value="p" * 40, Type="SecureString")
+    cfn.create_stack(
+        StackName="old",
+        TemplateBody="Parameters:\n  PasswordParameter:\n    Type: String\n" + template.replace("keep-me", "old"),
+        Parameters=[{"ParameterKey": "PasswordParameter", "ParameterValue": "/convox/old/password"}],
+        Tags=[{"Key": "System", "Value": "convox"}, {"Key": "Type", "Value": "rack"}],
+    )
+    old = start_against("old", tmp_path)
+    assert old.returncode == 1
+    assert old.stderr.startswith("ERROR: stack old lacks the rack outputs Cluster, Settings, TablePrefix")
+    assert "p" * 40 not in old.stdout + old.stderr
+    # a rack's outputs, but CONVOX_PASSWORD is not its password
+    outputs = {key: f"old-{key.lower()}" for key in REQUIRED}
+    outputs |= {"TablePrefix": "old", "AppsTable": "old-apps", "BuildsTable": "old-builds"}
+    outputs |= {"ReleasesTable": "old-releases", "ResourcesTable": "old-resources"}
+    body = "".join(f"  {key}:\n    Value: {value}\n" for key, value in outputs.items())
+    cfn.update_stack(
+        StackName="old",
+        TemplateBody="Parameters:\n  PasswordParameter:\n    Type: String\n" + template.replace("keep-me", "old")
+        + "Outputs:\n" + body,
+        Parameters=[{"ParameterKey": "PasswordParameter", "ParameterValue": "/convox/old/password"}],
+    )
+    wrong = start_against("old", tmp_path, CONVOX_PASSWORD="q" * 40)
+    assert wrong.returncode == 1
+    assert wrong.stderr.startswith("ERROR: CONVOX_PASSWORD is not the password of rack old")
+    assert "p" * 40 not in wrong.stdout + wrong.stderr
     assert not (tmp_path / "data" / "password").exists()  # refused before the rack touched anything

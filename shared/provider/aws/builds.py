@@ -2,14 +2,21 @@
 
 A build's source tree is packed (in a thread) and stored at ``apps/APP/builds/ID/source.tgz`` (multipart
 above ``multipart_threshold``); the build is then a RunTask of the rack's builder image with the build's
-id and source as its environment, writing its output to the stream ``build/ID`` of the app's log group.
-The builder reports through :meth:`AwsBuilds.finish` (the images it pushed to ECR, or its error), which
-makes the release. On moto no task runs: tests play the builder (see tests/contract).
+id and source as its environment, writing its output to the stream ``build/build/TASKID`` of the app's log
+group. The task also gets, as RunTask overrides (never in the shared task definition), ``BUILD_TOKEN`` (a
+token for this build only; the rack keeps its hash) and ``RACK_URL``: it reports its end with
+``POST RACK_URL/apps/APP/builds/ID/report`` and ``X-Build-Token`` (:meth:`AwsBuilds.report`, then
+:meth:`AwsBuilds.finish`: the images it pushed to ECR, or its error), which makes the release. The rack
+password is never given to a builder. On moto no task runs: tests play the builder
+(tests/aws/builder_double.py, tests/contract).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import secrets
 import shutil
 import tarfile
 import tempfile
@@ -17,11 +24,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from shared.errors import BadRequest, NotFound, RackError
+from shared.errors import BadRequest, NotFound, RackError, Unauthorized
 from shared.ids import build_id
 from shared.logfmt import Logger
 from shared.manifest import Manifest
-from shared.models import Build, BuildOptions, ResourceEnv
+from shared.models import Build, BuildOptions, BuildReport, ResourceEnv
 from shared.provider.aws.apps import AwsApps, log_group
 from shared.provider.aws.clients import Clients, error_code, translated
 from shared.provider.aws.formation import AwsFormation
@@ -30,8 +37,12 @@ from shared.provider.aws.state import Item, State, now_iso, parse_iso, to_item
 from shared.provider.contract import ResourceHook
 
 log = Logger("builds")
-NO_BUILDER = "the rack has no builder image (RACK_AWS_BUILD_IMAGE)"
+NO_BUILDER = "the rack has no builder image (rack parameter BuildImage, setting RACK_AWS_BUILD_IMAGE)"
 RESTARTED = "the builder stopped before the build ended"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def source_key(app: str, build: str) -> str:
@@ -75,6 +86,7 @@ class AwsBuilds:
         formation: AwsFormation,
         rack: str,
         build_image: str,
+        report_url: str = "",
     ) -> None:
         self.state = state
         self.clients = clients
@@ -84,6 +96,8 @@ class AwsBuilds:
         self.formation = formation
         self.rack = rack
         self.build_image = build_image
+        self.report_url = report_url
+        """Where the builder task reaches the rack to report (its API's address as seen from the cluster)."""
 
     async def _item(self, app: str, build: str) -> Item:
         await self.apps.item(app)
@@ -142,6 +156,11 @@ class AwsBuilds:
             await self._set(build, status="failed", error=NO_BUILDER, ended=now_iso())
             return
         ecs = await self.clients.get("ecs")
+        # The builder's one credential: good for reporting this build only, kept here as a hash, and given to
+        # the task as an override (never in the shared task definition, never the rack password).
+        token = secrets.token_urlsafe(32)
+        await self._set(build, token_hash=token_hash(token))
+        secret_env = {"BUILD_TOKEN": token, "RACK_URL": self.report_url}
         env = {
             "BUILD_ID": build,
             "APP": app,
@@ -180,6 +199,11 @@ class AwsBuilds:
                     count=1,
                     startedBy=f"convox.build.{app}",
                     taskDefinition=registered["taskDefinition"]["taskDefinitionArn"],
+                    overrides={
+                        "containerOverrides": [
+                            {"name": "build", "environment": [{"name": k, "value": v} for k, v in secret_env.items()]}
+                        ]
+                    },
                     launchType=self.formation.settings.launch_type,
                     tags=[{"key": "convox.rack", "value": self.rack}, {"key": "convox.build", "value": build}],
                     **self.formation.network(),
@@ -227,6 +251,26 @@ class AwsBuilds:
         await self._set(build, status="complete", release=release.id, ended=now_iso())
         log.log("build.complete", app=app, build=build, release=release.id)
         return await self.get(app, build)
+
+    async def report(self, app: str, build_id: str, token: str, report: BuildReport) -> Build:
+        """The builder task's report (``POST /apps/APP/builds/ID/report``), authenticated by the build's own
+        token; it is good once: the build is no longer running afterwards."""
+        item = await self._item(app, build_id)
+        expected = str(item.get("token_hash", ""))
+        if not expected or not hmac.compare_digest(token_hash(token), expected):
+            raise Unauthorized(f"not the token of build {build_id}")
+        if not report.error and item.get("manifest") and item.get("status") == "running":
+            services = Manifest.model_validate_json(item["manifest"]).services
+            built = {name for name, service in services.items() if not service.image}
+            missing, unknown = sorted(built - set(report.images)), sorted(set(report.images) - built)
+            problems = [f"missing {', '.join(missing)}"] if missing else []
+            problems += [f"not built {', '.join(unknown)}"] if unknown else []
+            if problems:
+                raise BadRequest(
+                    f"the report of build {build_id} must name an image for each built process type: "
+                    + "; ".join(problems)
+                )
+        return await self.finish(app, build_id, report.images, report.error)
 
     async def get(self, app: str, build_id: str) -> Build:
         return to_build(await self._item(app, build_id))

@@ -18,17 +18,28 @@ from shared.provider.aws.processes import AwsProcesses
 from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.resources import AwsResources
 from shared.provider.aws.settings import AwsProviderSettings
+from shared.provider.aws.stacks import human_status
 from shared.provider.aws.state import State
 from shared.provider.aws.timers import AwsTimers
 
 
 class AwsSystem:
-    def __init__(self, rack: str, region: str) -> None:
+    def __init__(self, rack: str, region: str, clients: Clients | None = None, stack: str = "") -> None:
         self.rack = rack
         self.region = region
+        self.clients = clients
+        self.stack = stack
 
     async def get(self) -> System:
-        return System(name=self.rack, version=__version__, provider="aws", status="running")
+        """The rack; started against its stack (``RACK_AWS_STACK``), its status is the stack's (``updating``
+        while `rack params set` changes it, ``deleting`` during an uninstall)."""
+        status = "running"
+        if self.stack and self.clients is not None:
+            cfn = await self.clients.get("cloudformation")
+            with translated(f"no such rack stack: {self.stack}"):
+                found = (await cfn.describe_stacks(StackName=self.stack))["Stacks"]
+            status = human_status(found[0].get("StackStatus") if found else None)
+        return System(name=self.rack, version=__version__, provider="aws", status=status)
 
     async def images(self, images: list[str]) -> list[ImageStatus]:
         """Builds run in an ECS task on the rack's builder image, which pulls from the registries the
@@ -68,7 +79,7 @@ class AwsProvider:
         self.clients = Clients(aws.region)
         self.state = State(self.clients, aws, settings.name)
         self.apps = AwsApps(self.state, self.clients, settings.name)
-        self.system = AwsSystem(settings.name, self.clients.region)
+        self.system = AwsSystem(settings.name, self.clients.region, self.clients, aws.stack)
         self.releases = AwsReleases(self.state, self.apps)
         self.formation = AwsFormation(self.state, self.clients, self.apps, self.releases, settings.name, aws)
         self.releases.formation = self.formation
@@ -76,7 +87,14 @@ class AwsProvider:
         self.apps.on_delete.append(self.processes.forget)
         self.apps.on_delete.append(self.formation.forget)
         self.builds = AwsBuilds(
-            self.state, self.clients, self.apps, self.releases, self.formation, settings.name, aws.build_image
+            self.state,
+            self.clients,
+            self.apps,
+            self.releases,
+            self.formation,
+            settings.name,
+            aws.build_image,
+            aws.report_url,
         )
         self.logs = AwsLogs(self.clients, self.apps, self.processes, settings.name, aws)
         self.formation.events = self.logs.event

@@ -26,6 +26,7 @@ REQUIRED = (
     "AppsTable",
     "BuildsTable",
     "ReleasesTable",
+    "ResourcesTable",
     "LogGroup",
     "EncryptionKey",
     "LaunchType",
@@ -47,13 +48,15 @@ class StackRack(Model):
     status: str
 
 
-def settings_environment(name: str, region: str, out: dict[str, str]) -> dict[str, str]:
-    """The ``RACK_AWS_*`` settings named by the rack stack's outputs."""
+def settings_environment(
+    name: str, region: str, out: dict[str, str], params: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The ``RACK_AWS_*`` settings named by the rack stack's outputs (and its ``BuildImage`` parameter)."""
     missing = [key for key in REQUIRED if not out.get(key)]
     if missing:
         raise BadRequest(f"stack {name} lacks the rack outputs {', '.join(missing)}: was it installed by this version?")
     prefix = out["TablePrefix"]
-    tables = {"AppsTable": "apps", "BuildsTable": "builds", "ReleasesTable": "releases"}
+    tables = {"AppsTable": "apps", "BuildsTable": "builds", "ReleasesTable": "releases", "ResourcesTable": "resources"}
     wrong = [key for key, suffix in tables.items() if out[key] != f"{prefix}-{suffix}"]
     if wrong:
         raise BadRequest(f"stack {name}: the tables {', '.join(wrong)} are not named after TablePrefix {prefix}")
@@ -70,6 +73,8 @@ def settings_environment(name: str, region: str, out: dict[str, str]) -> dict[st
         "RACK_AWS_SECURITY_GROUPS": json.dumps([out["InstancesSecurity"]]),
         "RACK_AWS_EXECUTION_ROLE": out["ExecutionRole"],
         "RACK_AWS_BOOTSTRAP": "false",  # the stack made the tables, bucket and cluster
+        "RACK_AWS_REPORT_URL": out.get("Url", ""),  # where builder tasks report: the API's balancer
+        "RACK_AWS_BUILD_IMAGE": (params or {}).get("BuildImage", ""),
     }
 
 
@@ -105,7 +110,7 @@ async def from_stack(name: str, region: str | None = None) -> StackRack:
     return StackRack(
         name=name,
         region=region,
-        environment=settings_environment(name, region, stacks.outputs(stack)),
+        environment=settings_environment(name, region, stacks.outputs(stack), stacks.parameters(stack)),
         password=SecretStr(str(found["Parameter"]["Value"])),
         status=str(stack["StackStatus"]),
     )

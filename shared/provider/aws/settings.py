@@ -41,7 +41,12 @@ class AwsProviderSettings(BaseSettings):
     lock_timeout: float = Field(60.0, gt=0, description="Seconds a promote waits for another promote of its app.")
     reaper_interval: float = Field(5.0, gt=0, description="Seconds between checks of one-off time limits.")
     multipart_threshold: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Bytes; above, multipart.")
-    build_image: str = Field("", description="The builder image, run as an ECS task per build (empty: builds fail).")
+    build_image: str = Field(
+        "", description="The builder image, run as an ECS task per build (empty: builds fail); the stack's BuildImage."
+    )
+    report_url: str = Field(
+        "", description="The rack's URL as the builder task reaches it to report; the stack's Url by default."
+    )
     db_instance_class: str = Field("db.t4g.micro", description="The RDS instance class of postgres/mysql/mariadb.")
     db_storage: int = Field(20, ge=20, le=65536, description="GiB of storage of each RDS instance.")
     cache_node_type: str = Field("cache.t4g.micro", description="The ElastiCache node type of redis/memcached.")
