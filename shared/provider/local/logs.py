@@ -62,8 +62,10 @@ MIB = 1024 * 1024
 LABEL_BUILD = "convox.build"
 BUILD_SERVICE = "build"
 MAINTAIN_EVERY = 30.0
-FLUSH_GAP = 0.02
-"""Seconds between two writes of the history: lines go to followers once written, a few hundredths late."""
+CURSOR_GAP = 0.05
+"""Seconds between two saves of the sources' cursors at most (the history itself is written, and its lines
+sent to the followers, as soon as they are released: a line reaches a follower a write later, not a batch
+later). Cursors that lag the history are safe: a restart takes the newest segment's lines' cursors too."""
 EVENT_WRITE_SLACK = 0.1
 """Seconds between an event's timestamp and its row being committed, at most (what the events' reader allows)."""
 BUILD_CATCH_UP = 600.0
@@ -216,6 +218,7 @@ class LocalLogs:
             applog.incoming.clear()
         with contextlib.suppress(Exception):
             await self._flush()
+            await self._save_cursors()
         for applog in self.logs.values():
             await asyncio.to_thread(applog.history.close)
 
@@ -315,25 +318,33 @@ class LocalLogs:
     # ---- history and cursors ---------------------------------------------------------------------------
 
     async def _flusher(self) -> None:
+        """Write what is released to the history at once (what comes during a write goes in the next one, so
+        a burst is written in few batches), send it to the followers, and save the cursors now and then."""
         last_maintenance = time.monotonic()
+        last_cursors = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._released.wait(), self.limits.flush_interval)
             self._released.clear()
             try:
-                await self._flush()
+                rotated = await self._flush()
+                if self.unsaved and (rotated or time.monotonic() - last_cursors >= CURSOR_GAP):
+                    last_cursors = time.monotonic()
+                    await self._save_cursors()
                 if time.monotonic() - last_maintenance > MAINTAIN_EVERY:
                     last_maintenance = time.monotonic()
                     await self._maintain()
             except Exception as exc:  # the disk or the database failed: keep collecting, try again
                 log.error("history.flush", error=type(exc).__name__, message=str(exc))
                 await asyncio.sleep(self.limits.flush_interval)
-            await asyncio.sleep(FLUSH_GAP)  # what is released meanwhile goes in the next batch
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Write the released lines to the history and send them to the followers; whether a history began
+        a new segment (the cursors are saved at once then: a restart recovers only the newest one's)."""
         work = [(applog, applog.unflushed) for applog in self.logs.values() if applog.unflushed]
         for applog, _ in work:
             applog.unflushed = []
+        newest = {applog.name: applog.history.segments[-1:] for applog, _ in work}
         if work:
             try:
                 await asyncio.to_thread(self._write, work)
@@ -348,6 +359,9 @@ class LocalLogs:
                 for src in {line.src for line in lines if line.src}:
                     self.source_app[src] = applog.name
                     self.unsaved.add(src)
+        return any(applog.history.segments[-1:] != newest[applog.name] for applog, _ in work)
+
+    async def _save_cursors(self) -> None:
         if self.unsaved:
             changed = list(self.unsaved)
             now = datetime.now(UTC).isoformat()
