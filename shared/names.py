@@ -39,6 +39,26 @@ def is_app_name(name: object) -> bool:
     return isinstance(name, str) and APP_NAME_RE.fullmatch(name) is not None
 
 
+def check_service_name(name: str) -> None:
+    """A backing service's name: an app name's rules (BadRequest otherwise)."""
+    if not is_app_name(name):
+        raise BadRequest(
+            f"invalid service name: {name!r} (lowercase letters, digits and dashes, starting with a letter, "
+            "at most 30 characters)"
+        )
+
+
+def manifest_service(app: str, name: str) -> str:
+    """The service that holds resource ``name`` of ``app``'s manifest: ``<app>-<name>``, as Convox names them."""
+    service = f"{app}-{name}"
+    if not is_app_name(service):
+        raise BadRequest(
+            f"resources.{name}: the service name {service} is too long (at most 30 characters, the app's "
+            "name and the resource's together): give the resource a shorter name"
+        )
+    return service
+
+
 def is_image(name: object) -> bool:
     return isinstance(name, str) and len(name) <= 255 and IMAGE_RE.fullmatch(name) is not None
 

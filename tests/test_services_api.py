@@ -18,7 +18,8 @@ from shared.config import RackSettings
 from shared.errors import Conflict, NotFound
 from shared.ids import release_id
 from shared.models import App, Release, Resource, ResourceType
-from shared.provider.local.resources import PARAM_DEFAULTS, check_name, kind_of, manifest_service
+from shared.names import check_service_name, manifest_service
+from shared.provider.local.resources import PARAM_DEFAULTS, kind_of
 from tests.fakes import FakeApps, as_provider
 
 PASSWORD = "0123456789abcdef" * 3
@@ -39,14 +40,14 @@ class FakeResources:
 
     async def create(self, kind: str, name: str) -> Resource:
         kind_of(kind)
-        check_name(name)
+        check_service_name(name)
         if name in self.items:
             raise Conflict(f"service already exists: {name}")
         self.items[name] = Resource(name=name, type=cast(ResourceType, kind), status="running")
         return await self.get(name)
 
     async def get(self, name: str, reveal: bool = False) -> Resource:
-        check_name(name)
+        check_service_name(name)
         if name not in self.items:
             raise NotFound(f"no such service: {name}")
         resource = self.items[name]

@@ -14,26 +14,11 @@ from shared.provider.local.docker import LABEL_TIMER
 from shared.provider.local.events import Events
 from shared.provider.local.images import image_name
 from shared.provider.local.timers import LocalTimers
+from tests.clock import START, FakeClock
 from tests.conftest import RACK_NAME
 from tests.test_processes_provider import docker, provider
 
 __all__ = ["provider"]  # the fixture, shared with the processes tests
-
-START = datetime(2030, 1, 1, 0, 0, 30, tzinfo=UTC)
-
-
-class FakeClock:
-    """The simulated time the timers read: the test moves it, no test waits for a real minute."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def at(self, minute: int) -> None:
-        self.now = START.replace(second=0) + timedelta(minutes=minute)
-
 
 async def release(provider: LocalProvider, app: str, image: str, timers: dict[str, Timer], build: str) -> str:
     manifest = Manifest(services={"web": Service(name="web", command="sleep 3600")}, timers=timers)

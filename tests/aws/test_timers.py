@@ -27,24 +27,10 @@ from shared.provider.aws.provider import AwsProvider
 from shared.provider.aws.state import now_iso, to_item
 from shared.provider.aws.timers import AwsTimers, states_of
 from tests.aws.ecs_agent_double import ReportedExits
+from tests.clock import FakeClock
 from tests.conftest import RACK_NAME
 from tests.contract.moto_server import register_container_instance
 from tests.moto_server import MotoServer
-
-START = datetime(2030, 1, 1, 0, 0, 30, tzinfo=UTC)
-
-
-class FakeClock:
-    """The simulated time the timers read: the test moves it, no test waits for a real minute."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def at(self, minute: int) -> None:
-        self.now = START.replace(second=0) + timedelta(minutes=minute)
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ from typing import Any, cast
 from shared.errors import BadRequest, Conflict, NotFound, RackError
 from shared.logfmt import Logger
 from shared.models import Resource, ResourceType
-from shared.names import is_app_name
+from shared.names import check_service_name, manifest_service
 from shared.provider.aws import stacks
 from shared.provider.aws.apps import AwsApps
 from shared.provider.aws.caches import Caches, Network
@@ -104,25 +104,6 @@ def kind_of(kind: str) -> Kind:
         return KINDS[kind]
     except KeyError:
         raise BadRequest(f"unknown service type: {kind!r} (known: {', '.join(sorted(KINDS))})") from None
-
-
-def check_name(name: str) -> None:
-    if not is_app_name(name):
-        raise BadRequest(
-            f"invalid service name: {name!r} (lowercase letters, digits and dashes, starting with a letter, "
-            "at most 30 characters)"
-        )
-
-
-def manifest_service(app: str, name: str) -> str:
-    """The service that holds resource ``name`` of ``app``'s manifest: ``<app>-<name>``, as Convox names them."""
-    service = f"{app}-{name}"
-    if not is_app_name(service):
-        raise BadRequest(
-            f"resources.{name}: the service name {service} is too long (at most 30 characters, the app's "
-            "name and the resource's together): give the resource a shorter name"
-        )
-    return service
 
 
 def cache_id(rack: str, name: str) -> str:
@@ -184,7 +165,7 @@ class AwsResources:
         }
 
     async def _record(self, name: str) -> Item:
-        check_name(name)
+        check_service_name(name)
         return await self.state.get_item(self.table, {"name": name}, f"no such service: {name}")
 
     async def _records(self) -> list[Item]:
@@ -289,7 +270,7 @@ class AwsResources:
 
     async def create(self, kind: str, name: str) -> Resource:
         spec = kind_of(kind)
-        check_name(name)
+        check_service_name(name)
         network = await self._network()
         record: Item = {
             "name": name,

@@ -40,7 +40,7 @@ import aiosqlite
 from shared.errors import BadRequest, Conflict, NotFound, RackError
 from shared.logfmt import Logger
 from shared.models import Resource, ResourceType
-from shared.names import is_app_name
+from shared.names import check_service_name, manifest_service
 from shared.provider.local import dumps
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.docker import LABEL_RACK, Docker
@@ -246,25 +246,6 @@ def kind_of(kind: str) -> Kind:
         raise BadRequest(f"unknown service type: {kind!r} (known: {known})") from None
 
 
-def check_name(name: str) -> None:
-    if not is_app_name(name):
-        raise BadRequest(
-            f"invalid service name: {name!r} (lowercase letters, digits and dashes, starting with a letter, "
-            "at most 30 characters)"
-        )
-
-
-def manifest_service(app: str, name: str) -> str:
-    """The service that holds resource ``name`` of ``app``'s manifest: ``<app>-<name>``, as Convox names them."""
-    service = f"{app}-{name}"
-    if not is_app_name(service):
-        raise BadRequest(
-            f"resources.{name}: the service name {service} is too long (at most 30 characters, the app's "
-            "name and the resource's together): give the resource a shorter name"
-        )
-    return service
-
-
 @dataclass(frozen=True)
 class Record:
     name: str
@@ -344,7 +325,7 @@ class LocalResources:
         return {LABEL_RACK: self.rack, LABEL_RESOURCE: record.name, LABEL_RESOURCE_TYPE: record.kind.name}
 
     async def _record(self, name: str) -> Record:
-        check_name(name)
+        check_service_name(name)
         row = await self.state.fetch_one("SELECT * FROM resources WHERE name = ?", (name,))
         if row is None:
             raise NotFound(f"no such service: {name}")
@@ -441,7 +422,7 @@ class LocalResources:
 
     async def create(self, kind: str, name: str) -> Resource:
         spec = kind_of(kind)
-        check_name(name)
+        check_service_name(name)
         image = (await self.params.get())[f"{spec.name}_image"]
         record = Record(name, spec, "creating", image, spec.credentials())
         inserted = await self.state.execute(  # over a failed one of the name (it holds nothing): tried again
