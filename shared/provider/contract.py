@@ -249,7 +249,8 @@ class LogsAPI(Protocol):
         ...
 
     async def event(self, app: str, message: str, *, release: str = "", pid: str = "", service: str = "convox") -> None:
-        """A platform event in the app's log (``convox:RELEASE/PID message``); never raises."""
+        """A platform event in the app's log (``convox:RELEASE/PID message``, or ``SERVICE:...`` with a
+        ``service`` that is not ``convox``: a timer's events are ``timer:``); never raises."""
         ...
 
     async def collect(self) -> None:

@@ -104,7 +104,7 @@ class AwsLogs:
                 data = json.loads(message)
                 return Line(
                     ms,
-                    EVENT_SERVICE,
+                    str(data.get("service") or EVENT_SERVICE),
                     str(data.get("release", "")),
                     str(data.get("pid", "")),
                     str(data.get("message", "")),
