@@ -7,7 +7,6 @@ from typing import Self
 
 from shared import __version__
 from shared.config import RackSettings
-from shared.errors import BadRequest
 from shared.models import ImageStatus, System
 from shared.provider.aws.apps import AwsApps
 from shared.provider.aws.builds import AwsBuilds
@@ -18,7 +17,7 @@ from shared.provider.aws.processes import AwsProcesses
 from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.resources import AwsResources
 from shared.provider.aws.settings import AwsProviderSettings
-from shared.provider.aws.stacks import human_status
+from shared.provider.aws.stacks import human_status, set_parameters
 from shared.provider.aws.state import State
 from shared.provider.aws.timers import AwsTimers
 
@@ -66,7 +65,12 @@ class AwsParams:
         return {p["ParameterKey"]: p.get("ParameterValue", "") for p in stacks[0].get("Parameters", [])}
 
     async def set(self, values: dict[str, str]) -> dict[str, str]:
-        raise BadRequest("rack parameters on aws are changed by updating the rack stack: convox rack params set")
+        """Updates the rack stack (same template, these parameters changed) and returns once CloudFormation
+        has taken the update: the rack's status is ``updating`` until it is done (replacing instances takes
+        minutes: no request waits for that)."""
+        cfn = await self.clients.get("cloudformation")
+        with translated(f"no such rack stack: {self.stack}"):
+            return await set_parameters(cfn, self.stack, values, wait_done=False)
 
 
 class AwsProvider:

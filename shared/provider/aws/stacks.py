@@ -171,9 +171,16 @@ async def create(
 
 
 async def update_parameters(
-    cfn: Any, name: str, changes: Mapping[str, str], on_event: OnEvent | None = None, *, poll: float = POLL
+    cfn: Any,
+    name: str,
+    changes: Mapping[str, str],
+    on_event: OnEvent | None = None,
+    *,
+    poll: float = POLL,
+    wait_done: bool = True,
 ) -> dict[str, Any]:
-    """Change some of the stack's parameters (the same template); every other one keeps its value."""
+    """Change some of the stack's parameters (the same template); every other one keeps its value. Without
+    ``wait_done`` it returns once CloudFormation has taken the update (the stack as described then)."""
     stack = await describe(cfn, name)
     if stack is None:
         raise NotFound(f"no stack {name}")
@@ -198,6 +205,9 @@ async def update_parameters(
         if "No updates are to be performed" in str(exc):
             return stack
         raise BadRequest(f"stack {name}: {_message(exc)}") from None
+    if not wait_done:
+        taken = await describe(cfn, name)
+        return {**(taken or stack), "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in merged.items()]}
     updated = await wait(cfn, name, on_event, poll=poll, seen=before)
     if updated is None:
         raise StackError(f"stack {name}: deleted while it was being updated")
@@ -231,8 +241,6 @@ class StackParams:
     (``CertificateArn``, ``PasswordParameter``) are shown but cannot be changed here.
     """
 
-    PROTECTED = frozenset({"PasswordParameter"})
-
     def __init__(self, session: Any, stack: str, on_event: OnEvent | None = None, poll: float = POLL) -> None:
         self._session = session
         self._stack = stack
@@ -247,19 +255,38 @@ class StackParams:
             return parameters(stack)
 
     async def set(self, values: dict[str, str]) -> dict[str, str]:
-        protected = sorted(set(values) & self.PROTECTED)
-        if protected:
-            raise BadRequest(f"{', '.join(protected)} is set by the installer and cannot be changed")
         async with self._session.client("cloudformation") as cfn:
-            changes = dict(values)
-            if any(v == "" for v in values.values()):
-                body = (await cfn.get_template(StackName=self._stack))["TemplateBody"]
-                declared = template_parameters(body if isinstance(body, str) else yaml.safe_dump(body))
-                for key, value in values.items():
-                    if value == "" and key in declared and "Default" in declared[key]:
-                        changes[key] = str(declared[key]["Default"])
-            stack = await update_parameters(cfn, self._stack, changes, self._on_event, poll=self._poll)
-            return parameters(stack)
+            return await set_parameters(cfn, self._stack, values, self._on_event, poll=self._poll)
+
+
+PROTECTED_PARAMETERS = frozenset({"PasswordParameter"})
+"""Rack stack parameters set by the installer: shown, never changed by ``rack params set``."""
+
+
+async def set_parameters(
+    cfn: Any,
+    stack: str,
+    values: dict[str, str],
+    on_event: OnEvent | None = None,
+    *,
+    poll: float = POLL,
+    wait_done: bool = True,
+) -> dict[str, str]:
+    """``convox rack params set`` on a rack stack: the stack updated with the same template and ``values``
+    changed (an empty value restores the template's default); returns every parameter afterwards (without
+    ``wait_done``, as soon as CloudFormation has taken the update)."""
+    protected = sorted(set(values) & PROTECTED_PARAMETERS)
+    if protected:
+        raise BadRequest(f"{', '.join(protected)} is set by the installer and cannot be changed")
+    changes = dict(values)
+    if any(v == "" for v in values.values()):
+        body = (await cfn.get_template(StackName=stack))["TemplateBody"]
+        declared = template_parameters(body if isinstance(body, str) else yaml.safe_dump(body))
+        for key, value in values.items():
+            if value == "" and key in declared and "Default" in declared[key]:
+                changes[key] = str(declared[key]["Default"])
+    updated = await update_parameters(cfn, stack, changes, on_event, poll=poll, wait_done=wait_done)
+    return parameters(updated)
 
 
 def human_status(stack_status: str | None) -> str:
