@@ -31,14 +31,17 @@ def builds_of(provider: Provider) -> AwsBuilds:
     return provider.builds
 
 
-async def play_builder(provider: Provider, app: str, tmp_path: Path, tag: str = "1") -> Build:
+async def play_builder(
+    provider: Provider, app: str, tmp_path: Path, tag: str = "1", built: Manifest | None = None
+) -> Build:
     """Test double of the builder task: a build is made through the provider (its source goes to S3, its
     task is placed in moto), then finished with the ECR images the builder would have pushed."""
     source = tmp_path / f"source-{tag}"
     source.mkdir()
     (source / "Dockerfile").write_text("FROM busybox\n")
-    build = await provider.builds.create(app, source, manifest(), BuildOptions(description=f"build {tag}"))
-    images = {name: f"{ECR}/{RACK_NAME}/{app}:{name}.{build.id.lower()}" for name in ("web", "worker")}
+    built = built or manifest()
+    build = await provider.builds.create(app, source, built, BuildOptions(description=f"build {tag}"))
+    images = {name: f"{ECR}/{RACK_NAME}/{app}:{name}.{build.id.lower()}" for name in built.services}
     return await builds_of(provider).finish(app, build.id, images)
 
 

@@ -40,6 +40,7 @@ def backend(provider_name: str, request: pytest.FixtureRequest, monkeypatch: pyt
         for key, value in aws_environment(endpoint).items():
             monkeypatch.setenv(key, value)
         monkeypatch.setenv("RACK_AWS_BOOTSTRAP", "true")
+        monkeypatch.setenv("RACK_AWS_BUILD_IMAGE", BUILDER_IMAGE)
         return endpoint
     return str(request.getfixturevalue("docker_engine"))
 

@@ -63,10 +63,23 @@ async def test_promote_registers_a_task_definition_per_type_and_updates_its_serv
     }
     worker = await container((await service("shop", "worker"))["taskDefinition"])
     assert (worker["command"] == ["sleep", "infinity"] and "portMappings" not in worker) or not worker["portMappings"]
-    assert [(f.name, f.count, f.ports) for f in await aws_provider.formation.get("shop")] == [
-        ("web", 1, ["3000"]),
-        ("worker", 1, []),
+    formation = await aws_provider.formation.get("shop")
+    assert [(f.name, f.count, f.ports) for f in formation] == [("web", 1, ["443:3000"]), ("worker", 1, [])]
+    # the app's stack has a balancer for web only (the type with a public port), its HTTPS listener forwarding
+    # to the target group that the web service registers its tasks with
+    stack = (await in_moto("cloudformation", "describe_stacks", StackName=f"{RACK_NAME}-app-shop"))["Stacks"][0]
+    out = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    assert sorted(k for k in out if k.endswith("Balancer")) == ["WebBalancer"]
+    assert formation[0].balancer == f"https://{out['WebBalancer']}" == formation[0].endpoints[0]
+    assert (await aws_provider.apps.get("shop")).balancer == formation[0].balancer
+    assert web["loadBalancers"] == [
+        {"targetGroupArn": out["WebPort443Targets"], "containerName": "web", "containerPort": 3000}
     ]
+    balancers = await in_moto("elbv2", "describe_load_balancers")
+    arn = next(b["LoadBalancerArn"] for b in balancers["LoadBalancers"] if b["DNSName"] == out["WebBalancer"])
+    listeners = (await in_moto("elbv2", "describe_listeners", LoadBalancerArn=arn))["Listeners"]
+    assert [(listener["Port"], listener["Protocol"]) for listener in listeners] == [(443, "HTTPS")]
+    assert not (await service("shop", "worker")).get("loadBalancers")
 
 
 async def test_rollback_promotes_the_previous_release_again(aws_provider: Provider, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Apps on AWS: an item each in ``<prefix>-apps`` (conditional on the name being free) and a log group.
+"""Apps on AWS: an item each in ``<prefix>-apps`` (conditional on the name being free) and a stack each
+(``appstacks``: log group, image repository, security groups, balancers), whose status is the app's.
 
 The item also carries what promote and scale serialise on: the active and the latest release, the
 formation (count and memory per process type) and the promote lock.
@@ -13,7 +14,9 @@ from typing import Any
 from shared.errors import BadRequest, Conflict, NotFound
 from shared.models import RACK_APP, App, invalid_app_name
 from shared.names import is_app_name
+from shared.provider.aws.appstacks import HTTPS, AppStacks, endpoint
 from shared.provider.aws.clients import Clients, error_code, translated
+from shared.provider.aws.stacks import human_status, outputs
 from shared.provider.aws.state import Item, State, now_iso, to_item
 
 ATTRIBUTE_NAMES = {"#n": "name", "#s": "status", "#r": "release", "#l": "latest", "#f": "formation", "#k": "lock"}
@@ -31,18 +34,26 @@ def log_group(prefix: str, app: str) -> str:
     return f"{prefix}/{app}"
 
 
-def to_app(item: Item) -> App:
+def to_app(item: Item, stack_status: str | None = None) -> App:
+    """The app from its item and its stack's status: CloudFormation's word wins while the stack is not at
+    rest (``creating``, ``updating``, ``rollback``, ``failed``, ``deleting``); at rest, the item's (a roll-out
+    of ECS services sets ``updating`` there)."""
     status, release = item["status"], item.get("release", "")
+    if stack_status is not None:
+        shown = human_status(stack_status)
+        if shown not in ("running", "deleted"):
+            status = shown
     if status == "running" and not release:
         status = "created"  # nothing has served yet
     return App(name=item["name"], status=status, release=release)
 
 
 class AwsApps:
-    def __init__(self, state: State, clients: Clients, rack: str) -> None:
+    def __init__(self, state: State, clients: Clients, rack: str, stacks: AppStacks) -> None:
         self.state = state
         self.clients = clients
         self.rack = rack
+        self.stacks = stacks
         self.on_delete: list[Callable[[str], Awaitable[None]]] = []
         """Run when an app is being deleted (its services and tasks go), before its records go."""
 
@@ -64,24 +75,24 @@ class AwsApps:
                 ExpressionAttributeNames={"#n": "name"},
             )
         try:
-            logs = await self.clients.get("logs")
-            try:
-                await logs.create_log_group(logGroupName=log_group(self.state.log_prefix, name))
-            except Exception as exc:
-                if error_code(exc) != "ResourceAlreadyExistsException":
-                    with translated(f"cannot create the log group of {name}"):
-                        raise
+            await self.stacks.create(name)  # its log group, repository, security groups: CloudFormation's work
         except BaseException:
             with translated(f"cannot remove app {name}"):
                 await db.delete_item(TableName=self.state.apps_table, Key=to_item({"name": name}))
             raise
-        return to_app(item)
+        return to_app(item, await self.stacks.status(name))
 
     async def get(self, name: str) -> App:
-        return to_app(await self.item(name))
+        item = await self.item(name)
+        stack = await self.stacks.describe(name)
+        app = to_app(item, None if stack is None else str(stack["StackStatus"]))
+        public = sorted(v for k, v in outputs(stack).items() if k.endswith("Balancer")) if stack else []
+        return app.model_copy(update={"balancer": endpoint(public[0], HTTPS)}) if public else app
 
     async def list(self) -> list[App]:
-        return sorted([to_app(i) async for i in self.state.scan(self.state.apps_table)], key=lambda a: a.name)
+        statuses = await self.stacks.statuses()
+        items = [i async for i in self.state.scan(self.state.apps_table)]
+        return sorted((to_app(i, statuses.get(i["name"])) for i in items), key=lambda a: a.name)
 
     async def update(self, name: str, expression: str, values: dict[str, Any], condition: str = "") -> None:
         """A conditional update of the app's item (its existence is always part of the condition)."""
@@ -114,6 +125,7 @@ class AwsApps:
         await self.set_status(name, "deleting")
         for hook in self.on_delete:
             await hook(name)
+        await self.stacks.delete(name)  # waits: a new app of the same name needs the name free
         logs = await self.clients.get("logs")
         with contextlib.suppress(NotFound), translated(f"cannot delete the log group of {name}"):
             await logs.delete_log_group(logGroupName=log_group(self.state.log_prefix, name))

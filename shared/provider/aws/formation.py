@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.errors import BadRequest, Conflict, NotFound
@@ -64,6 +64,8 @@ class Desired:
     env: dict[str, str]
     command: list[str] | None
     port: int | None
+    ports: list[int] = field(default_factory=list)
+    """Every container port of the type (the main one first)."""
 
 
 class AwsFormation:
@@ -125,6 +127,7 @@ class AwsFormation:
                     env=env,
                     command=["sh", "-c", command] if isinstance(command, str) else command,
                     port=service.port,
+                    ports=[mapping.container for mapping in service.ports],
                 )
             )
         return wanted
@@ -155,8 +158,8 @@ class AwsFormation:
         }
         if want.command:
             container["command"] = want.command
-        if want.port is not None:
-            container["portMappings"] = [{"containerPort": want.port, "protocol": "tcp"}]
+        if want.ports:  # bridge mode: no hostPort, so ECS picks one per task and registers it with the balancer
+            container["portMappings"] = [{"containerPort": port, "protocol": "tcp"} for port in want.ports]
         definition: dict[str, Any] = {
             "family": family(self.rack, app, want.service),
             "containerDefinitions": [container],
@@ -249,6 +252,7 @@ class AwsFormation:
         """Register the release's task definitions and point the app's services at them (under the lock)."""
         item = await self.apps.item(app)
         wanted = await self.desired(release, item.get("formation", {}))
+        balancers = await self.apps.stacks.update(app, manifest_of(release))
         ecs = await self.ecs()
         existing = await self.services(app)
         for want in wanted:
@@ -258,6 +262,12 @@ class AwsFormation:
                 registered = await ecs.register_task_definition(**self.task_definition(app, release, want))
             arn = registered["taskDefinition"]["taskDefinitionArn"]
             name = family(self.rack, app, want.service)
+            found = balancers.get(want.service)
+            targets = [
+                {"targetGroupArn": group, "containerName": want.service, "containerPort": ports.container}
+                for ports, group in ([*found.public, *found.internal] if found else [])
+                if group
+            ]
             with translated(f"cannot update the service {name}"):
                 if want.service in existing:
                     await ecs.update_service(
@@ -266,6 +276,7 @@ class AwsFormation:
                         taskDefinition=arn,
                         desiredCount=want.count,
                         deploymentConfiguration={"maximumPercent": 200, "minimumHealthyPercent": 100},
+                        **({"loadBalancers": targets} if targets else {}),
                     )
                 else:
                     await ecs.create_service(
@@ -277,6 +288,7 @@ class AwsFormation:
                         propagateTags="TASK_DEFINITION",
                         tags=self.tags(app, want.service, release.id),
                         deploymentConfiguration={"maximumPercent": 200, "minimumHealthyPercent": 100},
+                        **({"loadBalancers": targets} if targets else {}),
                         **self.network(),
                     )
         if not only:
@@ -318,16 +330,21 @@ class AwsFormation:
             return []
         release = await self.releases.get(app, current["release"])
         services = await self.services(app)
+        balancers = await self.apps.stacks.balancers(app, manifest_of(release))
         result = []
         for want in await self.desired(release, current.get("formation", {})):
             service = services.get(want.service, {})
+            found = balancers.get(want.service)
+            endpoints = found.endpoints if found and found.dns else []
             result.append(
                 Formation(
                     name=want.service,
                     count=int(service.get("desiredCount", want.count)),
                     running=int(service.get("runningCount", 0)),
                     memory=want.memory,
-                    ports=[str(want.port)] if want.port is not None else [],
+                    ports=found.ports if found else [],
+                    balancer=endpoints[0] if endpoints else "",
+                    endpoints=endpoints,
                 )
             )
         return result

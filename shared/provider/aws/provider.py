@@ -9,6 +9,7 @@ from shared import __version__
 from shared.config import RackSettings
 from shared.models import ImageStatus, System
 from shared.provider.aws.apps import AwsApps
+from shared.provider.aws.appstacks import AppStacks
 from shared.provider.aws.builds import AwsBuilds
 from shared.provider.aws.clients import Clients, translated
 from shared.provider.aws.formation import AwsFormation
@@ -82,7 +83,8 @@ class AwsProvider:
         self.aws = aws
         self.clients = Clients(aws.region)
         self.state = State(self.clients, aws, settings.name)
-        self.apps = AwsApps(self.state, self.clients, settings.name)
+        self.stacks = AppStacks(self.clients, settings.name, aws)
+        self.apps = AwsApps(self.state, self.clients, settings.name, self.stacks)
         self.system = AwsSystem(settings.name, self.clients.region, self.clients, aws.stack)
         self.releases = AwsReleases(self.state, self.apps)
         self.formation = AwsFormation(self.state, self.clients, self.apps, self.releases, settings.name, aws)

@@ -72,6 +72,9 @@ def settings_environment(
         "RACK_AWS_SUBNETS": json.dumps([s for s in out["Subnets"].split(",") if s]),
         "RACK_AWS_SECURITY_GROUPS": json.dumps([out["InstancesSecurity"]]),
         "RACK_AWS_EXECUTION_ROLE": out["ExecutionRole"],
+        "RACK_AWS_VPC": out.get("Vpc", ""),
+        "RACK_AWS_VPC_CIDR": out.get("VpcCidr", ""),
+        "RACK_AWS_CERTIFICATE": (params or {}).get("CertificateArn", ""),
         "RACK_AWS_BOOTSTRAP": "false",  # the stack made the tables, bucket and cluster
         "RACK_AWS_REPORT_URL": out.get("Url", ""),  # where builder tasks report: the API's balancer
         "RACK_AWS_BUILD_IMAGE": (params or {}).get("BuildImage", ""),

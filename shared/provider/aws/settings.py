@@ -35,6 +35,9 @@ class AwsProviderSettings(BaseSettings):
         "rack stack's InstancesSecurity only.",
     )
     execution_role: str = Field("", description="The task execution role (pulls from ECR, writes logs).")
+    vpc: str = Field("", description="The rack's VPC, where app stacks put their security groups and balancers.")
+    vpc_cidr: str = Field("", description="The rack's VPC's CIDR: app processes accept connections from it only.")
+    certificate: str = Field("", description="The ACM certificate of app balancers' HTTPS listeners (the rack's).")
     bootstrap: bool = Field(False, description="Create missing tables, bucket, cluster (a rack without a stack).")
     log_poll_interval: float = Field(1.0, gt=0, description="Seconds between FilterLogEvents polls when following.")
     log_lookback: float = Field(10.0, ge=0, description="Seconds each poll looks back for lines ingested late.")
