@@ -192,8 +192,9 @@ async def test_delete_leaves_nothing_but_what_moto_never_finishes_deleting(
     for resource in await provider.resources.list():
         await provider.resources.delete(resource.name)
     assert await provider.resources.list() == [] and await items() == [] and await secrets_stored() == []
+    await provider.apps.delete("web")  # and its stack (security groups of its own)
     summaries = (await in_moto("cloudformation", "list_stacks"))["StackSummaries"]
-    assert len(summaries) == 3 and {s["StackStatus"] for s in summaries} == {"DELETE_COMPLETE"}
+    assert len(summaries) == 4 and {s["StackStatus"] for s in summaries} == {"DELETE_COMPLETE"}  # 3 + the app's
     assert (await in_moto("rds", "describe_db_instances"))["DBInstances"] == []
     assert (await in_moto("rds", "describe_db_subnet_groups"))["DBSubnetGroups"] == []
     groups = (await in_moto("elasticache", "describe_replication_groups"))["ReplicationGroups"]

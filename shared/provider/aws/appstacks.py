@@ -123,26 +123,46 @@ class AppStacks:
         ]
 
     async def network(self) -> Network:
+        """The rack's network: the settings, else the rack stack's outputs (``Vpc``, ``VpcCidr``, ``Subnets``;
+        the certificate from its ``CertificateArn``), a VPC read from the subnets, or (bootstrapped) one made."""
         if self._network is not None:
             return self._network
         async with self._lock:
             if self._network is None:
-                s = self.settings
-                if s.vpc and s.vpc_cidr and s.subnets:
-                    self._network = Network(s.vpc, s.vpc_cidr, list(s.subnets), s.certificate)
-                elif s.bootstrap:
-                    self._network = await self._bootstrap()
-                else:
-                    raise BadRequest(
-                        "the rack's network is not known (RACK_AWS_VPC, RACK_AWS_VPC_CIDR, RACK_AWS_SUBNETS): "
-                        "start the rack against its stack (convox rack start --provider aws --stack NAME)"
-                    )
+                self._network = await self._find_network()
         return self._network
+
+    async def _find_network(self) -> Network:
+        s = self.settings
+        vpc, cidr, subnets, certificate = s.vpc, s.vpc_cidr, list(s.subnets), s.certificate
+        if not (vpc and cidr and subnets and certificate):
+            cfn = await self.cfn()
+            with translated(f"cannot read the rack stack {s.stack or self.rack}"):
+                rack = await stacks.describe(cfn, s.stack or self.rack)
+            out = stacks.outputs(rack) if rack else {}
+            vpc, cidr = vpc or out.get("Vpc", ""), cidr or out.get("VpcCidr", "")
+            subnets = subnets or [subnet for subnet in out.get("Subnets", "").split(",") if subnet]
+            certificate = certificate or (stacks.parameters(rack).get("CertificateArn", "") if rack else "")
+        if subnets and not (vpc and cidr):
+            ec2 = await self.clients.get("ec2")
+            with translated("cannot read the rack's subnets"):
+                vpc = vpc or str((await ec2.describe_subnets(SubnetIds=subnets[:1]))["Subnets"][0]["VpcId"])
+                cidr = cidr or str((await ec2.describe_vpcs(VpcIds=[vpc]))["Vpcs"][0]["CidrBlock"])
+        if vpc and cidr and subnets:
+            if not certificate and s.bootstrap:
+                certificate = await self._certificate()
+            return Network(vpc, cidr, subnets, certificate)
+        if s.bootstrap:
+            return await self._bootstrap()
+        raise BadRequest(
+            "the rack's network is not known: no rack stack with Vpc, VpcCidr and Subnets outputs, and "
+            "RACK_AWS_VPC, RACK_AWS_VPC_CIDR and RACK_AWS_SUBNETS are not set (start the rack against its "
+            "stack: convox rack start --provider aws --stack NAME)"
+        )
 
     async def _bootstrap(self) -> Network:
         """A rack without a rack stack: a VPC with two subnets and a self-signed certificate, made once."""
         ec2 = await self.clients.get("ec2")
-        acm = await self.clients.get("acm")
         tag = [{"Name": "tag:Rack", "Values": [self.rack]}, {"Name": "tag:Type", "Values": ["bootstrap"]}]
         with translated("cannot make the bootstrapped rack's network"):
             vpcs = (await ec2.describe_vpcs(Filters=tag))["Vpcs"]
@@ -160,24 +180,26 @@ class AppStacks:
                     VpcId=vpc, CidrBlock=f"10.128.{index}.0/24", AvailabilityZone=zones[index % len(zones)]
                 )
                 subnets.append(made["Subnet"]["SubnetId"])
-            certificate = ""
+        return Network(vpc, BOOTSTRAP_CIDR, sorted(subnets), await self._certificate())
+
+    async def _certificate(self) -> str:
+        """A bootstrapped rack's self-signed certificate in ACM, imported once (found again by its tags)."""
+        acm = await self.clients.get("acm")
+        with translated("cannot make the bootstrapped rack's certificate"):
             for summary in (await acm.list_certificates())["CertificateSummaryList"]:
                 listed = await acm.list_tags_for_certificate(CertificateArn=summary["CertificateArn"])
                 tags = {t["Key"]: t.get("Value", "") for t in listed.get("Tags", [])}
                 if tags.get("Rack") == self.rack and tags.get("Type") == "bootstrap":
-                    certificate = summary["CertificateArn"]
-            if not certificate:
-                from shared.provider.aws.certificate import self_signed
+                    return str(summary["CertificateArn"])
+            from shared.provider.aws.certificate import self_signed
 
-                cert = await asyncio.to_thread(self_signed, f"{self.rack}.convox")
-                certificate = (
-                    await acm.import_certificate(
-                        Certificate=cert.certificate.encode(),
-                        PrivateKey=cert.key.encode(),
-                        Tags=[{"Key": "Rack", "Value": self.rack}, {"Key": "Type", "Value": "bootstrap"}],
-                    )
-                )["CertificateArn"]
-        return Network(vpc, BOOTSTRAP_CIDR, sorted(subnets), certificate)
+            cert = await asyncio.to_thread(self_signed, f"{self.rack}.convox")
+            made = await acm.import_certificate(
+                Certificate=cert.certificate.encode(),
+                PrivateKey=cert.key.encode(),
+                Tags=[{"Key": "Rack", "Value": self.rack}, {"Key": "Type", "Value": "bootstrap"}],
+            )
+            return str(made["CertificateArn"])
 
     async def parameters(self, processes: list[ProcessPorts]) -> list[dict[str, str]]:
         network = await self.network()
