@@ -287,7 +287,7 @@ class AwsProcesses:
         """Nothing of the processes service's own: the reaper of time limits is a loop of the workers."""
         return None
 
-    def loops(self) -> list[Loop]:
+    def loops(self) -> builtins.list[Loop]:
         """The reaper of one-off time limits, under :meth:`AwsProvider.workers` (deadlines are tags: nothing
         is lost on a restart)."""
         return [Loop("processes.reaper", self._reap_forever)]
