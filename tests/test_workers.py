@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from shared.errors import BadRequest, Conflict, NotFound, RackError
 from shared.manifest import Health, Manifest, Service
 from shared.provider import load_provider
 from shared.provider.local import LocalProvider
+from shared.provider.local.bell import Bell
 from shared.provider.local.docker import LABEL_APP, LABEL_RACK, LABEL_RELEASE
 from shared.provider.local.images import image_name
 from shared.provider.workers import Loop, supervise
@@ -98,6 +100,35 @@ async def test_cancelling_the_workers_ends_every_loop() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert sorted(ended) == ["a", "b"]
+
+
+# ---- the bell between processes -----------------------------------------------------------------------------
+
+
+async def test_a_ring_wakes_another_bells_waiter_at_once_and_clears_a_dead_processs_socket(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    directory = tmp_path_factory.mktemp("b")
+    ringer, waiter = Bell(directory), Bell(directory)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(str(directory / "1-0.sock"))
+    dead.close()  # its file stays, as a process killed with -9 leaves it
+    try:
+        await waiter.open()
+        seen = waiter.rung
+        began = time.monotonic()
+        ringer.ring()
+        await waiter.wait(seen, 10)
+        assert waiter.rung == seen + 1 and time.monotonic() - began < 5
+        assert not (directory / "1-0.sock").exists()
+        seen = waiter.rung
+        began = time.monotonic()
+        await waiter.wait(seen, 0.2)  # nothing rang: back after its timeout
+        assert waiter.rung == seen and time.monotonic() - began >= 0.15
+    finally:
+        await ringer.close()
+        await waiter.close()
+    assert not list(directory.iterdir())
 
 
 # ---- promotes from another service -------------------------------------------------------------------------

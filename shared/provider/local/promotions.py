@@ -81,6 +81,7 @@ class Promotions:
         if self.owner:
             return await self.formation.promote(release)
         await self._ensure()
+        await self.bell.open()  # listening before asking: the answer's ring is heard
         request = secrets.token_hex(8)
         seen = self.bell.rung
         await self.state.execute(
@@ -108,6 +109,7 @@ class Promotions:
 
     async def settled(self, app: str, within: float) -> App:
         """The app once no roll-out of it is in progress (``within`` seconds at most: then as it is)."""
+        await self.bell.open()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while True:
