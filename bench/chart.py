@@ -52,13 +52,15 @@ def _bar(index: int, result: Mapping[str, Any]) -> str:
         f'<rect x="{LABEL + left:.1f}" y="{y + 7}" width="{width:.1f}" height="20" '
         f'class="{"pass" if passed else "fail"}"><title>{title}: {ratio:.2f}x</title></rect>',
         f'<text x="{LABEL + PLOT + 8}" y="{y + 21}" class="value">{ratio:.2f}x '
-        f'({html.escape(str(result["target"]["text"]))})</text>',
+        f"({html.escape(str(result['target']['text']))})</text>",
     ]
     goal = goal_ratio(result)
     if goal is not None:
         gx = LABEL + _x(goal)
-        parts.append(f'<line x1="{gx:.1f}" y1="{y + 2}" x2="{gx:.1f}" y2="{y + 32}" class="goal">'
-                     f"<title>goal {goal:.2f}x</title></line>")
+        parts.append(
+            f'<line x1="{gx:.1f}" y1="{y + 2}" x2="{gx:.1f}" y2="{y + 32}" class="goal">'
+            f"<title>goal {goal:.2f}x</title></line>"
+        )
     return "\n".join(parts)
 
 
@@ -67,9 +69,11 @@ def _axis(rows: int) -> str:
     ticks = []
     for tick in (0.1, 0.3, 0.5, 1.0, 2.0, 3.0, 10.0):
         x = LABEL + _x(tick)
-        ticks.append(f'<line x1="{x:.1f}" y1="{PAD}" x2="{x:.1f}" y2="{bottom}" '
-                     f'class="{"one" if tick == 1.0 else "grid"}"/>'
-                     f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" class="tick">{tick:g}x</text>')
+        ticks.append(
+            f'<line x1="{x:.1f}" y1="{PAD}" x2="{x:.1f}" y2="{bottom}" '
+            f'class="{"one" if tick == 1.0 else "grid"}"/>'
+            f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" class="tick">{tick:g}x</text>'
+        )
     return "\n".join(ticks)
 
 
@@ -81,8 +85,7 @@ def render(document: Mapping[str, Any]) -> str:
     height = PAD * 2 + len(measured) * ROW + 24
     width = LABEL + PLOT + 230
     bars = "\n".join(_bar(i, r) for i, r in enumerate(measured))
-    errors = "".join(f"<li><b>{html.escape(r['case'])}</b>: {html.escape(str(r.get('error')))}</li>"
-                     for r in errored)
+    errors = "".join(f"<li><b>{html.escape(r['case'])}</b>: {html.escape(str(r.get('error')))}</li>" for r in errored)
     machine = document.get("machine", {})
     verdict = "Every case met its goal" if document.get("passed") else "Some cases missed their goal"
     return f"""<!doctype html>

@@ -20,14 +20,20 @@ from bench.result import Row
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="NAME", help="cases to run (default: all)")
-    parser.add_argument("--repeat", "-n", type=int, metavar="N",
-                        help="recorded runs per side (default: each case's own)")
-    parser.add_argument("--warmup", type=int, metavar="N",
-                        help="unrecorded runs per side before those (default: each case's own)")
+    parser.add_argument(
+        "--repeat", "-n", type=int, metavar="N", help="recorded runs per side (default: each case's own)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, metavar="N", help="unrecorded runs per side before those (default: each case's own)"
+    )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
-    parser.add_argument("--json", type=Path, default=report.RESULTS_DIR / "latest.json", metavar="PATH",
-                        help="where to write the results (default: bench/results/latest.json; "
-                        "the chart goes beside it as .html)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=report.RESULTS_DIR / "latest.json",
+        metavar="PATH",
+        help="where to write the results (default: bench/results/latest.json; the chart goes beside it as .html)",
+    )
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in cases.CASES]
     if unknown:
@@ -67,8 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         ctx.close()
-    settings: dict[str, object] = {"repeat": args.repeat, "warmup": args.warmup, "convox": str(ctx.convox),
-                                   "cases": [row.case for row in rows]}
+    settings: dict[str, object] = {
+        "repeat": args.repeat,
+        "warmup": args.warmup,
+        "convox": str(ctx.convox),
+        "cases": [row.case for row in rows],
+    }
     caption = "interleaved runs; ratio = convox/docker of the medians"
     report.print_report(rows, console, caption)
     path = report.write_json(rows, settings, args.json)

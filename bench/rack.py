@@ -94,8 +94,7 @@ def throwaway_rack(convox: Path, *, name: str | None = None, start_timeout: floa
         env["RACK_NAME"] = name
     argv = [str(convox), "rack", "start", "--port", str(port), "--data-dir", str(data_dir)]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   env=env)
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
     rack = Rack(f"https://127.0.0.1:{port}", password, data_dir, config_dir, log_path, process)
     try:
         deadline = time.monotonic() + start_timeout

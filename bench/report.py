@@ -47,8 +47,10 @@ def legend(row: Row) -> str:
     r = row.result
     if r is None:
         return f"[red]{row.case}: {row.error}[/]"
-    return (f"[bold]{row.case}[/]: {r.title} [dim](n={len(r.convox.samples)} each; "
-            f"p90 {format_value(r.convox.p90, r.unit)} / {format_value(r.docker.p90, r.unit)})[/]")
+    return (
+        f"[bold]{row.case}[/]: {r.title} [dim](n={len(r.convox.samples)} each; "
+        f"p90 {format_value(r.convox.p90, r.unit)} / {format_value(r.docker.p90, r.unit)})[/]"
+    )
 
 
 def print_report(rows: Sequence[Row], console: Console, caption: str = "") -> None:

@@ -23,31 +23,53 @@ class CommandFailed(RuntimeError):
         super().__init__(f"`{' '.join(argv)}` exited {code}" + (f": {' / '.join(tail)}" if tail else ""))
 
 
-def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-        input: bytes | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess[bytes]:
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input: bytes | None = None,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[bytes]:
     """Run a command to completion, capturing its output; a non-zero exit raises :class:`CommandFailed`."""
-    proc = subprocess.run(list(argv), input=input, capture_output=True,
-                          env=None if env is None else dict(env), cwd=cwd, timeout=timeout, check=False)
+    proc = subprocess.run(
+        list(argv),
+        input=input,
+        capture_output=True,
+        env=None if env is None else dict(env),
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stderr.decode("utf-8", "replace"))
     return proc
 
 
-def time_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                 timeout: float = 120.0) -> float:
+def time_command(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 120.0
+) -> float:
     """Wall-clock seconds from spawn to exit; output goes to /dev/null, stderr is kept for errors."""
     start = time.perf_counter()
-    proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, env=None if env is None else dict(env), cwd=cwd,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=None if env is None else dict(env),
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stderr.decode("utf-8", "replace"))
     return elapsed
 
 
-def command_sampler(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                    timeout: float = 120.0) -> Sampler:
+def command_sampler(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 120.0
+) -> Sampler:
     """A :data:`Sampler` that times one run of ``argv``."""
     args = list(argv)
     return lambda: time_command(args, env=env, cwd=cwd, timeout=timeout)

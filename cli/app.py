@@ -390,7 +390,15 @@ def _register_commands() -> None:
     )
 
     for module in (
-        cmd_builds, cmd_releases, cmd_processes, cmd_cp, cmd_logs, cmd_init, cmd_services, cmd_rack_aws, cmd_timers
+        cmd_builds,
+        cmd_releases,
+        cmd_processes,
+        cmd_cp,
+        cmd_logs,
+        cmd_init,
+        cmd_services,
+        cmd_rack_aws,
+        cmd_timers,
     ):
         module.register(app)
 

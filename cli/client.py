@@ -48,9 +48,7 @@ class Client:
         except httpx.HTTPError as exc:
             raise CliError(f"rack at {self.rack.host}: {type(exc).__name__}") from None
         if response.status_code == 401:
-            raise CliError(
-                f"{error_message(response)} for {self.rack.host} (run `convox login {self.rack.host}`)"
-            )
+            raise CliError(f"{error_message(response)} for {self.rack.host} (run `convox login {self.rack.host}`)")
         if response.status_code in UNAVAILABLE:
             raise RackUnavailable(error_message(response))
         if response.status_code >= 400:

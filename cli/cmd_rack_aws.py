@@ -243,5 +243,3 @@ def _forget_login(host: str) -> None:
     host_file = config_dir() / "host"
     if host_file.exists() and host_file.read_text().strip() == host:
         host_file.unlink()
-
-

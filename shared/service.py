@@ -74,6 +74,23 @@ async def run_startup(name: str, hooks: Sequence[Hook], opened: Provider) -> lis
     return background
 
 
+async def start_workers(name: str, opened: Provider) -> asyncio.Task[None]:
+    """Run the provider's workers (:meth:`Provider.workers`) in the background, waiting for their start steps
+    (adoption) as for a start-up hook: at most ``STARTUP_WAIT_SECONDS``, then they go on while the service
+    answers. Returns their task, for the service to cancel when it stops."""
+    started = asyncio.Event()
+    task = asyncio.create_task(opened.workers(started.set), name=f"{name} workers")
+    waiting = asyncio.ensure_future(started.wait())
+    done, _ = await asyncio.wait({task, waiting}, timeout=STARTUP_WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if task in done:
+        task.result()  # they never end by themselves: this raises what ended them
+        raise RuntimeError("the workers ended")
+    if not started.is_set():
+        log.log("startup.slow", service=name, hook="workers", seconds=STARTUP_WAIT_SECONDS)
+    return task
+
+
 def provider_of(connection: HTTPConnection) -> Provider:
     """The provider opened in the service's lifespan, for a request or a websocket (a FastAPI dependency)."""
     return cast("Provider", connection.app.state.provider)
@@ -89,12 +106,14 @@ def build_service(
     tags: list[dict[str, Any]] | None = None,
     startup: Sequence[Hook] = (),
     raw_bodies: Sequence[str] = (),
+    workers: bool = False,
 ) -> FastAPI:
     """A service app. ``startup`` runs with the opened provider before the service answers (see
     :func:`run_startup` for an engine that is down).
     ``provider`` replaces the configured one (tests pass a fake through this seam);
     ``internal=False`` drops the gateway-secret guard, for in-process tests only; ``raw_bodies`` are the
-    paths (regexes) whose bodies a route streams itself, exempt from the JSON body cap."""
+    paths (regexes) whose bodies a route streams itself, exempt from the JSON body cap. ``workers``: this
+    service owns the rack's background work (:func:`start_workers`); one service of the rack does."""
     settings = settings or RackSettings()
 
     @asynccontextmanager
@@ -102,7 +121,14 @@ def build_service(
         async with provider or load_provider(settings) as opened:
             app.state.provider = opened
             app.state.settings = settings
-            background = await run_startup(name, startup, opened)
+            background = [await start_workers(name, opened)] if workers else []
+            try:
+                background += await run_startup(name, startup, opened)
+            except BaseException:
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
+                raise
             try:
                 yield
             finally:

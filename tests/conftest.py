@@ -52,7 +52,9 @@ def remove_labelled_containers(rack: str) -> None:
     if ids:
         subprocess.run([docker, "rm", "-f", "-v", *ids], capture_output=True, check=False)
     volumes = subprocess.run(
-        [docker, "volume", "ls", "-q", "--filter", f"label=convox.rack={rack}"], capture_output=True, text=True,
+        [docker, "volume", "ls", "-q", "--filter", f"label=convox.rack={rack}"],
+        capture_output=True,
+        text=True,
         check=False,
     ).stdout.split()
     if volumes:

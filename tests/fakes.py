@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, cast
 
@@ -128,6 +130,16 @@ class FakeProvider:
         self.releases = FakeReleases(self.apps)
         self.timers = FakeTimers()
         self.opened = False
+        self.workers_started = 0
+
+    async def workers(self, started: Callable[[], None] | None = None) -> None:
+        """The start steps of the local provider's workers, then nothing until cancelled."""
+        self.workers_started += 1
+        await self.formation.adopt()
+        await self.timers.adopt()
+        if started is not None:
+            started()
+        await asyncio.Event().wait()
 
     async def __aenter__(self) -> Self:
         self.opened = True

@@ -13,12 +13,17 @@ from bench.stats import Stats
 
 
 def _rows() -> list[Row]:
-    fast = Result("convox ps vs docker stats", "s", Stats((0.3, 0.35, 0.33)), Stats((2.0, 2.1, 2.2)),
-                  Target.ratio_below(0.3))
+    fast = Result(
+        "convox ps vs docker stats", "s", Stats((0.3, 0.35, 0.33)), Stats((2.0, 2.1, 2.2)), Target.ratio_below(0.3)
+    )
     slow = Result("exec throughput", "B/s", Stats((200e6,)), Stats((350e6,)), Target.ratio_above(1.0))
     absolute = Result("convox --version", "s", Stats((0.015,)), Stats((0.010,)), Target.below(0.150))
-    return [Row("ps_twenty", fast), Row("exec_throughput", slow), Row("version", absolute),
-            Row("deploy", error="RuntimeError: <engine> gone")]
+    return [
+        Row("ps_twenty", fast),
+        Row("exec_throughput", slow),
+        Row("version", absolute),
+        Row("deploy", error="RuntimeError: <engine> gone"),
+    ]
 
 
 def test_write_json_puts_a_chart_beside_the_document(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def segment(pattern: str | None, app: str, name: str) -> st.SearchStrategy[str]:
     anything = st.text(st.characters(blacklist_characters="/"), min_size=1, max_size=40).filter(
         lambda s: s not in (".", "..")
     )
-    options = [anything, st.sampled_from(["\x05t\"u", "\x04\u00a7\x02", "\u00e9\u00e8", "myapp\n", "a" * 300])]
+    options = [anything, st.sampled_from(['\x05t"u', "\x04\u00a7\x02", "\u00e9\u00e8", "myapp\n", "a" * 300])]
     if pattern:
         options.append(st.from_regex(pattern.removeprefix("^").removesuffix("$"), fullmatch=True))
     if name in ("app",):

@@ -216,7 +216,8 @@ def test_without_the_password_only_the_check_answers(generated: Generated, rack:
 async def test_the_async_variant_with_httpx_basic_auth(generated: Generated, rack: RunningRack) -> None:
     """The plain Client with httpx's own BasicAuth, through the generated ``asyncio_detailed`` call."""
     client = generated.package.Client(
-        base_url=rack.url, verify_ssl=rack.verify, httpx_args={"auth": httpx.BasicAuth("convox", rack.password)})
+        base_url=rack.url, verify_ssl=rack.verify, httpx_args={"auth": httpx.BasicAuth("convox", rack.password)}
+    )
     async with client as api:
         response = await generated.op("apps", "app_list").asyncio_detailed(client=api)
     assert response.status_code == 200

@@ -322,10 +322,12 @@ def test_a_stream_that_ends_without_a_status_is_an_error(cli: Cli, rack: Running
     assert child.returncode != 0
     assert "ERROR: the stream ended without an exit status" in stderr
     eventually(
-        lambda: httpx.get(
-            f"{rack.url}/apps/{deployed.name}/processes", verify=rack.verify, auth=("x", rack.password)
-        ).status_code
-        == 200,
+        lambda: (
+            httpx.get(
+                f"{rack.url}/apps/{deployed.name}/processes", verify=rack.verify, auth=("x", rack.password)
+            ).status_code
+            == 200
+        ),
         within=15,
     )
 

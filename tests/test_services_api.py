@@ -102,6 +102,15 @@ class FakeReleases:
     def __init__(self, apps: FakeApps) -> None:
         self.apps = apps
         self.made: list[Release] = []
+        self.promotes: FakePromotes | None = None
+
+    async def promote(self, app: str, release_id: str) -> App:
+        assert self.promotes is not None, "no promotes in this test"
+        await self.promotes.promote(app, release_id)
+        return await self.apps.get(app)
+
+    async def settled(self, app: str, within: float) -> App:
+        return await self.apps.get(app)
 
     async def create(
         self, app: str, *, build: str | None = None, env: dict[str, str] | None = None, description: str = ""
@@ -172,8 +181,9 @@ class FakeProvider:
         return None
 
 
-class FakeAppsService:
-    """Promotes at once (the app serves the release), after ``busy`` refusals; ``fail`` makes it fail."""
+class FakePromotes:
+    """The roll-outs behind ``provider.releases.promote``: at once (the app serves the release), after
+    ``busy`` refusals; ``fail`` makes it fail."""
 
     def __init__(self, apps: FakeApps) -> None:
         self.apps = apps
@@ -199,13 +209,14 @@ def provider() -> FakeProvider:
 
 
 @pytest.fixture
-def apps_service(provider: FakeProvider) -> FakeAppsService:
-    return FakeAppsService(provider.apps)
+def apps_service(provider: FakeProvider) -> FakePromotes:
+    provider.releases.promotes = FakePromotes(provider.apps)
+    return provider.releases.promotes
 
 
 @pytest.fixture
-async def api(provider: FakeProvider, apps_service: FakeAppsService) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(RackSettings(), provider=as_provider(provider), internal=False, promoter=apps_service)
+async def api(provider: FakeProvider, apps_service: FakePromotes) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(RackSettings(), provider=as_provider(provider), internal=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://provisioner") as client:
@@ -243,8 +254,11 @@ async def test_create_list_get_with_the_password_hidden(api: httpx.AsyncClient, 
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"type": "mongodb"}, 400, "unknown service type: 'mongodb' (known: mariadb, memcached, mysql, postgres, "
-         "redis)"),
+        (
+            {"type": "mongodb"},
+            400,
+            "unknown service type: 'mongodb' (known: mariadb, memcached, mysql, postgres, redis)",
+        ),
         ({"type": "redis", "name": "Bad_Name"}, 400, "invalid service name: 'Bad_Name'"),
         ({"type": "redis", "name": "x" * 31}, 400, "invalid service name"),
         ({"type": "redis", "size": 5}, 400, "size: Extra inputs are not permitted"),
@@ -267,7 +281,7 @@ async def test_a_duplicate_name_is_409(api: httpx.AsyncClient) -> None:
 
 
 async def test_link_puts_the_url_in_a_promoted_release(
-    api: httpx.AsyncClient, provider: FakeProvider, apps_service: FakeAppsService
+    api: httpx.AsyncClient, provider: FakeProvider, apps_service: FakePromotes
 ) -> None:
     deployed(provider, "myapp")
     await api.post("/services", json={"type": "postgres", "name": "main-db"})
@@ -291,7 +305,7 @@ async def test_link_keeps_the_rest_of_the_environment(api: httpx.AsyncClient, pr
 
 
 async def test_linking_an_undeployed_app_makes_a_release_for_its_first_deploy(
-    api: httpx.AsyncClient, provider: FakeProvider, apps_service: FakeAppsService
+    api: httpx.AsyncClient, provider: FakeProvider, apps_service: FakePromotes
 ) -> None:
     await provider.apps.create("fresh")
     await api.post("/services", json={"type": "redis"})
@@ -301,7 +315,7 @@ async def test_linking_an_undeployed_app_makes_a_release_for_its_first_deploy(
 
 
 async def test_link_waits_out_a_roll_out_in_progress(
-    api: httpx.AsyncClient, provider: FakeProvider, apps_service: FakeAppsService
+    api: httpx.AsyncClient, provider: FakeProvider, apps_service: FakePromotes
 ) -> None:
     deployed(provider, "busy")
     apps_service.busy = 2
@@ -311,7 +325,7 @@ async def test_link_waits_out_a_roll_out_in_progress(
 
 
 async def test_a_failed_roll_out_is_an_error_naming_the_release(
-    api: httpx.AsyncClient, provider: FakeProvider, apps_service: FakeAppsService
+    api: httpx.AsyncClient, provider: FakeProvider, apps_service: FakePromotes
 ) -> None:
     deployed(provider, "broken")
     apps_service.fail = True
@@ -338,7 +352,7 @@ async def test_link_errors(api: httpx.AsyncClient, provider: FakeProvider) -> No
 
 
 async def test_delete_is_refused_while_linked_then_unlink_and_delete(
-    api: httpx.AsyncClient, provider: FakeProvider, apps_service: FakeAppsService
+    api: httpx.AsyncClient, provider: FakeProvider, apps_service: FakePromotes
 ) -> None:
     deployed(provider, "myapp")
     await provider.releases.create("myapp", env={"KEEP": "1"})

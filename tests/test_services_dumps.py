@@ -65,8 +65,8 @@ def redis(user: Cli) -> Iterator[str]:
 def convox(user: Cli, *args: str, stdin: Path | None = None, stdout: Path | None = None) -> tuple[int, str]:
     """`convox ARGS` with binary stdin/stdout redirected to files (as `< dump` and `> dump` do); (exit, stderr)."""
     with (
-        (stdin.open("rb") if stdin else open("/dev/null", "rb")) as given,
-        (stdout.open("wb") if stdout else open("/dev/null", "wb")) as taken,
+        stdin.open("rb") if stdin else open("/dev/null", "rb") as given,
+        stdout.open("wb") if stdout else open("/dev/null", "wb") as taken,
     ):
         done = subprocess.run(
             [sys.executable, "-m", "cli.main", *args], stdin=given, stdout=taken, stderr=subprocess.PIPE,

@@ -22,7 +22,7 @@ from shared.models import Resource
 from shared.stream import Channel
 from tests.conftest import on_uvicorn
 from tests.fakes import as_provider
-from tests.test_services_api import FakeAppsService, FakeProvider, FakeResources
+from tests.test_services_api import FakeProvider, FakeResources
 
 
 class DumpResources(FakeResources):
@@ -76,7 +76,6 @@ async def served() -> AsyncIterator[tuple[str, DumpResources]]:
         RackSettings(),
         provider=as_provider(provider),
         internal=False,
-        promoter=FakeAppsService(provider.apps),
         provisioner=ProvisionerSettings(max_import_size=150_000, max_transfers=2),
     )
     async with on_uvicorn(app) as port:

@@ -140,15 +140,22 @@ async def test_formation_replaces_processes_stopped_or_killed_from_outside(
     provider: LocalProvider, busybox_image: str
 ) -> None:
     await released(provider, "kept", busybox_image, count=2)
-    await provider.formation.adopt()
-    before = workers("kept")
-    assert len(before) == 2
-    docker("kill", before[0])
-    await until(lambda: _count(provider, "kept", 2, without=before[0]))
-    one = workers("kept")[0]
-    pid = next(p.id for p in await provider.processes.list("kept", stats=False) if one.startswith(p.id[:12]))
-    await provider.processes.stop("kept", pid)
-    await until(lambda: _count(provider, "kept", 2, without=one))
+    started = asyncio.Event()
+    running = asyncio.create_task(provider.workers(started.set))  # as the apps service runs them
+    try:
+        await asyncio.wait_for(started.wait(), 30)
+        before = workers("kept")
+        assert len(before) == 2
+        docker("kill", before[0])
+        await until(lambda: _count(provider, "kept", 2, without=before[0]))
+        one = workers("kept")[0]
+        pid = next(p.id for p in await provider.processes.list("kept", stats=False) if one.startswith(p.id[:12]))
+        await provider.processes.stop("kept", pid)
+        await until(lambda: _count(provider, "kept", 2, without=one))
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
 
 async def _count(provider: LocalProvider, app: str, count: int, without: str) -> bool:

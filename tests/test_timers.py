@@ -20,6 +20,7 @@ from tests.test_processes_provider import docker, provider
 
 __all__ = ["provider"]  # the fixture, shared with the processes tests
 
+
 async def release(provider: LocalProvider, app: str, image: str, timers: dict[str, Timer], build: str) -> str:
     manifest = Manifest(services={"web": Service(name="web", command="sleep 3600")}, timers=timers)
     await provider.state.execute(

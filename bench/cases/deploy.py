@@ -55,12 +55,16 @@ def run(ctx: Context) -> Result:
     shutil.copytree(SAMPLE, theirs_dir)
     (ours_dir / "convox.yml").write_text(MANIFEST)
     timing.run([str(ctx.convox), "apps", "create", APP], env=env)
-    ctx.stack.callback(lambda: subprocess.run([str(ctx.convox), "apps", "delete", APP], env=env, check=False,
-                                              capture_output=True))
+    ctx.stack.callback(
+        lambda: subprocess.run([str(ctx.convox), "apps", "delete", APP], env=env, check=False, capture_output=True)
+    )
     tag = "rack-bench/deploy:latest"
     running: list[str] = []
-    ctx.stack.callback(lambda: subprocess.run([ctx.docker, "rm", "-f", *running], check=False, capture_output=True)
-                       if running else None)
+    ctx.stack.callback(
+        lambda: (
+            subprocess.run([ctx.docker, "rm", "-f", *running], check=False, capture_output=True) if running else None
+        )
+    )
     counter = iter(range(1_000_000))
 
     def convox_deploy() -> float:
@@ -79,8 +83,28 @@ def run(ctx: Context) -> Result:
         (theirs_dir / "www" / "index.html").write_text(version)
         start = time.perf_counter()
         timing.run([ctx.docker, "build", "-q", "-t", tag, str(theirs_dir)], timeout=300)
-        cid = timing.run([ctx.docker, "run", "-d", "-p", "127.0.0.1::3000", "-m", "64m", tag,
-                          "httpd", "-f", "-p", "3000", "-h", "/www"]).stdout.decode().strip()
+        cid = (
+            timing.run(
+                [
+                    ctx.docker,
+                    "run",
+                    "-d",
+                    "-p",
+                    "127.0.0.1::3000",
+                    "-m",
+                    "64m",
+                    tag,
+                    "httpd",
+                    "-f",
+                    "-p",
+                    "3000",
+                    "-h",
+                    "/www",
+                ]
+            )
+            .stdout.decode()
+            .strip()
+        )
         port = timing.run([ctx.docker, "port", cid, "3000/tcp"]).stdout.decode().strip().rsplit(":", 1)[1]
         wait_for(f"http://127.0.0.1:{port}/", version)
         elapsed = time.perf_counter() - start

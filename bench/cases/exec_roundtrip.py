@@ -72,8 +72,9 @@ def run(ctx: Context) -> Result:
     docker = [ctx.docker, "exec", "-it", app.pid, *ECHO]
     ours_session, theirs_session = Session(convox, app.env), Session(docker, app.env)
     try:
-        ours, theirs = timing.interleave(ours_session.round_trip, theirs_session.round_trip,
-                                         repeat=ctx.repetitions(300), warmup=ctx.warmups(20))
+        ours, theirs = timing.interleave(
+            ours_session.round_trip, theirs_session.round_trip, repeat=ctx.repetitions(300), warmup=ctx.warmups(20)
+        )
     finally:
         ours_session.close()
         theirs_session.close()

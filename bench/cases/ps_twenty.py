@@ -20,9 +20,12 @@ def run(ctx: Context) -> Result:
         listed = timing.run(convox, env=app.env).stdout.decode().splitlines()
         if len(listed) != COUNT + 1 or "%" not in listed[1]:
             raise RuntimeError(f"`convox ps` listed {len(listed) - 1} processes: {listed[:3]}")
-        ours, theirs = timing.interleave(timing.command_sampler(convox, env=app.env),
-                                         timing.command_sampler(docker, env=app.env),
-                                         repeat=ctx.repetitions(10), warmup=ctx.warmups(1))
+        ours, theirs = timing.interleave(
+            timing.command_sampler(convox, env=app.env),
+            timing.command_sampler(docker, env=app.env),
+            repeat=ctx.repetitions(10),
+            warmup=ctx.warmups(1),
+        )
     finally:
         scale(ctx, app, 1)
     return Result(

@@ -14,9 +14,12 @@ def run(ctx: Context) -> Result:
     app = deployed(ctx)
     convox = [str(ctx.convox), "run", "--app", app.app, "web", "true"]
     docker = [ctx.docker, "run", "--rm", app.image, "true"]
-    ours, theirs = timing.interleave(timing.command_sampler(convox, env=app.env),
-                                     timing.command_sampler(docker, env=app.env),
-                                     repeat=ctx.repetitions(15), warmup=ctx.warmups(2))
+    ours, theirs = timing.interleave(
+        timing.command_sampler(convox, env=app.env),
+        timing.command_sampler(docker, env=app.env),
+        repeat=ctx.repetitions(15),
+        warmup=ctx.warmups(2),
+    )
     return Result(
         title="convox run web true / docker run --rm IMAGE true (the release's image, until the exit code)",
         unit="s",

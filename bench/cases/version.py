@@ -15,14 +15,22 @@ def run(ctx: Context) -> Result:
     printed = timing.run(convox).stdout.decode().strip()
     if not printed.startswith("convox "):
         raise RuntimeError(f"`convox --version` printed {printed!r}")
-    ours, theirs = timing.interleave(timing.command_sampler(convox), timing.command_sampler(docker),
-                                     repeat=ctx.repetitions(40), warmup=ctx.warmups(5))
+    ours, theirs = timing.interleave(
+        timing.command_sampler(convox),
+        timing.command_sampler(docker),
+        repeat=ctx.repetitions(40),
+        warmup=ctx.warmups(5),
+    )
     return Result(
         title="convox --version / docker --version",
         unit="s",
         convox=ours,
         docker=theirs,
         target=TARGET,
-        details={"convox": convox, "docker": docker, "printed": printed,
-                 "docker_printed": timing.run(docker).stdout.decode().strip()},
+        details={
+            "convox": convox,
+            "docker": docker,
+            "printed": printed,
+            "docker_printed": timing.run(docker).stdout.decode().strip(),
+        },
     )

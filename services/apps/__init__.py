@@ -1,4 +1,8 @@
-"""The apps service: apps, releases, environment, formation, timers; it owns their state."""
+"""The apps service: apps, releases, environment, formation, timers; it owns their state, and it is the one
+service that runs the rack's background work (``provider.workers()``: adoption, reconciliation, roll-outs,
+timers), because roll-outs, scale, restart and cancel of formation are served here, in the same process as
+the reconciliation that must not race them. A restart of this service (the supervisor restarts it when it
+dies) restarts that work; a promote asked from another service is rolled out here."""
 
 from __future__ import annotations
 
@@ -23,11 +27,5 @@ def create_app(
     settings: RackSettings | None = None, provider: Provider | None = None, internal: bool = True
 ) -> FastAPI:
     return build_service(
-        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[adopt]
+        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, workers=True
     )
-
-
-async def adopt(provider: Provider) -> None:
-    """The apps service owns formation: it takes charge of running processes and balancers at start."""
-    await provider.formation.adopt()
-    await provider.timers.adopt()

@@ -93,9 +93,7 @@ async def environment_set(
     summary="Unset an environment variable (a new release, not promoted)",
     responses=ERRORS,
 )
-async def environment_unset(
-    app: AppName, name: Annotated[str, env_key_path()], provider: ProviderDep
-) -> Release:
+async def environment_unset(app: AppName, name: Annotated[str, env_key_path()], provider: ProviderDep) -> Release:
     release = await provider.releases.change_env(app, unset=[name], description=f"env unset {name}")
     log.log("env.unset", app=app, key=name, release=release.id)
     return release

@@ -80,8 +80,10 @@ def issue(key: bytes, role: Role, seconds: int, now: float | None = None) -> tup
     issued = int(now if now is not None else time.time())
     claims = Claims(role=role, expires=issued + seconds, id=secrets.token_hex(8))
     payload = {"role": role, "iat": issued, "exp": claims.expires, "jti": claims.id}
-    signing = _b64(json.dumps(HEADER, separators=(",", ":")).encode()) + "." + _b64(
-        json.dumps(payload, separators=(",", ":")).encode()
+    signing = (
+        _b64(json.dumps(HEADER, separators=(",", ":")).encode())
+        + "."
+        + _b64(json.dumps(payload, separators=(",", ":")).encode())
     )
     signature = hmac.new(key, signing.encode(), hashlib.sha256).digest()
     return f"{signing}.{_b64(signature)}", claims

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.provisioner.linking import AppsService, Linker, Promoter
+from services.provisioner.linking import Linker
 from services.provisioner.proxy import router as proxy_router
 from services.provisioner.routes import params_router, router
 from services.provisioner.settings import ProvisionerSettings
@@ -26,15 +26,12 @@ def create_app(
     settings: RackSettings | None = None,
     provider: Provider | None = None,
     internal: bool = True,
-    promoter: Promoter | None = None,
     provisioner: ProvisionerSettings | None = None,
 ) -> FastAPI:
-    """``promoter`` replaces the apps service (tests pass a fake through this seam)."""
     settings = settings or RackSettings()
-    chosen = promoter or AppsService(settings)
 
     async def start(opened: Provider) -> None:
-        app.state.linker = Linker(opened, chosen)
+        app.state.linker = Linker(opened)
         await opened.resources.adopt()
 
     app = build_service(

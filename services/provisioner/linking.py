@@ -1,5 +1,5 @@
-"""Linking a backing service into an app: ``<NAME>_URL`` in the app's environment, through a release that
-the apps service rolls out (it owns formation: the roll-out runs there, never in this process).
+"""Linking a backing service into an app: ``<NAME>_URL`` in the app's environment, through a release
+promoted through the provider (the roll-out runs under the rack's workers, in the apps service).
 
 A link or unlink makes a new release from the app's latest one with the variable set or removed. When the
 app has an active release, the new one is promoted (after any roll-out in progress) and the call returns
@@ -14,12 +14,8 @@ promoted here. Such a link is undone by dropping the resource from the manifest,
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
 
-import httpx
-
-from shared.config import INTERNAL_HEADER, RackSettings
-from shared.errors import Conflict, NotFound, RackError, Unavailable
+from shared.errors import Conflict, NotFound, RackError
 from shared.logfmt import Logger
 from shared.models import Resource, ResourceEnv
 from shared.names import url_key
@@ -27,7 +23,6 @@ from shared.provider import Provider
 
 log = Logger("provisioner")
 ROLLOUT_TIMEOUT = 300.0
-POLL_SECONDS = 0.25
 
 
 def env_key(name: str) -> str:
@@ -35,43 +30,9 @@ def env_key(name: str) -> str:
     return url_key(name)
 
 
-class Promoter(Protocol):
-    async def promote(self, app: str, release: str) -> None:
-        """Start rolling ``release`` out (:class:`Conflict` while the app is already updating)."""
-        ...
-
-
-class AppsService:
-    """Promotes through the apps service, on its unix socket, with the rack's internal secret."""
-
-    def __init__(self, settings: RackSettings) -> None:
-        self.socket = settings.socket_path("apps")
-        self.secret = settings.internal_secret.get_secret_value()
-
-    async def promote(self, app: str, release: str) -> None:
-        transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
-        async with httpx.AsyncClient(transport=transport, base_url="http://apps", timeout=30) as client:
-            try:
-                response = await client.post(
-                    f"/apps/{app}/releases/{release}/promote", headers={INTERNAL_HEADER: self.secret}
-                )
-            except httpx.TransportError:
-                raise Unavailable("apps service unavailable") from None
-        if response.status_code < 400:
-            return
-        try:
-            message = str(response.json()["error"])
-        except (ValueError, KeyError, TypeError):
-            message = f"apps service answered {response.status_code}"
-        if response.status_code == 409:
-            raise Conflict(message)
-        raise RackError(message, status=response.status_code)
-
-
 class Linker:
-    def __init__(self, provider: Provider, promoter: Promoter, rollout_timeout: float = ROLLOUT_TIMEOUT) -> None:
+    def __init__(self, provider: Provider, rollout_timeout: float = ROLLOUT_TIMEOUT) -> None:
         self.provider = provider
-        self.promoter = promoter
         self.rollout_timeout = rollout_timeout
         self.locks: dict[str, asyncio.Lock] = {}
 
@@ -133,29 +94,26 @@ class Linker:
 
     async def _roll_out(self, app: str, release: str) -> None:
         """Promote ``release`` when the app runs one (waiting out a roll-out in progress), then wait until
-        it serves; a failed roll-out is an error (the previous release keeps serving)."""
+        it serves; a failed roll-out is an error with its reason (the previous release keeps serving)."""
         if not (await self.provider.apps.get(app)).release:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.rollout_timeout
         while True:
             try:
-                await self.promoter.promote(app, release)
+                await self.provider.releases.promote(app, release)
                 break
             except Conflict:
-                if loop.time() > deadline:
+                left = deadline - loop.time()
+                if left <= 0 or (await self.provider.releases.settled(app, left)).status == "updating":
                     raise Conflict(f"app {app} is still updating: promote release {release} later") from None
-                await asyncio.sleep(POLL_SECONDS)
-        while True:
-            current = await self.provider.apps.get(app)
-            if current.status == "running" and current.release == release:
-                return
-            if current.status == "failed" or current.failed_release == release:
-                raise RackError(
-                    f"release {release} failed to roll out; {current.release or 'nothing'} is still serving "
-                    f"(see `convox logs --app {app}`)",
-                    status=502,
-                )
-            if loop.time() > deadline:
-                raise RackError(f"release {release} is still rolling out after {self.rollout_timeout:.0f}s", 504)
-            await asyncio.sleep(POLL_SECONDS)
+        current = await self.provider.releases.settled(app, max(0.0, deadline - loop.time()))
+        if current.status == "updating":
+            raise RackError(f"release {release} is still rolling out after {self.rollout_timeout:.0f}s", 504)
+        if current.release != release:
+            reason = f" ({current.failure})" if current.failed_release == release and current.failure else ""
+            raise RackError(
+                f"release {release} failed to roll out{reason}; {current.release or 'nothing'} is still serving "
+                f"(see `convox logs --app {app}`)",
+                status=502,
+            )

@@ -99,8 +99,8 @@ ServiceName = Path(description="The service's name.", examples=["postgres"])
     summary="A logical dump of the service's data (websocket)",
     description=(
         "A websocket (subprotocol `v1.stream.rack`): the dump on the stdout channel (1) as the service's own "
-        f"tool writes it, then a status message on channel 3, `{{\"exit_code\": 0}}` once it is whole or "
-        f"`{{\"error\": \"pg_dump exited with code 1: ...\"}}`. {FORMATS} What `convox services export` saves."
+        f'tool writes it, then a status message on channel 3, `{{"exit_code": 0}}` once it is whole or '
+        f'`{{"error": "pg_dump exited with code 1: ..."}}`. {FORMATS} What `convox services export` saves.'
     ),
     responses={**SOCKET, **REFUSALS},
 )

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 TS_WIDTH = len("2015-01-01T00:00:00.000000000Z")
 
 
-
 def ts_from_ns(ns: int) -> str:
     """Nanoseconds since the epoch -> ``2015-01-01T00:00:00.000000000Z``."""
     seconds, fraction = divmod(ns, 1_000_000_000)

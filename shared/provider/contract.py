@@ -11,7 +11,7 @@ implementation serves it; until then the protocol fixes its shape so that both p
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -94,8 +94,10 @@ class ProcessesAPI(Protocol):
     async def stop(self, app: str, pid: str) -> None: ...
 
     async def adopt(self) -> None:
-        """Take charge of one-off processes after a (re)start: end the interactive ones (their streams died
-        with the service) and enforce the timeouts of detached ones. Called once by the processes service."""
+        """Take charge of one-off processes after a (re)start of the service that serves their streams
+        (the processes service, at its start): end the interactive ones (their streams died with it) and
+        enforce the timeouts of detached ones. This is that service's own recovery, not rack-wide work
+        (:meth:`Provider.workers` is)."""
         ...
 
 
@@ -130,8 +132,8 @@ class BuildsAPI(Protocol):
         ...
 
     async def recover(self) -> int:
-        """Mark failed the builds a dead process left running (called where builds run, at its start);
-        returns how many."""
+        """Mark failed the builds a dead process left running (run where builds run, at its start: that
+        service's own recovery); returns how many."""
         ...
 
 
@@ -181,7 +183,16 @@ class ReleasesAPI(Protocol):
         ...
 
     async def promote(self, app: str, release_id: str) -> App:
-        """Start rolling the release out; the app is ``updating`` until it is ``running`` or ``failed``."""
+        """Start rolling the release out; the app is ``updating`` until it is ``running`` or ``failed``.
+        Works from any service: the roll-out itself runs under :meth:`Provider.workers`. The refusals are
+        :mod:`shared.errors` (NotFound, BadRequest for a release that cannot run, Conflict while updating;
+        Unavailable when nothing runs the workers)."""
+        ...
+
+    async def settled(self, app: str, within: float) -> App:
+        """The app once no roll-out of it is in progress (at most ``within`` seconds on: then as it is).
+        Its ``release`` is what serves; a roll-out that did not finish is its ``failed_release`` and
+        ``failure`` (why: failed health checks, cancelled, interrupted by a restart)."""
         ...
 
     async def list(self, app: str, limit: int = 20) -> list[Release]: ...
@@ -203,7 +214,8 @@ class FormationAPI(Protocol):
 
     async def adopt(self) -> None:
         """Take charge of what runs after a (re)start of the rack: adopt running processes, serve the
-        balancers, keep the counts. Called once by the service that owns formation."""
+        balancers, finish what was cut short. A start step of :meth:`Provider.workers` (which then keeps
+        the counts)."""
         ...
 
 
@@ -213,7 +225,8 @@ class TimersAPI(Protocol):
         ...
 
     async def adopt(self) -> None:
-        """Start running timers on their schedules; called once by the service that owns formation."""
+        """Take the timers' saved state again: a start step of :meth:`Provider.workers`, which then runs the
+        timers on their schedules."""
         ...
 
 
@@ -255,8 +268,8 @@ class LogsAPI(Protocol):
 
     async def collect(self) -> None:
         """Start collecting every app's log into its history (bounded as the provider's own settings say:
-        :class:`shared.logstore.settings.LogStoreSettings`); called once, by the logs service, which serves
-        the streams."""
+        :class:`shared.logstore.settings.LogStoreSettings`). Run by the service that serves the streams (the
+        logs service): the local store hands new lines to its followers in that process."""
         ...
 
 
@@ -326,8 +339,8 @@ class ResourcesAPI(Protocol):
         ...
 
     async def adopt(self) -> None:
-        """After a (re)start of the rack: finish or undo what was cut short, bring back missing servers.
-        Called once by the service that owns backing services."""
+        """After a (re)start of the service that creates backing services (the provisioner, whose process
+        provisions them): finish or undo what was cut short, bring back missing servers."""
         ...
 
 
@@ -370,6 +383,14 @@ class Provider(Protocol):
     def resources(self) -> ResourcesAPI: ...
     @property
     def params(self) -> ParamsAPI: ...
+
+    async def workers(self, started: Callable[[], None] | None = None) -> None:
+        """Run the rack's background work until cancelled: adoption after a restart, reconciliation of
+        formation, the roll-outs (those promoted from any service), timers. One service runs it (the apps
+        service: the owner), so a restart of that service restarts it. Every loop runs under one task group
+        (:func:`shared.provider.workers.supervise`): a loop that fails is logged and started again with
+        back-off, the others going on. ``started`` is called once every start step (adoption) has run."""
+        ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -110,9 +110,7 @@ async def leftovers() -> dict[str, list[Any]]:
         found["aliases"] = [
             a["AliasName"] for a in (await kms.list_aliases())["Aliases"] if not a["AliasName"].startswith("alias/aws/")
         ]
-        found["certificates"] = [
-            c["CertificateArn"] for c in (await acm.list_certificates())["CertificateSummaryList"]
-        ]
+        found["certificates"] = [c["CertificateArn"] for c in (await acm.list_certificates())["CertificateSummaryList"]]
     return {k: v for k, v in found.items() if v}
 
 

@@ -279,8 +279,10 @@ def test_rack_start_refuses_a_stack_that_is_missing_not_a_rack_or_not_this_versi
     body = "".join(f"  {key}:\n    Value: {value}\n" for key, value in outputs.items())
     cfn.update_stack(
         StackName="old",
-        TemplateBody="Parameters:\n  PasswordParameter:\n    Type: String\n" + template.replace("keep-me", "old")
-        + "Outputs:\n" + body,
+        TemplateBody="Parameters:\n  PasswordParameter:\n    Type: String\n"
+        + template.replace("keep-me", "old")
+        + "Outputs:\n"
+        + body,
         Parameters=[{"ParameterKey": "PasswordParameter", "ParameterValue": "/convox/old/password"}],
     )
     wrong = start_against("old", tmp_path, CONVOX_PASSWORD="q" * 40)

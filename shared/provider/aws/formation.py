@@ -420,7 +420,8 @@ class AwsFormation:
                     continue
                 with translated(f"cannot cancel the roll-out of {app}/{name}"):
                     await ecs.update_service(
-                        cluster=self.cluster, service=family(self.rack, app, name),
+                        cluster=self.cluster,
+                        service=family(self.rack, app, name),
                         taskDefinition=previous["taskDefinition"],
                     )
                 rolled_back += 1

@@ -3,8 +3,8 @@
 A task is the app's when it carries the tags ``convox.rack`` and ``convox.app`` (services propagate them
 from their task definitions; one-offs get them from RunTask). A pid is the last 12 characters of the task
 id. One-offs are RunTask with the command and environment as overrides; a time limit is a tag
-(``convox.deadline``) on the task itself, so that the reaper started by :meth:`AwsProcesses.adopt` enforces
-it also after a restart.
+(``convox.deadline``) on the task itself, so that the reaper (a loop of the workers, :meth:`AwsProcesses.loops`)
+enforces it also after a restart.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from shared.provider.aws.clients import Clients, translated
 from shared.provider.aws.formation import AwsFormation, Desired, family, manifest_of, run_family
 from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.settings import AwsProviderSettings
+from shared.provider.workers import Loop
 from shared.stream import ProcessStream
 
 log = Logger("processes")
@@ -283,9 +284,13 @@ class AwsProcesses:
             await asyncio.sleep(self.settings.reaper_interval)
 
     async def adopt(self) -> None:
-        """Start the reaper of one-off time limits (their deadlines are tags: nothing is lost on restart)."""
-        if self._reaper is None:
-            self._reaper = asyncio.create_task(self._reap_forever())
+        """Nothing of the processes service's own: the reaper of time limits is a loop of the workers."""
+        return None
+
+    def loops(self) -> builtins.list[Loop]:
+        """The reaper of one-off time limits, under :meth:`AwsProvider.workers` (deadlines are tags: nothing
+        is lost on a restart)."""
+        return [Loop("processes.reaper", self._reap_forever)]
 
     async def forget(self, app: str) -> None:
         """A deleted app's tasks are stopped, and its one-off task definitions deregistered."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -21,6 +22,7 @@ from shared.provider.aws.settings import AwsProviderSettings
 from shared.provider.aws.stacks import human_status, set_parameters
 from shared.provider.aws.state import State
 from shared.provider.aws.timers import AwsTimers
+from shared.provider.workers import Loop, supervise
 
 
 class AwsSystem:
@@ -45,8 +47,6 @@ class AwsSystem:
         """Builds run in an ECS task on the rack's builder image, which pulls from the registries the
         cluster's network reaches: the rack cannot tell from here."""
         return [ImageStatus(image=image, present=None, pullable=None) for image in images]
-
-
 
     async def adopt(self) -> None:
         return None
@@ -110,6 +110,13 @@ class AwsProvider:
         self.resources = AwsResources(self.state, self.clients, self.apps, settings.name, aws)
         self.apps.on_delete.append(self.resources.forget_app)
         self.params = AwsParams(self.clients, aws.stack or settings.name)
+
+    async def workers(self, started: Callable[[], None] | None = None) -> None:
+        """The rack's background work (:meth:`shared.provider.contract.Provider.workers`): a promote cut short
+        found at the start, the timers' scheduler, the reaper of one-off time limits. ECS keeps the counts and
+        rolls releases out itself."""
+        loops = [Loop("formation.adopt", start=self.formation.adopt), *self.timers.loops(), *self.processes.loops()]
+        await supervise(loops, started)
 
     async def __aenter__(self) -> Self:
         if self.aws.bootstrap:

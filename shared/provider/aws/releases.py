@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from shared.provider.aws.formation import AwsFormation
 
 RETRIES = 50
+SETTLED_SECONDS = 1.0
+"""How often `settled` reads an app that another service is promoting (ECS has no notification here)."""
 log = Logger("releases")
 EnvChange = Callable[[dict[str, str]], dict[str, str]]
 
@@ -259,6 +261,17 @@ class AwsReleases:
         if self.formation is None:
             raise RuntimeError("the roll-out is not wired to this provider")
         return await self.formation.promote(release)
+
+    async def settled(self, app: str, within: float) -> App:
+        """A promote on ECS returns once the services are updated (under the app's lease, in the asking
+        service); one asked from another service is seen here within a second."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            current = await self.apps.get(app)
+            if current.status != "updating" or loop.time() >= deadline:
+                return current
+            await asyncio.sleep(min(SETTLED_SECONDS, max(0.0, deadline - loop.time())))
 
     async def list(self, app: str, limit: int = 20) -> list[Release]:
         await self.apps.item(app)

@@ -299,8 +299,9 @@ class AwsResources:
 
     async def delete(self, name: str) -> None:
         record = await self._record(name)
-        if record["status"] == "failed" and await self._update(name, "SET #s = :deleting", "#s = :failed",
-                                                                {":deleting": "deleting", ":failed": "failed"}):
+        if record["status"] == "failed" and await self._update(
+            name, "SET #s = :deleting", "#s = :failed", {":deleting": "deleting", ":failed": "failed"}
+        ):
             db = await self.state.dynamodb()  # nothing of it is left but its record
             with translated(f"cannot delete service {name}"):
                 await db.delete_item(TableName=self.table, Key=to_item({"name": name}))

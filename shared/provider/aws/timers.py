@@ -65,6 +65,7 @@ from shared.provider.aws.logs import AwsLogs
 from shared.provider.aws.processes import TAG_TIMER, AwsProcesses, pid_of, tags_of
 from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.state import Item, State, to_item
+from shared.provider.workers import Loop
 
 log = Logger("timers")
 PREFIX = "timer:"
@@ -201,10 +202,13 @@ class AwsTimers:
     # ---- the scheduler -------------------------------------------------------------------------------
 
     async def adopt(self) -> None:
-        """Beat every ``interval`` seconds until closed (every rack API task may run one: claims are
-        conditional, so a due time runs once)."""
-        if self._loop_task is None:
-            self._loop_task = asyncio.create_task(self._loop())
+        """Nothing to take again: the timers' state is on the apps' items."""
+        return None
+
+    def loops(self) -> list[Loop]:
+        """Beat every ``interval`` seconds, under :meth:`AwsProvider.workers` (should two rack API tasks
+        run one each, claims are conditional: a due time runs once)."""
+        return [Loop("timers", self._loop)]
 
     async def _loop(self) -> None:
         while True:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
 from shared.config import LocalProviderSettings, RackSettings
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancers import Balancers
+from shared.provider.local.bell import Bell
 from shared.provider.local.builds import LocalBuilds
 from shared.provider.local.certificates import AppCertificates
 from shared.provider.local.docker import Docker
@@ -15,11 +17,13 @@ from shared.provider.local.events import Events
 from shared.provider.local.formation import LocalFormation
 from shared.provider.local.logs import LocalLogs
 from shared.provider.local.processes import LocalProcesses
+from shared.provider.local.promotions import Promotions
 from shared.provider.local.releases import LocalReleases
 from shared.provider.local.resources import LocalParams, LocalResources
 from shared.provider.local.state import State
 from shared.provider.local.system import LocalSystem
 from shared.provider.local.timers import LocalTimers
+from shared.provider.workers import Loop, supervise
 
 
 class LocalProvider:
@@ -49,6 +53,10 @@ class LocalProvider:
             self.certificates,
         )
         self.apps.on_delete.append(self.formation.forget)
+        self.bell = Bell(settings.run_dir / "bell")
+        self.apps.rollouts.bell = self.bell
+        self.promotions = Promotions(self.state, self.formation, self.bell)
+        self.releases.promotions = self.promotions
         self.timers = LocalTimers(self.docker, self.apps, self.releases, self.processes, Events(self.state))
         self.apps.on_delete.append(self.timers.forget)
         self.params = LocalParams(self.state)
@@ -61,6 +69,20 @@ class LocalProvider:
         self.apps.after_delete.append(self.formation.volumes.forget)
         self.apps.after_delete.append(self.certificates.forget)
         self.logs = LocalLogs(self.state, self.docker, self.apps, settings.name, settings.data_dir)
+
+    async def workers(self, started: Callable[[], None] | None = None) -> None:
+        """The rack's background work (see :meth:`shared.provider.contract.Provider.workers`): formation's
+        adoption, reconciliation and balancers, the roll-outs asked from other services, the timers."""
+        self.promotions.owner = True
+        loops = [
+            *self.formation.loops(),
+            Loop("promotions", self.promotions.serve, start=self.promotions.recover),
+            *self.timers.loops(),
+        ]
+        try:
+            await supervise(loops, started)
+        finally:
+            self.promotions.owner = False
 
     async def __aenter__(self) -> Self:
         await self.state.open()
@@ -79,4 +101,5 @@ class LocalProvider:
         await self.resources.close()
         await self.logs.close()
         await self.docker.close()
+        await self.bell.close()
         await self.state.close()

@@ -738,7 +738,9 @@ class AttachedRun(_Attached):
         """The engine's answer to ``wait``, asked before the start: its body comes when the process exits."""
         async with translated(self._what):
             response: aiohttp.ClientResponse = await self.docker.client._do_query(
-                f"containers/{self.container_id}/wait", method="POST", params={"condition": "next-exit"},
+                f"containers/{self.container_id}/wait",
+                method="POST",
+                params={"condition": "next-exit"},
                 timeout=self.docker.streaming(),  # the answer comes at the exit: only connecting is limited
             )
         return response

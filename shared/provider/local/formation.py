@@ -35,6 +35,7 @@ from shared.provider.local.releases import LocalReleases
 from shared.provider.local.rolling import next_step
 from shared.provider.local.state import State
 from shared.provider.local.volumes import Volumes
+from shared.provider.workers import Loop
 
 log = Logger("formation")
 LABEL_MEMORY = "convox.memory"
@@ -499,8 +500,8 @@ class LocalFormation:
 
     async def adopt(self) -> None:
         """After a (re)start: keep the running containers, serve the balancers, finish what was cut short
-        (a deletion, a roll-out), then keep every count. An app whose records are damaged is skipped: it is
-        logged, reported in its own log and marked failed; the others are adopted."""
+        (a deletion, a roll-out); :meth:`loops` then keep every count. An app whose records are damaged is
+        skipped: it is logged, reported in its own log and marked failed; the others are adopted."""
         for app in await self.apps.list():
             if app.status == "deleting":
                 self._spawn(self._finish_delete(app.name))
@@ -520,9 +521,15 @@ class LocalFormation:
                 continue
             interrupted = app.status == "updating"
             self._spawn(self._adopt(release, interrupted))
-        self._spawn(self._refresh())
-        self._spawn(self._watch())
-        self._spawn(self._poll())
+
+    def loops(self) -> list[Loop]:
+        """Keeping the counts and the balancers, run by :meth:`LocalProvider.workers` after :meth:`adopt`."""
+        return [
+            Loop("formation.adopt", start=self.adopt),
+            Loop("formation.refresh", self._refresh),
+            Loop("formation.watch", self._watch),
+            Loop("formation.reconcile", self._poll),
+        ]
 
     async def _damaged(self, app: str, exc: Exception) -> None:
         reason = exc.message if isinstance(exc, RackError) else f"its release is unreadable ({type(exc).__name__})"

@@ -17,6 +17,7 @@ from shared.provider.local.state import State
 
 if TYPE_CHECKING:
     from shared.provider.local.formation import LocalFormation
+    from shared.provider.local.promotions import Promotions
 
 
 def to_release(row: aiosqlite.Row) -> Release:
@@ -36,6 +37,7 @@ class LocalReleases:
         self.state = state
         self.apps = apps
         self.formation: LocalFormation | None = None
+        self.promotions: Promotions | None = None
 
     async def latest(self, app: str) -> Release | None:
         row = await self.state.fetch_one("SELECT * FROM releases WHERE app = ? ORDER BY seq DESC LIMIT 1", (app,))
@@ -148,10 +150,15 @@ class LocalReleases:
         return dict(latest.env) if latest else {}
 
     async def promote(self, app: str, release_id: str) -> App:
-        release = await self.get(app, release_id)
-        if self.formation is None:
+        """From any service: the roll-out runs under the workers (:mod:`shared.provider.local.promotions`)."""
+        if self.promotions is None:
             raise RuntimeError("the roll-out is not wired to this provider")
-        return await self.formation.promote(release)
+        return await self.promotions.promote(app, release_id)
+
+    async def settled(self, app: str, within: float) -> App:
+        if self.promotions is None:
+            raise RuntimeError("the roll-out is not wired to this provider")
+        return await self.promotions.settled(app, within)
 
     async def list(self, app: str, limit: int = 20) -> list[Release]:
         await self.apps.get(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from shared.provider.local.bell import Bell
 from shared.provider.local.state import State
 
 SCHEMA = """
@@ -23,6 +24,8 @@ class Rollouts:
     def __init__(self, state: State) -> None:
         self.state = state
         self.ready = False
+        self.bell: Bell | None = None
+        """Rung at each record: whoever waits for a roll-out's end (in any service) reads it again."""
 
     async def _ensure(self) -> None:
         if not self.ready:
@@ -39,6 +42,8 @@ class Rollouts:
             "time = excluded.time",
             (app, release, status, message, datetime.now(UTC).isoformat()),
         )
+        if self.bell is not None:
+            self.bell.ring()
 
     async def latest(self, app: str) -> tuple[str, str, str] | None:
         """The app's latest roll-out: (release, status, message)."""

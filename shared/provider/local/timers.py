@@ -29,6 +29,7 @@ from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LA
 from shared.provider.local.events import Events
 from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.releases import LocalReleases
+from shared.provider.workers import Loop
 
 log = Logger("timers")
 BEAT_SECONDS = 1.0
@@ -72,10 +73,12 @@ class LocalTimers:
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def adopt(self) -> None:
-        """Take the saved state again, then beat once a second until closed (the apps service starts it: one
-        runner per rack)."""
+        """Take the saved state again (the start step of :meth:`loops`)."""
         await self.load()
-        self._spawn(self._loop())
+
+    def loops(self) -> list[Loop]:
+        """The timers' runner, one per rack (:meth:`LocalProvider.workers`): a beat once a second."""
+        return [Loop("timers", self._loop, start=self.adopt)]
 
     async def load(self) -> None:
         """The timers' state as the previous runner left it. A run it left going is followed to its exit code
@@ -183,9 +186,7 @@ class LocalTimers:
 
     async def _run(self, app: str, timer: Timer, state: _State, now: datetime) -> None:
         key = (app, timer.name)
-        options = ProcessRunOptions(
-            service=timer.service, command=["sh", "-c", timer.command], timer=timer.name
-        )
+        options = ProcessRunOptions(service=timer.service, command=["sh", "-c", timer.command], timer=timer.name)
         since = time.time() - 1
         try:
             process = await self.processes.run(app, options)

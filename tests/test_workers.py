@@ -1,0 +1,295 @@
+"""The rack's background work has one owner (``provider.workers()``, run by the apps service): its loops are
+supervised (one failing is logged and restarted, the others go on), and a promote asked from another service
+(another provider on the same state, as the provisioner is) is rolled out by the owner, with its refusals as
+the same :mod:`shared.errors` types and a failed roll-out's reason; an owner killed with -9 in the middle of a
+roll-out leaves it failed cleanly at its next start, the previous release serving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from shared.config import RackSettings
+from shared.errors import BadRequest, Conflict, NotFound, RackError
+from shared.manifest import Health, Manifest, Service
+from shared.provider import load_provider
+from shared.provider.local import LocalProvider
+from shared.provider.local.bell import Bell
+from shared.provider.local.docker import LABEL_APP, LABEL_RACK, LABEL_RELEASE
+from shared.provider.local.images import image_name
+from shared.provider.workers import Loop, supervise
+from tests.conftest import RACK_NAME
+
+# ---- the supervisor ------------------------------------------------------------------------------------
+
+
+async def test_one_loop_crashing_is_logged_and_restarted_while_the_others_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ticks: list[float] = []
+    runs = 0
+    starts = 0
+    started = asyncio.Event()
+    crashed_often = asyncio.Event()
+
+    async def ticking() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    async def crashing() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 4:
+            crashed_often.set()
+        await asyncio.sleep(0.02)
+        raise ValueError(f"crash {runs}")
+
+    async def flaky_start() -> None:
+        nonlocal starts
+        starts += 1
+        if starts < 3:
+            raise RackError("engine away", 503)
+
+    loops = [Loop("ticking", ticking), Loop("crashing", crashing, start=flaky_start)]
+    task = asyncio.create_task(supervise(loops, started.set, backoff=(0.01, 0.02)))
+    try:
+        await asyncio.wait_for(started.wait(), 5)
+        assert starts == 3  # started only once every start step ran
+        await asyncio.wait_for(crashed_often.wait(), 5)
+        before = len(ticks)
+        await asyncio.sleep(0.1)
+        assert len(ticks) > before  # still ticking through the crashes
+        assert not task.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    err = caplog.text
+    assert "worker=crashing" in err and "crash 3" in err and "engine away" in err
+    assert "worker=ticking" not in err
+
+
+async def test_cancelling_the_workers_ends_every_loop() -> None:
+    ended: list[str] = []
+
+    async def forever(name: str) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append(name)
+
+    started = asyncio.Event()
+    task = asyncio.create_task(
+        supervise([Loop("a", lambda: forever("a")), Loop("b", lambda: forever("b"))], started.set)
+    )
+    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert sorted(ended) == ["a", "b"]
+
+
+# ---- the bell between processes -----------------------------------------------------------------------------
+
+
+async def test_a_ring_wakes_another_bells_waiter_at_once_and_clears_a_dead_processs_socket(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    directory = tmp_path_factory.mktemp("b")
+    ringer, waiter = Bell(directory), Bell(directory)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(str(directory / "1-0.sock"))
+    dead.close()  # its file stays, as a process killed with -9 leaves it
+    try:
+        await waiter.open()
+        seen = waiter.rung
+        began = time.monotonic()
+        ringer.ring()
+        await waiter.wait(seen, 10)
+        assert waiter.rung == seen + 1 and time.monotonic() - began < 5
+        assert not (directory / "1-0.sock").exists()
+        seen = waiter.rung
+        began = time.monotonic()
+        await waiter.wait(seen, 0.2)  # nothing rang: back after its timeout
+        assert waiter.rung == seen and time.monotonic() - began >= 0.15
+    finally:
+        await ringer.close()
+        await waiter.close()
+    assert not list(directory.iterdir())
+
+
+# ---- promotes from another service -------------------------------------------------------------------------
+
+
+def open_provider(data_dir: Path) -> LocalProvider:
+    opened = load_provider(RackSettings(data_dir=data_dir, name=RACK_NAME))
+    assert isinstance(opened, LocalProvider)
+    return opened
+
+
+def docker(*args: str, check: bool = True) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check).stdout
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("w")  # short: the state's sockets live under it
+
+
+@contextlib.asynccontextmanager
+async def owner(data_dir: Path) -> AsyncIterator[LocalProvider]:
+    """A provider running the workers, as the apps service does."""
+    async with open_provider(data_dir) as opened:
+        started = asyncio.Event()
+        task = asyncio.create_task(opened.workers(started.set))
+        try:
+            await asyncio.wait_for(started.wait(), 30)
+            yield opened
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@pytest.fixture
+async def asker(data_dir: Path, docker_engine: str) -> AsyncIterator[LocalProvider]:
+    """A provider of another service (the provisioner's): it runs no workers."""
+    async with open_provider(data_dir) as opened:
+        yield opened
+        for app in await opened.apps.list():
+            with contextlib.suppress(RackError):
+                await opened.apps.delete(app.name)
+        await opened.formation.close()
+
+
+async def release_of(provider: LocalProvider, app: str, image: str, web: Service, build: str) -> str:
+    """A release of a complete build whose ``web`` image is ``image`` (tagged), not promoted."""
+    with contextlib.suppress(RackError):
+        await provider.apps.create(app)
+    manifest = Manifest(services={"web": web})
+    await provider.state.execute(
+        "INSERT INTO builds (id, app, status, manifest, created) VALUES (?, ?, 'complete', ?, ?)",
+        (build, app, manifest.model_dump_json(), datetime.now(UTC).isoformat()),
+    )
+    docker("tag", image, image_name(RACK_NAME, app, "web", build))
+    return (await provider.releases.create(app, build=build)).id
+
+
+def sleeping() -> Service:
+    return Service(name="web", command="sleep 3600")
+
+
+def containers_of(app: str, release: str) -> list[str]:
+    labels = (f"{LABEL_RACK}={RACK_NAME}", f"{LABEL_APP}={app}", f"{LABEL_RELEASE}={release}")
+    return docker("ps", "-q", *(arg for label in labels for arg in ("--filter", f"label={label}"))).split()
+
+
+def slow() -> Service:
+    """Never healthy for a minute (nothing listens on its port): a roll-out that stays in flight."""
+    return Service(name="web", command="sleep 3600", port=3000, internal=True, health=Health(grace=60))
+
+
+async def test_a_promote_from_another_service_rolls_out_under_the_owner_with_typed_errors(
+    data_dir: Path, asker: LocalProvider, busybox_image: str
+) -> None:
+    async with owner(data_dir) as owning:
+        first = await release_of(asker, "asked", busybox_image, sleeping(), "BFIRSTBUILD")
+        promoted = await asker.releases.promote("asked", first)
+        assert promoted.status == "updating"
+        settled = await asker.releases.settled("asked", 60)
+        assert (settled.status, settled.release) == ("running", first)
+        assert containers_of("asked", first)
+
+        pending = await release_of(asker, "asked", busybox_image, slow(), "BSLOWBUILDS")
+        await asker.releases.promote("asked", pending)
+        with pytest.raises(Conflict, match="already updating"):  # the owner's refusal, the same type here
+            await asker.releases.promote("asked", pending)
+        await owning.formation.cancel("asked")
+        settled = await asker.releases.settled("asked", 60)
+        assert (settled.release, settled.failed_release, settled.failure) == (first, pending, "cancelled")
+
+        failing = Service(name="web", command="false", port=3000, internal=True)
+        broken = await release_of(asker, "asked", busybox_image, failing, "BBROKENBUID")
+        await asker.releases.promote("asked", broken)
+        settled = await asker.releases.settled("asked", 60)
+        assert (settled.status, settled.release, settled.failed_release) == ("running", first, broken)
+        assert "web exited with code 1 before it was healthy" in settled.failure
+
+        with pytest.raises(NotFound, match="no such release"):
+            await asker.releases.promote("asked", "RNOSUCHRELE")
+        bare = (await asker.releases.create("asked", env={"A": "1"})).id
+        await asker.state.execute("UPDATE releases SET build = '', manifest = '' WHERE id = ?", (bare,))
+        with pytest.raises(BadRequest, match="has no build to run"):
+            await asker.releases.promote("asked", bare)
+
+
+OWNER = """
+import asyncio, sys
+from pathlib import Path
+from shared.config import RackSettings
+from shared.provider import load_provider
+
+async def main() -> None:
+    async with load_provider(RackSettings(data_dir=Path(sys.argv[1]), name=sys.argv[2])) as provider:
+        await provider.workers(lambda: print("started", flush=True))
+
+asyncio.run(main())
+"""
+
+
+async def test_an_owner_killed_mid_roll_out_fails_it_cleanly_at_its_next_start(
+    data_dir: Path, asker: LocalProvider, busybox_image: str
+) -> None:
+    first = await release_of(asker, "killed", busybox_image, sleeping(), "BFIRSTBUILD")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        OWNER,
+        str(data_dir),
+        RACK_NAME,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    try:
+        assert process.stdout is not None
+        assert await asyncio.wait_for(process.stdout.readline(), 60) == b"started\n"
+        await asker.releases.promote("killed", first)
+        assert (await asker.releases.settled("killed", 60)).release == first
+        second = await release_of(asker, "killed", busybox_image, slow(), "BSLOWBUILDS")
+        await asker.releases.promote("killed", second)
+        await until(lambda: asyncio.sleep(0, bool(containers_of("killed", second))))
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert (await asker.apps.get("killed")).status == "updating"  # nobody finishes it meanwhile
+    async with owner(data_dir):
+        settled = await asker.releases.settled("killed", 30)
+        assert (settled.status, settled.release, settled.failed_release) == ("running", first, second)
+        assert "interrupted by a restart" in settled.failure
+        await until(lambda: asyncio.sleep(0, not containers_of("killed", second)))
+        assert containers_of("killed", first)
