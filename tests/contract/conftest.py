@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -50,7 +51,23 @@ async def provider(provider_name: str, backend: str, tmp_path: Path) -> AsyncIte
     async with load_provider(settings_for(provider_name, tmp_path)) as opened:
         if provider_name == "aws":
             await asyncio.to_thread(register_container_instance, RACK_NAME)
-        yield opened
+        async with running_workers(opened):
+            yield opened
+
+
+@contextlib.asynccontextmanager
+async def running_workers(provider: Provider) -> AsyncIterator[None]:
+    """The provider's background work, as the rack's owner (the apps service) runs it, until the block ends."""
+    ready = asyncio.Event()
+    task = asyncio.create_task(provider.workers(ready.set))
+    try:
+        async with asyncio.timeout(30):
+            await ready.wait()
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 BUILDER_IMAGE = "rack-test/builder:1"

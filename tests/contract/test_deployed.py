@@ -43,9 +43,8 @@ async def deployed(provider: Provider, app: str, tmp_path: Path) -> str:
                 build = await provider.builds.get(app, build.id)
         assert build.status == "complete", build
     await provider.releases.promote(app, build.release)
-    async with asyncio.timeout(120):  # a roll-out may go on in the background (local: health checks)
-        while (await provider.apps.get(app)).status != "running":
-            await asyncio.sleep(0.1)
+    settled = await provider.releases.settled(app, within=120)  # a roll-out goes on in the background
+    assert (settled.status, settled.release) == ("running", build.release), settled
     return build.release
 
 
