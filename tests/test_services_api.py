@@ -243,8 +243,11 @@ async def test_create_list_get_with_the_password_hidden(api: httpx.AsyncClient, 
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"type": "mongodb"}, 400, "unknown service type: 'mongodb' (known: mariadb, memcached, mysql, postgres, "
-         "redis)"),
+        (
+            {"type": "mongodb"},
+            400,
+            "unknown service type: 'mongodb' (known: mariadb, memcached, mysql, postgres, redis)",
+        ),
         ({"type": "redis", "name": "Bad_Name"}, 400, "invalid service name: 'Bad_Name'"),
         ({"type": "redis", "name": "x" * 31}, 400, "invalid service name"),
         ({"type": "redis", "size": 5}, 400, "size: Extra inputs are not permitted"),
