@@ -72,7 +72,9 @@ class LogCollector:
         self.unsaved: set[str] = set()
         self.readers: dict[str, asyncio.Task[None]] = {}
         self.reread: set[str] = set()
-        self.watch: dict[str, ContainerEnd] = {}
+        """Containers attached again while their reader runs: it reads on (or again) rather than ending."""
+        self.ends: dict[str, ContainerEnd] = {}
+        """How each container's last run ended, as far as its events have said."""
         self.to_flush: set[AppLog] = set()
         self.known_apps: set[str] = set()
         self.tasks: list[asyncio.Task[None]] = []

@@ -84,19 +84,19 @@ class ContainerLogs(LogCollector):
         app = labels.get(LABEL_APP)
         if not container or not app or not await self._trusted(labels):
             return
-        watch = self.watch.setdefault(container, ContainerEnd())
+        end = self.ends.setdefault(container, ContainerEnd())
         when = int(event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000)
         src = f"c:{container}"
         if action == "create":  # its lines are waited for (ordering) from now, before its start is seen
             applog = await self.applog(app)
-            mark = SourceProgress(ts_from_ns(when), asyncio.get_running_loop().time(), pending=True)
-            applog.sources.setdefault(src, mark)
+            progress = SourceProgress(ts_from_ns(when), asyncio.get_running_loop().time(), pending=True)
+            applog.sources.setdefault(src, progress)
         elif action == "kill":
-            watch.killed = True
+            end.killed = True
         elif action == "oom":
-            watch.oom = True
+            end.oom = True
         elif action == "destroy":
-            self.watch.pop(container, None)
+            self.ends.pop(container, None)
             if container not in self.readers and app in self.logs:
                 self.logs[app].sources.pop(src, None)
         if action == "start":  # the event first, then the reader: its lines cannot go out before it
@@ -107,10 +107,10 @@ class ContainerLogs(LogCollector):
                 code = int(labels.get("exitCode", "0"))
             except ValueError:
                 code = -1
-            message = exit_message(labels.get(LABEL_TYPE, ""), code, killed=watch.killed, oom=watch.oom)
-            watch.killed = watch.oom = False
+            message = exit_message(labels.get(LABEL_TYPE, ""), code, killed=end.killed, oom=end.oom)
+            end.killed = end.oom = False
             await self._lifecycle(app, container, labels, message, when)
-            watch.died = max(watch.died, when)
+            end.died = max(end.died, when)
             owner = self.logs.get(app)
             awaited = owner.sources.get(src) if owner is not None else None
             if owner is not None and awaited is not None and awaited.pending:  # its exit, awaited: here it is
@@ -167,11 +167,12 @@ class ContainerLogs(LogCollector):
         pid = container[:12]
         applog = await self.applog(app)
         known = self.offsets.get(src)
-        mark = applog.sources.get(src)
-        if mark is None or mark.pending:
+        progress = applog.sources.get(src)
+        if progress is None or progress.pending:
             cursor = known.cursor if known else ""
-            mark = SourceProgress(max(cursor, mark.ts) if mark else cursor, asyncio.get_running_loop().time(), True)
-            applog.sources[src] = mark
+            since = max(cursor, progress.ts) if progress else cursor
+            progress = SourceProgress(since, asyncio.get_running_loop().time(), True)
+            applog.sources[src] = progress
         backoff = 0.1
         finished = ""
         try:
@@ -190,18 +191,18 @@ class ContainerLogs(LogCollector):
                 state = info.get("State") or {}
                 running = bool(state.get("Running")) or bool(state.get("Restarting"))
                 tty = bool((info.get("Config") or {}).get("Tty"))
-                if mark.catching_up and running:  # to the end first, then follow
+                if progress.catching_up and running:  # to the end first, then follow
                     if await self._follow(applog, container, src, service, release, pid, False, tty, False) is None:
                         await asyncio.sleep(backoff)
                         backoff = min(2.0, backoff * 2)
                         continue
-                    mark.catching_up = False
+                    progress.catching_up = False
                     self.to_flush.add(applog)
                     self._wake.set()
                 received = await self._follow(applog, container, src, service, release, pid, running, tty)
                 if received is None:  # the connection dropped: the Engine is going or gone
-                    mark.catching_up = True
-                    mark.seen = asyncio.get_running_loop().time()
+                    progress.catching_up = True
+                    progress.seen = asyncio.get_running_loop().time()
                     await asyncio.sleep(backoff)
                     backoff = min(2.0, backoff * 2)
                     continue
@@ -215,8 +216,8 @@ class ContainerLogs(LogCollector):
                     await asyncio.sleep(0.05)
         finally:
             applog.sources.pop(src, None)
-            watch = self.watch.get(container)
-            if finished > "1970" and watch is not None and watch.died < ts_to_ns(finished):
+            end = self.ends.get(container)
+            if finished > "1970" and end is not None and end.died < ts_to_ns(finished):
                 # read to its end, but its exit (Docker's die event, not earlier than this) has not come yet:
                 # what is later waits for it
                 applog.sources[src] = SourceProgress(finished, asyncio.get_running_loop().time(), pending=True)
@@ -288,10 +289,10 @@ class ContainerLogs(LogCollector):
                     resume.skip -= 1
                     continue
             lines.append(Line(ts, service, release, pid, text_of(data), src, ts))
-        mark = applog.sources.get(src)
-        if mark is not None:
-            mark.seen = asyncio.get_running_loop().time()
-            mark.ts = max(mark.ts, max(ts for ts, _ in pieces))
+        progress = applog.sources.get(src)
+        if progress is not None:
+            progress.seen = asyncio.get_running_loop().time()
+            progress.ts = max(progress.ts, max(ts for ts, _ in pieces))
         if lines:
             late = time.time() - ts_to_datetime(lines[-1].ts).timestamp()
             applog.lag = applog.lag * 0.8 + min(max(late, 0.0), MAX_WAIT) * 0.2
