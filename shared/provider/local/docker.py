@@ -45,6 +45,10 @@ class EngineEvent(TypedDict, total=False):
     Actor: EventActor
     time: int
     timeNano: int
+    status: str
+    """The ``Action`` of the Engine's older API."""
+    id: str
+    """The ``Actor``'s ``ID`` of the Engine's older API."""
 
 
 class EngineVersion(TypedDict, total=False):
@@ -334,7 +338,7 @@ class Docker:
             if buffer:
                 raise Unavailable("docker engine: the log stream ended inside a message")
 
-    async def events(self, filters: dict[str, list[str]], since: str = "") -> AsyncIterator[dict[str, Any]]:
+    async def events(self, filters: dict[str, list[str]], since: str = "") -> AsyncIterator[EngineEvent]:
         """The Engine's events matching ``filters`` (from ``since``, ``seconds.nanoseconds``, then live).
         The stream never ends on its own: when the Engine goes away this raises :class:`Unavailable`."""
         params = {"filters": json.dumps(filters)}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from shared.errors import NotFound, RackError
 from shared.logfmt import Logger
@@ -15,7 +14,7 @@ from shared.logline import EVENT_SERVICE
 from shared.logstore.applog import MAX_WAIT, AppLog, SourceProgress
 from shared.logstore.lines import Line, text_of
 from shared.logstore.timestamps import normalize_ts, ts_from_ns, ts_to_datetime, ts_to_ns
-from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE
+from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, EngineEvent
 from shared.provider.local.events import clean, docker_since, exit_message
 from shared.provider.local.log_collector import LogCollector
 from shared.provider.local.splitter import Splitter
@@ -76,7 +75,7 @@ class ContainerLogs(LogCollector):
             if await self._trusted(labels):
                 await self._attach(container["Id"], labels)
 
-    async def _on_event(self, event: dict[str, Any]) -> None:
+    async def _on_event(self, event: EngineEvent) -> None:
         action = str(event.get("Action") or event.get("status") or "")
         actor = event.get("Actor") or {}
         container = str(actor.get("ID") or event.get("id") or "")
