@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -165,9 +165,13 @@ class Docker:
         return {str(k): str(v) for k, v in labels.items() if str(k).startswith(RACK_LABEL_PREFIX)}
 
     async def has_image(self, image: str) -> bool:
+        return await self._exists(f"image {image}", lambda: self.client.images.inspect(image))
+
+    async def _exists(self, what: str, lookup: Callable[[], Awaitable[object]]) -> bool:
+        """Whether the Engine has ``what``: ``lookup`` answers (False for its 404; any other error raises)."""
         try:
-            async with translated(f"image {image}"):
-                await self.client.images.inspect(image)
+            async with translated(what):
+                await lookup()
         except NotFound:
             return False
         return True
@@ -428,12 +432,7 @@ class Docker:
             await response.read()
 
     async def has_network(self, name: str) -> bool:
-        try:
-            async with translated(f"network {name}"):
-                await self.client.networks.get(name)
-        except NotFound:
-            return False
-        return True
+        return await self._exists(f"network {name}", lambda: self.client.networks.get(name))
 
     async def create_container(self, config: dict[str, Any], name: str) -> CreatedContainer:
         """Create a container from ``config`` as it is (no label of its image overridden: see :meth:`run`)."""
