@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from shared.errors import BadRequest
 
@@ -57,6 +59,18 @@ def manifest_service(app: str, name: str) -> str:
             "name and the resource's together): give the resource a shorter name"
         )
     return service
+
+
+ServiceKind = TypeVar("ServiceKind")
+"""A provider's description of a backing-service type."""
+
+
+def service_kind(kinds: Mapping[str, ServiceKind], kind: str) -> ServiceKind:
+    """A backing-service type by its name in a provider's table of them (BadRequest naming the known ones)."""
+    try:
+        return kinds[kind]
+    except KeyError:
+        raise BadRequest(f"unknown service type: {kind!r} (known: {', '.join(sorted(kinds))})") from None
 
 
 def is_image(name: object) -> bool:

@@ -21,6 +21,7 @@ from shared.logstore.history import History, Limits
 from shared.logstore.lines import Line, Offset, advance
 from shared.logstore.racklog import rack_line, read_rack_log
 from shared.logstore.timestamps import normalize_ts, ts_from_datetime, ts_from_ns, ts_to_datetime
+from shared.provider.local.docker import EngineEvent
 from shared.provider.local.events import docker_since
 from shared.provider.local.splitter import PARTIAL, Splitter
 
@@ -308,7 +309,7 @@ async def test_a_process_start_goes_out_before_its_lines_and_its_exit_before_lat
     pump = asyncio.create_task(logs._pump())
     try:
 
-        def event(action: str, at: int, **more: str) -> dict[str, object]:
+        def event(action: str, at: int, **more: str) -> EngineEvent:
             return {"Action": action, "Actor": {"ID": container, "Attributes": {**labels, **more}},
                     "timeNano": 1_767_323_045_000_000_000 + at}  # fmt: skip
 

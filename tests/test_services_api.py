@@ -19,7 +19,7 @@ from shared.errors import Conflict, NotFound
 from shared.ids import release_id
 from shared.models import App, Release, Resource, ResourceType
 from shared.names import check_service_name, manifest_service
-from shared.provider.local.resources import PARAM_DEFAULTS, kind_of
+from shared.provider.local.resource_kinds import PARAM_DEFAULTS, kind_of
 from tests.fakes import FakeApps, as_provider
 
 PASSWORD = "0123456789abcdef" * 3

@@ -22,7 +22,8 @@ from shared.errors import BadRequest, Conflict, NotFound
 from shared.models import Resource
 from shared.provider.aws import install
 from shared.provider.aws.provider import AwsProvider
-from shared.provider.aws.resources import KINDS, NO_DUMPS, AwsResources, cache_id
+from shared.provider.aws.resource_kinds import KINDS, cache_id
+from shared.provider.aws.resources import NO_DUMPS, AwsResources
 from shared.provider.aws.state import to_item
 from tests.contract.aws_helpers import boto, in_moto, rack_network, use_rack_network
 from tests.moto_server import MotoServer

@@ -14,7 +14,7 @@ import yaml
 from shared.provider.aws import stacks
 from shared.provider.aws.certificate import self_signed
 from shared.provider.aws.credentials import session
-from shared.provider.aws.resources import KINDS
+from shared.provider.aws.resource_kinds import KINDS
 from shared.provider.aws.templates import (
     PortMap,
     ProcessPorts,

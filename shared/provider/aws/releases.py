@@ -19,6 +19,7 @@ from shared.models import App, Release
 from shared.provider.aws.apps import AwsApps
 from shared.provider.aws.clients import error_code, translated
 from shared.provider.aws.state import Item, State, now_iso, parse_iso, to_item
+from shared.provider.environment import changed_env, merged_env
 
 if TYPE_CHECKING:
     from shared.provider.aws.formation import AwsFormation
@@ -183,9 +184,7 @@ class AwsReleases:
             await self._build(app, build)
 
         def change(base: dict[str, str]) -> dict[str, str]:
-            changed = {key: value for key, value in (base if env is None else env).items() if key not in unset}
-            changed.update(set or {})
-            return changed
+            return merged_env(base if env is None else env, set, unset)
 
         return await self._create(app, build, change, description)
 
@@ -203,9 +202,7 @@ class AwsReleases:
         marked complete, so that a complete build always names its release."""
 
         def change(base: dict[str, str]) -> dict[str, str]:
-            changed = {key: value for key, value in base.items() if key not in unset}
-            changed.update(set or {})
-            return changed
+            return merged_env(base, set, unset)
 
         return await self._create(app, build, change, description, manifest)
 
@@ -224,12 +221,7 @@ class AwsReleases:
         await self.apps.item(app)
 
         def change(base: dict[str, str]) -> dict[str, str]:
-            changed = {**({} if replace else base), **(set or {})}
-            for key in unset:
-                if key not in changed:
-                    raise NotFound(f"no such environment variable: {key}")
-                del changed[key]
-            return changed
+            return changed_env(base, set, unset, replace)
 
         return await self._create(app, None, change, description)
 

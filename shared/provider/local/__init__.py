@@ -16,10 +16,11 @@ from shared.provider.local.docker import Docker
 from shared.provider.local.events import Events
 from shared.provider.local.formation import LocalFormation
 from shared.provider.local.logs import LocalLogs
+from shared.provider.local.params import LocalParams
 from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.promotions import Promotions
 from shared.provider.local.releases import LocalReleases
-from shared.provider.local.resources import LocalParams, LocalResources
+from shared.provider.local.resources import LocalResources
 from shared.provider.local.state import State
 from shared.provider.local.system import LocalSystem
 from shared.provider.local.timers import LocalTimers

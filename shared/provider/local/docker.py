@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import aiodocker
 import aiohttp
@@ -30,6 +30,64 @@ TIMEOUT = 30.0
 """The default for one call to the Engine (``RACK_LOCAL_DOCKER_TIMEOUT``); past it the call is a 503."""
 UNREACHABLE = "docker engine unreachable"
 """How every error for an engine that refuses, drops or does not answer begins (the 503s' message)."""
+
+
+class EventActor(TypedDict, total=False):
+    ID: str
+    Attributes: dict[str, str]
+
+
+class EngineEvent(TypedDict, total=False):
+    """One of the Engine's events (``GET /events``): what happened (``Action``) to what (``Actor``)."""
+
+    Type: str
+    Action: str
+    Actor: EventActor
+    time: int
+    timeNano: int
+    status: str
+    """The ``Action`` of the Engine's older API."""
+    id: str
+    """The ``Actor``'s ``ID`` of the Engine's older API."""
+
+
+class EngineVersion(TypedDict, total=False):
+    """The Engine's ``GET /version``, the fields the rack reads."""
+
+    Version: str
+    ApiVersion: str
+    Arch: str
+    Os: str
+
+
+class ImageConfig(TypedDict, total=False):
+    Entrypoint: list[str] | None
+    Cmd: list[str] | None
+    Env: list[str] | None
+    Labels: dict[str, str] | None
+
+
+class ImageInfo(TypedDict, total=False):
+    """An image as ``GET /images/NAME/json`` describes it, the fields the rack reads."""
+
+    Id: str
+    Config: ImageConfig
+
+
+class CreatedContainer(TypedDict):
+    """The Engine's answer to ``POST /containers/create``."""
+
+    Id: str
+    Warnings: list[str] | None
+
+
+class ContainerStats(TypedDict, total=False):
+    """One sample of ``GET /containers/ID/stats`` (its CPU and memory figures; their keys vary by cgroup)."""
+
+    read: str
+    cpu_stats: dict[str, Any]
+    precpu_stats: dict[str, Any]
+    memory_stats: dict[str, Any]
 
 
 @asynccontextmanager
@@ -107,9 +165,13 @@ class Docker:
         return {str(k): str(v) for k, v in labels.items() if str(k).startswith(RACK_LABEL_PREFIX)}
 
     async def has_image(self, image: str) -> bool:
+        return await self._exists(f"image {image}", lambda: self.client.images.inspect(image))
+
+    async def _exists(self, what: str, lookup: Callable[[], Awaitable[object]]) -> bool:
+        """Whether the Engine has ``what``: ``lookup`` answers (False for its 404; any other error raises)."""
         try:
-            async with translated(f"image {image}"):
-                await self.client.images.inspect(image)
+            async with translated(what):
+                await lookup()
         except NotFound:
             return False
         return True
@@ -280,7 +342,7 @@ class Docker:
             if buffer:
                 raise Unavailable("docker engine: the log stream ended inside a message")
 
-    async def events(self, filters: dict[str, list[str]], since: str = "") -> AsyncIterator[dict[str, Any]]:
+    async def events(self, filters: dict[str, list[str]], since: str = "") -> AsyncIterator[EngineEvent]:
         """The Engine's events matching ``filters`` (from ``since``, ``seconds.nanoseconds``, then live).
         The stream never ends on its own: when the Engine goes away this raises :class:`Unavailable`."""
         params = {"filters": json.dumps(filters)}
@@ -343,6 +405,78 @@ class Docker:
                         raise BadRequest("the build ended without an image") from None
         finally:
             await asyncio.to_thread(handle.close)
+
+    # ---- typed calls of the Engine's API for the provider's modules (the only place its raw API is used) ----
+
+    async def version(self) -> EngineVersion:
+        async with translated("docker engine"):
+            return cast(EngineVersion, await self.client.version())
+
+    async def inspect_image(self, image: str) -> ImageInfo:
+        """An image's description; :class:`NotFound` when the engine does not have it."""
+        async with translated(f"image {image}"):
+            return cast(ImageInfo, await self.client.images.inspect(image))
+
+    async def import_image(self, repo: str, tag: str, tar: bytes, what: str) -> None:
+        """Make the image ``repo:tag`` of one layer from the root file system in ``tar`` (``docker import``)."""
+        async with (
+            translated(what),
+            self.client._query(
+                "images/create",
+                method="POST",
+                params={"fromSrc": "-", "repo": repo, "tag": tag},
+                data=tar,
+                headers={"Content-Type": "application/x-tar"},
+            ) as response,
+        ):
+            await response.read()
+
+    async def has_network(self, name: str) -> bool:
+        return await self._exists(f"network {name}", lambda: self.client.networks.get(name))
+
+    async def create_container(self, config: dict[str, Any], name: str) -> CreatedContainer:
+        """Create a container from ``config`` as it is (no label of its image overridden: see :meth:`run`)."""
+        async with translated(f"image {config.get('Image', '')}"):
+            created: CreatedContainer = await self.client._query_json(
+                "containers/create", method="POST", data=config, params={"name": name}
+            )
+        return created
+
+    async def start_process(self, container_id: str) -> None:
+        """Start a created container (errors name it as the process it is)."""
+        async with translated(f"process {container_id[:12]}"):
+            await self.client._query_json(f"containers/{container_id}/start", method="POST")
+
+    async def stop_process(self, container_id: str, grace: int) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; the container stays (unlike :meth:`stop`)."""
+        async with translated(f"process {container_id[:12]}"):
+            await self.client.containers.container(container_id).stop(t=grace)
+
+    async def wait_not_running(self, container_id: str) -> None:
+        """Return once the container is not running (answered at its exit: only connecting is limited)."""
+        async with translated(f"process {container_id[:12]}"):
+            await self.client._query_json(
+                f"containers/{container_id}/wait",
+                method="POST",
+                params={"condition": "not-running"},
+                timeout=self.streaming(),
+            )
+
+    async def stats_once(self, container_id: str) -> ContainerStats:
+        """One sample of a container's figures, at once (``one-shot``: without the previous tick)."""
+        async with translated(f"process {container_id[:12]}"):
+            stats: ContainerStats = await self.client._query_json(
+                f"containers/{container_id}/stats", params={"stream": "false", "one-shot": "true"}
+            )
+        return stats
+
+    async def past_events(self, filters: dict[str, list[str]], since: str, until: str) -> list[EngineEvent]:
+        """The Engine's events matching ``filters`` between ``since`` and ``until`` (``seconds.nanoseconds``):
+        a bounded query, answered in one piece (unlike the live :meth:`events`)."""
+        params = {"filters": json.dumps(filters), "since": since, "until": until}
+        async with translated("events"), self.client._query("events", params=params) as response:
+            body = await response.text()
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
 
 
 def build_output(item: dict[str, Any]) -> str:

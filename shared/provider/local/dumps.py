@@ -38,7 +38,7 @@ from shared.provider.local.exec import ExecStream
 from shared.stream import Channel, Terminal
 
 if TYPE_CHECKING:
-    from shared.provider.local.resources import Credentials
+    from shared.provider.local.resource_kinds import Credentials
 
 log = Logger("resources")
 TAIL = 16 << 10

@@ -16,20 +16,18 @@ import contextlib
 import secrets
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
-from shared.manifest import Health, Manifest, Volume, resolve_manifest
 from shared.models import App, Formation, FormationUpdate, Release
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancers import Balancers
 from shared.provider.local.certificates import AppCertificates
+from shared.provider.local.desired import DRAIN_SECONDS, Desired, desired_processes, manifest_of
 from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
 from shared.provider.local.events import Events
 from shared.provider.local.health import HealthChecks, container_ip
-from shared.provider.local.images import image_name
 from shared.provider.local.listeners import Listeners
 from shared.provider.local.releases import LocalReleases
 from shared.provider.local.rolling import next_step
@@ -44,8 +42,6 @@ LABEL_GRACE = "convox.grace"
 LABEL_DRAIN = "convox.drain"
 """Seconds the balancer lets the process's open connections finish (the manifest's drain)."""
 REFRESH_SECONDS = 2.0
-DRAIN_SECONDS = 30.0
-"""How long a retired process keeps serving the connections its balancer opened to it before it stops."""
 MB = 1024 * 1024
 ALIVE = ("running", "restarting")
 """States of a process that holds its place in the count (the Engine restarts one that exits by itself)."""
@@ -55,46 +51,9 @@ RECONCILE_DEBOUNCE = 0.5
 INTERRUPTED = "interrupted by a restart of the rack"
 
 
-@dataclass
-class Desired:
-    """What one process type of a release should be running."""
-
-    service: str
-    image: str
-    count: int
-    memory: int
-    env: dict[str, str]
-    command: list[str] | None
-    port: int | None
-    public: bool
-    health: Health | None
-    balancer_port: int | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    volumes: list[Volume] = field(default_factory=list)
-    grace: int = 30
-    drain: int = int(DRAIN_SECONDS)
-    other_ports: list[int] = field(default_factory=list)
-    """The type's container ports besides the main one, all reachable on the rack network."""
-    extra_listeners: list[tuple[int, int]] = field(default_factory=list)
-    """(container port, asked balancer port) of the public ports besides the main one: a listener each."""
-    tls_ports: dict[int, str] = field(default_factory=dict)
-    """Container port -> ``https`` or ``tls``: the ports whose listener terminates TLS (the app's certificate)."""
-    minimum: int = 50
-    """Percent of the count that serves throughout a roll-out (``deployment.minimum``; 0 for a singleton)."""
-    maximum: int = 200
-    """Percent of the count that may run at once during a roll-out (``deployment.maximum``; 100 for a
-    singleton: its old process stops before the new one starts)."""
-
-
 def _seconds(label: str | None, default: float) -> float:
     """A drain or grace time from a container's label (containers made before the label have the default)."""
     return int(label) if label is not None and label.isdigit() else default
-
-
-def manifest_of(release: Release) -> Manifest:
-    if not release.manifest:
-        raise BadRequest(f"release {release.id} has no build to run")
-    return resolve_manifest(Manifest.model_validate_json(release.manifest), release.env)
 
 
 class LocalFormation:
@@ -144,48 +103,7 @@ class LocalFormation:
     async def desired(self, release: Release, patch: dict[str, FormationUpdate] | None = None) -> list[Desired]:
         """What each process type of ``release`` should run: the manifest's scale, the saved overrides on
         top, then ``patch`` (a change being tried, saved only once it runs)."""
-        manifest = manifest_of(release)
-        overrides = await self._overrides(release.app)
-        for name, update in (patch or {}).items():
-            changed = overrides.setdefault(name, {})
-            for key, value in update.model_dump(exclude_none=True).items():
-                changed[key] = value
-        wanted = []
-        for name, service in sorted(manifest.services.items()):
-            override = overrides.get(name, {})
-            env = manifest.service_environment(name, release.env, release.app)
-            if service.port is not None:
-                env.setdefault("PORT", str(service.port))
-            if service.image:
-                image = service.image
-            elif release.build:
-                image = image_name(self.rack, release.app, name, release.build)
-            else:
-                raise BadRequest(f"release {release.id} has no build for {name}")
-            command = service.command
-            wanted.append(
-                Desired(
-                    service=name,
-                    image=image,
-                    count=service.scale.count if override.get("count") is None else int(override["count"]),
-                    memory=service.scale.memory if override.get("memory") is None else int(override["memory"]),
-                    env=env,
-                    command=["sh", "-c", command] if isinstance(command, str) else command,
-                    port=service.port,
-                    public=bool(service.ports) and service.ports[0].public,
-                    health=service.health,
-                    balancer_port=override.get("balancer_port"),
-                    volumes=service.volumes,
-                    grace=service.termination_grace,
-                    drain=service.drain,
-                    other_ports=[mapping.container for mapping in service.ports[1:]],
-                    extra_listeners=[(m.container, m.balancer or m.container) for m in service.ports[1:] if m.public],
-                    tls_ports={m.container: m.protocol for m in service.ports if m.public and m.tls},
-                    minimum=0 if service.singleton else service.deployment.minimum,
-                    maximum=100 if service.singleton else service.deployment.maximum,
-                )
-            )
-        return wanted
+        return desired_processes(release, self.rack, await self._overrides(release.app), patch)
 
     # ---- containers ------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from shared.provider.local.health import container_ip
 from shared.provider.local.state import State
 
 if TYPE_CHECKING:
-    from shared.provider.local.formation import Desired
+    from shared.provider.local.desired import Desired
 
 
 def endpoint(host: str, port: int, protocol: str = "") -> str:

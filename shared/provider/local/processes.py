@@ -33,7 +33,7 @@ from shared.provider.local.docker import (
     LABEL_TIMER,
     LABEL_TYPE,
     Docker,
-    translated,
+    ImageConfig,
 )
 from shared.provider.local.exec import AttachedRun, ExecStream, display
 from shared.provider.local.images import image_name
@@ -124,7 +124,7 @@ class LocalProcesses:
         self.sampler = Sampler(docker)
         self.reaper: asyncio.Task[None] | None = None
         self.shells: dict[str, bool] = {}
-        self.image_configs: dict[str, dict[str, Any]] = {}
+        self.image_configs: dict[str, ImageConfig] = {}
         self.network_seen = False
         self.sandboxes = Sandboxes(docker, rack, self.network, apps)
         self.volumes = Volumes(docker, rack)
@@ -199,9 +199,7 @@ class LocalProcesses:
         """The full argv a container of ``image`` runs: the image's entrypoint, then the command or its CMD."""
         config = self.image_configs.get(image)
         if config is None:
-            async with translated(f"image {image}"):
-                info = await self.docker.client.images.inspect(image)
-            config = info.get("Config") or {}
+            config = (await self.docker.inspect_image(image)).get("Config") or {}
             if image.startswith("convox/"):  # the rack's own tags name one build each: they never change
                 self.image_configs[image] = config
         argv = [*(config.get("Entrypoint") or []), *(command or config.get("Cmd") or [])]
@@ -250,10 +248,7 @@ class LocalProcesses:
         """Whether the rack's network exists (formation makes it with the first roll-out; it stays)."""
         if self.network_seen:
             return True
-        try:
-            async with translated(f"network {self.network}"):
-                await self.docker.client.networks.get(self.network)
-        except NotFound:
+        if not await self.docker.has_network(self.network):
             return False
         self.network_seen = True
         return True
@@ -266,15 +261,11 @@ class LocalProcesses:
         config["Entrypoint"], config["Cmd"] = argv[:1], argv[1:]
         self._ensure_ends()  # its end is seen however soon it comes: the watch starts from now
         with log.measure("process.run", app=app, service=options.service) as fields:
-            async with translated(f"image {config['Image']}"):
-                created = await self.docker.client._query_json(
-                    "containers/create", method="POST", data=config, params={"name": self._name(app, options.service)}
-                )
+            created = await self.docker.create_container(config, self._name(app, options.service))
             container_id = str(created["Id"])
             fields["id"] = container_id[:12]
             try:
-                async with translated(f"process {container_id[:12]}"):
-                    await self.docker.client._query_json(f"containers/{container_id}/start", method="POST")
+                await self.docker.start_process(container_id)
             except BaseException:
                 with contextlib.suppress(RackError):
                     await self.docker.remove(container_id)
@@ -407,8 +398,7 @@ class LocalProcesses:
                 await self.docker.stop(container_id, grace=STOP_GRACE)
             return
         try:  # a one-off: stopped, and removed once its log is read
-            async with translated(f"process {container_id[:12]}"):
-                await self.docker.client.containers.container(container_id).stop(t=STOP_GRACE)
+            await self.docker.stop_process(container_id, grace=STOP_GRACE)
         except NotFound:
             return
         except Conflict:  # being removed already, or not running
@@ -453,16 +443,9 @@ class LocalProcesses:
         task.add_done_callback(lambda _: self.removals.pop(container_id, None))
 
     async def _remove_read(self, container_id: str, wait_exit: bool = False) -> None:
-        what = f"process {container_id[:12]}"
         try:
             if wait_exit:
-                async with translated(what):
-                    await self.docker.client._query_json(
-                        f"containers/{container_id}/wait",
-                        method="POST",
-                        params={"condition": "not-running"},
-                        timeout=self.docker.streaming(),  # answered at the exit: only connecting is limited
-                    )
+                await self.docker.wait_not_running(container_id)
             await self.docker.inspect(container_id)  # one removed already (NotFound) has nothing to wait for
             await self.receipts.wait(container_id)
             with contextlib.suppress(NotFound, Conflict):

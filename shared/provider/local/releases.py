@@ -12,6 +12,7 @@ import aiosqlite
 from shared.errors import BadRequest, NotFound
 from shared.ids import release_id
 from shared.models import App, Release
+from shared.provider.environment import changed_env, merged_env
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.state import State
 
@@ -54,9 +55,7 @@ class LocalReleases:
         unset: Collection[str] = (),
     ) -> Release:
         def change(current: dict[str, str]) -> dict[str, str]:
-            changed = {key: value for key, value in current.items() if key not in unset}
-            changed.update(set or {})
-            return changed
+            return merged_env(current, set, unset)
 
         return await self._create(app, build=build, env=env, change=change, description=description)
 
@@ -74,13 +73,7 @@ class LocalReleases:
         changes at once (an `env set` and a `services link`) both land."""
 
         def change(current: dict[str, str]) -> dict[str, str]:
-            env = {} if replace else dict(current)
-            env.update(set or {})
-            for key in unset:
-                if key not in env:
-                    raise NotFound(f"no such environment variable: {key}")
-                del env[key]
-            return env
+            return changed_env(current, set, unset, replace)
 
         return await self._create(app, change=change, description=description)
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import NotFound, RackError
 from shared.logfmt import Logger
-from shared.provider.local.docker import LABEL_RACK, LABEL_SANDBOX, Docker, translated
+from shared.provider.local.docker import LABEL_RACK, LABEL_SANDBOX, Docker
 
 if TYPE_CHECKING:
     from shared.provider.contract import AppsAPI
@@ -176,8 +176,7 @@ class Sandboxes:
             return self._image
 
     async def _import(self) -> str | None:
-        async with translated("docker engine"):
-            version: dict[str, Any] = await self.docker.client.version()
+        version = await self.docker.version()
         if version.get("Arch") != "amd64":
             self._supported = False
             log.log("sandbox.unsupported", arch=version.get("Arch"))
@@ -185,23 +184,11 @@ class Sandboxes:
         program = pause_program()
         tag = f"{PAUSE_REPO}:{hashlib.sha256(program).hexdigest()[:12]}"
         try:
-            async with translated(f"image {tag}"):
-                await self.docker.client.images.inspect(tag)
+            await self.docker.inspect_image(tag)
         except NotFound:
             repo, _, version_tag = tag.partition(":")
-            async with (
-                translated(f"image {tag}"),
-                self.docker.client._query(
-                    "images/create",
-                    method="POST",
-                    params={"fromSrc": "-", "repo": repo, "tag": version_tag},
-                    data=pause_image_tar(program),
-                    headers={"Content-Type": "application/x-tar"},
-                ) as response,
-            ):
-                await response.read()
-            async with translated(f"image {tag}"):
-                await self.docker.client.images.inspect(tag)
+            await self.docker.import_image(repo, version_tag, pause_image_tar(program), what=f"image {tag}")
+            await self.docker.inspect_image(tag)
             log.log("sandbox.image", image=tag)
         self._supported = True
         return tag

@@ -22,13 +22,12 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiodocker
-import aiohttp
-
+from shared.errors import NotFound, RackError
 from shared.provider.local.docker import Docker
 
 INTERVAL = 1.0
@@ -49,7 +48,7 @@ class Sample:
     limit: int
 
 
-def parse(stats: dict[str, Any], at: float) -> Sample | None:
+def parse(stats: Mapping[str, Any], at: float) -> Sample | None:
     """One sample from the engine's stats document (``None`` for a container that is not running)."""
     cpu_stats = stats.get("cpu_stats") or {}
     usage = cpu_stats.get("cpu_usage") or {}
@@ -180,15 +179,12 @@ class Sampler:
 
     async def _sample_one(self, container_id: str) -> None:
         try:
-            stats = await self.docker.client._query_json(
-                f"containers/{container_id}/stats", params={"stream": "false", "one-shot": "true"}
-            )
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                self.samples.pop(container_id, None)
-                self.wanted.pop(container_id, None)
+            stats = await self.docker.stats_once(container_id)
+        except NotFound:
+            self.samples.pop(container_id, None)
+            self.wanted.pop(container_id, None)
             return
-        except (TimeoutError, aiohttp.ClientError, OSError):
+        except RackError:  # any other answer, or none (an engine that is gone): no sample this time
             return
         self._keep(container_id, parse(stats, time.monotonic()))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from shared.manifest import Manifest, ManifestError, Timer, resolve_manifest
 from shared.manifest.timers import next_run
 from shared.models import ProcessRunOptions, TimerStatus
 from shared.provider.local.apps import LocalApps
-from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_TIMER, Docker, translated
+from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_TIMER, Docker
 from shared.provider.local.events import Events
 from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.releases import LocalReleases
@@ -219,15 +218,11 @@ class LocalTimers:
 
     async def _died(self, pid: str, since: float) -> tuple[bool, int | None]:
         """Whether the Engine's past events since ``since`` hold the run's ``die`` event, and its exit code."""
-        filters = json.dumps({"container": [pid], "event": ["die"]})
-        params = {"filters": filters, "since": f"{since:.9f}", "until": f"{time.time():.9f}"}
-        async with translated("events"), self.docker.client._query("events", params=params) as response:
-            body = await response.text()
-        for line in body.splitlines():
-            if line.strip():
-                attributes = (json.loads(line).get("Actor") or {}).get("Attributes") or {}
-                exit_code = str(attributes.get("exitCode", ""))
-                return True, int(exit_code) if exit_code.isdigit() else None
+        filters = {"container": [pid], "event": ["die"]}
+        for event in await self.docker.past_events(filters, since=f"{since:.9f}", until=f"{time.time():.9f}"):
+            attributes = (event.get("Actor") or {}).get("Attributes") or {}
+            exit_code = str(attributes.get("exitCode", ""))
+            return True, int(exit_code) if exit_code.isdigit() else None
         return False, None
 
     async def _exit_code(self, pid: str, since: float) -> int | None:

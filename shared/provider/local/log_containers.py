@@ -1,0 +1,299 @@
+"""The Docker Engine's side of the local log collector: every container of the rack's apps is read through
+the Engine's logs API from its cursor (``c:<container id>``) and its start and end, from the Engine's events,
+become lines of its app (``d:<app>``). A thin layer over :class:`LogCollector`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from shared.errors import NotFound, RackError
+from shared.logfmt import Logger
+from shared.logline import EVENT_SERVICE
+from shared.logstore.applog import MAX_WAIT, AppLog, SourceProgress
+from shared.logstore.lines import Line, text_of
+from shared.logstore.timestamps import normalize_ts, ts_from_ns, ts_to_datetime, ts_to_ns
+from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, EngineEvent
+from shared.provider.local.events import clean, docker_since, exit_message
+from shared.provider.local.log_collector import LogCollector
+from shared.provider.local.splitter import Splitter
+
+log = Logger("logs")
+
+
+@dataclass
+class Resume:
+    """Where a re-attach starts: Docker's ``since`` (inclusive) and how many lines at it to skip."""
+
+    since: str
+    skip: int
+
+
+@dataclass
+class ContainerEnd:
+    """How a container's last run ended, as far as its events have told the collector."""
+
+    killed: bool = False
+    oom: bool = False
+    died: int = 0
+    """The time (ns) of the last ``die`` event of the container that was handled."""
+
+
+class ContainerLogs(LogCollector):
+    async def _watch_docker(self) -> None:
+        filters = {"type": ["container"], "label": [f"{LABEL_RACK}={self.rack}"]}
+        backoff = 0.2
+        while True:
+            began = time.time_ns()
+            try:
+                await self._scan()
+                cursors = [int(o.cursor) for src, o in self.offsets.items() if src.startswith("d:")]
+                since = max(min(cursors, default=began), began - 3600 * 1_000_000_000)
+                if self._docker_down:
+                    self._docker_down = False
+                    log.log("docker.reconnect")
+                async for event in self.docker.events(filters, since=f"{since // 10**9}.{since % 10**9:09d}"):
+                    backoff = 0.2
+                    try:
+                        await self._on_event(event)
+                    except RackError:
+                        raise
+                    except Exception as exc:  # one odd event must not stop the watch
+                        log.error("docker.event", error=type(exc).__name__)
+            except Exception as exc:
+                if not self._docker_down:
+                    self._docker_down = True
+                    message = exc.message if isinstance(exc, RackError) else type(exc).__name__
+                    log.error("docker.events", message=message)
+                await asyncio.sleep(backoff)
+                backoff = min(2.0, backoff * 2)
+
+    async def _scan(self) -> None:
+        for container in await self.docker.containers({LABEL_RACK: self.rack}, all=True):
+            labels = container.get("Labels") or {}
+            if await self._trusted(labels):
+                await self._attach(container["Id"], labels)
+
+    async def _on_event(self, event: EngineEvent) -> None:
+        action = str(event.get("Action") or event.get("status") or "")
+        actor = event.get("Actor") or {}
+        container = str(actor.get("ID") or event.get("id") or "")
+        labels = {str(k): str(v) for k, v in (actor.get("Attributes") or {}).items()}
+        app = labels.get(LABEL_APP)
+        if not container or not app or not await self._trusted(labels):
+            return
+        end = self.ends.setdefault(container, ContainerEnd())
+        when = int(event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000)
+        src = f"c:{container}"
+        if action == "create":  # its lines are waited for (ordering) from now, before its start is seen
+            applog = await self.applog(app)
+            progress = SourceProgress(ts_from_ns(when), asyncio.get_running_loop().time(), pending=True)
+            applog.sources.setdefault(src, progress)
+        elif action == "kill":
+            end.killed = True
+        elif action == "oom":
+            end.oom = True
+        elif action == "destroy":
+            self.ends.pop(container, None)
+            if container not in self.readers and app in self.logs:
+                self.logs[app].sources.pop(src, None)
+        if action == "start":  # the event first, then the reader: its lines cannot go out before it
+            await self._lifecycle(app, container, labels, f"{labels.get(LABEL_TYPE, '')} started", when)
+            await self._attach(container, labels)
+        elif action == "die":
+            try:
+                code = int(labels.get("exitCode", "0"))
+            except ValueError:
+                code = -1
+            message = exit_message(labels.get(LABEL_TYPE, ""), code, killed=end.killed, oom=end.oom)
+            end.killed = end.oom = False
+            await self._lifecycle(app, container, labels, message, when)
+            end.died = max(end.died, when)
+            owner = self.logs.get(app)
+            awaited = owner.sources.get(src) if owner is not None else None
+            if owner is not None and awaited is not None and awaited.pending:  # its exit, awaited: here it is
+                del owner.sources[src]
+                self.to_flush.add(owner)
+                self._wake.set()
+
+    async def _lifecycle(self, app: str, container: str, labels: dict[str, str], message: str, when: int) -> None:
+        """A process started or ended (Docker's event at ``when``, in nanoseconds) as a line of its app."""
+        src = f"d:{app}"
+        known = self.offsets.get(src)
+        if known is not None and int(known.cursor) >= when:
+            return
+        if not await self._exists(app):
+            return
+        line = Line(ts_from_ns(when), EVENT_SERVICE, labels.get(LABEL_RELEASE, ""), container[:12], message, src)
+        line.cur = str(when)
+        self._add(await self.applog(app), [line])
+
+    async def _attach(self, container: str, labels: dict[str, str]) -> None:
+        """Read a container (again): its lines are waited for (ordering) from now on, before anything that
+        comes after this (its exit, other processes' lines) goes out."""
+        if not self.running:
+            return
+        if container in self.readers:
+            self.reread.add(container)
+            return
+        applog = await self.applog(labels[LABEL_APP])
+        src = f"c:{container}"
+        known = self.offsets.get(src)
+        cursor = known.cursor if known else ""
+        created = applog.sources.get(src)  # marked at its create event: none of its lines is older
+        if created is not None:
+            cursor = max(cursor, created.ts)
+        applog.sources[src] = SourceProgress(cursor, asyncio.get_running_loop().time(), catching_up=True)
+        self._ensure_reader(container, labels)
+
+    def _ensure_reader(self, container: str, labels: dict[str, str]) -> None:
+        if not self.running:
+            return
+        if container in self.readers:
+            self.reread.add(container)
+            return
+        self.readers[container] = asyncio.create_task(self._read(container, labels), name=f"logs {container[:12]}")
+
+    async def _read(self, container: str, labels: dict[str, str]) -> None:
+        """Follow one container's log from its cursor until it has stopped and its log is read. It first
+        reads to the log's end (until then, the app's newer lines wait for it), then follows."""
+        app = labels[LABEL_APP]
+        src = f"c:{container}"
+        self.source_app[src] = app
+        service = clean(labels.get(LABEL_TYPE, ""))
+        release = clean(labels.get(LABEL_RELEASE, ""))
+        pid = container[:12]
+        applog = await self.applog(app)
+        known = self.offsets.get(src)
+        progress = applog.sources.get(src)
+        if progress is None or progress.pending:
+            cursor = known.cursor if known else ""
+            since = max(cursor, progress.ts) if progress else cursor
+            progress = SourceProgress(since, asyncio.get_running_loop().time(), True)
+            applog.sources[src] = progress
+        backoff = 0.1
+        finished = ""
+        try:
+            while True:
+                self.reread.discard(container)
+                try:
+                    info = await self.docker.inspect(container)
+                except NotFound:
+                    return
+                except Exception as exc:
+                    if not isinstance(exc, RackError):
+                        log.error("reader", id=container[:12], error=type(exc).__name__)
+                    await asyncio.sleep(backoff)
+                    backoff = min(2.0, backoff * 2)
+                    continue
+                state = info.get("State") or {}
+                running = bool(state.get("Running")) or bool(state.get("Restarting"))
+                tty = bool((info.get("Config") or {}).get("Tty"))
+                if progress.catching_up and running:  # to the end first, then follow
+                    if await self._follow(applog, container, src, service, release, pid, False, tty, False) is None:
+                        await asyncio.sleep(backoff)
+                        backoff = min(2.0, backoff * 2)
+                        continue
+                    progress.catching_up = False
+                    self.to_flush.add(applog)
+                    self._wake.set()
+                received = await self._follow(applog, container, src, service, release, pid, running, tty)
+                if received is None:  # the connection dropped: the Engine is going or gone
+                    progress.catching_up = True
+                    progress.seen = asyncio.get_running_loop().time()
+                    await asyncio.sleep(backoff)
+                    backoff = min(2.0, backoff * 2)
+                    continue
+                backoff = 0.1
+                if not running and container not in self.reread:
+                    finished = normalize_ts(str(state.get("FinishedAt") or "")) or ""
+                    if labels.get(LABEL_ONEOFF) == "true":  # read to its end: it may be removed now
+                        await self.receipts.read(container)
+                    return
+                if not received:
+                    await asyncio.sleep(0.05)
+        finally:
+            applog.sources.pop(src, None)
+            end = self.ends.get(container)
+            if finished > "1970" and end is not None and end.died < ts_to_ns(finished):
+                # read to its end, but its exit (Docker's die event, not earlier than this) has not come yet:
+                # what is later waits for it
+                applog.sources[src] = SourceProgress(finished, asyncio.get_running_loop().time(), pending=True)
+            if self.readers.get(container) is asyncio.current_task():
+                del self.readers[container]
+            self._wake.set()
+            if container in self.reread and self.running:  # started again while this reader was ending
+                self._ensure_reader(container, labels)
+
+    async def _follow(
+        self,
+        applog: AppLog,
+        container: str,
+        src: str,
+        service: str,
+        release: str,
+        pid: str,
+        running: bool,
+        tty: bool,
+        final: bool = True,
+    ) -> int | None:
+        """Read the log from the cursor (to its end, or while the container runs); how many lines came,
+        or ``None`` when the connection dropped (nothing past the last whole line counts then). ``final``:
+        the log has ended, so a line held for its continuation is whole."""
+        known = self.offsets.get(src)
+        resume = Resume(known.cursor if known else "", known.count if known else 0)
+        splitter = Splitter(tty, self.limits.max_line)
+        received = 0
+        pieces: list[tuple[str, bytes]] = []
+        try:
+            async for batch in self.docker.logs(
+                container, since=docker_since(resume.since) if resume.since else "", follow=running, tty=tty
+            ):
+                for stream, payload in batch:
+                    splitter.feed(stream, payload, pieces)
+                if pieces:
+                    received += self._collect(applog, src, service, release, pid, pieces, resume)
+                    pieces = []
+        except NotFound:
+            return received
+        except RackError:
+            return None
+        except (ValueError, IndexError) as exc:  # a stream the reader does not understand: read it again
+            log.error("reader", id=container[:12], error=type(exc).__name__)
+            return None
+        if final:
+            splitter.finish(pieces)
+        if pieces:
+            received += self._collect(applog, src, service, release, pid, pieces, resume)
+        return received
+
+    def _collect(
+        self,
+        applog: AppLog,
+        src: str,
+        service: str,
+        release: str,
+        pid: str,
+        pieces: list[tuple[str, bytes]],
+        resume: Resume,
+    ) -> int:
+        lines: list[Line] = []
+        since = resume.since
+        for ts, data in pieces:
+            if since and ts <= since:
+                if ts < since:
+                    continue
+                if resume.skip > 0:  # lines at the cursor's own timestamp that were collected already
+                    resume.skip -= 1
+                    continue
+            lines.append(Line(ts, service, release, pid, text_of(data), src, ts))
+        progress = applog.sources.get(src)
+        if progress is not None:
+            progress.seen = asyncio.get_running_loop().time()
+            progress.ts = max(progress.ts, max(ts for ts, _ in pieces))
+        if lines:
+            late = time.time() - ts_to_datetime(lines[-1].ts).timestamp()
+            applog.lag = applog.lag * 0.8 + min(max(late, 0.0), MAX_WAIT) * 0.2
+            self._add(applog, lines)
+        return len(lines)
