@@ -13,6 +13,7 @@ from shared.provider import Provider
 from shared.provider.aws.builds import AwsBuilds
 from tests.conftest import RACK_NAME
 from tests.contract.moto_server import REGION
+from tests.sources import stored_source
 
 ECR = f"123456789012.dkr.ecr.{REGION}.amazonaws.com"
 
@@ -37,7 +38,8 @@ async def play_builder(provider: Provider, app: str, tmp_path: Path, tag: str = 
     source = tmp_path / f"source-{tag}"
     source.mkdir()
     (source / "Dockerfile").write_text("FROM busybox\n")
-    build = await provider.builds.create(app, source, manifest(), BuildOptions(description=f"build {tag}"))
+    key = await stored_source(provider.objects, app, source)
+    build = await provider.builds.create(app, key, manifest(), BuildOptions(description=f"build {tag}"))
     images = {name: f"{ECR}/{RACK_NAME}/{app}:{name}.{build.id.lower()}" for name in ("web", "worker")}
     return await builds_of(provider).finish(app, build.id, images)
 

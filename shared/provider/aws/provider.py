@@ -14,6 +14,7 @@ from shared.provider.aws.builds import AwsBuilds
 from shared.provider.aws.clients import Clients, translated
 from shared.provider.aws.formation import AwsFormation
 from shared.provider.aws.logs import AwsLogs
+from shared.provider.aws.objects import AwsObjects
 from shared.provider.aws.processes import AwsProcesses
 from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.resources import AwsResources
@@ -45,8 +46,6 @@ class AwsSystem:
         """Builds run in an ECS task on the rack's builder image, which pulls from the registries the
         cluster's network reaches: the rack cannot tell from here."""
         return [ImageStatus(image=image, present=None, pullable=None) for image in images]
-
-
 
     async def adopt(self) -> None:
         return None
@@ -86,6 +85,7 @@ class AwsProvider:
         self.processes = AwsProcesses(self.clients, self.apps, self.releases, self.formation, settings.name, aws)
         self.apps.on_delete.append(self.processes.forget)
         self.apps.on_delete.append(self.formation.forget)
+        self.objects = AwsObjects(self.state, self.apps)
         self.builds = AwsBuilds(
             self.state,
             self.clients,
@@ -95,6 +95,7 @@ class AwsProvider:
             settings.name,
             aws.build_image,
             aws.report_url,
+            self.objects,
         )
         self.logs = AwsLogs(self.clients, self.apps, self.processes, settings.name, aws)
         self.formation.events = self.logs.event
