@@ -21,7 +21,7 @@ from services.builds import create_app
 from services.builds.settings import BuildsSettings
 from shared import stream
 from shared.config import RackSettings
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 from shared.ids import build_id
 from shared.manifest import Manifest
 from shared.models import Build, BuildOptions
@@ -52,6 +52,8 @@ class FakeBuilds:
         return 0
 
     async def create(self, app: str, source: str, manifest: Manifest, options: BuildOptions) -> Build:
+        if options.description == "refuse":  # what a provider refusing the build does: the object stays
+            raise Conflict("the provider refuses this build")
         data = b"".join([chunk async for chunk in await self.objects.fetch(app, source)])
         build = build_id()
         self.sources[build] = listing(data)
@@ -181,6 +183,15 @@ async def test_upload_makes_a_build_from_the_extracted_source(
     assert provider.objects.objects == {}  # no source object left either
     assert (await api.get(f"/apps/myapp/builds/{build['id']}")).json() == build
     assert [b["id"] for b in (await api.get("/apps/myapp/builds")).json()] == [build["id"]]
+
+
+async def test_a_build_the_provider_refuses_leaves_no_source_object(
+    api: httpx.AsyncClient, provider: FakeBuildsProvider, tmp_path: Path
+) -> None:
+    response = await api.post("/apps/myapp/builds", params={"description": "refuse"}, content=source())
+    assert (response.status_code, response.json()) == (409, {"error": "the provider refuses this build"})
+    assert provider.objects.objects == {} and provider.builds.builds == {}
+    assert leftovers(tmp_path) == []
 
 
 async def test_builds_are_listed_newest_first_and_found_only_through_their_app(api: httpx.AsyncClient) -> None:
