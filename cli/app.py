@@ -14,6 +14,7 @@ from cli import completion, output
 from cli.client import Client
 from cli.config import current_rack, normalize_host, resolve_app, save_login
 from cli.errors import CliError
+from shared.protocol import AccessToken, App, Formation, System
 
 app = typer.Typer(
     name="convox",
@@ -101,13 +102,13 @@ def login(
             os.environ[CERT_ENV] = str(pin_path(Path(scratch), rack.host))
             try:
                 with Client(rack) as c:
-                    c.get("/system")
+                    c.get("/system", System)
             finally:
                 del os.environ[CERT_ENV]
         save_pin(config_dir(), rack.host, pem)
     else:
         with Client(rack) as c:
-            c.get("/system")
+            c.get("/system", System)
     save_login(rack.host, rack.password)
     print(f"Logged in to {rack.host}")
 
@@ -118,7 +119,7 @@ def apps_list(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     with client() as c:
-        apps = c.get("/apps")
+        apps = c.get_list("/apps", App)
     output.table(["app", "status", "release"], [(a["name"], a["status"], a["release"]) for a in apps])
 
 
@@ -129,7 +130,7 @@ def apps_create(
     """Create an app."""
     name = name or resolve_app(app_opt)
     with client() as c, output.step(f"Creating app {name}"):
-        c.post("/apps", json={"name": name})
+        c.send("POST", "/apps", json={"name": name})
 
 
 @apps_app.command("info")
@@ -137,13 +138,13 @@ def apps_info(name: Annotated[str | None, typer.Argument(help="The app.")] = Non
     """Show an app."""
     name = name or resolve_app(app_opt)
     with client() as c:
-        data = c.get(f"/apps/{name}")
-        formation: list[dict[str, Any]] = []
+        data = c.get(f"/apps/{name}", App)
+        formation: list[Formation] = []
         if data["release"]:
             with contextlib.suppress(CliError):  # a release the rack cannot read: the app's own record still shows
-                formation = c.get(f"/apps/{name}/formation")
-    endpoints = [e for f in formation for e in f.get("endpoints", [])]
-    certificates = sorted({f["certificate"] for f in formation if f.get("certificate")})
+                formation = c.get_list(f"/apps/{name}/formation", Formation)
+    endpoints = [e for f in formation for e in f["endpoints"]]
+    certificates = sorted({f["certificate"] for f in formation if f["certificate"]})
     output.info(
         [
             ("Name", data["name"]),
@@ -153,8 +154,8 @@ def apps_info(name: Annotated[str | None, typer.Argument(help="The app.")] = Non
             *([("Endpoints", " ".join(endpoints))] if endpoints[1:] else []),
             *[("Certificate", fingerprint) for fingerprint in certificates],
             *(
-                [("Failed", f"{data['failed_release']} ({data.get('failure') or 'failed'})")]
-                if data.get("failed_release")
+                [("Failed", f"{data['failed_release']} ({data['failure'] or 'failed'})")]
+                if data["failed_release"]
                 else []
             ),
         ]
@@ -166,7 +167,7 @@ def apps_cancel(name: Annotated[str | None, typer.Argument(help="The app.")] = N
     """Cancel the roll-out in progress; the release that was serving goes on serving."""
     name = name or resolve_app(app_opt)
     with Client(current_rack(), timeout=120) as c, output.step(f"Cancelling the roll-out of {name}"):
-        data = c.post(f"/apps/{name}/cancel")
+        data = c.post(f"/apps/{name}/cancel", App)
     print(f"Release: {data['release'] or 'none'} is serving")
 
 
@@ -181,7 +182,7 @@ def restart(
     name = resolve_app(app_opt)
     params = {"service": service} if service else {}
     with Client(current_rack(), timeout=600) as c, output.step(f"Restarting {service or 'every process type'}"):
-        c.post(f"/apps/{name}/restart", params=params)
+        c.send("POST", f"/apps/{name}/restart", params=params)
 
 
 @apps_app.command("delete")
@@ -189,7 +190,7 @@ def apps_delete(name: Annotated[str | None, typer.Argument(help="The app.")] = N
     """Delete an app with its processes."""
     name = name or resolve_app(app_opt)
     with client() as c, output.step(f"Deleting {name}"):
-        c.delete(f"/apps/{name}")
+        c.send("DELETE", f"/apps/{name}")
 
 
 @rack_app.callback()
@@ -199,7 +200,7 @@ def rack_info(ctx: typer.Context) -> None:
         return
     rack = current_rack()
     with Client(rack) as c:
-        data = c.get("/system")
+        data = c.get("/system", System)
     output.info(
         [
             ("Name", data["name"]),
@@ -221,7 +222,7 @@ def rack_access(
     if role not in ("read", "write"):
         raise CliError(f"invalid role: {role!r} (read or write)")
     with client() as c:
-        made = c.post("/system/access", json={"role": role, "duration": duration})
+        made = c.post("/system/access", AccessToken, json={"role": role, "duration": duration})
     print(made["token"])
     print(f"{made['role']} token, expires {made['expires']}", file=sys.stderr)
 

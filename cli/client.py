@@ -1,15 +1,22 @@
-"""The CLI's HTTP client for the gateway: rack errors become :class:`CliError` with the rack's message."""
+"""The CLI's HTTP client for the gateway: rack errors become :class:`CliError` with the rack's message.
+
+Answers are typed: ``get(path, Kind)`` returns a :mod:`shared.protocol` TypedDict (``get_list`` a list of
+them, ``get_strings`` a ``dict[str, str]``), checked by :mod:`cli.answers`; ``send`` is for a call whose
+answer is not used, ``request`` (`convox api`) returns the JSON as it came.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
+from cli.answers import expect, expect_list, expect_strings
 from cli.config import Rack
 from cli.errors import CliError, RackUnavailable
 
 UNAVAILABLE = (502, 503, 504)
+T = TypeVar("T")
 
 
 class Client:
@@ -29,7 +36,8 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, **kwargs: Any) -> object:
+        """The answer's JSON (``None`` for no content)."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
@@ -60,14 +68,27 @@ class Client:
         except ValueError:
             raise CliError(f"rack answered {response.status_code} with a body that is not JSON") from None
 
-    def get(self, path: str, **kwargs: Any) -> Any:
-        return self.request("GET", path, **kwargs)
+    def send(self, method: str, path: str, **kwargs: Any) -> None:
+        """A call for its effect: what it answers (when it succeeds) is not read."""
+        self.request(method, path, **kwargs)
 
-    def post(self, path: str, **kwargs: Any) -> Any:
-        return self.request("POST", path, **kwargs)
+    def get(self, path: str, kind: type[T], **kwargs: Any) -> T:
+        return expect(kind, self.request("GET", path, **kwargs), path)
 
-    def delete(self, path: str, **kwargs: Any) -> Any:
-        return self.request("DELETE", path, **kwargs)
+    def get_list(self, path: str, kind: type[T], **kwargs: Any) -> list[T]:
+        return expect_list(kind, self.request("GET", path, **kwargs), path)
+
+    def get_strings(self, path: str, **kwargs: Any) -> dict[str, str]:
+        return expect_strings(self.request("GET", path, **kwargs), path)
+
+    def post(self, path: str, kind: type[T], **kwargs: Any) -> T:
+        return expect(kind, self.request("POST", path, **kwargs), path)
+
+    def post_list(self, path: str, kind: type[T], **kwargs: Any) -> list[T]:
+        return expect_list(kind, self.request("POST", path, **kwargs), path)
+
+    def delete(self, path: str, kind: type[T], **kwargs: Any) -> T:
+        return expect(kind, self.request("DELETE", path, **kwargs), path)
 
 
 def error_message(response: httpx.Response) -> str:

@@ -23,6 +23,7 @@ from cli import completion, output
 from cli.client import Client
 from cli.config import Rack, current_rack, resolve_app
 from cli.errors import CliError, RackUnavailable
+from shared.protocol import App, Build
 
 AppOption = Annotated[
     str | None,
@@ -63,11 +64,11 @@ def always_sent(directory: Path, manifest: str) -> set[str]:
     return keep
 
 
-def manifest_warnings(build: dict[str, Any]) -> list[str]:
+def manifest_warnings(build: Build) -> list[str]:
     """The keys of the manifest the rack does not act on (``convox.yml: services.web.domain is not supported
     by this rack``), as the rack parsed it for this build."""
     try:
-        parsed = json.loads(build.get("manifest") or "{}")
+        parsed = json.loads(build["manifest"] or "{}")
     except ValueError:
         return []
     warnings = parsed.get("warnings") if isinstance(parsed, dict) else None
@@ -128,7 +129,7 @@ def speed_column() -> Any:
     return AverageSpeedColumn()
 
 
-def upload(c: Client, app: str, archive: Path, params: dict[str, str]) -> dict[str, Any]:
+def upload(c: Client, app: str, archive: Path, params: dict[str, str]) -> Build:
     """POST the archive as the body, streamed from disk, with a progress bar (bytes sent / total) on stderr."""
     import httpx
     from rich.console import Console
@@ -151,8 +152,9 @@ def upload(c: Client, app: str, archive: Path, params: dict[str, str]) -> dict[s
                 progress.advance(task, len(chunk))
 
     with progress:
-        build: dict[str, Any] = c.post(
+        build = c.post(
             f"/apps/{app}/builds",
+            Build,
             params=params,
             content=body(),
             headers={"content-type": "application/gzip", "content-length": str(size)},
@@ -228,17 +230,17 @@ class StreamEnded(CliError):
     """The log stream closed before its status message (the rack or its builds service restarted)."""
 
 
-def settled(c: Client, app: str, build_id: str, within: float = 30.0) -> dict[str, Any] | None:
+def settled(c: Client, app: str, build_id: str, within: float = 30.0) -> Build | None:
     """The build once it is complete or failed, polling for ``within`` seconds; None if it is not by then."""
     import time
 
     deadline = time.monotonic() + within
     while True:
         try:
-            build: dict[str, Any] = c.get(f"/apps/{app}/builds/{build_id}")
+            build: Build | None = c.get(f"/apps/{app}/builds/{build_id}", Build)
         except CliError:  # the builds service may be restarting
-            build = {}
-        if build.get("status") in ("complete", "failed"):
+            build = None
+        if build is not None and build["status"] in ("complete", "failed"):
             return build
         if time.monotonic() > deadline:
             return None
@@ -254,27 +256,27 @@ def build_and_wait(
     manifest: str = "",
     no_cache: bool = False,
     out: BinaryIO | None = None,
-) -> dict[str, Any]:
+) -> Build:
     """Pack, upload, build ``directory`` as a build of ``app`` and follow its output to ``out`` (stdout);
     returns the complete build (with its ``release``), or raises ``CliError("build failed: ...")``."""
     directory = directory.expanduser()
     if not directory.is_dir():
         raise CliError(f"no such directory: {directory}")
-    c.get(f"/apps/{app}")  # an unknown app fails before anything is packed
+    c.get(f"/apps/{app}", App)  # an unknown app fails before anything is packed
     params = {"description": description, "manifest": manifest, "no_cache": "true" if no_cache else "false"}
     with tempfile.TemporaryDirectory(prefix="convox-build-") as scratch:
         archive = Path(scratch) / "source.tgz"
         with output.step("Packaging source"):
             in_thread(pack_source, directory, archive, manifest)
         build = upload(c, app, archive, params)
-    build_id = str(build["id"])
+    build_id = build["id"]
     for warning in manifest_warnings(build):
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     print(f"Starting build {build_id}... OK", file=sys.stderr, flush=True)
     try:
         exit_code, error = follow_logs(c.rack, app, build_id, out or sys.stdout.buffer)
         try:
-            final: dict[str, Any] = c.get(f"/apps/{app}/builds/{build_id}")
+            final = c.get(f"/apps/{app}/builds/{build_id}", Build)
         except RackUnavailable:  # the builds service restarting as its stream ended: its verdict comes soon
             raise StreamEnded("the build's service is restarting") from None
     except StreamEnded:
@@ -283,7 +285,7 @@ def build_and_wait(
             raise
         final, exit_code, error = found, None, None
     if error is not None or exit_code not in (0, None) or final["status"] != "complete":
-        raise CliError(f"build failed: {error or final.get('error') or final['status']}")
+        raise CliError(f"build failed: {error or final['error'] or final['status']}")
     print(f"Build: {build_id}", flush=True)
     print(f"Release: {final['release']}", flush=True)
     return final
@@ -299,13 +301,13 @@ def _parse_time(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def elapsed(build: dict[str, Any], now: datetime | None = None) -> str:
+def elapsed(build: Build, now: datetime | None = None) -> str:
     """``0.8s``, ``12s``, ``3m4s``, ``1h2m``: from start to end (or to now while it runs); a build of a few
     seconds (the usual, with a warm cache) to a tenth, not rounded down to ``0s``."""
-    started = _parse_time(build.get("started"))
+    started = _parse_time(build["started"])
     if started is None:
         return ""
-    ended = _parse_time(build.get("ended")) or now or datetime.now(UTC)
+    ended = _parse_time(build["ended"]) or now or datetime.now(UTC)
     exact = max(0.0, (ended - started).total_seconds())
     if exact < 10:
         return f"{exact:.1f}s"
@@ -349,7 +351,7 @@ def register(app: typer.Typer) -> None:
             return
         name = resolve_app(app_opt)
         with client() as c:
-            rows = c.get(f"/apps/{name}/builds", params={"limit": limit})
+            rows = c.get_list(f"/apps/{name}/builds", Build, params={"limit": limit})
         output.table(
             ["id", "status", "release", "started", "elapsed", "description"],
             [
@@ -363,8 +365,8 @@ def register(app: typer.Typer) -> None:
         """Show a build."""
         name = resolve_app(app_opt)
         with client() as c:
-            b = c.get(f"/apps/{name}/builds/{build_id}")
-        pairs: list[tuple[str, Any]] = [
+            b = c.get(f"/apps/{name}/builds/{build_id}", Build)
+        pairs: list[tuple[str, str]] = [
             ("Id", b["id"]),
             ("Status", b["status"]),
             ("Release", b["release"]),
@@ -372,7 +374,7 @@ def register(app: typer.Typer) -> None:
             ("Started", b["started"] or ""),
             ("Elapsed", elapsed(b)),
         ]
-        if b.get("error"):
+        if b["error"]:
             pairs.append(("Error", b["error"]))
         output.info(pairs)
 

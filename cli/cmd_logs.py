@@ -25,6 +25,7 @@ from cli import completion, output
 from cli.client import Client
 from cli.config import Rack, current_rack, resolve_app
 from cli.errors import CliError
+from shared.protocol import Process
 
 RACK_APP = "convox"
 SUBPROTOCOL = "v1.stream.rack"
@@ -267,15 +268,15 @@ RACK_PS_HEADERS = ["id", "name", "cpu", "mem", "started", "command"]
 WATCH_EVERY = 2.0
 
 
-def rack_rows(found: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+def rack_rows(found: list[Process]) -> list[tuple[str, ...]]:
     return [
         (
-            str(p["id"]),
-            str(p["name"]),
-            f"{float(p.get('cpu') or 0) * 100:.2f}%",
-            f"{float(p.get('memory') or 0) * 100:.2f}%",
-            output.ago(p.get("started")),
-            str(p.get("command", "")),
+            p["id"],
+            p["name"],
+            f"{p['cpu'] * 100:.2f}%",
+            f"{p['memory'] * 100:.2f}%",
+            output.ago(p["started"]),
+            p["command"],
         )
         for p in found
     ]
@@ -284,7 +285,7 @@ def rack_rows(found: list[dict[str, Any]]) -> list[tuple[str, ...]]:
 def rack_processes() -> None:
     """`convox rack ps` (and `convox ps --app convox`): the rack's own processes, like an app's."""
     with Client(current_rack()) as c:
-        found = c.get("/system/processes")
+        found = c.get_list("/system/processes", Process)
     output.table(RACK_PS_HEADERS, rack_rows(found))
 
 
@@ -304,7 +305,7 @@ def watch_rack_processes(every: float = WATCH_EVERY) -> None:
     try:
         with Client(current_rack()) as c, Live(grid([]), console=output.console(), auto_refresh=False) as live:
             while True:
-                live.update(grid(rack_rows(c.get("/system/processes"))), refresh=True)
+                live.update(grid(rack_rows(c.get_list("/system/processes", Process))), refresh=True)
                 time.sleep(every)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

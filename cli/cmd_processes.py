@@ -13,6 +13,7 @@ from cli import completion, output
 from cli.client import Client
 from cli.config import current_rack, resolve_app
 from cli.errors import CliError
+from shared.protocol import Process
 
 AppOption = Annotated[
     str | None,
@@ -48,20 +49,20 @@ def ago(started: str | None, now: datetime | None = None) -> str:
     return "just now"
 
 
-def percent(fraction: Any) -> str:
+def percent(fraction: float | None) -> str:
     return f"{float(fraction or 0) * 100:.2f}%"
 
 
-def rows(processes: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
+def rows(processes: Sequence[Process]) -> list[tuple[str, ...]]:
     return [
         (
             p["id"][:12],
-            p.get("name", ""),
-            p.get("release", ""),
-            percent(p.get("cpu")),
-            percent(p.get("memory")),
-            ago(p.get("started")),
-            p.get("command", ""),
+            p["name"],
+            p["release"],
+            percent(p["cpu"]),
+            percent(p["memory"]),
+            ago(p["started"]),
+            p["command"],
         )
         for p in processes
     ]
@@ -102,7 +103,7 @@ def register(app: typer.Typer) -> None:
             watch_table(name, params)
             return
         with Client(current_rack()) as c:
-            found = c.get(processes_path(name), params=params)
+            found = c.get_list(processes_path(name), Process, params=params)
         output.table(HEADERS, rows(found))
 
     @ps.command("info")
@@ -110,21 +111,21 @@ def register(app: typer.Typer) -> None:
         """Show a process."""
         name = resolve_app(app_opt)
         with Client(current_rack()) as c:
-            p = c.get(f"{processes_path(name)}/{check_pid(pid)}")
+            p = c.get(f"{processes_path(name)}/{check_pid(pid)}", Process)
         output.info(
             [
                 ("Id", p["id"]),
                 ("App", p["app"]),
                 ("Name", p["name"]),
                 ("Release", p["release"]),
-                ("Status", p.get("status", "")),
+                ("Status", p["status"]),
                 ("Command", p["command"]),
                 ("Image", p["image"]),
                 ("Host", p["host"]),
-                ("Ports", " ".join(p.get("ports") or [])),
-                ("CPU", percent(p.get("cpu"))),
-                ("Memory", percent(p.get("memory"))),
-                ("Started", ago(p.get("started"))),
+                ("Ports", " ".join(p["ports"])),
+                ("CPU", percent(p["cpu"])),
+                ("Memory", percent(p["memory"])),
+                ("Started", ago(p["started"])),
             ]
         )
 
@@ -133,7 +134,7 @@ def register(app: typer.Typer) -> None:
         """Stop a process (SIGTERM, then SIGKILL after 10 seconds)."""
         name = resolve_app(app_opt)
         with Client(current_rack(), timeout=60) as c, output.step(f"Stopping {pid}"):
-            c.delete(f"{processes_path(name)}/{check_pid(pid)}")
+            c.send("DELETE", f"{processes_path(name)}/{check_pid(pid)}")
 
     @app.command("exec", context_settings=COMMAND_CONTEXT)
     def exec_(
@@ -174,7 +175,7 @@ def register(app: typer.Typer) -> None:
             if timeout:
                 body["timeout"] = timeout
             with Client(current_rack(), timeout=120) as c:
-                process = c.post(stream.run_path(name, service), json=body)
+                process = c.post(stream.run_path(name, service), Process, json=body)
             print(process["id"])
             return
         raise typer.Exit(stream.run_command(name, service, command, environment, release, timeout))

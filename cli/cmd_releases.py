@@ -12,6 +12,7 @@ from cli import completion, output
 from cli.client import Client
 from cli.config import current_rack, resolve_app
 from cli.errors import CliError, RackUnavailable
+from shared.protocol import App, Formation, Release
 
 AppOption = Annotated[
     str | None,
@@ -42,7 +43,7 @@ def wait_for_rollout(c: Client, app: str, release: str, within: float = 600) -> 
     unavailable: float | None = None
     while time.monotonic() < deadline:
         try:
-            data = c.get(f"/apps/{app}")
+            data = c.get(f"/apps/{app}", App)
         except RackUnavailable:
             unavailable = unavailable or time.monotonic()
             if time.monotonic() - unavailable > UNAVAILABLE_FOR:
@@ -53,8 +54,8 @@ def wait_for_rollout(c: Client, app: str, release: str, within: float = 600) -> 
         unavailable = None
         if data["status"] == "running" and data["release"] == release:
             return
-        if data["status"] == "failed" or data.get("failed_release") == release:
-            why = f" ({data['failure']})" if data.get("failure") else ""
+        if data["status"] == "failed" or data["failed_release"] == release:
+            why = f" ({data['failure']})" if data["failure"] else ""
             raise CliError(
                 f"release {release} failed to roll out{why}; {data['release'] or 'nothing'} is still serving "
                 f"(see `convox logs --app {app}`)"
@@ -66,7 +67,7 @@ def wait_for_rollout(c: Client, app: str, release: str, within: float = 600) -> 
 
 def promote(c: Client, app: str, release: str) -> None:
     with output.step(f"Promoting {release}"):
-        c.post(f"/apps/{app}/releases/{release}/promote")
+        c.send("POST", f"/apps/{app}/releases/{release}/promote")
         wait_for_rollout(c, app, release)
 
 
@@ -117,14 +118,14 @@ def register(app: typer.Typer) -> None:
             return
         name = resolve_app(app_opt)
         with client() as c:
-            current = c.get(f"/apps/{name}")
-            rows = c.get(f"/apps/{name}/releases")
+            current = c.get(f"/apps/{name}", App)
+            rows = c.get_list(f"/apps/{name}/releases", Release)
 
         def status(release: str) -> str:
             if release == current["release"]:
                 return "active"
-            if release == current.get("failed_release"):
-                return "cancelled" if current.get("failure") == "cancelled" else "failed"
+            if release == current["failed_release"]:
+                return "cancelled" if current["failure"] == "cancelled" else "failed"
             return ""
 
         output.table(
@@ -137,7 +138,7 @@ def register(app: typer.Typer) -> None:
         """Show a release."""
         name = resolve_app(app_opt)
         with client() as c:
-            r = c.get(f"/apps/{name}/releases/{release}")
+            r = c.get(f"/apps/{name}/releases/{release}", Release)
         output.info(
             [
                 ("Id", r["id"]),
@@ -160,7 +161,7 @@ def register(app: typer.Typer) -> None:
         """Make a new release from an old one, promote it and wait until it serves."""
         name = resolve_app(app_opt)
         with client() as c, output.step(f"Rolling back to {release}"):
-            new = c.post(f"/apps/{name}/releases/{release}/rollback")
+            new = c.post(f"/apps/{name}/releases/{release}/rollback", Release)
             wait_for_rollout(c, name, new["id"])
         print(f"Release: {new['id']}")
 
@@ -171,7 +172,7 @@ def register(app: typer.Typer) -> None:
             return
         name = resolve_app(app_opt)
         with client() as c:
-            values: dict[str, str] = c.get(f"/apps/{name}/environment")
+            values = c.get_strings(f"/apps/{name}/environment")
         for key in sorted(values):
             print(f"{key}={values[key]}")
 
@@ -180,7 +181,7 @@ def register(app: typer.Typer) -> None:
         """Print one variable's value."""
         name = resolve_app(app_opt)
         with client() as c:
-            values = c.get(f"/apps/{name}/environment")
+            values = c.get_strings(f"/apps/{name}/environment")
         if key not in values:
             raise CliError(f"no such environment variable: {key}")
         print(values[key])
@@ -202,7 +203,7 @@ def register(app: typer.Typer) -> None:
         name = resolve_app(app_opt)
         with client() as c:
             with output.step(f"Setting {', '.join(sorted(values))}"):
-                release = c.post(f"/apps/{name}/environment", json=values, params={"replace": replace})
+                release = c.post(f"/apps/{name}/environment", Release, json=values, params={"replace": replace})
             print(f"Release: {release['id']}")
             if promote_now:
                 promote(c, name, release["id"])
@@ -213,14 +214,14 @@ def register(app: typer.Typer) -> None:
         --promote."""
         name = resolve_app(app_opt)
         with client() as c:
-            current: dict[str, str] = c.get(f"/apps/{name}/environment")
+            current = c.get_strings(f"/apps/{name}/environment")
             edited = parse_env(edit_text("".join(f"{key}={current[key]}\n" for key in sorted(current))))
             if edited == current:
                 print("No changes")
                 return
             changed = sorted(key for key in edited.keys() | current.keys() if edited.get(key) != current.get(key))
             with output.step(f"Setting {', '.join(changed)}"):
-                release = c.post(f"/apps/{name}/environment", json=edited, params={"replace": True})
+                release = c.post(f"/apps/{name}/environment", Release, json=edited, params={"replace": True})
             print(f"Release: {release['id']}")
             if promote_now:
                 promote(c, name, release["id"])
@@ -231,7 +232,7 @@ def register(app: typer.Typer) -> None:
         name = resolve_app(app_opt)
         with client() as c:
             with output.step(f"Unsetting {key}"):
-                release = c.delete(f"/apps/{name}/environment/{key}")
+                release = c.delete(f"/apps/{name}/environment/{key}", Release)
             print(f"Release: {release['id']}")
             if promote_now:
                 promote(c, name, release["id"])
@@ -253,8 +254,8 @@ def register(app: typer.Typer) -> None:
                     raise CliError("give --count and/or --memory")
                 body: dict[str, Any] = {k: v for k, v in (("count", count), ("memory", memory)) if v is not None}
                 with output.step(f"Scaling {service}"):
-                    c.post(f"/apps/{name}/formation/{service}", json=body)
-            rows = c.get(f"/apps/{name}/formation")
+                    c.send("POST", f"/apps/{name}/formation/{service}", json=body)
+            rows = c.get_list(f"/apps/{name}/formation", Formation)
         output.table(
             ["name", "count", "running", "memory", "balancer"],
             [(f["name"], f["count"], f["running"], f["memory"], f["balancer"]) for f in rows],

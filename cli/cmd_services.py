@@ -12,6 +12,7 @@ from cli import completion, output
 from cli.client import Client
 from cli.config import current_rack, resolve_app
 from cli.errors import CliError
+from shared.protocol import Resource
 
 AppOption = Annotated[
     str | None,
@@ -34,12 +35,12 @@ def wait_running(c: Client, name: str, timeout: float = SLOW, poll: float = 0.5)
     """Until the service is running; its reason when it failed (it holds nothing, and can be created again)."""
     deadline = time.monotonic() + timeout
     while True:
-        data = c.get(f"/services/{name}")
+        data = c.get(f"/services/{name}", Resource)
         if data["status"] == "running":
             return
         if data["status"] == "failed":
             raise CliError(
-                f"{name} could not be made: {data.get('message') or 'no reason given'} (create it again, or "
+                f"{name} could not be made: {data['message'] or 'no reason given'} (create it again, or "
                 f"`convox services delete {name}`)"
             )
         if time.monotonic() > deadline:
@@ -64,7 +65,7 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         with client() as c:
-            rows = c.get("/services")
+            rows = c.get_list("/services", Resource)
         output.table(
             ["name", "type", "status", "apps"],
             [(r["name"], r["type"], r["status"], ", ".join(r["apps"])) for r in rows],
@@ -85,7 +86,7 @@ def register(app: typer.Typer) -> None:
 
         rack = current_rack()
         with client() as c:
-            kind = c.get(f"/services/{name}")["type"]
+            kind = c.get(f"/services/{name}", Resource)["type"]
         try:
             asyncio.run(serve(rack, name, DEFAULT_PORTS.get(kind, 0) if port is None else port))
         except KeyboardInterrupt:
@@ -132,10 +133,10 @@ def register(app: typer.Typer) -> None:
         label = name or kind
         if no_wait:
             with client() as c, output.step(f"Creating {label} ({kind}) in the background"):
-                c.post("/services", json=body)
+                c.send("POST", "/services", json=body)
             return
         with client() as c, output.waiting(f"Creating {label} ({kind})"):
-            created = c.post("/services", json=body)
+            created = c.post("/services", Resource, json=body)
             wait_running(c, created["name"])
 
     @services.command("info")
@@ -145,13 +146,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show a backing service: type, status, linked apps and URL (password hidden unless --reveal)."""
         with client() as c:
-            data = c.get(f"/services/{name}", params={"reveal": reveal})
+            data = c.get(f"/services/{name}", Resource, params={"reveal": reveal})
         output.info(
             [
                 ("Name", data["name"]),
                 ("Type", data["type"]),
                 ("Status", data["status"]),
-                *([("Message", data["message"])] if data.get("message") else []),
+                *([("Message", data["message"])] if data["message"] else []),
                 ("Apps", ", ".join(data["apps"])),
                 ("URL", data["url"]),
             ]
@@ -161,21 +162,21 @@ def register(app: typer.Typer) -> None:
     def services_delete(name: Annotated[str, typer.Argument(help="The service.")]) -> None:
         """Delete a backing service and its data (refused while linked)."""
         with client(SLOW) as c, output.step(f"Deleting {name}"):
-            c.delete(f"/services/{name}")
+            c.send("DELETE", f"/services/{name}")
 
     @services.command("link")
     def services_link(name: Annotated[str, typer.Argument(help="The service.")], app_opt: AppOption = None) -> None:
         """Link a service into an app: <NAME>_URL in its environment, rolled out."""
         target = resolve_app(app_opt)
         with client(SLOW) as c, output.step(f"Linking {name} to {target}"):
-            c.post(f"/services/{name}/links", json={"app": target})
+            c.send("POST", f"/services/{name}/links", json={"app": target})
 
     @services.command("unlink")
     def services_unlink(name: Annotated[str, typer.Argument(help="The service.")], app_opt: AppOption = None) -> None:
         """Unlink a service from an app: <NAME>_URL leaves its environment, rolled out."""
         target = resolve_app(app_opt)
         with client(SLOW) as c, output.step(f"Unlinking {name} from {target}"):
-            c.delete(f"/services/{name}/links/{target}")
+            c.send("DELETE", f"/services/{name}/links/{target}")
 
     @params.callback()
     def params_list(ctx: typer.Context) -> None:
@@ -190,7 +191,7 @@ def register(app: typer.Typer) -> None:
             output.info(sorted(values.items()))
             return
         with client() as c:
-            values = c.get("/system/params")
+            values = c.get_strings("/system/params")
         if values:
             output.info(sorted(values.items()))
 
@@ -213,4 +214,4 @@ def register(app: typer.Typer) -> None:
             print("Parameters updated")
             return
         with client() as c, output.step("Updating parameters"):
-            c.post("/system/params", json=values)
+            c.send("POST", "/system/params", json=values)

@@ -9,6 +9,7 @@ import typer
 from cli import output
 from cli.cmd_releases import AppOption, client
 from cli.config import resolve_app
+from shared.protocol import TimerStatus
 
 
 def until(timestamp: str | None, now: datetime | None = None) -> str:
@@ -32,7 +33,7 @@ def register(app: typer.Typer) -> None:
         """List the app's timers: schedule (UTC), service, command, last run, its exit code, next run."""
         name = resolve_app(app_opt)
         with client() as c:
-            rows = c.get(f"/apps/{name}/timers")
+            rows = c.get_list(f"/apps/{name}/timers", TimerStatus)
         output.table(
             ["name", "schedule", "service", "command", "last run", "exit", "next run"],
             [

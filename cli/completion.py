@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from cli.answers import expect_list
+from cli.errors import CliError
+from shared.protocol import App, Formation
+
 TIMEOUT = 2.0
 
 
-def _get(path: str) -> Any:
+def _get(path: str) -> object:
     import httpx
 
     from cli.config import current_rack
@@ -28,10 +32,11 @@ def _get(path: str) -> Any:
 
 def app_names(incomplete: str) -> list[str]:
     """The rack's apps starting with ``incomplete``."""
-    apps = _get("/apps")
-    if not isinstance(apps, list):
+    try:
+        apps = expect_list(App, _get("/apps"), "/apps")
+    except CliError:
         return []
-    return [a["name"] for a in apps if isinstance(a, dict) and str(a.get("name", "")).startswith(incomplete)]
+    return [a["name"] for a in apps if a["name"].startswith(incomplete)]
 
 
 def process_types(ctx: Any, incomplete: str) -> list[str]:
@@ -44,7 +49,9 @@ def process_types(ctx: Any, incomplete: str) -> list[str]:
         app = resolve_app(ctx.params.get("app_opt"))
     except Exception:
         return []
-    formation = _get(f"/apps/{quote(app)}/formation")
-    if not isinstance(formation, list):
+    path = f"/apps/{quote(app)}/formation"
+    try:
+        formation = expect_list(Formation, _get(path), path)
+    except CliError:
         return []
-    return [f["name"] for f in formation if isinstance(f, dict) and str(f.get("name", "")).startswith(incomplete)]
+    return [f["name"] for f in formation if f["name"].startswith(incomplete)]

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 from cli.errors import CliError
+from shared.protocol import ImageStatus
 
 BASES = ("official", "offline")
 OFFLINE = {"python": "python3", "node": "node"}
@@ -72,7 +72,7 @@ def choose(kind: str, official: list[str], base: str | None) -> Choice:
                 f"{' and '.join(OFFLINE)} apps only)"
             ],
         )
-    if found[offline].get("present") is True:
+    if found[offline]["present"] is True:
         return Choice(
             True,
             [
@@ -89,12 +89,12 @@ def choose(kind: str, official: list[str], base: str | None) -> Choice:
     )
 
 
-def _usable(status: dict[str, Any]) -> bool:
+def _usable(status: ImageStatus) -> bool:
     """A build can start from the image, as far as the rack can tell (unknown counts as usable)."""
-    return status.get("present") is True or status.get("pullable") is not False
+    return status["present"] is True or status["pullable"] is not False
 
 
-def _ask(images: list[str]) -> dict[str, dict[str, Any]] | None:
+def _ask(images: list[str]) -> dict[str, ImageStatus] | None:
     """What the rack says of each image; None when the CLI is logged in to no rack."""
     from cli.client import Client
     from cli.config import current_rack
@@ -104,10 +104,8 @@ def _ask(images: list[str]) -> dict[str, dict[str, Any]] | None:
     except CliError:
         return None
     with Client(rack, timeout=ASK_SECONDS) as client:
-        answer = client.get("/system/images", params={"image": images})
-    if not isinstance(answer, list):
-        raise CliError("the rack's answer to GET /system/images is not a list")
-    found = {str(item.get("image")): item for item in answer if isinstance(item, dict)}
+        answer = client.get_list("/system/images", ImageStatus, params={"image": images})
+    found = {item["image"]: item for item in answer}
     missing = [image for image in images if image not in found]
     if missing:
         raise CliError(f"the rack did not say whether it has {', '.join(missing)}")

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from cli import terminal
+from cli.answers import expect_list
 from cli.config import Rack, current_rack, resolve_app
 from cli.errors import CliError
+from shared.protocol import Process
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
@@ -245,7 +247,7 @@ def run(coroutine: Any) -> int:
         return ended.code
 
 
-async def watch(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> AsyncIterator[list[dict[str, Any]]]:
+async def watch(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> AsyncIterator[list[Process]]:
     """The frames of a metrics stream, each the JSON list it carries, until the rack ends it."""
     from websockets.exceptions import ConnectionClosed
 
@@ -255,7 +257,7 @@ async def watch(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> Asyn
                 if not isinstance(message, bytes) or not message:
                     continue
                 if message[0] == STDOUT_CHANNEL:
-                    yield json.loads(message[1:])
+                    yield expect_list(Process, json.loads(message[1:]), path)
                 elif message[0] == STATUS_CHANNEL:
                     status = parse_status(message[1:])
                     if status and status.error:

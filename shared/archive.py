@@ -14,7 +14,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -50,11 +50,11 @@ def human_size(size: int) -> str:
 # ---- receiving ---------------------------------------------------------------------------------
 
 
-async def receive(chunks: AsyncIterable[bytes], dest: Path, limit: int) -> int:
+async def receive(chunks: AsyncIterable[bytes], dest: Path, limit: int, what: str = "source archive") -> int:
     """Write the stream to ``dest`` (a new file) in 1 MiB writes off the loop; returns its size.
 
-    Past ``limit`` bytes: :class:`PayloadTooLarge`, and ``dest`` is removed. Any other failure (the client
-    went away) removes it too."""
+    Past ``limit`` bytes: :class:`PayloadTooLarge` (naming ``what``), and ``dest`` is removed. Any other
+    failure (the client went away) removes it too."""
     handle: IO[bytes] = await asyncio.to_thread(open, dest, "xb")
     total = 0
     pending: list[bytes] = []
@@ -65,7 +65,7 @@ async def receive(chunks: AsyncIterable[bytes], dest: Path, limit: int) -> int:
                 continue
             total += len(chunk)
             if total > limit:
-                raise PayloadTooLarge(f"source archive is larger than {human_size(limit)}")
+                raise PayloadTooLarge(f"{what} is larger than {human_size(limit)}")
             pending.append(chunk)
             pending_size += len(chunk)
             if pending_size >= CHUNK:
@@ -78,6 +78,16 @@ async def receive(chunks: AsyncIterable[bytes], dest: Path, limit: int) -> int:
         await asyncio.to_thread(_discard, handle, dest)
         raise
     return total
+
+
+async def read_chunks(path: Path, size: int = CHUNK) -> AsyncIterator[bytes]:
+    """The file at ``path`` in ``size`` reads, each in a thread (FileNotFoundError when it is not there)."""
+    handle: IO[bytes] = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(handle.read, size):
+            yield chunk
+    finally:
+        await asyncio.to_thread(handle.close)
 
 
 def _discard(handle: IO[bytes], path: Path) -> None:

@@ -133,6 +133,18 @@ class Build(Model):
     error: str = ""
 
 
+class StoredObject(Model):
+    """An object the provider keeps for an app (a build's source): see ``ObjectsAPI``."""
+
+    app: str = Field(examples=["myapp"])
+    key: str = Field(examples=["sources/9f3c2a4b1d0e7a65.tgz"])
+    size: int = Field(ge=0, description="Bytes.")
+    url: str = Field(
+        examples=["s3://convox-settings/apps/myapp/objects/sources/9f3c2a4b1d0e7a65.tgz"],
+        description="Where the provider keeps it: object://APP/KEY locally, s3://BUCKET/KEY on aws.",
+    )
+
+
 class Release(Model):
     id: str = Field(examples=["RNJYVQUMKKU"], description="R + 10 capital letters.")
     app: str

@@ -31,6 +31,23 @@ ID_RE = re.compile(r"[A-Z][A-Z0-9]{1,63}")
 """A build or release id (``BAPRZPQKXNE``, ``RNJYVQUMKKU``)."""
 
 
+OBJECT_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}(?:/[A-Za-z0-9_][A-Za-z0-9._-]{0,127}){0,15}")
+"""A stored object's key: up to 16 ``/``-separated segments of letters, digits, ``.``, ``_`` and ``-``, none
+starting with a dot (so no ``.``, ``..`` or hidden name), at most 255 characters (``sources/3f2a.tgz``)."""
+MAX_OBJECT_KEY = 255
+
+
+def check_object_key(key: str) -> str:
+    """``key`` when it is a stored object's key (:data:`OBJECT_KEY_RE`), else BadRequest."""
+    if not isinstance(key, str) or len(key) > MAX_OBJECT_KEY or OBJECT_KEY_RE.fullmatch(key) is None:
+        shown = key[:80] if isinstance(key, str) else key
+        raise BadRequest(
+            f"invalid object key: {shown!r} (segments of letters, digits, '.', '_' and '-' separated by '/', "
+            f"none starting with '.', at most {MAX_OBJECT_KEY} characters)"
+        )
+    return key
+
+
 def url_key(name: str) -> str:
     """The variable a linked backing service is found by: ``my-db`` gives ``MY_DB_URL`` (a manifest's resource
     by its name in the manifest, ``database`` gives ``DATABASE_URL``, as Convox names them)."""

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, cast
 
-from shared.errors import Conflict, NotFound
-from shared.models import App, ImageStatus, Process, ProcessRunOptions, System
+from shared.errors import Conflict, NotFound, PayloadTooLarge
+from shared.models import App, ImageStatus, Process, ProcessRunOptions, StoredObject, System
+from shared.names import check_object_key
+from shared.provider.contract import MAX_OBJECT_SIZE
 from shared.provider.local.apps import check_name
 
 if TYPE_CHECKING:
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 class FakeApps:
     def __init__(self) -> None:
         self.apps: dict[str, App] = {}
+        self.on_delete: list[Callable[[str], None]] = []
 
     async def create(self, name: str) -> App:
         check_name(name)
@@ -40,6 +43,8 @@ class FakeApps:
     async def delete(self, name: str) -> None:
         await self.get(name)
         del self.apps[name]
+        for forget in self.on_delete:
+            forget(name)
 
 
 class FakeSystem:
@@ -119,6 +124,52 @@ class FakeTimers:
         return []
 
 
+class FakeObjects:
+    """Objects in memory, by the contract's rules (keys checked first, unknown apps, caps, whole replaces)."""
+
+    def __init__(self, apps: FakeApps) -> None:
+        self.apps = apps
+        self.objects: dict[tuple[str, str], bytes] = {}
+
+    async def _checked(self, app: str, key: str) -> tuple[str, str]:
+        check_object_key(key)
+        await self.apps.get(app)
+        return app, key
+
+    async def store(
+        self, app: str, key: str, data: AsyncIterable[bytes], max_size: int = MAX_OBJECT_SIZE
+    ) -> StoredObject:
+        where = await self._checked(app, key)
+        received = bytearray()
+        async for chunk in data:
+            received += chunk
+            if len(received) > max_size:
+                raise PayloadTooLarge(f"object {key} is larger than {max_size} bytes")
+        self.objects[where] = bytes(received)
+        return StoredObject(app=app, key=key, size=len(received), url=f"memory://{app}/{key}")
+
+    async def fetch(self, app: str, key: str) -> AsyncIterator[bytes]:
+        data = self.objects.get(await self._checked(app, key))
+        if data is None:
+            raise NotFound(f"no such object: {key}")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield data
+
+        return chunks()
+
+    async def exists(self, app: str, key: str) -> bool:
+        return await self._checked(app, key) in self.objects
+
+    async def delete(self, app: str, key: str) -> None:
+        if self.objects.pop(await self._checked(app, key), None) is None:
+            raise NotFound(f"no such object: {key}")
+
+    def forget(self, app: str) -> None:
+        for where in [where for where in self.objects if where[0] == app]:
+            del self.objects[where]
+
+
 class FakeProvider:
     name = "fake"
 
@@ -129,6 +180,8 @@ class FakeProvider:
         self.formation = FakeFormation()
         self.releases = FakeReleases(self.apps)
         self.timers = FakeTimers()
+        self.objects = FakeObjects(self.apps)
+        self.apps.on_delete.append(self.objects.forget)
         self.opened = False
         self.workers_started = 0
 
@@ -153,6 +206,6 @@ class FakeProvider:
 
 def as_provider(fake: object) -> Provider:
     """A fake given where the contract is expected. The fakes here implement only the sub-APIs that the API
-    tests reach (apps, system, processes, formation, releases, timers); a route that needs another fails
+    tests reach (apps, system, processes, formation, releases, timers, objects); a route that needs another fails
     loudly with AttributeError, which is the point of a narrow fake."""
     return cast("Provider", fake)

@@ -3,9 +3,8 @@ limits and refusals (nothing half-made left behind), records, logs, the status a
 
 from __future__ import annotations
 
-import asyncio
 import io
-import shutil
+import posixpath
 import tarfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -22,12 +21,12 @@ from services.builds import create_app
 from services.builds.settings import BuildsSettings
 from shared import stream
 from shared.config import RackSettings
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 from shared.ids import build_id
 from shared.manifest import Manifest
 from shared.models import Build, BuildOptions
 from tests.conftest import on_uvicorn
-from tests.fakes import FakeApps, FakeProvider, as_provider
+from tests.fakes import FakeApps, FakeObjects, FakeProvider, as_provider
 
 CONVOX_YML = b"services:\n  web:\n    build: .\n    port: 3000\n"
 DOCKERFILE = b"FROM rack-test/busybox:1\nCOPY . /app\n"
@@ -37,8 +36,9 @@ class FakeBuilds:
     """Records what the service hands over; a build is complete (or failed, when its description says so)
     at once, with a two-line log."""
 
-    def __init__(self, apps: FakeApps) -> None:
+    def __init__(self, apps: FakeApps, objects: FakeObjects) -> None:
         self.apps = apps
+        self.objects = objects
         self.builds: dict[str, Build] = {}
         self.sources: dict[str, list[str]] = {}
         self.manifests: dict[str, Manifest] = {}
@@ -51,12 +51,14 @@ class FakeBuilds:
     async def running(self) -> int:
         return 0
 
-    async def create(self, app: str, context: Path, manifest: Manifest, options: BuildOptions) -> Build:
-        await self.apps.get(app)
+    async def create(self, app: str, source: str, manifest: Manifest, options: BuildOptions) -> Build:
+        if options.description == "refuse":  # what a provider refusing the build does: the object stays
+            raise Conflict("the provider refuses this build")
+        data = b"".join([chunk async for chunk in await self.objects.fetch(app, source)])
         build = build_id()
-        self.sources[build] = await asyncio.to_thread(listing, context)
+        self.sources[build] = listing(data)
         self.manifests[build] = manifest
-        await asyncio.to_thread(shutil.rmtree, context)  # the provider owns the context
+        await self.objects.delete(app, source)  # the provider owns the object
         failed = options.description == "fail"
         self.builds[build] = Build(
             id=build,
@@ -92,14 +94,18 @@ class FakeBuilds:
         return 0
 
 
-def listing(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+def listing(archive: bytes) -> list[str]:
+    """The members of a .tgz, as paths relative to its root."""
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        names = {posixpath.normpath(m.name) for m in tar.getmembers()}
+    parents = {posixpath.dirname(name) for name in names}
+    return sorted((names | parents) - {"", "."})
 
 
 class FakeBuildsProvider(FakeProvider):
     def __init__(self) -> None:
         super().__init__()
-        self.builds = FakeBuilds(self.apps)
+        self.builds = FakeBuilds(self.apps, self.objects)
 
 
 def tgz(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
@@ -174,8 +180,18 @@ async def test_upload_makes_a_build_from_the_extracted_source(
     assert provider.builds.sources[build["id"]] == ["Dockerfile", "convox.yml", "index.html", "sub", "sub/x.txt"]
     assert provider.builds.manifests[build["id"]].services["web"].port == 3000
     assert leftovers(tmp_path) == []
+    assert provider.objects.objects == {}  # no source object left either
     assert (await api.get(f"/apps/myapp/builds/{build['id']}")).json() == build
     assert [b["id"] for b in (await api.get("/apps/myapp/builds")).json()] == [build["id"]]
+
+
+async def test_a_build_the_provider_refuses_leaves_no_source_object(
+    api: httpx.AsyncClient, provider: FakeBuildsProvider, tmp_path: Path
+) -> None:
+    response = await api.post("/apps/myapp/builds", params={"description": "refuse"}, content=source())
+    assert (response.status_code, response.json()) == (409, {"error": "the provider refuses this build"})
+    assert provider.objects.objects == {} and provider.builds.builds == {}
+    assert leftovers(tmp_path) == []
 
 
 async def test_builds_are_listed_newest_first_and_found_only_through_their_app(api: httpx.AsyncClient) -> None:
@@ -216,6 +232,7 @@ async def test_an_upload_over_the_cap_is_413_and_leaves_nothing(tmp_path: Path, 
     assert response.status_code == 413
     assert response.json() == {"error": "source archive is larger than 4 KiB"}
     assert leftovers(tmp_path) == []
+    assert provider.objects.objects == {}  # no source object left either
     assert provider.builds.builds == {}
 
 
@@ -235,6 +252,7 @@ async def test_a_bad_archive_is_400_and_leaves_nothing(
     assert response.status_code == 400
     assert message in response.json()["error"]
     assert leftovers(tmp_path) == []
+    assert provider.objects.objects == {}  # no source object left either
     assert provider.builds.builds == {}
 
 
@@ -275,6 +293,7 @@ async def test_a_bad_manifest_is_400_naming_file_and_key_and_makes_no_build(
     assert message in response.json()["error"]
     assert provider.builds.builds == {}
     assert leftovers(tmp_path) == []
+    assert provider.objects.objects == {}  # no source object left either
 
 
 async def test_a_compose_file_is_read_when_there_is_no_convox_yml(

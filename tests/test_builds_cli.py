@@ -10,6 +10,7 @@ from pathlib import Path
 from cli.cmd_builds import always_sent, elapsed, pack_source, speed_column
 from cli.config import Rack
 from cli.stream import socket_url
+from shared.protocol import Build
 
 MANIFEST = """services:
   web:
@@ -58,14 +59,28 @@ def test_websocket_url_follows_the_scheme() -> None:
     assert socket_url(Rack("https://rack.example.com", "pw"), "/x") == "wss://rack.example.com/x"
 
 
+def build(started: str | None, ended: str | None = None) -> Build:
+    return Build(
+        id="BAPRZPQKXNE",
+        app="a",
+        status="complete",
+        description="",
+        manifest="",
+        release="",
+        started=started,
+        ended=ended,
+        error="",
+    )
+
+
 def test_elapsed_reads_like_a_duration() -> None:
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-    assert elapsed({"started": None}) == ""
-    assert elapsed({"started": "2026-01-01T11:59:59.200000+00:00", "ended": "2026-01-01T12:00:00+00:00"}) == "0.8s"
-    assert elapsed({"started": "2026-01-01T11:59:55.600000Z", "ended": "2026-01-01T12:00:00Z"}) == "4.4s"
-    assert elapsed({"started": "2026-01-01T11:59:48+00:00", "ended": None}, now) == "12s"
-    assert elapsed({"started": "2026-01-01T11:56:56Z", "ended": "2026-01-01T12:00:00Z"}) == "3m4s"
-    assert elapsed({"started": "2026-01-01T10:58:00+00:00", "ended": "2026-01-01T12:00:00+00:00"}) == "1h2m"
+    assert elapsed(build(None)) == ""
+    assert elapsed(build("2026-01-01T11:59:59.200000+00:00", "2026-01-01T12:00:00+00:00")) == "0.8s"
+    assert elapsed(build("2026-01-01T11:59:55.600000Z", "2026-01-01T12:00:00Z")) == "4.4s"
+    assert elapsed(build("2026-01-01T11:59:48+00:00", None), now) == "12s"
+    assert elapsed(build("2026-01-01T11:56:56Z", "2026-01-01T12:00:00Z")) == "3m4s"
+    assert elapsed(build("2026-01-01T10:58:00+00:00", "2026-01-01T12:00:00+00:00")) == "1h2m"
 
 
 def test_the_upload_speed_shows_also_for_an_upload_of_one_chunk() -> None:

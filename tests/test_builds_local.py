@@ -19,6 +19,7 @@ from shared.provider.local import LocalProvider
 from shared.provider.local.builds import RESTARTED, LocalBuilds
 from shared.provider.local.images import image_name
 from tests.conftest import RACK_NAME
+from tests.sources import stored_source
 
 MANIFEST = """services:
   web:
@@ -78,9 +79,9 @@ async def test_every_built_service_gets_its_image_and_the_build_a_release(
 ) -> None:
     context = source(tmp_path, "FROM rack-test/busybox:1\nRUN echo web-step\n")
     manifest = parse_manifest(MANIFEST, "convox.yml")
-    build = await provider.builds.create("myapp", context, manifest, BuildOptions(description="two"))
+    key = await stored_source(provider.objects, "myapp", context)
+    build = await provider.builds.create("myapp", key, manifest, BuildOptions(description="two"))
     assert build.status in ("created", "running")
-    assert not context.exists()  # the provider took it
     assert await finished(provider.builds, "myapp", build.id) == "complete"
     record = await provider.builds.get("myapp", build.id)
     release = await provider.releases.get("myapp", record.release)
@@ -94,6 +95,7 @@ async def test_every_built_service_gets_its_image_and_the_build_a_release(
     cache = image_name(RACK_NAME, "myapp", "cache", build.id)
     assert (await asyncio.to_thread(docker, "image", "inspect", cache)).returncode != 0
     assert not (tmp_path / "data" / "builds" / build.id).exists()  # the work dir is gone, the log stays
+    assert not await provider.objects.exists("myapp", key)  # the source object was the build's to delete
     assert (tmp_path / "data" / "builds" / f"{build.id}.log").exists()
 
 
@@ -101,9 +103,8 @@ async def test_deleting_an_app_removes_its_images_and_build_logs(provider: Local
     manifest = parse_manifest(MANIFEST, "convox.yml")
     built = []
     for app in ("myapp", "other"):
-        build = await provider.builds.create(
-            app, source(tmp_path / app, "FROM rack-test/busybox:1\n"), manifest, BuildOptions()
-        )
+        key = await stored_source(provider.objects, app, source(tmp_path / app, "FROM rack-test/busybox:1\n"))
+        build = await provider.builds.create(app, key, manifest, BuildOptions())
         assert await finished(provider.builds, app, build.id) == "complete"
         built.append(build.id)
     mine, others = built
@@ -122,7 +123,9 @@ async def test_deleting_an_app_removes_its_images_and_build_logs(provider: Local
 async def test_following_yields_output_while_the_build_runs(provider: LocalProvider, tmp_path: Path) -> None:
     context = source(tmp_path, "FROM rack-test/busybox:1\nRUN echo first-line && sleep 2 && echo second-line\n")
     manifest = parse_manifest(MANIFEST, "convox.yml")
-    build = await provider.builds.create("myapp", context, manifest, BuildOptions())
+    build = await provider.builds.create(
+        "myapp", await stored_source(provider.objects, "myapp", context), manifest, BuildOptions()
+    )
     seen = b""
     status_when_first_seen = ""
     async for chunk in provider.builds.logs("myapp", build.id, follow=True):
@@ -136,7 +139,8 @@ async def test_following_yields_output_while_the_build_runs(provider: LocalProvi
 
 async def test_builds_are_found_through_their_own_app_only(provider: LocalProvider, tmp_path: Path) -> None:
     context = source(tmp_path, "FROM rack-test/busybox:1\nRUN false\n")
-    build = await provider.builds.create("myapp", context, parse_manifest(MANIFEST, "convox.yml"), BuildOptions())
+    key = await stored_source(provider.objects, "myapp", context)
+    build = await provider.builds.create("myapp", key, parse_manifest(MANIFEST, "convox.yml"), BuildOptions())
     assert await finished(provider.builds, "myapp", build.id) == "failed"
     record = await provider.builds.get("myapp", build.id)
     assert record.error.startswith("web: ") and record.release == "" and record.ended
@@ -147,7 +151,11 @@ async def test_builds_are_found_through_their_own_app_only(provider: LocalProvid
     with pytest.raises(NotFound, match="no such app"):
         await provider.builds.get("nope", build.id)
     with pytest.raises(NotFound, match="no such app"):
-        await provider.builds.create("nope", tmp_path / "gone", parse_manifest(MANIFEST, "convox.yml"), BuildOptions())
+        await provider.builds.create("nope", key, parse_manifest(MANIFEST, "convox.yml"), BuildOptions())
+    with pytest.raises(NotFound, match="no such object"):
+        await provider.builds.create(
+            "myapp", "sources/gone.tgz", parse_manifest(MANIFEST, "convox.yml"), BuildOptions()
+        )
 
 
 async def test_recover_fails_the_builds_a_dead_process_left_running(provider: LocalProvider, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from cli import stream as client
 from cli.cmd_processes import ago, percent, rows
 from services.processes.routes import shell_words
 from shared import stream
+from shared.protocol import Process
 from shared.provider.local.docker import Docker
 from shared.provider.local.exec import sized
 from shared.provider.local.sandboxes import Sandboxes, pause_program
@@ -109,8 +110,8 @@ def test_ps_rows_show_percentages_and_relative_times() -> None:
     assert ago(now.isoformat(), now) == "just now"
     assert ago(None) == ""
     assert (percent(0.2439), percent(0), percent(None)) == ("24.39%", "0.00%", "0.00%")
-    process = {"id": "68831d3dce63ab", "name": "web", "release": "RNJYVQUMKKU", "cpu": 0.0, "memory": 0.2439,
-               "started": None, "command": "sh -c bin/web"}  # fmt: skip
+    process = Process(id="68831d3dce63ab", app="a", name="web", release="RNJYVQUMKKU", command="sh -c bin/web",
+                      image="", host="", ports=[], cpu=0.0, memory=0.2439, started=None, status="running")  # fmt: skip
     assert rows([process]) == [("68831d3dce63", "web", "RNJYVQUMKKU", "0.00%", "24.39%", "", "sh -c bin/web")]
 
 

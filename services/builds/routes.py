@@ -1,8 +1,9 @@
 """Builds: source upload, build records and build logs (text, or followed live over a websocket).
 
 ``POST /apps/{app}/builds`` takes the source as a ``.tgz`` body, streamed to a file under the data dir with
-a size cap, extracted safely in a thread, its manifest found and parsed; only then is a build recorded and
-started. Whatever fails before that leaves no record and no files.
+a size cap, extracted safely in a thread, its manifest found and parsed; only then is the archive stored as
+the app's object ``sources/TOKEN.tgz`` (the provider's objects: files locally, S3 on aws) and a build of
+that object recorded and started. Whatever fails before that leaves no record, no object and no files.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from services.builds.settings import BuildsSettings
 from shared import stream
-from shared.archive import extract, receive, remove_tree, resolve_inside
+from shared.archive import extract, read_chunks, receive, remove_tree, resolve_inside
 from shared.config import RackSettings
 from shared.errors import BadRequest, NotFound, RackError, TooManyRequests, Unauthorized
 from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
@@ -41,6 +42,8 @@ router = APIRouter(responses=ENGINE_UNAVAILABLE)
 UPLOADS = "tmp"
 """Under the data dir: uploads being received and extracted (``upload-*``), removed at the service's start."""
 
+SOURCES = "sources"
+"""The app's objects (``ObjectsAPI``) that builds start from are ``sources/TOKEN.tgz``."""
 UPLOAD_PATH = r"/apps/[^/]+/builds"
 """Where sources are uploaded (streamed to disk under the builds' own cap, not the JSON body cap)."""
 AppPath = app_path()
@@ -176,6 +179,7 @@ async def _build_create(
     token = secrets.token_hex(8)
     archive = uploads / f"upload-{token}.tgz"
     context = uploads / f"upload-{token}"
+    key = f"{SOURCES}/{token}.tgz"
     with log.measure("build.upload", app=app) as fields:
         try:
             size = await receive(request.stream(), archive, limits.max_source_size)
@@ -185,14 +189,18 @@ async def _build_create(
             fields["entries"] = await asyncio.to_thread(
                 extract, archive, context, max_size=limits.max_extracted_size, max_members=limits.max_entries
             )
-            await asyncio.to_thread(remove_tree, archive)
             env = await provider.releases.environment(app)
             parsed = await asyncio.to_thread(load_manifest, context, manifest, env)
-        except BaseException:
+            await provider.objects.store(app, key, read_chunks(archive), max_size=limits.max_source_size)
+        finally:
             await asyncio.to_thread(remove_tree, archive)
             await asyncio.to_thread(remove_tree, context)
-            raise
-    build = await provider.builds.create(app, context, parsed, options)
+    try:
+        build = await provider.builds.create(app, key, parsed, options)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await provider.objects.delete(app, key)
+        raise
     log.log("build.create", app=app, build=build.id)
     return build
 

@@ -14,6 +14,7 @@ from services.gateway.auth import ACCESS_KEY, ADMIN
 from services.gateway.tokens import Role, issue, parse_duration
 from shared.errors import RackError
 from shared.logfmt import Logger
+from shared.protocol import AccessToken
 
 log = Logger("gateway")
 
@@ -35,7 +36,7 @@ def issue_access(request: Request, body: AccessRequest, key: bytes) -> JSONRespo
     token, claims = issue(key, body.role, seconds)
     expires = datetime.fromtimestamp(claims.expires, UTC).isoformat()
     log.log("access.create", state="success", role=body.role, id=claims.id, expires=expires)
-    return JSONResponse({"token": token, "role": body.role, "expires": expires}, status_code=201)
+    return JSONResponse(dict(AccessToken(token=token, role=body.role, expires=expires)), status_code=201)
 
 
 def error(description: str) -> dict[str, Any]:

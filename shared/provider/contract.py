@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Collection
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -31,6 +30,7 @@ from shared.models import (
     Release,
     Resource,
     ResourceEnv,
+    StoredObject,
     System,
     TimerStatus,
 )
@@ -114,10 +114,12 @@ class BuildsAPI(Protocol):
         returns goes into that release's environment."""
         ...
 
-    async def create(self, app: str, context: Path, manifest: Manifest, options: BuildOptions) -> Build:
-        """Record a build of the source tree at ``context`` (already extracted safely, its manifest parsed)
-        and start building it in the background; the provider owns ``context`` from here on. A build that
-        completes makes a release (not promoted); one that fails makes none."""
+    async def create(self, app: str, source: str, manifest: Manifest, options: BuildOptions) -> Build:
+        """Record a build of the source stored as the app's object ``source`` (a gzipped tar, see
+        :class:`ObjectsAPI`; the caller has checked it and parsed ``manifest`` from it) and start building it
+        in the background; the provider owns the object from here on (it may delete it once it has read it).
+        NotFound for an unknown app or object. A build that completes makes a release (not promoted); one
+        that fails makes none."""
         ...
 
     async def get(self, app: str, build_id: str) -> Build: ...
@@ -145,6 +147,38 @@ class BuildReportsAPI(Protocol):
 
     async def report(self, app: str, build_id: str, token: str, report: BuildReport) -> Build:
         """Finish a running build with ``report`` (Unauthorized unless ``token`` is the build's own)."""
+        ...
+
+
+MAX_OBJECT_SIZE = 5 * 1024**3
+"""The largest object :meth:`ObjectsAPI.store` takes unless told less (5 GiB)."""
+
+
+class ObjectsAPI(Protocol):
+    """Objects kept for an app (a build's source), like Convox's ``ObjectStore``/``ObjectFetch``: files under
+    the data dir locally, objects of the rack's bucket on aws; an app's go with it.
+
+    A key is ``/``-separated segments of letters, digits, ``.``, ``_`` and ``-``, none starting with a dot,
+    at most 255 characters (:func:`shared.names.check_object_key`): BadRequest otherwise, before anything
+    else. An unknown app is NotFound."""
+
+    async def store(
+        self, app: str, key: str, data: AsyncIterable[bytes], max_size: int = MAX_OBJECT_SIZE
+    ) -> StoredObject:
+        """Store what ``data`` yields under ``key``, replacing the object there: a reader sees the old object
+        whole or the new one whole, never a part. More than ``max_size`` bytes is PayloadTooLarge; then, as
+        when ``data`` raises, nothing is stored (an object that was there stays)."""
+        ...
+
+    async def fetch(self, app: str, key: str) -> AsyncIterator[bytes]:
+        """The object's content: checked now (NotFound for an unknown app or key), then yielded in chunks as
+        the returned iterator is consumed."""
+        ...
+
+    async def exists(self, app: str, key: str) -> bool: ...
+
+    async def delete(self, app: str, key: str) -> None:
+        """Remove the object (NotFound when there is none)."""
         ...
 
 
@@ -371,6 +405,8 @@ class Provider(Protocol):
     def processes(self) -> ProcessesAPI: ...
     @property
     def builds(self) -> BuildsAPI: ...
+    @property
+    def objects(self) -> ObjectsAPI: ...
     @property
     def releases(self) -> ReleasesAPI: ...
     @property

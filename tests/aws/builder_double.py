@@ -14,6 +14,7 @@ Never imported by the product.
 from __future__ import annotations
 
 import io
+import posixpath
 import tarfile
 import time
 from dataclasses import dataclass
@@ -63,8 +64,9 @@ def wait_for_task(cluster: str, app: str, timeout: float = 60.0) -> BuilderTask:
 
 def built_services(source: bytes, manifest: str) -> list[str]:
     """The process types the manifest in the source tarball builds (``build:``, not ``image:``)."""
-    with tarfile.open(fileobj=io.BytesIO(source), mode="r:gz") as tar:
-        member = tar.extractfile(f"./{manifest}") or tar.extractfile(manifest)
+    with tarfile.open(fileobj=io.BytesIO(source), mode="r:gz") as tar:  # members "x" or "./x": the uploader's
+        found = [m for m in tar.getmembers() if m.isfile() and posixpath.normpath(m.name) == manifest]
+        member = tar.extractfile(found[-1]) if found else None
         assert member is not None, f"no {manifest} in the source"
         data = yaml.safe_load(member.read())
     return sorted(name for name, spec in (data.get("services") or {}).items() if not (spec or {}).get("image"))

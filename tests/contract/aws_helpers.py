@@ -13,6 +13,7 @@ from shared.provider import Provider
 from shared.provider.aws.builds import AwsBuilds
 from tests.conftest import RACK_NAME
 from tests.contract.moto_server import REGION
+from tests.sources import stored_source
 
 ECR = f"123456789012.dkr.ecr.{REGION}.amazonaws.com"
 
@@ -40,7 +41,8 @@ async def play_builder(
     source.mkdir()
     (source / "Dockerfile").write_text("FROM busybox\n")
     built = built or manifest()
-    build = await provider.builds.create(app, source, built, BuildOptions(description=f"build {tag}"))
+    key = await stored_source(provider.objects, app, source)
+    build = await provider.builds.create(app, key, built, BuildOptions(description=f"build {tag}"))
     images = {name: f"{ECR}/{RACK_NAME}/{app}:{name}.{build.id.lower()}" for name in built.services}
     return await builds_of(provider).finish(app, build.id, images)
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import BadRequest, NotFound
+from shared.errors import BadRequest, NotFound, PayloadTooLarge
 from shared.models import BuildOptions, Release
 from shared.provider import Provider
 from shared.provider.aws.releases import AwsReleases, env_key
 from tests.conftest import RACK_NAME
 from tests.contract.aws_helpers import builds_of, in_moto, manifest, play_builder
+from tests.sources import chunks_of, stored_source
 
 
 def releases_of(provider: Provider) -> AwsReleases:
@@ -52,24 +53,49 @@ async def test_the_environment_is_stored_encrypted_with_kms(aws_provider: Provid
     assert "t0ps3cret" not in str(item["Item"])
 
 
-async def test_a_large_source_is_uploaded_in_parts(aws_provider: Provider, tmp_path: Path) -> None:
+async def test_a_large_object_is_uploaded_in_parts_and_a_small_one_at_once(aws_provider: Provider) -> None:
     await aws_provider.apps.create("big")
+    data = __import__("os").urandom(9 * 1024 * 1024)
+    stored = await aws_provider.objects.store("big", "sources/big.tgz", chunks_of(data, 64 * 1024))
+    assert (stored.size, stored.url) == (len(data), f"s3://{RACK_NAME}-settings/apps/big/objects/sources/big.tgz")
+    head = await in_moto("s3", "head_object", Bucket=f"{RACK_NAME}-settings", Key="apps/big/objects/sources/big.tgz")
+    assert "-" in head["ETag"] and head["ContentLength"] == len(data)
+    fetched = b"".join([chunk async for chunk in await aws_provider.objects.fetch("big", "sources/big.tgz")])
+    assert fetched == data
+    await aws_provider.objects.store("big", "sources/small.tgz", chunks_of(b"small"))
+    head = await in_moto("s3", "head_object", Bucket=f"{RACK_NAME}-settings", Key="apps/big/objects/sources/small.tgz")
+    assert "-" not in head["ETag"]
+
+
+async def test_an_object_past_its_cap_leaves_no_upload_behind(aws_provider: Provider) -> None:
+    await aws_provider.apps.create("big")
+    with pytest.raises(PayloadTooLarge):
+        await aws_provider.objects.store("big", "sources/big.tgz", chunks_of(bytes(20 * 1024 * 1024)), 17 * 1024 * 1024)
+    uploads = await in_moto("s3", "list_multipart_uploads", Bucket=f"{RACK_NAME}-settings")
+    assert uploads.get("Uploads", []) == []  # the parts already sent were aborted
+    assert not await aws_provider.objects.exists("big", "sources/big.tgz")
+
+
+async def test_the_builder_task_reads_the_source_object(aws_provider: Provider, tmp_path: Path) -> None:
+    await aws_provider.apps.create("src")
     source = tmp_path / "src"
     source.mkdir()
-    (source / "blob").write_bytes(__import__("os").urandom(9 * 1024 * 1024))
-    build = await aws_provider.builds.create("big", source, manifest(), BuildOptions())
-    key = f"apps/big/builds/{build.id}/source.tgz"
-    head = await in_moto("s3", "head_object", Bucket=f"{RACK_NAME}-settings", Key=key)
-    assert "-" in head["ETag"] and head["ContentLength"] > 8 * 1024 * 1024
-    assert not source.exists()
-    small = tmp_path / "small"
-    small.mkdir()
-    (small / "Dockerfile").write_text("FROM busybox\n")
-    other = await aws_provider.builds.create("big", small, manifest(), BuildOptions())
-    head = await in_moto(
-        "s3", "head_object", Bucket=f"{RACK_NAME}-settings", Key=f"apps/big/builds/{other.id}/source.tgz"
+    (source / "Dockerfile").write_text("FROM busybox\n")
+    key = await stored_source(aws_provider.objects, "src", source)
+    build = await aws_provider.builds.create("src", key, manifest(), BuildOptions())
+    tasks = await in_moto("ecs", "list_tasks", cluster=RACK_NAME, startedBy="convox.build.src")
+    described = await in_moto("ecs", "describe_tasks", cluster=RACK_NAME, tasks=tasks["taskArns"])
+    definition = await in_moto(
+        "ecs", "describe_task_definition", taskDefinition=described["tasks"][0]["taskDefinitionArn"]
     )
-    assert "-" not in head["ETag"]
+    env = {e["name"]: e["value"] for e in definition["taskDefinition"]["containerDefinitions"][0]["environment"]}
+    assert (env["SOURCE_BUCKET"], env["SOURCE_KEY"], env["BUILD_ID"]) == (
+        f"{RACK_NAME}-settings",
+        f"apps/src/objects/{key}",
+        build.id,
+    )
+    with pytest.raises(NotFound, match="no such object"):
+        await aws_provider.builds.create("src", "sources/gone.tgz", manifest(), BuildOptions())
 
 
 async def test_a_build_runs_as_a_builder_task_and_its_report_makes_a_release(
@@ -93,7 +119,8 @@ async def test_a_build_whose_builder_is_gone_is_recovered_as_failed(aws_provider
     await aws_provider.apps.create("orphan")
     source = tmp_path / "src"
     source.mkdir()
-    build = await aws_provider.builds.create("orphan", source, manifest(), BuildOptions())
+    key = await stored_source(aws_provider.objects, "orphan", source)
+    build = await aws_provider.builds.create("orphan", key, manifest(), BuildOptions())
     assert build.status == "running"
     assert await aws_provider.builds.recover() == 0
     tasks = await in_moto(

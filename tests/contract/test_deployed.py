@@ -17,6 +17,7 @@ from shared.manifest import BuildSpec, Manifest, Service, Timer
 from shared.models import BuildOptions, FormationUpdate
 from shared.provider import Provider
 from tests.contract.aws_helpers import play_builder
+from tests.sources import stored_source
 
 MANIFEST = Manifest(
     services={
@@ -36,7 +37,8 @@ async def deployed(provider: Provider, app: str, tmp_path: Path) -> str:
         source = tmp_path / "source"
         source.mkdir()
         (source / "Dockerfile").write_text("FROM rack-test/busybox:1\n")
-        build = await provider.builds.create(app, source, MANIFEST, BuildOptions(description="contract"))
+        key = await stored_source(provider.objects, app, source)
+        build = await provider.builds.create(app, key, MANIFEST, BuildOptions(description="contract"))
         async with asyncio.timeout(120):
             while build.status not in ("complete", "failed"):
                 await asyncio.sleep(0.1)

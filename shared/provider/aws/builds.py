@@ -1,13 +1,13 @@
 """Builds on AWS: items in ``<prefix>-builds``, sources in the settings bucket, a builder task on ECS.
 
-A build's source tree is packed (in a thread) and stored at ``apps/APP/builds/ID/source.tgz`` (multipart
-above ``multipart_threshold``); the build is then a RunTask of the rack's builder image with the build's
-id and source as its environment, writing its output to the stream ``build/build/TASKID`` of the app's log
-group. The task also gets, as RunTask overrides (never in the shared task definition), ``BUILD_TOKEN`` (a
-token for this build only; the rack keeps its hash) and ``RACK_URL``: it reports its end with
-``POST RACK_URL/apps/APP/builds/ID/report`` and ``X-Build-Token`` (:meth:`AwsBuilds.report`, then
-:meth:`AwsBuilds.finish`: the images it pushed to ECR, or its error), which makes the release. The rack
-password is never given to a builder. On moto no task runs: tests play the builder
+A build's source is an object of the app (:mod:`shared.provider.aws.objects`, ``apps/APP/objects/KEY``,
+stored by the builds service); the build is then a RunTask of the rack's builder image with the build's
+id and source (``SOURCE_BUCKET``, ``SOURCE_KEY``) as its environment, writing its output to the stream
+``build/build/TASKID`` of the app's log group. The task also gets, as RunTask overrides (never in the
+shared task definition), ``BUILD_TOKEN`` (a token for this build only; the rack keeps its hash) and
+``RACK_URL``: it reports its end with ``POST RACK_URL/apps/APP/builds/ID/report`` and ``X-Build-Token``
+(:meth:`AwsBuilds.report`, then :meth:`AwsBuilds.finish`: the images it pushed to ECR, or its error),
+which makes the release. The rack password is never given to a builder. On moto no task runs: tests play the builder
 (tests/aws/builder_double.py, tests/contract).
 """
 
@@ -17,11 +17,7 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-import shutil
-import tarfile
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from shared.errors import BadRequest, NotFound, RackError, Unauthorized
@@ -32,6 +28,7 @@ from shared.models import Build, BuildOptions, BuildReport, ResourceEnv
 from shared.provider.aws.apps import AwsApps, log_group
 from shared.provider.aws.clients import Clients, error_code, translated
 from shared.provider.aws.formation import AwsFormation
+from shared.provider.aws.objects import AwsObjects
 from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.state import Item, State, now_iso, parse_iso, to_item
 from shared.provider.contract import ResourceHook
@@ -43,10 +40,6 @@ RESTARTED = "the builder stopped before the build ended"
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def source_key(app: str, build: str) -> str:
-    return f"apps/{app}/builds/{build}/source.tgz"
 
 
 def log_stream(build: str) -> str:
@@ -67,15 +60,6 @@ def to_build(item: Item) -> Build:
     )
 
 
-def pack(context: Path) -> Path:
-    """The source tree as a gzipped tar in a temporary file (blocking: run it in a thread)."""
-    handle = tempfile.NamedTemporaryFile(prefix="convox-source-", suffix=".tgz", delete=False)  # noqa: SIM115
-    handle.close()
-    with tarfile.open(handle.name, "w:gz") as tar:
-        tar.add(context, arcname=".")
-    return Path(handle.name)
-
-
 class AwsBuilds:
     def __init__(
         self,
@@ -87,8 +71,10 @@ class AwsBuilds:
         rack: str,
         build_image: str,
         report_url: str = "",
+        objects: AwsObjects | None = None,
     ) -> None:
         self.state = state
+        self.objects = objects or AwsObjects(state, apps)
         self.clients = clients
         self.apps = apps
         self.releases = releases
@@ -120,18 +106,13 @@ class AwsBuilds:
                 ExpressionAttributeValues=to_item({f":{k}": v for k, v in values.items()}),
             )
 
-    async def create(self, app: str, context: Path, manifest: Manifest, options: BuildOptions) -> Build:
-        """Store the source, record the build and start the builder task; the provider owns ``context``."""
-        try:
-            await self.apps.item(app)
-            build = build_id()
-            archive = await asyncio.to_thread(pack, context)
-            try:
-                size = await self.state.upload_file(source_key(app, build), archive)
-            finally:
-                await asyncio.to_thread(archive.unlink, True)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, context, True)
+    async def create(self, app: str, source: str, manifest: Manifest, options: BuildOptions) -> Build:
+        """Record the build of the app's object ``source`` and start the builder task, which reads the object
+        (``SOURCE_BUCKET``, ``SOURCE_KEY``); the object stays until the app goes."""
+        source_key = await self.objects.s3_key(app, source)
+        if not await self.objects.exists(app, source):
+            raise NotFound(f"no such object: {source}")
+        build = build_id()
         item = {
             "id": build,
             "app": app,
@@ -140,18 +121,18 @@ class AwsBuilds:
             "manifest": manifest.model_dump_json(),
             "created": now_iso(),
             "release": "",
-            "source_bytes": size,
+            "source": source_key,
         }
         db = await self.state.dynamodb()
         with translated(f"build already exists: {build}"):
             await db.put_item(
                 TableName=self.state.builds_table, Item=to_item(item), ConditionExpression="attribute_not_exists(id)"
             )
-        await self._start(app, build, manifest, options)
-        log.log("build.create", app=app, build=build, services=len(manifest.services), bytes=size)
+        await self._start(app, build, source_key, options)
+        log.log("build.create", app=app, build=build, services=len(manifest.services))
         return await self.get(app, build)
 
-    async def _start(self, app: str, build: str, manifest: Manifest, options: BuildOptions) -> None:
+    async def _start(self, app: str, build: str, source_key: str, options: BuildOptions) -> None:
         if not self.build_image:
             await self._set(build, status="failed", error=NO_BUILDER, ended=now_iso())
             return
@@ -166,7 +147,7 @@ class AwsBuilds:
             "APP": app,
             "RACK": self.rack,
             "SOURCE_BUCKET": self.state.bucket,
-            "SOURCE_KEY": source_key(app, build),
+            "SOURCE_KEY": source_key,
             "BUILD_NO_CACHE": "true" if options.no_cache else "false",
             "BUILD_MANIFEST": options.manifest or "convox.yml",
         }

@@ -15,6 +15,7 @@ from shared.provider.aws.builds import AwsBuilds
 from shared.provider.aws.clients import Clients, translated
 from shared.provider.aws.formation import AwsFormation
 from shared.provider.aws.logs import AwsLogs
+from shared.provider.aws.objects import AwsObjects
 from shared.provider.aws.processes import AwsProcesses
 from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.resources import AwsResources
@@ -92,6 +93,7 @@ class AwsProvider:
         self.processes = AwsProcesses(self.clients, self.apps, self.releases, self.formation, settings.name, aws)
         self.apps.on_delete.append(self.processes.forget)
         self.apps.on_delete.append(self.formation.forget)
+        self.objects = AwsObjects(self.state, self.apps)
         self.builds = AwsBuilds(
             self.state,
             self.clients,
@@ -101,6 +103,7 @@ class AwsProvider:
             settings.name,
             aws.build_image,
             aws.report_url,
+            self.objects,
         )
         self.logs = AwsLogs(self.clients, self.apps, self.processes, settings.name, aws)
         self.formation.events = self.logs.event

@@ -9,14 +9,15 @@ environments and passwords are encrypted with SSE-KMS.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.errors import NotFound
+from shared.archive import human_size, read_chunks
+from shared.errors import NotFound, PayloadTooLarge
 from shared.provider.aws.clients import Clients, error_code, translated
 from shared.provider.aws.settings import AwsProviderSettings
 
@@ -219,37 +220,55 @@ class State:
 
     async def upload_file(self, key: str, path: Path) -> int:
         """Upload a file (read in a thread, part by part); multipart above the threshold. Returns its size."""
+        return await self.upload(key, read_chunks(path), limit=None)
+
+    async def upload(self, key: str, chunks: AsyncIterable[bytes], limit: int | None, what: str = "") -> int:
+        """Store what ``chunks`` yields at ``key``: one PUT up to ``multipart_threshold`` bytes, a multipart
+        upload of threshold-sized parts above (never more than a part and a chunk in memory). More than
+        ``limit`` bytes is PayloadTooLarge (naming ``what``); then, or when ``chunks`` raises, the multipart
+        upload is aborted and nothing is stored. Returns the size."""
         s3 = await self.s3()
-        size = (await asyncio.to_thread(path.stat)).st_size
         threshold = self.settings.multipart_threshold
-        if size <= threshold:
-            data = await asyncio.to_thread(path.read_bytes)
-            with translated(f"cannot store {key}"):
-                await s3.put_object(Bucket=self.bucket, Key=key, Body=data)
-            return size
-        with translated(f"cannot store {key}"):
-            upload = await s3.create_multipart_upload(Bucket=self.bucket, Key=key)
-        upload_id = upload["UploadId"]
+        buffer = bytearray()
+        total = 0
+        upload_id = ""
         parts: list[dict[str, Any]] = []
+
+        async def part(data: bytes) -> None:
+            nonlocal upload_id
+            with translated(f"cannot store {key}"):
+                if not upload_id:
+                    upload_id = (await s3.create_multipart_upload(Bucket=self.bucket, Key=key))["UploadId"]
+                number = len(parts) + 1
+                done = await s3.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                )
+            parts.append({"PartNumber": number, "ETag": done["ETag"]})
+
         try:
-            with path.open("rb") as f:
-                number = 1
-                while chunk := await asyncio.to_thread(f.read, threshold):
-                    with translated(f"cannot store {key}"):
-                        part = await s3.upload_part(
-                            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
-                        )
-                    parts.append({"PartNumber": number, "ETag": part["ETag"]})
-                    number += 1
+            async for chunk in chunks:
+                total += len(chunk)
+                if limit is not None and total > limit:
+                    raise PayloadTooLarge(f"{what or key} is larger than {human_size(limit)}")
+                buffer += chunk
+                while len(buffer) > threshold:
+                    await part(bytes(buffer[:threshold]))
+                    del buffer[:threshold]
+            if not upload_id:
+                with translated(f"cannot store {key}"):
+                    await s3.put_object(Bucket=self.bucket, Key=key, Body=bytes(buffer))
+                return total
+            await part(bytes(buffer))
             with translated(f"cannot store {key}"):
                 await s3.complete_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 )
         except BaseException:
-            with translated(f"cannot store {key}"):
-                await s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            if upload_id:  # the original error is the one to tell, whatever the abort says
+                with contextlib.suppress(Exception):
+                    await s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
-        return size
+        return total
 
     async def delete_prefix(self, prefix: str) -> None:
         s3 = await self.s3()

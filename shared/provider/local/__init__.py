@@ -16,6 +16,7 @@ from shared.provider.local.docker import Docker
 from shared.provider.local.events import Events
 from shared.provider.local.formation import LocalFormation
 from shared.provider.local.logs import LocalLogs
+from shared.provider.local.objects import LocalObjects
 from shared.provider.local.params import LocalParams
 from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.promotions import Promotions
@@ -65,7 +66,11 @@ class LocalProvider:
             self.state, self.docker, self.apps, self.params, settings.name, self.formation.network
         )
         self.apps.on_delete.append(self.resources.forget_app)
-        self.builds = LocalBuilds(self.state, self.docker, self.apps, self.releases, settings.name, settings.data_dir)
+        self.objects = LocalObjects(self.apps, settings.data_dir)
+        self.apps.after_delete.append(self.objects.forget)
+        self.builds = LocalBuilds(
+            self.state, self.docker, self.apps, self.releases, settings.name, settings.data_dir, self.objects
+        )
         self.apps.after_delete.append(self.builds.forget_app)
         self.apps.after_delete.append(self.formation.volumes.forget)
         self.apps.after_delete.append(self.certificates.forget)

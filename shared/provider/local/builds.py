@@ -21,7 +21,7 @@ from typing import IO
 import aiosqlite
 from pydantic import ValidationError
 
-from shared.archive import pack
+from shared.archive import extract, pack
 from shared.errors import NotFound, RackError
 from shared.ids import build_id
 from shared.logfmt import Logger
@@ -31,6 +31,7 @@ from shared.names import is_id, is_under, under
 from shared.provider.contract import AppsAPI, ReleasesAPI, ResourceHook
 from shared.provider.local.docker import Docker
 from shared.provider.local.images import image_name
+from shared.provider.local.objects import LocalObjects
 from shared.provider.local.state import State
 
 log = Logger("builds")
@@ -38,6 +39,8 @@ READ_CHUNK = 64 * 1024
 POLL_INTERVAL = 0.5
 RESTARTED = "rack restarted during the build"
 STOPPED = "rack stopped during the build"
+MAX_MEMBERS = 10_000_000
+"""A bound on the members of a source extracted here (the builds service's own cap is tighter)."""
 
 
 def _time(value: str | None) -> datetime | None:
@@ -135,9 +138,17 @@ def checked_id(build: str) -> str:
 
 class LocalBuilds:
     def __init__(
-        self, state: State, docker: Docker, apps: AppsAPI, releases: ReleasesAPI, rack: str, data_dir: Path
+        self,
+        state: State,
+        docker: Docker,
+        apps: AppsAPI,
+        releases: ReleasesAPI,
+        rack: str,
+        data_dir: Path,
+        objects: LocalObjects | None = None,
     ) -> None:
         self.state = state
+        self.objects = objects or LocalObjects(apps, data_dir)
         self.docker = docker
         self.apps = apps
         self.releases = releases
@@ -182,46 +193,60 @@ class LocalBuilds:
 
     # ---- creating and running ------------------------------------------------------------------
 
-    async def create(self, app: str, context: Path, manifest: Manifest, options: BuildOptions) -> Build:
-        """Record the build, take ``context`` (moved under ``DATA/builds/ID``) and start it in the background."""
-        try:
-            await self.apps.get(app)
-        except BaseException:
-            await asyncio.to_thread(shutil.rmtree, context, True)
-            raise
+    async def create(self, app: str, source: str, manifest: Manifest, options: BuildOptions) -> Build:
+        """Record the build of the app's object ``source`` and start it in the background, which extracts the
+        object (safely) under ``DATA/builds/ID`` and then deletes it."""
+        if not await self.objects.exists(app, source):  # BadRequest, NotFound (app) before it
+            raise NotFound(f"no such object: {source}")
         build = build_id()
         work = self.work_dir(build)
         try:
-            await asyncio.to_thread(self._adopt, context, work)
+            await asyncio.to_thread(work.mkdir, parents=True, mode=0o700)
             await self.state.execute(
                 "INSERT INTO builds (id, app, status, description, manifest, created)"
                 " VALUES (?, ?, 'created', ?, ?, ?)",
                 (build, app, options.description, manifest.model_dump_json(), _now()),
             )
         except BaseException:
-            await asyncio.to_thread(shutil.rmtree, context, True)
             await asyncio.to_thread(shutil.rmtree, work, True)
             raise
         live = LiveLog(self.log_path(build))
         self._live[build] = live
-        task = asyncio.create_task(self._run(app, build, work, manifest, options, live), name=f"build {build}")
+        task = asyncio.create_task(self._run(app, build, source, work, manifest, options, live), name=f"build {build}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         log.log("build.create", app=app, build=build, services=len(manifest.services))
         return await self.get(app, build)
 
-    def _adopt(self, context: Path, work: Path) -> None:
-        work.mkdir(parents=True, mode=0o700)
-        context.rename(work / "source")
+    async def _extract(self, app: str, source: str, work: Path) -> None:
+        """The object ``source`` extracted into ``work/source`` (read in place: it is this provider's file),
+        then deleted. The paths of its members are checked here (:func:`shared.archive.extract`); its sizes
+        were capped by whoever stored it (the builds service, under its settings)."""
+        archive = await self.objects.path(app, source)
+        try:
+            await asyncio.to_thread(extract, archive, work / "source", max_size=None, max_members=MAX_MEMBERS)
+        except FileNotFoundError:
+            raise NotFound(f"no such object: {source}") from None
+        finally:
+            with contextlib.suppress(NotFound):
+                await self.objects.delete(app, source)
 
     async def _run(
-        self, app: str, build: str, work: Path, manifest: Manifest, options: BuildOptions, live: LiveLog
+        self,
+        app: str,
+        build: str,
+        source: str,
+        work: Path,
+        manifest: Manifest,
+        options: BuildOptions,
+        live: LiveLog,
     ) -> None:
         started = asyncio.get_running_loop().time()
         error = ""
         try:
             await live.open()
             await self._set(build, status="running", started=_now())
+            await self._extract(app, source, work)
             await self._build_images(app, build, work / "source", manifest, options, live)
             env = await self._resource_env(app, manifest, live)
             await live.write(b"Creating release... ")
