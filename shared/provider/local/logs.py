@@ -761,4 +761,3 @@ class LocalLogs:
 
 
 __all__ = ["LocalLogs"]
-
