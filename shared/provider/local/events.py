@@ -21,7 +21,6 @@ from shared.provider.local.state import State
 
 log = Logger("logs")
 
-
 def docker_since(ts: str) -> str:
     """A timestamp as the Engine's ``since`` parameter (``seconds.nanoseconds``; inclusive)."""
     ns = ts_to_ns(ts)

@@ -761,3 +761,4 @@ class LocalLogs:
 
 
 __all__ = ["LocalLogs"]
+

@@ -642,7 +642,9 @@ class LocalResources:
             "Hostname": record.name,
             "ExposedPorts": {f"{kind.port}/tcp": {}},
             "HostConfig": {
-                "Mounts": [{"Type": "volume", "Source": self.volume_name(record.name), "Target": kind.data}]
+                "Mounts": [
+                    {"Type": "volume", "Source": self.volume_name(record.name), "Target": kind.data}
+                ]
                 if kind.data
                 else [],
                 "RestartPolicy": {"Name": "unless-stopped"},

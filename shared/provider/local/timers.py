@@ -183,7 +183,9 @@ class LocalTimers:
 
     async def _run(self, app: str, timer: Timer, state: _State, now: datetime) -> None:
         key = (app, timer.name)
-        options = ProcessRunOptions(service=timer.service, command=["sh", "-c", timer.command], timer=timer.name)
+        options = ProcessRunOptions(
+            service=timer.service, command=["sh", "-c", timer.command], timer=timer.name
+        )
         since = time.time() - 1
         try:
             process = await self.processes.run(app, options)
