@@ -44,6 +44,10 @@ TAG_ATTACHED = "convox.attached"
 KEEP_ALIVE = ["sh", "-c", "trap 'exit 0' TERM INT; sleep 2147483647 & wait"]
 LEASE = 60.0
 """Seconds an attached run's task outlives its stream's last sign of life (renewed every LEASE / 4)."""
+STATS_WITHIN = 3.0
+"""Seconds a listing waits for one instance engine's figures."""
+STATS_RETRY = 60.0
+"""Seconds an engine whose figures failed is left out of listings (its processes show 0)."""
 STATUS = {"PROVISIONING": "starting", "PENDING": "starting", "ACTIVATING": "starting", "RUNNING": "running"}
 
 
@@ -76,6 +80,8 @@ class AwsProcesses:
         self._definitions: dict[str, dict[str, Any]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self.engines = Engines(clients, self.cluster, settings.stack or rack)
+        self._stats_down: dict[str, float] = {}
+        """Engines whose stats failed, until when they are not asked again."""
         self.placement_timeout = 300.0
         """Seconds an attached run waits for its task's container to run on its instance (Convox: 300)."""
 
@@ -178,12 +184,17 @@ class AwsProcesses:
                 by_address.setdefault(address, []).append((process, task))
 
         async def one(address: str, group: builtins.list[tuple[Process, dict[str, Any]]]) -> None:
+            if self._stats_down.get(address, 0.0) > time.monotonic():
+                return
             try:
-                engine = await self.engines.engine(address)
-                ids = [await self.engines.container_on(engine, t, p.id) for p, t in group]
-                figures = await (await self.engines.sampler(address)).figures(ids)
-            except RackError as exc:
-                log.error("process.stats", address=address, error=exc.message)
+                async with asyncio.timeout(STATS_WITHIN):
+                    engine = await self.engines.engine(address)
+                    ids = [await self.engines.container_on(engine, t, p.id) for p, t in group]
+                    figures = await (await self.engines.sampler(address)).figures(ids)
+            except (RackError, TimeoutError) as exc:
+                # an engine that does not answer is left alone for a while: listings stay fast
+                self._stats_down[address] = time.monotonic() + STATS_RETRY
+                log.error("process.stats", address=address, error=getattr(exc, "message", "") or "timed out")
                 return
             for (process, _), container_id in zip(group, ids, strict=True):
                 if container_id in figures:

@@ -188,6 +188,16 @@ class Engine:
         )
         return stats
 
+    async def command_line(self, container_id: str, pid: int) -> str | None:
+        """The command line of process ``pid`` (a pid of the engine's host) of the container, as the engine's
+        ``top`` shows it; None once it is gone. What this host's /proc tells of a local engine's process."""
+        async with translated(f"process {container_id[:12]}"):
+            found = await self.client._query_json(f"containers/{container_id}/top", params={"ps_args": "-o pid,args"})
+        for row in found.get("Processes") or []:
+            if row and str(row[0]).strip() == str(pid):
+                return " ".join(str(part) for part in row[1:])
+        return None
+
     # ---- exec -------------------------------------------------------------------------------------------
 
     async def exec_create(self, container_id: str, body: dict[str, Any], what: str) -> str:

@@ -383,10 +383,12 @@ MARK = "CONVOX_EXEC"
 /proc is not the engine's, so they are found (and signalled) from inside the container by that mark."""
 SIGNAL_MARKED = (
     'for d in /proc/[0-9]*; do p=${d#/proc/}; [ "$p" = "$$" ] && continue; '
-    'grep -qaF "$1" "$d/environ" 2>/dev/null && kill -s "$2" "$p" 2>/dev/null; done; exit 0'
+    'grep -q "$1" "$d/environ" 2>/dev/null && kill -s "$2" "$p" 2>/dev/null; done; exit 0'
 )
 """Signal every process of the container whose environment holds the mark ``$1`` with signal ``$2`` (it
-needs ``sh`` and ``grep`` in the container, as ``kill`` through the engine always needed ``sh``)."""
+needs ``sh`` and ``grep`` in the container, as ``kill`` through the engine always needed ``sh``). A plain
+``grep`` (not ``-F``: busybox's fixed-string match stops at the first NUL of /proc/PID/environ); the mark is
+letters, digits, ``_`` and ``=``, so the pattern matches itself only."""
 
 
 async def signal_marked(docker: Engine, container_id: str, mark: str, hangup: bool, user: str = "") -> None:
@@ -537,10 +539,8 @@ class ExecStream(_Attached):
 
     async def _prelude_done(self, within: float = 2.0) -> None:
         """Wait until the size prelude has run (its shell has become the command), so that no resize sent
-        after the start can be undone by the prelude's own `stty`. On a remote engine the process cannot be
-        watched from here: the prelude's `stty` takes a moment, a resize sent within it may be lost."""
-        if self.mark:
-            return
+        after the start can be undone by the prelude's own `stty`. The process's command line is read from this
+        host's /proc, or for a remote engine from the engine's ``top``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         pid = 0
@@ -550,7 +550,11 @@ class ExecStream(_Attached):
                 pid = int(info.get("Pid") or 0)
                 if not pid and not info.get("Running", True) and info.get("ExitCode") is not None:
                     return  # it has ended already (a process not started yet has no exit code either)
-            if pid:
+            if pid and self.mark:
+                line = await self.docker.command_line(self.container_id, pid)
+                if line is None or "stty rows" not in line:
+                    return
+            elif pid:
                 cmdline = await asyncio.to_thread(_cmdline, pid)
                 if cmdline is None or SIZED.encode() not in cmdline:
                     return
