@@ -18,7 +18,7 @@ from shared.manifest import Manifest, Service
 from shared.models import ProcessRunOptions
 from shared.provider import load_provider
 from shared.provider.local import LocalProvider
-from shared.provider.local.exec import AttachedRun
+from shared.provider.local.attached import AttachedRun
 from shared.provider.local.images import image_name
 from shared.provider.local.processes import LocalProcesses
 from shared.stream import ProcessStream, Terminal

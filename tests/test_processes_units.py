@@ -15,10 +15,10 @@ from cli.cmd_processes import ago, percent, rows
 from services.processes.routes import shell_words
 from shared import stream
 from shared.protocol import Process
+from shared.provider.engine.exec import sized
+from shared.provider.engine.stats import Cgroups, Sample, cpu_fraction, memory_fraction, parse
 from shared.provider.local.docker import Docker
-from shared.provider.local.exec import sized
 from shared.provider.local.sandboxes import Sandboxes, pause_program
-from shared.provider.local.stats import Cgroups, Sample, cpu_fraction, memory_fraction, parse
 
 DOCKER_STATS = {  # trimmed from a real `GET /containers/{id}/stats` (cgroup v1)
     "cpu_stats": {

@@ -106,9 +106,27 @@ def test_rack_template_has_the_parameters_and_parts_the_rack_needs() -> None:
     } <= types
     assert sum(r["Type"] == "AWS::EC2::Subnet" for r in found.values()) == 3
     rules = found["InstancesSecurity"]["Properties"]["SecurityGroupIngress"]
-    assert sorted(r["IpProtocol"] for r in rules) == ["tcp", "udp"]
+    assert sorted(r["IpProtocol"] for r in rules) == ["tcp", "tcp", "udp"]
     assert all(r["CidrIp"] is None for r in rules)  # a !Ref to VpcCidr: inside the VPC only, never 0.0.0.0/0
     assert found["ApiListener"]["Properties"]["Protocol"] == "HTTPS"
+
+
+def test_the_instances_engines_listen_with_mutual_tls_reachable_from_the_rack_security_group_only() -> None:
+    found = resources(rack_template())
+    rules = found["InstancesSecurity"]["Properties"]["SecurityGroupIngress"]
+    tcp = [(r["FromPort"], r["ToPort"]) for r in rules if r["IpProtocol"] == "tcp"]
+    assert all(not low <= 2376 <= high for low, high in tcp)  # the VPC-wide rules leave the engine's port out
+    engine = found["EngineFromInstances"]["Properties"]
+    assert (engine["FromPort"], engine["ToPort"], engine["IpProtocol"]) == (2376, 2376, "tcp")
+    assert "CidrIp" not in engine and engine["SourceSecurityGroupId"] == engine["GroupId"]
+    user_data = rack_template().split("UserData:", 1)[1].split("\n  Instances:", 1)[0]  # (a !Sub: read as text)
+    assert "--tlsverify" in user_data and "tcp://0.0.0.0:2376" in user_data
+    assert "client-key" not in user_data and "set -x" not in user_data
+    text = rack_template()
+    instance_reads = text.split("\n  InstanceRole:", 1)[1].split("\n  InstanceProfile:", 1)[0]
+    assert "server-key" in instance_reads and "client-key" not in instance_reads  # an instance is no client
+    api_reads = text.split("\n  ApiRole:", 1)[1].split("\n  ApiTasks:", 1)[0]
+    assert "client-key" in api_reads and "server-key" not in api_reads
 
 
 def test_app_template_has_a_balancer_only_for_public_ports_and_one_listener_per_port() -> None:

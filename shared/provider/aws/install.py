@@ -2,6 +2,9 @@
 
 Install: check the name and parameters, look up the current ECS-optimized AMI unless ``Ami=`` is given,
 write a generated password to an SSM SecureString (the stack and its task definition only name it),
+make the TLS material of the instances' Docker Engines (a CA, the engines' certificate, the rack's client
+certificate: SSM SecureStrings under ``/convox/<rack>/engine/``, read by the instances' UserData and by the
+rack, never printed),
 import a self-signed certificate into ACM for the TLS balancer, create the stack from
 ``cloudformation/rack.yml`` showing its events, and return the URL and password. A failure removes what
 was made (the stack rolls back with ``OnFailure=DELETE``; the parameter and certificate are deleted here).
@@ -25,7 +28,13 @@ from shared.errors import BadRequest, Conflict, NotFound
 from shared.models import Model
 from shared.provider.aws import stacks
 from shared.provider.aws.caches import remove_rack_caches
-from shared.provider.aws.certificate import self_signed
+from shared.provider.aws.certificate import (
+    ENGINE_SECRETS,
+    engine_certificates,
+    engine_path,
+    self_signed,
+    store_engine_certificates,
+)
 from shared.provider.aws.credentials import AwsCredentials, session
 from shared.provider.aws.templates import rack_template
 
@@ -111,6 +120,10 @@ async def install(
         )
         certificate_arn: str | None = None
         try:
+            # the instances' engines speak mutual TLS only: a CA, their certificate and the rack's, kept in SSM
+            engines = await asyncio.to_thread(engine_certificates, name)
+            await store_engine_certificates(ssm, name, engines)
+            del engines
             cert = await asyncio.to_thread(self_signed, f"{name}.convox")
             certificate_arn = (
                 await acm.import_certificate(
@@ -146,6 +159,7 @@ async def install(
 
 async def _forget(ssm: Any, acm: Any, name: str, certificate_arn: str | None) -> None:
     await _quietly(ssm.delete_parameter(Name=password_parameter(name)))
+    await _quietly(ssm.delete_parameters(Names=[f"{engine_path(name)}/{key}" for key in ENGINE_SECRETS]))
     if certificate_arn:
         await _quietly(acm.delete_certificate(CertificateArn=certificate_arn))
 

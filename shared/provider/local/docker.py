@@ -1,11 +1,11 @@
-"""The only module of the local provider that speaks to aiodocker; vendor errors become rack errors here."""
+"""The only module of the local provider that speaks to aiodocker (with :mod:`shared.provider.engine.docker`,
+whose client it extends); vendor errors become rack errors here."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
@@ -13,6 +13,9 @@ import aiodocker
 import aiohttp
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
+from shared.provider.engine.docker import TIMEOUT, UNREACHABLE, Engine, translated
+
+__all__ = ["TIMEOUT", "UNREACHABLE", "Docker", "Engine", "translated"]
 
 LABEL_RACK = "convox.rack"
 LABEL_APP = "convox.app"
@@ -26,10 +29,6 @@ LABEL_SANDBOX = "convox.sandbox"
 ``convox.app``: it is no process of the app)."""
 RACK_LABEL_PREFIX = "convox."
 """The rack's own labels: only the rack sets them on what it makes; an image's copies are overridden."""
-TIMEOUT = 30.0
-"""The default for one call to the Engine (``RACK_LOCAL_DOCKER_TIMEOUT``); past it the call is a 503."""
-UNREACHABLE = "docker engine unreachable"
-"""How every error for an engine that refuses, drops or does not answer begins (the 503s' message)."""
 
 
 class EventActor(TypedDict, total=False):
@@ -81,77 +80,10 @@ class CreatedContainer(TypedDict):
     Warnings: list[str] | None
 
 
-class ContainerStats(TypedDict, total=False):
-    """One sample of ``GET /containers/ID/stats`` (its CPU and memory figures; their keys vary by cgroup)."""
-
-    read: str
-    cpu_stats: dict[str, Any]
-    precpu_stats: dict[str, Any]
-    memory_stats: dict[str, Any]
-
-
-@asynccontextmanager
-async def translated(what: str) -> AsyncIterator[None]:
-    """Turn aiodocker and connection errors into the rack's errors, naming ``what`` was asked for."""
-    try:
-        yield
-    except aiodocker.DockerError as exc:
-        message = str(exc.message) if exc.message else f"docker error {exc.status}"
-        if exc.status == 900:  # aiodocker's "cannot connect"
-            raise Unavailable(f"{UNREACHABLE} (it refused the connection)") from None
-        if exc.status == 404:
-            raise NotFound(f"{what}: not found") from None
-        if exc.status == 409:
-            raise Conflict(f"{what}: {message}") from None
-        if exc.status == 400:
-            raise BadRequest(f"{what}: {message}") from None
-        raise RackError(f"{what}: {message}", status=502) from None
-    except TimeoutError:  # aiohttp's timeouts too (ServerTimeoutError is one)
-        raise Unavailable(f"{UNREACHABLE}: it did not answer {what} in time") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise Unavailable(f"{UNREACHABLE} ({type(exc).__name__})") from None
-
-
-class Docker:
-    """One aiodocker client per provider, opened in its lifespan.
-
-    Every call has a time limit: ``timeout`` seconds for a request and its answer (a hung engine makes it
-    a 503, never a request or a lock held for good); streams (logs, events, builds, pulls) have a limit to
-    connect and run as long as they last; stopping a container has its grace on top."""
-
-    def __init__(self, url: str | None, timeout: float = TIMEOUT) -> None:
-        self.url = url
-        self.timeout = timeout
-        self._client: aiodocker.Docker | None = None
-
-    @property
-    def limits(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 10.0))
-
-    def streaming(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(sock_connect=min(self.timeout, 10.0))
-
-    @property
-    def client(self) -> aiodocker.Docker:
-        if self._client is None:
-            self._client = aiodocker.Docker(url=self.url, timeout=self.limits)
-        return self._client
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
-    async def containers(self, labels: dict[str, str], all: bool = False) -> list[dict[str, Any]]:
-        filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
-        async with translated("containers"):
-            found = await self.client.containers.list(all=all, filters=filters)
-        return [dict(c._container) for c in found]
-
-    async def inspect(self, container_id: str) -> dict[str, Any]:
-        async with translated(f"process {container_id}"):
-            container = await self.client.containers.get(container_id)
-        return dict(container._container)
+class Docker(Engine):
+    """The local provider's engine (:class:`~shared.provider.engine.docker.Engine`, one per provider, opened
+    in its lifespan), with what only the local provider asks of it: images, builds, networks, volumes, logs
+    and events. Stopping a container has its grace on top of the call's limit."""
 
     async def image_labels(self, image: str) -> dict[str, str]:
         """The rack's labels (``convox.*``) an image carries (from its base image or a ``LABEL``); none
@@ -213,10 +145,6 @@ class Docker:
             await container.show()
         return dict(container._container)
 
-    async def remove(self, container_id: str) -> None:
-        async with translated(f"process {container_id}"):
-            await self.client.containers.container(container_id).delete(force=True, v=True)
-
     async def remove_image(self, image: str) -> bool:
         """Untag ``image`` (its layers go when nothing else uses them); False when it was not there or a
         container still uses it."""
@@ -270,10 +198,6 @@ class Docker:
         except RackError as exc:
             reason = exc.message.removeprefix(f"image {image}: ")
         raise RackError(f"image {image} is not on the engine and could not be pulled: {reason}", status=502)
-
-    async def start(self, container_id: str) -> None:
-        async with translated(f"container {container_id}"):
-            await self.client.containers.container(container_id).start()
 
     async def tail(self, container_id: str, lines: int = 20) -> str:
         """The last ``lines`` of a container's output (stdout and stderr merged)."""
@@ -461,14 +385,6 @@ class Docker:
                 params={"condition": "not-running"},
                 timeout=self.streaming(),
             )
-
-    async def stats_once(self, container_id: str) -> ContainerStats:
-        """One sample of a container's figures, at once (``one-shot``: without the previous tick)."""
-        async with translated(f"process {container_id[:12]}"):
-            stats: ContainerStats = await self.client._query_json(
-                f"containers/{container_id}/stats", params={"stream": "false", "one-shot": "true"}
-            )
-        return stats
 
     async def past_events(self, filters: dict[str, list[str]], since: str, until: str) -> list[EngineEvent]:
         """The Engine's events matching ``filters`` between ``since`` and ``until`` (``seconds.nanoseconds``):

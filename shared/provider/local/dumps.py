@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from shared.errors import BadRequest, RackError
 from shared.logfmt import Logger
+from shared.provider.engine.exec import ExecStream
 from shared.provider.local.docker import Docker
-from shared.provider.local.exec import ExecStream
 from shared.stream import Channel, Terminal
 
 if TYPE_CHECKING:

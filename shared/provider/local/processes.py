@@ -24,7 +24,10 @@ from shared.errors import BadRequest, Conflict, NotFound, RackError
 from shared.logfmt import Logger
 from shared.manifest import Manifest, Volume, resolve_manifest
 from shared.models import Process, ProcessRunOptions, Release
+from shared.provider.engine.exec import ExecStream, display
+from shared.provider.engine.stats import Sampler
 from shared.provider.local.apps import LocalApps
+from shared.provider.local.attached import AttachedRun
 from shared.provider.local.docker import (
     LABEL_APP,
     LABEL_ONEOFF,
@@ -35,11 +38,9 @@ from shared.provider.local.docker import (
     Docker,
     ImageConfig,
 )
-from shared.provider.local.exec import AttachedRun, ExecStream, display
 from shared.provider.local.images import image_name
 from shared.provider.local.receipts import Receipts
 from shared.provider.local.sandboxes import Sandboxes
-from shared.provider.local.stats import Sampler
 from shared.provider.local.volumes import Volumes
 
 if TYPE_CHECKING:

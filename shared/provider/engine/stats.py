@@ -8,7 +8,8 @@ CPU, as docker's 100%). Memory is ``usage - inactive_file`` (cgroup v1 ``total_i
 
 Samples are read from the containers' cgroups when this host has them (the engine is local: what the engine
 reads for ``docker stats``, without waiting for its collector's next tick, which one-shot stats do on
-engines before 23), else from the engine's one-shot stats.
+engines before 23), else from the engine's one-shot stats: always so for a remote engine (a container
+instance's, over TLS), whose containers' cgroups are not this host's.
 
 A listing asks :meth:`Sampler.figures` for the containers it shows. Those seen before are answered from
 memory at once; new ones get two quick samples (concurrently, :data:`FIRST_GAP` apart). Every container asked
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import NotFound, RackError
-from shared.provider.local.docker import Docker
+from shared.provider.engine.docker import Engine
 
 INTERVAL = 1.0
 LINGER = 120.0
@@ -167,10 +168,16 @@ class Cgroups:
 
 class Sampler:
     def __init__(
-        self, docker: Docker, interval: float = INTERVAL, linger: float = LINGER, cgroups: Cgroups | None = None
+        self,
+        docker: Engine,
+        interval: float = INTERVAL,
+        linger: float = LINGER,
+        cgroups: Cgroups | None = None,
+        local: bool = True,
     ) -> None:
         self.docker = docker
-        self.cgroups = cgroups or Cgroups()
+        self.cgroups: Cgroups | None = (cgroups or Cgroups()) if local else None
+        """None: every sample from the engine (it is not this host's)."""
         self.interval = interval
         self.linger = linger
         self.samples: dict[str, tuple[Sample | None, Sample]] = {}
@@ -199,7 +206,7 @@ class Sampler:
     async def _sample(self, ids: list[str]) -> None:
         if not ids:
             return
-        read = await asyncio.to_thread(self.cgroups.read, ids)
+        read = await asyncio.to_thread(self.cgroups.read, ids) if self.cgroups else dict.fromkeys(ids)
         for container_id, sample in read.items():
             self._keep(container_id, sample)
         await asyncio.gather(*(self._sample_one(i) for i, sample in read.items() if sample is None))
@@ -240,7 +247,8 @@ class Sampler:
                 if until < started:
                     del self.wanted[container_id]
                     self.samples.pop(container_id, None)
-                    self.cgroups.paths.pop(container_id, None)
+                    if self.cgroups:
+                        self.cgroups.paths.pop(container_id, None)
             await self._sample(list(self.wanted))
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 

@@ -22,19 +22,15 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, cast
-
-import aiodocker
-import aiohttp
-from yarl import URL
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
-from shared.provider.local.docker import Docker, translated
-from shared.provider.local.sandboxes import Sandboxes
+from shared.provider.engine.docker import Engine
 from shared.stream import Channel, Terminal
 
 log = Logger("processes")
@@ -160,33 +156,6 @@ class _Receiver(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
 
-def _answer_seconds(client: aiodocker.Docker) -> float:
-    """How long the engine may take to connect or to answer a request (the client's limit)."""
-    limit: aiohttp.ClientTimeout = client._timeout
-    return float(limit.total or 30.0)
-
-
-async def _connect(client: aiodocker.Docker) -> tuple[asyncio.Transport, _Receiver]:
-    """A new connection to the engine, where aiodocker's client connects."""
-    loop = asyncio.get_running_loop()
-    connector = client.connector
-    url = URL(client.docker_host)
-    try:
-        if isinstance(connector, aiohttp.UnixConnector):
-            transport, protocol = await asyncio.wait_for(
-                loop.create_unix_connection(_Receiver, connector.path), _answer_seconds(client)
-            )
-        elif url.scheme == "http" and url.host:
-            transport, protocol = await asyncio.wait_for(
-                loop.create_connection(_Receiver, url.host, url.port or 2375), _answer_seconds(client)
-            )
-        else:
-            raise Unavailable(f"streams need the docker engine on a unix socket or plain tcp, not {url.scheme}")
-    except OSError as exc:
-        raise Unavailable(f"docker engine unreachable ({type(exc).__name__})") from None
-    return transport, protocol
-
-
 class Hijacked:
     """A connection the engine upgraded to the raw stdio of a process."""
 
@@ -197,10 +166,8 @@ class Hijacked:
         self.write_closed = False
 
     @classmethod
-    async def open(
-        cls, client: aiodocker.Docker, path: str, body: dict[str, Any] | None, tty: bool, what: str
-    ) -> Hijacked:
-        transport, receiver = await _connect(client)
+    async def open(cls, engine: Engine, path: str, body: dict[str, Any] | None, tty: bool, what: str) -> Hijacked:
+        transport, receiver = await engine.connect(_Receiver)
         try:
             data = json.dumps(body).encode() if body is not None else b""
             head = (
@@ -208,7 +175,7 @@ class Hijacked:
                 f"Content-Length: {len(data)}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
             )
             transport.write(head.encode() + data)
-            async with asyncio.timeout(_answer_seconds(client)):
+            async with asyncio.timeout(engine.timeout):
                 while (mark := receiver.buf.find(b"\r\n\r\n", 1, receiver.end)) < 0:
                     if not await receiver.more():
                         raise ConnectionResetError("closed before the response")
@@ -316,15 +283,9 @@ class Hijacked:
         self.transport.close()
 
 
-async def has_shell(docker: Docker, container_id: str) -> bool:
-    """Whether the container has ``/bin/sh`` (``HEAD /containers/{id}/archive``)."""
-    try:
-        async with docker.client._query(
-            f"containers/{container_id}/archive", method="HEAD", params={"path": SHELL}
-        ) as response:
-            return bool(response.status == 200)
-    except (aiodocker.DockerError, aiohttp.ClientError, OSError):
-        return False
+async def has_shell(docker: Engine, container_id: str) -> bool:
+    """Whether the container has ``/bin/sh``."""
+    return await docker.has_path(container_id, SHELL)
 
 
 # ---- ending processes ----------------------------------------------------------------------------------------
@@ -390,10 +351,10 @@ def _signal_host(pids: list[int], sig: int) -> list[int]:
     return denied
 
 
-async def signal_tree(docker: Docker, container_id: str, pid: int, hangup: bool) -> None:
-    """End the process ``pid`` (a host pid) of a container: ``hangup`` sends SIGHUP to its terminal's
-    foreground process group and to it; otherwise SIGKILL to it and all its descendants. Signals go from here
-    when this process may send them, else through ``kill`` run in the container."""
+async def signal_tree(docker: Engine, container_id: str, pid: int, hangup: bool) -> None:
+    """End the process ``pid`` (a host pid) of a container on this host's engine: ``hangup`` sends SIGHUP to
+    its terminal's foreground process group and to it; otherwise SIGKILL to it and all its descendants.
+    Signals go from here when this process may send them, else through ``kill`` run in the container."""
     if not await asyncio.to_thread(_in_container, pid, container_id):
         log.error("process.signal", id=container_id[:12], message="the process is not visible from this host")
         return
@@ -412,12 +373,47 @@ async def signal_tree(docker: Docker, container_id: str, pid: int, hangup: bool)
         inside = [await asyncio.to_thread(_container_pid, abs(p)) for p in denied]
         words = [("-" if p < 0 else "") + str(c) for p, c in zip(denied, inside, strict=True) if c]
         if words:
-            with contextlib.suppress(RackError, aiodocker.DockerError):
-                async with translated(f"process {container_id[:12]}"):
-                    container = docker.client.containers.container(container_id)
-                    cmd = [SHELL, "-c", f"kill -s {sig.name.removeprefix('SIG')} -- {' '.join(words)}"]
-                    done = await container.exec(cmd, stdout=False, stderr=False)
-                    await done.start(detach=True)
+            with contextlib.suppress(RackError):
+                cmd = [SHELL, "-c", f"kill -s {sig.name.removeprefix('SIG')} -- {' '.join(words)}"]
+                await docker.exec_detached(container_id, cmd)
+
+
+MARK = "CONVOX_EXEC"
+"""On a remote engine, an exec's processes carry ``CONVOX_EXEC=<token>`` in their environment: the host's
+/proc is not the engine's, so they are found (and signalled) from inside the container by that mark."""
+SIGNAL_MARKED = (
+    'for d in /proc/[0-9]*; do p=${d#/proc/}; [ "$p" = "$$" ] && continue; '
+    'grep -q "$1" "$d/environ" 2>/dev/null && kill -s "$2" "$p" 2>/dev/null; done; exit 0'
+)
+"""Signal every process of the container whose environment holds the mark ``$1`` with signal ``$2`` (it
+needs ``sh`` and ``grep`` in the container, as ``kill`` through the engine always needed ``sh``). A plain
+``grep`` (not ``-F``: busybox's fixed-string match stops at the first NUL of /proc/PID/environ); the mark is
+letters, digits, ``_`` and ``=``, so the pattern matches itself only."""
+
+
+async def signal_marked(docker: Engine, container_id: str, mark: str, hangup: bool, user: str = "") -> None:
+    """End an exec on a remote engine, through the engine: a second exec, as the exec's own user (who may
+    read its processes' environments and signal them), sends SIGHUP (``hangup``) or SIGKILL to every process
+    carrying the exec's mark, and is waited for (briefly)."""
+    cmd = [SHELL, "-c", SIGNAL_MARKED, "sh", f"{MARK}={mark}", "HUP" if hangup else "KILL"]
+    exec_id = await docker.exec_detached(container_id, cmd, user)
+    delay = 0.005
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(docker.timeout):
+            while (await docker.exec_inspect(exec_id, f"process {container_id[:12]}")).get("Running", True):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+
+async def end_process(
+    docker: Engine, container_id: str, pid: int, hangup: bool, mark: str = "", user: str = ""
+) -> None:
+    """The one place that says how an exec'd process is ended: through the engine when it is a remote one
+    (the process was started with ``mark``), from this host's /proc (:func:`signal_tree`) otherwise."""
+    if mark:
+        await signal_marked(docker, container_id, mark, hangup, user)
+    else:
+        await signal_tree(docker, container_id, pid, hangup)
 
 
 # ---- exec ----------------------------------------------------------------------------------------------------
@@ -426,7 +422,7 @@ async def signal_tree(docker: Docker, container_id: str, pid: int, hangup: bool)
 class _Attached(abc.ABC):
     """What an exec and an attached run share: a hijacked connection carrying the process's streams."""
 
-    docker: Docker
+    docker: Engine
     terminal: Terminal
     conn: Hijacked | None
     closed: bool
@@ -476,12 +472,8 @@ class _Attached(abc.ABC):
         path = self._resize_path()
         if not self.terminal.tty or path is None:
             return
-        with contextlib.suppress(RackError, aiodocker.DockerError):
-            async with (
-                translated(self._what),
-                self.docker.client._query(path, method="POST", params={"h": height, "w": width}),
-            ):
-                pass
+        with contextlib.suppress(RackError):
+            await self.docker.resize(path, width, height, self._what)
 
 
 class ExecStream(_Attached):
@@ -491,7 +483,7 @@ class ExecStream(_Attached):
 
     def __init__(
         self,
-        docker: Docker,
+        docker: Engine,
         container_id: str,
         command: list[str],
         env: dict[str, str] | None = None,
@@ -502,6 +494,8 @@ class ExecStream(_Attached):
         self.command = command
         self.env = env or {}
         self.user = user
+        self.mark = "" if docker.local else secrets.token_hex(8)
+        """How this exec's processes are found on a remote engine (:data:`MARK`); none on this host's."""
         self.terminal = Terminal()
         self.exec_id = ""
         self.conn: Hijacked | None = None
@@ -525,17 +519,14 @@ class ExecStream(_Attached):
             "Tty": terminal.tty,
             "Cmd": argv,
         }
-        if self.env:
-            body["Env"] = [f"{key}={value}" for key, value in sorted(self.env.items())]
+        env = {**self.env, MARK: self.mark} if self.mark else self.env
+        if env:
+            body["Env"] = [f"{key}={value}" for key, value in sorted(env.items())]
         if self.user:
             body["User"] = self.user
-        async with translated(self._what):
-            created = await self.docker.client._query_json(
-                f"containers/{self.container_id}/exec", method="POST", data=body
-            )
-        self.exec_id = str(created["Id"])
+        self.exec_id = await self.docker.exec_create(self.container_id, body, self._what)
         self.conn = await Hijacked.open(
-            self.docker.client,
+            self.docker,
             f"/exec/{self.exec_id}/start",
             {"Detach": False, "Tty": terminal.tty},
             terminal.tty,
@@ -548,7 +539,8 @@ class ExecStream(_Attached):
 
     async def _prelude_done(self, within: float = 2.0) -> None:
         """Wait until the size prelude has run (its shell has become the command), so that no resize sent
-        after the start can be undone by the prelude's own `stty`."""
+        after the start can be undone by the prelude's own `stty`. The process's command line is read from this
+        host's /proc, or for a remote engine from the engine's ``top``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         pid = 0
@@ -558,7 +550,11 @@ class ExecStream(_Attached):
                 pid = int(info.get("Pid") or 0)
                 if not pid and not info.get("Running", True) and info.get("ExitCode") is not None:
                     return  # it has ended already (a process not started yet has no exit code either)
-            if pid:
+            if pid and self.mark:
+                line = await self.docker.command_line(self.container_id, pid)
+                if line is None or "stty rows" not in line:
+                    return
+            elif pid:
                 cmdline = await asyncio.to_thread(_cmdline, pid)
                 if cmdline is None or SIZED.encode() not in cmdline:
                     return
@@ -568,9 +564,7 @@ class ExecStream(_Attached):
         return f"exec/{self.exec_id}/resize" if self.exec_id else None
 
     async def inspect(self) -> dict[str, Any]:
-        async with translated(self._what):
-            info: dict[str, Any] = await self.docker.client._query_json(f"exec/{self.exec_id}/json")
-        return info
+        return await self.docker.exec_inspect(self.exec_id, self._what)
 
     async def wait(self) -> int:
         """The exit code, once the engine has it (it may lag the end of the output by a moment)."""
@@ -591,232 +585,12 @@ class ExecStream(_Attached):
             return
         pid = int(info["Pid"])
         if self.terminal.tty:
-            await signal_tree(self.docker, self.container_id, pid, hangup=True)
+            await end_process(self.docker, self.container_id, pid, True, self.mark, self.user)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wait(), HANGUP_GRACE)
                 return
-        await signal_tree(self.docker, self.container_id, pid, hangup=False)
+        await end_process(self.docker, self.container_id, pid, False, self.mark, self.user)
         log.log("exec.kill", id=self.container_id[:12], exec=self.exec_id[:12], tty=self.terminal.tty)
-
-
-# ---- interactive one-off containers ---------------------------------------------------------------------------
-
-
-class AttachedRun(_Attached):
-    """A new container attached to a stream (``convox run`` without ``--detach``), removed when it ends.
-
-    As ``docker run --rm`` does it: created, attached, its exit awaited (``wait`` with ``condition=next-exit``,
-    asked before the start so that the code cannot be missed), then started; once it has ended, ``remove``
-    removes it when its log is collected (without ``remove``, at once).
-    """
-
-    def __init__(
-        self,
-        docker: Docker,
-        config: dict[str, Any],
-        argv: list[str],
-        name: str | None = None,
-        shells: dict[str, bool] | None = None,
-        sandboxes: Sandboxes | None = None,
-        app: str = "",
-        remove: Callable[[str, bool], None] | None = None,
-    ) -> None:
-        self.docker = docker
-        self.remove = remove
-        self.config = config
-        self.argv = argv
-        self.name = name
-        self.shells = shells if shells is not None else {}
-        self.sandboxes = sandboxes
-        self.app = app
-        self.sandbox: str | None = None
-        self.started = False
-        self.terminal = Terminal()
-        self.container_id = ""
-        self.conn: Hijacked | None = None
-        self.exit_watch: aiohttp.ClientResponse | None = None
-        self.exit_code: int | None = None
-        self.closed = False
-
-    @property
-    def _what(self) -> str:
-        return f"process {self.container_id[:12]}" if self.container_id else f"image {self.config.get('Image', '')}"
-
-    async def _create(self, config: dict[str, Any]) -> str:
-        async with translated(f"image {config.get('Image', '')}"):
-            created = await self.docker.client._query_json(
-                "containers/create", method="POST", data=config, params={"name": self.name} if self.name else None
-            )
-        return str(created["Id"])
-
-    async def start(self, terminal: Terminal) -> None:
-        self.terminal = terminal
-        config = {
-            **self.config,
-            "Tty": terminal.tty,
-            "OpenStdin": True,
-            "StdinOnce": True,
-            "AttachStdin": True,
-            "AttachStdout": True,
-            "AttachStderr": True,
-        }
-        config["HostConfig"] = {**config.get("HostConfig", {}), "AutoRemove": self.remove is None}
-        self.sandbox = self.sandboxes.take(self.app) if self.sandboxes is not None else None
-        if self.sandbox is None:
-            await self._launch(config)
-            return
-        host = {**config["HostConfig"], "NetworkMode": f"container:{self.sandbox}"}
-        try:
-            await self._launch({**config, "HostConfig": host})
-        except RackError:
-            await self._abandon()
-            if self.sandboxes is None or await self._sandbox_alive(self.sandbox):
-                raise  # not the sandbox's fault: it goes back when this is closed
-            # the sandbox is gone (removed with its app, or lost with the engine): the network itself, then
-            self.sandboxes.discard(self.sandbox)
-            self.sandbox = None
-            await self._launch(config)
-
-    async def _sandbox_alive(self, sandbox: str) -> bool:
-        """False only when the engine says the sandbox is gone or stopped."""
-        try:
-            info = await self.docker.inspect(sandbox)
-        except NotFound:
-            return False
-        except RackError:
-            return True
-        return bool((info.get("State") or {}).get("Running"))
-
-    async def _launch(self, config: dict[str, Any]) -> None:
-        """Create the container, attach to it, ask for its exit, start it."""
-        terminal = self.terminal
-        image = str(config.get("Image", ""))
-        sizing = terminal.tty and self.shells.get(image, True)
-        config["Entrypoint"], config["Cmd"] = (
-            (sized([], terminal), self.argv) if sizing else (self.argv[:1], self.argv[1:])
-        )
-        self.container_id = await self._create(config)
-        if sizing and image not in self.shells:
-            self.shells[image] = await has_shell(self.docker, self.container_id)
-            if not self.shells[image]:  # no /bin/sh for the sizing prelude: the command alone, resized after start
-                await self.docker.remove(self.container_id)
-                config["Entrypoint"], config["Cmd"] = self.argv[:1], self.argv[1:]
-                self.container_id = await self._create(config)
-        attach = f"/containers/{self.container_id}/attach?stream=1&stdin=1&stdout=1&stderr=1"
-        conn, exit_watch = await asyncio.gather(
-            Hijacked.open(self.docker.client, attach, None, terminal.tty, self._what),
-            self._watch_exit(),
-            return_exceptions=True,
-        )
-        if isinstance(exit_watch, aiohttp.ClientResponse):
-            self.exit_watch = exit_watch
-        if isinstance(conn, Hijacked):
-            self.conn = conn
-        for outcome in (conn, exit_watch):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        async with translated(self._what):
-            await self.docker.client._query_json(f"containers/{self.container_id}/start", method="POST")
-        self.started = True
-        if terminal.tty and terminal.size:
-            await self.resize(*terminal.size)
-
-    async def _abandon(self) -> None:
-        """Undo a launch that failed: its connections closed, its container removed."""
-        if self.conn is not None:
-            await self.conn.close()
-            self.conn = None
-        if self.exit_watch is not None:
-            self.exit_watch.close()
-            self.exit_watch = None
-        if self.container_id:
-            with contextlib.suppress(RackError):
-                await self.docker.remove(self.container_id)
-            self.container_id = ""
-
-    async def _watch_exit(self) -> aiohttp.ClientResponse:
-        """The engine's answer to ``wait``, asked before the start: its body comes when the process exits."""
-        async with translated(self._what):
-            response: aiohttp.ClientResponse = await self.docker.client._do_query(
-                f"containers/{self.container_id}/wait",
-                method="POST",
-                params={"condition": "next-exit"},
-                timeout=self.docker.streaming(),  # the answer comes at the exit: only connecting is limited
-            )
-        return response
-
-    def _resize_path(self) -> str | None:
-        return f"containers/{self.container_id}/resize" if self.container_id else None
-
-    async def wait(self) -> int:
-        if self.exit_code is not None:
-            return self.exit_code
-        if self.exit_watch is None:
-            raise RuntimeError("the process has not started")
-        async with translated(self._what):
-            result = await self.exit_watch.json(content_type=None)
-        error = (result.get("Error") or {}).get("Message")
-        if error:
-            raise RackError(f"{self._what}: {error}", status=502)
-        self.exit_code = int(result.get("StatusCode", 1))
-        return self.exit_code
-
-    async def _end(self) -> None:
-        if self.exit_code is not None or not self.container_id:
-            return
-        if self.terminal.tty:
-            with contextlib.suppress(RackError, aiodocker.DockerError):
-                async with translated(self._what):
-                    await self.docker.client._query_json(
-                        f"containers/{self.container_id}/kill", method="POST", params={"signal": "SIGHUP"}
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wait(), HANGUP_GRACE)
-        log.log("run.kill", id=self.container_id[:12], tty=self.terminal.tty)
-
-    async def _gone(self) -> bool:
-        """Whether nothing of the process runs any more, after ending it if it has not ended by itself; its
-        container goes once its log is collected (with ``remove``; else AutoRemove does it)."""
-        if not self.container_id:
-            return True  # never made
-        if self.remove is not None:
-            if self.exit_code is None:
-                try:
-                    async with translated(self._what):
-                        await self.docker.client._query_json(
-                            f"containers/{self.container_id}/kill", method="POST", params={"signal": "SIGKILL"}
-                        )
-                except Conflict:  # not running: it has ended
-                    pass
-                except NotFound:
-                    return True
-                except RackError:
-                    return False
-            self.remove(self.container_id, True)
-            return True
-        if self.exit_code is not None:
-            return True  # its init has exited
-        try:
-            await self.docker.remove(self.container_id)
-        except (NotFound, Conflict):  # gone, or being removed: it has exited
-            return True
-        except RackError:
-            return False
-        return True
-
-    async def _release(self) -> None:
-        if self.exit_watch is not None:
-            self.exit_watch.close()
-        gone = await self._gone()
-        if self.sandboxes is None:
-            return
-        if self.sandbox is not None:
-            if gone:
-                self.sandboxes.give_back(self.app, self.sandbox)
-            else:
-                self.sandboxes.discard(self.sandbox)
-        elif self.started:
-            self.sandboxes.want(self.app)
 
 
 def display(argv: list[str]) -> str:
