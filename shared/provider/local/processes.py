@@ -3,8 +3,8 @@
 A pid is a container id (shown as its first 12 characters) and is only found through its own app: a pid of
 another app, of the rack or of nothing is a 404. One-off processes (``convox run``) are containers of the
 release's image labelled ``convox.oneoff=true``, listed like the others while they run and removed when they
-end. CPU and memory come from :mod:`shared.provider.local.stats`; streams from
-:mod:`shared.provider.local.exec`.
+end. CPU and memory come from :mod:`shared.provider.engine.stats`; streams from
+:mod:`shared.provider.engine.exec`.
 """
 
 from __future__ import annotations
