@@ -11,6 +11,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from shared import logfmt
+from shared.frames import FramingProtocol
 
 
 def serve(
@@ -21,7 +22,7 @@ def serve(
     port: int = 0,
     certfile: Path | None = None,
     keyfile: Path | None = None,
-    ws: type[asyncio.Protocol] | str = "websockets-sansio",
+    ws: type[asyncio.Protocol] = FramingProtocol,
 ) -> None:
     logfmt.configure()
     sockets = [listen_private(uds)] if uds is not None else None
