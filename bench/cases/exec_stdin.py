@@ -19,14 +19,16 @@ TARGET = Target.ratio_above(0.9)
 SINK = ["sh", "-c", "cat > /dev/null"]
 
 
-def piped(argv: list[str], rack_pid: int | None, env: dict[str, str]) -> tuple[float, float]:
+def piped(
+    argv: list[str], rack_pid: int | None, env: dict[str, str], by_process: dict[str, list[float]] | None = None
+) -> tuple[float, float]:
     """``head -c 512M /dev/zero | argv``: seconds until ``argv`` exits, and (with ``rack_pid``) the CPU seconds
     of the rack's processes and of ``argv``."""
     head = subprocess.Popen(["head", "-c", str(SIZE), "/dev/zero"], stdout=subprocess.PIPE)
     assert head.stdout is not None
     try:
         if rack_pid is not None:
-            return cpu.measured_command(argv, rack_pid, env=env, stdin=head.stdout.fileno())
+            return cpu.measured_command(argv, rack_pid, env=env, stdin=head.stdout.fileno(), by_process=by_process)
         start = time.perf_counter()
         proc = subprocess.run(
             argv,
@@ -51,9 +53,10 @@ def run(ctx: Context) -> Result:
     convox = [str(ctx.convox), "exec", "--app", app.app, app.pid, *SINK]
     docker = [ctx.docker, "exec", "-i", app.pid, *SINK]
     cpu_per_gib: list[float] = []
+    by_process: dict[str, list[float]] = {}
 
     def ours() -> float:
-        elapsed, seconds = piped(convox, rack_pid, app.env)
+        elapsed, seconds = piped(convox, rack_pid, app.env, by_process)
         cpu_per_gib.append(seconds * GIB / SIZE)
         return SIZE / elapsed
 
@@ -73,5 +76,8 @@ def run(ctx: Context) -> Result:
             "bytes": SIZE,
             "rack_and_cli_cpu_seconds_per_gib": cpu_per_gib,
             "rack_and_cli_cpu_seconds_per_gib_median": statistics.median(cpu_per_gib) if cpu_per_gib else None,
+            "cpu_seconds_per_gib_by_process": {
+                name: round(statistics.median(values) * GIB / SIZE, 3) for name, values in by_process.items() if values
+            },
         },
     )

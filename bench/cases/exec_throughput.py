@@ -21,9 +21,10 @@ def run(ctx: Context) -> Result:
     convox = [str(ctx.convox), "exec", "--app", app.app, app.pid, *dd]
     docker = [ctx.docker, "exec", app.pid, *dd]
     cpu_per_gib: list[float] = []
+    by_process: dict[str, list[float]] = {}
 
     def ours() -> float:
-        elapsed, seconds = cpu.measured_command(convox, rack_pid, env=app.env)
+        elapsed, seconds = cpu.measured_command(convox, rack_pid, env=app.env, by_process=by_process)
         cpu_per_gib.append(seconds * GIB / SIZE)
         return SIZE / elapsed
 
@@ -43,5 +44,8 @@ def run(ctx: Context) -> Result:
             "bytes": SIZE,
             "rack_and_cli_cpu_seconds_per_gib": cpu_per_gib,
             "rack_and_cli_cpu_seconds_per_gib_median": statistics.median(cpu_per_gib) if cpu_per_gib else None,
+            "cpu_seconds_per_gib_by_process": {
+                name: round(statistics.median(values) * GIB / SIZE, 3) for name, values in by_process.items() if values
+            },
         },
     )
