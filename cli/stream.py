@@ -149,9 +149,12 @@ class Ended(Exception):
 
 async def _send_stdin(connection: ClientConnection) -> None:
     reader = terminal.Input(STDIN)
+    buf = bytearray(1 + reader.CHUNK)  # one buffer for every message: the channel byte, then what was read
+    buf[0] = STDIN_CHANNEL
+    view = memoryview(buf)
     try:
-        while data := await reader.read():
-            await connection.send(encode(STDIN_CHANNEL, data))
+        while n := await reader.read_into(view[1:]):
+            await connection.send(view[: 1 + n])  # framed (masked) into a new buffer before send returns
         await connection.send(encode(CLOSE_CHANNEL, bytes((STDIN_CHANNEL,))))
     finally:
         reader.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import select
 import stat
@@ -42,13 +43,16 @@ def raw(fd: int) -> Iterator[None]:
 
 
 class Input:
-    """stdin as an async reader: ``await read()`` returns bytes, ``b""`` at EOF; it never blocks the loop.
+    """stdin as an async reader: ``await read_into(view)`` reads what there is into ``view`` (0 at EOF); it
+    never blocks the loop.
 
     Pipes and terminals are watched with ``loop.add_reader``; what the loop cannot watch (a regular file,
     ``/dev/null``) is read in a thread.
     """
 
-    CHUNK = 1 << 16
+    CHUNK = 1 << 20
+    F_SETPIPE_SZ = 1031
+    """Linux: a pipe's capacity (64 KiB by default); a larger one lets each read take more."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -56,6 +60,9 @@ class Input:
         self.readable = asyncio.Event()
         self.watched = False
         mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, self.F_SETPIPE_SZ, self.CHUNK)
         if not stat.S_ISREG(mode):
             try:
                 self.loop.add_reader(fd, self.readable.set)
@@ -63,9 +70,10 @@ class Input:
             except (PermissionError, ValueError, OSError):
                 self.watched = False
 
-    async def read(self) -> bytes:
+    async def read_into(self, view: memoryview) -> int:
+        """Read what there is (at most ``len(view)`` bytes) into ``view``; 0 at EOF."""
         if not self.watched:
-            return await asyncio.to_thread(self._read, 1 << 20)
+            return await asyncio.to_thread(self._read, view)
         while True:
             await self.readable.wait()
             self.readable.clear()
@@ -74,17 +82,17 @@ class Input:
             if not select.select([self.fd], [], [], 0)[0]:
                 continue
             try:
-                return self._read(self.CHUNK)
+                return self._read(view)
             except BlockingIOError:
                 continue
 
-    def _read(self, n: int) -> bytes:
+    def _read(self, view: memoryview) -> int:
         try:
-            return os.read(self.fd, n)
+            return os.readv(self.fd, [view])
         except BlockingIOError:
             raise
         except OSError:  # EIO: the terminal went away
-            return b""
+            return 0
 
     def close(self) -> None:
         if self.watched:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from pathlib import Path
@@ -10,6 +11,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from shared import logfmt
+from shared.frames import FramingProtocol
 
 
 def serve(
@@ -20,6 +22,7 @@ def serve(
     port: int = 0,
     certfile: Path | None = None,
     keyfile: Path | None = None,
+    ws: type[asyncio.Protocol] = FramingProtocol,
 ) -> None:
     logfmt.configure()
     sockets = [listen_private(uds)] if uds is not None else None
@@ -30,7 +33,7 @@ def serve(
         log_config=None,
         access_log=False,
         log_level="warning",
-        ws="websockets-sansio",
+        ws=ws,
         ws_per_message_deflate=False,
         ws_ping_interval=20,
         ws_ping_timeout=60,

@@ -110,21 +110,24 @@ class Terminal(BaseModel):
 
 
 class ProcessStream(Protocol):
-    """A process whose stdio is a stream: ``convox exec`` or an interactive ``convox run``.
+    """A process whose stdio is a stream: ``convox exec`` or an interactive ``convox run``. Bytes and control,
+    nothing of a wire protocol: the service that holds the client's stream frames it.
 
     The provider validates what it can when it makes one (an unknown pid is a 404 before anything starts).
     :meth:`start` runs the process with the terminal. :meth:`output` yields what it writes until its stdout
-    and stderr end, as messages of this protocol ready to send (channel 1 or 2, then the bytes: the provider
-    frames them where it reads them, saving a copy of every byte). :meth:`wait` returns its exit code.
-    :meth:`close` ends it when it still runs (a hangup for a TTY, a kill otherwise) and frees everything; it
-    is always called, once, on every path out.
+    and stderr end, as ``(channel, data)``: :attr:`Channel.STDOUT` or :attr:`Channel.STDERR`, and the bytes,
+    possibly a view into the provider's own buffer that holds only until the next one is asked for (the
+    consumer sends or copies it first; a provider reads into reused buffers and need not copy). :meth:`write`
+    is stdin, :meth:`close_stdin` its EOF, :meth:`resize` the TTY's size, :meth:`wait` returns the exit code.
+    :meth:`close` ends the process when it still runs (a hangup for a TTY, a kill otherwise) and frees
+    everything; it is always called, once, on every path out.
     """
 
     async def start(self, terminal: Terminal) -> None: ...
 
-    def output(self) -> AsyncIterator[bytes]: ...
+    def output(self) -> AsyncIterator[tuple[Channel, bytes | memoryview]]: ...
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes | memoryview) -> None: ...
 
     async def close_stdin(self) -> None: ...
 

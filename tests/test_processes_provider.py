@@ -66,7 +66,7 @@ async def sleeper(provider: LocalProvider, app: str, service: str = "web", **opt
 
 
 async def drain(stream: ProcessStream) -> list[tuple[int, bytes]]:
-    return [(message[0], message[1:]) async for message in stream.output()]
+    return [(channel, bytes(data)) async for channel, data in stream.output()]
 
 
 def joined(messages: list[tuple[int, bytes]], channel: int) -> bytes:

@@ -20,6 +20,7 @@ CASES: dict[str, str] = {
     "version": "bench.cases.version:run",  # issue #2: `convox --version` startup vs `docker --version`
     "deploy": "bench.cases.deploy:run",  # issue #3: `convox deploy` vs `docker build` + `docker run`
     "exec_throughput": "bench.cases.exec_throughput:run",  # issue #4: `convox exec` dd 512 MiB vs `docker exec`
+    "exec_stdin": "bench.cases.exec_stdin:run",  # issue #14: 512 MiB piped into `convox exec` vs `docker exec -i`
     "exec_roundtrip": "bench.cases.exec_roundtrip:run",  # issue #4: a byte echoed in a TTY vs `docker exec -it`
     "run_true": "bench.cases.run_true:run",  # issue #4: `convox run web true` vs `docker run --rm`
     "ps_twenty": "bench.cases.ps_twenty:run",  # issue #4: `convox ps` of 20 vs `docker stats --no-stream`

@@ -1,5 +1,5 @@
-"""The gateway: the rack's only public listener. Auth, routing to the services, websocket relay, one merged
-OpenAPI document and Swagger UI served from local assets."""
+"""The gateway: the rack's only public listener. Auth, routing to the services, websockets passed through to
+them unread, one merged OpenAPI document and Swagger UI served from local assets."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.access import AccessRequest, issue_access
 from services.gateway.auth import RequireAccess
+from services.gateway.handoff import RAW
 from services.gateway.openapi import merged
 from services.gateway.proxy import Upstreams, not_routed
 from services.gateway.routing import service_for
@@ -53,6 +54,7 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_logged)
         finally:
+            status = (scope.get("extensions") or {}).get(RAW, {}).get("status", status)
             elapsed = (time.perf_counter() - start) * 1000
             method = "WS" if scope["type"] == "websocket" else scope["method"]
             state = "success" if 0 < status < 400 else "error"
@@ -123,7 +125,7 @@ def create_app(password: str, upstreams: Upstreams, token_key: bytes) -> FastAPI
                 JSONResponse({"error": f"no such route: {websocket.url.path}"}, status_code=404)
             )
             return
-        await upstreams.relay(service, websocket)
+        await upstreams.pass_through(service, websocket)
 
     app.add_middleware(CleanPath)
     app.add_middleware(RequireAccess, password=password, token_key=token_key)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from services.gateway import create_app, load_password
+from services.gateway.handoff import RawWebSocketProtocol
 from services.gateway.proxy import Upstreams
 from services.gateway.tokens import ensure_key
 from shared.config import GatewaySettings, RackSettings
@@ -28,7 +29,7 @@ def main() -> None:
         sys.exit("ERROR: RACK_INTERNAL_SECRET is not set")
     key = ensure_key(settings.data_dir)
     app = create_app(load_password(settings.data_dir), Upstreams.for_rack(settings.run_dir, secret), key)
-    serve(app, host=args.host, port=args.port, certfile=args.certfile, keyfile=args.keyfile)
+    serve(app, host=args.host, port=args.port, certfile=args.certfile, keyfile=args.keyfile, ws=RawWebSocketProtocol)
 
 
 main()

@@ -1,24 +1,24 @@
-"""Requests and websockets relayed from the gateway to the internal services over their unix sockets."""
+"""Requests relayed from the gateway to the internal services over their unix sockets, and websockets passed
+through to them unread."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-import websockets
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.websockets import WebSocket
 
+from services.gateway.handoff import RAW, Pump, Upstream, read_answer
 from shared.config import INTERNAL_HEADER, SERVICES
 from shared.errors import NotFound, Unavailable
+from shared.websocket import refuse
 
 HOP_BY_HOP = frozenset(
     {
@@ -41,6 +41,9 @@ WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
 POOL = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+PASSED_SKIP = frozenset({"host", "authorization", "proxy-authorization", "x-forwarded-for"})
+"""Headers of a client's upgrade request the service does not get (the handshake's own go through)."""
+OPEN_TIMEOUT = 10.0
 
 
 def quoted_path(path: str) -> str:
@@ -113,76 +116,52 @@ class Upstreams:
             body(), status_code=response.status_code, headers=headers, background=BackgroundTask(response.aclose)
         )
 
-    async def relay(self, service: str, websocket: WebSocket) -> None:
-        """Relay a websocket both ways, message by message; an upstream refusal reaches the client as is."""
-        path = quoted_path(websocket.url.path) + (f"?{websocket.url.query}" if websocket.url.query else "")
-        offered = websocket.headers.get("sec-websocket-protocol")
-        subprotocols = [p.strip() for p in offered.split(",")] if offered else None
-        skip = HOP_BY_HOP | WS_HANDSHAKE
-        client_host = websocket.client.host if websocket.client else None
-        try:
-            upstream = await websockets.unix_connect(
-                str(self.sockets[service]),
-                f"ws://{service}{path}",
-                additional_headers=self.headers(websocket.headers.items(), client_host, skip),
-                subprotocols=subprotocols,
-                max_size=None,
-                compression=None,  # a local socket: deflate would only cost CPU
-                ping_interval=20,
-                ping_timeout=60,
-                open_timeout=10,
-            )
-        except InvalidStatus as exc:
-            body = bytes(exc.response.body or b"")
+    async def pass_through(self, service: str, websocket: WebSocket) -> None:
+        """Pass an authenticated websocket upgrade to ``service`` and then its bytes both ways, unread
+        (:mod:`services.gateway.handoff`); a refusal by the service reaches the client as it is."""
+        raw = websocket.scope.get("extensions", {}).get(RAW)
+        if raw is None:
             await websocket.send_denial_response(
-                Response(body, status_code=exc.response.status_code, media_type="application/json")
+                JSONResponse({"error": "this server cannot pass streams through"}, status_code=501)
             )
             return
-        except (TimeoutError, OSError):
-            raise Unavailable(f"{service} service unavailable") from None
-        said = upstream.response.headers.raw_items() if upstream.response is not None else []
-        forwarded = [(name.lower().encode(), value.encode()) for name, value in said if name.lower().startswith("x-")]
-        await websocket.accept(subprotocol=upstream.subprotocol, headers=forwarded or None)
-
-        async def client_to_upstream() -> None:
-            try:
-                while True:
-                    message = await websocket.receive()
-                    if message["type"] == "websocket.disconnect":
-                        code = message.get("code", 1000)
-                        await upstream.close(code=1000 if code in (1005, 1006) else code)
-                        return
-                    data = message.get("bytes")
-                    await upstream.send(data if data is not None else message.get("text", ""))
-            except (WebSocketDisconnect, ConnectionClosed):
-                await upstream.close()
-
-        async def upstream_to_client() -> None:
-            try:
-                async for data in upstream:
-                    if isinstance(data, bytes):
-                        await websocket.send_bytes(data)
-                    else:
-                        await websocket.send_text(data)
-            except ConnectionClosed:
-                pass
-            code = upstream.close_code or 1011
-            reason = upstream.close_reason or ""
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                await websocket.close(code=1000 if code == 1005 else code, reason=reason)
-
-        tasks = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
+        loop = asyncio.get_running_loop()
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if tasks[0] in done:
-                # the client went away: give the service a moment to see the close, then stop relaying
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(tasks[1]), 5)
+            _, upstream = await asyncio.wait_for(
+                loop.create_unix_connection(Upstream, str(self.sockets[service])), OPEN_TIMEOUT
+            )
+        except (TimeoutError, OSError):
+            await refuse(websocket, Unavailable(f"{service} service unavailable"))
+            return
+        try:
+            upstream.send(self.upgrade_request(service, websocket))
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                status, head, body, rest = await read_answer(upstream)
+        except (TimeoutError, ConnectionError, ValueError, IndexError):
+            upstream.close()
+            await refuse(websocket, Unavailable(f"{service} service unavailable"))
+            return
+        if status != 101:
+            upstream.close()
+            await websocket.send_denial_response(Response(body, status_code=status, media_type="application/json"))
+            return
+        pump: Pump = raw["take"]()
+        raw["status"] = 101
+        pump.client.write(head)
+        upstream.start(pump, rest)
+        try:
+            await asyncio.shield(pump.ended)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await upstream.close()
+            pump.end()
+
+    def upgrade_request(self, service: str, websocket: WebSocket) -> bytes:
+        """The client's upgrade request as the service gets it: its own path and handshake headers, the
+        internal secret instead of the rack's credentials."""
+        path = quoted_path(websocket.url.path) + (f"?{websocket.url.query}" if websocket.url.query else "")
+        client_host = websocket.client.host if websocket.client else None
+        headers = self.headers(websocket.headers.items(), client_host, PASSED_SKIP)
+        lines = [f"GET {path} HTTP/1.1", f"Host: {service}", *(f"{k}: {v}" for k, v in headers)]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def not_routed(path: str) -> NotFound:

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from shared import stream
 from shared.errors import BadRequest, RackError
+from shared.frames import sender
 from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
 from shared.limits import Slots
 from shared.logfmt import Logger
@@ -299,14 +300,15 @@ async def _inbound(websocket: WebSocket, process: ProcessStream, first: list[byt
 
 
 async def _handle(process: ProcessStream, data: bytes) -> None:
+    if data and data[0] == Channel.STDIN:
+        if len(data) > 1:
+            await process.write(memoryview(data)[1:])  # stdin as it came, uncopied
+        return
     try:
         channel, payload = stream.decode(data)
     except stream.ProtocolError:
         return
-    if channel == Channel.STDIN:
-        if payload:
-            await process.write(payload)
-    elif channel == Channel.RESIZE:
+    if channel == Channel.RESIZE:
         with contextlib.suppress(stream.ProtocolError):
             size = stream.parse_resize(payload)
             await process.resize(size.width, size.height)
@@ -314,11 +316,16 @@ async def _handle(process: ProcessStream, data: bytes) -> None:
         await process.close_stdin()
 
 
+CHANNEL_BYTES = {channel: bytes((channel,)) for channel in Channel}
+
+
 async def _outbound(websocket: WebSocket, process: ProcessStream) -> int:
-    """Process to client: its output until it ends, then its exit code."""
+    """Process to client: its output until it ends, framed here as messages of ``v1.stream.rack`` (the
+    channel byte, then the payload written as the provider handed it, uncopied), then its exit code."""
+    send = sender(websocket)
     try:
-        async for message in process.output():
-            await websocket.send_bytes(message)
+        async for channel, data in process.output():
+            await send(CHANNEL_BYTES[channel], data)
     except (WebSocketDisconnect, RuntimeError, OSError):
         raise ClientGone() from None
     return await process.wait()

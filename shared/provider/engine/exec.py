@@ -4,7 +4,7 @@ containers (``attach``), over raw hijacked connections.
 aiodocker's exec stream cannot half-close, so these speak the engine's upgrade themselves: ``POST
 /exec/{id}/start`` (or ``/containers/{id}/attach``) with ``Connection: Upgrade``, then the socket is the
 process's stdio. stdin EOF is a shutdown of the socket's write side while its read side goes on; output is
-demultiplexed from Docker's 8-byte frames (no TTY) and coalesced into large messages.
+demultiplexed from Docker's 8-byte frames (no TTY) and handed out as views into the receive buffer.
 
 A TTY's size is right when the process starts: Docker applies ``ConsoleSize`` only from API 1.42 and a resize
 after start races with the process, so the command is started through ``sh -c 'stty rows H cols W; exec
@@ -78,11 +78,8 @@ def _error(status: int, message: str, what: str) -> RackError:
 
 
 class _Receiver(asyncio.BufferedProtocol):
-    """The engine's side of a hijacked connection, received straight into one buffer (no copy per read).
-
-    ``buf[0]`` is kept free: a TTY's output is sent as ``buf[0:end]`` with the channel byte written there,
-    and a frame's payload as the frame's last header byte (the channel) plus the payload, one copy each.
-    """
+    """The engine's side of a hijacked connection, received straight into one buffer (no copy per read):
+    output is handed out as views into it (``buf[0]`` is unused)."""
 
     def __init__(self) -> None:
         self.buf = bytearray(BUFFER + 1)
@@ -149,8 +146,8 @@ class _Receiver(asyncio.BufferedProtocol):
         if rest:
             self.buf[1 : 1 + rest] = self.buf[upto : self.end]
         self.start, self.end = 1, 1 + rest
-        if self.end >= len(self.buf):  # one frame larger than the buffer: make room
-            self.buf.extend(bytes(len(self.buf)))
+        if self.end >= len(self.buf):  # one frame larger than the buffer: make room (in a new buffer: the
+            self.buf = self.buf + bytes(len(self.buf))  # last chunk handed out may still be looked at)
         if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
@@ -219,50 +216,50 @@ class Hijacked:
                 timer.cancel()
         return True
 
-    async def messages(self) -> AsyncIterator[bytes]:
-        """What the process writes, as stream messages (channel 1 or 2, then the bytes), until it ends."""
+    async def chunks(self) -> AsyncIterator[tuple[Channel, bytes | memoryview]]:
+        """What the process writes, as ``(channel, data)`` until it ends (see :meth:`ProcessStream.output`):
+        a TTY's output is a view into the receive buffer; without a TTY, a frame's payload is one too, and a
+        run of frames of one channel is joined into one chunk (the engine's frames are 32 KiB at most)."""
         r = self.receiver
         bulk = False
         while await self._filled(bulk):
             buf = r.buf
             if self.tty:
-                buf[0] = Channel.STDOUT
-                message = bytes(memoryview(buf)[0 : r.end])
-                r.consumed(r.end)
-                bulk = len(message) > BULK
-                yield message
+                size = r.end - r.start
+                yield Channel.STDOUT, memoryview(buf)[r.start : r.end]
+                r.consumed(r.start + size)
+                bulk = size > BULK
                 continue
             pos, end = r.start, r.end
             view = memoryview(buf)
-            out: list[bytes] = []
+            out: list[tuple[Channel, bytes | memoryview]] = []
             group: list[memoryview] = []
-            current = -1
+            current = Channel.STDOUT
             while end - pos >= 8:
                 stop = pos + 8 + int.from_bytes(buf[pos + 4 : pos + 8], "big")
                 if stop > end:
                     break
                 channel = Channel.STDERR if buf[pos] in (2, 3) else Channel.STDOUT
-                if channel != current:
-                    if group:
-                        out.append(b"".join(group))
-                    buf[pos + 7] = channel
-                    group = [view[pos + 7 : stop]]
-                    current = channel
-                else:
-                    group.append(view[pos + 8 : stop])
+                if channel != current and group:
+                    out.append((current, group[0] if len(group) == 1 else b"".join(group)))
+                    group = []
+                current = channel
+                group.append(view[pos + 8 : stop])
                 pos = stop
             if group:
-                out.append(b"".join(group))
+                out.append((current, group[0] if len(group) == 1 else b"".join(group)))
             del group
+            bulk = sum(len(data) for _, data in out) > BULK
+            whole = bool(out)
+            for chunk in out:
+                yield chunk
+            del out
             view.release()
             r.consumed(pos)
-            bulk = sum(len(m) for m in out) > BULK
-            for message in out:
-                yield message
-            if not out and r.eof:
+            if not whole and not await r.more():  # only part of a frame so far: wait for the rest
                 return
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         if self.write_closed or self.transport.is_closing():
             return
         self.transport.write(data)
@@ -455,12 +452,12 @@ class _Attached(abc.ABC):
                 await self.conn.close()
             await self._release()
 
-    def output(self) -> AsyncIterator[bytes]:
+    def output(self) -> AsyncIterator[tuple[Channel, bytes | memoryview]]:
         if self.conn is None:
             raise RuntimeError("the process has not started")
-        return self.conn.messages()
+        return self.conn.chunks()
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         if self.conn is not None:
             await self.conn.write(data)
 

@@ -307,13 +307,13 @@ async def export(
     process = ExecStream(docker, container_id, tool.argv, tool.env, tool.user)
     try:
         await process.start(Terminal())
-        async for message in process.output():
-            if message[0] == Channel.STDOUT:
-                data = framer.feed(message[1:])
+        async for channel, chunk in process.output():
+            if channel == Channel.STDOUT:
+                data = framer.feed(bytes(chunk))
                 if data:
                     yield data
             else:
-                errors.add(message[1:])
+                errors.add(bytes(chunk))
         code = await process.wait()
         said = errors.text(scrub)
         if code:
@@ -334,8 +334,8 @@ async def run(
     errors, said = Tail(), Tail()
 
     async def drain() -> None:
-        async for message in process.output():
-            (errors if message[0] == Channel.STDERR else said).add(message[1:])
+        async for channel, chunk in process.output():
+            (errors if channel == Channel.STDERR else said).add(bytes(chunk))
 
     async def send() -> None:
         if stdin is not None:
