@@ -59,7 +59,7 @@ def container_of(rack: EngineRack, pid: str) -> str:
 
 
 async def drain(stream: ProcessStream) -> list[tuple[int, bytes]]:
-    return [(message[0], message[1:]) async for message in stream.output()]
+    return [(int(channel), bytes(data)) async for channel, data in stream.output()]  # a view lasts one turn
 
 
 def joined(messages: list[tuple[int, bytes]], channel: int) -> bytes:

@@ -35,7 +35,7 @@ from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.settings import AwsProviderSettings
 from shared.provider.engine.exec import ExecStream
 from shared.provider.workers import Loop
-from shared.stream import ProcessStream, Terminal
+from shared.stream import Channel, ProcessStream, Terminal
 
 log = Logger("processes")
 TAG_TIMER = "convox.timer"
@@ -460,12 +460,12 @@ class AttachedTask:
         self.exec = ExecStream(engine, container_id, self.argv)
         await self.exec.start(terminal)
 
-    def output(self) -> AsyncIterator[bytes]:
+    def output(self) -> AsyncIterator[tuple[Channel, bytes | memoryview]]:
         if self.exec is None:
             raise RuntimeError("the process has not started")
         return self.exec.output()
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         if self.exec is not None:
             await self.exec.write(data)
 
