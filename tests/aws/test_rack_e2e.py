@@ -27,20 +27,27 @@ import re
 import secrets
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
+import pytest
 
 from shared.provider.aws.rackstack import REQUIRED
 from tests.aws import builder_double, ecs_agent_double
-from tests.aws.test_install import convox, leftovers
+from tests.aws.test_install import CSV_FORMS, KEY, SECRET, convox, leftovers
 from tests.conftest import ROOT, RunningRack, free_port, start_rack, stop_rack
 from tests.moto_server import MotoServer
 
 BUILDER_IMAGE = "rack-test/builder:1"
 """The rack's builder image (stack parameter BuildImage): its task is placed on moto and played by
 tests/aws/builder_double.py."""
+NO_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+"""Without these (and with moto's AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE empty, HOME the test's), no
+credential is reachable but a .csv's: moto accepts any key, so that is how a test knows the .csv's is used."""
 MANIFEST = "services:\n  web:\n    build: .\n    port: 3000\n    command: python -m http.server 3000\n"
 
 
@@ -63,6 +70,43 @@ def stack_outputs(name: str) -> dict[str, str]:
 
 def table(text: str) -> list[list[str]]:
     return [line.split() for line in text.splitlines()[1:] if line.strip()]
+
+
+def until(condition: Callable[[], object], timeout: float) -> bool:
+    """Whether ``condition`` holds within ``timeout`` seconds (checked every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def cli_env(aws: MotoServer, home: Path, config: Path, *, keys: bool = True) -> dict[str, str]:
+    """The CLI's environment: moto's settings, a home of the test's own, without AWS keys unless ``keys``."""
+    env = {**aws.env(), "PATH": "/usr/bin:/bin", "HOME": str(home), "CONVOX_CONFIG": str(config)}
+    if not keys:
+        for variable in NO_KEYS:
+            env.pop(variable, None)
+    return {**env, "PYTHONPATH": str(ROOT)}
+
+
+def run_cli(
+    env: dict[str, str], cwd: Path, *args: str, password: str = "", ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`convox ARGS...` (``password`` on stdin for `login`); with ``ok``, it must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        input=password if args[0] == "login" else None,
+    )
+    if ok:
+        assert done.returncode == 0, f"convox {' '.join(args)}: {done.stderr}"
+    return done
 
 
 def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_uninstalls_clean(
@@ -101,24 +145,30 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
         work.mkdir()
 
         def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-            done = subprocess.run(
-                [sys.executable, "-m", "cli.main", *args],
-                cwd=work,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=180,
-                input=password if args[0] == "login" else None,
-            )
-            if ok:
-                assert done.returncode == 0, f"convox {' '.join(args)}: {done.stderr}"
-            return done
+            return run_cli(env, work, *args, password=password, ok=ok)
 
         assert "Logged in to" in cli("login", rack.url).stdout  # over TLS, pinning the rack's certificate
         shown = info(cli("rack").stdout)
         assert (shown["Name"], shown["Provider"], shown["Status"]) == (name, "aws", "running")
         params = cli("rack", "params").stdout
         assert re.search(r"^InstanceCount\s+2$", params, re.M) and password not in params
+        # the rack's parameters through its API (the CLI is logged in to the started rack, not the balancer)
+        changed = cli("rack", "params", "set", "Ami=ami-0123456789abcdef0", "InstanceType=t3.medium")
+        assert "Updating parameters" in changed.stdout + changed.stderr
+        shown = info(cli("rack", "params").stdout)
+        assert (shown["Ami"], shown["InstanceType"], shown["InstanceCount"]) == (
+            "ami-0123456789abcdef0",
+            "t3.medium",
+            "2",
+        )
+        stack = boto("cloudformation").describe_stacks(StackName=name)["Stacks"][0]
+        assert {"ParameterKey": "Ami", "ParameterValue": "ami-0123456789abcdef0"} in stack["Parameters"]
+        assert set(REQUIRED) <= set(stack_outputs(name))  # the update kept the stack's outputs
+        refused = cli("rack", "params", "set", "PasswordParameter=/x", ok=False)
+        assert refused.returncode == 1 and "set by the installer" in refused.stderr
+        unknown = cli("rack", "params", "set", "InstanceCounts=4", ok=False)
+        assert unknown.returncode == 1 and "unknown parameter InstanceCounts" in unknown.stderr
+        assert info(cli("rack").stdout)["Status"] == "running"
 
         cli("apps", "create", "shop")
         assert table(cli("apps").stdout)[0][:2] == ["shop", "created"]
@@ -225,7 +275,10 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
     assert asyncio.run(leftovers()) == before
 
 
-def start_against(stack: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def start_against(
+    stack: str, tmp_path: Path, *args: str, _env: dict[str, str] | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`rack start --provider aws --stack STACK ARGS...` in ``_env`` (default: the test's) with ``env``."""
     return subprocess.run(
         [
             sys.executable,
@@ -239,9 +292,10 @@ def start_against(stack: str, tmp_path: Path, **env: str) -> subprocess.Complete
             stack,
             "--data-dir",
             str(tmp_path / "data"),
+            *args,
         ],
         cwd=ROOT,
-        env={**os.environ, "CONVOX_CONFIG": str(tmp_path / "convox"), **env},
+        env={**(os.environ if _env is None else _env), "CONVOX_CONFIG": str(tmp_path / "convox"), **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -279,8 +333,10 @@ def test_rack_start_refuses_a_stack_that_is_missing_not_a_rack_or_not_this_versi
     body = "".join(f"  {key}:\n    Value: {value}\n" for key, value in outputs.items())
     cfn.update_stack(
         StackName="old",
-        TemplateBody="Parameters:\n  PasswordParameter:\n    Type: String\n" + template.replace("keep-me", "old")
-        + "Outputs:\n" + body,
+        TemplateBody="Parameters:\n  PasswordParameter:\n    Type: String\n"
+        + template.replace("keep-me", "old")
+        + "Outputs:\n"
+        + body,
         Parameters=[{"ParameterKey": "PasswordParameter", "ParameterValue": "/convox/old/password"}],
     )
     wrong = start_against("old", tmp_path, CONVOX_PASSWORD="q" * 40)
@@ -288,3 +344,78 @@ def test_rack_start_refuses_a_stack_that_is_missing_not_a_rack_or_not_this_versi
     assert wrong.stderr.startswith("ERROR: CONVOX_PASSWORD is not the password of rack old")
     assert "p" * 40 not in wrong.stdout + wrong.stderr
     assert not (tmp_path / "data" / "password").exists()  # refused before the rack touched anything
+
+
+@pytest.mark.parametrize(
+    ("form", "given"),
+    [("2 columns", "--credentials"), ("3 columns", "install's"), ("5 columns, BOM, CRLF", "install's")],
+)
+def test_a_rack_installed_from_each_credentials_csv_starts_with_that_key_never_shown(
+    aws: MotoServer, tmp_path: Path, form: str, given: str
+) -> None:
+    """Install from the .csv, then `rack start --stack` with no other credential reachable: the rack reaches AWS
+    with the .csv's key, from install's record (its path) or from `rack start --credentials`.
+
+    Simulated: AWS (moto, which accepts any key: without the .csv nothing could call it, see NO_KEYS); the
+    rack's API on ECS (nothing runs it on moto: the rack runs here against the stack, as the task would)."""
+    name = f"csv{secrets.token_hex(3)}"
+    config = tmp_path / "convox"
+    credentials = tmp_path / "downloads" / "credentials.csv"
+    credentials.parent.mkdir()
+    credentials.write_bytes(CSV_FORMS[form].encode())
+    before = asyncio.run(leftovers())
+    installed = convox(aws, config, "rack", "install", "aws", "--name", name, "--credentials", str(credentials))
+    assert installed.returncode == 0, installed.stderr
+    password = installed.stdout.split("shown only this once:\n", 1)[1].splitlines()[0].strip()
+    assert SECRET not in installed.stdout + installed.stderr + (config / "aws.json").read_text()
+    args: tuple[str, ...] = ("--provider", "aws", "--stack", name)
+    if given == "--credentials":  # a .csv of its own for the rack: install's is gone
+        moved = credentials.rename(tmp_path / "rack.csv")
+        args += ("--credentials", str(moved))
+        credentials = moved
+
+    data = tmp_path / "data"
+    home = {"HOME": str(tmp_path), "CONVOX_CONFIG": str(config), **{k: aws.env()[k] for k in ("AWS_CONFIG_FILE",)}}
+    rack = start_rack(data, name, password=None, env=home, args=args, unset=NO_KEYS)
+    try:
+        kept = data / "aws-credentials"
+        assert kept.stat().st_mode & 0o777 == 0o600 and KEY in kept.read_text()
+        assert until(lambda: "It reaches AWS with the credentials .csv's key" in rack.log.read_text(), 30)
+        supervisor = psutil.Process(rack.process.pid)
+        children = supervisor.children(recursive=True)
+        assert len(children) >= 6  # the gateway and the five services
+        for process in [supervisor, *children]:  # the secret: in no command line, no environment of the rack's
+            environ = process.environ()
+            assert SECRET not in " ".join(process.cmdline()) + json.dumps(environ)
+            assert not set(NO_KEYS) & set(environ)
+        assert {c.environ()["AWS_SHARED_CREDENTIALS_FILE"] for c in children} == {str(kept)}
+
+        env, work = cli_env(aws, tmp_path, config), tmp_path
+        assert "Logged in to" in run_cli(env, work, "login", rack.url, password=password).stdout
+        shown = info(run_cli(env, work, "rack").stdout)
+        assert (shown["Name"], shown["Provider"], shown["Status"]) == (name, "aws", "running")
+        run_cli(env, work, "apps", "create", "shop")  # DynamoDB, CloudFormation: the services use the .csv's key
+        assert table(run_cli(env, work, "apps").stdout)[0][:2] == ["shop", "created"]
+    finally:
+        stop_rack(rack)
+    assert not (data / "aws-credentials").exists()  # removed when the rack stops
+    assert SECRET not in rack.log.read_text()
+    gone = convox(aws, config, "rack", "uninstall", name, "--yes", "--credentials", str(credentials))
+    assert gone.returncode == 0, gone.stderr
+    assert asyncio.run(leftovers()) == before
+
+
+def test_rack_start_with_no_credentials_or_a_bad_csv_is_refused_before_it_starts(
+    aws: MotoServer, tmp_path: Path
+) -> None:
+    """Simulated: AWS (moto); nothing else runs."""
+    bare = {k: v for k, v in os.environ.items() if k not in NO_KEYS}
+    config = {"CONVOX_CONFIG": str(tmp_path / "convox"), "HOME": str(tmp_path)}
+    none = start_against("anyrack", tmp_path, **config, _env=bare)
+    assert none.returncode == 1 and none.stderr.startswith("ERROR: AWS: Unable to locate credentials"), none.stderr
+    bad = tmp_path / "credentials.csv"
+    bad.write_text(f"Access key ID,Secret access key\nnot-a-key,{SECRET}\n")
+    wrong = start_against("anyrack", tmp_path, "--credentials", str(bad), **config, _env=bare)
+    assert wrong.returncode == 1 and "not an AWS access key id" in wrong.stderr
+    assert SECRET not in wrong.stdout + wrong.stderr
+    assert not (tmp_path / "data").exists()  # refused before the rack made anything

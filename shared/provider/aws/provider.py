@@ -7,7 +7,6 @@ from typing import Self
 
 from shared import __version__
 from shared.config import RackSettings
-from shared.errors import BadRequest
 from shared.models import ImageStatus, System
 from shared.provider.aws.apps import AwsApps
 from shared.provider.aws.builds import AwsBuilds
@@ -18,7 +17,7 @@ from shared.provider.aws.processes import AwsProcesses
 from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.resources import AwsResources
 from shared.provider.aws.settings import AwsProviderSettings
-from shared.provider.aws.stacks import human_status
+from shared.provider.aws.stacks import human_status, parameters, update_parameters, with_defaults
 from shared.provider.aws.state import State
 from shared.provider.aws.timers import AwsTimers
 
@@ -46,8 +45,6 @@ class AwsSystem:
         cluster's network reaches: the rack cannot tell from here."""
         return [ImageStatus(image=image, present=None, pullable=None) for image in images]
 
-
-
     async def adopt(self) -> None:
         return None
 
@@ -66,7 +63,14 @@ class AwsParams:
         return {p["ParameterKey"]: p.get("ParameterValue", "") for p in stacks[0].get("Parameters", [])}
 
     async def set(self, values: dict[str, str]) -> dict[str, str]:
-        raise BadRequest("rack parameters on aws are changed by updating the rack stack: convox rack params set")
+        """Update the rack stack with the new values (an empty one: the template's default), as
+        `convox rack params set` through this rack's API; returns once the update has begun (the rack's
+        status is ``updating`` until it completes: on AWS an Ami change replaces the instances)."""
+        cfn = await self.clients.get("cloudformation")
+        with translated(f"no such rack stack: {self.stack}"):
+            changes = await with_defaults(cfn, self.stack, values)
+            updated = await update_parameters(cfn, self.stack, changes, wait_done=False)
+        return parameters(updated)
 
 
 class AwsProvider:

@@ -171,9 +171,16 @@ async def create(
 
 
 async def update_parameters(
-    cfn: Any, name: str, changes: Mapping[str, str], on_event: OnEvent | None = None, *, poll: float = POLL
+    cfn: Any,
+    name: str,
+    changes: Mapping[str, str],
+    on_event: OnEvent | None = None,
+    *,
+    poll: float = POLL,
+    wait_done: bool = True,
 ) -> dict[str, Any]:
-    """Change some of the stack's parameters (the same template); every other one keeps its value."""
+    """Change some of the stack's parameters (the same template); every other one keeps its value. Without
+    ``wait_done`` it returns once the update has begun, the stack as described then with the new values."""
     stack = await describe(cfn, name)
     if stack is None:
         raise NotFound(f"no stack {name}")
@@ -198,6 +205,9 @@ async def update_parameters(
         if "No updates are to be performed" in str(exc):
             return stack
         raise BadRequest(f"stack {name}: {_message(exc)}") from None
+    if not wait_done:
+        listed = [{"ParameterKey": k, "ParameterValue": v} for k, v in merged.items()]
+        return {**stack, "Parameters": listed, "StackStatus": "UPDATE_IN_PROGRESS"}
     updated = await wait(cfn, name, on_event, poll=poll, seen=before)
     if updated is None:
         raise StackError(f"stack {name}: deleted while it was being updated")
@@ -247,19 +257,26 @@ class StackParams:
             return parameters(stack)
 
     async def set(self, values: dict[str, str]) -> dict[str, str]:
-        protected = sorted(set(values) & self.PROTECTED)
-        if protected:
-            raise BadRequest(f"{', '.join(protected)} is set by the installer and cannot be changed")
         async with self._session.client("cloudformation") as cfn:
-            changes = dict(values)
-            if any(v == "" for v in values.values()):
-                body = (await cfn.get_template(StackName=self._stack))["TemplateBody"]
-                declared = template_parameters(body if isinstance(body, str) else yaml.safe_dump(body))
-                for key, value in values.items():
-                    if value == "" and key in declared and "Default" in declared[key]:
-                        changes[key] = str(declared[key]["Default"])
+            changes = await with_defaults(cfn, self._stack, values)
             stack = await update_parameters(cfn, self._stack, changes, self._on_event, poll=self._poll)
             return parameters(stack)
+
+
+async def with_defaults(cfn: Any, name: str, values: Mapping[str, str]) -> dict[str, str]:
+    """``values`` with each empty one replaced by the stack template's default (refused: an installer-owned
+    parameter)."""
+    protected = sorted(set(values) & StackParams.PROTECTED)
+    if protected:
+        raise BadRequest(f"{', '.join(protected)} is set by the installer and cannot be changed")
+    changes = dict(values)
+    if any(v == "" for v in values.values()):
+        body = (await cfn.get_template(StackName=name))["TemplateBody"]
+        declared = template_parameters(body if isinstance(body, str) else yaml.safe_dump(body))
+        for key, value in values.items():
+            if value == "" and key in declared and "Default" in declared[key]:
+                changes[key] = str(declared[key]["Default"])
+    return changes
 
 
 def human_status(stack_status: str | None) -> str:
