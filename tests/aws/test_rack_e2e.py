@@ -27,6 +27,7 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -164,8 +165,8 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
         stack = boto("cloudformation").describe_stacks(StackName=name)["Stacks"][0]
         assert {"ParameterKey": "Ami", "ParameterValue": "ami-0123456789abcdef0"} in stack["Parameters"]
         assert set(REQUIRED) <= set(stack_outputs(name))  # the update kept the stack's outputs
-        refused = cli("rack", "params", "set", "PasswordParameter=/x", ok=False)
-        assert refused.returncode == 1 and "set by the installer" in refused.stderr
+        protected = cli("rack", "params", "set", "PasswordParameter=/x", ok=False)
+        assert protected.returncode == 1 and "set by the installer" in protected.stderr
         unknown = cli("rack", "params", "set", "InstanceCounts=4", ok=False)
         assert unknown.returncode == 1 and "unknown parameter InstanceCounts" in unknown.stderr
         assert info(cli("rack").stdout)["Status"] == "running"
@@ -230,11 +231,13 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
 
         ecs_agent_double.converge_services(name)  # the scheduler starts the service's task
         assert [r[1:3] for r in table(cli("ps", "-a", "shop").stdout)] == [["web", deployed[1]]]
-        cli("scale", "web", "--count", "2", "-a", "shop")
+        cli("scale", "web", "--count", "3", "-a", "shop")
         service = boto("ecs").describe_services(cluster=name, services=[f"{name}-shop_web"])["services"][0]
-        assert service["desiredCount"] == 2
+        assert service["desiredCount"] == 3
         ecs_agent_double.converge_services(name)
-        assert [r[1:3] for r in table(cli("ps", "-a", "shop").stdout)] == [["web", deployed[1]]] * 2
+        scaled = table(cli("ps", "-a", "shop").stdout)
+        assert [r[1:3] for r in scaled] == [["web", deployed[1]]] * 3
+        assert len({r[0] for r in scaled}) == 3 and all(re.fullmatch(r"[0-9a-f]{12}", r[0]) for r in scaled)
 
         cli("env", "set", "GREETING=hello", "-a", "shop", "--promote")
         rolled = cli("releases", "rollback", deployed[1], "-a", "shop")
@@ -243,7 +246,7 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
         assert cli("env", "get", "GREETING", "-a", "shop").stdout.strip() == "hi"
         ecs_agent_double.converge_services(name)  # the roll-out: the old release's tasks replaced, the count kept
         services = table(cli("ps", "-a", "shop").stdout)
-        assert [r[1:3] for r in services] == [["web", app["Release"]]] * 2, services
+        assert [r[1:3] for r in services] == [["web", app["Release"]]] * 3, services
 
         # a one-off: RunTask on the registered instances, in ps with the app's tags, then stopped
         pid = cli("run", "--app", "shop", "--detach", "web", "sleep", "600").stdout.strip()
@@ -260,8 +263,89 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
         assert table(cli("ps", "-a", "shop").stdout) == services
 
         logs = cli("logs", "-a", "shop", "--no-follow").stdout
-        for event in ("release promoted", "web scaled: count 2"):
+        for event in ("release promoted", "web scaled: count 3"):
             assert event in logs, logs
+
+        # a backing service: postgres on RDS (a stack of its own in the rack's VPC), linked as POSTGRES_URL
+        # through a promoted release, which the scheduler double then rolls out
+        cli("services", "create", "postgres")
+        assert table(cli("services").stdout) == [["postgres", "postgres", "running"]]
+        resource = boto("cloudformation").describe_stacks(StackName=f"{name}-resource-postgres")["Stacks"][0]
+        assert resource["StackStatus"] == "CREATE_COMPLETE"
+        unlinked = app["Release"]
+        cli("services", "link", "postgres", "-a", "shop")
+        assert table(cli("services").stdout) == [["postgres", "postgres", "running", "shop"]]
+        url = cli("env", "get", "POSTGRES_URL", "-a", "shop").stdout.strip()
+        instance = boto("rds").describe_db_instances()["DBInstances"][0]["Endpoint"]
+        assert re.fullmatch(rf"postgres://app:[0-9a-f]{{48}}@{re.escape(instance['Address'])}:5432/app", url), url
+        linked = info(cli("apps", "info", "shop").stdout)["Release"]
+        assert linked not in (unlinked, "")  # the link made a release, promoted
+        assert cli("env", "get", "GREETING", "-a", "shop").stdout.strip() == "hi"  # the rest of the env kept
+        service = boto("ecs").describe_services(cluster=name, services=[f"{name}-shop_web"])["services"][0]
+        definition = boto("ecs").describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"]
+        assert {"name": "POSTGRES_URL", "value": url} in definition["containerDefinitions"][0]["environment"]
+        ecs_agent_double.converge_services(name)
+        web = table(cli("ps", "-a", "shop").stdout)
+        assert [r[1:3] for r in web] == [["web", linked]] * 3, web
+        password_in_url = url.split(":")[2].split("@")[0]
+        assert password_in_url not in rack.log.read_text()  # the service's password is in no log
+
+        # logs follow: the test puts lines in a process's stream of the app's group, as the awslogs driver
+        # would; each is printed within 2 s, and once, also one ingested late (its timestamp older than the
+        # rack's last poll) and those seen again by the polls' look-back
+        tasks = boto("ecs").list_tasks(cluster=name, desiredStatus="RUNNING")["taskArns"]
+        task_id = next(arn.rsplit("/", 1)[1] for arn in tasks if arn.replace("-", "").endswith(web[0][0]))
+        group, stream = f"/convox/{name}/shop", f"web/web/{task_id}"
+        cloudwatch = boto("logs")
+        cloudwatch.create_log_stream(logGroupName=group, logStreamName=stream)
+
+        def put(text: str, ago: float = 0.0) -> float:
+            stamp = int((time.time() - ago) * 1000)
+            cloudwatch.put_log_events(
+                logGroupName=group, logStreamName=stream, logEvents=[{"timestamp": stamp, "message": text}]
+            )
+            return time.monotonic()
+
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "logs", "-a", "shop", "--since", "1m"],
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        printed: list[tuple[float, str]] = []
+        reader = threading.Thread(target=lambda: printed.extend((time.monotonic(), x) for x in follow.stdout or []))
+        reader.start()
+
+        def seen(text: str) -> float | None:
+            return next((at for at, line in list(printed) if line.rstrip("\n").endswith(" " + text)), None)
+
+        try:
+            deadline = time.monotonic() + 30
+            while not until(lambda: seen("warming up"), 1.0):  # until the follow is on
+                assert time.monotonic() < deadline, (printed, follow.poll())
+                put("warming up")
+            put_at = put("first line")
+            assert until(lambda: seen("first line"), 2.0), printed
+            latency = (seen("first line") or 0) - put_at
+            put("ingested late", ago=4.0)  # older than the poll that printed "first line"
+            put("third line")
+            assert until(lambda: seen("ingested late") and seen("third line"), 5.0), printed
+            put("last line")  # a poll after all those printed: the look-back window holds them again
+            assert until(lambda: seen("last line"), 5.0), printed
+        finally:
+            follow.terminate()
+            reader.join(30)  # every line it printed, to its end
+            _, err = follow.communicate(timeout=30)  # and its pipes closed
+        assert follow.returncode in (0, -15, 143), err
+        texts = [line.split(" ", 2)[2].rstrip("\n") for _, line in printed]
+        for text in ("first line", "ingested late", "third line", "last line"):
+            assert texts.count(text) == 1, printed
+        assert texts.index("ingested late") > texts.index("first line")  # printed when ingested, not lost
+        source = next(line.split(" ")[1] for _, line in printed if line.endswith(" first line\n"))
+        assert source == f"web:{linked}/{web[0][0]}", source
+        print(f"convox logs: PutLogEvents to printed {latency * 1000:.0f} ms", file=sys.stderr)
 
         cli("apps", "delete", "shop")
         assert table(cli("apps").stdout) == []
