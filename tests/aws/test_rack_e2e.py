@@ -367,8 +367,8 @@ def test_an_installed_rack_started_against_its_stack_runs_the_everyday_cli_and_u
         for text in ("first line", "ingested late", "third line", "last line"):
             assert texts.count(text) == 1, printed
         assert texts.index("ingested late") > texts.index("first line")  # printed when ingested, not lost
-        source = next(line.split(" ")[1] for _, line in printed if line.endswith(" first line\n"))
-        assert source == f"web:{linked}/{web[0][0]}", source
+        origin = next(line.split(" ")[1] for _, line in printed if line.endswith(" first line\n"))
+        assert origin == f"web:{linked}/{web[0][0]}", origin
         print(f"convox logs: PutLogEvents to printed {latency * 1000:.0f} ms", file=sys.stderr)
 
         cli("apps", "delete", "shop")
