@@ -245,12 +245,21 @@ def rack_start(
             help="aws: the rack stack `rack install aws` made (RACK_AWS_STACK); the rack uses its names and password.",
         ),
     ] = None,
+    credentials: Annotated[
+        Path | None,
+        typer.Option(
+            "--credentials",
+            help="aws: the IAM credentials .csv to reach AWS with (default: the one `rack install aws` was given "
+            "for this stack on this machine, else the standard AWS credential chain).",
+        ),
+    ] = None,
 ) -> None:
     """Run the rack in the foreground: the gateway and its five services, supervised. Ctrl-C stops it.
 
     It serves HTTPS with a certificate it generates at first start (kept in the data dir); `convox login`
     pins it. The password is CONVOX_PASSWORD at first start (16 characters at least) or generated; against
-    an installed AWS stack (--stack) it is the one install made."""
+    an installed AWS stack (--stack) it is the one install made, and AWS is reached with the credentials .csv
+    (--credentials, else install's), kept for the services in a 0600 file of the data dir while it runs."""
     import asyncio
     import os
 
@@ -260,12 +269,15 @@ def rack_start(
         if provider not in PROVIDERS:
             raise CliError(f"unknown provider: {provider} (known: {', '.join(PROVIDERS)})")
         os.environ["RACK_PROVIDER"] = provider  # the services read it from the environment they inherit
-    installed = None
+    installed = aws_credentials = None
     stack = stack or (os.environ.get("RACK_AWS_STACK") or None if os.environ.get("RACK_PROVIDER") == "aws" else None)
+    if credentials is not None and not stack:
+        raise CliError("--credentials is for a rack on AWS: pass --provider aws --stack NAME too")
     if stack:
         from cli.cmd_rack_aws import stack_rack
 
-        installed = stack_rack(stack)  # every name and the password from the stack, before anything starts
+        # every name and the password from the stack, before anything starts
+        installed, aws_credentials = stack_rack(stack, credentials)
 
     from services.supervisor import DataDirLock, StartError, Supervisor, ensure_password, write_private_atomic
     from shared.config import RackSettings
@@ -274,14 +286,21 @@ def rack_start(
     directory = settings.data_dir.expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = DataDirLock(directory)
+    credentials_file = None
     try:
         lock.acquire()
+        if aws_credentials is not None:  # the .csv's key for the services: a 0600 file, not their environment
+            from cli.cmd_rack_aws import use_credentials
+
+            credentials_file = use_credentials(directory, aws_credentials)
         if installed is not None:  # the stack's password, also over one a previous start stored
             password, generated = installed.password.get_secret_value(), False
             write_private_atomic(directory / "password", password + "\n")
         else:
             password, generated = ensure_password(directory, os.environ.get("CONVOX_PASSWORD"))
     except StartError as exc:
+        if credentials_file is not None:
+            credentials_file.unlink(missing_ok=True)
         lock.release()
         raise CliError(str(exc)) from None
     try:
@@ -302,6 +321,8 @@ def rack_start(
                 lines.append("WARNING: plain HTTP (--insecure-http): the password crosses the network in clear text")
             if installed is not None:
                 lines.append(f"It runs against AWS stack {installed.name} ({installed.region}, {installed.status})")
+                if credentials_file is not None:
+                    lines.append(f"It reaches AWS with the credentials .csv's key, kept in {credentials_file}")
                 lines.append("The rack password is the one `convox rack install aws` printed")
             elif generated:
                 lines.append(f"The rack password was generated and is shown only this once: {password}")
@@ -312,6 +333,8 @@ def rack_start(
 
         code = asyncio.run(supervisor.run(on_ready=banner))
     finally:
+        if credentials_file is not None:
+            credentials_file.unlink(missing_ok=True)
         lock.release()
     if code:
         raise CliError("the rack failed to start (see the lines above)")

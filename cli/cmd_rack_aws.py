@@ -2,7 +2,9 @@
 
 These talk to AWS directly (through shared.provider.aws, which imports aioboto3 only when a command runs),
 because before install and after uninstall there is no rack API to ask. The installed rack is remembered in
-``~/.convox/aws.json`` (stack name, region, the credentials file's path, never a secret) next to the login.
+``~/.convox/aws.json`` (stack name, region, the credentials file's path, never a secret) next to the login;
+`rack params`, `rack uninstall` and `rack start --provider aws --stack NAME` on this machine use that file
+again unless given another with ``--credentials``.
 """
 
 from __future__ import annotations
@@ -127,9 +129,12 @@ def params_set_aws(host: str, values: dict[str, str]) -> dict[str, str]:
     return _run(params.set(values))
 
 
-def stack_rack(stack: str) -> Any:
+def stack_rack(stack: str, credentials: Path | None = None) -> tuple[Any, Any]:
     """For `rack start --stack`: the installed rack's settings and password (a ``StackRack``), its settings
-    exported for the rack's services (``RACK_NAME`` is the stack's name, ``RACK_PROVIDER`` aws)."""
+    exported for the rack's services (``RACK_NAME`` is the stack's name, ``RACK_PROVIDER`` aws), and the
+    credentials it runs with: ``credentials`` (a .csv), else the .csv `rack install aws` was given for this
+    stack on this machine, else None (the standard AWS chain). The region is AWS_REGION (or
+    AWS_DEFAULT_REGION), else the one install used."""
     import os
 
     from shared.provider.aws.rackstack import from_stack
@@ -139,15 +144,47 @@ def stack_rack(stack: str) -> Any:
     named = os.environ.get("RACK_NAME")
     if named and named != stack:
         raise CliError(f"RACK_NAME is {named}, but the rack of stack {stack} is named {stack}")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+    installs = [r for r in _records().values() if r.get("stack") == stack]
+    record = next((r for r in installs if region is None or r.get("region") == region), {})
+    region = region or record.get("region")
+    if credentials is None and record.get("credentials"):
+        credentials = Path(record["credentials"])
+    creds = _credentials(credentials)
     given = os.environ.get("CONVOX_PASSWORD")
-    installed = _run(from_stack(stack))
+    installed = _run(from_stack(stack, region, creds))
     if given and given != installed.password.get_secret_value():
         raise CliError(f"CONVOX_PASSWORD is not the password of rack {stack} (unset it: the stack's is used)")
     given_url = os.environ.get("RACK_AWS_REPORT_URL")  # builders reach this rack elsewhere than the balancer
     os.environ.update(installed.environment, RACK_PROVIDER="aws", RACK_NAME=stack)
     if given_url:
         os.environ["RACK_AWS_REPORT_URL"] = given_url
-    return installed
+    return installed, creds
+
+
+CREDENTIALS_PROFILE = "convox-rack"
+CHAIN_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def use_credentials(data_dir: Path, credentials: Any) -> Path:
+    """Hand the rack's services a credentials .csv's key without putting it in their environment or command
+    line: an AWS shared-credentials file ``<data dir>/aws-credentials`` (mode 0600, profile ``convox-rack``)
+    that AWS_SHARED_CREDENTIALS_FILE and AWS_PROFILE name. Keys in the environment are dropped, so that the
+    file's key is the one used. The caller removes the file when the rack stops."""
+    import os
+
+    from services.supervisor import write_private_atomic
+
+    path = data_dir / "aws-credentials"
+    secret = credentials.secret_access_key.get_secret_value()  # checked: no whitespace, no line break
+    write_private_atomic(
+        path,
+        f"[{CREDENTIALS_PROFILE}]\naws_access_key_id = {credentials.access_key_id}\naws_secret_access_key = {secret}\n",
+    )
+    for variable in (*CHAIN_VARIABLES, "AWS_DEFAULT_PROFILE"):
+        os.environ.pop(variable, None)
+    os.environ.update(AWS_SHARED_CREDENTIALS_FILE=str(path), AWS_PROFILE=CREDENTIALS_PROFILE)
+    return path
 
 
 def register(app: typer.Typer) -> None:

@@ -132,13 +132,16 @@ def start_rack(
     env: dict[str, str] | None = None,
     insecure_http: bool = False,
     args: tuple[str, ...] = (),
+    unset: tuple[str, ...] = (),
 ) -> RunningRack:
-    """``env`` adds to the rack's environment (settings such as ``RACK_BUILDS_MAX_SOURCE_SIZE``), ``args`` to
-    `rack start`'s (``--provider aws --stack NAME``). The rack serves HTTPS with its own certificate
-    (``rack.cert``) unless ``insecure_http``."""
+    """``env`` adds to the rack's environment (settings such as ``RACK_BUILDS_MAX_SOURCE_SIZE``), ``unset``
+    removes from it (``AWS_ACCESS_KEY_ID``...), ``args`` adds to `rack start`'s (``--provider aws --stack
+    NAME``). The rack serves HTTPS with its own certificate (``rack.cert``) unless ``insecure_http``."""
     port = port or free_port()
     extra = env or {}
     env = dict(os.environ, RACK_NAME=name, PYTHONUNBUFFERED="1", **extra)
+    for variable in unset:
+        env.pop(variable, None)
     env.pop("CONVOX_PASSWORD", None)
     if password:
         env["CONVOX_PASSWORD"] = password

@@ -74,6 +74,8 @@ async def leftovers() -> dict[str, list[Any]]:
         sess.client("ssm") as ssm,
         sess.client("acm") as acm,
         sess.client("autoscaling") as asg,
+        sess.client("rds") as rds,
+        sess.client("elasticache") as cache,
         sess.client("kms", config=Config(retries={"max_attempts": 1})) as kms,  # moto's 500 below: no retries
     ):
         found["stacks"] = [s["StackName"] for s in (await cfn.describe_stacks())["Stacks"]]
@@ -88,6 +90,24 @@ async def leftovers() -> dict[str, list[Any]]:
         found["balancers"] = [b["LoadBalancerName"] for b in (await elb.describe_load_balancers())["LoadBalancers"]]
         found["target groups"] = [t["TargetGroupName"] for t in (await elb.describe_target_groups())["TargetGroups"]]
         found["vpcs"] = [v["VpcId"] for v in (await ec2.describe_vpcs())["Vpcs"] if not v.get("IsDefault")]
+        found["security groups"] = [
+            g["GroupId"]
+            for g in (await ec2.describe_security_groups())["SecurityGroups"]
+            if g["GroupName"] != "default"
+        ]
+        found["db instances"] = [i["DBInstanceIdentifier"] for i in (await rds.describe_db_instances())["DBInstances"]]
+        found["db subnet groups"] = [
+            g["DBSubnetGroupName"] for g in (await rds.describe_db_subnet_groups())["DBSubnetGroups"]
+        ]
+        found["caches"] = [c["CacheClusterId"] for c in (await cache.describe_cache_clusters())["CacheClusters"]]
+        found["replication groups"] = [
+            g["ReplicationGroupId"] for g in (await cache.describe_replication_groups())["ReplicationGroups"]
+        ]
+        found["cache subnet groups"] = [
+            g["CacheSubnetGroupName"]
+            for g in (await cache.describe_cache_subnet_groups())["CacheSubnetGroups"]
+            if g["CacheSubnetGroupName"] != "default"
+        ]
         found["launch templates"] = [
             t["LaunchTemplateName"] for t in (await ec2.describe_launch_templates())["LaunchTemplates"]
         ]

@@ -20,7 +20,7 @@ from shared.provider.aws.processes import AwsProcesses
 from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.resources import AwsResources
 from shared.provider.aws.settings import AwsProviderSettings
-from shared.provider.aws.stacks import human_status, set_parameters
+from shared.provider.aws.stacks import human_status, parameters, update_parameters, with_defaults
 from shared.provider.aws.state import State
 from shared.provider.aws.timers import AwsTimers
 from shared.provider.workers import Loop, supervise
@@ -67,12 +67,14 @@ class AwsParams:
         return {p["ParameterKey"]: p.get("ParameterValue", "") for p in stacks[0].get("Parameters", [])}
 
     async def set(self, values: dict[str, str]) -> dict[str, str]:
-        """Updates the rack stack (same template, these parameters changed) and returns once CloudFormation
-        has taken the update: the rack's status is ``updating`` until it is done (replacing instances takes
-        minutes: no request waits for that)."""
+        """Update the rack stack with the new values (an empty one: the template's default), as
+        `convox rack params set` through this rack's API; returns once the update has begun (the rack's
+        status is ``updating`` until it completes: on AWS an Ami change replaces the instances)."""
         cfn = await self.clients.get("cloudformation")
         with translated(f"no such rack stack: {self.stack}"):
-            return await set_parameters(cfn, self.stack, values, wait_done=False)
+            changes = await with_defaults(cfn, self.stack, values)
+            updated = await update_parameters(cfn, self.stack, changes, wait_done=False)
+        return parameters(updated)
 
 
 class AwsProvider:

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from shared.errors import BadRequest, NotFound
 from shared.models import Model
 from shared.provider.aws import stacks
-from shared.provider.aws.credentials import session
+from shared.provider.aws.credentials import AwsCredentials, session
 
 REQUIRED = (
     "Cluster",
@@ -95,9 +95,10 @@ def check_rack(name: str, stack: dict[str, Any] | None) -> dict[str, Any]:
     return stack
 
 
-async def from_stack(name: str, region: str | None = None) -> StackRack:
-    """The settings and password of the rack installed as stack ``name`` (the standard AWS settings reach it)."""
-    sess = session(None, region or None)
+async def from_stack(name: str, region: str | None = None, credentials: AwsCredentials | None = None) -> StackRack:
+    """The settings and password of the rack installed as stack ``name``, reached with ``credentials`` (the
+    key of a credentials .csv), else the standard AWS settings."""
+    sess = session(credentials, region or None)
     region = str(sess.region_name or "us-east-1")
     async with sess.client("cloudformation") as cfn, sess.client("ssm") as ssm:
         stack = check_rack(name, await stacks.describe(cfn, name))

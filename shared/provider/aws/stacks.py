@@ -180,7 +180,7 @@ async def update_parameters(
     wait_done: bool = True,
 ) -> dict[str, Any]:
     """Change some of the stack's parameters (the same template); every other one keeps its value. Without
-    ``wait_done`` it returns once CloudFormation has taken the update (the stack as described then)."""
+    ``wait_done`` it returns once the update has begun, the stack as described then with the new values."""
     stack = await describe(cfn, name)
     if stack is None:
         raise NotFound(f"no stack {name}")
@@ -206,8 +206,8 @@ async def update_parameters(
             return stack
         raise BadRequest(f"stack {name}: {_message(exc)}") from None
     if not wait_done:
-        taken = await describe(cfn, name)
-        return {**(taken or stack), "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in merged.items()]}
+        listed = [{"ParameterKey": k, "ParameterValue": v} for k, v in merged.items()]
+        return {**stack, "Parameters": listed, "StackStatus": "UPDATE_IN_PROGRESS"}
     updated = await wait(cfn, name, on_event, poll=poll, seen=before)
     if updated is None:
         raise StackError(f"stack {name}: deleted while it was being updated")
@@ -256,37 +256,29 @@ class StackParams:
 
     async def set(self, values: dict[str, str]) -> dict[str, str]:
         async with self._session.client("cloudformation") as cfn:
-            return await set_parameters(cfn, self._stack, values, self._on_event, poll=self._poll)
+            changes = await with_defaults(cfn, self._stack, values)
+            stack = await update_parameters(cfn, self._stack, changes, self._on_event, poll=self._poll)
+            return parameters(stack)
 
 
 PROTECTED_PARAMETERS = frozenset({"PasswordParameter"})
 """Rack stack parameters set by the installer: shown, never changed by ``rack params set``."""
 
 
-async def set_parameters(
-    cfn: Any,
-    stack: str,
-    values: dict[str, str],
-    on_event: OnEvent | None = None,
-    *,
-    poll: float = POLL,
-    wait_done: bool = True,
-) -> dict[str, str]:
-    """``convox rack params set`` on a rack stack: the stack updated with the same template and ``values``
-    changed (an empty value restores the template's default); returns every parameter afterwards (without
-    ``wait_done``, as soon as CloudFormation has taken the update)."""
+async def with_defaults(cfn: Any, name: str, values: Mapping[str, str]) -> dict[str, str]:
+    """``values`` with each empty one replaced by the stack template's default (refused: an installer-owned
+    parameter)."""
     protected = sorted(set(values) & PROTECTED_PARAMETERS)
     if protected:
         raise BadRequest(f"{', '.join(protected)} is set by the installer and cannot be changed")
     changes = dict(values)
     if any(v == "" for v in values.values()):
-        body = (await cfn.get_template(StackName=stack))["TemplateBody"]
+        body = (await cfn.get_template(StackName=name))["TemplateBody"]
         declared = template_parameters(body if isinstance(body, str) else yaml.safe_dump(body))
         for key, value in values.items():
             if value == "" and key in declared and "Default" in declared[key]:
                 changes[key] = str(declared[key]["Default"])
-    updated = await update_parameters(cfn, stack, changes, on_event, poll=poll, wait_done=wait_done)
-    return parameters(updated)
+    return changes
 
 
 def human_status(stack_status: str | None) -> str:
