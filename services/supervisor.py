@@ -333,7 +333,7 @@ class Supervisor:
     async def ready(self, child: Child, within: float = READY_SECONDS) -> None:
         """Wait until the child answers ``GET /check``."""
         if child.socket is not None:
-            transport = httpx.AsyncHTTPTransport(uds=str(child.socket))
+            transport = httpx.AsyncHTTPTransport(uds=str(child.socket), verify=False)  # plain HTTP: no CA bundle
             base = f"http://{child.name}"
         else:
             verify = pinned_context(self.tls[0]) if self.tls else True
