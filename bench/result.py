@@ -8,7 +8,7 @@ from typing import Literal
 
 from bench.stats import Stats
 
-Unit = Literal["s", "B/s", "ops/s"]
+Unit = Literal["s", "B/s", "ops/s", "B"]
 
 
 def format_value(value: float, unit: Unit, digits: int = 1) -> str:
@@ -17,6 +17,8 @@ def format_value(value: float, unit: Unit, digits: int = 1) -> str:
         return f"{value * 1000:.{digits}f} ms" if value < 10 else f"{value:.{max(digits, 1)}f} s"
     if unit == "B/s":
         return f"{value / 1e6:.{digits}f} MB/s"
+    if unit == "B":
+        return f"{value / (1 << 20):.{digits}f} MiB"
     return f"{value:.{digits}f} ops/s"
 
 

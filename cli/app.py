@@ -260,7 +260,6 @@ def rack_start(
     pins it. The password is CONVOX_PASSWORD at first start (16 characters at least) or generated; against
     an installed AWS stack (--stack) it is the one install made, and AWS is reached with the credentials .csv
     (--credentials, else install's), kept for the services in a 0600 file of the data dir while it runs."""
-    import asyncio
     import os
 
     if provider is not None:
@@ -279,7 +278,14 @@ def rack_start(
         # every name and the password from the stack, before anything starts
         installed, aws_credentials = stack_rack(stack, credentials)
 
-    from services.supervisor import DataDirLock, StartError, Supervisor, ensure_password, write_private_atomic
+    from services.supervisor import (
+        DataDirLock,
+        StartError,
+        ensure_password,
+        exec_supervisor,
+        rack_url,
+        write_private_atomic,
+    )
     from shared.config import RackSettings
 
     settings = RackSettings(data_dir=data_dir) if data_dir else RackSettings()
@@ -311,33 +317,29 @@ def rack_start(
 
             tls = ensure_certificate(directory, host)
             fingerprint = pem_fingerprint(tls[0].read_text())
-        supervisor = Supervisor(directory, host, port, rack=settings.name, tls=tls)
-
-        def banner() -> None:
-            lines = ["", f"Rack {settings.name} is running at {supervisor.url}"]
-            if fingerprint:
-                lines.append(f"Its certificate's SHA-256 fingerprint: {fingerprint}")
-            else:
-                lines.append("WARNING: plain HTTP (--insecure-http): the password crosses the network in clear text")
-            if installed is not None:
-                lines.append(f"It runs against AWS stack {installed.name} ({installed.region}, {installed.status})")
-                if credentials_file is not None:
-                    lines.append(f"It reaches AWS with the credentials .csv's key, kept in {credentials_file}")
-                lines.append("The rack password is the one `convox rack install aws` printed")
-            elif generated:
-                lines.append(f"The rack password was generated and is shown only this once: {password}")
-            else:
-                lines.append(f"The rack password is in {directory / 'password'}")
-            lines.append(f"Log in with:  convox login {supervisor.url}   (it asks for the password)")
-            print("\n".join(lines) + "\n", file=sys.stderr, flush=True)
-
-        code = asyncio.run(supervisor.run(on_ready=banner))
+        url = rack_url(host, port, tls=tls is not None)
+        lines = ["", f"Rack {settings.name} is running at {url}"]
+        if fingerprint:
+            lines.append(f"Its certificate's SHA-256 fingerprint: {fingerprint}")
+        else:
+            lines.append("WARNING: plain HTTP (--insecure-http): the password crosses the network in clear text")
+        if installed is not None:
+            lines.append(f"It runs against AWS stack {installed.name} ({installed.region}, {installed.status})")
+            if credentials_file is not None:
+                lines.append(f"It reaches AWS with the credentials .csv's key, kept in {credentials_file}")
+            lines.append("The rack password is the one `convox rack install aws` printed")
+        elif generated:
+            lines.append(f"The rack password was generated and is shown only this once: {password}")
+        else:
+            lines.append(f"The rack password is in {directory / 'password'}")
+        lines.append(f"Log in with:  convox login {url}   (it asks for the password)")
+        # The rest runs as ``python -m services.supervisor`` in this same process (it does not return).
+        remove = [credentials_file] if credentials_file is not None else []  # the supervisor removes it at exit
+        exec_supervisor(directory, host, port, settings.name, tls, lock, "\n".join(lines) + "\n", remove=remove)
     finally:
         if credentials_file is not None:
             credentials_file.unlink(missing_ok=True)
         lock.release()
-    if code:
-        raise CliError("the rack failed to start (see the lines above)")
 
 
 def _api_path(path: str) -> str:

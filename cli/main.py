@@ -3,6 +3,20 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
+
+
+def leave(code: int) -> NoReturn:
+    """Exit at once, once stdout and stderr are flushed. A normal exit tears the interpreter down module by
+    module (typer, rich, httpx, pydantic, yaml: some 900 of them), which took 0.3-0.4 s of every command's
+    wall-clock time on a busy machine; a command has closed its files and connections when it returns."""
+    import contextlib
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def main() -> None:
@@ -17,10 +31,10 @@ def main() -> None:
 
         code = fast(argv)
         if code is not None:
-            sys.exit(code)
+            leave(code)
     from cli.app import run
 
-    sys.exit(run(argv))
+    leave(run(argv))
 
 
 if __name__ == "__main__":

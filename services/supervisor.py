@@ -26,9 +26,9 @@ from typing import TextIO
 
 import httpx
 
-from shared.config import INTERNAL_HEADER, SERVICES
 from shared.logfmt import format_line
 from shared.tls import pinned_context
+from shared.topology import INTERNAL_HEADER, SERVICES
 
 RESTART_DELAYS = (0.1, 0.5, 1.0, 1.5)
 """Back-off between restarts of a service that keeps dying; never past the 2 s promise."""
@@ -133,10 +133,22 @@ class DataDirLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
 
+    @classmethod
+    def adopt(cls, data_dir: Path, fd: int) -> DataDirLock:
+        """The lock a process held before it exec'd this one (the same open file, so the same flock)."""
+        lock = cls(data_dir)
+        os.set_inheritable(fd, False)
+        lock.fd = fd
+        return lock
+
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def rack_url(host: str, port: int, *, tls: bool) -> str:
+    return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 @dataclass
@@ -192,9 +204,7 @@ class Supervisor:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://{host}:{self.port}"
+        return rack_url(self.host, self.port, tls=self.tls is not None)
 
     def _print_console(self) -> None:
         """The supervisor's stdout, written by a thread of its own: a stdout nobody reads (a full pipe, a
@@ -323,7 +333,7 @@ class Supervisor:
     async def ready(self, child: Child, within: float = READY_SECONDS) -> None:
         """Wait until the child answers ``GET /check``."""
         if child.socket is not None:
-            transport = httpx.AsyncHTTPTransport(uds=str(child.socket))
+            transport = httpx.AsyncHTTPTransport(uds=str(child.socket), verify=False)  # plain HTTP: no CA bundle
             base = f"http://{child.name}"
         else:
             verify = pinned_context(self.tls[0]) if self.tls else True
@@ -422,3 +432,90 @@ class Supervisor:
             await asyncio.gather(writer, *watchers, return_exceptions=True)
             await self.drain_console()
         return code
+
+
+def exec_supervisor(
+    data_dir: Path,
+    host: str,
+    port: int,
+    rack: str,
+    tls: tuple[Path, Path] | None,
+    lock: DataDirLock,
+    banner: str,
+    remove: list[Path] | None = None,
+) -> None:
+    """Replace this process (`convox rack start`, which has imported the CLI, typer, rich and cryptography:
+    about 63 MiB) with ``python -m services.supervisor`` (about 26 MiB): same pid, same environment, the
+    data dir's lock handed over as an open file, the banner to print once ready through a pipe (it may hold
+    a generated password, which must never be on a command line). ``remove``: files the rack removes when it
+    stops (the AWS credentials file of a rack started from a .csv)."""
+    assert lock.fd is not None
+    read, write = os.pipe()
+    os.write(write, banner.encode())  # a pipe holds 64 KiB; a banner is a few lines
+    os.close(write)
+    os.set_inheritable(read, True)
+    os.set_inheritable(lock.fd, True)
+    argv = [
+        sys.executable,
+        "-m",
+        "services.supervisor",
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--rack",
+        rack,
+        "--lock-fd",
+        str(lock.fd),
+        "--banner-fd",
+        str(read),
+    ]
+    if tls is not None:
+        argv += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
+    for path in remove or []:
+        argv += ["--remove-at-exit", str(path)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m services.supervisor``: what `convox rack start` becomes once it has checked the password
+    and the certificate and locked the data dir (see :func:`exec_supervisor`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m services.supervisor")
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--rack", required=True)
+    parser.add_argument("--certfile", type=Path)
+    parser.add_argument("--keyfile", type=Path)
+    parser.add_argument("--lock-fd", type=int, required=True, help="the data dir's lock, held open")
+    parser.add_argument("--banner-fd", type=int, required=True, help="a pipe with what to print once ready")
+    parser.add_argument("--remove-at-exit", type=Path, action="append", default=[], help="a file to remove at exit")
+    args = parser.parse_args(argv)
+    lock = DataDirLock.adopt(args.data_dir, args.lock_fd)
+    with os.fdopen(args.banner_fd, "rb") as pipe:
+        banner = pipe.read().decode()
+    tls = (args.certfile, args.keyfile) if args.certfile and args.keyfile else None
+    supervisor = Supervisor(args.data_dir, args.host, args.port, rack=args.rack, tls=tls)
+
+    def ready() -> None:
+        print(banner, file=sys.stderr, flush=True)
+
+    try:
+        code = asyncio.run(supervisor.run(on_ready=ready))
+    finally:
+        for path in args.remove_at_exit:
+            path.unlink(missing_ok=True)
+        lock.release()
+    if code:
+        print("ERROR: the rack failed to start (see the lines above)", file=sys.stderr, flush=True)
+    return 1 if code else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

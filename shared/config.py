@@ -6,13 +6,10 @@ import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SERVICES = ("apps", "processes", "logs", "builds", "provisioner")
-"""The internal services, each a separate OS process behind the gateway."""
-
-INTERNAL_HEADER = "x-rack-internal"
-"""The header carrying the gateway's per-start secret; internal services refuse requests without it."""
+from shared.settings import BaseSettings, SettingsConfigDict
+from shared.topology import INTERNAL_HEADER as INTERNAL_HEADER
+from shared.topology import SERVICES as SERVICES
 
 
 def default_data_dir() -> Path:

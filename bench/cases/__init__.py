@@ -26,6 +26,7 @@ CASES: dict[str, str] = {
     "ps_twenty": "bench.cases.ps_twenty:run",  # issue #4: `convox ps` of 20 vs `docker stats --no-stream`
     "logs_throughput": "bench.cases.logs:throughput",  # issue #5: lines/s via `convox logs` vs `docker logs -f`
     "logs_latency": "bench.cases.logs:latency",  # issue #5: write-to-print p50/p99 vs `docker logs -f`
+    "idle_rss": "bench.cases.idle_rss:run",  # issue #14: the idle rack's memory vs the idle Docker Engine's
 }
 
 

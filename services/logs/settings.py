@@ -4,7 +4,8 @@ history each app keeps and how lines are ordered are the log store's (:mod:`shar
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
 

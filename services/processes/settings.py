@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.settings import BaseSettings, SettingsConfigDict
 
 
 class ProcessesSettings(BaseSettings):
