@@ -21,6 +21,7 @@ from shared.provider.aws.settings import AwsProviderSettings
 from shared.provider.aws.stacks import human_status
 from shared.provider.aws.state import State
 from shared.provider.aws.timers import AwsTimers
+from shared.tls import CERT_NAME, tls_dir
 
 
 class AwsSystem:
@@ -95,6 +96,9 @@ class AwsProvider:
             settings.name,
             aws.build_image,
             aws.report_url,
+            report_ca=aws.report_ca,
+            own_certificate=tls_dir(settings.data_dir) / CERT_NAME,
+            registry=aws.build_registry,
         )
         self.logs = AwsLogs(self.clients, self.apps, self.processes, settings.name, aws)
         self.formation.events = self.logs.event
