@@ -156,9 +156,13 @@ def stack_rack(stack: str, credentials: Path | None = None) -> tuple[Any, Any]:
     if given and given != installed.password.get_secret_value():
         raise CliError(f"CONVOX_PASSWORD is not the password of rack {stack} (unset it: the stack's is used)")
     given_url = os.environ.get("RACK_AWS_REPORT_URL")  # builders reach this rack elsewhere than the balancer
+    given_ca = os.environ.get("RACK_AWS_REPORT_CA", "")
     os.environ.update(installed.environment, RACK_PROVIDER="aws", RACK_NAME=stack)
-    if given_url:
+    if given_url:  # not the balancer: its certificate is not the one there (empty: the rack's own, it serves it)
         os.environ["RACK_AWS_REPORT_URL"] = given_url
+        os.environ["RACK_AWS_REPORT_CA"] = given_ca
+    elif given_ca:
+        os.environ["RACK_AWS_REPORT_CA"] = given_ca
     return installed, creds
 
 

@@ -9,13 +9,14 @@
 #   rack-local/clients:bookworm   psql, mariadb/mysql (+ mysql-url), redis-cli and busybox: an app base image
 #   rack-local/python3:bookworm   Python 3.11 with `python` and `pip` (a venv): `convox init --base offline`
 #   rack-local/node:bookworm      Node.js 18 and npm 9: `convox init --base offline`
+#   rack-local/builder:bookworm   the rack's builder task on AWS (`python -m services.builder`, the stack's BuildImage)
 #
 # No container registry is reachable here, so nothing is pulled: the base is made with debootstrap from a
 # Debian mirror and the others are `docker build`s on top of it (apt-get through the host's network).
 # Cached: every image carries a label with a hash of what it is built from (this script's settings and its
 # directory under images/); an image whose label matches is not rebuilt, so a second run does nothing.
 #
-#   bash images/build.sh [NAME...]     NAME: debian postgres mysql redis memcached clients python3 node (default: all)
+#   bash images/build.sh [NAME...]     NAME: debian postgres mysql redis memcached clients python3 node builder (default: all)
 #   DEBIAN_MIRROR=http://...  RACK_IMAGE_PREFIX=rack-local  IMAGES_FORCE=1 (rebuild all)
 set -euo pipefail
 SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
@@ -28,6 +29,12 @@ LABEL=rack.images.hash
 BASE=$PREFIX/debian:$SUITE
 SERVICES=(postgres mysql redis memcached clients)
 SERVICES+=(python3 node)  # the language bases of apps (images/README.md)
+SERVICES+=(builder)  # the rack's builder task on AWS
+# Images that run the product's own code: these paths (from the repository's root) are copied into the build
+# context's product/ directory, and are part of the image's hash.
+declare -A PRODUCT_CODE=(
+  [builder]="services/__init__.py services/builder shared/__init__.py shared/archive.py shared/dockerignore.py shared/errors.py"
+)
 
 say() { echo "images: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -40,7 +47,13 @@ base_hash() {
   printf '%s\n' "$SUITE" "$MIRROR" "$(sed -n '/^make_base()/,/^}/p' "$SCRIPT")" | sha256sum | cut -c1-16
 }
 dir_hash() {
-  { base_hash; find "$1" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16
+  { base_hash; find "$1" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum; product_files "$1" | xargs -r0 sha256sum; } |
+    sha256sum | cut -c1-16
+}
+# The product's files an image carries (NUL-separated, sorted; paths relative to images/).
+product_files() {
+  local path
+  for path in ${PRODUCT_CODE[$1]:-}; do find "../$path" -type f -name '*.py' -print0; done | LC_ALL=C sort -z
 }
 built_hash() { docker image inspect -f "{{ index .Config.Labels \"$LABEL\" }}" "$1" 2>/dev/null || true; }
 fresh() { [ -z "${IMAGES_FORCE:-}" ] && [ "$(built_hash "$1")" = "$2" ]; }
@@ -99,12 +112,21 @@ DPKG
 
 build_service() {
   local name=$1 hash=$2 image=$PREFIX/$1:$SUITE log
+  local context=$name
   log=$(mktemp /tmp/rack-images-"$name".XXXXXX)
+  if [ -n "${PRODUCT_CODE[$name]:-}" ]; then  # its directory plus the product's code, in a scratch context
+    context=$(mktemp -d /tmp/rack-images-"$name"-context.XXXXXX)
+    cp -r "$name"/. "$context"/
+    product_files "$name" | while IFS= read -r -d '' file; do
+      mkdir -p "$context/product/$(dirname "${file#../}")" && cp "$file" "$context/product/${file#../}"
+    done
+  fi
   say "docker build $image"
-  if ! docker build --network host --build-arg "BASE=$BASE" --label "$LABEL=$hash" -t "$image" "$name" >"$log" 2>&1; then
-    tail -30 "$log" >&2; rm -f "$log"; die "building $image failed"
+  if ! docker build --network host --build-arg "BASE=$BASE" --label "$LABEL=$hash" -t "$image" "$context" >"$log" 2>&1; then
+    tail -30 "$log" >&2; rm -f "$log"; [ "$context" = "$name" ] || rm -rf "$context"; die "building $image failed"
   fi
   rm -f "$log"
+  [ "$context" = "$name" ] || rm -rf "$context"
 }
 
 wanted=("$@")

@@ -268,6 +268,18 @@ def _verify_links(root: Path) -> None:
                 raise UnsafeArchive(relative, f"symbolic link out of the tree ({target})")
 
 
+def _plain(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """What ``tarfile.data_filter`` does to the modes and owners of a member :func:`_check` has let through
+    (for Pythons without extraction filters): no set-id or sticky bit, no group or other write, owned by
+    whoever extracts."""
+    member.mode &= 0o755
+    if member.isreg():
+        member.mode |= 0o600
+    member.uid = member.gid = -1
+    member.uname = member.gname = ""
+    return member
+
+
 def extract(archive: Path, dest: Path, *, max_size: int | None = None, max_members: int = 200_000) -> int:
     """Extract the tar (gzipped or not) at ``archive`` into ``dest``, which must not exist yet.
 
@@ -305,7 +317,10 @@ def extract(archive: Path, dest: Path, *, max_size: int | None = None, max_membe
         try:
             with tarfile.open(archive, mode="r:*", tarinfo=BoundedTarInfo) as tar:
                 tar.errorlevel = 2
-                tar.extractall(root, members=members(tar), filter=safe)
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(root, members=members(tar), filter=safe)
+                else:  # Python before 3.11.4 (Debian 12's, in the builder image): _check, and data_filter's modes
+                    tar.extractall(root, members=(_plain(m) for m in members(tar)))
         except (tarfile.TarError, EOFError, OSError, UnicodeError, RecursionError) as exc:
             if isinstance(exc, tarfile.FilterError):
                 raise UnsafeArchive(exc.tarinfo.name, type(exc).__name__) from None

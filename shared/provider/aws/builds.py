@@ -1,14 +1,18 @@
 """Builds on AWS: items in ``<prefix>-builds``, sources in the settings bucket, a builder task on ECS.
 
 A build's source is an object of the app (:mod:`shared.provider.aws.objects`, ``apps/APP/objects/KEY``,
-stored by the builds service); the build is then a RunTask of the rack's builder image with the build's
-id and source (``SOURCE_BUCKET``, ``SOURCE_KEY``) as its environment, writing its output to the stream
-``build/build/TASKID`` of the app's log group. The task also gets, as RunTask overrides (never in the
-shared task definition), ``BUILD_TOKEN`` (a token for this build only; the rack keeps its hash) and
-``RACK_URL``: it reports its end with ``POST RACK_URL/apps/APP/builds/ID/report`` and ``X-Build-Token``
-(:meth:`AwsBuilds.report`, then :meth:`AwsBuilds.finish`: the images it pushed to ECR, or its error),
-which makes the release. The rack password is never given to a builder. On moto no task runs: tests play the builder
-(tests/aws/builder_double.py, tests/contract).
+stored by the builds service); the build is then a RunTask of the rack's builder image (``make images``:
+rack-local/builder, the program services/builder) on the instance's network with the instance's Docker
+socket mounted, the build's id and source as its environment, writing its output to the stream
+``build/build/TASKID`` of the app's log group. The task also gets, as RunTask overrides (never in the shared
+task definition), ``BUILD_TOKEN`` (a token for this build only; the rack keeps its hash), ``RACK_URL`` and
+``RACK_CA`` (the certificate the builder pins there), a presigned GET of the source object (``SOURCE_URL``;
+``SOURCE_BUCKET`` and ``SOURCE_KEY`` name it too), what to build (``BUILD_SERVICES``) and where to push with
+what (``BUILD_PUSH``, ``BUILD_AUTH`` from ECR's GetAuthorizationToken): it reports its end with
+``POST RACK_URL/apps/APP/builds/ID/report`` and ``X-Build-Token`` (:meth:`AwsBuilds.report`, then
+:meth:`AwsBuilds.finish`: the images it pushed to ECR, or its error), which makes the release. The rack
+password is never given to a builder. On moto no task runs: the no-engine tests play the builder
+(tests/aws/builder_double.py, tests/contract); tests/aws_engine runs the real builder image.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared.errors import BadRequest, NotFound, RackError, Unauthorized
 from shared.ids import build_id
@@ -36,6 +43,12 @@ from shared.provider.contract import ResourceHook
 log = Logger("builds")
 NO_BUILDER = "the rack has no builder image (rack parameter BuildImage, setting RACK_AWS_BUILD_IMAGE)"
 RESTARTED = "the builder stopped before the build ended"
+NO_FARGATE = (
+    "builds need EC2 container instances (the builder drives the instance's Docker Engine): LaunchType is FARGATE"
+)
+DOCKER_SOCKET = "/var/run/docker.sock"
+SOURCE_URL_TTL = 6 * 3600
+"""Seconds the builder's presigned URL of the source is good for (a task may wait for a place to run)."""
 
 
 def token_hash(token: str) -> str:
@@ -60,6 +73,14 @@ def to_build(item: Item) -> Build:
     )
 
 
+def read_certificate(path: Path | None) -> str:
+    """The PEM at ``path``, or empty when there is none (blocking: run it in a thread)."""
+    try:
+        return path.read_text() if path else ""
+    except FileNotFoundError:
+        return ""
+
+
 class AwsBuilds:
     def __init__(
         self,
@@ -72,6 +93,10 @@ class AwsBuilds:
         build_image: str,
         report_url: str = "",
         objects: AwsObjects | None = None,
+        *,
+        report_ca: str = "",
+        own_certificate: Path | None = None,
+        registry: str = "",
     ) -> None:
         self.state = state
         self.objects = objects or AwsObjects(state, apps)
@@ -84,6 +109,12 @@ class AwsBuilds:
         self.build_image = build_image
         self.report_url = report_url
         """Where the builder task reaches the rack to report (its API's address as seen from the cluster)."""
+        self.report_ca = report_ca
+        """The PEM certificate the builder must find at ``report_url``; else the one at ``own_certificate``
+        (the rack's own, when the builder reaches the rack itself)."""
+        self.own_certificate = own_certificate
+        self.registry = registry
+        """HOST[:PORT] builds push to instead of ECR's (``RACK_AWS_BUILD_REGISTRY``)."""
 
     async def _item(self, app: str, build: str) -> Item:
         await self.apps.item(app)
@@ -128,20 +159,31 @@ class AwsBuilds:
             await db.put_item(
                 TableName=self.state.builds_table, Item=to_item(item), ConditionExpression="attribute_not_exists(id)"
             )
-        await self._start(app, build, source_key, options)
+        await self._start(app, build, source_key, manifest, options)
         log.log("build.create", app=app, build=build, services=len(manifest.services))
         return await self.get(app, build)
 
-    async def _start(self, app: str, build: str, source_key: str, options: BuildOptions) -> None:
+    async def _start(self, app: str, build: str, source_key: str, manifest: Manifest, options: BuildOptions) -> None:
         if not self.build_image:
             await self._set(build, status="failed", error=NO_BUILDER, ended=now_iso())
+            return
+        if self.formation.settings.launch_type == "FARGATE":
+            await self._set(build, status="failed", error=NO_FARGATE, ended=now_iso())
             return
         ecs = await self.clients.get("ecs")
         # The builder's one credential: good for reporting this build only, kept here as a hash, and given to
         # the task as an override (never in the shared task definition, never the rack password).
         token = secrets.token_urlsafe(32)
         await self._set(build, token_hash=token_hash(token))
-        secret_env = {"BUILD_TOKEN": token, "RACK_URL": self.report_url}
+        try:
+            secret_env = {
+                "BUILD_TOKEN": token,
+                "RACK_URL": self.report_url,
+                **await self._builder_access(app, build, source_key, manifest),
+            }
+        except Exception as exc:
+            await self._set(build, status="failed", error=f"cannot start the builder: {exc}", ended=now_iso())
+            return
         env = {
             "BUILD_ID": build,
             "APP": app,
@@ -153,7 +195,10 @@ class AwsBuilds:
         }
         definition = {
             "family": f"{self.rack}-build",
-            "networkMode": "awsvpc" if self.formation.settings.launch_type == "FARGATE" else "bridge",
+            # the instance's network: the builder reaches the rack, S3 and the registry as the instance does
+            # (the engine it drives pushes from there anyway)
+            "networkMode": "host",
+            "volumes": [{"name": "docker", "host": {"sourcePath": DOCKER_SOCKET}}],
             "containerDefinitions": [
                 {
                     "name": "build",
@@ -161,6 +206,8 @@ class AwsBuilds:
                     "essential": True,
                     "memory": 1024,
                     "environment": [{"name": k, "value": v} for k, v in sorted(env.items())],
+                    # the instance's Docker Engine builds and pushes (Convox's ApiBuildTasks mount it too)
+                    "mountPoints": [{"sourceVolume": "docker", "containerPath": DOCKER_SOCKET, "readOnly": False}],
                     "logConfiguration": {
                         "logDriver": "awslogs",
                         "options": {
@@ -187,7 +234,6 @@ class AwsBuilds:
                     },
                     launchType=self.formation.settings.launch_type,
                     tags=[{"key": "convox.rack", "value": self.rack}, {"key": "convox.build", "value": build}],
-                    **self.formation.network(),
                 )
             if not response.get("tasks"):
                 raise BadRequest(", ".join(str(f.get("reason")) for f in response.get("failures", [])) or "no task")
@@ -195,6 +241,40 @@ class AwsBuilds:
             await self._set(build, status="failed", error=f"cannot start the builder: {exc}", ended=now_iso())
             return
         await self._set(build, status="running", started=now_iso(), task=response["tasks"][0]["taskArn"])
+
+    async def _builder_access(self, app: str, build: str, source_key: str, manifest: Manifest) -> dict[str, str]:
+        """What the builder task gets as overrides of this task only (services/builder/task.py reads them):
+        what to build (with the build args the app's environment gives), a presigned GET of its source (the
+        task needs no S3 rights), where and with what authorisation it pushes (ECR's GetAuthorizationToken,
+        good for 12 hours), and the certificate the rack's URL presents."""
+        environment: dict[str, str] | None = None
+        services: dict[str, dict[str, Any]] = {}
+        for name, service in sorted(manifest.services.items()):
+            if service.build is None:
+                continue
+            spec = service.build
+            if spec.required_args and environment is None:
+                environment = await self.releases.environment(app)
+            given = {key: (environment or {})[key] for key in spec.required_args if key in (environment or {})}
+            services[name] = {"path": spec.path, "dockerfile": spec.manifest, "args": {**given, **spec.args}}
+        s3 = await self.state.s3()
+        ecr = await self.clients.get("ecr")
+        with translated(f"cannot give build {build} its source and registry"):
+            url = await s3.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.state.bucket, "Key": source_key},
+                ExpiresIn=SOURCE_URL_TTL,
+            )
+            data = (await ecr.get_authorization_token())["authorizationData"][0]
+        registry = self.registry or urlsplit(str(data["proxyEndpoint"])).netloc
+        ca = self.report_ca or await asyncio.to_thread(read_certificate, self.own_certificate)
+        return {
+            "BUILD_SERVICES": json.dumps(services, separators=(",", ":")),
+            "SOURCE_URL": url,
+            "BUILD_PUSH": f"{registry}/{self.rack}/{app}:{{service}}.{build.lower()}",
+            "BUILD_AUTH": str(data["authorizationToken"]),
+            "RACK_CA": ca,
+        }
 
     def link_resources(self, hook: ResourceHook) -> None:
         self._resources = hook

@@ -99,6 +99,8 @@ class Clients:
             from botocore.config import Config
 
             config = Config(retries={"max_attempts": 8, "mode": "adaptive"})
+            if service == "s3":  # SigV4 everywhere, presigned URLs too (SigV2 is refused outside the oldest regions)
+                config = config.merge(Config(signature_version="s3v4"))
             client = await self._stack.enter_async_context(self._session.client(service, config=config))
             self._clients[service] = client
         return client

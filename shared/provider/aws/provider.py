@@ -24,6 +24,7 @@ from shared.provider.aws.stacks import human_status, parameters, update_paramete
 from shared.provider.aws.state import State
 from shared.provider.aws.timers import AwsTimers
 from shared.provider.workers import Loop, supervise
+from shared.tls import CERT_NAME, tls_dir
 
 
 class AwsSystem:
@@ -106,6 +107,9 @@ class AwsProvider:
             aws.build_image,
             aws.report_url,
             self.objects,
+            report_ca=aws.report_ca,
+            own_certificate=tls_dir(settings.data_dir) / CERT_NAME,
+            registry=aws.build_registry,
         )
         self.logs = AwsLogs(self.clients, self.apps, self.processes, settings.name, aws)
         self.formation.events = self.logs.event

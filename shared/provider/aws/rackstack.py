@@ -49,9 +49,10 @@ class StackRack(Model):
 
 
 def settings_environment(
-    name: str, region: str, out: dict[str, str], params: dict[str, str] | None = None
+    name: str, region: str, out: dict[str, str], params: dict[str, str] | None = None, certificate: str = ""
 ) -> dict[str, str]:
-    """The ``RACK_AWS_*`` settings named by the rack stack's outputs (and its ``BuildImage`` parameter)."""
+    """The ``RACK_AWS_*`` settings named by the rack stack's outputs (and its ``BuildImage`` parameter);
+    ``certificate`` is the PEM of the balancer's certificate (``CertificateArn``), which builders pin."""
     missing = [key for key in REQUIRED if not out.get(key)]
     if missing:
         raise BadRequest(f"stack {name} lacks the rack outputs {', '.join(missing)}: was it installed by this version?")
@@ -77,6 +78,7 @@ def settings_environment(
         "RACK_AWS_CERTIFICATE": (params or {}).get("CertificateArn", ""),
         "RACK_AWS_BOOTSTRAP": "false",  # the stack made the tables, bucket and cluster
         "RACK_AWS_REPORT_URL": out.get("Url", ""),  # where builder tasks report: the API's balancer
+        "RACK_AWS_REPORT_CA": certificate,  # what the balancer presents there (a public certificate, no secret)
         "RACK_AWS_BUILD_IMAGE": (params or {}).get("BuildImage", ""),
     }
 
@@ -95,6 +97,18 @@ def check_rack(name: str, stack: dict[str, Any] | None) -> dict[str, Any]:
     return stack
 
 
+async def balancer_certificate(sess: Any, arn: str) -> str:
+    """The PEM of the balancer's certificate (ACM GetCertificate); empty when there is none to read (builders
+    then pin the rack's own certificate, see ``AwsProviderSettings.report_ca``)."""
+    if not arn:
+        return ""
+    try:
+        async with sess.client("acm") as acm:
+            return str((await acm.get_certificate(CertificateArn=arn)).get("Certificate", ""))
+    except Exception:  # a certificate of the user's that this role may not read: builders pin the rack's own
+        return ""
+
+
 async def from_stack(name: str, region: str | None = None, credentials: AwsCredentials | None = None) -> StackRack:
     """The settings and password of the rack installed as stack ``name``, reached with ``credentials`` (the
     key of a credentials .csv), else the standard AWS settings."""
@@ -111,10 +125,11 @@ async def from_stack(name: str, region: str | None = None, credentials: AwsCrede
             if "ParameterNotFound" in str(exc):
                 raise NotFound(f"the password parameter {parameter} of rack {name} is gone") from None
             raise
+        certificate = await balancer_certificate(sess, stacks.parameters(stack).get("CertificateArn", ""))
     return StackRack(
         name=name,
         region=region,
-        environment=settings_environment(name, region, stacks.outputs(stack), stacks.parameters(stack)),
+        environment=settings_environment(name, region, stacks.outputs(stack), stacks.parameters(stack), certificate),
         password=SecretStr(str(found["Parameter"]["Value"])),
         status=str(stack["StackStatus"]),
     )

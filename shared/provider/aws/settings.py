@@ -50,6 +50,16 @@ class AwsProviderSettings(BaseSettings):
     report_url: str = Field(
         "", description="The rack's URL as the builder task reaches it to report; the stack's Url by default."
     )
+    report_ca: str = Field(
+        "",
+        description="The PEM certificate the builder task must find at report_url (its pin): the balancer's "
+        "(ACM) with the stack's Url; the rack's own TLS certificate (its data dir's tls/cert.pem) when empty.",
+    )
+    build_registry: str = Field(
+        "",
+        description="HOST[:PORT] builds push to instead of the account's ECR registry (with the app's repository "
+        "name, and ECR's authorisation); empty: ECR.",
+    )
     db_instance_class: str = Field("db.t4g.micro", description="The RDS instance class of postgres/mysql/mariadb.")
     db_storage: int = Field(20, ge=20, le=65536, description="GiB of storage of each RDS instance.")
     cache_node_type: str = Field("cache.t4g.micro", description="The ElastiCache node type of redis/memcached.")
