@@ -350,11 +350,12 @@ async def test_a_roll_out_is_waited_for_through_a_rack_that_does_not_answer_for_
     from cli.cmd_releases import wait_for_rollout
     from cli.config import Rack
 
+    APP = {"name": "web", "balancer": "", "failed_release": "", "failure": ""}  # an App as the rack answers it
     answers = [
         JSONResponse({"error": "apps service unavailable"}, 503),
         JSONResponse({"error": "apps service unavailable"}, 503),
-        JSONResponse({"status": "updating", "release": "ROLD"}),
-        JSONResponse({"status": "running", "release": "RNEW"}),
+        JSONResponse({**APP, "status": "updating", "release": "ROLD"}),
+        JSONResponse({**APP, "status": "running", "release": "RNEW"}),
     ]
 
     async def app_get(request: Request) -> JSONResponse:

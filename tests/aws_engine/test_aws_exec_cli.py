@@ -43,6 +43,7 @@ class FrontThread:
         asyncio.run_coroutine_threadsafe(self.front.close(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
 
 
 def test_convox_exec_on_an_aws_rack_exits_with_the_commands_code(

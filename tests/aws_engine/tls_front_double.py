@@ -80,6 +80,8 @@ class TlsFront:
         finally:
             self.connections.discard(task)
             writer.close()
+            with contextlib.suppress(BaseException):  # closed for good before the loop may stop
+                await writer.wait_closed()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -146,3 +148,5 @@ class TlsFront:
             with contextlib.suppress(BaseException):
                 await up
             engine_writer.close()
+            with contextlib.suppress(BaseException):
+                await engine_writer.wait_closed()
