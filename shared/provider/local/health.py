@@ -15,9 +15,6 @@ from shared.manifest import Health
 from shared.provider.local.docker import LABEL_APP, LABEL_RELEASE, Docker
 from shared.provider.local.events import Events
 
-EAGER_SECONDS = 1.0
-"""A new process is looked at every 50 ms for its first second (the doubling pause after that: 0.1, 0.2 s...)."""
-
 
 def container_ip(container: dict[str, Any], network: str) -> str:
     networks = (container.get("NetworkSettings") or {}).get("Networks") or {}
@@ -37,7 +34,6 @@ class HealthChecks:
         deadline = asyncio.get_running_loop().time() + checked.grace + 3 * checked.timeout + 2
         first = True
         pause = 0.05  # a fresh process usually answers within a few tenths of a second: look soon, then back off
-        eager_until = asyncio.get_running_loop().time() + EAGER_SECONDS
         while True:
             info = await self.docker.inspect(container["Id"])
             state = info.get("State") or {}
@@ -57,8 +53,7 @@ class HealthChecks:
                 await self.event(container, f"{service} failed its health check ({what})")
                 raise RackError(f"{service} failed its health check ({what})")
             await asyncio.sleep(pause)
-            if asyncio.get_running_loop().time() > eager_until:
-                pause = min(pause * 2, float(checked.interval), 1.0)
+            pause = min(pause * 2, float(checked.interval), 1.0)
 
     async def event(self, container: dict[str, Any], message: str) -> None:
         labels = (container.get("Config") or {}).get("Labels") or {}
