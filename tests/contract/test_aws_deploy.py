@@ -14,7 +14,7 @@ import pytest
 from shared.errors import BadRequest, NotFound
 from shared.models import FormationUpdate, ProcessRunOptions
 from shared.provider import Provider
-from shared.provider.aws.processes import AwsProcesses
+from shared.provider.aws.processes import AwsProcesses, ports_of
 from tests.conftest import RACK_NAME
 from tests.contract.aws_helpers import in_moto, play_builder
 
@@ -157,6 +157,19 @@ async def test_ps_lists_only_the_apps_own_tasks(aws_provider: Provider, tmp_path
     task = await in_moto("ecs", "list_tasks", cluster=RACK_NAME, startedBy="convox.a", desiredStatus="RUNNING")
     described = await in_moto("ecs", "describe_tasks", cluster=RACK_NAME, tasks=task["taskArns"])
     assert described["tasks"][0]["taskArn"].replace("-", "").endswith(mine.id)
+    # host: the private address of the task's instance (moto's EC2 record of the registered test double)
+    instance = await in_moto(
+        "ecs",
+        "describe_container_instances",
+        cluster=RACK_NAME,
+        containerInstances=[described["tasks"][0]["containerInstanceArn"]],
+    )
+    reservations = await in_moto(
+        "ec2", "describe_instances", InstanceIds=[instance["containerInstances"][0]["ec2InstanceId"]]
+    )
+    private_ip = reservations["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+    assert listed[0].host == private_ip == (await aws_provider.processes.get("a", mine.id)).host
+    assert listed[0].ports == ["3000"]  # moto reports no network bindings: the definition's port
     await aws_provider.processes.stop("a", mine.id)
     assert await aws_provider.processes.list("a") == []
 
@@ -221,3 +234,10 @@ async def test_restart_gives_each_service_a_new_deployment_and_cancel_needs_a_ro
         await aws_provider.formation.cancel("again")
     assert (await service("again", "web"))["taskDefinition"] == before["taskDefinition"]
     assert (await aws_provider.apps.get("again")).release == release.id
+
+
+def test_ps_ports_are_the_network_bindings_once_the_agent_has_bound_them() -> None:
+    task = {"containers": [{"networkBindings": [{"hostPort": 32768, "containerPort": 3000, "protocol": "tcp"}]}]}
+    definition = {"portMappings": [{"containerPort": 3000}]}
+    assert ports_of(task, definition) == ["32768:3000"]
+    assert ports_of({"containers": [{}]}, definition) == ["3000"]

@@ -47,6 +47,7 @@ class Engines:
         self._engines: dict[str, Engine] = {}
         self._samplers: dict[str, Sampler] = {}
         self._addresses: dict[str, str] = {}
+        self._hosts: dict[str, str] = {}
 
     async def context(self) -> ssl.SSLContext:
         async with self._lock:
@@ -62,35 +63,45 @@ class Engines:
 
     async def addresses(self, instance_arns: list[str]) -> dict[str, str]:
         """``HOST:PORT`` of the engine of each container instance (batched: 100 per describe)."""
-        missing = sorted({a for a in instance_arns if a and a not in self._addresses})
-        if missing:
-            ecs = await self.clients.get("ecs")
-            instances: list[dict[str, Any]] = []
-            with translated("cannot describe the rack's container instances"):
-                for start in range(0, len(missing), 100):
-                    described = await ecs.describe_container_instances(
-                        cluster=self.cluster, containerInstances=missing[start : start + 100]
-                    )
-                    instances.extend(described.get("containerInstances", []))
-            by_ec2: dict[str, str] = {}
-            for instance in instances:
-                attributes = {a.get("name"): a.get("value") for a in instance.get("attributes", [])}
-                named = attributes.get(ENGINE_ATTRIBUTE)
-                if named:
-                    self._addresses[instance["containerInstanceArn"]] = str(named)
-                elif instance.get("ec2InstanceId"):
-                    by_ec2[str(instance["ec2InstanceId"])] = instance["containerInstanceArn"]
-            if by_ec2:
-                ec2 = await self.clients.get("ec2")
-                with translated("cannot describe the rack's instances"):
-                    reservations = (await ec2.describe_instances(InstanceIds=sorted(by_ec2)))["Reservations"]
-                for reservation in reservations:
-                    for ec2_instance in reservation.get("Instances", []):
-                        ip = ec2_instance.get("PrivateIpAddress")
-                        arn = by_ec2.get(ec2_instance.get("InstanceId", ""))
-                        if ip and arn:
-                            self._addresses[arn] = f"{ip}:{ENGINE_PORT}"
+        await self._describe([a for a in instance_arns if a and a not in self._addresses])
         return {a: self._addresses[a] for a in instance_arns if a in self._addresses}
+
+    async def hosts(self, instance_arns: list[str]) -> dict[str, str]:
+        """The private address of each container instance (`convox ps`'s host), remembered."""
+        await self._describe([a for a in instance_arns if a and a not in self._hosts])
+        return {a: self._hosts[a] for a in instance_arns if a in self._hosts}
+
+    async def _describe(self, arns: list[str]) -> None:
+        missing = sorted(set(arns))
+        if not missing:
+            return
+        ecs = await self.clients.get("ecs")
+        instances: list[dict[str, Any]] = []
+        with translated("cannot describe the rack's container instances"):
+            for start in range(0, len(missing), 100):
+                described = await ecs.describe_container_instances(
+                    cluster=self.cluster, containerInstances=missing[start : start + 100]
+                )
+                instances.extend(described.get("containerInstances", []))
+        by_ec2: dict[str, str] = {}
+        for instance in instances:
+            attributes = {a.get("name"): a.get("value") for a in instance.get("attributes", [])}
+            named = attributes.get(ENGINE_ATTRIBUTE)
+            if named:
+                self._addresses[instance["containerInstanceArn"]] = str(named)
+            if instance.get("ec2InstanceId"):
+                by_ec2[str(instance["ec2InstanceId"])] = instance["containerInstanceArn"]
+        if by_ec2:
+            ec2 = await self.clients.get("ec2")
+            with translated("cannot describe the rack's instances"):
+                reservations = (await ec2.describe_instances(InstanceIds=sorted(by_ec2)))["Reservations"]
+            for reservation in reservations:
+                for ec2_instance in reservation.get("Instances", []):
+                    ip = ec2_instance.get("PrivateIpAddress")
+                    arn = by_ec2.get(ec2_instance.get("InstanceId", ""))
+                    if ip and arn:
+                        self._hosts[arn] = str(ip)
+                        self._addresses.setdefault(arn, f"{ip}:{ENGINE_PORT}")
 
     async def engine(self, address: str) -> Engine:
         engine = self._engines.get(address)

@@ -57,6 +57,15 @@ def pid_of(task_arn: str) -> str:
     return task_arn.rsplit("/", 1)[-1].replace("-", "")[-12:]
 
 
+def ports_of(task: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """``HOST:CONTAINER`` from the task's network bindings (bridge mode: the host port ECS picked), else the
+    definition's container ports (before the agent has bound them; moto never reports bindings)."""
+    bindings = [b for c in task.get("containers") or [] for b in c.get("networkBindings") or []]
+    if bindings:
+        return [f"{b['hostPort']}:{b['containerPort']}" for b in bindings if "hostPort" in b and "containerPort" in b]
+    return [str(p["containerPort"]) for p in container.get("portMappings", []) if "containerPort" in p]
+
+
 def tags_of(task: dict[str, Any]) -> dict[str, str]:
     return {t["key"]: t["value"] for t in task.get("tags", []) if "key" in t}
 
@@ -127,7 +136,7 @@ class AwsProcesses:
             self._definitions[arn] = definition
         return definition
 
-    async def _process(self, app: str, task: dict[str, Any]) -> Process:
+    async def _process(self, app: str, task: dict[str, Any], hosts: dict[str, str] | None = None) -> Process:
         tags = tags_of(task)
         definition = await self._definition(task["taskDefinitionArn"])
         container = (definition.get("containerDefinitions") or [{}])[0]
@@ -146,7 +155,8 @@ class AwsProcesses:
             release=tags.get("convox.release") or labels.get("convox.release", ""),
             command=" ".join(command),
             image=container.get("image", ""),
-            ports=[str(p["containerPort"]) for p in container.get("portMappings", []) if "containerPort" in p],
+            ports=ports_of(task, container),
+            host=(hosts or {}).get(str(task.get("containerInstanceArn", "")), ""),
             started=started,
             status=STATUS.get(str(task.get("lastStatus")), str(task.get("lastStatus", "")).lower()),
         )
@@ -159,7 +169,8 @@ class AwsProcesses:
         self, app: str, service: str | None = None, release: str | None = None, stats: bool = True
     ) -> list[Process]:
         tasks = await self._app_tasks(app)
-        pairs = [(await self._process(app, t), t) for t in tasks]
+        hosts = await self._hosts(tasks)
+        pairs = [(await self._process(app, t, hosts), t) for t in tasks]
         kept = [
             (p, t) for p, t in pairs if (not service or p.name == service) and (not release or p.release == release)
         ]
@@ -211,7 +222,18 @@ class AwsProcesses:
         raise NotFound(f"no such process: {pid}")
 
     async def get(self, app: str, pid: str) -> Process:
-        return await self._process(app, await self._task(app, pid))
+        task = await self._task(app, pid)
+        return await self._process(app, task, await self._hosts([task]))
+
+    async def _hosts(self, tasks: builtins.list[dict[str, Any]]) -> dict[str, str]:
+        """The private address of each task's container instance (none for FARGATE tasks); a listing never
+        fails for want of it."""
+        arns = [str(t["containerInstanceArn"]) for t in tasks if t.get("containerInstanceArn")]
+        try:
+            return await self.engines.hosts(arns)
+        except RackError as exc:
+            log.error("process.hosts", error=exc.message)
+            return {}
 
     async def stop(self, app: str, pid: str) -> None:
         task = await self._task(app, pid)
