@@ -109,6 +109,10 @@ def run_build_task(cluster: str, app: str, label: str, timeout: float = 600.0) -
     finally:
         with contextlib.suppress(Exception):
             follow.kill()
+            follow.wait(timeout=10)
+        with contextlib.suppress(Exception):
+            if follow.stdout is not None:
+                follow.stdout.close()
         subprocess.run([docker(), "rm", "-f", cid], capture_output=True, check=False)
     boto("ecs").stop_task(
         cluster=cluster, task=task.arn, reason=f"Essential container in task exited ({ran.exit_code})"
