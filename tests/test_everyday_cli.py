@@ -98,6 +98,8 @@ def test_restart_replaces_the_processes_without_refusing_a_request(
     assert len(web_after) == 1 and not web_after & web_before
     assert set(containers(rack, app, "backend")) == backend_before  # only the type named
     assert fetch(balancer) == "v1\n"
+    # the restart's roll-out ends in the background (the owner's): a second one is refused until it has
+    eventually(lambda: info(cli, app)["Status"] == "running", within=60)
     cli("restart", "--app", app, check=True, timeout=180)  # every type
     assert not set(containers(rack, app, "backend")) & backend_before
     assert not set(containers(rack, app, "web")) & web_after
