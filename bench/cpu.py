@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import resource
+import statistics
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -85,3 +86,20 @@ def measured_command(
         for pid, seconds in spent.items():
             by_process.setdefault(LABELS.get(pid, "?"), []).append(seconds)
     return elapsed, sum(spent.values()) + (cli_after - cli_before)
+
+
+GIB = 1024**3
+
+
+def per_gib_details(
+    cpu_per_gib: Sequence[float], by_process: Mapping[str, Sequence[float]], size: int
+) -> dict[str, object]:
+    """What a throughput case records of the CPU its run took: seconds per GiB moved, of the rack and the CLI
+    together (each run, and their median) and of each process (medians of ``by_process``'s seconds per run)."""
+    return {
+        "rack_and_cli_cpu_seconds_per_gib": list(cpu_per_gib),
+        "rack_and_cli_cpu_seconds_per_gib_median": statistics.median(cpu_per_gib) if cpu_per_gib else None,
+        "cpu_seconds_per_gib_by_process": {
+            name: round(statistics.median(values) * GIB / size, 3) for name, values in by_process.items() if values
+        },
+    }

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import time
 
@@ -74,10 +73,6 @@ def run(ctx: Context) -> Result:
             "convox": convox,
             "docker": docker,
             "bytes": SIZE,
-            "rack_and_cli_cpu_seconds_per_gib": cpu_per_gib,
-            "rack_and_cli_cpu_seconds_per_gib_median": statistics.median(cpu_per_gib) if cpu_per_gib else None,
-            "cpu_seconds_per_gib_by_process": {
-                name: round(statistics.median(values) * GIB / SIZE, 3) for name, values in by_process.items() if values
-            },
+            **cpu.per_gib_details(cpu_per_gib, by_process, SIZE),
         },
     )
