@@ -22,6 +22,7 @@ from shared.provider.local.processes import LocalProcesses
 from shared.provider.local.promotions import Promotions
 from shared.provider.local.releases import LocalReleases
 from shared.provider.local.resources import LocalResources
+from shared.provider.local.runners import Runner
 from shared.provider.local.state import State
 from shared.provider.local.system import LocalSystem
 from shared.provider.local.timers import LocalTimers
@@ -35,6 +36,8 @@ class LocalProvider:
         local = local or LocalProviderSettings()
         self.settings = settings
         self.state = State(settings.data_dir / "state.db")
+        self.runner = Runner(settings.data_dir / "runners")
+        """This process's liveness lock, held by work that the workers' owner takes over if this process dies."""
         self.docker = Docker(local.docker_url, local.docker_timeout)
         self.apps = LocalApps(self.state, self.docker, settings.name, settings.balancer_host)
         self.system = LocalSystem(settings.name, self.docker)
@@ -107,5 +110,6 @@ class LocalProvider:
         await self.resources.close()
         await self.logs.close()
         await self.docker.close()
+        self.runner.release()
         await self.bell.close()
         await self.state.close()

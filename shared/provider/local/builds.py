@@ -52,16 +52,19 @@ def _now() -> str:
 
 
 def to_build(row: aiosqlite.Row) -> Build:
+    # The row says ``complete`` a moment before its release exists (the release needs a complete build):
+    # until then it is still running to anyone who reads it, so no reader sees a complete build without one.
+    status = "running" if row["status"] == "complete" and not row["release"] else row["status"]
     return Build(
         id=row["id"],
         app=row["app"],
-        status=row["status"],
+        status=status,
         description=row["description"],
         manifest=row["manifest"],
         release=row["release"],
         error=row["error"],
         started=_time(row["started"]),
-        ended=_time(row["ended"]),
+        ended=_time(row["ended"]) if status != "running" else None,
     )
 
 

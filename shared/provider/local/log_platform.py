@@ -75,7 +75,9 @@ class PlatformLogs(LogCollector):
 
     async def _builds_once(self, done: set[str], started: float) -> None:
         cutoff = (datetime.now(UTC) - timedelta(seconds=self.limits.max_age)).isoformat()
-        rows = await self.state.fetch_all("SELECT id, app, status, ended FROM builds WHERE created >= ?", (cutoff,))
+        rows = await self.state.fetch_all(
+            "SELECT id, app, status, release, ended FROM builds WHERE created >= ?", (cutoff,)
+        )
         for row in rows:
             build = row["id"]
             if build in done:
@@ -84,7 +86,8 @@ class PlatformLogs(LogCollector):
                 done.add(build)
                 continue
             src = f"b:{build}"
-            ended = row["status"] in ("complete", "failed")
+            # complete only once its release exists (see builds.to_build)
+            ended = row["status"] == "failed" or (row["status"] == "complete" and bool(row["release"]))
             known = self.offsets.get(src)
             if known is None and ended and row["ended"]:
                 ended_at = datetime.fromisoformat(row["ended"]).timestamp()
