@@ -17,7 +17,7 @@ from bench.timing import CommandFailed
 def label(process: psutil.Process) -> str:
     """``services.gateway`` for ``python -m services.gateway ...``, else the process's name."""
     try:
-        argv = process.cmdline()
+        argv = " ".join(process.cmdline()).split()  # a forked service's title is one string (see forkserver)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "?"
     if "-m" in argv[:-1]:

@@ -1,4 +1,5 @@
-"""`convox rack start`: the gateway and the five services as separate OS processes, supervised.
+"""`convox rack start`: the gateway and the five services as separate OS processes, supervised (forked by
+:mod:`services.forkserver`, see :mod:`services.forkpool`).
 
 Each child is named by its command line (``python -m services.apps --socket ...``), gets the per-start
 secret through its environment (never its command line), has its output prefixed with its name and kept
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -26,6 +26,7 @@ from typing import TextIO
 
 import httpx
 
+from services.forkpool import ForkedProcess, ForkPool, ForkServerError
 from shared.logfmt import format_line
 from shared.tls import pinned_context
 from shared.topology import INTERNAL_HEADER, SERVICES
@@ -49,9 +50,14 @@ READY_SECONDS = 90.0
 machine take tens of seconds)."""
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def preloaded(provider: str) -> list[str]:
+    """What the fork server imports before it forks the services: what they all import, the provider the
+    rack runs on (only that one: an aws rack's libraries stay out of a local rack), and the services'
+    own packages (each is imported by one service only, but forked, its pages count once anyway)."""
+    modules = ["shared.serve", "shared.service"]
+    if provider in ("local", "aws"):
+        modules.append(f"shared.provider.{provider}")
+    return [*modules, *(f"services.{name}" for name in SERVICES), "services.gateway"]
 
 
 def check_password(password: str, origin: str) -> str:
@@ -156,7 +162,7 @@ class Child:
     name: str
     argv: list[str]
     socket: Path | None
-    process: asyncio.subprocess.Process | None = None
+    process: ForkedProcess | None = None
     started: float = 0.0
     restarts: int = 0
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
@@ -181,6 +187,7 @@ class Supervisor:
         self.rack = rack
         self.secret = secrets.token_hex(32)
         self.stopping = asyncio.Event()
+        self._writing = asyncio.Lock()
         self.tls = tls
         self.lines: asyncio.Queue[str | None] = asyncio.Queue(maxsize=10_000)
         self.console: queue.Queue[str] = queue.Queue(maxsize=10_000)
@@ -201,6 +208,12 @@ class Supervisor:
         if tls is not None:
             gateway += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
         self.children.append(Child("gateway", gateway, None))
+        self.pool = ForkPool(
+            preloaded(os.environ.get("RACK_PROVIDER", "local")),
+            self.environment,
+            lambda line: self.emit("forkserver", line[:MAX_LINE].decode("utf-8", "backslashreplace")),
+            str(data_dir),
+        )
 
     @property
     def url(self) -> str:
@@ -271,27 +284,24 @@ class Supervisor:
         return env
 
     async def spawn(self, child: Child) -> None:
-        child.process = await asyncio.create_subprocess_exec(
-            *child.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=self.environment(),
-            preexec_fn=_die_with_parent,
-        )
+        """Start ``child`` as a fork of the fork server (:mod:`services.forkserver`); RuntimeError if it
+        cannot be (the watcher tries again)."""
+        try:
+            child.process = await self.pool.spawn(child.argv, self.environment())
+        except (ForkServerError, OSError) as exc:
+            raise RuntimeError(f"{child.name} could not be started: {exc}") from None
         child.started = time.time()
-        child.pumps = [asyncio.create_task(self.pump(child, child.process))]
+        child.pumps = [asyncio.create_task(self.pump(child, child.process.stdout))]
         self.note("start", service=child.name, pid=child.process.pid)
         await self.write_processes()
 
-    async def pump(self, child: Child, process: asyncio.subprocess.Process) -> None:
+    async def pump(self, child: Child, stdout: asyncio.StreamReader) -> None:
         """The child's output, line by line, into the rack's log. A line over :data:`MAX_LINE` is cut (the
         rest dropped up to its newline) so that no line, however long, stops the reading: a child whose
         output is not read blocks on its own log."""
-        assert process.stdout is not None
         buffer = b""
         cutting = False
-        while chunk := await process.stdout.read(1 << 16):
+        while chunk := await stdout.read(1 << 16):
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
@@ -322,7 +332,8 @@ class Supervisor:
             0, {"name": "supervisor", "pid": os.getpid(), "started": self.began, "command": "convox rack start"}
         )
         path = self.run_dir / "processes.json"
-        await asyncio.to_thread(self._replace, path, json.dumps(entries))
+        async with self._writing:  # several services may die at once (the fork server did): one at a time
+            await asyncio.to_thread(self._replace, path, json.dumps(entries))
 
     @staticmethod
     def _replace(path: Path, text: str) -> None:
@@ -370,7 +381,11 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
                 return
-            await self.spawn(child)
+            try:
+                await self.spawn(child)
+            except RuntimeError as exc:  # the fork server could not start it: the next turn tries again
+                self.note("failed", service=child.name, message=str(exc))
+                continue
             self.note("restart", service=child.name, pid=child.process.pid, attempt=child.restarts)
             with contextlib.suppress(RuntimeError):  # it died again at start: the next turn restarts it
                 await self.ready(child)
@@ -423,6 +438,7 @@ class Supervisor:
             for task in watchers:
                 task.cancel()
             await self.stop_children()
+            await self.pool.close()
             with contextlib.suppress(FileNotFoundError):
                 (self.run_dir / "processes.json").unlink()
             await self.lines.put(None)  # the writer's last batch

@@ -24,10 +24,11 @@ EXPECTED = {"gateway", "apps", "processes", "logs", "builds", "provisioner"}
 def services_of(pid: int) -> dict[str, psutil.Process]:
     found = {}
     for child in psutil.Process(pid).children(recursive=True):
-        cmdline = child.cmdline()
+        cmdline = " ".join(child.cmdline()).split()  # a forked service's title is one string (see forkserver)
         if "-m" in cmdline:
             module = cmdline[cmdline.index("-m") + 1]
-            found[module.removeprefix("services.")] = child
+            if module != "services.forkserver":
+                found[module.removeprefix("services.")] = child
     return found
 
 
@@ -234,8 +235,9 @@ async def test_a_child_line_over_64_kib_is_cut_and_the_child_keeps_running(tmp_p
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", program, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
-    child = Child("apps", [], None, process)
-    await asyncio.wait_for(supervisor.pump(child, process), 30)
+    child = Child("apps", [], None)
+    assert process.stdout is not None
+    await asyncio.wait_for(supervisor.pump(child, process.stdout), 30)
     assert await asyncio.wait_for(process.wait(), 30) == 0
     lines = []
     while not supervisor.lines.empty():
@@ -267,3 +269,47 @@ async def test_a_stdout_nobody_reads_never_blocks_the_supervisor(
     monkeypatch.undo()
     with contextlib.suppress(OSError):
         stuck.close()
+
+
+def test_services_are_forks_of_one_fork_server_and_share_its_pages(tmp_path: Path, docker_engine: str) -> None:
+    rack = start_rack(tmp_path / "data", RACK_NAME + "-sup-fork")
+    try:
+        services = services_of(rack.process.pid)
+        [server] = [
+            p
+            for p in psutil.Process(rack.process.pid).children()
+            if "services.forkserver" in " ".join(p.cmdline())
+        ]
+        assert {p.ppid() for p in services.values()} == {server.pid}
+        for process in services.values():  # each counts far less of its own than it maps: the rest is shared
+            memory = process.memory_full_info()
+            assert memory.uss < 0.75 * memory.rss, (process.cmdline(), memory)
+    finally:
+        stop_rack(rack)
+
+
+def test_a_killed_fork_server_is_started_again_with_every_service(tmp_path: Path, docker_engine: str) -> None:
+    rack = start_rack(tmp_path / "data", RACK_NAME + "-sup-fork2")
+    auth = ("x", rack.password)
+    try:
+        before = {name: p.pid for name, p in services_of(rack.process.pid).items()}
+        [server] = [
+            p
+            for p in psutil.Process(rack.process.pid).children()
+            if "services.forkserver" in " ".join(p.cmdline())
+        ]
+        server.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:  # every service again, each a new process, and the rack answering
+            after = {name: p.pid for name, p in services_of(rack.process.pid).items()}
+            answered = 0
+            with contextlib.suppress(httpx.HTTPError):
+                answered = httpx.get(f"{rack.url}/apps", verify=rack.verify, auth=auth, timeout=2).status_code
+            if set(after) == EXPECTED and not set(after.values()) & set(before.values()) and answered == 200:
+                break
+            assert time.monotonic() < deadline, (before, after, answered)
+            time.sleep(0.1)
+        for pid in before.values():
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        stop_rack(rack)

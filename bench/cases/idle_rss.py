@@ -49,7 +49,7 @@ def measure(processes: list[psutil.Process]) -> dict[str, dict[str, float]]:
     """Each process's rss, uss and pss in bytes, by a name from its command line."""
     figures: dict[str, dict[str, float]] = {}
     for process in processes:
-        argv = process.cmdline()
+        argv = " ".join(process.cmdline()).split()  # a forked service's title is one string (see forkserver)
         name = argv[argv.index("-m") + 1] if "-m" in argv else " ".join(argv[:3])
         memory = process.memory_full_info()
         figures[name] = {"rss": memory.rss, "uss": memory.uss, "pss": memory.pss}

@@ -171,7 +171,15 @@ class State:
         db = await aiosqlite.connect(self.path, timeout=15)
         db.row_factory = aiosqlite.Row
         await db.execute("PRAGMA busy_timeout=15000")
-        await db.execute("PRAGMA journal_mode=WAL")
+        for attempt in range(150):  # SQLite skips the busy handler where waiting could deadlock: asked again
+            try:
+                await db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 149:
+                    await db.close()
+                    raise
+                await asyncio.sleep(0.1)
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.executescript(SCHEMA)
         for table, column, kind in ADDED_COLUMNS:
