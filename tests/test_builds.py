@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.provider.local.builds import RESTARTED
 from tests.conftest import RUN_ID, Cli, RunningRack, start_rack, stop_rack
 
 CONVOX_YML = """services:
@@ -266,7 +267,7 @@ def builds_service_pid(rack: RunningRack) -> int:
     return int(next((e["pid"] for e in entries if e["name"] == "builds"), 0))
 
 
-def test_a_build_cut_off_by_a_killed_builds_service_is_failed_after_restart(
+def test_a_build_cut_off_by_a_killed_builds_service_is_failed_by_the_owner(
     small_rack: RunningRack, busybox_image: str, tmp_path: Path
 ) -> None:
     assert api(small_rack, "POST", "/apps", json={"name": "cut"}).status_code == 201
@@ -283,7 +284,7 @@ def test_a_build_cut_off_by_a_killed_builds_service_is_failed_after_restart(
         stdout, stderr = cli.communicate(timeout=60)
     # the CLI following the build saw its stream cut, then the build's end: failed, exit 1
     assert cli.returncode == 1, stdout + stderr
-    assert stderr.strip().endswith("ERROR: build failed: rack restarted during the build"), stderr
+    assert stderr.strip().endswith(f"ERROR: build failed: {RESTARTED}"), stderr
     assert "started" in stdout
 
     def failed() -> dict[str, Any] | None:
@@ -295,10 +296,10 @@ def test_a_build_cut_off_by_a_killed_builds_service_is_failed_after_restart(
         return found if found.get("status") == "failed" else None
 
     record = wait_for(failed)
-    assert record["error"] == "rack restarted during the build"
+    assert record["error"] == RESTARTED
     assert record["release"] == ""
     assert record["ended"]
-    assert "Build failed: rack restarted during the build" in log.read_text()
+    assert f"Build failed: {RESTARTED}" in log.read_text()
     assert not (small_rack.data_dir / "builds" / build["id"]).exists()
     # the rack builds again after the restart
     ok = write_app(tmp_path / "ok", dockerfile="FROM rack-test/busybox:1\nRUN echo fine\n")
