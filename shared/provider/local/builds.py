@@ -401,16 +401,17 @@ class LocalBuilds:
         for row in rows:
             if row["runner"] not in gone:
                 continue
+            # the line first: a follower elsewhere reads the log once more when it sees the build ended
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(_append, self.log_path(row["id"]), f"\nBuild failed: {RESTARTED}\n")
             changed = await self.state.execute(
                 f"UPDATE builds SET status = 'failed', error = ?, release = '', ended = ?"
                 f" WHERE id = ? AND runner = ? AND ({UNFINISHED})",
                 (RESTARTED, _now(), row["id"], row["runner"]),
             )
-            if not changed:  # it ended meanwhile
+            if not changed:  # nothing else changes a row whose runner is dead: only another owner did it first
                 continue
             count += 1
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(_append, self.log_path(row["id"]), f"\nBuild failed: {RESTARTED}\n")
             await asyncio.to_thread(shutil.rmtree, self.work_dir(row["id"]), True)
             log.log("build.expire", app=row["app"], build=row["id"], state="failed", error=RESTARTED)
         return count
