@@ -12,14 +12,12 @@ from services.builds.settings import BuildsSettings
 from shared.archive import remove_tree
 from shared.config import RackSettings
 from shared.limits import Slots
-from shared.logfmt import Logger
 from shared.provider import Provider
 from shared.service import build_service
 
 NAME = "builds"
 ROUTERS = [router]
 TAGS = [{"name": "builds", "description": "Source uploads, image builds and their logs"}]
-log = Logger("builds")
 
 
 def create_app(

@@ -11,8 +11,10 @@ task definition), ``BUILD_TOKEN`` (a token for this build only; the rack keeps i
 what (``BUILD_PUSH``, ``BUILD_AUTH`` from ECR's GetAuthorizationToken): it reports its end with
 ``POST RACK_URL/apps/APP/builds/ID/report`` and ``X-Build-Token`` (:meth:`AwsBuilds.report`, then
 :meth:`AwsBuilds.finish`: the images it pushed to ECR, or its error), which makes the release. The rack
-password is never given to a builder. On moto no task runs: the no-engine tests play the builder
-(tests/aws/builder_double.py, tests/contract); tests/aws_engine runs the real builder image.
+password is never given to a builder. A builder task that stops without reporting fails its build: the
+owner of the background work runs :meth:`AwsBuilds.expire` (and :meth:`AwsBuilds.sweep` at its start). On
+moto no task runs: the no-engine tests play the builder (tests/aws/builder_double.py, tests/contract);
+tests/aws_engine runs the real builder image.
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ class AwsBuilds:
         self.own_certificate = own_certificate
         self.registry = registry
         """HOST[:PORT] builds push to instead of ECR's (``RACK_AWS_BUILD_REGISTRY``)."""
+        self._checked: set[str] = set()
+        """The stopped builder tasks :meth:`expire_once` has looked at (a stopped task does not change)."""
 
     async def _item(self, app: str, build: str) -> Item:
         await self.apps.item(app)
@@ -418,7 +422,8 @@ class AwsBuilds:
 
     async def expire_once(self) -> int:
         """Mark failed the running builds whose builder task ECS has stopped without a report, with its
-        ``stoppedReason`` and exit code as the error; returns how many."""
+        ``stoppedReason`` and exit code as the error; returns how many. Each stopped task is looked at once
+        (one read of its build's item), however often ECS lists it."""
         ecs = await self.clients.get("ecs")
         arns: list[str] = []
         kwargs: dict[str, Any] = {
@@ -433,12 +438,15 @@ class AwsBuilds:
             if not response.get("nextToken"):
                 break
             kwargs["nextToken"] = response["nextToken"]
+        self._checked &= set(arns)  # what ECS has forgotten is forgotten here too
+        new = [arn for arn in arns if arn not in self._checked]
         count = 0
-        for start in range(0, len(arns), 100):
-            for task in (await self._describe(arns[start : start + 100])).values():
+        for start in range(0, len(new), 100):
+            for task in (await self._describe(new[start : start + 100])).values():
                 build = next((t.get("value", "") for t in task.get("tags", []) if t.get("key") == "convox.build"), "")
                 if task.get("lastStatus") != "STOPPED" or not build:
                     continue
+                self._checked.add(str(task["taskArn"]))
                 try:
                     item = await self.state.get_item(self.state.builds_table, {"id": build}, "gone")
                 except NotFound:
