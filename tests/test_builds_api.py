@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from websockets.exceptions import InvalidStatus
 
 from services.builds import create_app
+from services.builds.resources import ProvisionerResources
 from services.builds.settings import BuildsSettings
 from shared import stream
 from shared.config import RackSettings
@@ -42,7 +43,6 @@ class FakeBuilds:
         self.builds: dict[str, Build] = {}
         self.sources: dict[str, list[str]] = {}
         self.manifests: dict[str, Manifest] = {}
-        self.recovered = 0
         self.resource_hook: object = None
 
     def link_resources(self, hook: object) -> None:
@@ -88,10 +88,6 @@ class FakeBuilds:
         await self.get(app, build_id)
         yield b"Step 1/2 : FROM rack-test/busybox:1\n"
         yield b"Step 2/2 : COPY . /app\n"
-
-    async def recover(self) -> int:
-        self.recovered += 1
-        return 0
 
 
 def listing(archive: bytes) -> list[str]:
@@ -357,12 +353,15 @@ async def test_the_log_socket_of_an_unknown_build_or_app_is_refused_with_404(ser
         assert b"no such" in (refused.value.response.body or b"")
 
 
-async def test_start_recovers_builds_and_clears_old_uploads(tmp_path: Path, provider: FakeBuildsProvider) -> None:
+async def test_start_links_the_resources_hook_and_clears_old_uploads(
+    tmp_path: Path, provider: FakeBuildsProvider
+) -> None:
     (tmp_path / "tmp" / "upload-0123456789abcdef").mkdir(parents=True)
     (tmp_path / "tmp" / "upload-0123456789abcdef.tgz").write_bytes(b"partial")
     app = service(tmp_path, provider)
+    assert provider.builds.resource_hook is None
     async with app.router.lifespan_context(app):
-        assert provider.builds.recovered == 1
+        assert isinstance(provider.builds.resource_hook, ProvisionerResources)
         assert leftovers(tmp_path) == []
 
 

@@ -4,8 +4,11 @@ prebuilt), build args and Dockerfiles in subdirectories, live log following, rec
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +23,9 @@ from shared.provider.local.builds import RESTARTED, LocalBuilds
 from shared.provider.local.images import image_name
 from tests.conftest import RACK_NAME
 from tests.sources import stored_source
+from tests.test_runners import HOLDER
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MANIFEST = """services:
   web:
@@ -158,21 +164,58 @@ async def test_builds_are_found_through_their_own_app_only(provider: LocalProvid
         )
 
 
-async def test_recover_fails_the_builds_a_dead_process_left_running(provider: LocalProvider, tmp_path: Path) -> None:
-    await provider.state.execute(
-        "INSERT INTO builds (id, app, status, created) VALUES ('BRUNNINGXXX', 'myapp', 'running', '2026-01-01')"
+async def test_the_owner_fails_the_unfinished_builds_whose_runner_died_and_only_those(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    runners = tmp_path / "data" / "runners"
+    holder = await asyncio.create_subprocess_exec(  # a builds service of its own: a process holding a runner
+        sys.executable,
+        "-c",
+        HOLDER,
+        str(runners),
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    await provider.state.execute(
-        "INSERT INTO builds (id, app, status, created) VALUES ('BCREATEDXXX', 'myapp', 'created', '2026-01-02')"
-    )
-    (tmp_path / "data" / "builds" / "BRUNNINGXXX" / "source").mkdir(parents=True)
-    assert await provider.builds.recover() == 2
-    for build in ("BRUNNINGXXX", "BCREATEDXXX"):
-        record = await provider.builds.get("myapp", build)
-        assert (record.status, record.error) == ("failed", RESTARTED)
-        assert record.ended is not None
-    assert not (tmp_path / "data" / "builds" / "BRUNNINGXXX").exists()
-    log = b"".join([c async for c in provider.builds.logs("myapp", "BRUNNINGXXX", follow=True)])
-    assert log.strip() == f"Build failed: {RESTARTED}".encode()
-    assert await provider.builds.recover() == 0
+    try:
+        assert holder.stdout is not None
+        theirs = (await holder.stdout.readline()).decode().strip()
+        ours = provider.runner.hold()
+        rows = [  # id, status, release, runner
+            ("BRUNNINGXXX", "running", "", theirs),  # a builds service that is alive, then killed
+            ("BOURSXXXXXX", "running", "", ours),  # this process's: alive
+            ("BCREATEDXXX", "created", "", ""),  # from before runners: dead
+            ("BNORELEASEX", "complete", "", "0123456789abcdef"),  # cut off before its release
+            ("BDONEXXXXXX", "complete", "RXXXXXXXXXX", "fedcba9876543210"),  # ended: left alone
+        ]
+        for build, status, release, runner in rows:
+            await provider.state.execute(
+                "INSERT INTO builds (id, app, status, release, runner, created) VALUES (?, 'myapp', ?, ?, ?, ?)",
+                (build, status, release, runner, "2026-01-01"),
+            )
+        (tmp_path / "data" / "builds" / "BRUNNINGXXX" / "source").mkdir(parents=True)
+        assert await provider.builds.expire_once() == 2
+        statuses = {b.id: b.status for b in await provider.builds.list("myapp")}
+        assert statuses == {
+            "BRUNNINGXXX": "running",
+            "BOURSXXXXXX": "running",
+            "BCREATEDXXX": "failed",
+            "BNORELEASEX": "failed",
+            "BDONEXXXXXX": "complete",
+        }
+        holder.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(holder.wait(), 10)
+        assert await provider.builds.expire_once() == 1
+        for build in ("BRUNNINGXXX", "BCREATEDXXX", "BNORELEASEX"):
+            record = await provider.builds.get("myapp", build)
+            assert (record.status, record.error, record.release) == ("failed", RESTARTED, "")
+            assert record.ended is not None
+        assert (await provider.builds.get("myapp", "BOURSXXXXXX")).status == "running"
+        assert not (tmp_path / "data" / "builds" / "BRUNNINGXXX").exists()
+        log = b"".join([c async for c in provider.builds.logs("myapp", "BRUNNINGXXX", follow=True)])
+        assert log.strip() == f"Build failed: {RESTARTED}".encode()
+        assert await provider.builds.expire_once() == 0
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
     shutil.rmtree(tmp_path / "data" / "builds", ignore_errors=True)

@@ -72,9 +72,6 @@ class CountedBuilds:
     async def running(self) -> int:
         return self.count
 
-    async def recover(self) -> int:
-        return 0
-
     def link_resources(self, hook: object) -> None:
         pass
 

@@ -12,14 +12,12 @@ from services.builds.settings import BuildsSettings
 from shared.archive import remove_tree
 from shared.config import RackSettings
 from shared.limits import Slots
-from shared.logfmt import Logger
 from shared.provider import Provider
 from shared.service import build_service
 
 NAME = "builds"
 ROUTERS = [router]
 TAGS = [{"name": "builds", "description": "Source uploads, image builds and their logs"}]
-log = Logger("builds")
 
 
 def create_app(
@@ -30,16 +28,15 @@ def create_app(
 ) -> FastAPI:
     settings = settings or RackSettings()
 
-    async def recover(opened: Provider) -> None:
-        """Builds run in this service only: at its start, any build still running was cut off by a restart."""
+    async def prepare(opened: Provider) -> None:
+        """Builds run in this service: at its start, the uploads a dead one left go and builds get their
+        resources hook. (A build a dead one left running is failed by the owner of the background work:
+        :meth:`shared.provider.contract.Provider.workers`.)"""
         uploads = settings.data_dir / UPLOADS
         if uploads.is_dir():
             for leftover in await asyncio.to_thread(lambda: list(uploads.glob("upload-*"))):
                 await asyncio.to_thread(remove_tree, leftover)
         opened.builds.link_resources(ProvisionerResources(settings, opened))
-        failed = await opened.builds.recover()
-        if failed:
-            log.log("build.recover", failed=failed)
 
     app = build_service(
         NAME,
@@ -48,7 +45,7 @@ def create_app(
         provider=provider,
         internal=internal,
         tags=TAGS,
-        startup=[recover],
+        startup=[prepare],
         raw_bodies=[UPLOAD_PATH],
     )
     app.state.builds_settings = limits = builds or BuildsSettings()

@@ -130,12 +130,9 @@ class BuildsAPI(Protocol):
         ...
 
     async def running(self) -> int:
-        """How many builds of the rack are running now (every app's)."""
-        ...
-
-    async def recover(self) -> int:
-        """Mark failed the builds a dead process left running (run where builds run, at its start: that
-        service's own recovery); returns how many."""
+        """How many builds of the rack are running now (every app's). A build whose runner died (the
+        service that ran it, or the builder task) is marked failed by :meth:`Provider.workers`, not left
+        running."""
         ...
 
 
@@ -422,7 +419,8 @@ class Provider(Protocol):
 
     async def workers(self, started: Callable[[], None] | None = None) -> None:
         """Run the rack's background work until cancelled: adoption after a restart, reconciliation of
-        formation, the roll-outs (those promoted from any service), timers. One service runs it (the apps
+        formation, the roll-outs (those promoted from any service), timers, and the failing of builds whose
+        runner died (the service that ran them locally, the builder task on AWS). One service runs it (the apps
         service: the owner), so a restart of that service restarts it. Every loop runs under one task group
         (:func:`shared.provider.workers.supervise`): a loop that fails is logged and started again with
         back-off, the others going on. ``started`` is called once every start step (adoption) has run."""

@@ -294,6 +294,6 @@ def test_a_builder_told_to_trust_another_certificate_refuses_to_build_or_report(
     assert "is not the rack this build trusts" in output and "not building, not reporting" in output
     assert "Building" not in output
     record = installed.build(ran.task.env["BUILD_ID"])
-    assert record["status"] == "running"  # no report reached the rack (its restart recovery fails it later)
+    assert record["status"] == "running"  # no report reached the rack (the owner fails it once ECS stops its task)
     build.kill()
     build.communicate(timeout=30)

@@ -10,6 +10,7 @@ import pytest
 from shared.errors import BadRequest, NotFound, PayloadTooLarge
 from shared.models import BuildOptions, Release
 from shared.provider import Provider
+from shared.provider.aws.builds import RESTARTED
 from shared.provider.aws.releases import AwsReleases, env_key
 from tests.conftest import RACK_NAME
 from tests.contract.aws_helpers import builds_of, in_moto, manifest, play_builder
@@ -115,18 +116,36 @@ async def test_a_build_runs_as_a_builder_task_and_its_report_makes_a_release(
         await aws_provider.builds.get("missing", done.id)
 
 
-async def test_a_build_whose_builder_is_gone_is_recovered_as_failed(aws_provider: Provider, tmp_path: Path) -> None:
+async def test_a_build_whose_builder_task_stopped_without_reporting_is_failed_by_the_owner(
+    aws_provider: Provider, tmp_path: Path
+) -> None:
+    builds = builds_of(aws_provider)
     await aws_provider.apps.create("orphan")
-    source = tmp_path / "src"
-    source.mkdir()
-    key = await stored_source(aws_provider.objects, "orphan", source)
-    build = await aws_provider.builds.create("orphan", key, manifest(), BuildOptions())
-    assert build.status == "running"
-    assert await aws_provider.builds.recover() == 0
-    tasks = await in_moto(
-        "ecs", "list_tasks", cluster=RACK_NAME, startedBy="convox.build.orphan", desiredStatus="RUNNING"
-    )
-    await in_moto("ecs", "stop_task", cluster=RACK_NAME, task=tasks["taskArns"][0], reason="test: the builder died")
-    assert await aws_provider.builds.recover() == 1
-    failed = await aws_provider.builds.get("orphan", build.id)
-    assert (failed.status, failed.error) == ("failed", "the builder stopped before the build ended")
+    started = []
+    for name in ("dies", "lives", "forgotten"):
+        source = tmp_path / name
+        source.mkdir()
+        key = await stored_source(aws_provider.objects, "orphan", source)
+        started.append(await aws_provider.builds.create("orphan", key, manifest(), BuildOptions(description=name)))
+    dies, lives, forgotten = started
+    assert [b.status for b in started] == ["running"] * 3
+    done = await play_builder(aws_provider, "orphan", tmp_path)  # reported: its task's stop changes nothing
+    assert await builds.expire_once() == 0
+    assert await builds.sweep() == 0
+    for build in (dies, done):
+        task = (await builds._item("orphan", build.id))["task"]
+        await in_moto("ecs", "stop_task", cluster=RACK_NAME, task=task, reason="test: the builder died")
+    assert await builds.expire_once() == 1
+    failed = await aws_provider.builds.get("orphan", dies.id)
+    assert failed.status == "failed" and failed.ended is not None
+    assert failed.error.startswith(RESTARTED) and "test: the builder died" in failed.error, failed.error
+    assert (await aws_provider.builds.get("orphan", lives.id)).status == "running"
+    assert (await aws_provider.builds.get("orphan", done.id)).status == "complete"
+    assert await builds.expire_once() == 0
+    # a task ECS no longer knows (it stopped while no owner ran): the sweep at the owner's start fails it
+    unknown = f"arn:aws:ecs:us-east-1:123456789012:task/{RACK_NAME}/{'f' * 32}"
+    await builds._set(forgotten.id, task=unknown)
+    assert await builds.sweep() == 1
+    gone = await aws_provider.builds.get("orphan", forgotten.id)
+    assert gone.status == "failed" and "no longer knows" in gone.error, gone.error
+    assert (await aws_provider.builds.get("orphan", lives.id)).status == "running"

@@ -11,8 +11,10 @@ task definition), ``BUILD_TOKEN`` (a token for this build only; the rack keeps i
 what (``BUILD_PUSH``, ``BUILD_AUTH`` from ECR's GetAuthorizationToken): it reports its end with
 ``POST RACK_URL/apps/APP/builds/ID/report`` and ``X-Build-Token`` (:meth:`AwsBuilds.report`, then
 :meth:`AwsBuilds.finish`: the images it pushed to ECR, or its error), which makes the release. The rack
-password is never given to a builder. On moto no task runs: the no-engine tests play the builder
-(tests/aws/builder_double.py, tests/contract); tests/aws_engine runs the real builder image.
+password is never given to a builder. A builder task that stops without reporting fails its build: the
+owner of the background work runs :meth:`AwsBuilds.expire` (and :meth:`AwsBuilds.sweep` at its start). On
+moto no task runs: the no-engine tests play the builder (tests/aws/builder_double.py, tests/contract);
+tests/aws_engine runs the real builder image.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +46,10 @@ from shared.provider.contract import ResourceHook
 log = Logger("builds")
 NO_BUILDER = "the rack has no builder image (rack parameter BuildImage, setting RACK_AWS_BUILD_IMAGE)"
 RESTARTED = "the builder stopped before the build ended"
+EXPIRE_INTERVAL = 10.0
+"""Seconds between the owner's looks at the builder tasks ECS has stopped (ECS's API calls are free)."""
+NO_TASK_SECONDS = 600.0
+"""A build still without a builder task this long after it was made never gets one (its start was cut off)."""
 NO_FARGATE = (
     "builds need EC2 container instances (the builder drives the instance's Docker Engine): LaunchType is FARGATE"
 )
@@ -115,6 +122,8 @@ class AwsBuilds:
         self.own_certificate = own_certificate
         self.registry = registry
         """HOST[:PORT] builds push to instead of ECR's (``RACK_AWS_BUILD_REGISTRY``)."""
+        self._checked: set[str] = set()
+        """The stopped builder tasks :meth:`expire_once` has looked at (a stopped task does not change)."""
 
     async def _item(self, app: str, build: str) -> Item:
         await self.apps.item(app)
@@ -384,20 +393,107 @@ class AwsBuilds:
                 count += 1
         return count
 
-    async def recover(self) -> int:
-        """Mark failed the builds whose builder task is gone (or that never got one); returns how many."""
-        ecs = await self.clients.get("ecs")
+    async def sweep(self) -> int:
+        """The owner's start step (:meth:`AwsProvider.workers`): mark failed every build still ``created`` or
+        ``running`` whose builder task is stopped or no longer known to ECS (it stopped while no owner ran:
+        ECS forgets a stopped task within an hour), or that never got one. Reads the whole builds table, so
+        it runs once; :meth:`expire` then follows the tasks ECS stops. Returns how many."""
         count = 0
         async for item in self.state.scan(self.state.builds_table):
             if item.get("status") not in {"created", "running"}:
                 continue
-            alive = False
-            if item.get("task"):
-                with translated("cannot describe the builder"):
-                    described = await ecs.describe_tasks(cluster=self.formation.cluster, tasks=[item["task"]])
-                tasks = described.get("tasks", [])
-                alive = any(t.get("lastStatus") not in {"STOPPED", "DEPROVISIONING"} for t in tasks)
-            if not alive:
-                await self._set(item["id"], status="failed", error=RESTARTED, ended=now_iso())
-                count += 1
+            if not item.get("task"):  # its RunTask may be under way: only one left long ago
+                created = parse_iso(item.get("created", ""))
+                if created is None or (datetime.now(UTC) - created).total_seconds() > NO_TASK_SECONDS:
+                    count += await self._expire(item["id"], "the build never got a builder task")
+                continue
+            described = await self._describe([item["task"]])
+            if (task := described.get(item["task"])) is None:
+                count += await self._expire(item["id"], f"{RESTARTED} (ECS no longer knows its task)")
+            elif task.get("lastStatus") == "STOPPED":
+                count += await self._expire(item["id"], stopped_error(task))
         return count
+
+    async def expire(self) -> None:
+        """The owner's loop: :meth:`expire_once` every :data:`EXPIRE_INTERVAL`."""
+        while True:
+            await self.expire_once()
+            await asyncio.sleep(EXPIRE_INTERVAL)
+
+    async def expire_once(self) -> int:
+        """Mark failed the running builds whose builder task ECS has stopped without a report, with its
+        ``stoppedReason`` and exit code as the error; returns how many. Each stopped task is looked at once
+        (one read of its build's item), however often ECS lists it."""
+        ecs = await self.clients.get("ecs")
+        arns: list[str] = []
+        kwargs: dict[str, Any] = {
+            "cluster": self.formation.cluster,
+            "family": f"{self.rack}-build",
+            "desiredStatus": "STOPPED",
+        }
+        while True:
+            with translated("cannot list the builder tasks"):
+                response = await ecs.list_tasks(**kwargs)
+            arns += response.get("taskArns", [])
+            if not response.get("nextToken"):
+                break
+            kwargs["nextToken"] = response["nextToken"]
+        self._checked &= set(arns)  # what ECS has forgotten is forgotten here too
+        new = [arn for arn in arns if arn not in self._checked]
+        count = 0
+        for start in range(0, len(new), 100):
+            for task in (await self._describe(new[start : start + 100])).values():
+                build = next((t.get("value", "") for t in task.get("tags", []) if t.get("key") == "convox.build"), "")
+                if task.get("lastStatus") != "STOPPED" or not build:
+                    continue
+                self._checked.add(str(task["taskArn"]))
+                try:
+                    item = await self.state.get_item(self.state.builds_table, {"id": build}, "gone")
+                except NotFound:
+                    continue
+                if item.get("status") in {"created", "running"} and item.get("task") == task.get("taskArn"):
+                    count += await self._expire(build, stopped_error(task))
+        return count
+
+    async def _describe(self, arns: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The builder tasks ``arns`` that ECS knows, by ARN (with their tags)."""
+        ecs = await self.clients.get("ecs")
+        with translated("cannot describe the builder tasks"):
+            described = await ecs.describe_tasks(cluster=self.formation.cluster, tasks=[*arns], include=["TAGS"])
+        return {str(t["taskArn"]): t for t in described.get("tasks", [])}
+
+    async def _expire(self, build: str, error: str) -> int:
+        """Fail ``build`` if it is still unfinished (a report that came meanwhile wins); 1 if it was."""
+        db = await self.state.dynamodb()
+        try:
+            await db.update_item(
+                TableName=self.state.builds_table,
+                Key=to_item({"id": build}),
+                UpdateExpression="SET #status = :failed, #error = :error, #ended = :ended",
+                ConditionExpression="#status IN (:created, :running)",
+                ExpressionAttributeNames={"#status": "status", "#error": "error", "#ended": "ended"},
+                ExpressionAttributeValues=to_item(
+                    {
+                        ":failed": "failed",
+                        ":error": error,
+                        ":ended": now_iso(),
+                        ":created": "created",
+                        ":running": "running",
+                    }
+                ),
+            )
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return 0
+            with translated(f"cannot fail build {build}"):
+                raise
+        log.log("build.expire", build=build, state="failed", error=error)
+        return 1
+
+
+def stopped_error(task: dict[str, Any]) -> str:
+    """Why a builder task that never reported stopped: ECS's ``stoppedReason`` and the container's exit code."""
+    reason = str(task.get("stoppedReason") or "no reason given")
+    codes = [c.get("exitCode") for c in task.get("containers", []) if c.get("exitCode") is not None]
+    code = f", exit code {codes[0]}" if codes else ""
+    return f"{RESTARTED} ({reason}{code})"

@@ -122,10 +122,18 @@ class AwsProvider:
 
     async def workers(self, started: Callable[[], None] | None = None) -> None:
         """The rack's background work (:meth:`shared.provider.contract.Provider.workers`): a promote cut short
-        found at the start, the timers' scheduler, the reaper of one-off time limits. ECS keeps the counts and
-        rolls releases out itself."""
-        loops = [Loop("formation.adopt", start=self.formation.adopt), *self.timers.loops(), *self.processes.loops()]
+        found at the start, the timers' scheduler, the reaper of one-off time limits, the failing of builds
+        whose builder task stopped without reporting. ECS keeps the counts and rolls releases out itself."""
+        loops = [
+            Loop("formation.adopt", start=self.formation.adopt),
+            *self.timers.loops(),
+            *self.processes.loops(),
+            Loop("builds.expire", self.builds.expire, start=self._sweep_builds),
+        ]
         await supervise(loops, started)
+
+    async def _sweep_builds(self) -> None:
+        await self.builds.sweep()
 
     async def __aenter__(self) -> Self:
         if self.aws.bootstrap:

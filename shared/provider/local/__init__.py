@@ -72,7 +72,14 @@ class LocalProvider:
         self.objects = LocalObjects(self.apps, settings.data_dir)
         self.apps.after_delete.append(self.objects.forget)
         self.builds = LocalBuilds(
-            self.state, self.docker, self.apps, self.releases, settings.name, settings.data_dir, self.objects
+            self.state,
+            self.docker,
+            self.apps,
+            self.releases,
+            settings.name,
+            settings.data_dir,
+            self.objects,
+            self.runner,
         )
         self.apps.after_delete.append(self.builds.forget_app)
         self.apps.after_delete.append(self.formation.volumes.forget)
@@ -81,12 +88,14 @@ class LocalProvider:
 
     async def workers(self, started: Callable[[], None] | None = None) -> None:
         """The rack's background work (see :meth:`shared.provider.contract.Provider.workers`): formation's
-        adoption, reconciliation and balancers, the roll-outs asked from other services, the timers."""
+        adoption, reconciliation and balancers, the roll-outs asked from other services, the timers, the
+        failing of builds whose builds service died."""
         self.promotions.owner = True
         loops = [
             *self.formation.loops(),
             Loop("promotions", self.promotions.serve, start=self.promotions.recover),
             *self.timers.loops(),
+            Loop("builds.expire", self.builds.expire),
         ]
         try:
             await supervise(loops, started)

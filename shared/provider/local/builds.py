@@ -3,8 +3,10 @@
 A build runs in a background task of the process that created it (the builds service): status ``created``
 then ``running``, then ``complete`` with a release, or ``failed`` with an error and no release. Its output
 goes to ``DATA/builds/ID.log`` as it comes; followers in the same process are woken on every write, and
-followers elsewhere poll the file. A build that was running when its process died is marked failed by
-:meth:`LocalBuilds.recover`, which the builds service calls at start.
+followers elsewhere poll the file. The process that runs builds holds its runner lock
+(:class:`shared.provider.local.runners.Runner`) and records its token in each build's row (``runner``); the
+owner of the background work (:meth:`LocalProvider.workers`, loop ``builds.expire``) marks failed, within
+:data:`EXPIRE_INTERVAL`, every unfinished build whose runner died (``kill -9`` included).
 """
 
 from __future__ import annotations
@@ -32,15 +34,22 @@ from shared.provider.contract import AppsAPI, ReleasesAPI, ResourceHook
 from shared.provider.local.docker import Docker
 from shared.provider.local.images import image_name
 from shared.provider.local.objects import LocalObjects
+from shared.provider.local.runners import Runner, dead
 from shared.provider.local.state import State
 
 log = Logger("builds")
 READ_CHUNK = 64 * 1024
 POLL_INTERVAL = 0.5
-RESTARTED = "rack restarted during the build"
+EXPIRE_INTERVAL = 0.5
+"""Seconds between the owner's looks for builds whose runner died."""
+RESTARTED = "the builds service stopped while it ran (restarted)"
 STOPPED = "rack stopped during the build"
 MAX_MEMBERS = 10_000_000
 """A bound on the members of a source extracted here (the builds service's own cap is tighter)."""
+
+
+UNFINISHED = "status IN ('created', 'running') OR (status = 'complete' AND release = '')"
+"""The builds that have not ended (the partial index ``builds_unfinished`` covers exactly these)."""
 
 
 def _time(value: str | None) -> datetime | None:
@@ -149,8 +158,12 @@ class LocalBuilds:
         rack: str,
         data_dir: Path,
         objects: LocalObjects | None = None,
+        runner: Runner | None = None,
     ) -> None:
         self.state = state
+        self.runner = runner or Runner(data_dir / "runners")
+        """Held while this process runs builds: its token is in their rows, for the owner to fail them if
+        this process dies."""
         self.objects = objects or LocalObjects(apps, data_dir)
         self.docker = docker
         self.apps = apps
@@ -204,11 +217,12 @@ class LocalBuilds:
         build = build_id()
         work = self.work_dir(build)
         try:
+            token = await asyncio.to_thread(self.runner.hold)
             await asyncio.to_thread(work.mkdir, parents=True, mode=0o700)
             await self.state.execute(
-                "INSERT INTO builds (id, app, status, description, manifest, created)"
-                " VALUES (?, ?, 'created', ?, ?, ?)",
-                (build, app, options.description, manifest.model_dump_json(), _now()),
+                "INSERT INTO builds (id, app, status, description, manifest, created, runner)"
+                " VALUES (?, ?, 'created', ?, ?, ?, ?)",
+                (build, app, options.description, manifest.model_dump_json(), _now(), token),
             )
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, work, True)
@@ -371,23 +385,36 @@ class LocalBuilds:
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
-    async def recover(self) -> int:
-        """Mark failed every build a process that died left unfinished (``created``, ``running``, or complete
-        but cut off before its release was made); returns how many. Only the process that runs builds calls
-        this, at its start."""
-        rows = await self.state.fetch_all(
-            "SELECT id, app FROM builds"
-            " WHERE status IN ('created', 'running') OR (status = 'complete' AND release = '')"
-        )
+    async def expire(self) -> None:
+        """The owner's loop (:meth:`LocalProvider.workers`): :meth:`expire_once` every :data:`EXPIRE_INTERVAL`."""
+        while True:
+            await self.expire_once()
+            await asyncio.sleep(EXPIRE_INTERVAL)
+
+    async def expire_once(self) -> int:
+        """Mark failed every unfinished build (``created``, ``running``, or complete but cut off before its
+        release was made) whose runner no live process holds, a row from before runners (none) included: its
+        error goes into its log as a failure there would, and its work directory goes. Returns how many."""
+        rows = await self.state.fetch_all(f"SELECT id, app, runner FROM builds WHERE {UNFINISHED}")
+        gone = await dead(self.runner.root, {row["runner"] for row in rows})
+        count = 0
         for row in rows:
-            if row["id"] in self._live:
+            if row["runner"] not in gone:
                 continue
-            await self._set(row["id"], status="failed", error=RESTARTED, ended=_now())
+            # the line first: a follower elsewhere reads the log once more when it sees the build ended
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(_append, self.log_path(row["id"]), f"\nBuild failed: {RESTARTED}\n")
+            changed = await self.state.execute(
+                f"UPDATE builds SET status = 'failed', error = ?, release = '', ended = ?"
+                f" WHERE id = ? AND runner = ? AND ({UNFINISHED})",
+                (RESTARTED, _now(), row["id"], row["runner"]),
+            )
+            if not changed:  # nothing else changes a row whose runner is dead: only another owner did it first
+                continue
+            count += 1
             await asyncio.to_thread(shutil.rmtree, self.work_dir(row["id"]), True)
-            log.log("build.recover", app=row["app"], build=row["id"], state="failed")
-        return len(rows)
+            log.log("build.expire", app=row["app"], build=row["id"], state="failed", error=RESTARTED)
+        return count
 
     async def forget_app(self, app: str) -> None:
         """A deleted app's builds leave nothing behind: their images and their logs go (the records go with

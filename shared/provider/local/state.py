@@ -121,9 +121,15 @@ CREATE TABLE IF NOT EXISTS log_sources (
     updated TEXT NOT NULL
 );
 """
+INDEXES = """
+CREATE INDEX IF NOT EXISTS builds_unfinished ON builds (runner)
+    WHERE status IN ('created', 'running') OR (status = 'complete' AND release = '');
+"""
+"""Indexes over added columns: made once the columns are there."""
 ADDED_COLUMNS = (
     ("formation", "balancer_scheme", "TEXT NOT NULL DEFAULT ''"),
     ("resources", "message", "TEXT NOT NULL DEFAULT ''"),
+    ("builds", "runner", "TEXT NOT NULL DEFAULT ''"),
 )
 """Columns added since a table was first made: a data dir from before gets them at open."""
 
@@ -191,6 +197,7 @@ class State:
                 except sqlite3.OperationalError as exc:  # another service of the rack added it meanwhile
                     if "duplicate column" not in str(exc):
                         raise
+        await db.executescript(INDEXES)
         await db.commit()
         self._db = db
         await asyncio.to_thread(_private, self.path)
