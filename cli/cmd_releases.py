@@ -25,8 +25,8 @@ AppOption = Annotated[
 ]
 UNAVAILABLE_FOR = 60.0
 """How long a roll-out is waited for through a rack that does not answer (see :func:`wait_for_rollout`)."""
-EAGER_FOR = 3.0
-"""Seconds of polls 50 ms apart at the start of a roll-out's wait (then they back off to 250 ms)."""
+SETTLED_FOR = 10.0
+"""Seconds each ask of a roll-out's wait lets the rack hold the answer until the roll-out ends."""
 PromoteOption = Annotated[bool, typer.Option("--promote", help="Promote the new release at once.")]
 
 
@@ -35,19 +35,20 @@ def client() -> Client:
 
 
 def wait_for_rollout(c: Client, app: str, release: str, within: float = 600) -> None:
-    """Poll the app until the roll-out of ``release`` is done; a failed one is an error. Polls come every 50 ms
-    for the first :data:`EAGER_FOR` seconds (a small app rolls out in well under a second: a poll 250 ms
-    apart would add up to that to every deploy), then less often, up to every 250 ms. A rack that does
-    not answer for a moment (its gateway or apps service restarting) is asked again, for up to
+    """Wait until the roll-out of ``release`` is done; a failed one is an error. Each ask lets the rack answer
+    once no roll-out of the app is in progress (``GET /apps/APP?settled=``, for up to :data:`SETTLED_FOR`
+    seconds), so the CLI hears of the end when it happens instead of at its next poll. A rack that does not
+    answer for a moment (its gateway or apps service restarting) is asked again, for up to
     :data:`UNAVAILABLE_FOR` seconds in a row: the roll-out goes on (or is failed cleanly) meanwhile, and what
     the CLI says is what the app runs."""
     deadline = time.monotonic() + within
-    eager_until = time.monotonic() + EAGER_FOR
     pause = 0.05
     unavailable: float | None = None
     while time.monotonic() < deadline:
+        asked = time.monotonic()
+        wait = max(0.0, min(SETTLED_FOR, deadline - asked))
         try:
-            data = c.get(f"/apps/{app}", App)
+            data = c.get(f"/apps/{app}", App, params={"settled": f"{wait:.3f}"})
         except RackUnavailable:
             unavailable = unavailable or time.monotonic()
             if time.monotonic() - unavailable > UNAVAILABLE_FOR:
@@ -64,9 +65,8 @@ def wait_for_rollout(c: Client, app: str, release: str, within: float = 600) -> 
                 f"release {release} failed to roll out{why}; {data['release'] or 'nothing'} is still serving "
                 f"(see `convox logs --app {app}`)"
             )
-        time.sleep(pause)
-        if time.monotonic() > eager_until:
-            pause = min(pause * 1.5, 0.25)
+        if time.monotonic() - asked < 0.05:  # settled at once yet not this release's end (or a rack that
+            time.sleep(0.05)  # does not wait): ask again soon, not in a tight loop
     raise CliError(f"release {release} is still rolling out after {within:.0f}s")
 
 

@@ -228,6 +228,26 @@ class Matcher:
         return False
 
 
+def leaves_out(root: Path, matcher: Matcher | None = None) -> bool:
+    """Whether ``matcher`` (``root/.dockerignore`` by default) excludes any path under ``root``, looking until
+    the first one. When nothing is excluded, :func:`walk` lists every path whatever ``keep`` says."""
+    matcher = matcher if matcher is not None else Matcher.for_directory(root)
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        try:
+            entries = list(os.scandir(root / relative if relative else root))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            path = f"{relative}/{entry.name}" if relative else entry.name
+            if matcher.excluded(path):
+                return True
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(path)
+    return False
+
+
 def walk(root: Path, matcher: Matcher | None = None, keep: Iterable[str] = ()) -> Iterator[str]:
     """The relative paths under ``root`` that a build context holds, parents before children, sorted.
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 from cli.cmd_builds import always_sent, elapsed, pack_source, speed_column
 from cli.config import Rack
 from cli.stream import socket_url
+from shared.dockerignore import Matcher, leaves_out
 from shared.protocol import Build
 
 MANIFEST = """services:
@@ -50,6 +53,40 @@ def test_an_ignored_manifest_and_dockerfile_still_go_up(tmp_path: Path) -> None:
     with tarfile.open(archive) as tar:
         names = sorted(tar.getnames())
     assert names == [".dockerignore", "Dockerfile", "api/docker/Dockerfile.api", "api/main.py", "convox.yml"]
+
+
+def test_leaves_out_says_whether_a_dockerignore_excludes_any_path_of_the_tree(tmp_path: Path) -> None:
+    (tmp_path / "src" / "deep").mkdir(parents=True)
+    (tmp_path / "src" / "deep" / "trace.log").write_text("x\n")
+    (tmp_path / "src" / "main.py").write_text("print()\n")
+    assert not leaves_out(tmp_path)  # no .dockerignore
+    assert not leaves_out(tmp_path, Matcher(["secret.txt", "main.py"]))  # only the root's main.py, not src's
+    assert leaves_out(tmp_path, Matcher(["**/*.log"]))
+    assert not leaves_out(tmp_path, Matcher(["**/*.log", "!src/deep/trace.log"]))
+    (tmp_path / ".dockerignore").write_text("src/deep\n")
+    assert leaves_out(tmp_path)
+
+
+def test_a_dockerignore_that_leaves_nothing_out_sends_everything_without_parsing_the_manifest(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "app"
+    (source / "www").mkdir(parents=True)
+    (source / "convox.yml").write_text(MANIFEST)
+    (source / "Dockerfile").write_text("FROM scratch\n")
+    (source / "www" / "index.html").write_text("hi\n")
+    (source / ".dockerignore").write_text("secret.txt\n")  # no such file: nothing is left out
+    archive = tmp_path / "source.tgz"
+    script = (
+        "import sys; from pathlib import Path; from cli.cmd_builds import pack_source; "
+        f"pack_source(Path({str(source)!r}), Path({str(archive)!r}), ''); "
+        "print('shared.manifest' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr
+    with tarfile.open(archive) as tar:
+        names = sorted(tar.getnames())
+    assert names == [".dockerignore", "Dockerfile", "convox.yml", "www", "www/index.html"]
 
 
 def test_websocket_url_follows_the_scheme() -> None:

@@ -341,3 +341,24 @@ def test_bad_input_to_releases_environment_and_formation(
         assert set(response.json()) == {"error"}
     assert httpx.get(f"{base}/releases", auth=auth, verify=rack.verify).json() == releases_before
     assert httpx.get(f"{rack.url}/apps/nope-nope/formation", verify=rack.verify, auth=auth).status_code == 404
+
+
+def test_an_app_asked_with_settled_answers_once_its_roll_out_has_ended(cli: Cli, web_app: tuple[str, Path]) -> None:
+    """``GET /apps/APP?settled=S`` (what `convox deploy` waits with) holds its answer until the roll-out ends."""
+    import json
+
+    app, source = web_app
+    manifest = source / "convox.yml"  # web listens 2 s after it starts: its roll-out lasts that long at least
+    manifest.write_text(
+        manifest.read_text().replace("command: httpd -f -p 3000", "command: sh -c 'sleep 2; exec httpd -f -p 3000")
+        .replace("-h /www\n    port: 3000", "-h /www'\n    port: 3000", 1)
+    )
+    assert deploy(cli, app, source).returncode == 0
+    cli("env", "set", "GREETING=settled", "--app", app, check=True)  # a release, not promoted
+    releases = json.loads(cli("api", "get", f"/apps/{app}/releases", check=True).stdout)
+    newest = releases[0]["id"]
+    cli("api", "post", f"/apps/{app}/releases/{newest}/promote", check=True)
+    answer = json.loads(cli("api", "get", f"/apps/{app}?settled=30", check=True).stdout)
+    assert (answer["status"], answer["release"]) == ("running", newest), answer
+    bad = cli("api", "get", f"/apps/{app}?settled=31")
+    assert bad.returncode != 0 and "settled" in bad.stderr, bad.stderr

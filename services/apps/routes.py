@@ -41,8 +41,27 @@ async def app_create(body: AppCreate, provider: Provider = Depends(provider_of))
         return await provider.apps.create(body.name)
 
 
+MAX_SETTLED = 30.0
+"""Seconds a ``GET /apps/{app}?settled=`` may wait for a roll-out's end."""
+
+
 @router.get("/apps/{app}", name="app_get", tags=["apps"], summary="Show an app", responses={**BAD_INPUT, **NOT_FOUND})
-async def app_get(app: str = AppPath, provider: Provider = Depends(provider_of)) -> App:
+async def app_get(
+    app: str = AppPath,
+    settled: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_SETTLED,
+            description="Answer once no roll-out of the app is in progress, waiting at most this many seconds "
+            "(then the app as it is, still `updating`); 0, the default, answers at once. `convox deploy` waits "
+            "for its roll-out so, instead of polling.",
+        ),
+    ] = 0,
+    provider: Provider = Depends(provider_of),
+) -> App:
+    if settled > 0:
+        return await provider.releases.settled(app, settled)
     return await provider.apps.get(app)
 
 
