@@ -21,8 +21,9 @@ from shared.provider.local import LocalProvider
 from shared.provider.local.attached import AttachedRun
 from shared.provider.local.images import image_name
 from shared.provider.local.processes import LocalProcesses
-from shared.stream import ProcessStream, Terminal
+from shared.stream import Terminal
 from tests.conftest import RACK_NAME
+from tests.streams import drain, joined
 
 
 @pytest.fixture
@@ -63,14 +64,6 @@ async def sleeper(provider: LocalProvider, app: str, service: str = "web", **opt
         app, ProcessRunOptions(service=service, image="rack-test/busybox:1", command=["sleep", "3600"], **options)
     )
     return process.id
-
-
-async def drain(stream: ProcessStream) -> list[tuple[int, bytes]]:
-    return [(channel, bytes(data)) async for channel, data in stream.output()]
-
-
-def joined(messages: list[tuple[int, bytes]], channel: int) -> bytes:
-    return b"".join(data for ch, data in messages if ch == channel)
 
 
 async def until(check: object, within: float = 10.0) -> None:

@@ -17,9 +17,10 @@ from shared.provider.aws.certificate import engine_certificates
 from shared.provider.aws.processes import AttachedTask, AwsProcesses
 from shared.provider.engine.docker import Engine
 from shared.provider.engine.tls import client_context
-from shared.stream import ProcessStream, Terminal
+from shared.stream import Terminal
 from tests.aws_engine.conftest import EngineRack
 from tests.aws_engine.ecs_containers_double import docker
+from tests.streams import drain, joined
 
 IMAGE = "rack-test/busybox:1"
 
@@ -56,14 +57,6 @@ async def running(rack: EngineRack, app: str, command: list[str] | None = None) 
 
 def container_of(rack: EngineRack, pid: str) -> str:
     return next(c for arn, c in rack.agent.containers.items() if arn.replace("-", "").endswith(pid))
-
-
-async def drain(stream: ProcessStream) -> list[tuple[int, bytes]]:
-    return [(int(channel), bytes(data)) async for channel, data in stream.output()]  # a view lasts one turn
-
-
-def joined(messages: list[tuple[int, bytes]], channel: int) -> bytes:
-    return b"".join(data for ch, data in messages if ch == channel)
 
 
 async def test_exec_reaches_the_container_through_its_instance_engine_and_passes_exit_code_3(
