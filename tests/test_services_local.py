@@ -4,7 +4,6 @@ does with them (servers gone, work whose process died), and what a create leaves
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from shared.errors import NotFound
 from shared.provider.local import LocalProvider
 from shared.provider.local.runners import Runner
 from tests.conftest import RACK_NAME, ROOT
+from tests.contract.conftest import running_workers
 from tests.test_services import LOCAL_IMAGES, remove_services, require_images
 
 RACK = RACK_NAME + "-res"
@@ -57,20 +57,6 @@ async def running(provider: LocalProvider, name: str, within: float = 60) -> Non
     raise AssertionError(f"{name} is not running after {within}s")
 
 
-@contextlib.asynccontextmanager
-async def owner(provider: LocalProvider) -> AsyncIterator[None]:
-    """The owner of the background work, as the apps service runs it, for the block."""
-    started = asyncio.Event()
-    task = asyncio.create_task(provider.workers(started.set))
-    try:
-        await asyncio.wait_for(started.wait(), 60)
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 def cli(password: str) -> list[str]:
     return ["redis-cli", "--no-auth-warning", "-a", password]
 
@@ -82,7 +68,7 @@ async def test_the_owner_brings_back_a_missing_server_with_its_data(settings: Ra
         await running(provider, "cache")
         password = (await provider.resources.get("cache", reveal=True)).url.split(":")[2].split("@")[0]
         assert docker("exec", server("cache").strip(), *cli(password), "set", "kept", "yes").strip() == "OK"
-    async with LocalProvider(settings) as provider, owner(provider):  # the rack starts again, its owner runs
+    async with LocalProvider(settings) as provider, running_workers(provider):  # the rack starts again, its owner runs
         first = server("cache").strip()
         docker("rm", "-f", first)  # gone while the owner runs: back within a pass, with the volume's data
         assert (await provider.resources.get("cache")).status == "stopped"
@@ -92,7 +78,7 @@ async def test_the_owner_brings_back_a_missing_server_with_its_data(settings: Ra
         docker("stop", server("cache").strip())  # stopped by hand: left so while this owner runs...
         await provider.resources.reconcile()
         assert (await provider.resources.get("cache")).status == "stopped"
-    async with LocalProvider(settings) as provider, owner(provider):  # ...and started again at its next start
+    async with LocalProvider(settings) as provider, running_workers(provider):  # ...and started again at its next start
         await running(provider, "cache", within=30)
         await provider.resources.delete("cache")
         assert server("cache") == ""
@@ -167,7 +153,7 @@ async def test_a_creation_whose_process_is_killed_is_finished_by_the_owner(setti
             assert (await provider.resources.get("cache")).status == "creating"
             child.send_signal(signal.SIGKILL)  # mid-way, lock held: the kernel drops it
             await child.wait()
-            async with owner(provider):
+            async with running_workers(provider):
                 await running(provider, "cache", within=30)  # taken over and finished, not made again
             assert server("cache").strip() == container[:12]
             row = await provider.state.fetch_one("SELECT runner FROM resources WHERE name = 'cache'")
