@@ -31,8 +31,7 @@ def create_app(
     settings = settings or RackSettings()
 
     async def start(opened: Provider) -> None:
-        app.state.linker = Linker(opened)
-        await opened.resources.adopt()
+        app.state.linker = Linker(opened)  # what a dead provisioner left half done: the workers' owner takes it
 
     app = build_service(
         NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[start]

@@ -313,14 +313,16 @@ class ResourcesAPI(Protocol):
         """Start provisioning a service and return it at once, ``creating``; it is ``running`` once it
         accepts connections, or ``failed`` (with its ``message``) holding nothing but its record, which a
         create of the same name replaces (RDS takes minutes: nothing waits for it here). Bad input and a name
-        in use (not failed) raise at once."""
+        in use (not failed) raise at once. The work goes on in the calling process; should that process die,
+        :meth:`Provider.workers` finishes it or undoes it (never both at once with a caller still alive)."""
         ...
 
     async def get(self, name: str, reveal: bool = False) -> Resource: ...
     async def list(self, reveal: bool = False) -> list[Resource]: ...
 
     async def delete(self, name: str) -> None:
-        """Remove the service and its data; refused (Conflict) while an app is linked to it."""
+        """Remove the service and its data; refused (Conflict) while an app is linked to it. A deletion cut
+        short (the process died, or the provider failed half-way) is finished by :meth:`Provider.workers`."""
         ...
 
     async def link(self, name: str, app: str) -> Resource:
@@ -369,11 +371,6 @@ class ResourcesAPI(Protocol):
         itself (the client went away, a size cap) ends the tool without finishing the import."""
         ...
 
-    async def adopt(self) -> None:
-        """After a (re)start of the service that creates backing services (the provisioner, whose process
-        provisions them): finish or undo what was cut short, bring back missing servers."""
-        ...
-
 
 class ParamsAPI(Protocol):
     """The rack's parameters (`convox rack params`): known names, each with a default."""
@@ -419,11 +416,13 @@ class Provider(Protocol):
 
     async def workers(self, started: Callable[[], None] | None = None) -> None:
         """Run the rack's background work until cancelled: adoption after a restart, reconciliation of
-        formation, the roll-outs (those promoted from any service), timers, and the failing of builds whose
-        runner died (the service that ran them locally, the builder task on AWS). One service runs it (the apps
-        service: the owner), so a restart of that service restarts it. Every loop runs under one task group
-        (:func:`shared.provider.workers.supervise`): a loop that fails is logged and started again with
-        back-off, the others going on. ``started`` is called once every start step (adoption) has run."""
+        formation, the roll-outs (those promoted from any service), timers, the failing of builds whose
+        runner died (the service that ran them locally, the builder task on AWS), and the backing services'
+        work left by a process that died (:meth:`ResourcesAPI.create` and ``delete``) along with the servers
+        that went missing. One service runs it (the apps service: the owner), so a restart of that service
+        restarts it. Every loop runs under one task group (:func:`shared.provider.workers.supervise`): a loop
+        that fails is logged and started again with back-off, the others going on. ``started`` is called once
+        every start step (adoption) has run."""
         ...
 
     async def __aenter__(self) -> Self: ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from shared.provider.aws import install
 from shared.provider.aws.provider import AwsProvider
 from shared.provider.aws.resource_kinds import KINDS, cache_id
 from shared.provider.aws.resources import NO_DUMPS, AwsResources
-from shared.provider.aws.state import to_item
+from shared.provider.aws.state import from_item, to_item
 from tests.contract.aws_helpers import boto, in_moto, rack_network, use_rack_network
+from tests.contract.conftest import running_workers
 from tests.moto_server import MotoServer
 
 RACK = "convox"
@@ -248,34 +250,41 @@ async def test_without_the_racks_network_a_create_is_refused_and_makes_nothing(
     assert (await in_moto("cloudformation", "list_stacks"))["StackSummaries"] == []
 
 
-async def test_adopt_finishes_what_a_restart_cut_short(provider: AwsProvider, tmp_path: Path) -> None:
+async def test_the_owner_finishes_what_a_dead_process_cut_short(provider: AwsProvider, tmp_path: Path) -> None:
     await made(provider.resources, "redis", "cache")  # made, then "cut short" before it was recorded running
-    await made(provider.resources, "postgres", "gone")  # being deleted when the rack stopped
+    await made(provider.resources, "postgres", "gone")  # being deleted when its process died
+    await made(provider.resources, "memcached", "busy")  # being made by a process that lives (its lease renewed)
     db = boto("dynamodb")
-    for name, status in (("cache", "creating"), ("gone", "deleting")):
+    alive = time.time() + 600
+    for name, status, lease in (("cache", "creating", 0.0), ("gone", "deleting", 0.0), ("busy", "creating", alive)):
         db.update_item(
             TableName=f"{RACK}-resources",
             Key=to_item({"name": name}),
-            UpdateExpression="SET #s = :s REMOVE host",
+            UpdateExpression="SET #s = :s, lease = :l, runner = :r REMOVE host",
             ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues=to_item({":s": status}),
+            ExpressionAttributeValues=to_item({":s": status, ":l": lease, ":r": "0123456789abcdef"}),
         )
-    db.put_item(  # a postgres whose create died before its stack was made
+    db.put_item(  # a postgres whose create died before its stack was made (a record from before leases)
         TableName=f"{RACK}-resources",
         Item=to_item({"name": "never", "type": "postgres", "status": "creating", "stack": f"{RACK}-resource-never"}),
     )
-    async with AwsProvider(RackSettings(provider="aws", data_dir=tmp_path, name=RACK)) as restarted:
-        await restarted.resources.adopt()
+    async with (
+        AwsProvider(RackSettings(provider="aws", data_dir=tmp_path, name=RACK)) as restarted,
+        running_workers(restarted),
+    ):
 
         async def settled() -> bool:
             found = [(r.name, r.status) for r in await restarted.resources.list()]
-            return found == [("cache", "running"), ("never", "failed")]
+            return found == [("busy", "creating"), ("cache", "running"), ("never", "failed")]
 
         await eventually(settled)
         assert (await restarted.resources.get("cache")).url.startswith("rediss://:***@master.")
         never = await restarted.resources.get("never")  # failed, saying why, holding nothing
-        assert never.message == "postgres never was being created when the rack stopped"
+        assert never.message == "postgres never was being created when its process stopped"
         await restarted.resources.delete("never")
+        await restarted.resources.reconcile()  # the live one's work stays its own, pass after pass
+        busy = from_item(db.get_item(TableName=f"{RACK}-resources", Key=to_item({"name": "busy"}))["Item"])
+        assert (busy["status"], busy["runner"], busy["lease"]) == ("creating", "0123456789abcdef", alive)
     assert (await in_moto("rds", "describe_db_instances"))["DBInstances"] == []
     assert await secrets_stored() == ["resources/cache/credentials.json"]
 

@@ -123,12 +123,14 @@ class AwsProvider:
     async def workers(self, started: Callable[[], None] | None = None) -> None:
         """The rack's background work (:meth:`shared.provider.contract.Provider.workers`): a promote cut short
         found at the start, the timers' scheduler, the reaper of one-off time limits, the failing of builds
-        whose builder task stopped without reporting. ECS keeps the counts and rolls releases out itself."""
+        whose builder task stopped without reporting, the backing services' creations and deletions whose
+        process died. ECS keeps the counts and rolls releases out itself."""
         loops = [
             Loop("formation.adopt", start=self.formation.adopt),
             *self.timers.loops(),
             *self.processes.loops(),
             Loop("builds.expire", self.builds.expire, start=self._sweep_builds),
+            *self.resources.loops(),
         ]
         await supervise(loops, started)
 

@@ -26,9 +26,16 @@ call per API for a whole listing). On AWS one would also probe the endpoint over
 the local provider does; moto's endpoints do not listen (their names do not even resolve), so the status
 here comes from the APIs only (and a status reads ``missing`` when AWS no longer has the instance or cache).
 
-A create returns once the service is running (minutes on AWS). The work is shielded from the caller going
-away; if the rack stops meanwhile, the record stays ``creating`` and :meth:`AwsResources.adopt` waits for
-what AWS goes on making at the next start, or undoes it. A create that fails removes what it made.
+A create returns at once, ``creating``; the process asked goes on in the background (minutes on AWS). A
+create that fails removes what it made. **Who does the work**: the record names the process doing a create
+or a delete (``runner``, a token of its :class:`AwsResources`) and a ``lease`` (epoch seconds) that the
+process renews every third of ``RACK_AWS_RESOURCE_LEASE`` while it works. The owner of the background work
+(:meth:`AwsResources.loops`, run by :meth:`shared.provider.aws.provider.AwsProvider.workers`) scans the
+records every ``RACK_AWS_RESOURCE_POLL`` seconds: a creation or deletion whose lease lapsed (its process
+died, or handed the work over after a failure) is claimed by one conditional write (of two owners one wins;
+work whose lease is renewed is never touched) and finished from what AWS says: a creation waits for the
+stack or the cache AWS goes on making, and is undone when AWS has none or it failed; a deletion is done
+again. AWS keeps the servers themselves running: there is nothing to bring back.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterable, Coroutine
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Sequence
 from typing import Any, cast
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError
@@ -51,6 +59,7 @@ from shared.provider.aws.resource_kinds import KINDS, Kind, cache_id, kind_of, l
 from shared.provider.aws.settings import AwsProviderSettings
 from shared.provider.aws.state import Item, State, from_item, now_iso, to_item
 from shared.provider.aws.templates import resource_template
+from shared.provider.workers import Loop
 
 log = Logger("resources")
 HIDDEN = "***"
@@ -58,7 +67,7 @@ NO_DUMPS = (
     "export and import are not made by the rack on aws yet (they need a task in the rack's network running the "
     "service's dump tools); use pg_dump, mysqldump or redis-cli against the service's URL from such a task"
 )
-NAMES = {"#n": "name", "#s": "status", "#l": "links", "#d": "declared", "#g": "security"}
+NAMES = {"#n": "name", "#s": "status", "#l": "links", "#d": "declared", "#g": "security", "#r": "runner", "#e": "lease"}
 
 
 def made_rds(stack: dict[str, Any], instance: dict[str, Any]) -> Item:
@@ -78,6 +87,10 @@ class AwsResources:
         self.table = state.resources_table
         self.caches = Caches(clients, settings, rack)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.token = secrets.token_hex(8)
+        """This process's name in the records of the creations and deletions it runs (``runner``)."""
+        self.owned: set[str] = set()
+        """Services whose work this process's owner took over and is on: skipped by a pass."""
 
     # ---- names and records -----------------------------------------------------------------------
 
@@ -133,6 +146,7 @@ class AwsResources:
     async def _running(self, name: str, made: Item) -> None:
         """The create is done: the service is running at its endpoint (with what was made)."""
         names = {f"#{k}": k for k in made}
+        values = {":running": "running", ":creating": "creating", ":r": self.token, **{f":{k}": made[k] for k in made}}
         sets = ", ".join(f"#{k} = :{k}" for k in made)
         db = await self.state.dynamodb()
         with translated(f"service {name} was changed while it was being created"):
@@ -140,11 +154,9 @@ class AwsResources:
                 TableName=self.table,
                 Key=to_item({"name": name}),
                 UpdateExpression=f"SET #s = :running, {sets}",
-                ConditionExpression="#s = :creating",
-                ExpressionAttributeNames={"#s": "status", **names},
-                ExpressionAttributeValues=to_item(
-                    {":running": "running", ":creating": "creating", **{f":{k}": v for k, v in made.items()}}
-                ),
+                ConditionExpression="#s = :creating AND #r = :r",
+                ExpressionAttributeNames={"#s": "status", "#r": "runner", **names},
+                ExpressionAttributeValues=to_item(values),
             )
 
     async def _states(self, records: list[Item]) -> dict[str, str | None]:
@@ -211,6 +223,8 @@ class AwsResources:
             "created": now_iso(),
             "links": {},
             "declared": {},
+            "runner": self.token,
+            "lease": self._lease_end(),
         }
         if spec.service == "rds":
             record["stack"] = self.stack_name(name)
@@ -240,17 +254,16 @@ class AwsResources:
             return
         if not await self._update(
             name,
-            "SET #s = :deleting",
+            "SET #s = :deleting, #r = :r, #e = :e",
             "#s = :running AND size(#l) = :zero",
-            {":deleting": "deleting", ":running": "running", ":zero": 0},
+            {":deleting": "deleting", ":running": "running", ":zero": 0, ":r": self.token, ":e": self._lease_end()},
         ):
             record = await self._record(name)
             apps = sorted(dict(record.get("links") or {}))
             if apps:
                 raise Conflict(f"service {name} is linked to {', '.join(apps)}: unlink it first")
             raise Conflict(f"service {name} is {record['status']}")
-        with log.measure("resource.delete", resource=name, type=record["type"]):
-            await self._remove(record)
+        await self._finish_delete(record)
 
     async def link(self, name: str, app: str) -> Resource:
         record = await self._record(name)
@@ -353,14 +366,65 @@ class AwsResources:
         await self._record(name)
         raise BadRequest(NO_DUMPS)
 
-    async def adopt(self) -> None:
-        """After a restart: creates cut short are waited on again (what AWS is still making) or undone,
-        deletes cut short are finished."""
+    # ---- the owner's work (see the module) -----------------------------------------------------------
+
+    def loops(self) -> Sequence[Loop]:
+        """The backing services' part of :meth:`shared.provider.aws.provider.AwsProvider.workers`."""
+        return [Loop("resources.reconcile", self._reconcile_loop)]
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self.reconcile()
+            await asyncio.sleep(self.settings.resource_poll)
+
+    async def reconcile(self) -> None:
+        """One pass of the owner: take over the creations and deletions whose lease lapsed (one Scan)."""
         for record in await self._records():
-            if record["status"] == "creating":
-                self._spawn(self._resume(record))
-            elif record["status"] == "deleting":
-                self._spawn(self._finish_delete(record))
+            name, status = str(record["name"]), str(record["status"])
+            if status not in ("creating", "deleting") or name in self.owned or not await self._claim(record):
+                continue
+            log.log("resource.takeover", resource=name, status=status, runner=record.get("runner") or "none")
+            self.owned.add(name)
+            work = self._resume(record) if status == "creating" else self._finish_delete(record)
+            self._spawn(work).add_done_callback(lambda _, name=name: self.owned.discard(name))  # type: ignore[misc]
+
+    async def _claim(self, record: Item) -> bool:
+        """Make the work this process's, if its lease lapsed (and no other owner claimed it first)."""
+        now = time.time()
+        if float(record.get("lease") or 0) > now:
+            return False
+        return await self._update(
+            str(record["name"]),
+            "SET #r = :r, #e = :e",
+            "#s = :status AND (attribute_not_exists(#e) OR #e <= :now)",
+            {":r": self.token, ":e": self._lease_end(), ":status": record["status"], ":now": now},
+        )
+
+    def _lease_end(self) -> float:
+        return time.time() + self.settings.resource_lease
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, name: str) -> AsyncIterator[None]:
+        """This process's lease on the service's work, renewed while the block runs; handed over (lapsed at
+        once) when the block fails (its cleanup included), for the owner to take the work over."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.settings.resource_lease / 3)
+                with contextlib.suppress(RackError):  # tried again; the work goes on meanwhile
+                    await self._update(name, "SET #e = :e", "#r = :r", {":e": self._lease_end(), ":r": self.token})
+
+        renewing = asyncio.create_task(renew())
+        try:
+            yield
+        except Exception:
+            with contextlib.suppress(RackError):
+                await self._update(name, "SET #e = :e", "#r = :r", {":e": 0, ":r": self.token})
+            raise
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
 
     async def close(self) -> None:
         for task in list(self.tasks):
@@ -378,7 +442,7 @@ class AwsResources:
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         if not task.cancelled():
-            task.exception()  # retrieved: a create's caller may be gone, and adoption has no caller
+            task.exception()  # retrieved: a create's caller may be gone, and the owner's work has no caller
 
     async def _network(self) -> Network:
         """The rack's subnets and the security groups of its instances and tasks."""
@@ -401,25 +465,33 @@ class AwsResources:
 
     async def _provision(self, record: Item, network: Network) -> None:
         name, kind = str(record["name"]), KINDS[record["type"]]
-        try:
-            with log.measure("resource.create", resource=name, type=kind.name) as fields:
-                password = secrets.token_hex(24) if kind.secret else ""
-                if kind.secret:
-                    await self.state.put_secret_json(self.secret_key(name), {"password": password})
-                if kind.service == "rds":
-                    made = await self._make_rds(record, kind, network, password)
-                else:
-                    made = await self._make_cache(record, kind, network, password)
-                fields.update(host=made["host"])
-                await self._running(name, made)
-        except Exception as exc:  # (the rack stopping leaves it creating: adopt() waits for it at the next start)
-            await self._failed(record, exc)
+        async with self._leased(name):  # (this process dying meanwhile: its lease lapses, the owner takes over)
+            try:
+                await self._make(record, kind, network)
+            except Exception as exc:
+                await self._failed(record, exc)
+
+    async def _make(self, record: Item, kind: Kind, network: Network) -> None:
+        name = str(record["name"])
+        with log.measure("resource.create", resource=name, type=kind.name) as fields:
+            password = secrets.token_hex(24) if kind.secret else ""
+            if kind.secret:
+                await self.state.put_secret_json(self.secret_key(name), {"password": password})
+            if kind.service == "rds":
+                made = await self._make_rds(record, kind, network, password)
+            else:
+                made = await self._make_cache(record, kind, network, password)
+            fields.update(host=made["host"])
+            await self._running(name, made)
 
     async def _failed(self, record: Item, exc: Exception) -> None:
         """The service could not be made: what AWS made of it and its password go; its record stays,
         ``failed`` with why, until it is deleted or created again."""
         name = str(record["name"])
         message = exc.message if isinstance(exc, RackError) else f"{type(exc).__name__}: {exc}"
+        current = await self._current(name)
+        if current.get("status") != "creating" or current.get("runner") != self.token:
+            return  # another process took the work over (this one's lease lapsed): it ends it
         await self._remove(record, keep_record=True)
         await self._update(
             name, "SET #s = :failed, message = :message", "#s = :creating",
@@ -497,29 +569,35 @@ class AwsResources:
             found = await db.get_item(TableName=self.table, Key=to_item({"name": name}), ConsistentRead=True)
         return from_item(found["Item"]) if "Item" in found else {}
 
-    # ---- after a restart -------------------------------------------------------------------------
+    # ---- the owner's work on one service ------------------------------------------------------------
 
     async def _resume(self, record: Item) -> None:
+        """A creation whose process died: what AWS is making is waited on; none, or a failure, is undone."""
         name, kind = str(record["name"]), KINDS[record["type"]]
-        try:
-            with log.measure("resource.resume", resource=name, type=kind.name):
-                if kind.service == "rds":
-                    cfn = await self.clients.get("cloudformation")
-                    with translated(f"cannot read the stack of service {name}"):
-                        stack = await stacks.wait(cfn, record["stack"], poll=self.settings.resource_poll)
-                        if stack is None:
-                            raise RackError(f"{kind.name} {name} was being created when the rack stopped")
-                        resources = await cfn.describe_stack_resource(
-                            StackName=stack["StackId"], LogicalResourceId="Instance"
-                        )
-                    made = made_rds(stack, resources)
-                else:
-                    host, port = await self.caches.wait(kind.engine, str(record["cache"]), kind.port)
-                    made = {"host": host, "port": port}
-                await self._running(name, made)
-        except Exception as exc:
-            await self._failed(record, exc)
+        async with self._leased(name):
+            try:
+                with log.measure("resource.resume", resource=name, type=kind.name):
+                    await self._running(name, await self._made(record, kind))
+            except Exception as exc:
+                await self._failed(record, exc)
+
+    async def _made(self, record: Item, kind: Kind) -> Item:
+        """What AWS made (or goes on making) of the service, once it is done."""
+        name = str(record["name"])
+        if kind.service != "rds":
+            host, port = await self.caches.wait(kind.engine, str(record["cache"]), kind.port)
+            return {"host": host, "port": port}
+        cfn = await self.clients.get("cloudformation")
+        with translated(f"cannot read the stack of service {name}"):
+            stack = await stacks.wait(cfn, record["stack"], poll=self.settings.resource_poll)
+            if stack is None:
+                raise RackError(f"{kind.name} {name} was being created when its process stopped")
+            resources = await cfn.describe_stack_resource(StackName=stack["StackId"], LogicalResourceId="Instance")
+        return made_rds(stack, resources)
 
     async def _finish_delete(self, record: Item) -> None:
-        with log.measure("resource.delete", resource=record["name"], type=record["type"]):
-            await self._remove(record)
+        """A deletion, by the process asked or by the owner taking over one whose process died."""
+        name = str(record["name"])
+        async with self._leased(name):
+            with log.measure("resource.delete", resource=name, type=record["type"]):
+                await self._remove(record)

@@ -65,3 +65,9 @@ class AwsProviderSettings(BaseSettings):
     cache_node_type: str = Field("cache.t4g.micro", description="The ElastiCache node type of redis/memcached.")
     resource_poll: float = Field(10.0, gt=0, description="Seconds between status checks of a backing service.")
     resource_timeout: float = Field(3600.0, gt=0, description="Seconds a backing service may take to be ready.")
+    resource_lease: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a process's hold on a backing service's create or delete lasts unless renewed (it "
+        "renews it every third of that): the workers' owner takes over the work of a process that died then.",
+    )

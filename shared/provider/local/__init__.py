@@ -66,7 +66,7 @@ class LocalProvider:
         self.apps.on_delete.append(self.timers.forget)
         self.params = LocalParams(self.state)
         self.resources = LocalResources(
-            self.state, self.docker, self.apps, self.params, settings.name, self.formation.network
+            self.state, self.docker, self.apps, self.params, settings.name, self.formation.network, self.runner
         )
         self.apps.on_delete.append(self.resources.forget_app)
         self.objects = LocalObjects(self.apps, settings.data_dir)
@@ -89,13 +89,15 @@ class LocalProvider:
     async def workers(self, started: Callable[[], None] | None = None) -> None:
         """The rack's background work (see :meth:`shared.provider.contract.Provider.workers`): formation's
         adoption, reconciliation and balancers, the roll-outs asked from other services, the timers, the
-        failing of builds whose builds service died."""
+        failing of builds whose builds service died, and the backing services (work whose process died
+        finished or undone, missing servers brought back)."""
         self.promotions.owner = True
         loops = [
             *self.formation.loops(),
             Loop("promotions", self.promotions.serve, start=self.promotions.recover),
             *self.timers.loops(),
             Loop("builds.expire", self.builds.expire),
+            *self.resources.loops(),
         ]
         try:
             await supervise(loops, started)

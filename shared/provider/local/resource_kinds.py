@@ -1,6 +1,6 @@
 """The types of backing service on the local provider (postgres, mysql, mariadb, redis, memcached): each one's
 port, data directory, default image, credentials, URL, the official image's environment contract, and the
-check that its server answers its protocol's greeting over TCP."""
+check that its server answers its protocol's greeting over TCP; and a service's :class:`Record` (its row)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar
+
+import aiosqlite
 
 from shared.names import service_kind
 
@@ -198,6 +200,28 @@ class Memcached(Kind):
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (Postgres(), MySQL(), MariaDB(), Redis(), Memcached())}
 PARAM_DEFAULTS: dict[str, str] = {f"{name}_image": kind.default_image for name, kind in KINDS.items()}
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str
+    kind: Kind
+    status: str
+    image: str
+    creds: Credentials
+    message: str = ""
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> Record:
+        creds = Credentials(row["username"], row["password"], row["database"], row["root_password"])
+        return cls(row["name"], KINDS[row["type"]], row["status"], row["image"], creds, row["message"])
+
+    def scrub(self, text: str) -> str:
+        """``text`` without this service's passwords (docker's output can echo its environment)."""
+        for secret in (self.creds.password, self.creds.root_password):
+            if secret:
+                text = text.replace(secret, HIDDEN)
+        return text
 
 
 def kind_of(kind: str) -> Kind:

@@ -4,8 +4,8 @@ A service named NAME is one container on the rack's network (``convox-<rack>``, 
 where it answers at the host name NAME, a network alias (apps' process types resolve as ``TYPE.APP``, so a
 bare name never collides with them), on its type's standard port. Its data lives in the named volume
 ``<rack>-resource-<NAME>``; the container ``<rack>-resource-<NAME>`` is restarted by Docker
-(``unless-stopped``) and brought back by :meth:`LocalResources.adopt` when it is gone, so data survives a
-restart of the container, of the rack and of the engine. Container and volume carry the labels
+(``unless-stopped``) and brought back by the owner of the background work when it is gone (see below), so
+data survives a restart of the container, of the rack and of the engine. Container and volume carry the labels
 ``convox.rack`` and ``convox.resource``.
 
 Credentials are generated (192 random bits, hex so that they need no escaping in URLs or command lines) and
@@ -18,6 +18,17 @@ A service is ``creating`` (made in the background: ``create`` returns at once) u
 protocol's greeting over TCP (checked from the rack against the container's address), then ``running``; one
 that cannot be made is ``failed`` with its reason, holding no container and no volume, until it is deleted
 or created again. Nothing here logs a password or a URL that carries one.
+
+**Who does the work.** A create or a delete runs in the process that was asked (the provisioner, or the
+builds service for a manifest's resources), which records its runner token
+(:mod:`shared.provider.local.runners`) in the record's ``runner`` column. The owner of the background work
+(:meth:`LocalResources.loops`, run by :meth:`shared.provider.local.LocalProvider.workers`) looks every
+:data:`RECONCILE_SECONDS`: a creation or a deletion whose runner is dead (its process was killed, or it
+handed the work over after a failure) is claimed by one conditional write (so two owners never both take it,
+and work whose runner lives is never touched) and finished or undone: a creation whose server runs is waited
+on until it answers, one whose server does not is failed (nothing of it left); a deletion is done again. A
+running service whose container is gone gets it again (its volume keeps the data); at the owner's start, a
+server stopped by hand is started too. A pass costs one container listing and one read of the records.
 Dumps (export and import) are made by the service's own tools in its container:
 :mod:`shared.provider.local.dumps`.
 """
@@ -27,12 +38,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
-
-import aiosqlite
 
 from shared.errors import Conflict, NotFound, RackError
 from shared.logfmt import Logger
@@ -42,41 +50,32 @@ from shared.provider.local import dumps
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.docker import LABEL_RACK, Docker
 from shared.provider.local.params import LocalParams
-from shared.provider.local.resource_kinds import HIDDEN, KINDS, PROBE_TIMEOUT, Credentials, Kind, kind_of
+from shared.provider.local.resource_kinds import PROBE_TIMEOUT, Record, kind_of
+from shared.provider.local.runners import Runner, dead
 from shared.provider.local.state import State
+from shared.provider.workers import Loop
 
 log = Logger("resources")
 LABEL_RESOURCE = "convox.resource"
 LABEL_RESOURCE_TYPE = "convox.resource.type"
 READY_TIMEOUT = 180.0
 """How long a new server may take to accept connections (mysql's first start is the slowest)."""
-
-
-@dataclass(frozen=True)
-class Record:
-    name: str
-    kind: Kind
-    status: str
-    image: str
-    creds: Credentials
-    message: str = ""
-
-    @classmethod
-    def from_row(cls, row: aiosqlite.Row) -> Record:
-        creds = Credentials(row["username"], row["password"], row["database"], row["root_password"])
-        return cls(row["name"], KINDS[row["type"]], row["status"], row["image"], creds, row["message"])
-
-    def scrub(self, text: str) -> str:
-        """``text`` without this service's passwords (docker's output can echo its environment)."""
-        for secret in (self.creds.password, self.creds.root_password):
-            if secret:
-                text = text.replace(secret, HIDDEN)
-        return text
+RECONCILE_SECONDS = 3.0
+"""Between two passes of the owner over the backing services (work whose process died, servers gone)."""
+RESTORE_BACKOFF_SECONDS = 30.0
+"""Before a server that could not be brought back is tried again."""
 
 
 class LocalResources:
     def __init__(
-        self, state: State, docker: Docker, apps: LocalApps, params: LocalParams, rack: str, network: str
+        self,
+        state: State,
+        docker: Docker,
+        apps: LocalApps,
+        params: LocalParams,
+        rack: str,
+        network: str,
+        runner: Runner,
     ) -> None:
         self.state = state
         self.docker = docker
@@ -84,8 +83,14 @@ class LocalResources:
         self.params = params
         self.rack = rack
         self.network = network
+        self.runner = runner
+        """This process's liveness, recorded with the creations and deletions it runs."""
         self.tasks: set[asyncio.Task[None]] = set()
         self.importing: set[str] = set()
+        self.owned: set[str] = set()
+        """Services the owner's work of this process is on (taken over, being brought back): skipped by a pass."""
+        self.retry_at: dict[str, float] = {}
+        """When a server that could not be brought back is tried again (the loop's clock)."""
 
     # ---- names and records -----------------------------------------------------------------------
 
@@ -201,10 +206,10 @@ class LocalResources:
         record = Record(name, spec, "creating", image, spec.credentials())
         inserted = await self.state.execute(  # over a failed one of the name (it holds nothing): tried again
             "INSERT INTO resources (name, type, status, image, username, password, database, root_password, "
-            "created) VALUES (?, ?, 'creating', ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "created, runner) VALUES (?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
             "type = excluded.type, status = 'creating', image = excluded.image, username = excluded.username, "
             "password = excluded.password, database = excluded.database, root_password = excluded.root_password, "
-            "created = excluded.created, message = '' WHERE resources.status = 'failed'",
+            "created = excluded.created, message = '', runner = excluded.runner WHERE resources.status = 'failed'",
             (
                 name,
                 spec.name,
@@ -214,6 +219,7 @@ class LocalResources:
                 record.creds.database,
                 record.creds.root_password,
                 datetime.now(UTC).isoformat(),
+                self.runner.hold(),
             ),
         )
         if not inserted:
@@ -230,17 +236,21 @@ class LocalResources:
             log.log("resource.delete", resource=name, type=record.kind.name, state="failed")
             return
         changed = await self.state.execute(
-            "UPDATE resources SET status = 'deleting' WHERE name = ? AND status = 'running' "
+            "UPDATE resources SET status = 'deleting', runner = ? WHERE name = ? AND status = 'running' "
             "AND NOT EXISTS (SELECT 1 FROM links WHERE resource = ?)",
-            (name, name),
+            (self.runner.hold(), name, name),
         )
         if not changed:
             apps = (await self._links()).get(name, [])
             if apps:
                 raise Conflict(f"service {name} is linked to {', '.join(apps)}: unlink it first")
             raise Conflict(f"service {name} is {record.status}")
-        with log.measure("resource.delete", resource=name, type=record.kind.name):
-            await self._remove(record.name)
+        try:
+            with log.measure("resource.delete", resource=name, type=record.kind.name):
+                await self._remove(record.name)
+        except Exception:
+            await self._hand_over(name)  # the owner finishes it
+            raise
 
     async def link(self, name: str, app: str) -> Resource:
         record = await self._record(name)
@@ -337,19 +347,62 @@ class LocalResources:
                 raise Conflict(f"service {name} is {record.status}")
             await asyncio.sleep(0.5)
 
-    async def adopt(self) -> None:
-        rows = await self.state.fetch_all("SELECT * FROM resources ORDER BY name")
+    # ---- the owner's work (see the module) -----------------------------------------------------------
+
+    def loops(self) -> Sequence[Loop]:
+        """The backing services' part of :meth:`shared.provider.local.LocalProvider.workers`."""
+        return [Loop("resources.reconcile", self._reconcile_loop)]
+
+    async def _reconcile_loop(self) -> None:
+        await self.reconcile(start_stopped=True)  # the owner (re)starts: so do the servers stopped by hand
+        while True:
+            await asyncio.sleep(RECONCILE_SECONDS)
+            await self.reconcile()
+
+    async def reconcile(self, start_stopped: bool = False) -> None:
+        """One pass of the owner: take over the creations and deletions whose runner is dead, bring back the
+        missing servers of running services (and, with ``start_stopped``, start those that are stopped)."""
+        # the containers before the records: a service deleted meanwhile then reads deleting, never missing
         containers = await self._containers()
-        for record in map(Record.from_row, rows):
-            container = containers.get(record.name)
-            if record.status == "creating":  # its provisioner died: start over or give up, never half-made
-                self._spawn(self._resume(record, container))
-            elif record.status == "deleting":
-                self._spawn(self._finish_delete(record))
-            elif container is None:
-                self._spawn(self._restore(record))
-            elif container.get("State") in ("exited", "created"):
-                self._spawn(self._start(record, container["Id"]))
+        rows = await self.state.fetch_all("SELECT * FROM resources ORDER BY name")
+        working = {row["runner"] for row in rows if row["status"] in ("creating", "deleting")}
+        gone = await dead(self.runner.root, working)
+        now = asyncio.get_running_loop().time()
+        for row in rows:
+            record = Record.from_row(row)
+            name, container = record.name, containers.get(record.name)
+            if name in self.owned:
+                continue
+            if record.status in ("creating", "deleting"):
+                if row["runner"] in gone and await self._claim(name, record.status, row["runner"]):
+                    log.log("resource.takeover", resource=name, status=record.status, runner=row["runner"] or "none")
+                    creating = record.status == "creating"
+                    self._own(name, self._resume(record, container) if creating else self._finish_delete(record))
+            elif record.status == "running":
+                if container is None and self.retry_at.get(name, 0.0) <= now:
+                    self._own(name, self._restore(record))
+                elif container is not None and start_stopped and container.get("State") in ("exited", "created"):
+                    self._own(name, self._start(record, container["Id"]))
+
+    async def _claim(self, name: str, status: str, runner: str) -> bool:
+        """Make the work this process's, if it is still the dead runner's (one owner of two wins)."""
+        return bool(
+            await self.state.execute(
+                "UPDATE resources SET runner = ? WHERE name = ? AND status = ? AND runner = ?",
+                (self.runner.hold(), name, status, runner),
+            )
+        )
+
+    async def _hand_over(self, name: str) -> None:
+        """This process could not end its work on the service: the owner's next pass takes it over."""
+        with contextlib.suppress(Exception):
+            await self.state.execute(
+                "UPDATE resources SET runner = '' WHERE name = ? AND runner = ?", (name, self.runner.token)
+            )
+
+    def _own(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        self.owned.add(name)
+        self._spawn(coro).add_done_callback(lambda _: self.owned.discard(name))
 
     async def close(self) -> None:
         for task in list(self.tasks):
@@ -368,7 +421,7 @@ class LocalResources:
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         if not task.cancelled():
-            task.exception()  # retrieved: a create's caller may be gone, and adoption has no caller
+            task.exception()  # retrieved: a create's caller may be gone, and the owner's work has no caller
 
     async def _provision(self, record: Record) -> None:
         try:
@@ -379,15 +432,25 @@ class LocalResources:
                 await self.docker.volume_create(self.volume_name(record.name), self.labels(record))
                 container = await self._run(record)
                 await self._wait_ready(record, container["Id"])
-                await self.state.execute("UPDATE resources SET status = 'running' WHERE name = ?", (record.name,))
-        except Exception as exc:  # (a provisioner that stops meanwhile leaves it creating: adoption resumes it)
+                await self._ready(record.name)
+        except Exception as exc:  # (this process dying meanwhile leaves it creating: the owner takes it over)
             await self._failed(record, exc)
+
+    async def _ready(self, name: str) -> None:
+        await self.state.execute(
+            "UPDATE resources SET status = 'running' WHERE name = ? AND status = 'creating' AND runner = ?",
+            (name, self.runner.token),
+        )
 
     async def _failed(self, record: Record, exc: Exception) -> None:
         """The service could not be made: nothing of it stays (container, volume) but its record, ``failed``
         with why (its passwords scrubbed), until it is deleted or created again."""
         message = record.scrub(exc.message if isinstance(exc, RackError) else f"{type(exc).__name__}: {exc}")
-        await self._remove_artifacts(record.name)
+        try:
+            await self._remove_artifacts(record.name)
+        except Exception:
+            await self._hand_over(record.name)  # the owner undoes it
+            raise
         await self.state.execute(
             "UPDATE resources SET status = 'failed', message = ? WHERE name = ? AND status = 'creating'",
             (message, record.name),
@@ -472,29 +535,53 @@ class LocalResources:
             await tx.execute("DELETE FROM manifest_resources WHERE resource = ?", (name,))
             await tx.execute("DELETE FROM resources WHERE name = ?", (name,))
 
-    # ---- after a restart -------------------------------------------------------------------------
+    # ---- the owner's work on one service ------------------------------------------------------------
 
     async def _resume(self, record: Record, container: dict[str, Any] | None) -> None:
+        """A creation whose process died: its server, when running, is waited on; else it is undone."""
         try:
             with log.measure("resource.resume", resource=record.name):
                 if container is None or container.get("State") != "running":
-                    raise RackError(f"{record.kind.name} {record.name} was being created when the rack stopped")
+                    raise RackError(f"{record.kind.name} {record.name} was being created when its process stopped")
                 await self._wait_ready(record, container["Id"])
-                await self.state.execute("UPDATE resources SET status = 'running' WHERE name = ?", (record.name,))
+                await self._ready(record.name)
         except Exception as exc:
             await self._failed(record, exc)
 
     async def _finish_delete(self, record: Record) -> None:
-        with log.measure("resource.delete", resource=record.name, type=record.kind.name):
-            await self._remove(record.name)
+        try:
+            with log.measure("resource.delete", resource=record.name, type=record.kind.name):
+                await self._remove(record.name)
+        except Exception:
+            await self._hand_over(record.name)  # the next pass tries again
+            raise
 
     async def _restore(self, record: Record) -> None:
-        """The container is gone (the volume keeps the data): make it again."""
-        with log.measure("resource.restore", resource=record.name, type=record.kind.name):
-            await self.docker.ensure_network(self.network, {LABEL_RACK: self.rack})
-            await self._ensure_image(record)
-            await self.docker.volume_create(self.volume_name(record.name), self.labels(record))
-            await self._run(record)
+        """The container is gone (the volume keeps the data): make it again, unless the service changed
+        meanwhile (its server came up as the pass read, or it is being deleted)."""
+        name = record.name
+        try:
+            with log.measure("resource.restore", resource=name, type=record.kind.name):
+                if not await self._still_missing(name):
+                    return
+                await self.docker.ensure_network(self.network, {LABEL_RACK: self.rack})
+                await self._ensure_image(record)
+                await self.docker.volume_create(self.volume_name(name), self.labels(record))
+                await self._run(record)
+                if not await self._is_running(name):  # deleted while this made it: what this made goes too
+                    await self._remove_artifacts(name)
+            self.retry_at.pop(name, None)
+        except Exception:
+            self.retry_at[name] = asyncio.get_running_loop().time() + RESTORE_BACKOFF_SECONDS
+            raise
+
+    async def _is_running(self, name: str) -> bool:
+        row = await self.state.fetch_one("SELECT status FROM resources WHERE name = ?", (name,))
+        return row is not None and row["status"] == "running"
+
+    async def _still_missing(self, name: str) -> bool:
+        found = await self.docker.containers({LABEL_RACK: self.rack, LABEL_RESOURCE: name}, all=True)
+        return not found and await self._is_running(name)
 
     async def _start(self, record: Record, container_id: str) -> None:
         with log.measure("resource.restart", resource=record.name):

@@ -130,6 +130,7 @@ ADDED_COLUMNS = (
     ("formation", "balancer_scheme", "TEXT NOT NULL DEFAULT ''"),
     ("resources", "message", "TEXT NOT NULL DEFAULT ''"),
     ("builds", "runner", "TEXT NOT NULL DEFAULT ''"),
+    ("resources", "runner", "TEXT NOT NULL DEFAULT ''"),
 )
 """Columns added since a table was first made: a data dir from before gets them at open."""
 
