@@ -198,8 +198,11 @@ class AppLog:
         follow resumed after a restart neither misses a line nor is shown one again (re-read, and maybe
         re-timed, by the next collector)."""
         if seq > self.flushed:
-            start = len(self.recent) - (self.seq - self.flushed)  # memory holds every line not flushed yet
-            fresh = list(itertools.islice(self.recent, max(0, start), start + seq - self.flushed))
+            # memory holds every line not flushed yet, at its end: taken from the right (a deque is walked
+            # from an end, and memory may hold a few hundred thousand lines flushed already)
+            fresh = list(itertools.islice(reversed(self.recent), self.seq - self.flushed))
+            fresh.reverse()
+            del fresh[seq - self.flushed :]
             self.flushed = seq
             for subscriber in list(self.subscribers):
                 subscriber.push(fresh)
