@@ -18,6 +18,18 @@ def test_version_prints_and_exits_zero() -> None:
     assert result.stdout.startswith("convox ")
 
 
+def test_version_imports_no_library() -> None:
+    """`convox --version` is the CLI's start alone (issue #14's figure): typing alone was 10 ms of it."""
+    script = (
+        "import sys; sys.argv = ['convox', '--version']; from cli.main import main; main();"
+        " print(' '.join(sorted(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    loaded = set(result.stdout.splitlines()[-1].split())
+    heavy = {"typing", "asyncio", "json", "websockets", "httpx", "typer", "rich", "pydantic", "yaml"}
+    assert loaded & heavy == set()
+
+
 def test_apps_create_list_info_delete(cli: Cli, app_name: str) -> None:
     created = cli("apps", "create", app_name, check=True)
     assert f"Creating app {app_name}... OK" in created.stderr
