@@ -90,8 +90,8 @@ class ForkPool:
                 str(theirs.fileno()),
                 "--data-dir",
                 self.data_dir,
-                "--preload",
-                ",".join(self.preload),
+                "--preload",  # as paths: no service's module name in this command line (`pkill -f services.apps`)
+                ",".join(module.replace(".", "/") for module in self.preload),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,

@@ -5,8 +5,9 @@ module objects (about 40 MiB each). Forked from one process that imported them f
 with it (copy-on-write; :func:`gc.freeze` keeps the collector from writing to them), so the idle rack costs
 about one copy plus what each service does on its own, and a restarted service starts without importing.
 
-The supervisor starts ``python -m services.forkserver --control FD --data-dir DIR --preload MODULES`` and
-speaks to it over that ``SOCK_SEQPACKET`` socket (:class:`services.forkpool.ForkPool`):
+The supervisor starts ``python -m services.forkserver --control FD --data-dir DIR --preload PATHS`` and
+speaks to it over that ``SOCK_SEQPACKET`` socket (:class:`services.forkpool.ForkPool`; ``PATHS``: the modules to
+import, as ``shared/service``, so that no service's name is in its command line):
 
 - ``{"spawn": [ARGV...], "env": {...}}`` with the service's output pipe as an ``SCM_RIGHTS`` file descriptor:
   it forks, and the child makes that pipe its stdout and stderr, takes ``env`` as its environment, names
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m services.forkserver")
     parser.add_argument("--control", type=int, required=True, help="the supervisor's SOCK_SEQPACKET socket")
-    parser.add_argument("--preload", default="", help="modules to import before forking, comma-separated")
+    parser.add_argument("--preload", default="", help="modules to import before forking: a/b,c/d for a.b, c.d")
     parser.add_argument("--data-dir", help="the rack's (it names the process; the services' titles fit in)")
     args = parser.parse_args(argv)
     # A child's title overwrites this process's argv only, never its environment block: /proc/PID/environ
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C in the terminal is the supervisor's to act on
     control = socket.socket(fileno=args.control)
     for module in filter(None, args.preload.split(",")):
-        importlib.import_module(module)
+        importlib.import_module(module.replace("/", "."))
     gc.collect()
     gc.freeze()  # the preloaded objects stay out of the children's collections: their pages stay shared
     send(control, {"ready": os.getpid()})
