@@ -358,8 +358,8 @@ async def release_with_build(provider: LocalProvider, app: str, busybox_image: s
     build = "B" + "".join("QWERTYUIOP")
     now = datetime.now(UTC).isoformat()
     await provider.state.execute(
-        "INSERT INTO builds (id, app, status, manifest, created) VALUES (?, ?, 'complete', ?, ?)",
-        (build, app, manifest.model_dump_json(), now),
+        "INSERT INTO builds (id, app, status, manifest, created, runner) VALUES (?, ?, 'complete', ?, ?, ?)",
+        (build, app, manifest.model_dump_json(), now, provider.runner.hold()),
     )
     docker("tag", busybox_image, image_name(RACK_NAME, app, "web", build))
     release = await provider.releases.create(app, build=build, env={"SHARED": "app", "SECRET": "s3"})

@@ -61,8 +61,8 @@ async def released(provider: LocalProvider, app: str, busybox_image: str, count:
     manifest.services["worker"].scale.count = count
     build = "B" + "QWERTYUIOP"
     await provider.state.execute(
-        "INSERT INTO builds (id, app, status, manifest, created) VALUES (?, ?, 'complete', ?, ?)",
-        (build, app, manifest.model_dump_json(), datetime.now(UTC).isoformat()),
+        "INSERT INTO builds (id, app, status, manifest, created, runner) VALUES (?, ?, 'complete', ?, ?, ?)",
+        (build, app, manifest.model_dump_json(), datetime.now(UTC).isoformat(), provider.runner.hold()),
     )
     docker("tag", busybox_image, image_name(RACK_NAME, app, "worker", build))
     release = await provider.releases.create(app, build=build)

@@ -24,8 +24,8 @@ __all__ = ["provider"]  # the fixture, shared with the processes tests
 async def release(provider: LocalProvider, app: str, image: str, timers: dict[str, Timer], build: str) -> str:
     manifest = Manifest(services={"web": Service(name="web", command="sleep 3600")}, timers=timers)
     await provider.state.execute(
-        "INSERT INTO builds (id, app, status, manifest, created) VALUES (?, ?, 'complete', ?, ?)",
-        (build, app, manifest.model_dump_json(), datetime.now(UTC).isoformat()),
+        "INSERT INTO builds (id, app, status, manifest, created, runner) VALUES (?, ?, 'complete', ?, ?, ?)",
+        (build, app, manifest.model_dump_json(), datetime.now(UTC).isoformat(), provider.runner.hold()),
     )
     docker("tag", image, image_name(RACK_NAME, app, "web", build))
     made = await provider.releases.create(app, build=build)

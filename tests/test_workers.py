@@ -189,9 +189,9 @@ async def release_of(provider: LocalProvider, app: str, image: str, web: Service
     with contextlib.suppress(RackError):
         await provider.apps.create(app)
     manifest = Manifest(services={"web": web})
-    await provider.state.execute(
-        "INSERT INTO builds (id, app, status, manifest, created) VALUES (?, ?, 'complete', ?, ?)",
-        (build, app, manifest.model_dump_json(), datetime.now(UTC).isoformat()),
+    await provider.state.execute(  # held by this process's runner, as a build of the builds service is
+        "INSERT INTO builds (id, app, status, manifest, created, runner) VALUES (?, ?, 'complete', ?, ?, ?)",
+        (build, app, manifest.model_dump_json(), datetime.now(UTC).isoformat(), provider.runner.hold()),
     )
     docker("tag", image, image_name(RACK_NAME, app, "web", build))
     return (await provider.releases.create(app, build=build)).id
