@@ -74,10 +74,6 @@ class ForkPool:
         self._lock = asyncio.Lock()
         self.children: dict[int, ForkedProcess] = {}
 
-    @property
-    def pid(self) -> int | None:
-        return self.server.pid if self.server is not None and self.server.returncode is None else None
-
     async def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
