@@ -292,6 +292,11 @@ def test_a_killed_fork_server_is_started_again_with_every_service(tmp_path: Path
     rack = start_rack(tmp_path / "data", RACK_NAME + "-sup-fork2")
     auth = ("x", rack.password)
     try:
+        log = rack.data_dir / "logs" / "rack.log"
+        deadline = time.monotonic() + 30
+        while "at=ready url=" not in log.read_text():  # the start over (a death during it fails the start)
+            assert time.monotonic() < deadline, "the rack never said it was ready"
+            time.sleep(0.05)
         before = {name: p.pid for name, p in services_of(rack.process.pid).items()}
         [server] = [
             p
