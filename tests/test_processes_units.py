@@ -14,8 +14,9 @@ from cli import stream as client
 from cli.cmd_processes import ago, percent, rows
 from services.processes.routes import shell_words
 from shared import stream
+from shared.errors import NotFound, RackError, Unavailable
 from shared.protocol import Process
-from shared.provider.engine.exec import sized
+from shared.provider.engine.exec import _Attached, sized
 from shared.provider.engine.stats import Cgroups, Sample, cpu_fraction, memory_fraction, parse
 from shared.provider.local.docker import Docker
 from shared.provider.local.sandboxes import Sandboxes, pause_program
@@ -174,6 +175,41 @@ async def test_a_sandbox_is_handed_to_one_process_and_given_back_once() -> None:
     assert not sandboxes.making and not sandboxes.tasks
     sandboxes.give_back("app", "s1")
     assert sandboxes.held == {} and sandboxes.take("app") == "s1"
+
+
+class EndedOnTheNthAsk(_Attached):
+    """A stream whose ``_end`` fails with the given errors before it succeeds (no engine: what is simulated
+    is the engine's failed answers)."""
+
+    def __init__(self, errors: list[RackError]) -> None:
+        self.conn = None
+        self.closed = False
+        self.errors = errors
+        self.asked = 0
+
+    @property
+    def _what(self) -> str:
+        return "process p"
+
+    def _resize_path(self) -> str | None:
+        return None
+
+    async def _end(self) -> None:
+        self.asked += 1
+        if self.errors:
+            raise self.errors.pop(0)
+
+
+async def test_a_closed_stream_asks_again_once_when_the_engine_did_not_answer() -> None:
+    unanswered = EndedOnTheNthAsk([Unavailable("the engine did not answer")])
+    await unanswered.close()
+    assert unanswered.asked == 2 and unanswered.closed
+    gone = EndedOnTheNthAsk([NotFound("process p: not found")])
+    await gone.close()  # the process is gone already: nothing to ask again
+    assert gone.asked == 1
+    down = EndedOnTheNthAsk([Unavailable("down"), Unavailable("down"), Unavailable("down")])
+    await down.close()  # an engine that stays down does not hold the close for long
+    assert down.asked == 2
 
 
 def test_the_pause_program_is_a_static_x86_64_executable() -> None:

@@ -445,12 +445,23 @@ class _Attached(abc.ABC):
             return
         self.closed = True
         try:
-            with contextlib.suppress(RackError):
-                await self._end()
+            await self._end_once_more_if_unanswered()
         finally:
             if self.conn is not None:
                 await self.conn.close()
             await self._release()
+
+    async def _end_once_more_if_unanswered(self) -> None:
+        """:meth:`_end`, asked again once when the engine did not answer (a pooled connection it had just
+        closed fails at once): a process left running would be an orphan. Other errors mean it is gone."""
+        for attempt in (1, 2):
+            try:
+                await self._end()
+                return
+            except Unavailable as error:
+                log.error("process.end", process=self._what, attempt=attempt, error=str(error))
+            except RackError:
+                return
 
     def output(self) -> AsyncIterator[tuple[Channel, bytes | memoryview]]:
         if self.conn is None:
