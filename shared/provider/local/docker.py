@@ -4,8 +4,12 @@ whose client it extends); vendor errors become rack errors here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
@@ -164,14 +168,19 @@ class Docker(Engine):
             finally:
                 await container.delete(force=True, v=True)
 
+    @functools.cached_property
+    def _making_networks(self) -> asyncio.Lock:
+        return asyncio.Lock()
+
     async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
-        """The rack's bridge network, where each process type resolves by ``TYPE.APP``."""
-        async with translated(f"network {name}"):
-            try:
-                await self.client.networks.get(name)
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
+        """The rack's bridge network, where each process type resolves by ``TYPE.APP``. The engine does not
+        stop two processes from making two networks of one name (``CheckDuplicate`` is not a lock), and a name
+        that two networks share is refused as ambiguous: so the calls of this client wait on each other, and
+        a caller that finds more than one keeps the oldest (the one an earlier caller may use already) and
+        removes the rest, which every racer does alike."""
+        async with self._making_networks, translated(f"network {name}"):
+            named = await self._networks_named(name)
+            if not named:
                 try:
                     await self.client.networks.create(
                         {"Name": name, "Driver": "bridge", "Labels": labels, "CheckDuplicate": True}
@@ -179,6 +188,15 @@ class Docker(Engine):
                 except aiodocker.DockerError as race:
                     if race.status != 409:
                         raise
+                named = await self._networks_named(name)
+            for extra in sorted(named, key=_created)[1:]:
+                with contextlib.suppress(aiodocker.DockerError):
+                    await self.client._query_json(f"networks/{extra['Id']}", method="DELETE")
+
+    async def _networks_named(self, name: str) -> list[dict[str, Any]]:
+        """The networks called exactly ``name`` (the engine's name filter matches parts of names)."""
+        found = await self.client._query_json("networks", params={"filters": json.dumps({"name": [name]})})
+        return [n for n in found if n.get("Name") == name]
 
     async def ensure_image(self, image: str) -> None:
         """Pull ``image`` unless the engine has it; an image that cannot be had is a 502 naming it."""
@@ -403,3 +421,14 @@ def build_output(item: dict[str, Any]) -> str:
         parts = [str(item.get("id") or ""), item["status"], str(item.get("progress") or "")]
         return " ".join(p for p in parts if p).rstrip() + "\n"
     return ""
+
+
+def _created(network: dict[str, Any]) -> tuple[datetime, int, str]:
+    """A network's creation time, to the nanosecond, for ordering (the engine writes it in RFC 3339 with its
+    fraction's trailing zeros cut, so the strings do not sort), then its id."""
+    match = re.fullmatch(r"(.{19})(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)", str(network.get("Created", "")))
+    if match is None:
+        return datetime.max.replace(tzinfo=UTC), 0, str(network.get("Id", ""))
+    base, fraction, zone = match.groups()
+    when = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
+    return when, int((fraction or "").ljust(9, "0")), str(network.get("Id", ""))
