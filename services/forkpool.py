@@ -131,7 +131,9 @@ class ForkPool:
             await self._lost()
 
     async def _lost(self) -> None:
-        """The fork server is gone: its services go too (killed, so that none is left half there)."""
+        """The fork server is gone: its services go too (killed, so that none is left half there). Its
+        control socket is let go first, so that a spawn asked meanwhile starts a new fork server."""
+        control, self._control = self._control, None
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(ForkServerError("the fork server went away"))
         orphans, self.children = self.children, {}
@@ -141,9 +143,8 @@ class ForkPool:
         await asyncio.gather(*(_gone(child.pid) for child in orphans.values()))
         for child in orphans.values():
             child.exited(-signal.SIGKILL)
-        if self._control is not None:
-            self._control.close()
-            self._control = None
+        if control is not None:
+            control.close()
 
     async def spawn(self, argv: list[str], env: dict[str, str]) -> ForkedProcess:
         """Fork ``python -m MODULE ARGS`` (``argv``) with ``env``; its output is the returned ``stdout``."""
@@ -156,9 +157,13 @@ class ForkPool:
                 loop = asyncio.get_running_loop()
                 self._answer = loop.create_future()
                 request = json.dumps({"spawn": argv, "env": env}).encode()
-                self._control.sendmsg(
-                    [request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [write]).tobytes())]
-                )
+                try:
+                    self._control.sendmsg(
+                        [request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [write]).tobytes())]
+                    )
+                except OSError:  # it died, and its reader has not seen it yet: let it clean up first
+                    await self._reader_done()
+                    raise ForkServerError("the fork server went away") from None
                 os.close(write)
                 write = -1
                 answer = await self._answer
@@ -175,6 +180,13 @@ class ForkPool:
             child = ForkedProcess(int(answer["pid"]), reader)
             self.children[child.pid] = child
             return child
+
+    async def _reader_done(self) -> None:
+        """Until the reader of a fork server that died has ended its services (so the next spawn starts a
+        new fork server)."""
+        if self._reader is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), 15)
 
     async def _stop_server(self) -> None:
         if self._control is not None:

@@ -45,6 +45,10 @@ class StartError(Exception):
     """The rack cannot start (a bad password, a data dir in use): said once, clearly, before anything runs."""
 
 
+class DiedAtStart(RuntimeError):
+    """A service exited before it answered (the watcher's turn, or the start's one more try, starts it)."""
+
+
 READY_SECONDS = 90.0
 """How long a service may take to answer at start (six Python processes importing at once on a busy
 machine take tens of seconds)."""
@@ -358,10 +362,29 @@ class Supervisor:
                     if response.status_code == 200:
                         return
                 if child.process is not None and child.process.returncode is not None:
-                    raise RuntimeError(f"{child.name} exited with code {child.process.returncode} at start")
+                    raise DiedAtStart(f"{child.name} exited with code {child.process.returncode} at start")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{child.name} did not answer within {within:.0f}s")
                 await asyncio.sleep(0.05)
+
+    async def spawned(self, child: Child) -> None:
+        """:meth:`spawn` at the rack's start, tried once more when the fork server went away under it."""
+        try:
+            await self.spawn(child)
+        except RuntimeError as exc:
+            self.note("retry", service=child.name, message=str(exc))
+            await self.spawn(child)
+
+    async def started(self, child: Child) -> None:
+        """Wait until the spawned ``child`` answers; one that dies at start (as every service does when the
+        fork server dies under it) is started once more before the rack's start fails."""
+        try:
+            await self.ready(child)
+        except DiedAtStart as exc:
+            self.note("retry", service=child.name, message=str(exc))
+            await asyncio.gather(*child.pumps, return_exceptions=True)
+            await self.spawned(child)
+            await self.ready(child)
 
     async def watch(self, child: Child) -> None:
         """Restart ``child`` whenever it dies, until the rack stops."""
@@ -420,11 +443,11 @@ class Supervisor:
         code = 0
         try:
             for child in self.children[:-1]:
-                await self.spawn(child)
-            await asyncio.gather(*(self.ready(c) for c in self.children[:-1]))
+                await self.spawned(child)
+            await asyncio.gather(*(self.started(c) for c in self.children[:-1]))
             gateway = self.children[-1]
-            await self.spawn(gateway)
-            await self.ready(gateway)
+            await self.spawned(gateway)
+            await self.started(gateway)
             watchers = [asyncio.create_task(self.watch(c)) for c in self.children]
             self.note("ready", url=self.url)
             if callable(on_ready):

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -316,5 +317,36 @@ def test_a_killed_fork_server_is_started_again_with_every_service(tmp_path: Path
             time.sleep(0.1)
         for pid in before.values():
             assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        stop_rack(rack)
+
+
+def test_a_fork_server_that_dies_during_the_start_does_not_fail_it(tmp_path: Path, docker_engine: str) -> None:
+    data_dir = tmp_path / "data"
+    killed = threading.Event()
+
+    def kill_the_fork_server_once_it_has_forked() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for process in psutil.process_iter(["cmdline"]):
+                line = " ".join(process.info["cmdline"] or [])
+                with contextlib.suppress(psutil.Error):
+                    if "services.forkserver" in line and str(data_dir) in line and process.children():
+                        process.kill()
+                        killed.set()
+                        return
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_the_fork_server_once_it_has_forked, daemon=True)
+    killer.start()
+    rack = start_rack(data_dir, RACK_NAME + "-sup-fork3")
+    try:
+        killer.join(5)
+        assert killed.is_set()
+        log = (data_dir / "logs" / "rack.log").read_text()
+        assert "at=retry" in log and "at=failed" not in log  # the kill came during the start, and it went on
+        assert set(services_of(rack.process.pid)) == EXPECTED
+        response = httpx.get(f"{rack.url}/apps", verify=rack.verify, auth=("x", rack.password), timeout=5)
+        assert response.status_code == 200
     finally:
         stop_rack(rack)
