@@ -29,6 +29,8 @@ from typing import Any, cast
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
+from shared.frames import WRITES_KEEP_VIEWS
+
 RAW = "rack.raw"
 """The scope extension of a connection that can be taken over: ``{"take": callable}``; the route that takes it
 sets ``"status"`` (for the request log)."""
@@ -211,10 +213,13 @@ class Upstream(asyncio.BufferedProtocol):
 
 def holds_writes(transport: asyncio.Transport) -> Callable[[], bool]:
     """Whether ``transport`` may still refer to data given to ``write`` once it returned. A socket transport
-    copies what it does not send at once; asyncio's TLS transport encrypts at once, unless the TLS object asked
-    to be called again (rare: then it keeps the data in a backlog)."""
+    keeps what it does not send at once: as a copy up to Python 3.11, as the view it was given from 3.12 on
+    (:data:`shared.frames.WRITES_KEEP_VIEWS`). asyncio's TLS transport encrypts at once, unless the TLS object
+    asked to be called again (rare: then it keeps the data in a backlog)."""
     protocol: Any = getattr(transport, "_ssl_protocol", None)
     if protocol is None:
+        if WRITES_KEEP_VIEWS:
+            return lambda: transport.get_write_buffer_size() > 0
         return lambda: False
     backlog = getattr(protocol, "_write_backlog", None)
     if backlog is None:
