@@ -30,10 +30,12 @@ RACK = "bench"
 """The name the shared bench rack runs under (its containers carry ``convox.rack=bench``)."""
 APP = "benchlogs"
 BURST = 50_000
-THROUGHPUT_TARGET = Target.ratio_above(0.5)
-"""convox at least half of docker's lines per second (it reads them from the same Engine, then relays them)."""
-LATENCY_TARGET = Target.ratio_below(5.0)
-"""convox's median write-to-print latency at most five times docker's (a few milliseconds more)."""
+THROUGHPUT_TARGET = Target.ratio_above(1.0)
+"""convox at least docker's lines per second (issue #14)."""
+P50_ABOVE_DOCKER = 0.0003
+"""convox's median write-to-print latency at most 0.3 ms above docker's (issue #14)."""
+P99_ABOVE_DOCKER = 0.005
+"""convox's p99 at most 5 ms above docker's (issue #14; in the details, the row is the median's)."""
 
 
 class Reader:
@@ -165,7 +167,7 @@ def latency(ctx: Context) -> Result:
         unit="s",
         convox=Stats(tuple(ours)),
         docker=Stats(tuple(theirs)),
-        target=LATENCY_TARGET,
+        target=Target.below(statistics.median(theirs) + P50_ABOVE_DOCKER),
         details={
             "lines": count,
             "convox_p50": statistics.median(ours),
@@ -173,5 +175,6 @@ def latency(ctx: Context) -> Result:
             "docker_p50": statistics.median(theirs),
             "docker_p99": p99(theirs),
             "p99_ratio": p99(ours) / p99(theirs) if p99(theirs) else None,
+            "p99_goal_met": p99(ours) <= p99(theirs) + P99_ABOVE_DOCKER,
         },
     )
