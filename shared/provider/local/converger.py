@@ -194,6 +194,7 @@ class Converger:
             await self.listeners.drained(app, service, ip, _seconds(labels.get(LABEL_DRAIN), DRAIN_SECONDS))
         await self.docker.stop(container["Id"], grace=int(_seconds(labels.get(LABEL_GRACE), 10)))
 
+
 async def _together(coroutines: list[Coroutine[Any, Any, None]]) -> None:
     """Run ``coroutines`` at once; when one fails, the others are cancelled (and awaited) and its error raised."""
     tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
