@@ -19,7 +19,17 @@ from typing import Any
 from shared.logfmt import Logger
 from shared.models import Release
 from shared.provider.local.desired import DRAIN_SECONDS, Desired
-from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
+from shared.provider.local.docker import (
+    LABEL_APP,
+    LABEL_ONEOFF,
+    LABEL_RACK,
+    LABEL_RELEASE,
+    LABEL_TYPE,
+    ContainerInfo,
+    ContainerRef,
+    ContainerSummary,
+    Docker,
+)
 from shared.provider.local.health import HealthChecks, container_ip
 from shared.provider.local.listeners import Listeners
 from shared.provider.local.rolling import next_step
@@ -57,12 +67,12 @@ class Converger:
         """Apps whose convergence has switched their balancers: too late to cancel (the caller clears it once
         its step is over)."""
 
-    async def containers(self, app: str, all: bool = False) -> list[dict[str, Any]]:
+    async def containers(self, app: str, all: bool = False) -> list[ContainerSummary]:
         """The app's process containers (running ones, or ``all``), one-offs left out."""
         found = await self.docker.containers({LABEL_RACK: self.rack, LABEL_APP: app}, all=all)
         return [c for c in found if (c.get("Labels") or {}).get(LABEL_ONEOFF) != "true"]
 
-    async def _start(self, release: Release, want: Desired) -> dict[str, Any]:
+    async def _start(self, release: Release, want: Desired) -> ContainerInfo:
         labels = {
             LABEL_RACK: self.rack,
             LABEL_APP: release.app,
@@ -112,8 +122,8 @@ class Converger:
         app = release.app
         await self.docker.ensure_network(self.network, {LABEL_RACK: self.rack})
         current = [c for c in await self.containers(app) if c.get("State") in ALIVE]
-        keep: dict[str, list[dict[str, Any]]] = {}
-        started: list[dict[str, Any]] = []
+        keep: dict[str, list[ContainerRef]] = {}
+        started: list[ContainerRef] = []
         serving: set[str] = set()
         """New containers that serve beside old ones (the roll-out goes on in steps): kept on a failure."""
         rolls = []
@@ -125,7 +135,7 @@ class Converger:
                 if (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
                 and (c.get("Labels") or {}).get(LABEL_MEMORY) == str(want.memory)
             ]
-            keep[want.service] = [] if fresh else matching[: want.count]
+            keep[want.service] = [] if fresh else [*matching[: want.count]]
             ids = {c["Id"] for c in keep[want.service]}
             old = [c for c in of_type if c["Id"] not in ids]
             rolls.append(self._roll(release, want, keep[want.service], old, started, serving))
@@ -153,9 +163,9 @@ class Converger:
         self,
         release: Release,
         want: Desired,
-        keep: list[dict[str, Any]],
-        old: list[dict[str, Any]],
-        started: list[dict[str, Any]],
+        keep: list[ContainerRef],
+        old: list[ContainerSummary],
+        started: list[ContainerRef],
         serving: set[str],
     ) -> None:
         """Bring ``keep`` (the type's processes of the release) up to its count in the steps its deployment
@@ -185,7 +195,7 @@ class Converger:
                 serving.update(c["Id"] for c in batch)
                 await self.listeners.serve(release.app, want, old_serving + keep)
 
-    async def _retire(self, app: str, container: dict[str, Any]) -> None:
+    async def _retire(self, app: str, container: ContainerSummary) -> None:
         """Stop a process once the connections its balancer holds open to it are done (or drain time ends)."""
         labels = container.get("Labels") or {}
         service = labels.get(LABEL_TYPE, "")
