@@ -4,9 +4,8 @@ Each service NAME lives in the rack's VPC: its subnets and, as the only sources 
 security groups of the rack's instances and tasks (``RACK_AWS_SUBNETS`` / ``RACK_AWS_SECURITY_GROUPS``, else
 the rack stack's ``Subnets`` and ``InstancesSecurity`` outputs, as Convox placed its services).
 
-- **RDS** (postgres, mysql, mariadb): one CloudFormation stack ``<rack>-resource-<NAME>`` from
-  ``cloudformation/resource-rds.yml`` (a security group, a DB subnet group, an encrypted DB instance with
-  its ``Port`` and ``EngineVersion`` explicit), tagged ``System=convox Type=resource Rack Resource``.
+- **RDS** (postgres, mysql, mariadb) through CloudFormation (:mod:`shared.provider.aws.databases`): one
+  stack ``<rack>-resource-<NAME>``, tagged ``System=convox Type=resource Rack Resource``.
 - **ElastiCache** through its API (:mod:`shared.provider.aws.caches`), because moto's CloudFormation has no
   ElastiCache types: a security group of the service's own in the rack's cache subnet group, then a
   replication group for redis (an auth token, transit and at-rest encryption, so its URL is ``rediss://``)
@@ -55,10 +54,10 @@ from shared.provider.aws import stacks
 from shared.provider.aws.apps import AwsApps
 from shared.provider.aws.caches import Caches, Network
 from shared.provider.aws.clients import Clients, translated
+from shared.provider.aws.databases import Databases
 from shared.provider.aws.resource_kinds import KINDS, Kind, cache_id, kind_of, live_status
 from shared.provider.aws.settings import AwsProviderSettings
 from shared.provider.aws.state import Item, State, from_item, now_iso, to_item
-from shared.provider.aws.templates import resource_template
 from shared.provider.workers import Loop
 
 log = Logger("resources")
@@ -70,13 +69,6 @@ NO_DUMPS = (
 NAMES = {"#n": "name", "#s": "status", "#l": "links", "#d": "declared", "#g": "security", "#r": "runner", "#e": "lease"}
 
 
-def made_rds(stack: dict[str, Any], instance: dict[str, Any]) -> Item:
-    """What a complete RDS stack made: the endpoint (its outputs) and the DB instance's id."""
-    out = stacks.outputs(stack)
-    physical = str(instance["StackResourceDetail"]["PhysicalResourceId"])
-    return {"host": out["Address"], "port": int(out["Port"]), "instance": physical}
-
-
 class AwsResources:
     def __init__(self, state: State, clients: Clients, apps: AwsApps, rack: str, settings: AwsProviderSettings) -> None:
         self.state = state
@@ -86,6 +78,7 @@ class AwsResources:
         self.settings = settings
         self.table = state.resources_table
         self.caches = Caches(clients, settings, rack)
+        self.databases = Databases(clients, settings, rack)
         self.tasks: set[asyncio.Task[None]] = set()
         self.token = secrets.token_hex(8)
         """This process's name in the records of the creations and deletions it runs (``runner``)."""
@@ -165,15 +158,7 @@ class AwsResources:
         running = [r for r in records if r["status"] == "running"]
         found: dict[str, str | None] = {str(r["name"]): None for r in running}
         for service in sorted({KINDS[r["type"]].service for r in running}):
-            if service == "rds":
-                rds = await self.clients.get("rds")
-                statuses: dict[str, str] = {}
-                with translated("cannot read the rack's databases"):
-                    async for page in rds.get_paginator("describe_db_instances").paginate():
-                        for db in page.get("DBInstances", []):
-                            statuses[str(db["DBInstanceIdentifier"])] = str(db.get("DBInstanceStatus", "")).lower()
-            else:
-                statuses = await self.caches.statuses(service)
+            statuses = await (self.databases.statuses() if service == "rds" else self.caches.statuses(service))
             for record in running:
                 if KINDS[record["type"]].service == service:
                     found[str(record["name"])] = statuses.get(str(record.get("instance") or record.get("cache")))
@@ -478,7 +463,7 @@ class AwsResources:
             if kind.secret:
                 await self.state.put_secret_json(self.secret_key(name), {"password": password})
             if kind.service == "rds":
-                made = await self._make_rds(record, kind, network, password)
+                made = await self.databases.create(name, record["stack"], kind, network, password, self.tags(record))
             else:
                 made = await self._make_cache(record, kind, network, password)
             fields.update(host=made["host"])
@@ -497,29 +482,6 @@ class AwsResources:
             name, "SET #s = :failed, message = :message", "#s = :creating",
             {":failed": "failed", ":message": message, ":creating": "creating"},
         )  # fmt: skip
-
-    async def _make_rds(self, record: Item, kind: Kind, network: Network, password: str) -> Item:
-        name = str(record["name"])
-        cfn = await self.clients.get("cloudformation")
-        template = resource_template(self.rack, name, kind.engine, kind.version, kind.port, network.clients)
-        params = {
-            "Vpc": network.vpc,
-            "Subnets": ",".join(network.subnets),
-            "MasterUsername": kind.username,
-            "MasterPassword": password,
-            "DatabaseName": kind.database,
-            "InstanceClass": self.settings.db_instance_class,
-            "Storage": str(self.settings.db_storage),
-        }
-        try:
-            with translated(f"cannot create the stack of service {name}"):
-                stack = await stacks.create(
-                    cfn, record["stack"], template, params, self.tags(record), poll=self.settings.resource_poll
-                )
-                resources = await cfn.describe_stack_resource(StackName=stack["StackId"], LogicalResourceId="Instance")
-        except stacks.StackError as exc:
-            raise RackError(f"{kind.name} {name}: {exc}", status=502) from None
-        return made_rds(stack, resources)
 
     async def _make_cache(self, record: Item, kind: Kind, network: Network, password: str) -> Item:
         name = str(record["name"])
@@ -545,12 +507,7 @@ class AwsResources:
         name, kind = str(record["name"]), KINDS[record["type"]]
         record = {**record, **await self._current(name)}  # what a cut-short create recorded meanwhile
         if kind.service == "rds":
-            cfn = await self.clients.get("cloudformation")
-            try:
-                with translated(f"cannot delete the stack of service {name}"):
-                    await stacks.delete(cfn, record["stack"], poll=self.settings.resource_poll)
-            except stacks.StackError as exc:
-                raise RackError(f"{kind.name} {name}: {exc}", status=502) from None
+            await self.databases.delete(name, record["stack"], kind)
         else:
             group = str(record.get("security") or "")
             await self.caches.delete(kind.engine, str(record["cache"]), group, self.stack_name(name))
@@ -587,13 +544,7 @@ class AwsResources:
         if kind.service != "rds":
             host, port = await self.caches.wait(kind.engine, str(record["cache"]), kind.port)
             return {"host": host, "port": port}
-        cfn = await self.clients.get("cloudformation")
-        with translated(f"cannot read the stack of service {name}"):
-            stack = await stacks.wait(cfn, record["stack"], poll=self.settings.resource_poll)
-            if stack is None:
-                raise RackError(f"{kind.name} {name} was being created when its process stopped")
-            resources = await cfn.describe_stack_resource(StackName=stack["StackId"], LogicalResourceId="Instance")
-        return made_rds(stack, resources)
+        return await self.databases.wait(name, record["stack"], kind)
 
     async def _finish_delete(self, record: Item) -> None:
         """A deletion, by the process asked or by the owner taking over one whose process died."""

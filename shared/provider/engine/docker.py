@@ -13,7 +13,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypedDict
+from typing import Any, Required, TypedDict, final
 
 import aiodocker
 import aiohttp
@@ -49,6 +49,138 @@ async def translated(what: str) -> AsyncIterator[None]:
         raise Unavailable(f"{UNREACHABLE}: TLS failed ({exc.reason or type(exc).__name__})") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise Unavailable(f"{UNREACHABLE} ({type(exc).__name__})") from None
+
+class EndpointSettings(TypedDict, total=False):
+    """A container's place on one network."""
+
+    IPAddress: str
+    Aliases: list[str] | None
+    NetworkID: str
+
+
+class PortBinding(TypedDict, total=False):
+    HostIp: str
+    HostPort: str
+
+
+class PublishedPort(TypedDict, total=False):
+    """A port of a container as ``GET /containers/json`` lists it."""
+
+    IP: str
+    PrivatePort: int
+    PublicPort: int
+    Type: str
+
+
+class SummaryNetworkSettings(TypedDict, total=False):
+    Networks: dict[str, EndpointSettings]
+
+
+class SummaryHostConfig(TypedDict, total=False):
+    NetworkMode: str
+
+
+class ContainerRef(TypedDict):
+    """What every answer about a container has: its id (all the rack reads of a container it only names)."""
+
+    Id: str
+
+
+@final
+class ContainerSummary(ContainerRef, total=False):
+    """An entry of ``GET /containers/json``, the fields the rack reads (``Command``, in every entry, is what
+    tells it from a :class:`ContainerInfo`)."""
+
+    Names: list[str]
+    Image: str
+    Command: Required[str]
+    Created: int
+    """Epoch seconds."""
+    Labels: dict[str, str]
+    State: str
+    """``created``, ``running``, ``restarting``, ``exited``, ``paused``, ``dead``."""
+    Status: str
+    """What ``docker ps`` shows (``Up 2 minutes``)."""
+    Ports: list[PublishedPort]
+    HostConfig: SummaryHostConfig
+    NetworkSettings: SummaryNetworkSettings
+
+
+class ContainerState(TypedDict, total=False):
+    Status: str
+    Running: bool
+    Restarting: bool
+    OOMKilled: bool
+    Pid: int
+    ExitCode: int
+    Error: str
+    StartedAt: str
+    FinishedAt: str
+
+
+class ContainerConfig(TypedDict, total=False):
+    Image: str
+    """The image as it was asked for (a tag)."""
+    Labels: dict[str, str] | None
+    Env: list[str] | None
+    Cmd: list[str] | None
+    Tty: bool
+    OpenStdin: bool
+    User: str
+
+
+class RestartPolicy(TypedDict, total=False):
+    Name: str
+    MaximumRetryCount: int
+
+
+class HostConfig(TypedDict, total=False):
+    NetworkMode: str
+    Memory: int
+    RestartPolicy: RestartPolicy
+
+
+class NetworkSettings(TypedDict, total=False):
+    Networks: dict[str, EndpointSettings]
+    Ports: dict[str, list[PortBinding] | None]
+    """``PORT/PROTO`` -> its published bindings (None for a port only exposed)."""
+
+
+@final
+class ContainerInfo(ContainerRef, total=False):
+    """A container as ``GET /containers/ID/json`` describes it, the fields the rack reads."""
+
+    Name: str
+    Created: str
+    """An RFC 3339 time."""
+    Path: str
+    Args: list[str]
+    Image: str
+    """The image's id."""
+    State: ContainerState
+    RestartCount: int
+    Config: ContainerConfig
+    HostConfig: HostConfig
+    NetworkSettings: NetworkSettings
+
+
+def labels_of(container: ContainerSummary | ContainerInfo) -> dict[str, str]:
+    """A container's labels, from its list entry or its inspect document."""
+    if "Command" in container:
+        return container.get("Labels") or {}
+    return (container.get("Config") or {}).get("Labels") or {}
+
+
+class ExecInfo(TypedDict, total=False):
+    """An exec as ``GET /exec/ID/json`` describes it, the fields the rack reads."""
+
+    ID: str
+    ContainerID: str
+    Running: bool
+    ExitCode: int | None
+    """None until the exec has ended."""
+    Pid: int
+
 
 class ContainerStats(TypedDict, total=False):
     """One sample of ``GET /containers/ID/stats`` (its CPU and memory figures; their keys vary by cgroup)."""
@@ -125,16 +257,19 @@ class Engine:
 
     # ---- containers -------------------------------------------------------------------------------------
 
-    async def containers(self, labels: dict[str, str], all: bool = False) -> list[dict[str, Any]]:
+    async def containers(self, labels: dict[str, str], all: bool = False) -> list[ContainerSummary]:
+        """The containers with all of ``labels`` (running ones, or ``all``)."""
         filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
         async with translated("containers"):
-            found = await self.client.containers.list(all=all, filters=filters)
-        return [dict(c._container) for c in found]
+            found: list[ContainerSummary] = await self.client._query_json(
+                "containers/json", params={"all": all, "filters": filters}
+            )
+        return found
 
-    async def inspect(self, container_id: str) -> dict[str, Any]:
+    async def inspect(self, container_id: str) -> ContainerInfo:
         async with translated(f"process {container_id}"):
-            container = await self.client.containers.get(container_id)
-        return dict(container._container)
+            info: ContainerInfo = await self.client._query_json(f"containers/{container_id}/json")
+        return info
 
     async def remove(self, container_id: str) -> None:
         async with translated(f"process {container_id}"):
@@ -213,9 +348,9 @@ class Engine:
             created = await self.client._query_json(f"containers/{container_id}/exec", method="POST", data=body)
         return str(created["Id"])
 
-    async def exec_inspect(self, exec_id: str, what: str) -> dict[str, Any]:
+    async def exec_inspect(self, exec_id: str, what: str) -> ExecInfo:
         async with translated(what):
-            info: dict[str, Any] = await self.client._query_json(f"exec/{exec_id}/json")
+            info: ExecInfo = await self.client._query_json(f"exec/{exec_id}/json")
         return info
 
     async def exec_detached(self, container_id: str, cmd: list[str], user: str = "", what: str = "") -> str:

@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
-from shared.provider.engine.docker import Engine
+from shared.provider.engine.docker import Engine, ExecInfo
 from shared.stream import Channel, Terminal
 
 log = Logger("processes")
@@ -571,7 +571,7 @@ class ExecStream(_Attached):
     def _resize_path(self) -> str | None:
         return f"exec/{self.exec_id}/resize" if self.exec_id else None
 
-    async def inspect(self) -> dict[str, Any]:
+    async def inspect(self) -> ExecInfo:
         return await self.docker.exec_inspect(self.exec_id, self._what)
 
     async def wait(self) -> int:
@@ -579,9 +579,10 @@ class ExecStream(_Attached):
         delay = 0.002
         while True:
             info = await self.inspect()
-            if not info.get("Running") and info.get("ExitCode") is not None:
-                self.exit_code = int(info["ExitCode"])
-                return self.exit_code
+            code = info.get("ExitCode")
+            if not info.get("Running") and code is not None:
+                self.exit_code = code
+                return code
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
 

@@ -11,15 +11,36 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, TypedDict
 
 import aiodocker
 import aiohttp
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
-from shared.provider.engine.docker import TIMEOUT, UNREACHABLE, Engine, translated
+from shared.provider.engine.docker import (
+    TIMEOUT,
+    UNREACHABLE,
+    ContainerConfig,
+    ContainerInfo,
+    ContainerRef,
+    ContainerSummary,
+    Engine,
+    labels_of,
+    translated,
+)
 
-__all__ = ["TIMEOUT", "UNREACHABLE", "Docker", "Engine", "translated"]
+__all__ = [
+    "TIMEOUT",
+    "UNREACHABLE",
+    "ContainerConfig",
+    "ContainerInfo",
+    "ContainerRef",
+    "ContainerSummary",
+    "Docker",
+    "Engine",
+    "labels_of",
+    "translated",
+]
 
 LABEL_RACK = "convox.rack"
 LABEL_APP = "convox.app"
@@ -93,8 +114,7 @@ class Docker(Engine):
         """The rack's labels (``convox.*``) an image carries (from its base image or a ``LABEL``); none
         when the image is not here."""
         try:
-            async with translated(f"image {image}"):
-                info = await self.client.images.inspect(image)
+            info = await self.inspect_image(image)
         except NotFound:
             return {}
         labels = (info.get("Config") or {}).get("Labels") or {}
@@ -131,7 +151,7 @@ class Docker(Engine):
             return False
         return True
 
-    async def run(self, config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    async def run(self, config: dict[str, Any], name: str | None = None) -> ContainerInfo:
         """Create and start a container. The rack's labels on it are the ones in ``config`` only: any that its
         image brings is overridden with an empty value, so that no image steers the rack."""
         inherited = await self.image_labels(str(config.get("Image", "")))
@@ -146,8 +166,7 @@ class Docker(Engine):
             except BaseException:
                 await container.delete(force=True)
                 raise
-            await container.show()
-        return dict(container._container)
+            return await self.inspect(container.id)
 
     async def remove_image(self, image: str) -> bool:
         """Untag ``image`` (its layers go when nothing else uses them); False when it was not there or a
@@ -352,12 +371,14 @@ class Docker(Engine):
 
     async def version(self) -> EngineVersion:
         async with translated("docker engine"):
-            return cast(EngineVersion, await self.client.version())
+            version: EngineVersion = await self.client._query_json("version")
+        return version
 
     async def inspect_image(self, image: str) -> ImageInfo:
         """An image's description; :class:`NotFound` when the engine does not have it."""
         async with translated(f"image {image}"):
-            return cast(ImageInfo, await self.client.images.inspect(image))
+            info: ImageInfo = await self.client._query_json(f"images/{image}/json")
+        return info
 
     async def import_image(self, repo: str, tag: str, tar: bytes, what: str) -> None:
         """Make the image ``repo:tag`` of one layer from the root file system in ``tar`` (``docker import``)."""

@@ -1,21 +1,18 @@
-"""Formation on the local provider: roll-outs, scale, and adoption after a restart (the balancer listeners of
-the public types are :mod:`shared.provider.local.listeners`).
+"""Formation on the local provider: roll-outs, scale, restarts, and keeping the counts (adoption after a
+restart, reconciliation). What each of them does to the containers is :mod:`shared.provider.local.converger`
+(start, health-check, switch the balancers, retire); the balancer listeners of the public types are
+:mod:`shared.provider.local.listeners`.
 
-Each process type of the active release runs ``count`` containers of its image on the rack's network
-(where it resolves as ``TYPE.APP``), with the app's environment, a memory limit and Docker's restart
-policy (so a container that exits is restarted with back-off and the count holds). A roll-out starts the
-new containers and waits for their health checks before the balancers switch and the old ones stop, so a
-failed roll-out leaves the previous release serving; a type whose ``deployment`` bounds leave no room for the
-whole count at once is replaced in steps (:mod:`shared.provider.local.rolling`).
+Each process type of the active release runs ``count`` containers (the manifest's scale, with the
+``formation`` table's overrides on top). A roll-out that fails or is cancelled leaves the previous release
+serving; one cut short by a restart of the rack is finished by the adoption that follows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
@@ -24,36 +21,23 @@ from shared.models import App, Formation, FormationUpdate, Release
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancers import Balancers
 from shared.provider.local.certificates import AppCertificates
-from shared.provider.local.desired import DRAIN_SECONDS, Desired, desired_processes, manifest_of
+from shared.provider.local.converger import ALIVE, LABEL_MEMORY, Converger
+from shared.provider.local.desired import Desired, desired_processes, manifest_of
 from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
 from shared.provider.local.events import Events
-from shared.provider.local.health import HealthChecks, container_ip
+from shared.provider.local.health import HealthChecks
 from shared.provider.local.listeners import Listeners
 from shared.provider.local.releases import LocalReleases
-from shared.provider.local.rolling import next_step
 from shared.provider.local.state import State
 from shared.provider.local.volumes import Volumes
 from shared.provider.workers import Loop
 
 log = Logger("formation")
-LABEL_MEMORY = "convox.memory"
-LABEL_GRACE = "convox.grace"
-"""Seconds between SIGTERM and SIGKILL when the process stops (the manifest's termination.grace)."""
-LABEL_DRAIN = "convox.drain"
-"""Seconds the balancer lets the process's open connections finish (the manifest's drain)."""
 REFRESH_SECONDS = 2.0
-MB = 1024 * 1024
-ALIVE = ("running", "restarting")
-"""States of a process that holds its place in the count (the Engine restarts one that exits by itself)."""
 RECONCILE_SECONDS = 10.0
 """How often formation is checked without an Engine event (the event stream may be down)."""
 RECONCILE_DEBOUNCE = 0.5
 INTERRUPTED = "interrupted by a restart of the rack"
-
-
-def _seconds(label: str | None, default: float) -> float:
-    """A drain or grace time from a container's label (containers made before the label have the default)."""
-    return int(label) if label is not None and label.isdigit() else default
 
 
 class LocalFormation:
@@ -85,13 +69,14 @@ class LocalFormation:
         """Apps whose reconciliation is about to run (one pass for a burst of events)."""
         self.rolling: dict[str, asyncio.Task[None]] = {}
         """The roll-out in progress per app (what `convox apps cancel` stops)."""
-        self.switching: set[str] = set()
-        """Apps whose roll-out has switched its balancers: too late to cancel."""
         self.closing = False
         """The service is stopping: a roll-out cut short now is interrupted (adoption finishes it), not cancelled."""
         self.events = Events(state)
         self.volumes = Volumes(docker, rack)
         self.health = HealthChecks(docker, self.network, self.events)
+        self.converger = Converger(docker, rack, self.network, self.listeners, self.volumes, self.health)
+        self.switching = self.converger.switching
+        """Apps whose roll-out has switched its balancers: too late to cancel."""
         releases.formation = self
 
     # ---- desired state -------------------------------------------------------------------------
@@ -105,49 +90,6 @@ class LocalFormation:
         top, then ``patch`` (a change being tried, saved only once it runs)."""
         return desired_processes(release, self.rack, await self._overrides(release.app), patch)
 
-    # ---- containers ------------------------------------------------------------------------------
-
-    async def _containers(self, app: str, all: bool = False) -> list[dict[str, Any]]:
-        found = await self.docker.containers({LABEL_RACK: self.rack, LABEL_APP: app}, all=all)
-        return [c for c in found if (c.get("Labels") or {}).get(LABEL_ONEOFF) != "true"]
-
-    async def _start(self, release: Release, want: Desired) -> dict[str, Any]:
-        labels = {
-            LABEL_RACK: self.rack,
-            LABEL_APP: release.app,
-            LABEL_TYPE: want.service,
-            LABEL_RELEASE: release.id,
-            LABEL_MEMORY: str(want.memory),
-            LABEL_GRACE: str(want.grace),
-            LABEL_DRAIN: str(want.drain),
-        }
-        config: dict[str, Any] = {
-            "Image": want.image,
-            "Env": [f"{key}={value}" for key, value in sorted(want.env.items())],
-            "Labels": labels,
-            "HostConfig": {
-                "Memory": want.memory * MB,
-                "MemorySwap": want.memory * MB,
-                "RestartPolicy": {"Name": "unless-stopped"},
-                "NetworkMode": self.network,
-                "Init": True,
-                "LogConfig": {"Type": "local"},  # keeps bytes that are not UTF-8 (json-file makes them U+FFFD)
-            },
-            "NetworkingConfig": {"EndpointsConfig": {self.network: {"Aliases": [f"{want.service}.{release.app}"]}}},
-        }
-        if want.volumes:
-            config["HostConfig"]["Mounts"] = await self.volumes.mounts(release.app, want.service, want.volumes)
-        if want.command:
-            config["Cmd"] = want.command
-        if want.port:
-            config["ExposedPorts"] = {f"{port}/tcp": {} for port in (want.port, *want.other_ports)}
-        name = f"{self.rack}-{release.app}-{want.service}-{secrets.token_hex(3)}"
-        container = await self.docker.run(config, name=name)
-        log.log("process.start", app=release.app, service=want.service, release=release.id, id=container["Id"][:12])
-        return container
-
-    # ---- convergence -----------------------------------------------------------------------------
-
     async def converge(
         self,
         release: Release,
@@ -155,99 +97,11 @@ class LocalFormation:
         patch: dict[str, FormationUpdate] | None = None,
         fresh: bool = False,
     ) -> None:
-        """Make the app run ``release``: start what is missing, health-check it, switch the balancers,
-        then stop everything else (other releases, surplus, other memory). Each process type goes in the steps
-        its ``deployment`` allows (:mod:`shared.provider.local.rolling`); by default the whole count starts
-        at once and nothing old stops until every new container is healthy. On a failure the new containers
-        that do not serve yet are removed and the error raised (those that serve beside old ones stay: a
-        roll-out goes back to the release that was serving, in the same steps). A process the Engine is
-        restarting (its restart policy, with back-off) counts as there. ``fresh`` replaces every process in
-        scope, even those that already run the release (a restart)."""
-        app = release.app
+        """Make the app run ``release`` (every process type, or the one type ``only``) as :meth:`desired`
+        says with ``patch`` on top (:meth:`Converger.converge`; ``fresh`` replaces even the processes that run
+        the release already)."""
         wanted = [w for w in await self.desired(release, patch) if only is None or w.service == only]
-        await self.docker.ensure_network(self.network, {LABEL_RACK: self.rack})
-        current = [c for c in await self._containers(app) if c.get("State") in ALIVE]
-        keep: dict[str, list[dict[str, Any]]] = {}
-        started: list[dict[str, Any]] = []
-        serving: set[str] = set()
-        """New containers that serve beside old ones (the roll-out goes on in steps): kept on a failure."""
-        rolls = []
-        for want in wanted:
-            of_type = [c for c in current if (c.get("Labels") or {}).get(LABEL_TYPE) == want.service]
-            matching = [
-                c
-                for c in of_type
-                if (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
-                and (c.get("Labels") or {}).get(LABEL_MEMORY) == str(want.memory)
-            ]
-            keep[want.service] = [] if fresh else matching[: want.count]
-            ids = {c["Id"] for c in keep[want.service]}
-            old = [c for c in of_type if c["Id"] not in ids]
-            rolls.append(self._roll(release, want, keep[want.service], old, started, serving))
-        try:
-            await _together(rolls)
-        except BaseException:
-            dropped = [c for c in started if c["Id"] not in serving]
-            await asyncio.gather(*(self.docker.remove(c["Id"]) for c in dropped), return_exceptions=True)
-            raise
-        self.switching.add(app)
-        for want in wanted:
-            await self.listeners.serve(app, want, keep[want.service])
-        kept = {c["Id"] for containers in keep.values() for c in containers}
-        scope = {want.service for want in wanted}
-        retire = [
-            c
-            for c in await self._containers(app, all=True)
-            if c["Id"] not in kept and (only is None or (c.get("Labels") or {}).get(LABEL_TYPE) in scope)
-        ]
-        await asyncio.gather(*(self._retire(app, c) for c in retire), return_exceptions=True)
-        if only is None:
-            await self.listeners.drop_others(app, scope)
-
-    async def _roll(
-        self,
-        release: Release,
-        want: Desired,
-        keep: list[dict[str, Any]],
-        old: list[dict[str, Any]],
-        started: list[dict[str, Any]],
-        serving: set[str],
-    ) -> None:
-        """Bring ``keep`` (the type's processes of the release) up to its count in the steps its deployment
-        allows: stop the old processes it may, start a batch, wait until they are healthy, let them serve
-        beside the old ones left; again until the count is there. The old ones left stop afterwards."""
-        others = [c for c in old if c.get("State") != "running"]  # being restarted by the Engine: not serving
-        old_serving = [c for c in old if c.get("State") == "running"]
-        while True:
-            step = next_step(want.count, want.minimum, want.maximum, len(keep), len(old_serving), len(others))
-            if not step.start:
-                return
-            if step.stop:
-                stopping = (others + old_serving)[: step.stop]
-                gone = {c["Id"] for c in stopping}
-                others = [c for c in others if c["Id"] not in gone]
-                old_serving = [c for c in old_serving if c["Id"] not in gone]
-                await self.listeners.serve(release.app, want, old_serving + keep)
-                await asyncio.gather(*(self._retire(release.app, c) for c in stopping))
-            batch = []
-            for _ in range(step.start):
-                container = await self._start(release, want)
-                started.append(container)
-                batch.append(container)
-            await asyncio.gather(*(self.health.wait(c, want.service, want.port, want.health) for c in batch))
-            keep.extend(batch)
-            if len(keep) < want.count:  # more steps to come: the new ones serve beside the old ones meanwhile
-                serving.update(c["Id"] for c in batch)
-                await self.listeners.serve(release.app, want, old_serving + keep)
-
-    async def _retire(self, app: str, container: dict[str, Any]) -> None:
-        """Stop a process once the connections its balancer holds open to it are done (or drain time ends)."""
-        labels = container.get("Labels") or {}
-        service = labels.get(LABEL_TYPE, "")
-        ip = container_ip(container, self.network)
-        if ip:
-            await self.listeners.drained(app, service, ip, _seconds(labels.get(LABEL_DRAIN), DRAIN_SECONDS))
-        await self.docker.stop(container["Id"], grace=int(_seconds(labels.get(LABEL_GRACE), 10)))
+        await self.converger.converge(release, wanted, only, fresh)
 
     # ---- the contract ----------------------------------------------------------------------------
 
@@ -364,7 +218,7 @@ class LocalFormation:
         if not current.release:
             return []
         release = await self.releases.get(app, current.release)
-        running = [c for c in await self._containers(app) if c.get("State") == "running"]
+        running = [c for c in await self.converger.containers(app) if c.get("State") == "running"]
         formation = []
         for want in await self.desired(release):
             count = sum(
@@ -511,7 +365,7 @@ class LocalFormation:
                 if current.status not in ("running", "failed") or not current.release or app in self.damaged:
                     return
                 release = await self.releases.get(app, current.release)
-                alive = [c for c in await self._containers(app) if c.get("State") in ALIVE]
+                alive = [c for c in await self.converger.containers(app) if c.get("State") in ALIVE]
                 short = []
                 for want in await self.desired(release):
                     have = sum(
@@ -571,7 +425,7 @@ class LocalFormation:
                     want = next((w for w in await self.desired(release) if w.service == service), None)
                     running = [
                         c
-                        for c in await self._containers(app)
+                        for c in await self.converger.containers(app)
                         if c.get("State") == "running"
                         and (c.get("Labels") or {}).get(LABEL_TYPE) == service
                         and (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
@@ -595,15 +449,3 @@ class LocalFormation:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.listeners.close()
-
-
-async def _together(coroutines: list[Coroutine[Any, Any, None]]) -> None:
-    """Run ``coroutines`` at once; when one fails, the others are cancelled (and awaited) and its error raised."""
-    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

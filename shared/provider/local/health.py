@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import httpx
 
 from shared.errors import RackError
 from shared.manifest import Health
-from shared.provider.local.docker import LABEL_APP, LABEL_RELEASE, Docker
+from shared.provider.local.docker import LABEL_APP, LABEL_RELEASE, ContainerInfo, ContainerSummary, Docker
 from shared.provider.local.events import Events
 
 
-def container_ip(container: dict[str, Any], network: str) -> str:
+def container_ip(container: ContainerSummary | ContainerInfo, network: str) -> str:
     networks = (container.get("NetworkSettings") or {}).get("Networks") or {}
     return str((networks.get(network) or {}).get("IPAddress") or "")
 
@@ -27,7 +26,7 @@ class HealthChecks:
         self.network = network
         self.events = events
 
-    async def wait(self, container: dict[str, Any], service: str, port: int | None, health: Health | None) -> None:
+    async def wait(self, container: ContainerInfo, service: str, port: int | None, health: Health | None) -> None:
         """Wait until a new container passes its health check: HTTP GET on ``health`` when the manifest gives
         one, else a TCP connect to its port; a type without a port needs only to keep running."""
         checked = health or Health()
@@ -55,7 +54,7 @@ class HealthChecks:
             await asyncio.sleep(pause)
             pause = min(pause * 2, float(checked.interval), 1.0)
 
-    async def event(self, container: dict[str, Any], message: str) -> None:
+    async def event(self, container: ContainerInfo, message: str) -> None:
         labels = (container.get("Config") or {}).get("Labels") or {}
         app, release = labels.get(LABEL_APP, ""), labels.get(LABEL_RELEASE, "")
         await self.events.emit(app, message, release=release, pid=container["Id"])

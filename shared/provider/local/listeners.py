@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from shared.errors import RackError
 from shared.provider.local.balancer import ListenerSpec
 from shared.provider.local.balancers import Balancers
 from shared.provider.local.certificates import AppCertificates, ListenerTLS
-from shared.provider.local.docker import Docker
+from shared.provider.local.docker import ContainerRef, Docker
 from shared.provider.local.health import container_ip
 from shared.provider.local.state import State
 
@@ -49,7 +50,7 @@ class Listeners:
 
     # ---- putting them ------------------------------------------------------------------------------
 
-    async def serve(self, app: str, want: Desired, containers: list[dict[str, Any]]) -> None:
+    async def serve(self, app: str, want: Desired, containers: Sequence[ContainerRef]) -> None:
         """Put the type's listeners on ``containers`` (drop the main one when the type is no longer public)."""
         if want.public and want.port:
             await self.put_main(app, want, await self.backends(containers, want.port))
@@ -80,7 +81,7 @@ class Listeners:
                 (app, service, spec.port, protocol),
             )
 
-    async def put_extra(self, app: str, want: Desired, containers: list[dict[str, Any]]) -> None:
+    async def put_extra(self, app: str, want: Desired, containers: Sequence[ContainerRef]) -> None:
         """A listener for each public port of ``want`` besides the main one (``443:3001``), named
         ``web.myapp:443`` (the balancer process keeps its port across restarts); ones no longer asked for go."""
         asked = {balancer for _, balancer in want.extra_listeners}
@@ -127,7 +128,7 @@ class Listeners:
             return None
         return await self.certificates.ensure(app, ["http/1.1"] if protocol == "https" else [])
 
-    async def backends(self, containers: list[dict[str, Any]], port: int) -> list[tuple[str, int]]:
+    async def backends(self, containers: Sequence[ContainerRef], port: int) -> list[tuple[str, int]]:
         backends = []
         for container in containers:
             ip = container_ip(await self.docker.inspect(container["Id"]), self.network)

@@ -35,8 +35,12 @@ from shared.provider.local.docker import (
     LABEL_RELEASE,
     LABEL_TIMER,
     LABEL_TYPE,
+    ContainerConfig,
+    ContainerInfo,
+    ContainerSummary,
     Docker,
     ImageConfig,
+    labels_of,
 )
 from shared.provider.local.images import image_name
 from shared.provider.local.receipts import Receipts
@@ -86,28 +90,32 @@ def _ports(raw: Any) -> list[str]:
     return sorted(set(ports))
 
 
-def to_process(container: dict[str, Any]) -> Process:
+def to_process(container: ContainerSummary | ContainerInfo) -> Process:
     """A Process from either docker's list entry or its inspect document."""
-    config = container.get("Config") or {}
-    labels = container.get("Labels") or config.get("Labels") or {}
+    labels = labels_of(container)
+    if "Command" in container:  # containers/json
+        command = container["Command"]
+        status = container.get("State") or "running"
+        started = _started(container.get("Created"))
+        ports = _ports(container.get("Ports"))
+        image = container.get("Image", "")
+    else:
+        config = container.get("Config") or {}
+        command = shlex.join([*((container.get("Path") and [container["Path"]]) or []), *container.get("Args", [])])
+        state = container.get("State")
+        status = state.get("Status", "running") if state is not None else "running"
+        started = _started(state.get("StartedAt") if state is not None else container.get("Created"))
+        ports = _ports((container.get("NetworkSettings") or {}).get("Ports"))
+        image = config.get("Image", "")
     if LABEL_COMMAND in labels:
         command = labels[LABEL_COMMAND]
-    elif "Command" in container:
-        command = container["Command"]
-    else:
-        command = shlex.join([*((container.get("Path") and [container["Path"]]) or []), *container.get("Args", [])])
-    state = container.get("State")
-    status = state.get("Status", "running") if isinstance(state, dict) else (state or "running")
-    started = _started(state.get("StartedAt") if isinstance(state, dict) else container.get("Created"))
-    network = container.get("NetworkSettings") or {}
-    ports = _ports(container.get("Ports") if "Ports" in container else network.get("Ports"))
     return Process(
         id=container["Id"][:12],
         app=labels.get(LABEL_APP, ""),
         name=labels.get(LABEL_TYPE, ""),
         release=labels.get(LABEL_RELEASE, ""),
         command=command,
-        image=container.get("Image", "") if "Command" in container else config.get("Image", ""),
+        image=image,
         host="127.0.0.1",
         ports=ports,
         started=started,
@@ -274,7 +282,8 @@ class LocalProcesses:
         try:
             process = to_process(await self.docker.inspect(container_id))
         except NotFound:  # it ended already and was removed
-            process = to_process({"Id": container_id, "Config": config, "State": {"Status": "exited"}})
+            made: ContainerConfig = {"Image": config["Image"], "Labels": config["Labels"]}
+            process = to_process({"Id": container_id, "Config": made, "State": {"Status": "exited"}})
         if time_limit:
             self._ensure_reaper()
         return process
@@ -344,7 +353,7 @@ class LocalProcesses:
                 process.cpu, process.memory = figures.get(ids[process.id], (0.0, 0.0))
         return processes
 
-    async def _container(self, app: str, pid: str) -> dict[str, Any]:
+    async def _container(self, app: str, pid: str) -> ContainerInfo:
         await self.apps.get(app)
         if not PID_RE.fullmatch(pid):
             raise NotFound(f"no such process: {pid}")
@@ -358,7 +367,7 @@ class LocalProcesses:
         return container
 
     async def _balanced(
-        self, app: str, processes: builtins.list[Process], documents: builtins.list[dict[str, Any]]
+        self, app: str, processes: builtins.list[Process], documents: builtins.list[ContainerSummary | ContainerInfo]
     ) -> None:
         """A port that a balancer listener serves is shown as ``PORT:CONTAINER_PORT`` (``"80:3000"``), as
         Convox shows it; one-off processes are no balancer's backends and keep their container ports."""
@@ -367,7 +376,7 @@ class LocalProcesses:
         served = {(r["service"], str(r["container_port"])): f"{r['port']}:{r['container_port']}" for r in rows}
         if not served:
             return
-        labels = [(d.get("Config") or {}).get("Labels") or d.get("Labels") or {} for d in documents]
+        labels = [labels_of(d) for d in documents]
         oneoff = {d["Id"][:12] for d, of in zip(documents, labels, strict=True) if LABEL_ONEOFF in of}
         for process in processes:
             if process.id not in oneoff:

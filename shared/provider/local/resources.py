@@ -48,7 +48,7 @@ from shared.models import Resource, ResourceType
 from shared.names import check_service_name, manifest_service
 from shared.provider.local import dumps
 from shared.provider.local.apps import LocalApps
-from shared.provider.local.docker import LABEL_RACK, Docker
+from shared.provider.local.docker import LABEL_RACK, ContainerInfo, ContainerSummary, Docker
 from shared.provider.local.params import LocalParams
 from shared.provider.local.resource_kinds import PROBE_TIMEOUT, Record, kind_of
 from shared.provider.local.runners import Runner, dead
@@ -117,7 +117,7 @@ class LocalResources:
             links.setdefault(row["resource"], []).append(row["app"])
         return links
 
-    async def _containers(self) -> dict[str, dict[str, Any]]:
+    async def _containers(self) -> dict[str, ContainerSummary]:
         """The rack's service containers by service name."""
         found = await self.docker.containers({LABEL_RACK: self.rack}, all=True)
         return {c["Labels"][LABEL_RESOURCE]: c for c in found if LABEL_RESOURCE in (c.get("Labels") or {})}
@@ -130,10 +130,10 @@ class LocalResources:
             raise Conflict(f"service {name} is not running")
         return record, str(container["Id"])
 
-    def _resource(self, record: Record, apps: list[str], container: dict[str, Any] | None, reveal: bool) -> Resource:
+    def _resource(self, record: Record, apps: list[str], container: ContainerSummary | None, reveal: bool) -> Resource:
         status = record.status
         if status == "running":  # what the server is doing now, when it is not running
-            state = str((container or {}).get("State") or "missing")
+            state = (container.get("State") if container else None) or "missing"
             status = {"running": "running", "restarting": "restarting"}.get(state, "stopped")
         return Resource(
             name=record.name,
@@ -470,7 +470,7 @@ class LocalResources:
                 status=exc.status,
             ) from None
 
-    async def _run(self, record: Record) -> dict[str, Any]:
+    async def _run(self, record: Record) -> ContainerInfo:
         kind = record.kind
         config: dict[str, Any] = {
             "Image": record.image,
@@ -537,7 +537,7 @@ class LocalResources:
 
     # ---- the owner's work on one service ------------------------------------------------------------
 
-    async def _resume(self, record: Record, container: dict[str, Any] | None) -> None:
+    async def _resume(self, record: Record, container: ContainerSummary | None) -> None:
         """A creation whose process died: its server, when running, is waited on; else it is undone."""
         try:
             with log.measure("resource.resume", resource=record.name):
