@@ -245,6 +245,26 @@ async def test_a_promote_from_another_service_rolls_out_under_the_owner_with_typ
             await asker.releases.promote("asked", bare)
 
 
+async def test_a_promote_waits_for_the_racks_own_pass_over_the_app_instead_of_being_refused(
+    data_dir: Path, asker: LocalProvider, busybox_image: str
+) -> None:
+    async with owner(data_dir) as owning:
+        first = await release_of(asker, "passed", busybox_image, sleeping(), "BPASSFIRST1")
+        await asker.releases.promote("passed", first)
+        assert (await asker.releases.settled("passed", 60)).release == first
+        second = await release_of(asker, "passed", busybox_image, sleeping(), "BPASSSECND1")
+        async with owning.formation._lock("passed"):  # what a reconciliation or an adoption pass holds
+            promoted = await asker.releases.promote("passed", second)
+            assert promoted.status == "updating"
+            with pytest.raises(Conflict, match="already updating"):  # a user's roll-out is still refused
+                await asker.releases.promote("passed", second)
+            with pytest.raises(Conflict, match="updating"):
+                await owning.formation.restart("passed")
+        settled = await asker.releases.settled("passed", 60)
+        assert (settled.status, settled.release) == ("running", second)
+        assert containers_of("passed", second) and not containers_of("passed", first)
+
+
 OWNER = """
 import asyncio, sys
 from pathlib import Path

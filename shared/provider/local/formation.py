@@ -27,6 +27,7 @@ from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LA
 from shared.provider.local.events import Events
 from shared.provider.local.health import HealthChecks
 from shared.provider.local.listeners import Listeners
+from shared.provider.local.operations import Operations
 from shared.provider.local.releases import LocalReleases
 from shared.provider.local.state import State
 from shared.provider.local.volumes import Volumes
@@ -68,6 +69,8 @@ class LocalFormation:
         self.pending: set[str] = set()
         """Apps whose reconciliation is about to run (one pass for a burst of events)."""
         self.rolling: dict[str, asyncio.Task[None]] = {}
+        self.operations = Operations()
+        """What users asked of each app that is in progress (what makes a promote or a restart a Conflict)."""
         """The roll-out in progress per app (what `convox apps cancel` stops)."""
         self.closing = False
         """The service is stopping: a roll-out cut short now is interrupted (adoption finishes it), not cancelled."""
@@ -115,17 +118,24 @@ class LocalFormation:
 
     async def promote(self, release: Release) -> App:
         app = await self.apps.get(release.app)
-        if app.status == "updating" or self._lock(release.app).locked():
+        if app.status == "updating":
             raise Conflict(f"app {release.app} is already updating")
-        await self.desired(release)  # a manifest or environment problem is a 400 now, before anything changes
-        await self.apps.set_status(release.app, "updating")
-        await self.apps.rollouts.record(release.app, release.id, "updating")
+        self.operations.refuse_if_busy(release.app)  # a reconciliation holding the lock is waited for instead
+        token = self.operations.begin(release.app, "updating")
+        try:
+            await self.desired(release)  # a manifest or environment problem is a 400 now, before anything changes
+            await self.apps.set_status(release.app, "updating")
+            await self.apps.rollouts.record(release.app, release.id, "updating")
+        except BaseException:
+            self.operations.end(release.app, token)
+            raise
         task: asyncio.Task[None] = asyncio.create_task(self._rollout(release))
         self.tasks.add(task)
         self.rolling[release.app] = task
 
         def done(finished: asyncio.Task[None]) -> None:
             self.tasks.discard(finished)
+            self.operations.end(release.app, token)
             if self.rolling.get(release.app) is finished:
                 del self.rolling[release.app]
 
@@ -202,8 +212,14 @@ class LocalFormation:
             services = manifest_of(release).services
             if service not in services:
                 raise NotFound(f"no such process type: {service} (types: {', '.join(sorted(services)) or 'none'})")
-        if current.status == "updating" or self._lock(app).locked():
+        if current.status == "updating" or self.operations.current(app) == "updating":
             raise Conflict(f"app {app} is updating: restart it when the roll-out is done")
+        self.operations.refuse_if_busy(app)
+        with self.operations.during(app, "restarting"):
+            await self._restart(app, service, release)
+        return await self.get(app)
+
+    async def _restart(self, app: str, service: str | None, release: Release) -> None:
         async with self._lock(app):
             with log.measure("formation.restart", app=app, service=service or ""):
                 try:
@@ -211,7 +227,6 @@ class LocalFormation:
                 finally:
                     self.switching.discard(app)
             await self.events.emit(app, f"{service or 'every process type'} restarted", release=release.id)
-        return await self.get(app)
 
     async def get(self, app: str) -> list[Formation]:
         current = await self.apps.get(app)
@@ -252,6 +267,10 @@ class LocalFormation:
             raise NotFound(f"no such process type: {service} (types: {', '.join(sorted(services)) or 'none'})")
         if update.count is None and update.memory is None:
             raise BadRequest("nothing to change: give a count or a memory")
+        with self.operations.during(app, "scaling"):
+            return await self._scale(app, service, update, release)
+
+    async def _scale(self, app: str, service: str, update: FormationUpdate, release: Release) -> Formation:
         async with self._lock(app):
             # tried first, saved once it runs: a change the Engine refuses leaves the formation as it was
             with log.measure("formation.scale", app=app, service=service, count=update.count, memory=update.memory):
