@@ -53,3 +53,9 @@ def test_every_measured_case_has_its_goal_line_where_the_goal_is() -> None:
     # The lower goal lies left of the higher ones on the shared axis.
     xs = [float(x) for x in goals]
     assert xs[0] < xs[1] < xs[2]
+
+
+def test_a_target_is_shown_with_the_precision_it_needs() -> None:
+    assert Target.below(0.150).describe("s") == "< 150 ms"
+    assert Target.below(0.0007).describe("s") == "< 0.7 ms"  # docker's 0.4 ms plus 0.3, not "< 1 ms"
+    assert Target.ratio_above(0.9).describe("B/s") == "ratio ≥ 0.9x"
