@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -53,6 +54,22 @@ async def provider(provider_name: str, backend: str, tmp_path: Path) -> AsyncIte
             await asyncio.to_thread(register_container_instance, RACK_NAME)
         async with running_workers(opened):
             yield opened
+        if provider_name == "local":
+            await asyncio.to_thread(remove_containers, [app.name for app in await opened.apps.list()])
+
+
+def remove_containers(apps: list[str]) -> None:
+    """The containers the test's apps left on the Engine (a test may end with its app deployed)."""
+    for app in apps:
+        labels = ("--filter", f"label=convox.rack={RACK_NAME}", "--filter", f"label=convox.app={app}")
+        found = subprocess.run(
+            ["docker", "ps", "-aq", *labels],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if found:
+            subprocess.run(["docker", "rm", "-f", "-v", *found], capture_output=True, check=False)
 
 
 @contextlib.asynccontextmanager
