@@ -54,10 +54,7 @@ class EndlessLogs:
 
 
 class IdleProcesses:
-    """A test double of the processes provider: nothing to adopt, no process to exec into."""
-
-    async def adopt(self) -> None:
-        return None
+    """A test double of the processes provider: no process to exec into."""
 
     async def exec(self, app: str, pid: str, command: list[str]) -> None:
         raise NotFound(f"no such process: {pid}")

@@ -332,6 +332,36 @@ def test_a_stream_that_ends_without_a_status_is_an_error(cli: Cli, rack: Running
     )
 
 
+def test_a_run_whose_processes_service_is_killed_is_ended_by_the_owner(
+    cli: Cli, rack: RunningRack, deployed: Deployed
+) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "run", "--app", deployed.name, "web", "sleep 300; echo never"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli.env,
+        text=True,
+    )
+    interactive = ["ps", "-aq", "--filter", f"label=convox.app={deployed.name}", "--filter", "label=convox.interactive"]
+    eventually(lambda: bool(docker(*interactive).strip()), within=20)
+    [container] = docker(*interactive).split()
+    service = next(
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "services.processes" in " ".join(p.info["cmdline"] or [])
+        and str(rack.data_dir) in " ".join(p.info["cmdline"] or [])
+    )
+    service.kill()  # kill -9 of the service holding the run's stream: nothing of it can end the run
+    killed = time.monotonic()
+    child.communicate(timeout=30)
+    assert child.returncode != 0
+    eventually(lambda: not docker("ps", "-aq", "--filter", f"id={container}").strip(), within=20)
+    assert time.monotonic() - killed < 15  # the owner's reaper: a round every 5 s, then the stop
+    reaped = f'at=process.reap id={container[:12]} reason="runner dead"'  # the owner's doing
+    eventually(lambda: reaped in rack.log.read_text(), within=5)
+
+
 def test_an_idle_session_stays_open(cli: Cli, deployed: Deployed) -> None:
     child = spawn(
         cli, "exec", "--app", deployed.name, deployed.pid, "sh", "-c", "read line; echo got $line", timeout=60

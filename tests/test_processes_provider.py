@@ -321,31 +321,6 @@ async def test_a_detached_run_is_listed_while_it_runs_then_removed(provider: Loc
     await until(lambda: not docker("ps", "-aq", "--filter", f"id={process.id}").strip(), within=15)
 
 
-async def test_a_run_past_its_time_limit_is_stopped(
-    provider: LocalProvider, busybox_image: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("shared.provider.local.processes.REAP_SECONDS", 0.5)
-    await provider.apps.create("limited")
-    process = await provider.processes.run(
-        "limited", ProcessRunOptions(service="web", image=busybox_image, command=["sleep", "3600"]), time_limit=1
-    )
-    await until(lambda: not docker("ps", "-aq", "--filter", f"id={process.id}").strip(), within=15)
-
-
-async def test_adopt_ends_interactive_runs_cut_off_by_a_restart(provider: LocalProvider, busybox_image: str) -> None:
-    await provider.apps.create("restart")
-    stream = await provider.processes.run_interactive(
-        "restart", ProcessRunOptions(service="web", image=busybox_image, command=["sleep", "3600"])
-    )
-    await stream.start(Terminal())
-    [process] = await provider.processes.list("restart")
-    detached = await sleeper(provider, "restart")
-    await provider.processes.adopt()  # as a new processes service does at its start
-    assert [p.id for p in await provider.processes.list("restart")] == [detached]
-    await stream.close()
-    assert process.id != detached
-
-
 # ---- one-offs of a release -----------------------------------------------------------------------------------
 
 
@@ -397,9 +372,10 @@ async def test_a_run_uses_the_release_image_and_environment(provider: LocalProvi
 def test_the_contract_names_every_method_the_local_provider_serves() -> None:
     from shared.provider.contract import ProcessesAPI
 
-    wanted = {"run", "run_interactive", "list", "get", "stop", "exec", "metrics", "adopt"}
+    wanted = {"run", "run_interactive", "list", "get", "stop", "exec", "metrics"}
     assert wanted <= set(dir(ProcessesAPI))
     assert wanted <= set(dir(LocalProcesses))
+    assert "adopt" not in dir(ProcessesAPI)  # what outlives a service is the workers' owner's
 
 
 # ---- network sandboxes of one-offs ---------------------------------------------------------------------------
@@ -483,39 +459,6 @@ async def test_a_vanished_sandbox_leaves_the_run_on_the_network_itself(
     output, mode = await run_output(provider, "vanish", "ip addr", busybox_image)
     assert mode == processes.network and address(output)
     await until(lambda: processes.sandboxes.idle.get("vanish") and processes.sandboxes.idle["vanish"][0][0] != sandbox)
-
-
-async def test_sandboxes_are_adopted_after_a_restart_and_removed_with_their_app(
-    provider: LocalProvider, busybox_image: str
-) -> None:
-    processes = await on_rack_network(provider)
-    for app in ("kept", "busy", "ghost"):
-        await provider.apps.create(app)
-        await run_output(provider, app, "true", busybox_image)
-        await until(lambda app=app: processes.sandboxes.idle.get(app))
-    [(sandbox, _)], [(busy, _)], [(ghost, _)] = (processes.sandboxes.idle[app] for app in ("kept", "busy", "ghost"))
-    user = docker(
-        "run", "-d", "--network", f"container:{busy}", "--label", f"convox.rack={RACK_NAME}", busybox_image,
-        "sleep", "3600",
-    ).strip()  # fmt: skip
-    await provider.state.execute("DELETE FROM apps WHERE name = 'ghost'")  # its deletion cut off before the end
-    restarted = LocalProcesses(processes.docker, processes.apps, RACK_NAME)  # a new processes service
-    try:
-        await restarted.adopt()
-        assert [s for s, _ in restarted.sandboxes.idle["kept"]] == [sandbox]
-        assert not restarted.sandboxes.idle.get("busy")  # a live container still uses it: left to it
-        await asyncio.gather(*restarted.sandboxes.tasks)
-        assert docker("ps", "-q", "--filter", f"id={busy}").strip()
-        assert not docker("ps", "-aq", "--filter", f"id={ghost}").strip()  # its app is gone: so is it
-    finally:
-        await restarted.close()
-        docker("rm", "-f", user)
-    started = time.monotonic()
-    docker("stop", "-t", "10", sandbox)  # its init passes SIGTERM on: the pause program ends at once
-    assert time.monotonic() - started < 5
-    docker("start", sandbox)
-    await provider.apps.delete("kept")
-    assert not docker("ps", "-aq", "--filter", "label=convox.sandbox=kept").strip()
 
 
 async def test_a_sweep_removes_sandboxes_idle_too_long(

@@ -3,6 +3,7 @@ document and from cgroup files), the CLI's rendering and command lines, and the 
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from shared.protocol import Process
 from shared.provider.engine.exec import _Attached, sized
 from shared.provider.engine.stats import Cgroups, Sample, cpu_fraction, memory_fraction, parse
 from shared.provider.local.docker import Docker
+from shared.provider.local.runners import Runner
 from shared.provider.local.sandboxes import Sandboxes, pause_program
 
 DOCKER_STATS = {  # trimmed from a real `GET /containers/{id}/stats` (cgroup v1)
@@ -164,8 +166,8 @@ def test_the_fast_entry_reads_options_before_the_command(monkeypatch: pytest.Mon
     assert client.fast(["run", "-e", "NOEQUALS", "web", "true"]) == 1  # ERROR: --env: expected KEY=VALUE
 
 
-async def test_a_sandbox_is_handed_to_one_process_and_given_back_once() -> None:
-    sandboxes = Sandboxes(Docker(None), "rack", "convox-rack", apps=None)  # type: ignore[arg-type]
+async def test_a_sandbox_is_handed_to_one_process_and_given_back_once(tmp_path: Path) -> None:
+    sandboxes = Sandboxes(Docker(None), "rack", "convox-rack", None, Runner(tmp_path))  # type: ignore[arg-type]
     sandboxes.give_back("app", "s1")
     sandboxes.give_back("app", "s1")  # seen idle by a sweep before its maker gave it back: no second entry
     assert [s for s, _ in sandboxes.idle["app"]] == ["s1"] and not sandboxes.tasks
@@ -175,6 +177,11 @@ async def test_a_sandbox_is_handed_to_one_process_and_given_back_once() -> None:
     assert not sandboxes.making and not sandboxes.tasks
     sandboxes.give_back("app", "s1")
     assert sandboxes.held == {} and sandboxes.take("app") == "s1"
+    assert not sandboxes.expiries  # a taken sandbox has no idle time running
+    sandboxes.give_back("app", "s1")
+    assert list(sandboxes.expiries) == ["s1"]
+    await sandboxes.close()
+    assert not sandboxes.expiries
 
 
 class EndedOnTheNthAsk(_Attached):
@@ -220,3 +227,23 @@ def test_the_pause_program_is_a_static_x86_64_executable() -> None:
     p_type, p_flags, offset, vaddr, _, filesz, memsz = struct.unpack_from("<IIQQQQQ", program, 64)
     assert (p_type, p_flags, offset, filesz, memsz) == (1, 5, 0, len(program), len(program))
     assert program[entry - vaddr :] == bytes.fromhex("b822000000 0f05 ebf7")  # pause(2), again
+
+
+async def test_an_idle_sandbox_goes_when_its_idle_time_is_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shared.provider.local.sandboxes.IDLE_SECONDS", 0.05)
+    sandboxes = Sandboxes(Docker(None), "rack", "convox-rack", None, Runner(tmp_path))  # type: ignore[arg-type]
+    removed: list[str] = []
+    gone = asyncio.Event()
+
+    async def remove(sandbox: str) -> None:
+        removed.append(sandbox)
+        gone.set()
+
+    monkeypatch.setattr(sandboxes, "_remove", remove)
+    sandboxes.give_back("app", "s1")
+    sandboxes.give_back("other", "s2")
+    assert sandboxes.take("other") == "s2"  # taken in time: it stays
+    await asyncio.wait_for(gone.wait(), 5)
+    await asyncio.gather(*sandboxes.tasks)
+    assert removed == ["s1"] and sandboxes.idle["app"] == [] and not sandboxes.expiries  # s2's time was cancelled
+    await sandboxes.close()

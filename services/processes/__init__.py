@@ -17,12 +17,6 @@ ROUTERS = [router, rack_router]
 TAGS = [{"name": "processes", "description": "Processes of apps: ps, run, exec, stop, live metrics"}]
 
 
-async def adopt(provider: Provider) -> None:
-    """One-offs are this service's: at its start, end the interactive ones a restart cut off from their
-    streams and keep enforcing the detached ones' timeouts."""
-    await provider.processes.adopt()
-
-
 def create_app(
     settings: RackSettings | None = None,
     provider: Provider | None = None,
@@ -30,7 +24,7 @@ def create_app(
     processes: ProcessesSettings | None = None,
 ) -> FastAPI:
     app = build_service(
-        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[adopt]
+        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS
     )
     limit = (processes or ProcessesSettings()).max_sessions
     app.state.sessions = Slots("exec and run sessions", limit, "RACK_PROCESSES_MAX_SESSIONS")

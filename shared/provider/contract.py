@@ -61,7 +61,8 @@ class ProcessesAPI(Protocol):
     """
 
     async def run(self, app: str, options: ProcessRunOptions, time_limit: float | None = None) -> Process:
-        """A one-off process, detached, removed when it ends (or stopped after ``time_limit`` seconds). Without
+        """A one-off process, detached, removed when it ends (or stopped after ``time_limit`` seconds, by
+        :meth:`Provider.workers`, whichever service ran it and however often it restarted). Without
         ``options.image`` it runs the process type's image of ``options.release`` (the app's active release
         when empty) with the release's environment, ``options.environment`` on top."""
         ...
@@ -70,7 +71,9 @@ class ProcessesAPI(Protocol):
         self, app: str, options: ProcessRunOptions, time_limit: float | None = None
     ) -> ProcessStream:
         """Like :meth:`run`, but attached to a stream: checked now (app, release, process type), started by
-        :meth:`ProcessStream.start`; its container is removed when it ends."""
+        :meth:`ProcessStream.start`; its container is removed when it ends. It lives no longer than the
+        process that holds its stream: when that dies (``kill -9`` included), :meth:`Provider.workers` ends it
+        (locally once it sees the process's runner lock free, on AWS once the stream's lease runs out)."""
         ...
 
     async def exec(self, app: str, pid: str, command: list[str]) -> ProcessStream:
@@ -92,13 +95,6 @@ class ProcessesAPI(Protocol):
     ) -> list[Process]: ...
     async def get(self, app: str, pid: str) -> Process: ...
     async def stop(self, app: str, pid: str) -> None: ...
-
-    async def adopt(self) -> None:
-        """Take charge of one-off processes after a (re)start of the service that serves their streams
-        (the processes service, at its start): end the interactive ones (their streams died with it) and
-        enforce the timeouts of detached ones. This is that service's own recovery, not rack-wide work
-        (:meth:`Provider.workers` is)."""
-        ...
 
 
 class ResourceHook(Protocol):
@@ -417,11 +413,12 @@ class Provider(Protocol):
     async def workers(self, started: Callable[[], None] | None = None) -> None:
         """Run the rack's background work until cancelled: adoption after a restart, reconciliation of
         formation, the roll-outs (those promoted from any service), timers, the failing of builds whose
-        runner died (the service that ran them locally, the builder task on AWS), and the backing services'
+        runner died (the service that ran them locally, the builder task on AWS), the backing services'
         work left by a process that died (:meth:`ResourcesAPI.create` and ``delete``) along with the servers
-        that went missing. One service runs it (the apps service: the owner), so a restart of that service
-        restarts it. Every loop runs under one task group (:func:`shared.provider.workers.supervise`): a loop
-        that fails is logged and started again with back-off, the others going on. ``started`` is called once
+        that went missing, and the one-offs' (time limits, interactive runs whose stream's process died).
+        One service runs it (the apps service: the owner), so a restart of that service restarts it. Every
+        loop runs under one task group (:func:`shared.provider.workers.supervise`): a loop that fails is
+        logged and started again with back-off, the others going on. ``started`` is called once
         every start step (adoption) has run."""
         ...
 

@@ -423,13 +423,10 @@ class AwsProcesses:
                 log.error("process.reap", error=str(exc))
             await asyncio.sleep(self.settings.reaper_interval)
 
-    async def adopt(self) -> None:
-        """Nothing of the processes service's own: the reaper of time limits is a loop of the workers."""
-        return None
-
     def loops(self) -> builtins.list[Loop]:
         """The reaper of one-off time limits, under :meth:`AwsProvider.workers` (deadlines are tags: nothing
-        is lost on a restart)."""
+        is lost on a restart). An attached run whose stream's process died is one of them: its lease (its
+        deadline, renewed by that process) runs out."""
         return [Loop("processes.reaper", self._reap_forever)]
 
     async def forget(self, app: str) -> None:

@@ -42,7 +42,7 @@ class LocalProvider:
         self.apps = LocalApps(self.state, self.docker, settings.name, settings.balancer_host)
         self.system = LocalSystem(settings.name, self.docker)
         self.releases = LocalReleases(self.state, self.apps)
-        self.processes = LocalProcesses(self.docker, self.apps, settings.name, self.releases)
+        self.processes = LocalProcesses(self.docker, self.apps, settings.name, self.runner, self.releases)
         self.balancers = Balancers(
             settings.run_dir, settings.data_dir / "logs" / "balancer.log", local.balancer_orphan_seconds
         )
@@ -89,8 +89,10 @@ class LocalProvider:
     async def workers(self, started: Callable[[], None] | None = None) -> None:
         """The rack's background work (see :meth:`shared.provider.contract.Provider.workers`): formation's
         adoption, reconciliation and balancers, the roll-outs asked from other services, the timers, the
-        failing of builds whose builds service died, and the backing services (work whose process died
-        finished or undone, missing servers brought back)."""
+        failing of builds whose builds service died, the backing services (work whose process died
+        finished or undone, missing servers brought back), and the one-offs' (interactive ones whose
+        service died ended, time limits enforced, ended ones removed, sandboxes no live process holds
+        removed)."""
         self.promotions.owner = True
         loops = [
             *self.formation.loops(),
@@ -98,6 +100,7 @@ class LocalProvider:
             *self.timers.loops(),
             Loop("builds.expire", self.builds.expire),
             *self.resources.loops(),
+            *self.processes.loops(),
         ]
         try:
             await supervise(loops, started)

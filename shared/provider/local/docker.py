@@ -52,6 +52,10 @@ LABEL_TIMER = "convox.timer"
 LABEL_SANDBOX = "convox.sandbox"
 """On a network sandbox of one-offs (:mod:`shared.provider.local.sandboxes`): the app it serves (it has no
 ``convox.app``: it is no process of the app)."""
+LABEL_RUNNER = "convox.runner"
+"""The runner token (:mod:`shared.provider.local.runners`) of the process whose stream or pool holds a container
+(an interactive one-off, a network sandbox): the owner of the background work removes it once that process
+is dead. Read back as any label is: a value that is no token counts as a dead runner's."""
 RACK_LABEL_PREFIX = "convox."
 """The rack's own labels: only the rack sets them on what it makes; an image's copies are overridden."""
 

@@ -5,6 +5,13 @@ another app, of the rack or of nothing is a 404. One-off processes (``convox run
 release's image labelled ``convox.oneoff=true``, listed like the others while they run and removed when they
 end. CPU and memory come from :mod:`shared.provider.engine.stats`; streams from
 :mod:`shared.provider.engine.exec`.
+
+An interactive one-off runs in the service that holds its stream and carries that service's runner token
+(``convox.runner``, :mod:`shared.provider.local.runners`). What outlives a service is the owner's
+(:meth:`LocalProcesses.loops`, under :meth:`LocalProvider.workers`): every :data:`REAP_SECONDS` it stops the
+interactive one-offs whose runner is dead (their stream died with it, ``kill -9`` included) and the detached
+ones past their deadline, removes ended ones nobody removed, and every :data:`SWEEP_SECONDS` removes the
+sandboxes no live process holds (:meth:`Sandboxes.sweep`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from shared.provider.local.docker import (
     LABEL_ONEOFF,
     LABEL_RACK,
     LABEL_RELEASE,
+    LABEL_RUNNER,
     LABEL_TIMER,
     LABEL_TYPE,
     ContainerConfig,
@@ -44,8 +52,10 @@ from shared.provider.local.docker import (
 )
 from shared.provider.local.images import image_name
 from shared.provider.local.receipts import Receipts
+from shared.provider.local.runners import TOKEN, Runner, dead
 from shared.provider.local.sandboxes import Sandboxes
 from shared.provider.local.volumes import Volumes
+from shared.provider.workers import Loop
 
 if TYPE_CHECKING:
     from shared.provider.contract import ReleasesAPI
@@ -57,12 +67,13 @@ LABEL_COMMAND = "convox.command"
 LABEL_DEADLINE = "convox.deadline"
 """Unix time after which a one-off process is stopped (``convox run --timeout``)."""
 LABEL_INTERACTIVE = "convox.interactive"
-"""A one-off attached to a stream: it cannot outlive the service that holds the stream."""
+"""A one-off attached to a stream: it cannot outlive the service that holds the stream (its ``convox.runner``)."""
 PID_RE = re.compile(r"^[0-9a-f]{1,64}$")
 MB = 1024 * 1024
 REAP_SECONDS = 5.0
+"""How often the owner looks for one-offs to end: past their deadline, or interactive with a dead runner."""
 SWEEP_SECONDS = 60.0
-"""How often the reaper also brings the sandboxes in line with what the rack knows."""
+"""How often the owner's reaper also removes the sandboxes that no live process holds."""
 STOP_GRACE = 10
 
 
@@ -124,18 +135,21 @@ def to_process(container: ContainerSummary | ContainerInfo) -> Process:
 
 
 class LocalProcesses:
-    def __init__(self, docker: Docker, apps: LocalApps, rack: str, releases: ReleasesAPI | None = None) -> None:
+    def __init__(
+        self, docker: Docker, apps: LocalApps, rack: str, runner: Runner, releases: ReleasesAPI | None = None
+    ) -> None:
         self.docker = docker
+        self.runner = runner
+        """This process's runner: its token is on the interactive one-offs (and sandboxes) it holds."""
         self.apps = apps
         self.rack = rack
         self.network = f"convox-{rack}"  # the rack's network, as formation names it: TYPE.APP resolves there
         self._releases = releases
         self.sampler = Sampler(docker)
-        self.reaper: asyncio.Task[None] | None = None
         self.shells: dict[str, bool] = {}
         self.image_configs: dict[str, ImageConfig] = {}
         self.network_seen = False
-        self.sandboxes = Sandboxes(docker, rack, self.network, apps)
+        self.sandboxes = Sandboxes(docker, rack, self.network, apps, runner)
         self.volumes = Volumes(docker, rack)
         self.swept = 0.0
         self.receipts = Receipts(apps.state)
@@ -234,8 +248,9 @@ class LocalProcesses:
         }
         if options.release:
             labels[LABEL_RELEASE] = options.release
-        if interactive:  # its stream enforces its time limit; it cannot outlive its stream anyway
+        if interactive:  # its stream enforces its time limit; the owner ends it once its runner is dead
             labels[LABEL_INTERACTIVE] = "true"
+            labels[LABEL_RUNNER] = self.runner.token if self.runner.held else await asyncio.to_thread(self.runner.hold)
         elif time_limit:
             labels[LABEL_DEADLINE] = str(int(time.time() + time_limit))
         host: dict[str, Any] = {"Init": True}
@@ -284,9 +299,7 @@ class LocalProcesses:
         except NotFound:  # it ended already and was removed
             made: ContainerConfig = {"Image": config["Image"], "Labels": config["Labels"]}
             process = to_process({"Id": container_id, "Config": made, "State": {"Status": "exited"}})
-        if time_limit:
-            self._ensure_reaper()
-        return process
+        return process  # its time limit is the owner's (:meth:`loops`): a label, so that no restart loses it
 
     async def run_interactive(
         self, app: str, options: ProcessRunOptions, time_limit: float | None = None
@@ -427,7 +440,7 @@ class LocalProcesses:
 
     async def _watch_ends(self, since: float) -> None:
         """Remove each detached one-off that ends (once its log is read), from the Engine's events (taken
-        again from where they were after a drop; the reaper finds what they miss)."""
+        again from where they were after a drop; the owner's reaper finds what they miss)."""
         filters = {
             "type": ["container"],
             "event": ["die"],
@@ -466,61 +479,71 @@ class LocalProcesses:
         except RackError as exc:  # the reaper's next round finds it ended and removes it
             log.error("process.remove", id=container_id[:12], message=exc.message)
 
-    # ---- one-offs after a restart, and their timeouts --------------------------------------------------------
+    # ---- under the owner: one-offs whose service died, time limits, sandboxes ----------------------------------
 
-    async def adopt(self) -> None:
-        await self.reap(interactive=True)
-        self._ensure_ends()
+    def loops(self) -> builtins.list[Loop]:
+        """The owner's work (:meth:`shared.provider.contract.Provider.workers`): at its start one round of the
+        reaper and a sweep (what a restart cut short), then the reaper every :data:`REAP_SECONDS`; and the
+        removal of detached one-offs as they end."""
+        return [
+            Loop("processes.reaper", self._reap_forever, start=self._start),
+            Loop("processes.ends", self._watch_ends_from_now),
+        ]
+
+    async def _start(self) -> None:
+        await self.reap()
         await self.sweep()
-        self._ensure_reaper()
+
+    async def _watch_ends_from_now(self) -> None:
+        await self._watch_ends(time.time())
 
     async def sweep(self) -> None:
         """Bring the rack's sandboxes in line (see :meth:`Sandboxes.sweep`)."""
         self.swept = time.monotonic()
         await self.sandboxes.sweep({app.name for app in await self.apps.list()})
 
-    async def reap(self, interactive: bool = False) -> None:
-        """Stop one-offs past their deadline (and, with ``interactive``, those whose stream is gone)."""
+    async def reap(self) -> None:
+        """Stop the one-offs past their deadline and the interactive ones whose runner is dead (their stream
+        is gone); remove those that ended while nothing was there to remove them."""
         now = time.time()
         found = await self.docker.containers({LABEL_RACK: self.rack, LABEL_ONEOFF: "true"}, all=True)
+        runners: dict[str, str] = {}
+        for container in found:
+            labels = container.get("Labels") or {}
+            if labels.get(LABEL_INTERACTIVE) == "true":
+                token = str(labels.get(LABEL_RUNNER, ""))
+                runners[container["Id"]] = token if TOKEN.fullmatch(token) else ""  # no token: nothing holds it
+        gone = await dead(self.runner.root, set(runners.values()))
         doomed = []
         for container in found:
             labels = container.get("Labels") or {}
-            if container.get("State") in ("exited", "dead") and labels.get(LABEL_INTERACTIVE) != "true":
+            orphan = container["Id"] in runners and runners[container["Id"]] in gone
+            if container.get("State") in ("exited", "dead") and (container["Id"] not in runners or orphan):
                 self.remove_when_read(container["Id"])  # ended while nobody was there to remove it
                 continue
             deadline = labels.get(LABEL_DEADLINE, "")
-            if (interactive and labels.get(LABEL_INTERACTIVE) == "true") or (
-                deadline.isdigit() and int(deadline) <= now
-            ):
+            if orphan or (deadline.isdigit() and int(deadline) <= now):
                 doomed.append(container["Id"])
         for container_id in doomed:
-            log.log("process.reap", id=container_id[:12])
+            runner = runners.get(container_id)
+            why = {"reason": "time limit"} if runner is None else {"reason": "runner dead", "runner": runner or "none"}
+            log.log("process.reap", id=container_id[:12], **why)
         await asyncio.gather(*(self._stop(c) for c in doomed), return_exceptions=True)
-
-    def _ensure_reaper(self) -> None:
-        if self.reaper is None or self.reaper.done():
-            self.reaper = asyncio.create_task(self._reap_forever(), name="one-off-reaper")
 
     async def _reap_forever(self) -> None:
         while True:
+            await asyncio.sleep(REAP_SECONDS)
             try:
                 await self.reap()
                 if time.monotonic() - self.swept > SWEEP_SECONDS:
                     await self.sweep()
             except Exception as exc:  # the next round tries again: time limits must go on being enforced
                 log.error("process.reap", message=exc.message if isinstance(exc, RackError) else type(exc).__name__)
-            await asyncio.sleep(REAP_SECONDS)
 
     async def close(self) -> None:
-        """Stop the background work (stats sampling, the reaper)."""
+        """Stop the background work of this process (stats sampling, the removal of ended one-offs)."""
         await self.sampler.close()
         await self.sandboxes.close()
-        if self.reaper is not None:
-            self.reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.reaper
-            self.reaper = None
         if self.ends is not None:
             self.ends.cancel()
             with contextlib.suppress(asyncio.CancelledError):

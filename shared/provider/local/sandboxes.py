@@ -14,6 +14,11 @@ leaves a sandbox behind when it ends (made after the run, so that no run waits o
 gives its sandbox back. Sandboxes idle for :data:`IDLE_SECONDS` are removed, as are those of a deleted app.
 A one-off's hostname is its sandbox's (Docker gives a joined container the namespace owner's).
 
+The pool is the memory of the process that serves interactive runs (the processes service): each sandbox
+carries that process's runner token (``convox.runner``), and the pool removes its own idle ones when their
+time is up. What a process that died leaves is the owner's: its :meth:`Sandboxes.sweep` (a loop of
+:meth:`LocalProvider.workers`) removes every sandbox that no live process holds and no running container uses.
+
 The sandbox runs ``/pause``, a static program of a few instructions (``pause(2)`` in a loop, made below) under
 the engine's init, from an image imported at first need: no registry is needed. Engines on other
 architectures than x86-64 run one-offs on the network directly, as before.
@@ -33,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import NotFound, RackError
 from shared.logfmt import Logger
-from shared.provider.local.docker import LABEL_RACK, LABEL_SANDBOX, Docker
+from shared.provider.local.docker import LABEL_RACK, LABEL_RUNNER, LABEL_SANDBOX, Docker
+from shared.provider.local.runners import TOKEN, Runner, dead
 
 if TYPE_CHECKING:
     from shared.provider.contract import AppsAPI
@@ -73,16 +79,19 @@ def pause_image_tar(program: bytes) -> bytes:
 class Sandboxes:
     """The sandboxes of each app on one rack: idle ones, and those held by a process (one each)."""
 
-    def __init__(self, docker: Docker, rack: str, network: str, apps: AppsAPI) -> None:
+    def __init__(self, docker: Docker, rack: str, network: str, apps: AppsAPI, runner: Runner) -> None:
         self.docker = docker
         self.rack = rack
         self.network = network
         self.apps = apps
+        self.runner = runner
         self.idle: dict[str, list[tuple[str, float]]] = {}
         self.held: dict[str, str] = {}
         """Sandbox id -> app, while a process of this service uses it."""
         self.making: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.expiries: dict[str, asyncio.TimerHandle] = {}
+        """Sandbox id -> when it is removed unless taken first (:data:`IDLE_SECONDS` after it went idle)."""
         self.image_lock = asyncio.Lock()
         self._image: str | None = None
         self._supported: bool | None = None
@@ -94,6 +103,9 @@ class Sandboxes:
             return None
         sandbox, _ = pool.pop()
         self.held[sandbox] = app
+        expiry = self.expiries.pop(sandbox, None)
+        if expiry is not None:
+            expiry.cancel()
         return sandbox
 
     def give_back(self, app: str, sandbox: str) -> None:
@@ -103,14 +115,27 @@ class Sandboxes:
         if any(s == sandbox for s, _ in pool):  # already idle (a sweep saw it before its maker gave it back)
             return
         if len(pool) < PER_APP:
-            pool.append((sandbox, time.monotonic()))
+            since = time.monotonic()
+            pool.append((sandbox, since))
+            loop = asyncio.get_running_loop()
+            self.expiries[sandbox] = loop.call_later(IDLE_SECONDS, self._expire, app, sandbox, since)
         else:
+            self.discard(sandbox)
+
+    def _expire(self, app: str, sandbox: str, since: float) -> None:
+        self.expiries.pop(sandbox, None)
+        pool = self.idle.get(app, [])
+        if (sandbox, since) in pool:
+            pool.remove((sandbox, since))
             self.discard(sandbox)
 
     def discard(self, sandbox: str) -> None:
         """Remove a sandbox that is broken or not wanted (in the background; :meth:`sweep` removes what this
         could not)."""
         self.held.pop(sandbox, None)
+        expiry = self.expiries.pop(sandbox, None)
+        if expiry is not None:
+            expiry.cancel()
         self._spawn(self._remove(sandbox))
 
     def want(self, app: str) -> None:
@@ -143,7 +168,7 @@ class Sandboxes:
             config = {
                 "Image": image,
                 "Entrypoint": [PAUSE_PATH],
-                "Labels": {LABEL_RACK: self.rack, LABEL_SANDBOX: app},
+                "Labels": {LABEL_RACK: self.rack, LABEL_SANDBOX: app, LABEL_RUNNER: await self._token()},
                 "HostConfig": {
                     "NetworkMode": self.network,
                     "Init": True,
@@ -166,6 +191,9 @@ class Sandboxes:
             log.error("sandbox.create", app=app, message=exc.message)
         finally:
             self.making.discard(app)
+
+    async def _token(self) -> str:
+        return self.runner.token if self.runner.held else await asyncio.to_thread(self.runner.hold)
 
     async def _pause_image(self) -> str | None:
         """The pause image's tag, imported when the engine lacks it; None when the engine's architecture has
@@ -194,12 +222,12 @@ class Sandboxes:
         return tag
 
     async def sweep(self, apps: set[str]) -> None:
-        """Make the rack's sandbox containers match what this service knows (at its start, and now and then):
-        a running sandbox of an existing app that no process uses becomes idle (up to :data:`PER_APP`), one a
-        live container still uses is left to it, idle ones past :data:`IDLE_SECONDS` or of deleted apps go,
-        and so does every other (stopped, surplus, lost by a failed removal or a cancelled making)."""
+        """The owner's round (at its start, and every few seconds): this pool's idle sandboxes past
+        :data:`IDLE_SECONDS` or of deleted apps go, and so does every sandbox container of the rack that no
+        running container uses and that is of a deleted app, held by no live process (its runner is dead: the
+        pool that held it died with its process), or this pool's but lost from it (a failed removal). Any other
+        is a live process's pool's: left to it (one it finds broken, it removes)."""
         now = time.monotonic()
-        known = set(self.held) | {s for pool in self.idle.values() for s, _ in pool}  # expired ones stay gone
         for app, pool in list(self.idle.items()):
             for sandbox, since in list(pool):
                 if now - since > IDLE_SECONDS or app not in apps:
@@ -211,17 +239,30 @@ class Sandboxes:
             for c in containers
             if c.get("State") == "running" and (mode := str((c.get("HostConfig") or {}).get("NetworkMode", "")))
         }
+        sandboxes: dict[str, tuple[str, str]] = {}
         for container in containers:
-            owner = (container.get("Labels") or {}).get(LABEL_SANDBOX)
+            labels = container.get("Labels") or {}
+            owner = labels.get(LABEL_SANDBOX)
             sandbox = str(container["Id"])
-            if owner is None or sandbox in known or sandbox in used:
+            if owner is None or sandbox in used:
                 continue
-            if container.get("State") == "running" and owner in apps and len(self.idle.get(owner, [])) < PER_APP:
-                self.give_back(owner, sandbox)
-            else:
+            token = str(labels.get(LABEL_RUNNER, ""))
+            sandboxes[sandbox] = (str(owner), token if TOKEN.fullmatch(token) else "")
+        gone = await dead(self.runner.root, {token for _, token in sandboxes.values()})
+        mine = set(self.held) | {s for pool in self.idle.values() for s, _ in pool}  # as it is now, after the awaits
+        for sandbox, (owner, token) in sandboxes.items():
+            if sandbox in mine:
+                continue
+            if token == self.runner.token:  # this pool's, yet not in it: lost (a failed removal), or being made
+                if owner not in self.making:
+                    self.discard(sandbox)
+            elif owner not in apps or token in gone:
                 self.discard(sandbox)
 
     async def close(self) -> None:
+        for expiry in self.expiries.values():
+            expiry.cancel()
+        self.expiries.clear()
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
