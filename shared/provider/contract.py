@@ -111,7 +111,8 @@ class ResourceHook(Protocol):
 class BuildsAPI(Protocol):
     def link_resources(self, hook: ResourceHook) -> None:
         """Called where builds run: ``hook`` runs before a complete build's release is made, and what it
-        returns goes into that release's environment."""
+        returns goes into that release's environment (``set`` on top, ``unset`` removed). A RackError it raises
+        fails the build with its message, and no release is made."""
         ...
 
     async def create(self, app: str, source: str, manifest: Manifest, options: BuildOptions) -> Build:
@@ -143,7 +144,10 @@ class BuildReportsAPI(Protocol):
     in the rack itself (local) has no such API."""
 
     async def report(self, app: str, build_id: str, token: str, report: BuildReport) -> Build:
-        """Finish a running build with ``report`` (Unauthorized unless ``token`` is the build's own)."""
+        """Finish a running build with ``report``: its images make the release, its error fails it. Unauthorized
+        unless ``token`` is the build's own; NotFound for an unknown app or build (a build is found through its
+        own app only); BadRequest when the build is no longer running (a token reports once) or when the
+        images do not name exactly the built process types."""
         ...
 
 
