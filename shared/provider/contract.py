@@ -293,7 +293,8 @@ class LogsAPI(Protocol):
     def system(
         self, *, since: datetime | None = None, follow: bool = True, service: str = "", filter: str = ""
     ) -> AsyncIterator[list[bytes]]:
-        """The rack's own log: its services' lines, ``service`` naming one (``gateway``)."""
+        """The rack's own log: its services' lines (``gateway: ...``, of no release or process), ``service``
+        naming one (``gateway``). It has no errors of its own: a log with nothing (yet) is an empty history."""
         ...
 
     async def event(self, app: str, message: str, *, release: str = "", pid: str = "", service: str = "convox") -> None:
