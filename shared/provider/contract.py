@@ -360,20 +360,23 @@ class ResourcesAPI(Protocol):
     async def export(self, name: str) -> AsyncGenerator[bytes]:
         """A logical dump of the service's data, made by its own tool where the service runs: postgres
         ``pg_dump``'s plain SQL (each object dropped if it exists before it is made), mysql ``mysqldump``'s
-        SQL, redis an RDB file. Checked now (NotFound for an unknown service, Conflict when its server is not
-        running); the returned generator runs the tool and yields its output as it comes, at the pace it is
-        consumed (the tool waits while the consumer does); closing it early ends the tool. A tool that fails raises
-        :class:`~shared.errors.RackError` at the end of the iterator, with its exit code and what it said: a
-        consumer that saw no error has the whole dump."""
+        SQL, redis an RDB file. Checked now (NotFound for an unknown service, BadRequest for a type that keeps
+        no data (memcached), Conflict when its server is not running); the returned generator runs the tool and
+        yields its output as it comes, at the pace it is consumed (the tool waits while the consumer does);
+        closing it early ends the tool. A tool that fails raises :class:`~shared.errors.RackError` at the end of
+        the iterator, with its exit code and what it said: a consumer that saw no error has the whole dump."""
         ...
 
     async def import_(self, name: str, dump: AsyncIterable[bytes]) -> None:
         """Load a dump (what :meth:`export` makes, or the same tool's output elsewhere) into the service:
         postgres in one transaction (all or nothing), mysql statement by statement, redis by replacing the
-        whole data set. The service is checked (NotFound, Conflict; Conflict too while another import into it
-        runs) before the first chunk of ``dump`` is read. A dump the tool refuses is
+        whole data set. The service is checked (NotFound, BadRequest, Conflict as for :meth:`export`; Conflict
+        too while another import into it runs) before the first chunk of ``dump`` is read. A dump the tool refuses is
         :class:`~shared.errors.BadRequest` with the tool's exit code and error; an exception from ``dump``
-        itself (the client went away, a size cap) ends the tool without finishing the import."""
+        itself (the client went away, a size cap) ends the tool without finishing the import.
+
+        The aws provider makes no dumps yet (they need a task in the rack's network running the tools): there
+        both calls are BadRequest, saying what to use instead, once the service is found (NotFound before)."""
         ...
 
 
