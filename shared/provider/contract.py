@@ -248,9 +248,10 @@ class FormationAPI(Protocol):
         ...
 
     async def adopt(self) -> None:
-        """Take charge of what runs after a (re)start of the rack: adopt running processes, serve the
-        balancers, finish what was cut short. A start step of :meth:`Provider.workers` (which then keeps
-        the counts)."""
+        """Take charge of what runs after a (re)start of the rack: adopt running processes (kept, not
+        replaced), serve the balancers, finish what was cut short (a roll-out cut short leaves its app running
+        the release that was serving, or failed when none was). A start step of :meth:`Provider.workers`
+        (which then keeps the counts)."""
         ...
 
 
@@ -260,8 +261,9 @@ class TimersAPI(Protocol):
         ...
 
     async def adopt(self) -> None:
-        """Take the timers' saved state again: a start step of :meth:`Provider.workers`, which then runs the
-        timers on their schedules."""
+        """Take the timers' saved state again (last and next runs; a run left going is followed to its end and
+        not doubled meanwhile): a start step of :meth:`Provider.workers`, which then runs the timers on their
+        schedules."""
         ...
 
 

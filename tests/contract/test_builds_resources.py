@@ -40,15 +40,17 @@ class ResourceHookDouble:
         return self.env
 
 
-async def built(provider: Provider, provider_name: str, app: str, tmp_path: Path) -> Build:
-    """A build of :data:`MANIFEST`, once it has ended."""
+async def built(
+    provider: Provider, provider_name: str, app: str, tmp_path: Path, manifest: Manifest = MANIFEST
+) -> Build:
+    """A build of ``manifest`` (its process types run prebuilt images), once it has ended."""
     if provider_name == "aws":
-        return await play_builder(provider, app, tmp_path, built=MANIFEST)
-    source = tmp_path / "source"
+        return await play_builder(provider, app, tmp_path, tag=app, built=manifest)
+    source = tmp_path / f"source-{app}"
     source.mkdir()
     (source / "convox.yml").write_text("services:\n  web:\n    image: rack-test/busybox:1\n")
     key = await stored_source(provider.objects, app, source)
-    build = await provider.builds.create(app, key, MANIFEST, BuildOptions(description="hooked"))
+    build = await provider.builds.create(app, key, manifest, BuildOptions(description=app))
     async with asyncio.timeout(60):
         while build.status not in ("complete", "failed"):
             await asyncio.sleep(0.05)
