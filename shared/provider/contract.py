@@ -107,7 +107,8 @@ class ResourceHook(Protocol):
 class BuildsAPI(Protocol):
     def link_resources(self, hook: ResourceHook) -> None:
         """Called where builds run: ``hook`` runs before a complete build's release is made, and what it
-        returns goes into that release's environment."""
+        returns goes into that release's environment (``set`` on top, ``unset`` removed). A RackError it raises
+        fails the build with its message, and no release is made."""
         ...
 
     async def create(self, app: str, source: str, manifest: Manifest, options: BuildOptions) -> Build:
@@ -139,7 +140,10 @@ class BuildReportsAPI(Protocol):
     in the rack itself (local) has no such API."""
 
     async def report(self, app: str, build_id: str, token: str, report: BuildReport) -> Build:
-        """Finish a running build with ``report`` (Unauthorized unless ``token`` is the build's own)."""
+        """Finish a running build with ``report``: its images make the release, its error fails it. Unauthorized
+        unless ``token`` is the build's own; NotFound for an unknown app or build (a build is found through its
+        own app only); BadRequest when the build is no longer running (a token reports once) or when the
+        images do not name exactly the built process types."""
         ...
 
 
@@ -240,9 +244,10 @@ class FormationAPI(Protocol):
         ...
 
     async def adopt(self) -> None:
-        """Take charge of what runs after a (re)start of the rack: adopt running processes, serve the
-        balancers, finish what was cut short. A start step of :meth:`Provider.workers` (which then keeps
-        the counts)."""
+        """Take charge of what runs after a (re)start of the rack: adopt running processes (kept, not
+        replaced), serve the balancers, finish what was cut short (a roll-out cut short leaves its app running
+        the release that was serving, or failed when none was). A start step of :meth:`Provider.workers`
+        (which then keeps the counts)."""
         ...
 
 
@@ -252,8 +257,9 @@ class TimersAPI(Protocol):
         ...
 
     async def adopt(self) -> None:
-        """Take the timers' saved state again: a start step of :meth:`Provider.workers`, which then runs the
-        timers on their schedules."""
+        """Take the timers' saved state again (last and next runs; a run left going is followed to its end and
+        not doubled meanwhile): a start step of :meth:`Provider.workers`, which then runs the timers on their
+        schedules."""
         ...
 
 
@@ -285,7 +291,8 @@ class LogsAPI(Protocol):
     def system(
         self, *, since: datetime | None = None, follow: bool = True, service: str = "", filter: str = ""
     ) -> AsyncIterator[list[bytes]]:
-        """The rack's own log: its services' lines, ``service`` naming one (``gateway``)."""
+        """The rack's own log: its services' lines (``gateway: ...``, of no release or process), ``service``
+        naming one (``gateway``). It has no errors of its own: a log with nothing (yet) is an empty history."""
         ...
 
     async def event(self, app: str, message: str, *, release: str = "", pid: str = "", service: str = "convox") -> None:
@@ -351,20 +358,23 @@ class ResourcesAPI(Protocol):
     async def export(self, name: str) -> AsyncGenerator[bytes]:
         """A logical dump of the service's data, made by its own tool where the service runs: postgres
         ``pg_dump``'s plain SQL (each object dropped if it exists before it is made), mysql ``mysqldump``'s
-        SQL, redis an RDB file. Checked now (NotFound for an unknown service, Conflict when its server is not
-        running); the returned generator runs the tool and yields its output as it comes, at the pace it is
-        consumed (the tool waits while the consumer does); closing it early ends the tool. A tool that fails raises
-        :class:`~shared.errors.RackError` at the end of the iterator, with its exit code and what it said: a
-        consumer that saw no error has the whole dump."""
+        SQL, redis an RDB file. Checked now (NotFound for an unknown service, BadRequest for a type that keeps
+        no data (memcached), Conflict when its server is not running); the returned generator runs the tool and
+        yields its output as it comes, at the pace it is consumed (the tool waits while the consumer does);
+        closing it early ends the tool. A tool that fails raises :class:`~shared.errors.RackError` at the end of
+        the iterator, with its exit code and what it said: a consumer that saw no error has the whole dump."""
         ...
 
     async def import_(self, name: str, dump: AsyncIterable[bytes]) -> None:
         """Load a dump (what :meth:`export` makes, or the same tool's output elsewhere) into the service:
         postgres in one transaction (all or nothing), mysql statement by statement, redis by replacing the
-        whole data set. The service is checked (NotFound, Conflict; Conflict too while another import into it
-        runs) before the first chunk of ``dump`` is read. A dump the tool refuses is
+        whole data set. The service is checked (NotFound, BadRequest, Conflict as for :meth:`export`; Conflict
+        too while another import into it runs) before the first chunk of ``dump`` is read. A dump the tool refuses is
         :class:`~shared.errors.BadRequest` with the tool's exit code and error; an exception from ``dump``
-        itself (the client went away, a size cap) ends the tool without finishing the import."""
+        itself (the client went away, a size cap) ends the tool without finishing the import.
+
+        The aws provider makes no dumps yet (they need a task in the rack's network running the tools): there
+        both calls are BadRequest, saying what to use instead, once the service is found (NotFound before)."""
         ...
 
 

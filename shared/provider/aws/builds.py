@@ -290,7 +290,7 @@ class AwsBuilds:
 
     async def finish(self, app: str, build: str, images: dict[str, str], error: str = "") -> Build:
         """The builder's report: the images it pushed (one per built process type) and a release, or its
-        error. Only a running build can finish (a second report is a Conflict)."""
+        error. Only a running build can finish (a second report is a BadRequest)."""
         item = await self._item(app, build)
         if item["status"] != "running":
             raise BadRequest(f"build {build} is {item['status']}, not running")

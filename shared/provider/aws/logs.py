@@ -112,6 +112,11 @@ class AwsLogs:
             except (ValueError, AttributeError):
                 return Line(ms, EVENT_SERVICE, "", "", message)
         parts = stream.split("/")
+        if not app:  # the rack's own group: its API task's supervisor writes ``SERVICE: text`` (see system)
+            source, sep, text = message.partition(": ")
+            if sep and source and not any(c.isspace() for c in source):
+                return Line(ms, source, "", "", text)
+            return Line(ms, parts[0], "", "", message)
         if len(parts) == 3:
             service, _, task_id = parts
             return Line(ms, service, await self._release_of(app, task_id), pid_of(task_id), message)
@@ -227,9 +232,11 @@ class AwsLogs:
     async def system(
         self, *, since: datetime | None = None, follow: bool = True, service: str = "", filter: str = ""
     ) -> AsyncIterator[list[bytes]]:
+        """The rack's group: the output of its API task (stream ``api/api/TASKID``), which is the supervisor's
+        lines of every service of the rack, ``SERVICE: text``; each is a line of SERVICE (``service`` picks
+        them by it, not by stream), rendered ``SERVICE: text`` as the local rack log's are."""
         group = self.apps.state.log_prefix
-        streams = [s for s in await self._streams(group) if s.split("/")[0] == service] if service else None
-        async for batch in self._read("", group, streams, since, follow, service, "", filter):
+        async for batch in self._read("", group, None, since, follow, service, "", filter):
             yield batch
 
     async def event(self, app: str, message: str, *, release: str = "", pid: str = "", service: str = "convox") -> None:

@@ -296,6 +296,10 @@ class ToolFailed(RackError):
         super().__init__(self.brief + (f": {reason}" if reason else ""), status=status)
 
 
+class DumpRefused(ToolFailed, BadRequest):
+    """A tool that refused its input (a dump it cannot load): a :class:`~shared.errors.BadRequest`."""
+
+
 async def export(
     docker: Docker, container_id: str, kind: str, creds: Credentials, port: int, scrub: Scrub
 ) -> AsyncGenerator[bytes]:
@@ -328,7 +332,7 @@ async def export(
 async def run(
     docker: Docker, container_id: str, tool: Tool, scrub: Scrub, stdin: AsyncIterable[bytes] | None = None
 ) -> None:
-    """Run ``tool`` in the container with ``stdin`` (then EOF) as its input; :class:`ToolFailed` (400: the
+    """Run ``tool`` in the container with ``stdin`` (then EOF) as its input; :class:`DumpRefused` (400: the
     dump was refused) when it fails. An exception from ``stdin`` ends the tool and is raised."""
     process = ExecStream(docker, container_id, tool.argv, tool.env, tool.user)
     errors, said = Tail(), Tail()
@@ -365,7 +369,7 @@ async def run(
     finally:
         await process.close()
     if code:
-        raise ToolFailed(tool, code, errors.text(scrub), 400)
+        raise DumpRefused(tool, code, errors.text(scrub), 400)
     if tool.reached and tool.reached not in said.data:
         raise BadRequest(
             f"{tool.name} did not reach the end of the dump (it ends inside a statement or in COPY data): "
