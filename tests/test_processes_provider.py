@@ -136,12 +136,15 @@ async def test_listing_twenty_processes_does_not_wait_on_samples(provider: Local
     started = time.perf_counter()
     first = await provider.processes.list("twenty")
     first_took = time.perf_counter() - started
+    sampler = provider.processes.sampler
+    fresh = [c for c in sampler.samples if sampler._fresh(c, time.monotonic())]
+    assert len(fresh) == 20  # the next listing is answered from these, sampled in the background
     started = time.perf_counter()
     again = await provider.processes.list("twenty")
     again_took = time.perf_counter() - started
     assert len(first) == len(again) == 20
     assert first_took < 1.0  # one short sampling interval for all of them, not a second each
-    assert again_took < 0.25  # answered from the background samples
+    assert again_took < 1.0  # no sampling interval waited (loose: the machine may be loaded)
     assert all(p.memory > 0 for p in again)
 
 
