@@ -195,7 +195,10 @@ class LogCollector:
         newest = {applog.name: applog.history.segments[-1:] for applog, _ in work}
         if work:
             try:
-                await asyncio.to_thread(self._write, work)
+                if sum(len(line.text) for _, lines in work for line in lines) <= INLINE_WRITE:
+                    self._write(work)  # a buffered append of a few lines: less than the hop to a thread
+                else:
+                    await asyncio.to_thread(self._write, work)
             except BaseException:
                 for applog, lines in work:
                     applog.unflushed[:0] = lines
