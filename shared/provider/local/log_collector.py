@@ -39,6 +39,9 @@ log = Logger("logs")
 
 LABEL_BUILD = "convox.build"
 MAINTAIN_EVERY = 30.0
+INLINE_WRITE = 64 << 10
+"""A flush of at most this many bytes of text is appended to the history on the loop (a buffered write of a
+few lines); a bigger one goes to a thread."""
 CURSOR_GAP = 0.05
 """Seconds between two saves of the sources' cursors at most (the history itself is written, and its lines
 sent to the followers, as soon as they are released: a line reaches a follower a write later, not a batch
