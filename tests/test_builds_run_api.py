@@ -6,7 +6,8 @@ which ends with the build's status. The refusals, where no build runs, are in te
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ import websockets
 from shared import stream
 from shared.models import Build
 from shared.provider import Provider
-from tests.conftest import local_provider, on_uvicorn
+from tests.conftest import RACK_NAME, local_provider, on_uvicorn
 from tests.test_builds_api import DOCKERFILE, leftovers, objects_left, service, source, tgz
 
 LISTING = b"RUN cd /app && find . -mindepth 1 | sort | sed 's/^/listed /'\n"
@@ -26,8 +27,17 @@ FAILING = b"FROM rack-test/busybox:1\nRUN false\n"
 
 
 @pytest.fixture
-def provider(tmp_path: Path, busybox_image: str) -> Provider:
-    return local_provider(tmp_path)
+def provider(tmp_path: Path, busybox_image: str) -> Iterator[Provider]:
+    """The real local provider over ``tmp_path``; the images its builds made are removed afterwards."""
+    yield local_provider(tmp_path)
+    made = subprocess.run(
+        ["docker", "images", "--quiet", "--filter", f"reference=convox/{RACK_NAME}-*"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if made:
+        subprocess.run(["docker", "rmi", "--force", *sorted(set(made))], capture_output=True, check=False)
 
 
 @pytest.fixture
