@@ -260,12 +260,25 @@ def busybox_image(docker_engine: str) -> str:
     return ensure_busybox_image()
 
 
+API_RACK = f"{RACK_NAME}-api"
+"""The rack name of the API tests' local providers: theirs alone, so that what their workers adopt or what a
+test removes afterwards (:func:`remove_labelled_containers`) is never a running rack's of this run."""
+
+
 def local_settings(data_dir: Path, **fields: object) -> RackSettings:
-    """The settings of a local provider (SQLite and files under ``data_dir``, this run's rack name), for a
-    service under test to open as the rack does (tests/contract/conftest.py opens the same)."""
+    """The settings of a local provider (SQLite and files under ``data_dir``, the rack :data:`API_RACK`), for
+    a service under test to open as the rack does (tests/contract/conftest.py opens the same)."""
     from shared.config import RackSettings
 
-    return RackSettings(provider="local", data_dir=data_dir, name=RACK_NAME, **fields)
+    return RackSettings(provider="local", data_dir=data_dir, name=API_RACK, **fields)
+
+
+@pytest.fixture
+def api_engine(docker_engine: str) -> Iterator[str]:
+    """The Docker Engine, for an API test whose local provider uses it; what the rack :data:`API_RACK` left
+    there (containers, volumes, its network) is removed after the test."""
+    yield docker_engine
+    remove_labelled_containers(API_RACK)
 
 
 def local_provider(data_dir: Path) -> Provider:

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from services.apps import create_app
 from shared import __version__
 from shared.provider.local import LocalProvider
-from tests.conftest import RACK_NAME, local_provider, local_settings
+from tests.conftest import API_RACK, local_provider, local_settings
 
 
 async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
@@ -24,7 +24,7 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def api(tmp_path: Path, docker_engine: str) -> AsyncIterator[httpx.AsyncClient]:
+async def api(tmp_path: Path, api_engine: str) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(local_settings(tmp_path), provider=local_provider(tmp_path), internal=False)
     async for client in serve(app):
         yield client
@@ -92,14 +92,14 @@ async def test_unknown_route_is_404_json(api: httpx.AsyncClient) -> None:
 
 async def test_system_shows_name_version_provider_status(api: httpx.AsyncClient) -> None:
     assert (await api.get("/system")).json() == {
-        "name": RACK_NAME,
+        "name": API_RACK,
         "version": __version__,
         "provider": "local",
         "status": "running",
     }
 
 
-async def test_internal_service_refuses_requests_without_the_gateway_secret(tmp_path: Path, docker_engine: str) -> None:
+async def test_internal_service_refuses_requests_without_the_gateway_secret(tmp_path: Path, api_engine: str) -> None:
     settings = local_settings(tmp_path, internal_secret="s3cret")
     async for client in serve(create_app(settings, provider=local_provider(tmp_path))):
         refused = await client.get("/apps")
@@ -118,7 +118,7 @@ async def test_openapi_has_stable_operation_ids_and_no_422(api: httpx.AsyncClien
 
 
 async def test_the_apps_service_runs_the_workers_and_answers_once_they_adopted(
-    tmp_path: Path, docker_engine: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, api_engine: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     provider = local_provider(tmp_path)
     assert isinstance(provider, LocalProvider)
@@ -146,7 +146,7 @@ async def test_the_apps_service_runs_the_workers_and_answers_once_they_adopted(
 async def test_system_images_says_whether_builds_can_start_from_each(
     api: httpx.AsyncClient, busybox_image: str
 ) -> None:
-    missing = f"rack-test/missing-{RACK_NAME}:1"
+    missing = f"rack-test/missing-{API_RACK}:1"
     answer = await api.get("/system/images", params={"image": [busybox_image, missing]})
     assert answer.status_code == 200
     assert answer.json() == [

@@ -17,7 +17,7 @@ import websockets
 from shared import stream
 from shared.models import Build
 from shared.provider import Provider
-from tests.conftest import RACK_NAME, local_provider, on_uvicorn
+from tests.conftest import API_RACK, local_provider, on_uvicorn
 from tests.test_builds_api import DOCKERFILE, leftovers, objects_left, service, source, tgz
 
 LISTING = b"RUN cd /app && find . -mindepth 1 | sort | sed 's/^/listed /'\n"
@@ -27,11 +27,11 @@ FAILING = b"FROM rack-test/busybox:1\nRUN false\n"
 
 
 @pytest.fixture
-def provider(tmp_path: Path, busybox_image: str) -> Iterator[Provider]:
+def provider(tmp_path: Path, busybox_image: str, api_engine: str) -> Iterator[Provider]:
     """The real local provider over ``tmp_path``; the images its builds made are removed afterwards."""
     yield local_provider(tmp_path)
     made = subprocess.run(
-        ["docker", "images", "--quiet", "--filter", f"reference=convox/{RACK_NAME}-*"],
+        ["docker", "images", "--quiet", "--filter", f"reference=convox/{API_RACK}-*"],
         capture_output=True,
         text=True,
         check=True,

@@ -39,7 +39,7 @@ class Served:
 
 
 @pytest.fixture
-async def served(tmp_path: Path, busybox_image: str) -> AsyncIterator[Served]:
+async def served(tmp_path: Path, busybox_image: str, api_engine: str) -> AsyncIterator[Served]:
     """The logs service with the app ``myapp`` whose log holds, in time order: a web line of three minutes
     ago, then a real ``web`` process's one line ``one`` with its start and exit, and a release event."""
     provider = local_provider(tmp_path)

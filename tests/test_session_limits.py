@@ -13,7 +13,7 @@ from tests.conftest import local_provider, local_settings, on_uvicorn
 from tests.test_limits import refused
 
 
-async def test_exec_and_run_sessions_past_their_cap_are_refused_with_429(tmp_path: Path, docker_engine: str) -> None:
+async def test_exec_and_run_sessions_past_their_cap_are_refused_with_429(tmp_path: Path, api_engine: str) -> None:
     provider = local_provider(tmp_path)
     app = processes.create_app(
         local_settings(tmp_path),
