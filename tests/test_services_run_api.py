@@ -144,8 +144,8 @@ async def test_a_duplicate_name_is_409(api: httpx.AsyncClient) -> None:
 async def test_link_puts_the_url_in_a_promoted_release(
     api: httpx.AsyncClient, provider: Provider, tmp_path: Path
 ) -> None:
+    await api.post("/services", json={"type": "postgres", "name": "main-db"})  # its server starts meanwhile
     first = await deployed(provider, "myapp", tmp_path)
-    await api.post("/services", json={"type": "postgres", "name": "main-db"})
     url = (await running(api, "main-db")).url
     revealed = (await api.get("/services/main-db", params={"reveal": "true"})).json()["url"]
     linked = await api.post("/services/main-db/links", json={"app": "myapp"})
@@ -165,9 +165,9 @@ async def test_link_puts_the_url_in_a_promoted_release(
 async def test_link_keeps_the_rest_of_the_environment(
     api: httpx.AsyncClient, provider: Provider, tmp_path: Path
 ) -> None:
+    await api.post("/services", json={"type": "redis"})
     await deployed(provider, "myapp", tmp_path)
     await provider.releases.create("myapp", env={"GREETING": "hello"})
-    await api.post("/services", json={"type": "redis"})
     await running(api, "redis")
     assert (await api.post("/services/redis/links", json={"app": "myapp"})).status_code == 200
     assert set(await provider.releases.environment("myapp")) == {"GREETING", "REDIS_URL"}
@@ -204,8 +204,8 @@ def watched_promote(provider: Provider, outcomes: list[str]) -> Callable[[str, s
 async def test_link_waits_out_a_roll_out_in_progress(
     api: httpx.AsyncClient, provider: Provider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await deployed(provider, "busy", tmp_path)
     await api.post("/services", json={"type": "redis"})
+    await deployed(provider, "busy", tmp_path)
     await running(api, "redis")
     again = await provider.releases.create("busy", env={"AGAIN": "1"})
     await provider.releases.promote("busy", again.id)  # rolling out while the link promotes its release
@@ -221,8 +221,8 @@ async def test_link_waits_out_a_roll_out_in_progress(
 async def test_a_failed_roll_out_is_an_error_naming_the_release(
     api: httpx.AsyncClient, provider: Provider, tmp_path: Path
 ) -> None:
-    first = await deployed(provider, "broken", tmp_path, command="sh -c '[ -z \"$REDIS_URL\" ] && exec sleep 3600'")
     await api.post("/services", json={"type": "redis"})
+    first = await deployed(provider, "broken", tmp_path, command="sh -c '[ -z \"$REDIS_URL\" ] && exec sleep 3600'")
     await running(api, "redis")
     response = await api.post("/services/redis/links", json={"app": "broken"})  # its web exits once linked
     assert response.status_code == 502, response.text
@@ -232,8 +232,8 @@ async def test_a_failed_roll_out_is_an_error_naming_the_release(
 
 
 async def test_link_errors(api: httpx.AsyncClient, provider: Provider, tmp_path: Path) -> None:
-    first = await deployed(provider, "myapp", tmp_path)
     await api.post("/services", json={"type": "redis"})
+    first = await deployed(provider, "myapp", tmp_path)
     await running(api, "redis")
     unknown_service = await api.post("/services/nope/links", json={"app": "myapp"})
     assert (unknown_service.status_code, unknown_service.json()) == (404, {"error": "no such service: nope"})
@@ -250,9 +250,9 @@ async def test_link_errors(api: httpx.AsyncClient, provider: Provider, tmp_path:
 async def test_delete_is_refused_while_linked_then_unlink_and_delete(
     api: httpx.AsyncClient, provider: Provider, tmp_path: Path
 ) -> None:
+    await api.post("/services", json={"type": "mysql"})
     await deployed(provider, "myapp", tmp_path)
     kept = await provider.releases.create("myapp", env={"KEEP": "1"})
-    await api.post("/services", json={"type": "mysql"})
     await running(api, "mysql")
     await api.post("/services/mysql/links", json={"app": "myapp"})
     linked = await provider.apps.get("myapp")
