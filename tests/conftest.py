@@ -276,9 +276,17 @@ def local_settings(data_dir: Path, **fields: object) -> RackSettings:
 @pytest.fixture
 def api_engine(docker_engine: str) -> Iterator[str]:
     """The Docker Engine, for an API test whose local provider uses it; what the rack :data:`API_RACK` left
-    there (containers, volumes, its network) is removed after the test."""
+    there (containers, volumes, its network, the images its builds made) is removed after the test."""
     yield docker_engine
     remove_labelled_containers(API_RACK)
+    made = subprocess.run(
+        ["docker", "images", "--quiet", "--filter", f"reference=convox/{API_RACK}-*"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if made:
+        subprocess.run(["docker", "rmi", "--force", *sorted(set(made))], capture_output=True, check=False)
 
 
 def local_provider(data_dir: Path) -> Provider:

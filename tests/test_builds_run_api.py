@@ -6,8 +6,7 @@ which ends with the build's status. The refusals, where no build runs, are in te
 from __future__ import annotations
 
 import json
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ import websockets
 from shared import stream
 from shared.models import Build
 from shared.provider import Provider
-from tests.conftest import API_RACK, local_provider, on_uvicorn
+from tests.conftest import local_provider, on_uvicorn
 from tests.test_builds_api import DOCKERFILE, leftovers, objects_left, service, source, tgz
 
 LISTING = b"RUN cd /app && find . -mindepth 1 | sort | sed 's/^/listed /'\n"
@@ -27,17 +26,8 @@ FAILING = b"FROM rack-test/busybox:1\nRUN false\n"
 
 
 @pytest.fixture
-def provider(tmp_path: Path, busybox_image: str, api_engine: str) -> Iterator[Provider]:
-    """The real local provider over ``tmp_path``; the images its builds made are removed afterwards."""
-    yield local_provider(tmp_path)
-    made = subprocess.run(
-        ["docker", "images", "--quiet", "--filter", f"reference=convox/{API_RACK}-*"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    if made:
-        subprocess.run(["docker", "rmi", "--force", *sorted(set(made))], capture_output=True, check=False)
+def provider(tmp_path: Path, busybox_image: str, api_engine: str) -> Provider:
+    return local_provider(tmp_path)
 
 
 @pytest.fixture
