@@ -2,7 +2,7 @@
 # `make test`: lint and the test suite, with the independent tiers run side by side.
 #
 #   tier "lint"    ruff + mypy strict                                  (no engine)
-#   tier "units"   the aws provider on moto, API tests over fakes, parsers, units    (no engine)
+#   tier "units"   the aws provider on moto, API refusals, parsers, units    (no engine)
 #   tier "engine"  everything else: real racks on the real Docker Engine, Chromium
 #
 # The two tiers that need no engine start at once, while the engine, the test tools and the offline images
@@ -18,7 +18,7 @@ PYTEST_ARGS=${PYTEST_ARGS:-}
 # DOCKER_HOST pointing at nothing, so a test that starts needing one fails there instead of slowing down).
 UNITS=(
   tests/aws
-  tests/test_apps_api.py tests/test_archive.py tests/test_bench_chart.py tests/test_builds_api.py
+  tests/test_archive.py tests/test_bench_chart.py tests/test_builds_api.py
   tests/test_builds_cli.py tests/test_frames_units.py tests/test_limits.py tests/test_logfmt.py tests/test_logs_api.py
   tests/test_logs_units.py tests/test_manifest.py tests/test_manifest_compose.py tests/test_manifest_corpus.py
   tests/test_names.py

@@ -110,7 +110,7 @@ def build_service(
 ) -> FastAPI:
     """A service app. ``startup`` runs with the opened provider before the service answers (see
     :func:`run_startup` for an engine that is down).
-    ``provider`` replaces the configured one (tests pass a fake through this seam);
+    ``provider`` replaces the configured one (tests pass the local one over a temporary data dir, opened here);
     ``internal=False`` drops the gateway-secret guard, for in-process tests only; ``raw_bodies`` are the
     paths (regexes) whose bodies a route streams itself, exempt from the JSON body cap. ``workers``: this
     service owns the rack's background work (:func:`start_workers`); one service of the rack does."""

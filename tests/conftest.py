@@ -22,11 +22,16 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from ssl import SSLContext
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 import uvicorn
 from starlette.types import ASGIApp
+
+if TYPE_CHECKING:
+    from shared.config import RackSettings
+    from shared.provider import Provider
 
 # A rack's balancer process outlives the rack (apps keep answering through its restarts); the ones tests
 # start go soon after their rack (the default is a quarter of an hour).
@@ -253,6 +258,42 @@ def busybox_image(docker_engine: str) -> str:
     from tests.images import ensure_busybox_image
 
     return ensure_busybox_image()
+
+
+API_RACK = f"{RACK_NAME}-api"
+"""The rack name of the API tests' local providers: theirs alone, so that what their workers adopt or what a
+test removes afterwards (:func:`remove_labelled_containers`) is never a running rack's of this run."""
+
+
+def local_settings(data_dir: Path, **fields: object) -> RackSettings:
+    """The settings of a local provider (SQLite and files under ``data_dir``, the rack :data:`API_RACK`), for
+    a service under test to open as the rack does (tests/contract/conftest.py opens the same)."""
+    from shared.config import RackSettings
+
+    return RackSettings(provider="local", data_dir=data_dir, name=API_RACK, **fields)
+
+
+@pytest.fixture
+def api_engine(docker_engine: str) -> Iterator[str]:
+    """The Docker Engine, for an API test whose local provider uses it; what the rack :data:`API_RACK` left
+    there (containers, volumes, its network, the images its builds made) is removed after the test."""
+    yield docker_engine
+    remove_labelled_containers(API_RACK)
+    made = subprocess.run(
+        ["docker", "images", "--quiet", "--filter", f"reference=convox/{API_RACK}-*"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if made:
+        subprocess.run(["docker", "rmi", "--force", *sorted(set(made))], capture_output=True, check=False)
+
+
+def local_provider(data_dir: Path) -> Provider:
+    """The real local provider over ``data_dir``, not yet opened (a service's lifespan opens it)."""
+    from shared.provider import load_provider
+
+    return load_provider(local_settings(data_dir))
 
 
 @contextlib.asynccontextmanager

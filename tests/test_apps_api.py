@@ -1,16 +1,19 @@
-"""The apps service's HTTP API, in process, over a fake provider."""
+"""The apps service's HTTP API, in process, over the real local provider (SQLite under a temporary data dir;
+the service runs the rack's workers, so the Docker Engine too)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from services.apps import create_app
-from shared.config import RackSettings
-from tests.fakes import FakeProvider, as_provider
+from shared import __version__
+from shared.provider.local import LocalProvider
+from tests.conftest import API_RACK, local_provider, local_settings
 
 
 async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
@@ -21,8 +24,9 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[httpx.AsyncClient]:
-    async for client in serve(create_app(RackSettings(), provider=as_provider(FakeProvider()), internal=False)):
+async def api(tmp_path: Path, api_engine: str) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(local_settings(tmp_path), provider=local_provider(tmp_path), internal=False)
+    async for client in serve(app):
         yield client
 
 
@@ -88,16 +92,16 @@ async def test_unknown_route_is_404_json(api: httpx.AsyncClient) -> None:
 
 async def test_system_shows_name_version_provider_status(api: httpx.AsyncClient) -> None:
     assert (await api.get("/system")).json() == {
-        "name": "fake",
-        "version": "0",
-        "provider": "fake",
+        "name": API_RACK,
+        "version": __version__,
+        "provider": "local",
         "status": "running",
     }
 
 
-async def test_internal_service_refuses_requests_without_the_gateway_secret() -> None:
-    settings = RackSettings(internal_secret="s3cret")
-    async for client in serve(create_app(settings, provider=as_provider(FakeProvider()))):
+async def test_internal_service_refuses_requests_without_the_gateway_secret(tmp_path: Path, api_engine: str) -> None:
+    settings = local_settings(tmp_path, internal_secret="s3cret")
+    async for client in serve(create_app(settings, provider=local_provider(tmp_path))):
         refused = await client.get("/apps")
         assert refused.status_code == 403
         assert refused.json() == {"error": "forbidden: internal service"}
@@ -113,18 +117,41 @@ async def test_openapi_has_stable_operation_ids_and_no_422(api: httpx.AsyncClien
     assert all("422" not in op["responses"] for item in doc["paths"].values() for op in item.values())
 
 
-async def test_the_apps_service_runs_the_workers_and_answers_once_they_adopted() -> None:
-    provider = FakeProvider()
-    async for _ in serve(create_app(RackSettings(), provider=as_provider(provider), internal=False)):
-        assert (provider.workers_started, provider.formation.adopted, provider.timers.adopted) == (1, 1, 1)
+async def test_the_apps_service_runs_the_workers_and_answers_once_they_adopted(
+    tmp_path: Path, api_engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = local_provider(tmp_path)
+    assert isinstance(provider, LocalProvider)
+    real_workers = provider.workers
+    seen: list[str] = []
+
+    async def workers(started: Callable[[], None] | None = None) -> None:  # the real ones, watched
+        seen.append("workers")
+
+        def adopted() -> None:
+            seen.append("adopted")
+            if started is not None:
+                started()
+
+        await real_workers(adopted)
+
+    monkeypatch.setattr(provider, "workers", workers)
+    async for client in serve(create_app(local_settings(tmp_path), provider=provider, internal=False)):
+        seen.append(f"answered {(await client.get('/apps')).status_code}")
+        assert provider.promotions.owner  # the owner's loops run here (roll-outs asked by other services)
+    assert seen == ["workers", "adopted", "answered 200"]
+    assert not provider.promotions.owner  # and stopped with the service
 
 
-async def test_system_images_says_whether_builds_can_start_from_each(api: httpx.AsyncClient) -> None:
-    answer = await api.get("/system/images", params={"image": ["rack-local/python3:bookworm", "python:3.12-slim"]})
+async def test_system_images_says_whether_builds_can_start_from_each(
+    api: httpx.AsyncClient, busybox_image: str
+) -> None:
+    missing = f"rack-test/missing-{API_RACK}:1"
+    answer = await api.get("/system/images", params={"image": [busybox_image, missing]})
     assert answer.status_code == 200
     assert answer.json() == [
-        {"image": "rack-local/python3:bookworm", "present": True, "pullable": None},
-        {"image": "python:3.12-slim", "present": False, "pullable": False},
+        {"image": busybox_image, "present": True, "pullable": None},
+        {"image": missing, "present": False, "pullable": False},
     ]
 
 

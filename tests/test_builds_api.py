@@ -1,15 +1,14 @@
-"""The builds service's HTTP and websocket API, in process, over a fake builds provider: uploads, their
-limits and refusals (nothing half-made left behind), records, logs, the status at the end of a log stream."""
+"""The builds service's HTTP and websocket API, in process, over the real local provider (SQLite and files under
+a temporary data dir), where no build runs: uploads, their limits and refusals (nothing half-made left behind),
+unknown builds and apps, the start steps. The API over builds that run (which needs the Docker Engine) is in
+tests/test_builds_run_api.py."""
 
 from __future__ import annotations
 
 import io
-import posixpath
 import tarfile
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,88 +19,15 @@ from websockets.exceptions import InvalidStatus
 from services.builds import create_app
 from services.builds.resources import ProvisionerResources
 from services.builds.settings import BuildsSettings
-from shared import stream
-from shared.config import RackSettings
-from shared.errors import Conflict, NotFound
-from shared.ids import build_id
+from shared.errors import Conflict
 from shared.manifest import Manifest
 from shared.models import Build, BuildOptions
-from tests.conftest import on_uvicorn
-from tests.fakes import FakeApps, FakeObjects, FakeProvider, as_provider
+from shared.provider import Provider
+from shared.provider.contract import ResourceHook
+from tests.conftest import local_provider, local_settings, on_uvicorn
 
 CONVOX_YML = b"services:\n  web:\n    build: .\n    port: 3000\n"
 DOCKERFILE = b"FROM rack-test/busybox:1\nCOPY . /app\n"
-
-
-class FakeBuilds:
-    """Records what the service hands over; a build is complete (or failed, when its description says so)
-    at once, with a two-line log."""
-
-    def __init__(self, apps: FakeApps, objects: FakeObjects) -> None:
-        self.apps = apps
-        self.objects = objects
-        self.builds: dict[str, Build] = {}
-        self.sources: dict[str, list[str]] = {}
-        self.manifests: dict[str, Manifest] = {}
-        self.resource_hook: object = None
-
-    def link_resources(self, hook: object) -> None:
-        self.resource_hook = hook
-
-    async def running(self) -> int:
-        return 0
-
-    async def create(self, app: str, source: str, manifest: Manifest, options: BuildOptions) -> Build:
-        if options.description == "refuse":  # what a provider refusing the build does: the object stays
-            raise Conflict("the provider refuses this build")
-        data = b"".join([chunk async for chunk in await self.objects.fetch(app, source)])
-        build = build_id()
-        self.sources[build] = listing(data)
-        self.manifests[build] = manifest
-        await self.objects.delete(app, source)  # the provider owns the object
-        failed = options.description == "fail"
-        self.builds[build] = Build(
-            id=build,
-            app=app,
-            status="failed" if failed else "complete",
-            description=options.description,
-            manifest=manifest.model_dump_json(),
-            release="" if failed else "RAAAAAAAAAA",
-            error="web: RUN false" if failed else "",
-            started=datetime.now(UTC),
-            ended=datetime.now(UTC),
-        )
-        return self.builds[build]
-
-    async def get(self, app: str, build_id: str) -> Build:
-        build = self.builds.get(build_id)
-        if build is None or build.app != app:
-            await self.apps.get(app)
-            raise NotFound(f"no such build: {build_id}")
-        return build
-
-    async def list(self, app: str, limit: int = 20) -> list[Build]:
-        await self.apps.get(app)
-        return [b for b in reversed(self.builds.values()) if b.app == app][:limit]
-
-    async def logs(self, app: str, build_id: str, follow: bool = True) -> AsyncIterator[bytes]:
-        await self.get(app, build_id)
-        yield b"Step 1/2 : FROM rack-test/busybox:1\n"
-        yield b"Step 2/2 : COPY . /app\n"
-
-
-def listing(archive: bytes) -> list[str]:
-    """The members of a .tgz, as paths relative to its root."""
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        names = {posixpath.normpath(m.name) for m in tar.getmembers()}
-    parents = {posixpath.dirname(name) for name in names}
-    return sorted((names | parents) - {"", "."})
-
-
-class FakeBuildsProvider(FakeProvider):
-    def __init__(self) -> None:
-        super().__init__()
-        self.builds = FakeBuilds(self.apps, self.objects)
 
 
 def tgz(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
@@ -124,81 +50,65 @@ def source(**extra: bytes) -> bytes:
 
 
 @pytest.fixture
-def provider() -> FakeBuildsProvider:
-    provider = FakeBuildsProvider()
-    provider.apps.apps["myapp"] = provider.apps.apps.get("myapp") or _app("myapp")
-    provider.apps.apps["other"] = _app("other")
-    return provider
+def provider(tmp_path: Path) -> Provider:
+    """The real local provider over ``tmp_path``, opened by the service (the apps ``myapp`` and ``other`` are
+    made once it is, by ``api``)."""
+    return local_provider(tmp_path)
 
 
-def _app(name: str) -> Any:
-    from shared.models import App
-
-    return App(name=name, status="running")
-
-
-def service(tmp_path: Path, provider: FakeBuildsProvider, max_source_size: int = 10_000_000) -> FastAPI:
+def service(tmp_path: Path, provider: Provider, max_source_size: int = 10_000_000) -> FastAPI:
     return create_app(
-        RackSettings(data_dir=tmp_path),
-        provider=as_provider(provider),
+        local_settings(tmp_path),
+        provider=provider,
         internal=False,
         builds=BuildsSettings(max_source_size=max_source_size),
     )
 
 
 @pytest.fixture
-async def api(tmp_path: Path, provider: FakeBuildsProvider) -> AsyncIterator[httpx.AsyncClient]:
+async def api(tmp_path: Path, provider: Provider) -> AsyncIterator[httpx.AsyncClient]:
     app = service(tmp_path, provider)
     async with app.router.lifespan_context(app):
+        for name in ("myapp", "other"):
+            await provider.apps.create(name)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://builds") as client:
             yield client
 
 
 def leftovers(tmp_path: Path) -> list[str]:
+    """What is left of uploads in the service's temporary directory."""
     uploads = tmp_path / "tmp"
     return sorted(p.name for p in uploads.iterdir()) if uploads.exists() else []
 
 
-async def test_upload_makes_a_build_from_the_extracted_source(
-    api: httpx.AsyncClient, provider: FakeBuildsProvider, tmp_path: Path
-) -> None:
-    response = await api.post(
-        "/apps/myapp/builds",
-        params={"description": "first", "no_cache": "true"},
-        content=source(**{"sub/x.txt": b"x"}),
-        headers={"content-type": "application/gzip"},
-    )
-    assert response.status_code == 201, response.text
-    build = response.json()
-    assert build["id"].startswith("B") and len(build["id"]) == 11
-    assert (build["app"], build["description"], build["status"]) == ("myapp", "first", "complete")
-    assert provider.builds.sources[build["id"]] == ["Dockerfile", "convox.yml", "index.html", "sub", "sub/x.txt"]
-    assert provider.builds.manifests[build["id"]].services["web"].port == 3000
-    assert leftovers(tmp_path) == []
-    assert provider.objects.objects == {}  # no source object left either
-    assert (await api.get(f"/apps/myapp/builds/{build['id']}")).json() == build
-    assert [b["id"] for b in (await api.get("/apps/myapp/builds")).json()] == [build["id"]]
+def objects_left(tmp_path: Path) -> list[str]:
+    """The files the provider keeps as stored objects (complete or partial), of every app."""
+    root = tmp_path / "objects"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def refusing_create_double(stored: list[bool], provider: Provider) -> Callable[..., object]:
+    """A test double of ``BuildsAPI.create`` alone: a provider that refuses the build (Conflict) once the
+    source object is stored, which the real one does not do on demand; it notes that the object was there."""
+
+    async def create(app: str, source: str, manifest: Manifest, options: BuildOptions) -> Build:
+        stored.append(await provider.objects.exists(app, source))
+        raise Conflict("the provider refuses this build")
+
+    return create
 
 
 async def test_a_build_the_provider_refuses_leaves_no_source_object(
-    api: httpx.AsyncClient, provider: FakeBuildsProvider, tmp_path: Path
+    api: httpx.AsyncClient, provider: Provider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    stored: list[bool] = []
+    monkeypatch.setattr(provider.builds, "create", refusing_create_double(stored, provider))
     response = await api.post("/apps/myapp/builds", params={"description": "refuse"}, content=source())
     assert (response.status_code, response.json()) == (409, {"error": "the provider refuses this build"})
-    assert provider.objects.objects == {} and provider.builds.builds == {}
+    assert stored == [True]  # the object was stored, then removed
+    assert objects_left(tmp_path) == [] and await provider.builds.list("myapp") == []
     assert leftovers(tmp_path) == []
-
-
-async def test_builds_are_listed_newest_first_and_found_only_through_their_app(api: httpx.AsyncClient) -> None:
-    ids = [(await api.post("/apps/myapp/builds", content=source())).json()["id"] for _ in range(3)]
-    assert [b["id"] for b in (await api.get("/apps/myapp/builds")).json()] == ids[::-1]
-    assert [b["id"] for b in (await api.get("/apps/myapp/builds", params={"limit": 2})).json()] == ids[:0:-1]
-    assert (await api.get("/apps/other/builds")).json() == []
-    other = await api.get(f"/apps/other/builds/{ids[0]}")
-    assert other.status_code == 404
-    assert other.json() == {"error": f"no such build: {ids[0]}"}
-    assert (await api.get("/apps/nope/builds")).status_code == 404
 
 
 async def test_an_unknown_app_is_404_before_the_body_is_read(api: httpx.AsyncClient, tmp_path: Path) -> None:
@@ -215,21 +125,22 @@ async def test_an_unknown_app_is_404_before_the_body_is_read(api: httpx.AsyncCli
     assert leftovers(tmp_path) == []
 
 
-async def test_an_upload_over_the_cap_is_413_and_leaves_nothing(tmp_path: Path, provider: FakeBuildsProvider) -> None:
+async def test_an_upload_over_the_cap_is_413_and_leaves_nothing(tmp_path: Path, provider: Provider) -> None:
     app = service(tmp_path, provider, max_source_size=4096)
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://b") as api:
+        await provider.apps.create("myapp")
 
         async def body() -> AsyncIterator[bytes]:
             for _ in range(10):
                 yield b"\0" * 1024
 
         response = await api.post("/apps/myapp/builds", content=body())
-    assert response.status_code == 413
-    assert response.json() == {"error": "source archive is larger than 4 KiB"}
-    assert leftovers(tmp_path) == []
-    assert provider.objects.objects == {}  # no source object left either
-    assert provider.builds.builds == {}
+        assert response.status_code == 413
+        assert response.json() == {"error": "source archive is larger than 4 KiB"}
+        assert leftovers(tmp_path) == []
+        assert objects_left(tmp_path) == []  # no source object left either
+        assert await provider.builds.list("myapp") == []
 
 
 @pytest.mark.parametrize(
@@ -242,14 +153,14 @@ async def test_an_upload_over_the_cap_is_413_and_leaves_nothing(tmp_path: Path, 
     ],
 )
 async def test_a_bad_archive_is_400_and_leaves_nothing(
-    api: httpx.AsyncClient, provider: FakeBuildsProvider, tmp_path: Path, archive: bytes, message: str
+    api: httpx.AsyncClient, provider: Provider, tmp_path: Path, archive: bytes, message: str
 ) -> None:
     response = await api.post("/apps/myapp/builds", content=archive)
     assert response.status_code == 400
     assert message in response.json()["error"]
     assert leftovers(tmp_path) == []
-    assert provider.objects.objects == {}  # no source object left either
-    assert provider.builds.builds == {}
+    assert objects_left(tmp_path) == []  # no source object left either
+    assert await provider.builds.list("myapp") == []
 
 
 @pytest.mark.parametrize(
@@ -278,7 +189,7 @@ async def test_a_bad_archive_is_400_and_leaves_nothing(
 )
 async def test_a_bad_manifest_is_400_naming_file_and_key_and_makes_no_build(
     api: httpx.AsyncClient,
-    provider: FakeBuildsProvider,
+    provider: Provider,
     tmp_path: Path,
     files: dict[str, bytes],
     params: dict[str, str],
@@ -287,61 +198,18 @@ async def test_a_bad_manifest_is_400_naming_file_and_key_and_makes_no_build(
     response = await api.post("/apps/myapp/builds", params=params, content=tgz(files))
     assert response.status_code == 400, response.text
     assert message in response.json()["error"]
-    assert provider.builds.builds == {}
+    assert await provider.builds.list("myapp") == []
     assert leftovers(tmp_path) == []
-    assert provider.objects.objects == {}  # no source object left either
-
-
-async def test_a_compose_file_is_read_when_there_is_no_convox_yml(
-    api: httpx.AsyncClient, provider: FakeBuildsProvider
-) -> None:
-    compose = b"web:\n  build: .\n  ports: ['80:3000']\n"
-    response = await api.post("/apps/myapp/builds", content=tgz({"docker-compose.yml": compose, "Dockerfile": b""}))
-    assert response.status_code == 201, response.text
-    assert provider.builds.manifests[response.json()["id"]].services["web"].port == 3000
-
-
-async def test_the_log_is_text_over_http(api: httpx.AsyncClient) -> None:
-    build = (await api.post("/apps/myapp/builds", content=source())).json()
-    response = await api.get(f"/apps/myapp/builds/{build['id']}/logs")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    assert response.text == "Step 1/2 : FROM rack-test/busybox:1\nStep 2/2 : COPY . /app\n"
-    assert (await api.get("/apps/myapp/builds/BNOPENOPENO/logs")).status_code == 404
+    assert objects_left(tmp_path) == []  # no source object left either
 
 
 @pytest.fixture
-async def served(tmp_path: Path, provider: FakeBuildsProvider) -> AsyncIterator[str]:
+async def served(tmp_path: Path, provider: Provider) -> AsyncIterator[str]:
     """The service on a real uvicorn (websockets need one), at ``http://127.0.0.1:PORT``."""
     app = service(tmp_path, provider)
     async with on_uvicorn(app) as port:
+        await provider.apps.create("myapp")
         yield f"http://127.0.0.1:{port}"
-
-
-async def read_stream(url: str, path: str) -> tuple[bytes, stream.Status, str | None]:
-    output = b""
-    ws_url = url.replace("http://", "ws://") + path
-    async with websockets.connect(ws_url, subprotocols=[stream.SUBPROTOCOL]) as socket:  # type: ignore[list-item]
-        async for message in socket:
-            assert isinstance(message, bytes)
-            channel, payload = stream.decode(message)
-            if channel == stream.Channel.STDOUT:
-                output += payload
-            elif channel == stream.Channel.STATUS:
-                return output, stream.parse_status(payload), socket.subprotocol
-    raise AssertionError("the stream ended without a status")
-
-
-async def test_the_log_socket_ends_with_the_build_status(served: str) -> None:
-    async with httpx.AsyncClient(base_url=served) as client:
-        ok = (await client.post("/apps/myapp/builds", content=source())).json()
-        failed = (await client.post("/apps/myapp/builds", params={"description": "fail"}, content=source())).json()
-    output, status, subprotocol = await read_stream(served, f"/apps/myapp/builds/{ok['id']}/logs")
-    assert output == b"Step 1/2 : FROM rack-test/busybox:1\nStep 2/2 : COPY . /app\n"
-    assert status == stream.Status(exit_code=0)
-    assert subprotocol == stream.SUBPROTOCOL
-    _, status, _ = await read_stream(served, f"/apps/myapp/builds/{failed['id']}/logs")
-    assert status == stream.Status(error="web: RUN false")
 
 
 async def test_the_log_socket_of_an_unknown_build_or_app_is_refused_with_404(served: str) -> None:
@@ -354,18 +222,26 @@ async def test_the_log_socket_of_an_unknown_build_or_app_is_refused_with_404(ser
 
 
 async def test_start_links_the_resources_hook_and_clears_old_uploads(
-    tmp_path: Path, provider: FakeBuildsProvider
+    tmp_path: Path, provider: Provider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "tmp" / "upload-0123456789abcdef").mkdir(parents=True)
     (tmp_path / "tmp" / "upload-0123456789abcdef.tgz").write_bytes(b"partial")
+    linked: list[ResourceHook] = []
+    link = provider.builds.link_resources
+
+    def watched(hook: ResourceHook) -> None:  # the real one, watched
+        linked.append(hook)
+        link(hook)
+
+    monkeypatch.setattr(provider.builds, "link_resources", watched)
     app = service(tmp_path, provider)
-    assert provider.builds.resource_hook is None
+    assert linked == []
     async with app.router.lifespan_context(app):
-        assert isinstance(provider.builds.resource_hook, ProvisionerResources)
+        assert [type(hook) for hook in linked] == [ProvisionerResources]
         assert leftovers(tmp_path) == []
 
 
-def test_openapi_documents_the_upload_and_the_log_socket(tmp_path: Path, provider: FakeBuildsProvider) -> None:
+def test_openapi_documents_the_upload_and_the_log_socket(tmp_path: Path, provider: Provider) -> None:
     doc = service(tmp_path, provider).openapi()
     create = doc["paths"]["/apps/{app}/builds"]["post"]
     assert create["operationId"] == "build_create"

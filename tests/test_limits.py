@@ -1,6 +1,8 @@
 """Caps on long-lived work: log follows, exec and run sessions, uploads and builds are refused with 429 and a
 clear error past their configured cap (and served again once one ends); the gateway's pool to a service is
-not exhausted by long-lived plain HTTP streams. The services run on a real uvicorn over fake providers."""
+not exhausted by long-lived plain HTTP streams. The services run on a real uvicorn over the real local provider
+(SQLite and files under a temporary data dir; nothing here needs the Docker Engine). The caps on exec and run
+sessions, which reach a real process, are in tests/test_session_limits.py."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -19,58 +20,13 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from websockets.exceptions import InvalidStatus
 
-from services import builds, logs, processes
+from services import builds, logs
 from services.builds.settings import BuildsSettings
 from services.gateway.proxy import Upstreams
 from services.logs.settings import LogsSettings
-from services.processes.settings import ProcessesSettings
 from shared import stream
-from shared.config import RackSettings
-from shared.errors import NotFound
-from shared.limits import Slots
-from tests.conftest import on_uvicorn
-from tests.fakes import FakeProvider, as_provider
-
-
-class EndlessLogs:
-    """A test double of the logs provider: every stream yields one batch, then (followed) waits forever."""
-
-    async def collect(self) -> None:
-        return None
-
-    async def app(
-        self,
-        app: str,
-        *,
-        since: datetime | None = None,
-        follow: bool = True,
-        service: str = "",
-        pid: str = "",
-        filter: str = "",
-    ) -> AsyncIterator[list[bytes]]:
-        yield [b"2015-01-01T00:00:00.000000Z web:R/68831d3dce63 one\n"]
-        if follow:
-            await asyncio.Event().wait()  # never set: followed until the client leaves
-
-
-class IdleProcesses:
-    """A test double of the processes provider: no process to exec into."""
-
-    async def exec(self, app: str, pid: str, command: list[str]) -> None:
-        raise NotFound(f"no such process: {pid}")
-
-
-class CountedBuilds:
-    """A test double of the builds provider: ``count`` builds run (rack-wide)."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    async def running(self) -> int:
-        return self.count
-
-    def link_resources(self, hook: object) -> None:
-        pass
+from shared.provider.local import LocalProvider
+from tests.conftest import local_provider, local_settings, on_uvicorn
 
 
 async def refused(url: str) -> tuple[int, str]:
@@ -82,11 +38,14 @@ async def refused(url: str) -> tuple[int, str]:
 
 
 async def test_log_follows_past_their_cap_are_refused_with_429_until_one_ends(tmp_path: Path) -> None:
-    provider = FakeProvider()
-    provider.logs = EndlessLogs()  # type: ignore[attr-defined]
-    settings = RackSettings(data_dir=tmp_path)
-    app = logs.create_app(settings, as_provider(provider), internal=False, logs=LogsSettings(max_follows=2))
+    provider = local_provider(tmp_path)
+    app = logs.create_app(local_settings(tmp_path), provider, internal=False, logs=LogsSettings(max_follows=2))
     async with on_uvicorn(app) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        await provider.apps.create("myapp")
+        await provider.logs.event("myapp", "one", release="R")  # the app's log: one line, followed for more
+        async with asyncio.timeout(10):
+            while b" one\n" not in (await client.get("/apps/myapp/logs")).content:  # noqa: ASYNC110  (collected)
+                await asyncio.sleep(0.02)
         url = f"ws://127.0.0.1:{port}/apps/myapp/logs"
         async with contextlib.AsyncExitStack() as stack:
             first = await stack.enter_async_context(websockets.connect(url, subprotocols=[stream.SUBPROTOCOL]))  # type: ignore[list-item]
@@ -104,41 +63,22 @@ async def test_log_follows_past_their_cap_are_refused_with_429_until_one_ends(tm
                 assert b" one\n" in await third.recv()  # the plain follow ended: its slot is free
 
 
-async def test_exec_and_run_sessions_past_their_cap_are_refused_with_429(tmp_path: Path) -> None:
-    provider = FakeProvider()
-    await provider.apps.create("myapp")
-    provider.processes = IdleProcesses()  # type: ignore[assignment]
-    app = processes.create_app(
-        RackSettings(data_dir=tmp_path),
-        as_provider(provider),
-        internal=False,
-        processes=ProcessesSettings(max_sessions=1),
-    )
-    sessions = app.state.sessions
-    assert isinstance(sessions, Slots)
-    async with on_uvicorn(app) as port:
-        base = f"ws://127.0.0.1:{port}/apps/myapp"
-        sessions.take()  # simulated: one session is open
-        for path in ("/processes/0123456789ab/exec?command=sh", "/services/web/processes?command=sh"):
-            status, error = await refused(base + path)
-            assert (status, error[:39]) == (429, "too many exec and run sessions at once ")
-        sessions.give()
-        status, _ = await refused(base + "/processes/0123456789ab/exec?command=sh")
-        assert status == 404  # past the cap: the fake has no such process
-        assert sessions.used == 0
-
-
 async def test_uploads_and_builds_past_their_cap_are_refused_with_429(tmp_path: Path) -> None:
-    provider = FakeProvider()
-    await provider.apps.create("myapp")
-    provider.builds = CountedBuilds(1)  # type: ignore[attr-defined]
+    provider = local_provider(tmp_path)
+    assert isinstance(provider, LocalProvider)
     limits = BuildsSettings(max_builds=1, max_uploads=1)
-    app = builds.create_app(RackSettings(data_dir=tmp_path), as_provider(provider), internal=False, builds=limits)
+    app = builds.create_app(local_settings(tmp_path), provider, internal=False, builds=limits)
     async with on_uvicorn(app) as port, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        await provider.apps.create("myapp")
+        await provider.state.execute(  # one build running (a builds service's, as its row says)
+            "INSERT INTO builds (id, app, status, description, manifest, created, runner)"
+            " VALUES ('BRUNNINGNOW', 'myapp', 'running', '', '{}', '2026-01-01T00:00:00+00:00', '')"
+        )
+        assert await provider.builds.running() == 1
         response = await client.post("/apps/myapp/builds", content=b"not read")
         assert response.status_code == 429
         assert response.json()["error"].startswith("too many builds running at once (the limit is 1")
-        provider.builds.count = 0  # type: ignore[attr-defined]
+        await provider.state.execute("UPDATE builds SET status = 'failed' WHERE id = 'BRUNNINGNOW'")  # it ended
         uploads = app.state.uploads
         uploads.take()  # simulated: one upload is being received
         response = await client.post("/apps/myapp/builds", content=b"not read")

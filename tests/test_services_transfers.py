@@ -1,13 +1,15 @@
-"""The export and import websockets of the provisioner, in process on a real uvicorn, over a fake provider: the
-dump goes out on the stdout channel and ends with a status (an error when the tool failed), comes in on
-stdin until its close, and what goes wrong is said (an unknown service refuses the handshake; a dump over
-the cap, or a client that goes away, never completes an import)."""
+"""The export and import websockets of the provisioner, in process on a real uvicorn, over the real local
+provider (its services real, on the Docker Engine) with a double of their dump tool (tests/transfers_double.py):
+the dump goes out on the stdout channel and ends with a status (an error when the tool failed), comes in on
+stdin until its close, and what goes wrong is said (an unknown service refuses the handshake; a dump over the
+cap, or a client that goes away, never completes an import)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import websockets
@@ -16,70 +18,32 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from services.provisioner import create_app
 from services.provisioner.settings import ProvisionerSettings
 from shared import stream
-from shared.config import RackSettings
-from shared.errors import Conflict, RackError
-from shared.models import Resource
 from shared.stream import Channel
-from tests.conftest import on_uvicorn
-from tests.fakes import as_provider
-from tests.test_services_api import FakeProvider, FakeResources
-
-
-class DumpResources(FakeResources):
-    """Exports ``dump`` (then fails with ``fail``, if set); records what an import read and how it ended."""
-
-    def __init__(self, resources: FakeResources) -> None:
-        super().__init__(resources.apps)
-        self.dump = [b"CREATE TABLE t;\n", b"x" * 100_000]
-        self.fail: str | None = None
-        self.loaded = bytearray()
-        self.ended = ""
-        self.importing: set[str] = set()
-        self.hold = asyncio.Event()
-
-    async def export(self, name: str) -> AsyncGenerator[bytes]:
-        await self.get(name)
-
-        async def chunks() -> AsyncGenerator[bytes]:
-            for chunk in self.dump:
-                yield chunk
-            if self.fail:
-                raise RackError(self.fail, status=502)
-
-        return chunks()
-
-    async def import_(self, name: str, dump: AsyncIterable[bytes]) -> None:
-        await self.get(name)
-        if name in self.importing:
-            raise Conflict(f"an import into {name} is under way: wait for it to end")
-        self.importing.add(name)
-        try:
-            async for chunk in dump:
-                self.loaded += chunk
-                await self.hold.wait()
-        except BaseException as exc:
-            self.ended = type(exc).__name__
-            raise
-        finally:
-            self.importing.discard(name)
-        self.ended = "loaded"
+from tests.conftest import local_provider, local_settings, on_uvicorn
+from tests.test_services_run_api import LOCAL_IMAGES
+from tests.transfers_double import DumpTransfers
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[str, DumpResources]]:
-    provider = FakeProvider()
-    resources = DumpResources(provider.resources)
-    resources.hold.set()
-    provider.resources = resources
-    resources.items["db"] = Resource(name="db", type="postgres", status="running")
+async def served(
+    tmp_path: Path, api_engine: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[str, DumpTransfers]]:
+    """The provisioner over the real local provider with the services ``db`` (postgres) and ``db2`` (redis),
+    their dump tool the double's."""
+    provider = local_provider(tmp_path)
+    transfers = DumpTransfers(provider)
+    transfers.install(monkeypatch)
     app = create_app(
-        RackSettings(),
-        provider=as_provider(provider),
+        local_settings(tmp_path),
+        provider=provider,
         internal=False,
         provisioner=ProvisionerSettings(max_import_size=150_000, max_transfers=2),
     )
     async with on_uvicorn(app) as port:
-        yield f"ws://127.0.0.1:{port}", resources
+        await provider.params.set(LOCAL_IMAGES)
+        await provider.resources.create("postgres", "db")
+        await provider.resources.create("redis", "db2")
+        yield f"ws://127.0.0.1:{port}", transfers
 
 
 def connect(base: str, path: str) -> websockets.connect:
@@ -97,7 +61,7 @@ async def messages(socket: websockets.ClientConnection) -> list[tuple[Channel, b
     return got
 
 
-async def test_an_export_streams_the_dump_then_its_status(served: tuple[str, DumpResources]) -> None:
+async def test_an_export_streams_the_dump_then_its_status(served: tuple[str, DumpTransfers]) -> None:
     base, resources = served
     async with connect(base, "/services/db/export") as socket:
         got = await messages(socket)
@@ -111,7 +75,7 @@ async def test_an_export_streams_the_dump_then_its_status(served: tuple[str, Dum
     assert json.loads(got[-1][1]) == {"error": resources.fail}
 
 
-async def test_an_unknown_service_refuses_the_handshake(served: tuple[str, DumpResources]) -> None:
+async def test_an_unknown_service_refuses_the_handshake(served: tuple[str, DumpTransfers]) -> None:
     base, _ = served
     for verb in ("export", "import"):
         with pytest.raises(InvalidStatus) as refused:
@@ -121,7 +85,7 @@ async def test_an_unknown_service_refuses_the_handshake(served: tuple[str, DumpR
         assert json.loads(bytes(refused.value.response.body or b"")) == {"error": "no such service: no-such"}
 
 
-async def test_an_import_reads_the_dump_until_stdin_closes(served: tuple[str, DumpResources]) -> None:
+async def test_an_import_reads_the_dump_until_stdin_closes(served: tuple[str, DumpTransfers]) -> None:
     base, resources = served
     async with connect(base, "/services/db/import") as socket:
         for part in (b"one ", b"two ", b"three"):
@@ -132,7 +96,7 @@ async def test_an_import_reads_the_dump_until_stdin_closes(served: tuple[str, Du
     assert (bytes(resources.loaded), resources.ended) == (b"one two three", "loaded")
 
 
-async def test_a_dump_over_the_cap_fails_the_import(served: tuple[str, DumpResources]) -> None:
+async def test_a_dump_over_the_cap_fails_the_import(served: tuple[str, DumpTransfers]) -> None:
     base, resources = served
     async with connect(base, "/services/db/import") as socket:
         with pytest.raises(ConnectionClosed):  # the rack stops listening once the cap is passed
@@ -145,7 +109,7 @@ async def test_a_dump_over_the_cap_fails_the_import(served: tuple[str, DumpResou
     assert resources.ended == "PayloadTooLarge"
 
 
-async def test_a_client_gone_mid_import_does_not_complete_it(served: tuple[str, DumpResources]) -> None:
+async def test_a_client_gone_mid_import_does_not_complete_it(served: tuple[str, DumpTransfers]) -> None:
     base, resources = served
     async with connect(base, "/services/db/import") as socket:
         await socket.send(stream.encode(Channel.STDIN, b"half a dump"))
@@ -161,10 +125,9 @@ async def test_a_client_gone_mid_import_does_not_complete_it(served: tuple[str, 
 
 
 async def test_a_second_import_at_once_and_past_the_cap_on_transfers_are_refused(
-    served: tuple[str, DumpResources],
+    served: tuple[str, DumpTransfers],
 ) -> None:
     base, resources = served
-    resources.items["db2"] = Resource(name="db2", type="redis", status="running")
     resources.hold.clear()
 
     async def loaded(size: int) -> None:

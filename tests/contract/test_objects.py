@@ -1,9 +1,8 @@
-"""Stored objects over every provider (and the API tests' fake, which keeps the same rules): store, fetch,
-exists, delete; keys checked, caps, whole replaces, an app's objects its own.
+"""Stored objects over every provider: store, fetch, exists, delete; keys checked, caps, whole replaces, an
+app's objects its own.
 
 - ``local``: files under a temporary data dir;
 - ``aws``: S3 in moto (the settings bucket), multipart above 8 MiB;
-- ``fake``: tests/fakes.py, in memory.
 """
 
 from __future__ import annotations
@@ -18,9 +17,7 @@ import pytest
 from shared.errors import BadRequest, NotFound, PayloadTooLarge
 from shared.provider import Provider, load_provider
 from shared.provider.contract import ObjectsAPI
-from shared.provider.local.objects import LocalObjects
 from tests.contract.conftest import settings_for
-from tests.fakes import FakeApps, FakeProvider, as_provider
 from tests.sources import chunks_of
 
 KEY = "sources/abc123.tgz"
@@ -44,21 +41,13 @@ BAD_KEYS = [
 ]
 
 
-@pytest.fixture(params=["aws", "fake", "local"])
-def provider_name(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 async def subject(provider_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Provider]:
     """The provider under test, with the apps ``web`` and ``api`` (on its backend, as tests/contract's
     ``provider`` fixture brings it up)."""
     async with contextlib.AsyncExitStack() as stack:
-        if provider_name == "fake":
-            opened = as_provider(FakeProvider())
-        else:
-            request.getfixturevalue("backend")
-            opened = await stack.enter_async_context(load_provider(settings_for(provider_name, tmp_path)))
+        request.getfixturevalue("backend")
+        opened = await stack.enter_async_context(load_provider(settings_for(provider_name, tmp_path)))
         await opened.apps.create("web")
         await opened.apps.create("api")
         yield opened
@@ -173,10 +162,13 @@ async def test_an_apps_objects_are_its_own_and_go_with_it(subject: Provider) -> 
 
 
 async def test_local_objects_are_files_that_stay_under_their_root(tmp_path: Path) -> None:
-    apps = FakeApps()  # the local objects need only the apps' "get"
-    await apps.create("web")
-    await apps.create("api")
-    objects = LocalObjects(apps, tmp_path)
+    async with load_provider(settings_for("local", tmp_path)) as local:  # its objects need no engine
+        await local.apps.create("web")
+        await local.apps.create("api")
+        await local_objects_stay_under_their_root(local.objects, tmp_path)
+
+
+async def local_objects_stay_under_their_root(objects: ObjectsAPI, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     await objects.store("web", KEY, chunks_of(b"data"))
