@@ -19,7 +19,7 @@ from shared import stream
 from shared.errors import Conflict, NotFound, RackError, Unavailable
 from shared.protocol import Process
 from shared.provider.engine.docker import Engine
-from shared.provider.engine.exec import _Attached, sized
+from shared.provider.engine.exec import SIZED, _Attached, _before_exec, sized
 from shared.provider.engine.stats import Cgroups, Sample, Sampler, cpu_fraction, memory_fraction, parse
 from shared.provider.local.docker import Docker
 from shared.provider.local.sandboxes import Sandboxes, pause_program
@@ -83,6 +83,15 @@ async def test_stats_that_the_engine_ends_empty_are_no_figures_and_keep_the_samp
         await sampler.close()  # raises what the task died of, if it did
         await engine.close()
         server.close()
+
+
+def test_a_process_that_has_not_become_its_command_yet_is_told_apart() -> None:
+    """The TTY prelude's wait (ExecStream._prelude_done) reads the exec'd process's command line; what runc
+    shows before the command, and the nothing of a process in the middle of its exec, are no answer yet."""
+    assert _before_exec(b"runc\x00init\x00") and _before_exec("runc init")
+    assert _before_exec(b"") and _before_exec("[sh]")  # /proc's and ps's views of an empty command line
+    assert not _before_exec(b"stty\x00size\x00") and not _before_exec("sh -c read line")
+    assert not _before_exec(b"/bin/sh\x00-c\x00" + SIZED.encode())  # the prelude itself: told by SIZED
 
 
 def write(path: Path, text: str) -> None:
