@@ -4,6 +4,7 @@ document and from cgroup files), the CLI's rendering and command lines, and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,10 +16,11 @@ from cli import stream as client
 from cli.cmd_processes import ago, percent, rows
 from services.processes.routes import shell_words
 from shared import stream
-from shared.errors import NotFound, RackError, Unavailable
+from shared.errors import Conflict, NotFound, RackError, Unavailable
 from shared.protocol import Process
-from shared.provider.engine.exec import _Attached, sized
-from shared.provider.engine.stats import Cgroups, Sample, cpu_fraction, memory_fraction, parse
+from shared.provider.engine.docker import Engine
+from shared.provider.engine.exec import SIZED, _Attached, _before_exec, sized
+from shared.provider.engine.stats import Cgroups, Sample, Sampler, cpu_fraction, memory_fraction, parse
 from shared.provider.local.docker import Docker
 from shared.provider.local.runners import Runner
 from shared.provider.local.sandboxes import Sandboxes, pause_program
@@ -48,6 +50,49 @@ def test_figures_are_computed_as_docker_stats_computes_them() -> None:
     assert cpu_fraction(later, first) == 0.0  # a counter that went back (a restart) is no figure
     assert memory_fraction(first) == pytest.approx((851_968 - 262_144) / 25_276_510_208)
     assert parse({"cpu_stats": {}, "memory_stats": {}}, at=0.0) is None  # not running
+
+
+async def test_stats_that_the_engine_ends_empty_are_no_figures_and_keep_the_sampler_alive(tmp_path: Path) -> None:
+    """dockerd answers ``GET /containers/{id}/stats`` 200 with an empty body when the container stops or goes
+    while it answers (seen on the aws engine path as an AttributeError that killed the sampler's task). The
+    engine here is a test double on a unix socket that answers every request so."""
+    asked = asyncio.Event()
+
+    async def empty_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                body = b'{"ApiVersion": "1.43"}' if b" /version " in head.split(b"\r\n", 1)[0] else b""
+                if b"/stats" in head:
+                    asked.set()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(empty_answers, str(tmp_path / "engine.sock"))
+    engine = Engine(f"unix://{tmp_path / 'engine.sock'}", timeout=5)
+    sampler = Sampler(engine, local=False)
+    try:
+        with pytest.raises(Conflict, match="not running"):
+            await engine.stats_once("0123456789ab" * 2)
+        assert await sampler.figures(["0123456789ab" * 2]) == {}
+        asked.clear()
+        async with asyncio.timeout(10):
+            await asked.wait()  # a round of the background sampling, which asks again
+        assert sampler.task is not None and not sampler.task.done()  # still sampling what listings asked for
+    finally:
+        await sampler.close()  # raises what the task died of, if it did
+        await engine.close()
+        server.close()
+
+
+def test_a_process_that_has_not_become_its_command_yet_is_told_apart() -> None:
+    """The TTY prelude's wait (ExecStream._prelude_done) reads the exec'd process's command line; what runc
+    shows before the command, and the nothing of a process in the middle of its exec, are no answer yet."""
+    assert _before_exec(b"runc\x00init\x00") and _before_exec("runc init")
+    assert _before_exec(b"") and _before_exec("[sh]")  # /proc's and ps's views of an empty command line
+    assert not _before_exec(b"stty\x00size\x00") and not _before_exec("sh -c read line")
+    assert not _before_exec(b"/bin/sh\x00-c\x00" + SIZED.encode())  # the prelude itself: told by SIZED
 
 
 def write(path: Path, text: str) -> None:

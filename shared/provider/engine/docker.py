@@ -324,11 +324,15 @@ class Engine:
             return False
 
     async def stats_once(self, container_id: str) -> ContainerStats:
-        """One sample of a container's figures, at once (``one-shot``: without the previous tick)."""
+        """One sample of a container's figures, at once (``one-shot``: without the previous tick). The engine
+        ends the answer empty (200, no document) when the container stops or goes while it answers: that is
+        a Conflict (not running), as a stopped container is."""
         async with translated(f"process {container_id[:12]}"):
-            stats: ContainerStats = await self.client._query_json(
+            stats: ContainerStats | None = await self.client._query_json(
                 f"containers/{container_id}/stats", params={"stream": "false", "one-shot": "true"}
             )
+        if not isinstance(stats, dict):
+            raise Conflict(f"process {container_id[:12]} is not running: the engine sent no figures")
         return stats
 
     async def command_line(self, container_id: str, pid: int) -> str | None:

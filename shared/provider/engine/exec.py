@@ -55,6 +55,18 @@ def sized(argv: list[str], terminal: Terminal) -> list[str]:
     return [SHELL, "-c", SIZED, "sh", str(height), str(width), *argv]
 
 
+RUNTIME_INIT = "runc init"
+"""What an exec'd process shows before it becomes its command: the runtime's (runc's) init."""
+
+
+def _before_exec(shown: str | bytes) -> bool:
+    """Whether a command line (``/proc``'s, NUL-separated, or ``top``'s) is of a process that has not become
+    its command yet: the runtime's init, or nothing (a process in the middle of its exec shows none; ``ps``
+    shows its name in brackets then)."""
+    text = (shown.decode(errors="replace").replace("\0", " ") if isinstance(shown, bytes) else shown).strip()
+    return text in ("", RUNTIME_INIT) or (text.startswith("[") and text.endswith("]"))
+
+
 def _cmdline(pid: int) -> bytes | None:
     """A host process's command line (the engine's pids are the host's), None once it is gone."""
     try:
@@ -548,7 +560,8 @@ class ExecStream(_Attached):
     async def _prelude_done(self, within: float = 2.0) -> None:
         """Wait until the size prelude has run (its shell has become the command), so that no resize sent
         after the start can be undone by the prelude's own `stty`. The process's command line is read from this
-        host's /proc, or for a remote engine from the engine's ``top``."""
+        host's /proc, or for a remote engine from the engine's ``top``. Before the prelude's shell, the process
+        shows the runtime's init or, in the middle of its exec, nothing: no answer yet (:func:`_before_exec`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         pid = 0
@@ -560,11 +573,11 @@ class ExecStream(_Attached):
                     return  # it has ended already (a process not started yet has no exit code either)
             if pid and self.mark:
                 line = await self.docker.command_line(self.container_id, pid)
-                if line is None or "stty rows" not in line:
+                if line is None or ("stty rows" not in line and not _before_exec(line)):
                     return
             elif pid:
                 cmdline = await asyncio.to_thread(_cmdline, pid)
-                if cmdline is None or SIZED.encode() not in cmdline:
+                if cmdline is None or (SIZED.encode() not in cmdline and not _before_exec(cmdline)):
                     return
             await asyncio.sleep(0.002)
 
