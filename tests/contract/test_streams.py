@@ -112,7 +112,9 @@ async def until(check: Callable[[], Awaitable[object]], within: float = 30.0) ->
 
 @pytest.fixture
 async def rack(provider_name: str, backend: str, tmp_path: Path, busybox_image: str) -> AsyncIterator[StreamsRack]:
-    """The provider with its workers running; on aws with the agent and engine doubles (see the module)."""
+    """The provider with its workers running; on aws with the agent and engine doubles (see the module). Not
+    the suite's ``provider`` fixture: on aws that registers a container instance with no engine, where a task
+    placed would never run; here the agent double's instance is the cluster's only one."""
     if provider_name == "local":
         async with load_provider(settings_for("local", tmp_path)) as provider, running_workers(provider):
             rack = StreamsRack(provider, busybox_image)
