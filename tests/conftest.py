@@ -67,9 +67,33 @@ def remove_labelled_containers(rack: str) -> None:
     subprocess.run([docker, "network", "rm", f"convox-{rack}"], capture_output=True, check=False)
 
 
+def remove_this_runs_leftovers() -> None:
+    """What any rack of this test run (``test-RUN``, ``test-RUN-...``) left on the Engine: its containers, then
+    its networks (each rack makes one; the Engine has address pools for about 30, shared by every run)."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return
+    shown = '{{.ID}} {{.Label "convox.rack"}}'
+    listed = subprocess.run(
+        [docker, "ps", "-a", "--format", shown], capture_output=True, text=True, check=False
+    ).stdout.split("\n")
+    ids = [line.split()[0] for line in listed if len(line.split()) == 2 and line.split()[1].startswith(RACK_NAME)]
+    if ids:
+        subprocess.run([docker, "rm", "-f", "-v", *ids], capture_output=True, check=False)
+    networks = subprocess.run(
+        [docker, "network", "ls", "--format", "{{.Name}}", "--filter", f"name=convox-{RACK_NAME}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    for network in networks:
+        subprocess.run([docker, "network", "rm", network], capture_output=True, check=False)
+
+
 @pytest.fixture(scope="session")
-def docker_engine() -> str:
-    """The Docker Engine's socket; the run fails here when no engine answers."""
+def docker_engine() -> Iterator[str]:
+    """The Docker Engine's socket; the run fails here when no engine answers. At the end of the run, what its
+    racks left on the Engine is removed."""
     result = (
         subprocess.run(
             ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, check=False
@@ -79,7 +103,8 @@ def docker_engine() -> str:
     )
     if result is None or result.returncode != 0:
         pytest.fail("no Docker Engine answers: run `make docker` (or `make test`, which starts one)")
-    return result.stdout.strip()
+    yield result.stdout.strip()
+    remove_this_runs_leftovers()
 
 
 @dataclass
