@@ -113,10 +113,11 @@ async def test_openapi_has_stable_operation_ids_and_no_422(api: httpx.AsyncClien
     assert all("422" not in op["responses"] for item in doc["paths"].values() for op in item.values())
 
 
-async def test_the_apps_service_runs_the_workers_and_answers_once_they_adopted() -> None:
+async def test_the_apps_service_runs_none_of_the_workers() -> None:
     provider = FakeProvider()
-    async for _ in serve(create_app(RackSettings(), provider=as_provider(provider), internal=False)):
-        assert (provider.workers_started, provider.formation.adopted, provider.timers.adopted) == (1, 1, 1)
+    async for client in serve(create_app(RackSettings(), provider=as_provider(provider), internal=False)):
+        assert (await client.get("/apps")).status_code == 200
+        assert (provider.workers_started, provider.formation.adopted, provider.timers.adopted) == (0, 0, 0)
 
 
 async def test_system_images_says_whether_builds_can_start_from_each(api: httpx.AsyncClient) -> None:

@@ -35,9 +35,6 @@ from tests.fakes import FakeProvider, as_provider
 class EndlessLogs:
     """A test double of the logs provider: every stream yields one batch, then (followed) waits forever."""
 
-    async def collect(self) -> None:
-        return None
-
     async def app(
         self,
         app: str,

@@ -30,10 +30,6 @@ class FakeLogs:
         self.calls: list[dict[str, Any]] = []
         self.live: asyncio.Queue[bytes] = asyncio.Queue()
         self.closed = asyncio.Event()
-        self.collecting = 0
-
-    async def collect(self) -> None:
-        self.collecting += 1
 
     async def app(
         self,
@@ -106,7 +102,18 @@ async def test_no_follow_prints_the_lines_then_a_status(served: str, logs: FakeL
     call = logs.calls[-1]
     assert (call["follow"], call["service"], call["filter"], call["pid"]) == (False, "web", "on", "")
     assert 100 < (datetime.now(UTC) - call["since"]).total_seconds() < 140
-    assert logs.collecting == 1  # the service started the collector, once
+
+
+async def test_the_logs_service_runs_the_workers_and_answers_once_they_adopted(tmp_path: Path) -> None:
+    provider = FakeProvider()
+    app = create_app(RackSettings(data_dir=tmp_path), provider=as_provider(provider), internal=False)
+    async with app.router.lifespan_context(app):
+        # the workers (log collection among them) started once, before the service answers
+        assert (provider.workers_started, provider.formation.adopted, provider.timers.adopted) == (1, 1, 1)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://logs") as client:
+            assert (await client.get("/openapi.json")).status_code == 200
+    assert provider.workers_started == 1
 
 
 async def test_a_follow_stream_goes_on_and_ends_the_providers_stream_when_the_client_leaves(
