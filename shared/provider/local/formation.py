@@ -574,7 +574,13 @@ class LocalFormation:
                 if self._lock(app).locked():
                     continue
                 with contextlib.suppress(RackError, KeyError):
-                    current = await self.apps.get(app)
+                    try:
+                        current: App | None = await self.apps.get(app)
+                    except NotFound:
+                        current = None
+                    if current is None or current.status == "deleting":  # deleted there (the apps service)
+                        self.listeners.unview(app)
+                        continue
                     release = await self.releases.get(app, current.release)
                     want = next((w for w in await self.desired(release) if w.service == service), None)
                     running = [

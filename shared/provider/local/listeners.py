@@ -163,6 +163,15 @@ class Listeners:
             if recorded_app == app and service not in kept:
                 await self._write(app, service, {})
 
+    def unview(self, app: str) -> None:
+        """Drop this process's view of ``app``'s listeners (another process is deleting them)."""
+        for key in [k for k in self.main if k[0] == app]:
+            del self.main[key]
+        for extra in [k for k in self.extra if k[0] == app]:
+            del self.extra[extra]
+        for key in [k for k in self.recorded if k[0] == app]:
+            del self.recorded[key]
+
     async def forget(self, app: str) -> None:
         """The app is being deleted: every listener of it goes, also those no start of this service adopted."""
         await self.drop_others(app, set())
