@@ -113,7 +113,8 @@ def build_service(
     ``provider`` replaces the configured one (tests pass the local one over a temporary data dir, opened here);
     ``internal=False`` drops the gateway-secret guard, for in-process tests only; ``raw_bodies`` are the
     paths (regexes) whose bodies a route streams itself, exempt from the JSON body cap. ``workers``: this
-    service owns the rack's background work (:func:`start_workers`); one service of the rack does."""
+    service owns the rack's background work (:func:`start_workers`); one service of the rack (the logs
+    service) does."""
     settings = settings or RackSettings()
 
     @asynccontextmanager

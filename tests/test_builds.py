@@ -290,7 +290,7 @@ def test_a_build_cut_off_by_a_killed_builds_service_is_failed_by_the_owner(
         pid = builds_service_pid(small_rack)
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        # the owner (the apps service's workers) fails it, whether or not the builds service is back yet
+        # the owner (the logs service's workers) fails it, whether or not the builds service is back yet
         wait_for(lambda: stored_status(small_rack, build["id"]) == "failed")
         print(f"build failed {time.monotonic() - killed:.2f}s after kill -9 of the builds service")
         wait_for(lambda: builds_service_pid(small_rack) not in (0, pid))

@@ -388,6 +388,12 @@ def logs_pid(data_dir: Path) -> int:
     return int(next(entry["pid"] for entry in entries if entry["name"] == "logs"))
 
 
+def workers_started(cli: Cli) -> int:
+    """How often the logs service has started the rack's workers (``provider.workers()``) in the last hour."""
+    out = cli("rack", "logs", "--no-follow", "--since", "1h", "--service", "logs", check=True).stdout
+    return len(re.findall(r"^\S+Z logs: ns=workers at=workers\.started ", out, re.MULTILINE))
+
+
 def test_a_stream_survives_a_kill_of_the_logs_service_without_loss_or_duplicates(
     rack: RunningRack, cli: Cli, app: str, busybox_image: str, follow: Callable[..., Follower]
 ) -> None:
@@ -396,10 +402,17 @@ def test_a_stream_survives_a_kill_of_the_logs_service_without_loss_or_duplicates
     writer = run(rack, app, "web", "i=0; while [ $i -lt 3000 ]; do echo n=$i; i=$((i+1)); usleep 4000; done",
                  image=busybox_image)  # fmt: skip
     follower.wait_for(lambda lines: len(numbers(lines, writer)) > 300)
+    started = workers_started(cli)
     before = logs_pid(rack.data_dir)
     os.kill(before, signal.SIGKILL)
     follower.wait_for(lambda lines: len(numbers(lines, writer)) >= 3000, within=60)
     assert logs_pid(rack.data_dir) != before  # it was restarted, and the stream resumed
+    # with it the rack's background work (log collection one of its loops): started again, once
+    deadline = time.monotonic() + 30
+    while workers_started(cli) == started:
+        assert time.monotonic() < deadline, "the restarted logs service did not start the workers"
+        time.sleep(0.2)
+    assert workers_started(cli) == started + 1
     assert follower.proc.poll() is None
     assert numbers(follower.lines, writer) == list(range(3000))
     history = cli("logs", "--app", app, "--since", "5m", "--no-follow", check=True).stdout.splitlines()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -132,3 +132,32 @@ async def test_plain_get_answers_the_history_as_text(served: Served) -> None:
         assert response.headers["content-type"].startswith("text/plain")
         assert f" convox:{RELEASE} release promoted\n".encode() in lines(response.content)
         assert len(lines(response.content)) == 5
+
+
+async def test_the_logs_service_runs_the_workers_and_answers_once_they_adopted(
+    tmp_path: Path, api_engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = local_provider(tmp_path)
+    assert isinstance(provider, LocalProvider)
+    real_workers = provider.workers
+    seen: list[str] = []
+
+    async def workers(started: Callable[[], None] | None = None) -> None:  # the real ones, watched
+        seen.append("workers")
+
+        def adopted() -> None:
+            seen.append("adopted")
+            if started is not None:
+                started()
+
+        await real_workers(adopted)
+
+    monkeypatch.setattr(provider, "workers", workers)
+    app = serve_logs(tmp_path, provider)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://logs") as client:
+            seen.append(f"answered {(await client.get('/openapi.json')).status_code}")
+        assert provider.promotions.owner  # the owner's loops (log collection, roll-outs) run here
+    assert seen == ["workers", "adopted", "answered 200"]
+    assert not provider.promotions.owner  # and stopped with the service

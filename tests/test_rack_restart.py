@@ -98,7 +98,7 @@ def test_an_app_answers_on_the_same_port_through_a_full_rack_restart(busybox_ima
             thread.join(10)
             (pid,) = balancer_pids(data)
             os.kill(pid, signal.SIGKILL)
-            assert fetch(balancer, within=30) == "v1\n"  # started again by the apps service, on the kept port
+            assert fetch(balancer, within=30) == "v1\n"  # started again by the workers, on the kept port
             assert info(user, "steady")["Balancer"] == balancer
             assert len(balancer_pids(data)) == 1
             assert get(https + "/", pem).text == "secure\n"

@@ -141,7 +141,7 @@ async def test_formation_replaces_processes_stopped_or_killed_from_outside(
 ) -> None:
     await released(provider, "kept", busybox_image, count=2)
     started = asyncio.Event()
-    running = asyncio.create_task(provider.workers(started.set))  # as the apps service runs them
+    running = asyncio.create_task(provider.workers(started.set))  # as the logs service runs them
     try:
         await asyncio.wait_for(started.wait(), 30)
         before = workers("kept")

@@ -105,7 +105,7 @@ async def test_a_timer_runs_on_schedule_with_events_and_is_never_doubled(
 
 
 def runner(provider: LocalProvider, clock: FakeClock) -> LocalTimers:
-    """A timer runner as the apps service makes one at each start of the rack."""
+    """A timer runner as the logs service (the workers' owner) makes one at each start of the rack."""
     return LocalTimers(
         provider.docker, provider.apps, provider.releases, provider.processes, Events(provider.state), clock
     )

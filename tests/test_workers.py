@@ -1,8 +1,10 @@
-"""The rack's background work has one owner (``provider.workers()``, run by the apps service): its loops are
+"""The rack's background work has one owner (``provider.workers()``, run by the logs service): its loops are
 supervised (one failing is logged and restarted, the others go on), and a promote asked from another service
-(another provider on the same state, as the provisioner is) is rolled out by the owner, with its refusals as
-the same :mod:`shared.errors` types and a failed roll-out's reason; an owner killed with -9 in the middle of a
-roll-out leaves it failed cleanly at its next start, the previous release serving."""
+(another provider on the same state, as the apps service or the provisioner is) is rolled out by the owner,
+with its refusals as the same :mod:`shared.errors` types and a failed roll-out's reason, and cancelled from
+there too; a scale asked there waits for the owner's roll-out of the app (their lock is one across
+processes); an owner killed with -9 in the middle of a roll-out leaves it failed cleanly at its next start,
+the previous release serving, and frees the app's lock."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import pytest
 from shared.config import RackSettings
 from shared.errors import BadRequest, Conflict, NotFound, RackError
 from shared.manifest import Health, Manifest, Service
+from shared.models import FormationUpdate
 from shared.provider import load_provider
 from shared.provider.local import LocalProvider
 from shared.provider.local.bell import Bell
@@ -160,7 +163,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.asynccontextmanager
 async def owner(data_dir: Path) -> AsyncIterator[LocalProvider]:
-    """A provider running the workers, as the apps service does."""
+    """A provider running the workers, as the logs service does."""
     async with open_provider(data_dir) as opened:
         started = asyncio.Event()
         task = asyncio.create_task(opened.workers(started.set))
@@ -214,7 +217,7 @@ def slow() -> Service:
 async def test_a_promote_from_another_service_rolls_out_under_the_owner_with_typed_errors(
     data_dir: Path, asker: LocalProvider, busybox_image: str
 ) -> None:
-    async with owner(data_dir) as owning:
+    async with owner(data_dir):
         first = await release_of(asker, "asked", busybox_image, sleeping(), "BFIRSTBUILD")
         promoted = await asker.releases.promote("asked", first)
         assert promoted.status == "updating"
@@ -226,7 +229,7 @@ async def test_a_promote_from_another_service_rolls_out_under_the_owner_with_typ
         await asker.releases.promote("asked", pending)
         with pytest.raises(Conflict, match="already updating"):  # the owner's refusal, the same type here
             await asker.releases.promote("asked", pending)
-        await owning.formation.cancel("asked")
+        await asker.formation.cancel("asked")  # from the other service: the roll-out runs in the owner
         settled = await asker.releases.settled("asked", 60)
         assert (settled.release, settled.failed_release, settled.failure) == (first, pending, "cancelled")
 
@@ -253,7 +256,7 @@ async def test_a_promote_waits_for_the_racks_own_pass_over_the_app_instead_of_be
         await asker.releases.promote("passed", first)
         assert (await asker.releases.settled("passed", 60)).release == first
         second = await release_of(asker, "passed", busybox_image, sleeping(), "BPASSSECND1")
-        async with owning.formation._lock("passed"):  # what a reconciliation or an adoption pass holds
+        async with owning.formation.locks("passed"):  # what a reconciliation or an adoption pass holds
             promoted = await asker.releases.promote("passed", second)
             assert promoted.status == "updating"
             with pytest.raises(Conflict, match="already updating"):  # a user's roll-out is still refused
@@ -263,6 +266,31 @@ async def test_a_promote_waits_for_the_racks_own_pass_over_the_app_instead_of_be
         settled = await asker.releases.settled("passed", 60)
         assert (settled.status, settled.release) == ("running", second)
         assert containers_of("passed", second) and not containers_of("passed", first)
+
+
+async def test_a_scale_from_another_service_waits_for_the_owners_roll_out_of_the_app(
+    data_dir: Path, asker: LocalProvider, busybox_image: str
+) -> None:
+    async with owner(data_dir) as owning:
+        first = await release_of(asker, "locked", busybox_image, sleeping(), "BFIRSTBUILD")
+        await asker.releases.promote("locked", first)
+        assert (await asker.releases.settled("locked", 60)).release == first
+        pending = await release_of(asker, "locked", busybox_image, slow(), "BSLOWBUILDS")
+        await asker.releases.promote("locked", pending)
+        await until(lambda: asyncio.sleep(0, bool(containers_of("locked", pending))))
+        assert asker.formation.locks("locked").locked()  # held by the owner's roll-out, in its own lock
+        with pytest.raises(Conflict, match="is updating"):
+            await asker.formation.restart("locked")
+        scaling = asyncio.create_task(asker.formation.scale("locked", "web", FormationUpdate(count=2)))
+        done, _ = await asyncio.wait({scaling}, timeout=1.0)
+        assert not done  # it waits for the roll-out, which would otherwise race it
+        assert len(containers_of("locked", first)) == 1
+        await owning.formation.cancel("locked")
+        scaled = await asyncio.wait_for(scaling, 60)
+        assert (scaled.count, scaled.running) == (2, 2)
+        assert len(containers_of("locked", first)) == 2
+        assert not containers_of("locked", pending)
+        assert not asker.formation.locks("locked").locked()
 
 
 OWNER = """
@@ -300,6 +328,7 @@ async def test_an_owner_killed_mid_roll_out_fails_it_cleanly_at_its_next_start(
         second = await release_of(asker, "killed", busybox_image, slow(), "BSLOWBUILDS")
         await asker.releases.promote("killed", second)
         await until(lambda: asyncio.sleep(0, bool(containers_of("killed", second))))
+        assert asker.formation.locks("killed").locked()  # the roll-out holds the app, in the owner's process
         process.send_signal(signal.SIGKILL)
         await process.wait()
     finally:
@@ -307,6 +336,7 @@ async def test_an_owner_killed_mid_roll_out_fails_it_cleanly_at_its_next_start(
             process.kill()
             await process.wait()
     assert (await asker.apps.get("killed")).status == "updating"  # nobody finishes it meanwhile
+    assert not asker.formation.locks("killed").locked()  # but the dead owner's roll-out holds the app no more
     async with owner(data_dir):
         settled = await asker.releases.settled("killed", 30)
         assert (settled.status, settled.release, settled.failed_release) == ("running", first, second)

@@ -1,8 +1,7 @@
-"""The apps service: apps, releases, environment, formation, timers; it owns their state, and it is the one
-service that runs the rack's background work (``provider.workers()``: adoption, reconciliation, roll-outs,
-timers), because roll-outs, scale, restart and cancel of formation are served here, in the same process as
-the reconciliation that must not race them. A restart of this service (the supervisor restarts it when it
-dies) restarts that work; a promote asked from another service is rolled out here."""
+"""The apps service: apps, releases, environment, formation, timers; it owns their state. It runs none of the
+rack's background work (the logs service runs ``provider.workers()``): a promote or a cancel asked here is
+rolled out or cancelled under the workers, and a scale or a restart runs here under the app's lock, which the
+workers' roll-outs and reconciliation hold too (across processes)."""
 
 from __future__ import annotations
 
@@ -27,5 +26,5 @@ def create_app(
     settings: RackSettings | None = None, provider: Provider | None = None, internal: bool = True
 ) -> FastAPI:
     return build_service(
-        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, workers=True
+        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS
     )

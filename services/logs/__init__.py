@@ -1,5 +1,10 @@
 """The logs service: app log streams (merged, followed, with history and platform events) and the rack's own
-logs. It runs the one collector of the rack's logs (``provider.logs.collect``)."""
+logs. It is the one service that runs the rack's background work (``provider.workers()``: log collection,
+adoption, reconciliation, roll-outs, timers, the failing of dead services' builds, the backing services'
+cut-short work), because the local log store hands the lines it collects to the followers in the collecting
+process: the streams served here. A restart of this service (the supervisor restarts it when it dies)
+restarts that work, collection included; a promote, a cancel, a scale or a restart asked from the apps
+service works through the provider (:mod:`shared.provider.local.promotions`, formation's app locks)."""
 
 from __future__ import annotations
 
@@ -24,12 +29,8 @@ def create_app(
     logs: LogsSettings | None = None,
 ) -> FastAPI:
     limits = logs or LogsSettings()
-
-    async def collect(opened: Provider) -> None:
-        await opened.logs.collect()
-
     app = build_service(
-        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, startup=[collect]
+        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, workers=True
     )
     app.state.follows = Slots("log follows", limits.max_follows, "RACK_LOGS_MAX_FOLLOWS")
     return app

@@ -1,5 +1,5 @@
 """Linking a backing service into an app: ``<NAME>_URL`` in the app's environment, through a release
-promoted through the provider (the roll-out runs under the rack's workers, in the apps service).
+promoted through the provider (the roll-out runs under the rack's workers, in the logs service).
 
 A link or unlink makes a new release from the app's latest one with the variable set or removed. When the
 app has an active release, the new one is promoted (after any roll-out in progress) and the call returns

@@ -240,7 +240,9 @@ class FormationAPI(Protocol):
 
     async def cancel(self, app: str) -> App:
         """Stop the roll-out in progress; the release that was serving goes on serving (Conflict when no
-        roll-out is in progress, or when it is already switching)."""
+        roll-out is in progress, or when it is already switching). Works from any service: the roll-out runs
+        under :meth:`Provider.workers`, and ``scale``, ``restart`` and a deletion of the app never run at
+        once with it, nor with the reconciliation, whichever services they are asked from."""
         ...
 
     async def adopt(self) -> None:
@@ -272,6 +274,11 @@ class LogsAPI(Protocol):
     by the provider (the fields of ``shared.models.LogEntry``). Its first batch comes at once (possibly
     empty) when the request is valid; an unknown app or pid raises before it. Without ``follow`` it ends with
     the history from ``since``; with it, it goes on with every new line until closed.
+
+    Collecting the lines (where a provider must: the local one reads the Docker Engine's logs into its log
+    store; on AWS, ECS ships them) is part of :meth:`Provider.workers`, so the streams are served by the
+    service that runs the workers (the logs service): the local store hands new lines to the followers of
+    that process, and ``app`` there raises Unavailable while the collector is not running.
     """
 
     def app(
@@ -298,12 +305,6 @@ class LogsAPI(Protocol):
     async def event(self, app: str, message: str, *, release: str = "", pid: str = "", service: str = "convox") -> None:
         """A platform event in the app's log (``convox:RELEASE/PID message``, or ``SERVICE:...`` with a
         ``service`` that is not ``convox``: a timer's events are ``timer:``); never raises."""
-        ...
-
-    async def collect(self) -> None:
-        """Start collecting every app's log into its history (bounded as the provider's own settings say:
-        :class:`shared.logstore.settings.LogStoreSettings`). Run by the service that serves the streams (the
-        logs service): the local store hands new lines to its followers in that process."""
         ...
 
 
@@ -425,11 +426,12 @@ class Provider(Protocol):
         formation, the roll-outs (those promoted from any service), timers, the failing of builds whose
         runner died (the service that ran them locally, the builder task on AWS), the backing services'
         work left by a process that died (:meth:`ResourcesAPI.create` and ``delete``) along with the servers
-        that went missing, and the one-offs' (time limits, interactive runs whose stream's process died).
-        One service runs it (the apps service: the owner), so a restart of that service restarts it. Every
-        loop runs under one task group (:func:`shared.provider.workers.supervise`): a loop that fails is
-        logged and started again with back-off, the others going on. ``started`` is called once
-        every start step (adoption) has run."""
+        that went missing, the one-offs' (time limits, interactive runs whose stream's process died), and the
+        collection of the apps' logs (:class:`LogsAPI`). One service runs it (the
+        logs service: the owner, since the local log store hands new lines to the followers in the process
+        that collects them), so a restart of that service restarts it all. Every loop runs under one task
+        group (:func:`shared.provider.workers.supervise`): a loop that fails is logged and started again with
+        back-off, the others going on. ``started`` is called once every start step (adoption) has run."""
         ...
 
     async def __aenter__(self) -> Self: ...

@@ -74,7 +74,7 @@ def remove_containers(apps: list[str]) -> None:
 
 @contextlib.asynccontextmanager
 async def running_workers(provider: Provider) -> AsyncIterator[None]:
-    """The provider's background work, as the rack's owner (the apps service) runs it, until the block ends."""
+    """The provider's background work, as the rack's owner (the logs service) runs it, until the block ends."""
     ready = asyncio.Event()
     task = asyncio.create_task(provider.workers(ready.set))
     try:

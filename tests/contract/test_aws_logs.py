@@ -19,6 +19,7 @@ from shared.provider import Provider
 from shared.provider.aws.logs import AwsLogs
 from tests.conftest import RACK_NAME
 from tests.contract.aws_helpers import in_moto, play_builder
+from tests.contract.conftest import running_workers
 
 
 async def deployed(provider: Provider, app: str, tmp_path: Path) -> tuple[str, str, str]:
@@ -114,3 +115,16 @@ async def test_following_sends_late_lines_once_and_none_twice(aws_provider: Prov
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
+
+
+async def test_the_workers_make_the_racks_own_log_group_with_the_historys_retention(aws_provider: Provider) -> None:
+    group = f"/convox/{RACK_NAME}"
+
+    async def found() -> list[dict[str, object]]:
+        answer = await in_moto("logs", "describe_log_groups", logGroupNamePrefix=group)
+        return [g for g in answer["logGroups"] if g["logGroupName"] == group]
+
+    assert await found() == []  # opening the provider makes nothing: its workers do
+    async with running_workers(aws_provider):
+        [made] = await found()
+    assert made["retentionInDays"] == 7  # the history's age, a week by default

@@ -17,12 +17,6 @@ from shared.errors import NotFound
 from shared.provider import Provider
 
 
-@pytest.fixture(autouse=True)
-async def collecting(provider: Provider) -> None:
-    """Logs are collected in the background of the rack (its logs service): started here as there."""
-    await provider.logs.collect()
-
-
 async def history(stream: AsyncIterator[list[bytes]]) -> list[str]:
     return [line.decode() async for batch in stream for line in batch]
 

@@ -14,19 +14,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from shared.provider import Provider
 from tests.conftest import RACK_NAME
 from tests.contract.aws_helpers import in_moto
 
 STREAM = "api/api/0123456789abcdef0123456789abcdef"
-
-
-@pytest.fixture(autouse=True)
-async def collecting(provider: Provider) -> None:
-    """Logs are collected in the background of the rack (its logs service): started here as there."""
-    await provider.logs.collect()
 
 
 async def written(provider_name: str, data_dir: Path, *lines: tuple[datetime, str]) -> None:

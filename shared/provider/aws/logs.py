@@ -4,8 +4,9 @@ Processes write through the ``awslogs`` driver into streams ``TYPE/TYPE/TASKID``
 the stream ``convox/events`` as JSON (release, pid, message). History is FilterLogEvents from ``since``,
 paged. Following polls every ``log_poll_interval`` seconds from ``now - log_lookback`` and drops events
 already sent by their ``eventId``: a line ingested late (its timestamp older than the last poll) is still
-sent once, and none twice. Nothing needs collecting: ECS ships the lines, so :meth:`AwsLogs.collect`
-only checks that the rack's own group is there.
+sent once, and none twice. Nothing needs collecting: ECS ships the lines, so the workers' start step
+``logs.group`` (:meth:`AwsLogs.ensure_group`, under :meth:`shared.provider.aws.provider.AwsProvider.workers`)
+only makes sure that the rack's own group is there.
 """
 
 from __future__ import annotations
@@ -259,9 +260,10 @@ class AwsLogs:
         except Exception as exc:  # an event is never worth failing its operation for
             log.error("logs.event", app=app, error=type(exc).__name__)
 
-    async def collect(self) -> None:
+    async def ensure_group(self) -> None:
         """ECS ships every process's lines into its app's group (awslogs): only the rack's group is made sure
-        of here; its retention is the log store's history age (``RACK_LOGS_HISTORY_MAX_AGE``), in whole days."""
+        of here (a start step of the workers); its retention is the log store's history age
+        (``RACK_LOGS_HISTORY_MAX_AGE``), in whole days."""
         max_age = LogStoreSettings().history_max_age
         cw = await self.cw()
         group = self.apps.state.log_prefix

@@ -124,8 +124,10 @@ class AwsProvider:
         """The rack's background work (:meth:`shared.provider.contract.Provider.workers`): a promote cut short
         found at the start, the timers' scheduler, the reaper of one-off time limits, the failing of builds
         whose builder task stopped without reporting, the backing services' creations and deletions whose
-        process died. ECS keeps the counts and rolls releases out itself."""
+        process died, and the rack's own log group made sure of (ECS ships the apps' lines: nothing else to
+        collect). ECS keeps the counts and rolls releases out itself."""
         loops = [
+            Loop("logs.group", start=self.logs.ensure_group),
             Loop("formation.adopt", start=self.formation.adopt),
             *self.timers.loops(),
             *self.processes.loops(),

@@ -9,8 +9,8 @@ due time is skipped); timers follow the active release (read at each beat) and g
 events say when a run started and with which exit code it ended.
 
 **Design choice: (b), the rack's own scheduler, not EventBridge rules.** :meth:`AwsTimers.adopt` starts a
-loop that beats every few seconds (the apps service calls it, as locally). Why not EventBridge rules with ECS
-RunTask targets, as Convox gen1 had cron (Events::Rule + Lambda)?
+loop that beats every few seconds (a start step of the workers, run by the logs service, as locally). Why not
+EventBridge rules with ECS RunTask targets, as Convox gen1 had cron (Events::Rule + Lambda)?
 
 - *Not doubled* cannot hold with a rule alone: EventBridge fires RunTask whatever still runs, so it would
   need a wrapper in every image or a reaper stopping the second run after it started (the command has then

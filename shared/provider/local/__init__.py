@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import Self
 
 from shared.config import LocalProviderSettings, RackSettings
+from shared.provider.local.applocks import AppLocks
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancers import Balancers
 from shared.provider.local.bell import Bell
@@ -56,6 +57,7 @@ class LocalProvider:
             settings.balancer_host,
             self.balancers,
             self.certificates,
+            AppLocks(settings.run_dir / "formation"),
         )
         self.apps.on_delete.append(self.formation.forget)
         self.bell = Bell(settings.run_dir / "bell")
@@ -87,14 +89,16 @@ class LocalProvider:
         self.logs = LocalLogs(self.state, self.docker, self.apps, settings.name, settings.data_dir)
 
     async def workers(self, started: Callable[[], None] | None = None) -> None:
-        """The rack's background work (see :meth:`shared.provider.contract.Provider.workers`): formation's
-        adoption, reconciliation and balancers, the roll-outs asked from other services, the timers, the
-        failing of builds whose builds service died, the backing services (work whose process died
-        finished or undone, missing servers brought back), and the one-offs' (interactive ones whose
-        service died ended, time limits enforced, ended ones removed, sandboxes no live process holds
+        """The rack's background work (see :meth:`shared.provider.contract.Provider.workers`), run by the logs
+        service: the log collector (whose store hands new lines to the followers of this process), formation's
+        adoption, reconciliation and balancers, the roll-outs (and their cancels) asked from other services,
+        the timers, the failing of builds whose builds service died, the backing services (work whose
+        process died finished or undone, missing servers brought back), and the one-offs' (interactive ones
+        whose service died ended, time limits enforced, ended ones removed, sandboxes no live process holds
         removed)."""
         self.promotions.owner = True
         loops = [
+            Loop("logs.collect", self.logs.collect, start=self.logs.start),
             *self.formation.loops(),
             Loop("promotions", self.promotions.serve, start=self.promotions.recover),
             *self.timers.loops(),

@@ -3,8 +3,8 @@
 ``python -m shared.provider.local.balancerd --socket RUN/balancer.sock`` detaches (a new session, not a
 child of the service that started it), so a restart of the rack (an upgrade, a crash of the supervisor,
 `convox rack start` stopped and started again) never closes an app's port: connections keep being
-forwarded to the running containers meanwhile, and the apps service re-adopts the listeners when it is
-back (:mod:`shared.provider.local.balancers`). One balancer process serves one data dir.
+forwarded to the running containers meanwhile, and the workers' owner (the logs service) re-adopts the
+listeners when it is back (:mod:`shared.provider.local.balancers`). One balancer process serves one data dir.
 
 The control socket (0600) speaks JSON lines, one request and one answer per connection:
 ``{"op": "put", "listener": ListenerSpec}`` -> ``{"port": N}`` (create, or update the backends),

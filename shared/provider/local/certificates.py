@@ -67,8 +67,9 @@ class AppCertificates:
         self.host = host
         self.rack = rack
         self._locks: dict[str, asyncio.Lock] = {}
-        self._known: dict[str, ListenerTLS] = {}
-        """What ``ensure`` found, per app: the balancers' refresh asks every few seconds."""
+        self._known: dict[str, tuple[tuple[int, int], ListenerTLS]] = {}
+        """What ``ensure`` found, per app, with its file's (inode, mtime): the balancers' refresh asks every few
+        seconds; another process (the apps service deleting the app) may have removed or replaced it since."""
 
     def directory(self, app: str) -> Path:
         return under(self.root, app)
@@ -77,21 +78,34 @@ class AppCertificates:
         """The app's certificate, made now if it has none."""
         directory = self.directory(app)
         async with self._locks.setdefault(app, asyncio.Lock()):
-            known = self._known.get(app)
+            known = await self._cached(app)
             if known is None:
                 if not await asyncio.to_thread((directory / CERT_NAME).exists):
                     await asyncio.to_thread(_make, directory, f"{app}.{self.rack}", self.host)
                     log.log("certificate.create", app=app)
+                stamp = await asyncio.to_thread(_stamp, directory / CERT_NAME)
                 pem = await asyncio.to_thread((directory / CERT_NAME).read_text)
                 cert, key = str(directory / CERT_NAME), str(directory / KEY_NAME)
                 known = ListenerTLS(certificate=cert, key=key, fingerprint=pem_fingerprint(pem))
-                self._known[app] = known
+                if stamp is not None:
+                    self._known[app] = (stamp, known)
         return known.model_copy(update={"alpn": alpn or []})
+
+    async def _cached(self, app: str) -> ListenerTLS | None:
+        """What ``ensure`` found, while its file is still the one it read."""
+        cached = self._known.get(app)
+        if cached is None:
+            return None
+        if await asyncio.to_thread(_stamp, self.directory(app) / CERT_NAME) != cached[0]:
+            del self._known[app]
+            return None
+        return cached[1]
 
     async def fingerprint(self, app: str) -> str:
         """``AB:CD:...`` (SHA-256) of the app's certificate, ``""`` while it has none."""
-        if app in self._known:
-            return self._known[app].fingerprint
+        known = await self._cached(app)
+        if known is not None:
+            return known.fingerprint
         try:
             pem = await asyncio.to_thread((self.directory(app) / CERT_NAME).read_text)
         except FileNotFoundError:
@@ -106,6 +120,15 @@ class AppCertificates:
         if await asyncio.to_thread(directory.exists):
             await asyncio.to_thread(shutil.rmtree, directory, True)
             log.log("certificate.delete", app=app)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """The file's (inode, mtime in ns), ``None`` when it is not there."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_ino, found.st_mtime_ns
 
 
 def server_context(tls: ListenerTLS) -> ssl.SSLContext:

@@ -8,7 +8,7 @@ import contextlib
 import functools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
@@ -270,7 +270,7 @@ class Docker(Engine):
 
     async def logs(
         self, container_id: str, *, since: str = "", follow: bool = True, tty: bool = False
-    ) -> AsyncIterator[list[tuple[int, bytes]]]:
+    ) -> AsyncGenerator[list[tuple[int, bytes]]]:
         """A container's log as the Engine keeps it, with its timestamps, in batches as they come.
 
         Without a TTY each item is one log message ``(stream, b"TIMESTAMP text")``, stream 1 stdout or 2
@@ -286,26 +286,29 @@ class Docker(Engine):
             translated(f"process {container_id[:12]}"),
             self.client._query(f"containers/{container_id}/logs", params=params, timeout=self.streaming()) as response,
         ):
-            buffer = bytearray()
-            async for chunk in response.content.iter_any():
-                if tty:
-                    yield [(1, chunk)]
-                    continue
-                buffer += chunk
-                batch: list[tuple[int, bytes]] = []
-                pos = 0
-                end = len(buffer)
-                while end - pos >= 8:
-                    size = int.from_bytes(buffer[pos + 4 : pos + 8], "big")
-                    if end - pos - 8 < size:
-                        break
-                    batch.append((buffer[pos], bytes(buffer[pos + 8 : pos + 8 + size])))
-                    pos += 8 + size
-                del buffer[:pos]
-                if batch:
-                    yield batch
-            if buffer:
-                raise Unavailable("docker engine: the log stream ended inside a message")
+            try:
+                buffer = bytearray()
+                async for chunk in response.content.iter_any():
+                    if tty:
+                        yield [(1, chunk)]
+                        continue
+                    buffer += chunk
+                    batch: list[tuple[int, bytes]] = []
+                    pos = 0
+                    end = len(buffer)
+                    while end - pos >= 8:
+                        size = int.from_bytes(buffer[pos + 4 : pos + 8], "big")
+                        if end - pos - 8 < size:
+                            break
+                        batch.append((buffer[pos], bytes(buffer[pos + 8 : pos + 8 + size])))
+                        pos += 8 + size
+                    del buffer[:pos]
+                    if batch:
+                        yield batch
+                if buffer:
+                    raise Unavailable("docker engine: the log stream ended inside a message")
+            finally:  # as for events: a stream closed early (its reader cancelled) must not leak it
+                response.close()
 
     async def events(self, filters: dict[str, list[str]], since: str = "") -> AsyncIterator[EngineEvent]:
         """The Engine's events matching ``filters`` (from ``since``, ``seconds.nanoseconds``, then live).

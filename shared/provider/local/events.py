@@ -1,6 +1,7 @@
 """Platform events in an app's log (Heroku shows them the same way): release promoted, health check failed,
-scaled. Whatever process writes one (the apps service rolls releases out) puts a row in the ``events`` table;
-the logs service's collector tails the table into the app's stream and history.
+scaled. Whatever process writes one (the apps service scales, the workers roll releases out) puts a row in the
+``events`` table; the logs service's collector (a loop of the workers) tails the table into the app's stream
+and history.
 
 Process started / stopped / crashed come from the Docker Engine's events, read by the collector itself, and
 build output from the builds' log files; both are shaped here too, so that every event reads alike::

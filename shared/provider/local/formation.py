@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
 from shared.logfmt import Logger
 from shared.models import App, Formation, FormationUpdate, Release
+from shared.provider.local.applocks import AppLock, AppLocks
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancers import Balancers
 from shared.provider.local.certificates import AppCertificates
@@ -52,6 +54,7 @@ class LocalFormation:
         balancer_host: str,
         lb: Balancers,
         certificates: AppCertificates,
+        locks: AppLocks,
     ) -> None:
         self.state = state
         self.docker = docker
@@ -62,16 +65,20 @@ class LocalFormation:
         self.network = f"convox-{rack}"
         self.certificates = certificates
         self.listeners = Listeners(state, docker, lb, certificates, balancer_host, self.network)
-        self.locks: dict[str, asyncio.Lock] = {}
+        self.locks = locks
+        """Each app's lock, held across the rack's processes (a scale in the apps service, a roll-out here)."""
         self.tasks: set[asyncio.Task[None]] = set()
         self.damaged: set[str] = set()
         """Apps skipped at start (their records are damaged): not reconciled."""
         self.pending: set[str] = set()
         """Apps whose reconciliation is about to run (one pass for a burst of events)."""
         self.rolling: dict[str, asyncio.Task[None]] = {}
-        self.operations = Operations()
-        """What users asked of each app that is in progress (what makes a promote or a restart a Conflict)."""
         """The roll-out in progress per app (what `convox apps cancel` stops)."""
+        self.operations = Operations()
+        """What users asked of each app that is in progress in this process (what makes a promote or a restart
+        a Conflict, where the rack's own passes holding the app's lock do not)."""
+        self.ask_cancel: Callable[[str], Awaitable[App]] | None = None
+        """How a cancel reaches a roll-out that runs in another process (:mod:`shared.provider.local.promotions`)."""
         self.closing = False
         """The service is stopping: a roll-out cut short now is interrupted (adoption finishes it), not cancelled."""
         self.events = Events(state)
@@ -108,8 +115,8 @@ class LocalFormation:
 
     # ---- the contract ----------------------------------------------------------------------------
 
-    def _lock(self, app: str) -> asyncio.Lock:
-        return self.locks.setdefault(app, asyncio.Lock())
+    def _lock(self, app: str) -> AppLock:
+        return self.locks(app)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -190,8 +197,10 @@ class LocalFormation:
 
     async def cancel(self, app: str) -> App:
         """Stop the roll-out in progress: its new processes go, the release that was serving stays."""
-        await self.apps.get(app)
+        current = await self.apps.get(app)
         task = self.rolling.get(app)
+        if (task is None or task.done()) and current.status == "updating" and self.ask_cancel is not None:
+            return await self.ask_cancel(app)  # it rolls out in the workers' owner, another process
         if task is None or task.done():
             raise Conflict(f"app {app} is not updating: there is no roll-out to cancel")
         if app in self.switching:
@@ -235,6 +244,7 @@ class LocalFormation:
         release = await self.releases.get(app, current.release)
         running = [c for c in await self.converger.containers(app) if c.get("State") == "running"]
         formation = []
+        listening = await self.listeners.listening(app)
         for want in await self.desired(release):
             count = sum(
                 1
@@ -242,7 +252,7 @@ class LocalFormation:
                 if (c.get("Labels") or {}).get(LABEL_TYPE) == want.service
                 and (c.get("Labels") or {}).get(LABEL_RELEASE) == release.id
             )
-            ports, main, endpoints = self.listeners.ports(app, want)
+            ports, main, endpoints = self.listeners.ports(want, listening.get(want.service, {}))
             formation.append(
                 Formation(
                     name=want.service,
@@ -439,7 +449,13 @@ class LocalFormation:
                 if self._lock(app).locked():
                     continue
                 with contextlib.suppress(RackError, KeyError):
-                    current = await self.apps.get(app)
+                    try:
+                        current: App | None = await self.apps.get(app)
+                    except NotFound:
+                        current = None
+                    if current is None or current.status == "deleting":  # deleted there (the apps service)
+                        self.listeners.unview(app)
+                        continue
                     release = await self.releases.get(app, current.release)
                     want = next((w for w in await self.desired(release) if w.service == service), None)
                     running = [

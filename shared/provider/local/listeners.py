@@ -111,8 +111,8 @@ class Listeners:
         await self._write(app, want.service, mapping)
 
     async def _write(self, app: str, service: str, mapping: dict[int, tuple[int, str]]) -> None:
-        if self.recorded.get((app, service)) == mapping:
-            return
+        if self.recorded.get((app, service)) == mapping == (await self.listening(app)).get(service, {}):
+            return  # (another process, the apps service scaling, may have written since this one did)
         async with self.state.transaction() as tx:
             await tx.execute("DELETE FROM listeners WHERE app = ? AND service = ?", (app, service))
             for container_port, (port, scheme) in sorted(mapping.items()):
@@ -164,6 +164,15 @@ class Listeners:
             if recorded_app == app and service not in kept:
                 await self._write(app, service, {})
 
+    def unview(self, app: str) -> None:
+        """Drop this process's view of ``app``'s listeners (another process is deleting them)."""
+        for key in [k for k in self.main if k[0] == app]:
+            del self.main[key]
+        for extra in [k for k in self.extra if k[0] == app]:
+            del self.extra[extra]
+        for key in [k for k in self.recorded if k[0] == app]:
+            del self.recorded[key]
+
     async def forget(self, app: str) -> None:
         """The app is being deleted: every listener of it goes, also those no start of this service adopted."""
         await self.drop_others(app, set())
@@ -191,27 +200,37 @@ class Listeners:
             return []
         return [f"{service}.{app}"] + [f"{s}.{a}:{b}" for a, s, b in self.extra if (a, s) == (app, service)]
 
-    def ports(self, app: str, want: Desired) -> tuple[list[str], str, list[str]]:
-        """How the type is reached: its port mappings (``"PORT:CONTAINER"`` where a listener serves it, else the
-        container port, reachable on the rack network), its main endpoint and every endpoint."""
-        balancer = self.main.get((app, want.service))
-        if want.port is None:
-            ports: list[str] = []
-        elif want.public and balancer is not None:
-            ports = [f"{balancer.port}:{want.port}"]
-        else:
-            ports = [str(want.port)]
+    async def listening(self, app: str) -> dict[str, dict[int, tuple[int, str]]]:
+        """What the ``listeners`` table says of ``app``'s types: type -> container port -> (port, scheme); the
+        same in every process, whichever put the listeners."""
+        rows = await self.state.fetch_all(
+            "SELECT service, container_port, port, scheme FROM listeners WHERE app = ?", (app,)
+        )
+        found: dict[str, dict[int, tuple[int, str]]] = {}
+        for row in rows:
+            found.setdefault(row["service"], {})[row["container_port"]] = (row["port"], row["scheme"])
+        return found
+
+    def ports(self, want: Desired, listening: dict[int, tuple[int, str]]) -> tuple[list[str], str, list[str]]:
+        """How the type is reached, from its :meth:`listening` ports: its port mappings (``"PORT:CONTAINER"``
+        where a listener serves it, else the container port, reachable on the rack network), its main
+        endpoint and every endpoint."""
+        ports: list[str] = []
         main = ""
         endpoints = []
-        if balancer is not None and want.public:
-            main = endpoint(balancer.host, balancer.port, want.tls_ports.get(want.port or 0, ""))
-            endpoints.append(main)
-        listening = {asked: port for (a, s, asked), port in self.extra.items() if (a, s) == (app, want.service)}
+        if want.port is not None:
+            if want.public and want.port in listening:
+                port, scheme = listening[want.port]
+                ports.append(f"{port}:{want.port}")
+                main = endpoint(self.host, port, scheme)
+                endpoints.append(main)
+            else:
+                ports.append(str(want.port))
         for container_port in want.other_ports:
-            asked = next((b for c, b in want.extra_listeners if c == container_port), None)
-            if asked is not None and asked in listening:
-                ports.append(f"{listening[asked]}:{container_port}")
-                endpoints.append(endpoint(self.host, listening[asked], want.tls_ports.get(container_port, "")))
+            if container_port in listening:
+                port, scheme = listening[container_port]
+                ports.append(f"{port}:{container_port}")
+                endpoints.append(endpoint(self.host, port, scheme))
             else:
                 ports.append(str(container_port))
         return ports, main, endpoints

@@ -5,6 +5,7 @@ become lines of its app (``d:<app>``). A thin layer over :class:`LogCollector`."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -247,14 +248,14 @@ class ContainerLogs(LogCollector):
         received = 0
         pieces: list[tuple[str, bytes]] = []
         try:
-            async for batch in self.docker.logs(
-                container, since=docker_since(resume.since) if resume.since else "", follow=running, tty=tty
-            ):
-                for stream, payload in batch:
-                    splitter.feed(stream, payload, pieces)
-                if pieces:
-                    received += self._collect(applog, src, service, release, pid, pieces, resume)
-                    pieces = []
+            since = docker_since(resume.since) if resume.since else ""
+            async with contextlib.aclosing(self.docker.logs(container, since=since, follow=running, tty=tty)) as lines:
+                async for batch in lines:  # closed at once when the reader is cancelled (the collector stopping)
+                    for stream, payload in batch:
+                        splitter.feed(stream, payload, pieces)
+                    if pieces:
+                        received += self._collect(applog, src, service, release, pid, pieces, resume)
+                        pieces = []
         except NotFound:
             return received
         except RackError:

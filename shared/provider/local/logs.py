@@ -1,6 +1,6 @@
-"""Logs on the local provider: one collector (in the logs service) reads every log of the rack's apps into
-the log store (:mod:`shared.logstore`: a history per app on disk, in time order, fanned out to followers);
-the rack's own log is read from ``DATA/logs/rack.log``.
+"""Logs on the local provider: one collector (the workers' loop ``logs.collect``, run by the logs service)
+reads every log of the rack's apps into the log store (:mod:`shared.logstore`: a history per app on disk, in
+time order, fanned out to followers); the rack's own log is read from ``DATA/logs/rack.log``.
 
 Where lines come from, each a *source* with a cursor that is persisted once its lines are in the history
 (``log_sources``), so that a restart of the logs service or of the Docker Engine resumes exactly where the
@@ -93,8 +93,10 @@ class LocalLogs(ContainerLogs, PlatformLogs):
             if out:
                 yield out
 
-    async def collect(self) -> None:
-        """Start collecting (the logs service does, once): resume every source where the history ends."""
+    async def start(self) -> None:
+        """Start collecting: resume every source where the history ends. The start step of the workers' loop
+        ``logs.collect`` (:meth:`shared.provider.local.LocalProvider.workers`, run by the logs service, which
+        serves the streams: the store hands new lines to its followers in this process)."""
         if self.running:
             return
         for row in await self.state.fetch_all("SELECT src, app, cursor, count FROM log_sources"):
@@ -104,10 +106,33 @@ class LocalLogs(ContainerLogs, PlatformLogs):
             await self.applog(name)
         self.offsets = {src: replace(offset) for src, offset in self.saved.items()}
         self.running = True
-        jobs = (self._pump, self._flusher, self._watch_docker, self._tail_events, self._tail_builds)
-        for job in (*jobs, self.receipts.beat_forever):
-            self.tasks.append(asyncio.create_task(job(), name=f"logs {job.__name__}"))
+        self._spawn()
         log.log("collector.start", apps=len(self.logs), sources=len(self.saved))
+
+    def _spawn(self) -> None:
+        """Each of the collector's jobs that is not running (none ends by itself) is started."""
+        jobs = (self._pump, self._flusher, self._watch_docker, self._tail_events, self._tail_builds)
+        running = {task.get_name(): task for task in self.tasks if not task.done()}
+        self.tasks = list(running.values())
+        for job in (*jobs, self.receipts.beat_forever):
+            if f"logs {job.__name__}" not in running:
+                self.tasks.append(asyncio.create_task(job(), name=f"logs {job.__name__}"))
+
+    async def collect(self) -> None:
+        """The body of the workers' loop ``logs.collect``, after :meth:`start`: the collector's jobs, until
+        cancelled; then collecting stops (:meth:`close`: what is held is written, the cursors saved). A job that
+        ends raises here (the loop is restarted, and with it that job)."""
+        if not self.running:
+            await self.start()
+        self._spawn()
+        try:
+            done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.close())
+            raise
+        for task in done:
+            task.result()
+        raise RuntimeError(f"the collector's job {next(iter(done)).get_name()} ended")
 
     async def close(self) -> None:
         if not self.running:
@@ -129,6 +154,8 @@ class LocalLogs(ContainerLogs, PlatformLogs):
             await self._save_cursors()
         for applog in self.logs.values():
             await asyncio.to_thread(applog.history.close)
+        self.logs.clear()  # a next start opens them again
+        self.readers.clear()
 
     async def _check_pid(self, app: str, pid: str) -> str:
         pid = pid[:12]
