@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextlib.asynccontextmanager
 async def owner(provider: LocalProvider) -> AsyncIterator[None]:
-    """The one-offs' loops of the workers' owner running (as in the apps service), once their start step ran."""
+    """The one-offs' loops of the workers' owner running (as in the logs service), once their start step ran."""
     started = asyncio.Event()
     task = asyncio.create_task(supervise(processes_of(provider).loops(), started.set))
     try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,20 +36,11 @@ from shared.provider import Provider, load_provider
 from shared.provider.aws.certificate import engine_certificates, store_engine_certificates
 from shared.provider.aws.provider import AwsProvider
 from shared.stream import Terminal
-from tests.aws_engine.ecs_containers_double import ContainerAgent
+from tests.aws_engine.ecs_containers_double import LABEL_TASK, ContainerAgent, docker
 from tests.aws_engine.tls_front_double import TlsFront
 from tests.conftest import RACK_NAME
 from tests.contract.conftest import running_workers, settings_for
 from tests.streams import drain, joined
-
-LABEL_TASK = "com.amazonaws.ecs.task-arn"
-
-
-def docker(*args: str, check: bool = True) -> str:
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
-    if check and done.returncode:
-        raise AssertionError(f"docker {' '.join(args[:2])} exited {done.returncode}: {done.stderr.strip()}")
-    return done.stdout
 
 
 @dataclass
