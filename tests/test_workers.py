@@ -266,6 +266,10 @@ async def test_a_promote_waits_for_the_racks_own_pass_over_the_app_instead_of_be
         settled = await asker.releases.settled("passed", 60)
         assert (settled.status, settled.release) == ("running", second)
         assert containers_of("passed", second) and not containers_of("passed", first)
+        await asker.apps.set_status("passed", "deleting")  # as a deletion in the apps service begins
+        with pytest.raises(Conflict, match="being deleted"):
+            await asker.releases.promote("passed", first)
+        assert (await asker.apps.get("passed")).status == "deleting"
 
 
 async def test_a_scale_from_another_service_waits_for_the_owners_roll_out_of_the_app(

@@ -127,6 +127,8 @@ class LocalFormation:
         app = await self.apps.get(release.app)
         if app.status == "updating":
             raise Conflict(f"app {release.app} is already updating")
+        if app.status == "deleting":
+            raise Conflict(f"app {release.app} is being deleted")
         self.operations.refuse_if_busy(release.app)  # a reconciliation holding the lock is waited for instead
         token = self.operations.begin(release.app, "updating")
         try:
