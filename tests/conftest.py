@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 os.environ.setdefault("RACK_LOCAL_BALANCER_ORPHAN_SECONDS", "30")
 RUN_ID = secrets.token_hex(4)
 RACK_NAME = f"test-{RUN_ID}"
+SESSION_RACK = f"{RACK_NAME}-session"
+"""The rack the session's CLI tests share. Not RACK_NAME, which the tests' in-process providers use on data
+dirs of their own: a rack's owner takes every one-off labelled with its name as its own, and ends those
+whose runner is not alive under its data dir (one rack name per engine is what a real rack assumes)."""
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -230,13 +234,13 @@ def stop_balancer(data_dir: Path) -> None:
 def rack(tmp_path_factory: pytest.TempPathFactory, docker_engine: str) -> Iterator[RunningRack]:
     """A rack started as a user starts it (`convox rack start`), shared by the session's tests."""
     data_dir = tmp_path_factory.mktemp("rack") / "data"
-    running = start_rack(data_dir, RACK_NAME)
+    running = start_rack(data_dir, SESSION_RACK)
     try:
         yield running
     finally:
         stop_rack(running)
         stop_balancer(data_dir)
-        remove_labelled_containers(RACK_NAME)
+        remove_labelled_containers(SESSION_RACK)
 
 
 @dataclass
