@@ -72,26 +72,24 @@ def remove_labelled_containers(rack: str) -> None:
 
 
 def remove_this_runs_leftovers() -> None:
-    """What any rack of this test run (``test-RUN``, ``test-RUN-...``) left on the Engine: its containers, then
-    its networks (each rack makes one; the Engine has address pools for about 30, shared by every run)."""
+    """What any rack of this test run (``test-RUN``, ``test-RUN-...``) left on the Engine, each rack's as
+    :func:`remove_labelled_containers` removes it: the racks are found by their containers' labels and by their
+    networks (each rack makes one; the Engine has address pools for about 30, shared by every run)."""
     docker = shutil.which("docker")
     if docker is None:
         return
-    shown = '{{.ID}} {{.Label "convox.rack"}}'
-    listed = subprocess.run(
-        [docker, "ps", "-a", "--format", shown], capture_output=True, text=True, check=False
-    ).stdout.split("\n")
-    ids = [line.split()[0] for line in listed if len(line.split()) == 2 and line.split()[1].startswith(RACK_NAME)]
-    if ids:
-        subprocess.run([docker, "rm", "-f", "-v", *ids], capture_output=True, check=False)
+    labelled = subprocess.run(
+        [docker, "ps", "-a", "--format", '{{.Label "convox.rack"}}'], capture_output=True, text=True, check=False
+    ).stdout.split()
     networks = subprocess.run(
         [docker, "network", "ls", "--format", "{{.Name}}", "--filter", f"name=convox-{RACK_NAME}"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout.split()
-    for network in networks:
-        subprocess.run([docker, "network", "rm", network], capture_output=True, check=False)
+    racks = {*labelled, *(network.removeprefix("convox-") for network in networks)}
+    for rack in sorted(r for r in racks if r == RACK_NAME or r.startswith(f"{RACK_NAME}-")):
+        remove_labelled_containers(rack)
 
 
 @pytest.fixture(scope="session")
