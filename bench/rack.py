@@ -33,11 +33,18 @@ class Rack:
     log_path: Path
     process: subprocess.Popen[bytes]
 
+    @property
+    def local_url(self) -> str:
+        """The rack's own unix socket: what the CLI on the rack's machine uses, as the Docker CLI uses
+        ``/var/run/docker.sock`` (plain HTTP, streams handed straight to the services)."""
+        return f"unix://{self.data_dir / 'rack.sock'}"
+
     def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """An environment for `convox` commands aimed at this rack, with its own (empty) CLI config
-        so that nothing under ``~/.convox`` is read or written."""
+        """An environment for `convox` commands aimed at this rack over its unix socket (as the Docker CLI
+        side by side talks to its engine's), with its own (empty) CLI config so that nothing under
+        ``~/.convox`` is read or written."""
         env = dict(os.environ if base is None else base)
-        env.update(CONVOX_HOST=self.url, CONVOX_PASSWORD=self.password, CONVOX_CONFIG=str(self.config_dir))
+        env.update(CONVOX_HOST=self.local_url, CONVOX_PASSWORD=self.password, CONVOX_CONFIG=str(self.config_dir))
         env["CONVOX_CERT"] = str(self.data_dir / "tls" / "cert.pem")  # the rack's own certificate, as a pin
         return env
 

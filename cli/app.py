@@ -283,6 +283,7 @@ def rack_start(
         StartError,
         ensure_password,
         exec_supervisor,
+        rack_socket,
         rack_url,
         write_private_atomic,
     )
@@ -318,6 +319,7 @@ def rack_start(
             tls = ensure_certificate(directory, host)
             fingerprint = pem_fingerprint(tls[0].read_text())
         url = rack_url(host, port, tls=tls is not None)
+        local = f"unix://{rack_socket(directory)}"
         lines = ["", f"Rack {settings.name} is running at {url}"]
         if fingerprint:
             lines.append(f"Its certificate's SHA-256 fingerprint: {fingerprint}")
@@ -333,6 +335,7 @@ def rack_start(
         else:
             lines.append(f"The rack password is in {directory / 'password'}")
         lines.append(f"Log in with:  convox login {url}   (it asks for the password)")
+        lines.append(f"On this machine, faster (no TLS, streams straight to the services):  convox login {local}")
         # The rest runs as ``python -m services.supervisor`` in this same process (it does not return).
         remove = [credentials_file] if credentials_file is not None else []  # the supervisor removes it at exit
         exec_supervisor(directory, host, port, settings.name, tls, lock, "\n".join(lines) + "\n", remove=remove)

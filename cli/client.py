@@ -24,10 +24,11 @@ class Client:
         self.rack = rack
         verify = rack.ssl_context()
         self.http = httpx.Client(
-            base_url=rack.host,
+            base_url=rack.base_url,
             auth=("convox", rack.password),
             timeout=timeout,
             verify=True if verify is None else verify,
+            transport=rack.transport(),
         )
 
     def __enter__(self) -> Client:

@@ -24,7 +24,12 @@ def _get(path: str) -> object:
         rack = current_rack()
         context = rack.ssl_context()  # the pinned certificate, as every other command trusts it
         verify = True if context is None else context
-        response = httpx.get(rack.host + path, auth=("convox", rack.password), timeout=TIMEOUT, verify=verify)
+        auth = ("convox", rack.password)
+        transport = rack.transport()
+        with httpx.Client(
+            base_url=rack.base_url, auth=auth, timeout=TIMEOUT, verify=verify, transport=transport
+        ) as client:
+            response = client.get(path)
     except Exception:  # no login, the rack unreachable: nothing to offer
         return None
     return response.json() if response.status_code == 200 else None

@@ -8,19 +8,32 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from cli.errors import CliError
+
+if TYPE_CHECKING:
+    import httpx
 
 
 def config_dir() -> Path:
     return Path(os.environ.get("CONVOX_CONFIG") or Path.home() / ".convox")
 
 
+UNIX = "unix://"
+
+
 def normalize_host(host: str) -> str:
     """``127.0.0.1:5443`` or ``https://127.0.0.1:5443/`` -> ``https://127.0.0.1:5443`` (HTTPS unless the URL
-    says ``http://``)."""
-    host = host.strip().rstrip("/")
+    says ``http://``); ``unix:///path/rack.sock``, the rack's own socket on this machine, as it is."""
+    host = host.strip()
+    if host.startswith(UNIX):
+        path = host[len(UNIX) :]
+        if not path.startswith("/") or "\x00" in path:
+            raise CliError(f"invalid host: {host} (a unix socket's path is absolute: unix:///path/to/rack.sock)")
+        return UNIX + os.path.normpath(path)
+    host = host.rstrip("/")
     if not host:
         raise CliError("no host given")
     if "://" not in host:
@@ -61,6 +74,22 @@ def save_login(host: str, password: str) -> None:
 class Rack:
     host: str
     password: str
+
+    @property
+    def uds(self) -> str | None:
+        """The path of the rack's unix socket, for a ``unix://`` host."""
+        return self.host[len(UNIX) :] if self.host.startswith(UNIX) else None
+
+    @property
+    def base_url(self) -> str:
+        """The URL requests are made to (over the socket, for a ``unix://`` host)."""
+        return "http://rack" if self.uds else self.host
+
+    def transport(self) -> httpx.HTTPTransport | None:
+        """The HTTP transport to the rack: over its unix socket, else ``None`` (httpx's own)."""
+        import httpx
+
+        return httpx.HTTPTransport(uds=self.uds) if self.uds else None
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """What HTTPS to this rack trusts: its pinned certificate (see :mod:`cli.pins`); ``None`` for HTTP."""

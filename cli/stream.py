@@ -50,7 +50,7 @@ class StreamUnavailable(CliError):
 
 def socket_url(rack: Rack, path: str, query: Sequence[tuple[str, str]] | Mapping[str, str] = ()) -> str:
     scheme = "wss" if rack.host.startswith("https://") else "ws"
-    base = rack.host.split("://", 1)[1]
+    base = "rack" if rack.uds else rack.host.split("://", 1)[1]
     pairs = list(query.items()) if isinstance(query, Mapping) else list(query)
     return f"{scheme}://{base}{path}" + (f"?{urlencode(pairs)}" if pairs else "")
 
@@ -105,21 +105,24 @@ async def connect(
 
     token = base64.b64encode(f"convox:{rack.password}".encode()).decode()
     context = rack.ssl_context()
+    options: dict[str, Any] = dict(
+        subprotocols=[SUBPROTOCOL],
+        additional_headers={"Authorization": f"Basic {token}"},
+        ping_interval=PING_INTERVAL,
+        ping_timeout=PING_TIMEOUT,
+        max_size=None,
+        compression=None,
+        open_timeout=30,
+        close_timeout=5,
+        max_queue=64,
+        create_connection=BufferedClientConnection,
+    )
+    url = socket_url(rack, path, query)
     try:
-        connection = await websockets.connect(
-            socket_url(rack, path, query),
-            ssl=context,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-            additional_headers={"Authorization": f"Basic {token}"},
-            ping_interval=PING_INTERVAL,
-            ping_timeout=PING_TIMEOUT,
-            max_size=None,
-            compression=None,
-            open_timeout=30,
-            close_timeout=5,
-            max_queue=64,
-            create_connection=BufferedClientConnection,
-        )
+        if rack.uds:  # the rack's own socket: its streams are handed straight to the services
+            connection = await websockets.unix_connect(rack.uds, url, **options)
+        else:
+            connection = await websockets.connect(url, ssl=context, **options)
     except InvalidStatus as exc:
         raise refusal(exc.response.status_code, bytes(exc.response.body or b""), rack.host) from None
     except ssl.SSLCertVerificationError:

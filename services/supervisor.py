@@ -157,6 +157,11 @@ class DataDirLock:
             self.fd = None
 
 
+def rack_socket(data_dir: Path) -> Path:
+    """The gateway's unix socket, for the CLI on this machine (``unix://`` + this): plain HTTP, mode 0600."""
+    return data_dir / "rack.sock"
+
+
 def rack_url(host: str, port: int, *, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
@@ -209,6 +214,7 @@ class Supervisor:
             for name in SERVICES
         ]
         gateway = [python, "-m", "services.gateway", "--host", host, "--port", str(port), *common]
+        gateway += ["--socket", str(rack_socket(data_dir))]
         if tls is not None:
             gateway += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
         self.children.append(Child("gateway", gateway, None))

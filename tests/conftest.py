@@ -137,6 +137,12 @@ class RunningRack:
         return self.ssl or True
 
     @property
+    def local_url(self) -> str:
+        """The rack's own unix socket, as the CLI on this machine logs in to it (streams handed to the
+        services, never relayed)."""
+        return f"unix://{self.data_dir / 'rack.sock'}"
+
+    @property
     def ws_url(self) -> str:
         """The rack's URL as a websocket base (``wss://...`` or ``ws://...``)."""
         return "ws" + self.url.removeprefix("http")

@@ -92,6 +92,25 @@ def test_login_stores_credentials_privately(rack: RunningRack, tmp_path: Path) -
     assert json.loads(auth.read_text()) == {rack.url: rack.password}
 
 
+def test_login_to_the_racks_own_socket_needs_no_certificate_and_its_errors_are_clear(
+    rack: RunningRack, tmp_path: Path
+) -> None:
+    config = tmp_path / "cfg"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOX_")} | {"CONVOX_CONFIG": str(config)}
+    user = Cli(env | {"PYTHONPATH": str(ROOT)}, tmp_path)
+    refused = user("login", rack.local_url, input="nope-nope-nope-nope\n")
+    assert refused.returncode != 0 and refused.stderr.splitlines()[-1].startswith("ERROR: invalid password")
+    user("login", rack.local_url, input=rack.password + "\n", check=True)
+    assert json.loads((config / "auth").read_text()) == {rack.local_url: rack.password}
+    assert not (config / "certs").exists()  # nothing to pin: the socket is the rack's own, mode 0600
+    assert "Provider" in user("rack", check=True).stdout
+    relative = user("login", "unix://rack.sock", input=rack.password + "\n")
+    assert relative.returncode != 0 and "a unix socket's path is absolute" in relative.stderr
+    gone = Cli(user.env | {"CONVOX_HOST": f"unix://{tmp_path}/none.sock", "CONVOX_PASSWORD": "x"}, tmp_path)("apps")
+    assert gone.returncode != 0
+    assert gone.stderr.startswith(f"ERROR: rack unreachable at unix://{tmp_path}/none.sock")
+
+
 def test_app_resolves_from_flag_then_file_then_directory(cli: Cli, tmp_path: Path) -> None:
     directory = tmp_path / "dir-app"
     directory.mkdir()

@@ -1,7 +1,11 @@
 """`convox ps`, `ps info`, `ps stop`, `exec` and `run` end to end: a rack started as users start it, an app
 deployed with `convox deploy`, the CLI run as a user runs it — through a pseudo-terminal (pexpect) for the
 interactive cases: a shell, the terminal's size at start and after a resize, Ctrl-C, exit codes, a killed
-client, errors that leave the terminal as it was."""
+client, errors that leave the terminal as it was.
+
+The CLI here talks to the rack over its own unix socket, as a user on the rack's machine does: every stream is
+handed to the processes service, socket and all (shared/handoff.py). The other modules' streams go over HTTPS,
+which the gateway pumps."""
 
 from __future__ import annotations
 
@@ -51,6 +55,13 @@ def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.1)
+
+
+@pytest.fixture
+def cli(cli: Cli, rack: RunningRack) -> Cli:
+    """`convox` as a user on the rack's machine runs it: over the rack's own unix socket."""
+    cli.env["CONVOX_HOST"] = rack.local_url
+    return cli
 
 
 @pytest.fixture(scope="module")
@@ -467,6 +478,67 @@ async def test_every_stream_needs_the_password(rack: RunningRack, deployed: Depl
                 async with websockets.connect(base + path, additional_headers=headers, ssl=rack.ssl):
                     pass
             assert refused.value.response.status_code == 401
+
+
+async def test_every_stream_over_the_racks_socket_needs_the_password(rack: RunningRack, deployed: Deployed) -> None:
+    import websockets
+    from websockets.exceptions import InvalidStatus
+
+    path = str(rack.data_dir / "rack.sock")
+    assert (rack.data_dir / "rack.sock").stat().st_mode & 0o777 == 0o600
+    exec_path = f"/apps/{deployed.name}/processes/{deployed.pid}/exec?command=true"
+    for headers in ({}, {"Authorization": "Basic Y29udm94Ondyb25n"}):  # none, convox:wrong
+        with pytest.raises(InvalidStatus) as refused:
+            async with websockets.unix_connect(path, "ws://rack" + exec_path, additional_headers=headers):
+                pass
+        assert refused.value.response.status_code == 401
+    transport = httpx.AsyncHTTPTransport(uds=path)
+    async with httpx.AsyncClient(transport=transport, base_url="http://rack") as client:
+        assert (await client.get("/apps")).status_code == 401
+        assert (await client.get("/apps", auth=("convox", rack.password))).status_code == 200
+
+
+def gateway_sockets(rack: RunningRack) -> int:
+    """How many sockets the rack's gateway holds open now."""
+    gateway = next(
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "services.gateway" in " ".join(p.info["cmdline"] or [])
+        and str(rack.data_dir) in " ".join(p.info["cmdline"] or [])
+    )
+    return sum(is_socket(fd) for fd in Path(f"/proc/{gateway.pid}/fd").iterdir())
+
+
+def is_socket(fd: Path) -> bool:
+    try:
+        return os.readlink(fd).startswith("socket:")
+    except FileNotFoundError:  # closed since the listing
+        return False
+
+
+@pytest.mark.parametrize("over", ["the rack's socket", "https"])
+def test_a_stream_over_the_racks_socket_is_not_held_by_the_gateway(
+    cli: Cli, rack: RunningRack, deployed: Deployed, over: str
+) -> None:
+    if over == "https":  # the other path, to show what the count sees when the gateway does pass the bytes
+        cli.env["CONVOX_HOST"] = rack.url
+    before = gateway_sockets(rack)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "exec", "--app", deployed.name, deployed.pid,
+         "sh", "-c", "sleep 30; echo end"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli.env,
+    )  # fmt: skip
+    try:
+        eventually(lambda: "sleep 30" in running_in(deployed.pid))
+        during = gateway_sockets(rack)
+    finally:
+        child.kill()
+        child.communicate(timeout=30)
+    if over == "https":
+        assert during >= before + 2  # the client's connection and the one to the service, pumped
+    else:
+        assert during <= before  # handed to the service: the gateway holds neither end
+    eventually(lambda: "sleep 30" not in running_in(deployed.pid), within=15)  # and no orphan either way
 
 
 def test_a_wrong_password_is_an_error_before_the_terminal_changes(cli: Cli, deployed: Deployed) -> None:

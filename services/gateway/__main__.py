@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument("--host", default=gateway.host)
     parser.add_argument("--port", type=int, default=gateway.port)
     parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--socket", type=Path, help="Serve plain HTTP on this unix socket too (mode 0600).")
     parser.add_argument("--certfile", type=Path, help="Serve HTTPS with this certificate (PEM).")
     parser.add_argument("--keyfile", type=Path, help="The certificate's private key (PEM).")
     args = parser.parse_args()
@@ -29,7 +30,15 @@ def main() -> None:
         sys.exit("ERROR: RACK_INTERNAL_SECRET is not set")
     key = ensure_key(settings.data_dir)
     app = create_app(load_password(settings.data_dir), Upstreams.for_rack(settings.run_dir, secret), key)
-    serve(app, host=args.host, port=args.port, certfile=args.certfile, keyfile=args.keyfile, ws=RawWebSocketProtocol)
+    serve(
+        app,
+        host=args.host,
+        port=args.port,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        ws=RawWebSocketProtocol,
+        plain_uds=args.socket,
+    )
 
 
 main()

@@ -1,4 +1,4 @@
-"""Streams passed through the gateway without being read.
+"""Streams passed through the gateway without being read, or handed to the service.
 
 The gateway authenticates, authorises and routes a websocket's upgrade request like any other request. Then,
 instead of speaking websocket on both sides and relaying message by message, it sends the upgrade request on
@@ -9,11 +9,12 @@ close codes and the exit status travel end to end. Flow control joins the two co
 take more stops the reading of the other), and either side's end ends the other, so a service that goes away
 ends the client's stream and a client that goes away ends the service's (which ends the process).
 
-Why bytes rather than handing the client's socket to the service (``SCM_RIGHTS``): the rack serves TLS by
-default, and a TLS session cannot be handed to another process from Python; with TLS the gateway holds the
-session and encrypts, which is a byte pump's job. Measured (``python -m bench``, TLS, 512 MiB): the gateway
-spends 0.82 s of CPU per GiB of exec output and 1.12 s per GiB of stdin, nearly all of it TLS, against about
-1.4 s per GiB for the websocket relay it replaced; one path serves TLS and plain HTTP alike.
+A stream over a plain socket (the rack's own unix socket, which the CLI on the rack's machine uses, or plain
+HTTP) is not pumped at all: its socket itself is handed to the service (:mod:`shared.handoff`, ``SCM_RIGHTS``)
+and the gateway holds nothing of it. Over HTTPS it is pumped: a TLS session cannot be handed to another
+process from Python, so the gateway holds the session and encrypts, which is a byte pump's job. Measured
+(``python -m bench``, 512 MiB): over TLS the gateway spends 0.82 s of CPU per GiB of exec output and 1.12 s per
+GiB of stdin, nearly all of it TLS; handed over the rack's socket, none (exec 0.60x -> 0.87x of docker exec).
 
 :class:`RawWebSocketProtocol` is uvicorn's websocket protocol with one addition: the route can take the
 connection over (``scope["extensions"]["rack.raw"]``) before anything was answered.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -49,7 +51,12 @@ class RawWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
-            scope["extensions"][RAW] = {"take": self.take}
+            plain = self.transport.get_extra_info("sslcontext") is None
+            scope["extensions"][RAW] = {
+                "take": self.take,
+                "hand": self.hand if plain else None,
+                "release": self.release,
+            }
 
     def take(self) -> Pump:
         """The client's connection, now the app's: uvicorn will write nothing more on it (no answer, no
@@ -61,6 +68,22 @@ class RawWebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.reader.buffer.clear()  # that waits for the answer, as a websocket client does)
         self.pump = Pump(self.transport, leftover)
         return self.pump
+
+    def hand(self) -> tuple[int, bytes]:
+        """The client's connection, to be handed to a service (:mod:`shared.handoff`): a duplicate of its
+        descriptor and what was read of it after the request head. Nothing more is read or written here; the
+        caller closes the duplicate once it is sent, then calls :meth:`release`."""
+        self.stop_keepalive()
+        self.handshake_complete = True
+        self.close_sent = True
+        self.transport.pause_reading()
+        leftover = bytes(self.conn.reader.buffer)
+        self.conn.reader.buffer.clear()
+        return os.dup(self.transport.get_extra_info("socket").fileno()), leftover
+
+    def release(self) -> None:
+        """Close this process's descriptor of a handed connection (the service's own keeps it open)."""
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.pump is not None:

@@ -4,6 +4,7 @@ through to them unread."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.websockets import WebSocket
 
 from services.gateway.handoff import RAW, Pump, Upstream, read_answer
+from shared import handoff
 from shared.config import INTERNAL_HEADER, SERVICES
 from shared.errors import NotFound, Unavailable
+from shared.logfmt import Logger
 from shared.websocket import refuse
 
 HOP_BY_HOP = frozenset(
@@ -44,6 +47,7 @@ POOL = httpx.Limits(max_connections=None, max_keepalive_connections=100)
 PASSED_SKIP = frozenset({"host", "authorization", "proxy-authorization", "x-forwarded-for"})
 """Headers of a client's upgrade request the service does not get (the handshake's own go through)."""
 OPEN_TIMEOUT = 10.0
+log = Logger("gateway")
 
 
 def quoted_path(path: str) -> str:
@@ -125,6 +129,9 @@ class Upstreams:
                 JSONResponse({"error": "this server cannot pass streams through"}, status_code=501)
             )
             return
+        if raw.get("hand") is not None:
+            await self.hand_over(service, websocket, raw)
+            return
         loop = asyncio.get_running_loop()
         try:
             _, upstream = await asyncio.wait_for(
@@ -153,6 +160,27 @@ class Upstreams:
             await asyncio.shield(pump.ended)
         finally:
             pump.end()
+
+    async def hand_over(self, service: str, websocket: WebSocket, raw: dict[str, Any]) -> None:
+        """Hand a plain connection's stream to ``service``, socket and all (:mod:`shared.handoff`): the
+        service answers the handshake and serves the stream; nothing of it passes here any more. The service
+        being unreachable is a 503 answered here; once the socket is sent, the service owns the answer."""
+        try:
+            conn = await asyncio.wait_for(handoff.connect(handoff.handoff_path(self.sockets[service])), OPEN_TIMEOUT)
+        except (TimeoutError, OSError):
+            await refuse(websocket, Unavailable(f"{service} service unavailable"))
+            return
+        with conn:
+            fd, leftover = raw["hand"]()
+            raw["status"] = 101
+            try:
+                async with asyncio.timeout(OPEN_TIMEOUT):
+                    await handoff.hand(conn, fd, self.upgrade_request(service, websocket) + leftover)
+            except (TimeoutError, OSError) as exc:  # the client sees its connection end without an answer
+                log.log("handoff", state="error", service=service, error=type(exc).__name__)
+            finally:
+                os.close(fd)
+                raw["release"]()
 
     def upgrade_request(self, service: str, websocket: WebSocket) -> bytes:
         """The client's upgrade request as the service gets it: its own path and handshake headers, the
