@@ -14,12 +14,17 @@ handshake, framing, pings and close stay the library's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
 READ_SIZE = 256 << 10
 """The most one read of the transport takes (asyncio's TLS transport reads at most this much at a time too)."""
+SEND_BUFFER = 4 << 20
+"""What the rack's unix socket may hold of what this side sends (as :data:`shared.frames.SEND_BUFFER`): a
+message of stdin is written whole at once, not partly kept in asyncio's buffer and moved along there."""
 
 
 class BufferedClientConnection(ClientConnection, asyncio.BufferedProtocol):
@@ -28,6 +33,13 @@ class BufferedClientConnection(ClientConnection, asyncio.BufferedProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read_buffer = memoryview(bytearray(READ_SIZE))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family == socket.AF_UNIX:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.read_buffer

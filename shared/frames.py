@@ -14,6 +14,9 @@ they never interleave with the library's own (pings, close).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -32,6 +35,20 @@ view into a buffer its writer may reuse) rather than a copy: so from Python 3.12
 the bytes written, 3.12.1 and 3.13.0 the buffer's later contents)."""
 
 
+SEND_BUFFER = 4 << 20
+"""What a local (unix) socket of a stream may hold unsent: a bulk message written whole at once, not a part
+of it left in asyncio's buffer to be copied and moved along as the reader catches up (Linux caps it at
+``net.core.wmem_max``)."""
+
+
+def widen_send_buffer(transport: asyncio.BaseTransport) -> None:
+    """Let a unix socket's sends queue up to :data:`SEND_BUFFER` (TCP keeps its own tuning)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+
+
 def frame_head(length: int) -> bytes:
     """The head of a final, unmasked binary frame of ``length`` bytes."""
     if length < 126:
@@ -43,6 +60,10 @@ def frame_head(length: int) -> bytes:
 
 class FramingProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websocket protocol, able to write a binary message from a prefix and a payload."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        widen_send_buffer(transport)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
+from shared.frames import widen_send_buffer
 from shared.logfmt import Logger
 from shared.provider.engine.docker import Engine, ExecInfo
 from shared.provider.engine.ending import MARK, SHELL, end_process
@@ -104,6 +105,7 @@ class _Receiver(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)
+        widen_send_buffer(transport)  # stdin piped in is written to the engine whole, not partly buffered here
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return memoryview(self.buf)[self.end :]

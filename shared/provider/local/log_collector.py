@@ -42,10 +42,11 @@ MAINTAIN_EVERY = 30.0
 INLINE_WRITE = 64 << 10
 """A flush of at most this many bytes of text is appended to the history on the loop (a buffered write of a
 few lines); a bigger one goes to a thread."""
-CURSOR_GAP = 0.05
-"""Seconds between two saves of the sources' cursors at most (the history itself is written, and its lines
-sent to the followers, as soon as they are released: a line reaches a follower a write later, not a batch
-later). Cursors that lag the history are safe: a restart takes the newest segment's lines' cursors too."""
+CURSOR_GAP = 1.0
+"""Seconds between two saves of the sources' cursors at least, so that a burst of lines is not a burst of
+database writes (the history itself is written, and its lines sent to the followers, as soon as they are
+released: a line reaches a follower a write later, not a batch later). Cursors that lag the history are safe:
+a restart takes the newest segment's lines' cursors too, and a new segment saves them at once."""
 
 
 class LogCollector:
@@ -175,7 +176,8 @@ class LogCollector:
         last_cursors = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._released.wait(), self.limits.flush_interval)
+                async with asyncio.timeout(self.limits.flush_interval):  # not wait_for: on Python 3.11 that is
+                    await self._released.wait()  # a task of its own and two more turns of the loop per line
             self._released.clear()
             try:
                 rotated = await self._flush()
