@@ -35,13 +35,15 @@ RELEASE = "RTESTLOGSAA"
 
 
 def run(rack: RunningRack | str, app: str, service: str, script: str, *, image: str, driver: str = "local",
-        release: str = RELEASE, oneoff: bool = False) -> str:  # fmt: skip
+        release: str = RELEASE, oneoff: bool = False, log_opts: tuple[str, ...] = ()) -> str:  # fmt: skip
     """A process of ``app`` (a container with the rack's labels) running ``sh -c script``; its full id."""
     name = rack if isinstance(rack, str) else rack.name
     labels = [f"convox.rack={name}", f"convox.app={app}", f"convox.type={service}", f"convox.release={release}"]
     if oneoff:
         labels.append("convox.oneoff=true")
     argv = ["docker", "run", "-d", "--init", "--log-driver", driver]
+    for option in log_opts:
+        argv += ["--log-opt", option]
     for label in labels:
         argv += ["--label", label]
     return subprocess.run([*argv, image, "sh", "-c", script], capture_output=True, text=True, check=True).stdout.strip()
@@ -265,6 +267,24 @@ def test_long_lines_arrive_whole_and_bytes_that_are_not_utf8_are_escaped(
     assert texts == ["a" * 1048576, "b" * 40000, "raw \\xff\\xfe end", "no newline at exit"]
     out = cli("logs", "--app", app, "--no-follow", "--since", "5m", "--pid", jsonfile[:12], check=True)
     assert [m["text"] for m in parsed(out.stdout.splitlines()) if m["service"] == "worker"] == ["c" * 100000, "after"]
+
+
+def test_a_process_whose_log_file_rotates_is_still_followed(
+    rack: RunningRack, app: str, busybox_image: str, follow: Callable[..., Follower]
+) -> None:
+    """Docker's follow of a ``local`` log stops for good when the file rotates (its own `docker logs -f` does
+    too): the rack's reader sees the log went on without it and follows again from where it was."""
+    follower = follow("--app", app)
+    script = "sleep 2; i=0; while [ $i -lt 20000 ]; do echo n=$i; i=$((i+1)); done; sleep 1; echo after-rotation; "
+    script += "sleep 600"
+    container = run(rack, app, "web", script, image=busybox_image, log_opts=("max-size=100k", "max-file=3"))
+    try:
+        follower.wait_for(lambda lines: any(line.endswith(" after-rotation") for line in lines), within=60)
+        seen = numbers(follower.lines, container)
+        assert seen == sorted(set(seen)), "a line twice or out of order after following again"
+        assert seen[0] == 0
+    finally:
+        docker("rm", "-f", container)
 
 
 # ---- platform events of deploys --------------------------------------------------------------------------

@@ -269,7 +269,14 @@ class Docker(Engine):
             pass
 
     async def logs(
-        self, container_id: str, *, since: str = "", follow: bool = True, tty: bool = False
+        self,
+        container_id: str,
+        *,
+        since: str = "",
+        follow: bool = True,
+        tty: bool = False,
+        tail: int | None = None,
+        quiet: float | None = None,
     ) -> AsyncGenerator[list[tuple[int, bytes]]]:
         """A container's log as the Engine keeps it, with its timestamps, in batches as they come.
 
@@ -278,17 +285,30 @@ class Docker(Engine):
         ending with the newline (json-file) or not (local). With a TTY the Engine frames nothing: items are
         ``(1, chunk)`` of raw text. ``since`` is ``seconds.nanoseconds``, inclusive. The iterator ends when the
         log does (with ``follow``, when the container stops); a dropped connection raises, never ends silently.
+        ``tail``: only the log's last messages. ``quiet``: after this many seconds without a message, an empty
+        batch (and so on, every ``quiet`` seconds of silence), for the caller to look whether the log went on
+        without this stream: Docker's follow of a ``local`` log stops at the file's rotation, silently.
         """
         params = {"stdout": "1", "stderr": "1", "timestamps": "1", "follow": "1" if follow else "0"}
         if since:
             params["since"] = since
+        if tail is not None:
+            params["tail"] = str(tail)
         async with (
             translated(f"process {container_id[:12]}"),
             self.client._query(f"containers/{container_id}/logs", params=params, timeout=self.streaming()) as response,
         ):
             try:
                 buffer = bytearray()
-                async for chunk in response.content.iter_any():
+                while True:
+                    try:
+                        async with asyncio.timeout(quiet):  # no timeout at all without ``quiet``
+                            chunk = await response.content.readany()
+                    except TimeoutError:
+                        yield []
+                        continue
+                    if not chunk:
+                        break
                     if tty:
                         yield [(1, chunk)]
                         continue

@@ -5,22 +5,26 @@ become lines of its app (``d:<app>``). A thin layer over :class:`LogCollector`."
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.errors import NotFound, RackError
 from shared.logfmt import Logger
 from shared.logline import EVENT_SERVICE
 from shared.logstore.applog import MAX_WAIT, AppLog, SourceProgress
-from shared.logstore.lines import Line, text_of
-from shared.logstore.timestamps import normalize_ts, ts_from_ns, ts_to_datetime, ts_to_ns
+from shared.logstore.lines import Line, after, text_of
+from shared.logstore.timestamps import TS_WIDTH, normalize_ts, ts_from_ns, ts_to_datetime, ts_to_ns
 from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, EngineEvent
 from shared.provider.local.events import clean, docker_since, exit_message
 from shared.provider.local.log_collector import LogCollector
 from shared.provider.local.splitter import Splitter
 
 log = Logger("logs")
+FOLLOW_QUIET = 5.0
+"""Seconds a running container's follow may be quiet before the collector looks whether its log went on
+without it (one request for the log's last message)."""
 
 
 @dataclass
@@ -29,6 +33,33 @@ class Resume:
 
     since: str
     skip: int
+    recent: Recent = field(default_factory=lambda: Recent())
+
+
+class Recent:
+    """The last lines one follow collected, to know a line the Engine sends again: its follow of a ``local``
+    log that rotates goes back and sends up to a thousand lines a second time (measured: Docker 28's own
+    `docker logs -f` prints them twice). A line older than the newest collected is dropped only when it is one
+    of these: stdout and stderr are timestamped apart, so a line a little older than the newest can be new."""
+
+    KEEP = 4096
+
+    def __init__(self) -> None:
+        self.newest = ""
+        self.keys: set[int] = set()
+        self.order: collections.deque[int] = collections.deque()
+
+    def again(self, ts: str, data: bytes) -> bool:
+        """Whether ``(ts, data)`` was collected already (and if not, it is now)."""
+        key = hash((ts, data))
+        if ts <= self.newest and key in self.keys:
+            return True
+        self.newest = max(self.newest, ts)
+        self.keys.add(key)
+        self.order.append(key)
+        if len(self.order) > self.KEEP:
+            self.keys.discard(self.order.popleft())
+        return False
 
 
 @dataclass
@@ -249,8 +280,13 @@ class ContainerLogs(LogCollector):
         pieces: list[tuple[str, bytes]] = []
         try:
             since = docker_since(resume.since) if resume.since else ""
-            async with contextlib.aclosing(self.docker.logs(container, since=since, follow=running, tty=tty)) as lines:
+            quiet = FOLLOW_QUIET if running else None
+            logs = self.docker.logs(container, since=since, follow=running, tty=tty, quiet=quiet)
+            async with contextlib.aclosing(logs) as lines:
                 async for batch in lines:  # closed at once when the reader is cancelled (the collector stopping)
+                    if not batch and await self._went_on(container, src, tty):
+                        log.log("reader.refollow", id=container[:12])
+                        return received  # Docker's follow stopped (a rotated log): follow again from the cursor
                     for stream, payload in batch:
                         splitter.feed(stream, payload, pieces)
                     if pieces:
@@ -268,6 +304,22 @@ class ContainerLogs(LogCollector):
         if pieces:
             received += self._collect(applog, src, service, release, pid, pieces, resume)
         return received
+
+    async def _went_on(self, container: str, src: str, tty: bool) -> bool:
+        """Whether the container's log holds a message newer than what was collected from it: its follow was
+        quiet, and Docker's follow of a ``local`` log stops for good at a rotation of its file."""
+        known = self.offsets.get(src)
+        cursor = known.cursor if known else ""
+        try:
+            async with contextlib.aclosing(self.docker.logs(container, follow=False, tty=tty, tail=1)) as lines:
+                async for batch in lines:
+                    for _, payload in batch:
+                        stamp = payload[:TS_WIDTH].decode("ascii", "replace")
+                        if after(src, stamp, cursor):
+                            return True
+        except RackError:
+            return False
+        return False
 
     def _collect(
         self,
@@ -288,6 +340,8 @@ class ContainerLogs(LogCollector):
                 if resume.skip > 0:  # lines at the cursor's own timestamp that were collected already
                     resume.skip -= 1
                     continue
+            if resume.recent.again(ts, data):  # sent again by the Engine (its follow of a rotating local log)
+                continue
             lines.append(Line(ts, service, release, pid, text_of(data), src, ts))
         progress = applog.sources.get(src)
         if progress is not None:
