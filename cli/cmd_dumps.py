@@ -34,7 +34,7 @@ def _progress(label: str, total: int | None) -> tuple[Any, Callable[[int], None]
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    from cli.cmd_builds import speed_column
+    from cli.building import speed_column
 
     progress = Progress(
         TextColumn(label),

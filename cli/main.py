@@ -29,6 +29,12 @@ def main() -> None:
 
         print(f"convox {__version__}")
         return
+    if argv and argv[0] == "deploy":
+        from cli.deploying import fast as deploy  # without Typer: building its command tree is latency
+
+        code = deploy(argv)
+        if code is not None:
+            leave(code)
     if argv and argv[0] in ("exec", "run"):
         from cli.stream import fast  # streams start without Typer, httpx and rich: their start is latency
 

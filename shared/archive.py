@@ -8,7 +8,6 @@ of the tree, device files and FIFOs, and leaves nothing behind when it refuses.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import posixpath
 import shutil
@@ -55,6 +54,8 @@ async def receive(chunks: AsyncIterable[bytes], dest: Path, limit: int, what: st
 
     Past ``limit`` bytes: :class:`PayloadTooLarge` (naming ``what``), and ``dest`` is removed. Any other
     failure (the client went away) removes it too."""
+    import asyncio  # here: the CLI packs with this module, and asyncio is a fifth of its import
+
     handle: IO[bytes] = await asyncio.to_thread(open, dest, "xb")
     total = 0
     pending: list[bytes] = []
@@ -82,6 +83,8 @@ async def receive(chunks: AsyncIterable[bytes], dest: Path, limit: int, what: st
 
 async def read_chunks(path: Path, size: int = CHUNK) -> AsyncIterator[bytes]:
     """The file at ``path`` in ``size`` reads, each in a thread (FileNotFoundError when it is not there)."""
+    import asyncio
+
     handle: IO[bytes] = await asyncio.to_thread(open, path, "rb")
     try:
         while chunk := await asyncio.to_thread(handle.read, size):

@@ -9,7 +9,8 @@ import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cli.cmd_builds import always_sent, elapsed, pack_source, speed_column
+from cli.building import always_sent, pack_source, speed_column
+from cli.cmd_builds import elapsed
 from cli.config import Rack
 from cli.stream import socket_url
 from shared.dockerignore import Matcher, leaves_out
@@ -78,7 +79,7 @@ def test_a_dockerignore_that_leaves_nothing_out_sends_everything_without_parsing
     (source / ".dockerignore").write_text("secret.txt\n")  # no such file: nothing is left out
     archive = tmp_path / "source.tgz"
     script = (
-        "import sys; from pathlib import Path; from cli.cmd_builds import pack_source; "
+        "import sys; from pathlib import Path; from cli.building import pack_source; "
         f"pack_source(Path({str(source)!r}), Path({str(archive)!r}), ''); "
         "print('shared.manifest' in sys.modules)"
     )

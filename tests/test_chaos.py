@@ -353,8 +353,8 @@ async def test_a_roll_out_is_waited_for_through_a_rack_that_does_not_answer_for_
     from starlette.routing import Route
 
     from cli.client import Client
-    from cli.cmd_releases import wait_for_rollout
     from cli.config import Rack
+    from cli.rollout import wait_for_rollout
 
     APP = {"name": "web", "balancer": "", "failed_release": "", "failure": ""}  # an App as the rack answers it
     answers = [
