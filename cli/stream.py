@@ -67,29 +67,6 @@ def refusal(status: int, body: bytes, host: str) -> CliError:
     return StreamUnavailable(text) if status >= 500 else CliError(text)
 
 
-M_TOP_PAD, M_MMAP_THRESHOLD, SPARE = -2, -3, 16 << 20
-
-
-def keep_freed_memory() -> None:
-    """Have glibc's allocator keep buffers of up to 16 MiB on the heap and 16 MiB spare at its top.
-
-    A bulk stream allocates and frees buffers the size of a message (1 MiB: the library's frames and masked
-    copies, TLS output) in a new process whose heap is small: glibc gave the freed top of the heap back to the
-    kernel again and again, and each new buffer was faulted in afresh (357,000 minor faults and 1.1 s of system
-    time for 512 MiB piped in, 95,000 faults for 512 MiB out; about 6,000 with this). Where there is no
-    ``mallopt`` (macOS), nothing changes.
-    """
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    mallopt(M_MMAP_THRESHOLD, SPARE)  # a buffer under 16 MiB from the heap, not mapped for itself
-    mallopt(M_TOP_PAD, SPARE)
-
-
 @contextlib.asynccontextmanager
 async def connect(
     rack: Rack, path: str, query: Sequence[tuple[str, str]] | Mapping[str, str] = ()
@@ -136,6 +113,8 @@ async def connect(
         ) from None
     except TimeoutError:
         raise StreamUnavailable(f"rack at {rack.host} did not answer in time") from None
+    from shared.memory import keep_freed_memory
+
     keep_freed_memory()  # every stream may be bulk (exec, cp, services export and import)
     try:
         yield connection

@@ -79,7 +79,7 @@ async def test_the_stream_connection_delivers_messages_larger_than_its_buffer_in
 def test_freed_buffers_are_not_faulted_in_again() -> None:
     script = """if True:
         import resource, sys
-        from cli.stream import keep_freed_memory
+        from shared.memory import keep_freed_memory
         if sys.argv[1] == "keep":
             keep_freed_memory()
         start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
