@@ -523,14 +523,15 @@ def test_a_stream_over_the_racks_socket_is_not_held_by_the_gateway(
 ) -> None:
     if over == "https":  # the other path, to show what the count sees when the gateway does pass the bytes
         cli.env["CONVOX_HOST"] = rack.url
+    marker = "sleep 3131" if over == "https" else "sleep 3232"  # its own: no other test's process matches it
     before = gateway_sockets(rack)
     child = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "exec", "--app", deployed.name, deployed.pid,
-         "sh", "-c", "sleep 30; echo end"],
+         "sh", "-c", f"{marker}; echo end"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli.env,
     )  # fmt: skip
     try:
-        eventually(lambda: "sleep 30" in running_in(deployed.pid), within=30)
+        eventually(lambda: marker in running_in(deployed.pid), within=30)
         held = gateway_sockets(rack) - before
         for _ in range(10):  # what the gateway holds all along the stream (other requests' come and go)
             time.sleep(0.1)
@@ -543,7 +544,7 @@ def test_a_stream_over_the_racks_socket_is_not_held_by_the_gateway(
         assert len(held) >= 2  # the client's connection and the one to the service, pumped
     else:
         assert held == set()  # handed to the service: the gateway holds neither end
-    eventually(lambda: "sleep 30" not in running_in(deployed.pid), within=15)  # and no orphan either way
+    eventually(lambda: marker not in running_in(deployed.pid), within=15)  # and no orphan either way
 
 
 def test_a_wrong_password_is_an_error_before_the_terminal_changes(cli: Cli, deployed: Deployed) -> None:
