@@ -120,7 +120,8 @@ def test_a_volume_keeps_its_data_across_releases_is_shared_with_one_offs_and_goe
         cli("env", "set", "RELEASE_MARK=second", "--promote", "--app", app_name, check=True, timeout=300)
         assert fetch(info(cli, app_name)["Balancer"], "/marks") == "first\nsecond\n"  # the new process appended
     finally:
-        cli("apps", "delete", app_name)
+        deleted = cli("apps", "delete", app_name)
+    assert deleted.returncode == 0, deleted.stderr
     assert app_volumes(app_name) == []
 
 

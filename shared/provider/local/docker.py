@@ -259,6 +259,14 @@ class Docker(Engine):
             found = await volumes.list(filters=filters)
         return [str(volume["Name"]) for volume in (found or {}).get("Volumes") or []]
 
+    async def volume_users(self, name: str) -> list[str]:
+        """The ids of the containers (running or not) that mount the volume ``name``."""
+        async with translated("containers"):
+            found: list[ContainerSummary] = await self.client._query_json(
+                "containers/json", params={"all": True, "filters": {"volume": [name]}}
+            )
+        return [str(container["Id"]) for container in found]
+
     async def volume_remove(self, name: str) -> None:
         """Remove a volume; one that is already gone is fine."""
         volume: Any = aiodocker.volumes.DockerVolume(self.client, name)  # type: ignore[no-untyped-call]

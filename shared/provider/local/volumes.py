@@ -5,10 +5,16 @@ with the app."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
+from shared.errors import Conflict, NotFound
 from shared.manifest import Volume
 from shared.provider.local.docker import LABEL_APP, LABEL_RACK, LABEL_TYPE, Docker
+
+FORGET_ATTEMPTS = 8
+"""How many times a volume in use is tried again at the app's deletion (about 6 s of waits in all)."""
 
 
 class Volumes:
@@ -29,6 +35,18 @@ class Volumes:
         return mounts
 
     async def forget(self, app: str) -> None:
-        """Remove the app's volumes (its containers are gone: the app is being deleted)."""
+        """Remove the app's volumes (the app is being deleted, its containers removed). A volume still in use
+        is held by a container whose removal was under way (a one-off removing itself once its log was read)
+        or that began as the deletion went on (a timer's run): those go too, and the removal is tried again."""
         for name in await self.docker.volumes({LABEL_RACK: self.rack, LABEL_APP: app}):
-            await self.docker.volume_remove(name)
+            for attempt in range(FORGET_ATTEMPTS):
+                try:
+                    await self.docker.volume_remove(name)
+                    break
+                except Conflict:
+                    if attempt == FORGET_ATTEMPTS - 1:
+                        raise
+                for user in await self.docker.volume_users(name):
+                    with contextlib.suppress(NotFound, Conflict):  # gone already, or its removal under way
+                        await self.docker.remove(user)
+                await asyncio.sleep(0.05 * 2**attempt)
