@@ -11,7 +11,6 @@ stream open and notice a dead rack.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -73,6 +72,7 @@ async def connect(
 ) -> AsyncIterator[ClientConnection]:
     """An open stream, or :class:`CliError` with the rack's own message (:class:`StreamUnavailable` when
     the rack cannot be reached or answers 5xx)."""
+    import asyncio
     import ssl
 
     import websockets
@@ -200,6 +200,8 @@ async def attach(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> int
         size = terminal.size(STDIN)
         if size:
             params += [("width", str(size[0])), ("height", str(size[1]))]
+    import asyncio
+
     async with connect(rack, path, params) as connection:
         loop = asyncio.get_running_loop()
         pending: set[asyncio.Task[Any]] = set()
@@ -250,6 +252,8 @@ async def attach(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> int
 
 def run(coroutine: Any) -> int:
     """``asyncio.run`` for a stream command; an :class:`Ended` becomes its code."""
+    import asyncio
+
     try:
         return int(asyncio.run(coroutine))
     except Ended as ended:
@@ -307,7 +311,15 @@ def exec_command(app: str, pid: str, command: Sequence[str]) -> int:
     if app == RACK_APP:  # the rack's own processes are nobody's to exec into
         raise CliError(f"no such process: {pid}")
     path = f"/apps/{quote(app)}/processes/{check_pid(pid)}/exec"
-    return run(attach(current_rack(), path, [("command", word) for word in command]))
+    rack, query = current_rack(), [("command", word) for word in command]
+    if rack.uds and not terminal.is_terminal(STDIN):  # pipes over the rack's own socket: a raw stream
+        from cli.rawexec import exec_raw
+
+        try:
+            return exec_raw(rack, path, query)
+        except Ended as ended:
+            return ended.code
+    return run(attach(rack, path, query))
 
 
 def run_command(

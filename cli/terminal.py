@@ -6,7 +6,6 @@ stream, an error, Ctrl-C, a dead rack): ``with raw(fd):`` restores the saved att
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
@@ -58,6 +57,8 @@ class Input:
     """Linux: a pipe's capacity (64 KiB by default); a larger one lets each read take more."""
 
     def __init__(self, fd: int) -> None:
+        import asyncio  # here: a raw stream's command never loads it
+
         self.fd = fd
         self.loop = asyncio.get_running_loop()
         mode = os.fstat(fd).st_mode
@@ -76,6 +77,8 @@ class Input:
     async def read_into(self, view: memoryview) -> int:
         """Read what there is (at most ``len(view)`` bytes) into ``view``; 0 at EOF."""
         if not self.watched:
+            import asyncio
+
             return await asyncio.to_thread(self._read, view)
         while True:
             # read only what is there now, so that os.read never blocks the loop (stdin stays in blocking

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 
 from shared import handoff, logfmt
 from shared.frames import FramingProtocol
+from shared.rawhttp import RawUpgradeProtocol
 
 
 class Server(uvicorn.Server):
@@ -93,6 +94,7 @@ def serve(
         log_config=None,
         access_log=False,
         log_level="warning",
+        http=RawUpgradeProtocol,
         ws=ws,
         ws_per_message_deflate=False,
         ws_ping_interval=20,

@@ -20,7 +20,9 @@ A stream that ends without a status message is an error, never a silent success.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
@@ -109,6 +111,17 @@ class Terminal(BaseModel):
         return (self.width, self.height) if self.width and self.height else None
 
 
+@dataclass
+class Stdio:
+    """A process's pipes as the engine's own connection (:meth:`ProcessStream.take_stdio`): its socket, in
+    blocking mode and now the taker's to close, and what was read of it already, in the engine's multiplexed
+    framing (Docker's 8-byte headers, :mod:`shared.rawstream`). Writing to it is stdin, ``shutdown(SHUT_WR)``
+    stdin's EOF; its end is the end of the output."""
+
+    sock: socket.socket
+    pending: bytes
+
+
 class ProcessStream(Protocol):
     """A process whose stdio is a stream: ``convox exec`` or an interactive ``convox run``. Bytes and control,
     nothing of a wire protocol: the service that holds the client's stream frames it.
@@ -134,5 +147,13 @@ class ProcessStream(Protocol):
     async def resize(self, width: int, height: int) -> None: ...
 
     async def wait(self) -> int: ...
+
+    def take_stdio(self) -> Stdio | None:
+        """Once started without a TTY: the process's pipes as the engine's connection (:class:`Stdio`),
+        for a service to move them kernel to kernel; :meth:`output`, :meth:`write` and :meth:`close_stdin`
+        are not used after it (:meth:`wait` and :meth:`close` are). ``None`` when the provider has no such
+        connection to give (a TTY, an engine reached over TLS): the stream is then relayed through
+        :meth:`output` and :meth:`write` as usual."""
+        ...
 
     async def close(self) -> None: ...

@@ -25,7 +25,10 @@ EXPECTED = {"gateway", "apps", "processes", "logs", "builds", "provisioner"}
 def services_of(pid: int) -> dict[str, psutil.Process]:
     found = {}
     for child in psutil.Process(pid).children(recursive=True):
-        cmdline = " ".join(child.cmdline()).split()  # a forked service's title is one string (see forkserver)
+        try:
+            cmdline = " ".join(child.cmdline()).split()  # a forked service's title is one string (see forkserver)
+        except psutil.NoSuchProcess:  # it ended since the listing (a service dying with its fork server)
+            continue
         if "-m" in cmdline:
             module = cmdline[cmdline.index("-m") + 1]
             if module != "services.forkserver":

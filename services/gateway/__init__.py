@@ -25,6 +25,8 @@ from services.gateway.routing import service_for
 from shared import __version__
 from shared.http import CleanPath, install_error_handlers
 from shared.logfmt import Logger, Quoted
+from shared.rawhttp import RAW as RAW_STREAM
+from shared.rawstream import wants_raw
 
 log = Logger("gateway")
 ASSETS = Path(fastapi_offline.__file__).parent / "static"
@@ -54,7 +56,8 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_logged)
         finally:
-            status = (scope.get("extensions") or {}).get(RAW, {}).get("status", status)
+            extensions = scope.get("extensions") or {}
+            status = (extensions.get(RAW) or extensions.get(RAW_STREAM) or {}).get("status", status)
             elapsed = (time.perf_counter() - start) * 1000
             method = "WS" if scope["type"] == "websocket" else scope["method"]
             state = "success" if 0 < status < 400 else "error"
@@ -115,6 +118,8 @@ def create_app(password: str, upstreams: Upstreams, token_key: bytes) -> FastAPI
         service = service_for(request.url.path)
         if service is None:
             raise not_routed(request.url.path)
+        if wants_raw(request.headers):
+            return await upstreams.hand_over_raw(service, request)
         return await upstreams.forward(service, request)
 
     @app.websocket("/{path:path}")

@@ -1,5 +1,5 @@
-"""Requests relayed from the gateway to the internal services over their unix sockets, and websockets passed
-through to them unread."""
+"""Requests relayed from the gateway to the internal services over their unix sockets, websockets passed
+through to them unread, and streams handed to them (websockets and raw streams over a plain socket)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ from urllib.parse import quote
 
 import httpx
 from starlette.background import BackgroundTask
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.websockets import WebSocket
 
 from services.gateway.handoff import RAW, Pump, Upstream, read_answer
 from shared import handoff
 from shared.config import INTERNAL_HEADER, SERVICES
-from shared.errors import NotFound, Unavailable
+from shared.errors import BadRequest, NotFound, Unavailable
 from shared.logfmt import Logger
+from shared.rawhttp import RAW as RAW_STREAM
+from shared.rawstream import RAW_PROTOCOL
 from shared.websocket import refuse
 
 HOP_BY_HOP = frozenset(
@@ -165,30 +167,45 @@ class Upstreams:
         """Hand a plain connection's stream to ``service``, socket and all (:mod:`shared.handoff`): the
         service answers the handshake and serves the stream; nothing of it passes here any more. The service
         being unreachable is a 503 answered here; once the socket is sent, the service owns the answer."""
+        if not await self._hand(service, websocket, raw, "GET"):
+            await refuse(websocket, Unavailable(f"{service} service unavailable"))
+
+    async def hand_over_raw(self, service: str, request: Request) -> Response:
+        """A raw stream's request (:mod:`shared.rawstream`), handed to ``service`` as a websocket's is. Only
+        a connection over the rack's unix socket can be (:mod:`shared.rawhttp`): elsewhere it is a 400."""
+        raw = request.scope.get("extensions", {}).get(RAW_STREAM)
+        if raw is None:
+            raise BadRequest(f"a raw stream ({RAW_PROTOCOL}) is served over the rack's unix socket only")
+        if not await self._hand(service, request, raw, request.method):
+            raise Unavailable(f"{service} service unavailable")
+        return Response(status_code=101)  # not written: the connection is the service's
+
+    async def _hand(self, service: str, connection: HTTPConnection, raw: dict[str, Any], method: str) -> bool:
+        """False when the service's hand-off socket cannot be reached (nothing was taken from the client)."""
         try:
             conn = await asyncio.wait_for(handoff.connect(handoff.handoff_path(self.sockets[service])), OPEN_TIMEOUT)
         except (TimeoutError, OSError):
-            await refuse(websocket, Unavailable(f"{service} service unavailable"))
-            return
+            return False
         with conn:
             fd, leftover = raw["hand"]()
             raw["status"] = 101
             try:
                 async with asyncio.timeout(OPEN_TIMEOUT):
-                    await handoff.hand(conn, fd, self.upgrade_request(service, websocket) + leftover)
+                    await handoff.hand(conn, fd, self.upgrade_request(service, connection, method) + leftover)
             except (TimeoutError, OSError) as exc:  # the client sees its connection end without an answer
                 log.log("handoff", state="error", service=service, error=type(exc).__name__)
             finally:
                 os.close(fd)
                 raw["release"]()
+        return True
 
-    def upgrade_request(self, service: str, websocket: WebSocket) -> bytes:
+    def upgrade_request(self, service: str, connection: HTTPConnection, method: str = "GET") -> bytes:
         """The client's upgrade request as the service gets it: its own path and handshake headers, the
         internal secret instead of the rack's credentials."""
-        path = quoted_path(websocket.url.path) + (f"?{websocket.url.query}" if websocket.url.query else "")
-        client_host = websocket.client.host if websocket.client else None
-        headers = self.headers(websocket.headers.items(), client_host, PASSED_SKIP)
-        lines = [f"GET {path} HTTP/1.1", f"Host: {service}", *(f"{k}: {v}" for k, v in headers)]
+        path = quoted_path(connection.url.path) + (f"?{connection.url.query}" if connection.url.query else "")
+        client_host = connection.client.host if connection.client else None
+        headers = self.headers(connection.headers.items(), client_host, PASSED_SKIP)
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {service}", *(f"{k}: {v}" for k, v in headers)]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 

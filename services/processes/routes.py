@@ -15,11 +15,13 @@ import re
 from collections.abc import Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Response, WebSocket
+from fastapi import APIRouter, Body, Depends, Query, Request, Response, WebSocket
 from pydantic import Field
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
-from shared import stream
+from services.processes import raw
+from shared import rawstream, stream
 from shared.errors import BadRequest, RackError
 from shared.frames import sender
 from shared.http import BAD_INPUT, ENGINE_UNAVAILABLE, error_response
@@ -29,6 +31,7 @@ from shared.models import Model, Process, ProcessRunOptions
 from shared.names import check_env, parse_pair
 from shared.params import app_path, pid_path, type_path
 from shared.provider import Provider
+from shared.rawhttp import RAW
 from shared.service import provider_of
 from shared.stream import Channel, ProcessStream, Terminal
 from shared.websocket import accept, close, refuse, upgrade_required
@@ -142,7 +145,13 @@ them waits up to a second for a first resize message).
 Messages (binary, first byte the channel): client to rack 0 stdin, 4 resize `{"width": W, "height": H}`,
 `[255, 0]` stdin EOF; rack to client 1 stdout, 2 stderr (pipes only; a TTY merges them on 1), then 3 status
 `{"exit_code": N}` or `{"error": "..."}` as the last message. A client that disconnects ends the process (a
-TTY is hung up, a pipe process is killed). An unknown, other app's or rack pid is a 404 on the handshake."""
+TTY is hung up, a pipe process is killed). An unknown, other app's or rack pid is a 404 on the handshake.
+
+Over the rack's unix socket, a process with pipes (no `tty`) may be had as a raw stream instead:
+`Connection: Upgrade`, `Upgrade: v1.raw.rack`; once the process has started the answer is `101` and the
+connection carries Docker's multiplexed frames (8-byte header: type 1 stdout or 2 stderr, three zero bytes, the
+length big-endian), then a frame of type 128 with the status JSON; the client's bytes are stdin, its
+`shutdown(SHUT_WR)` stdin's EOF, its close the end of the process. Asked elsewhere, or with `tty`, it is a 400."""
 
 
 TOO_MANY_SESSIONS = error_response(429, "Too many exec and run sessions open at once (RACK_PROCESSES_MAX_SESSIONS)")
@@ -163,14 +172,40 @@ TOO_MANY_SESSIONS = error_response(429, "Too many exec and run sessions open at 
     },
 )
 async def process_exec(
+    request: Request,
     app: str = AppPath,
     pid: str = PidPath,
     command: Annotated[list[str], Query(description="The command's argv, one parameter per word.")] = [],  # noqa: B006
     tty: Annotated[bool, Query(description="Run in a terminal.")] = False,
     width: Annotated[int | None, Query(ge=1, le=10_000, description="Terminal columns.")] = None,
     height: Annotated[int | None, Query(ge=1, le=10_000, description="Terminal rows.")] = None,
+    provider: Provider = Depends(provider_of),
 ) -> Response:
-    return upgrade_required(f"/apps/{app}/processes/{pid}/exec")
+    if not rawstream.wants_raw(request.headers):
+        return upgrade_required(f"/apps/{app}/processes/{pid}/exec")
+    extension = request.scope.get("extensions", {}).get(RAW)
+    if extension is None:
+        raise BadRequest(f"a raw stream ({rawstream.RAW_PROTOCOL}) is served over the rack's unix socket only")
+    if tty:
+        raise BadRequest("a raw stream has no terminal: a TTY is the websocket's (v1.stream.rack)")
+    argv = shell_words(command)
+    if not argv:
+        raise BadRequest("no command: give it as `command` query parameters, one per word")
+    slots = sessions_of(request)
+    slots.take()
+    try:
+        process = await provider.processes.exec(app, pid, argv)
+        try:
+            await process.start(Terminal())
+            log.log("exec.start", app=app, pid=pid, tty=False, raw="true")
+            client, pending = raw.taken(extension)
+        except BaseException:
+            await asyncio.shield(process.close())
+            raise
+        await raw.serve(client, pending, process)
+    finally:
+        slots.give()
+    return Response(status_code=101)  # not written: the connection is the stream's
 
 
 class ProcessRun(Model):
@@ -426,11 +461,11 @@ async def process_metrics_socket(websocket: WebSocket, app: str) -> None:
         await close(websocket)
 
 
-def sessions_of(websocket: WebSocket) -> Slots:
+def sessions_of(connection: HTTPConnection) -> Slots:
     """The service's cap on open sessions (a default one for an app made without it)."""
-    slots = getattr(websocket.app.state, "sessions", None)
+    slots = getattr(connection.app.state, "sessions", None)
     if not isinstance(slots, Slots):
-        slots = websocket.app.state.sessions = Slots("exec and run sessions", 100, "RACK_PROCESSES_MAX_SESSIONS")
+        slots = connection.app.state.sessions = Slots("exec and run sessions", 100, "RACK_PROCESSES_MAX_SESSIONS")
     return slots
 
 

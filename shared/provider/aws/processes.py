@@ -35,7 +35,7 @@ from shared.provider.aws.releases import AwsReleases
 from shared.provider.aws.settings import AwsProviderSettings
 from shared.provider.engine.exec import ExecStream
 from shared.provider.workers import Loop
-from shared.stream import Channel, ProcessStream, Terminal
+from shared.stream import Channel, ProcessStream, Stdio, Terminal
 
 log = Logger("processes")
 TAG_TIMER = "convox.timer"
@@ -491,6 +491,9 @@ class AttachedTask:
     async def close_stdin(self) -> None:
         if self.exec is not None:
             await self.exec.close_stdin()
+
+    def take_stdio(self) -> Stdio | None:
+        return self.exec.take_stdio() if self.exec is not None else None
 
     async def resize(self, width: int, height: int) -> None:
         if self.exec is not None:

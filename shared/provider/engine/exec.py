@@ -21,8 +21,10 @@ import abc
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import shlex
+import socket
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -31,7 +33,7 @@ from shared.frames import widen_send_buffer
 from shared.logfmt import Logger
 from shared.provider.engine.docker import Engine, ExecInfo
 from shared.provider.engine.ending import MARK, SHELL, end_process
-from shared.stream import Channel, Terminal
+from shared.stream import Channel, Stdio, Terminal
 
 log = Logger("processes")
 
@@ -288,6 +290,22 @@ class Hijacked:
             with contextlib.suppress(OSError):
                 self.transport.write_eof()
 
+    def detach(self) -> Stdio | None:
+        """The connection's socket itself, the caller's from now on, with what was read of it and not handed
+        out yet; this side closes its own descriptor and reads nothing more. None over TLS (the socket
+        carries the session's records, not the stream)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or self.transport.get_extra_info("ssl_object") is not None or self.transport.is_closing():
+            return None
+        self.transport.pause_reading()
+        taken = socket.socket(fileno=os.dup(sock.fileno()))
+        taken.setblocking(True)
+        r = self.receiver
+        pending = bytes(r.buf[r.start : r.end])
+        r.start = r.end = 1
+        self.transport.abort()  # closes this process's descriptor of it, nothing more (no shutdown)
+        return Stdio(taken, pending)
+
     async def close(self) -> None:
         self.transport.close()
 
@@ -359,6 +377,11 @@ class _Attached(abc.ABC):
     async def close_stdin(self) -> None:
         if self.conn is not None:
             self.conn.close_write()
+
+    def take_stdio(self) -> Stdio | None:
+        if self.conn is None or self.terminal.tty:
+            return None
+        return self.conn.detach()
 
     async def resize(self, width: int, height: int) -> None:
         path = self._resize_path()

@@ -1,0 +1,184 @@
+"""`convox exec` with pipes over the rack's own unix socket: a raw stream (``v1.raw.rack``,
+:mod:`shared.rawstream`) instead of a websocket.
+
+The request is the websocket's, asking ``Upgrade: v1.raw.rack``; a refusal is ``ERROR: <the rack's message>``
+as for the websocket. Then stdin goes to the rack as it is, moved by the kernel (``splice``, a thread of its
+own) and shut at its EOF; output comes as Docker's frames, read into one buffer used again and again and
+written out frame by frame without a copy (``writev`` of views). The last frame is the exit status; a stream
+that ends without it is an error. Nothing here needs asyncio or a websocket library: the command starts
+sooner too.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import select
+import socket
+import threading
+from collections.abc import Sequence
+from urllib.parse import urlencode
+
+from cli.config import Rack
+from cli.errors import CliError
+from shared import rawstream
+from shared.splice import Pump, batch_reads
+
+READ_SIZE = 1 << 20
+"""What one read of the stream takes at most (into the one buffer)."""
+SEND_BUFFER = 4 << 20
+"""What the rack's socket may hold of stdin sent (see :data:`cli.streamconn.SEND_BUFFER`)."""
+HEAD_LIMIT = 64 << 10
+STDIN, STDOUT, STDERR = 0, 1, 2
+
+
+def _connect(rack: Rack) -> socket.socket:
+    from cli.stream import StreamUnavailable
+
+    assert rack.uds is not None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(rack.uds)
+    except OSError as exc:
+        sock.close()
+        raise StreamUnavailable(f"rack unreachable at {rack.host}: {exc.strerror}") from None
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    return sock
+
+
+def _answer(sock: socket.socket, rack: Rack) -> bytes:
+    """Read the rack's answer to the upgrade: what followed a ``101``'s head, or the refusal as an error."""
+    from cli.stream import StreamUnavailable, refusal
+
+    data = b""
+    while (mark := data.find(b"\r\n\r\n")) < 0:
+        chunk = sock.recv(HEAD_LIMIT)
+        if not chunk or len(data) > HEAD_LIMIT:
+            raise StreamUnavailable(f"the rack at {rack.host} ended the stream before answering")
+        data += chunk
+    lines = data[:mark].decode("latin-1").split("\r\n")
+    try:
+        status = int(lines[0].split(" ", 2)[1])
+    except (IndexError, ValueError):
+        raise StreamUnavailable(f"the rack at {rack.host} answered something else than HTTP") from None
+    rest = data[mark + 4 :]
+    if status == 101:
+        return rest
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length") or 0) if (headers.get("content-length") or "0").isdigit() else 0
+    while len(rest) < min(length, HEAD_LIMIT) and (chunk := sock.recv(HEAD_LIMIT)):
+        rest += chunk
+    raise refusal(status, rest[:length], rack.host)
+
+
+def _feed(sock: socket.socket) -> None:
+    """stdin to the rack until its EOF, then the socket's write side shut (the remote stdin's EOF)."""
+    pump = Pump(STDIN, sock.fileno())
+    try:
+        while pump.move():
+            pass
+    except OSError:  # the rack closed the stream (the process ended), or stdin failed: nothing more to send
+        return
+    finally:
+        pump.close()
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+
+
+def _write(fd: int, views: list[memoryview]) -> None:
+    """Write every view, in order (a pipe may take only part at a time)."""
+    while views:
+        try:
+            written = os.writev(fd, views)
+        except BlockingIOError:  # an output left non-blocking by whoever shares it
+            select.select([], [fd], [])
+            continue
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def _receive(sock: socket.socket, first: bytes, out: int = STDOUT, err: int = STDERR) -> bytes | None:
+    """Write the output frames to ``out`` and ``err`` until the status frame: its payload (None when the
+    stream ended without it)."""
+    buffer = bytearray(READ_SIZE)
+    view = memoryview(buffer)
+    have = len(first)
+    view[:have] = first
+    dest, left = out, 0  # the frame being written out: where, and how much of its payload is still to come
+    status: bytearray | None = None
+    while True:
+        pos = 0
+        runs: list[tuple[int, list[memoryview]]] = []
+        while pos < have:
+            if left:
+                take = min(left, have - pos)
+                if status is not None:
+                    status += view[pos : pos + take]
+                elif runs and runs[-1][0] == dest:
+                    runs[-1][1].append(view[pos : pos + take])
+                else:
+                    runs.append((dest, [view[pos : pos + take]]))
+                pos += take
+                left -= take
+                continue
+            if status is not None:
+                break
+            if have - pos < rawstream.HEADER:
+                break
+            kind, left = buffer[pos], int.from_bytes(buffer[pos + 4 : pos + 8], "big")
+            pos += rawstream.HEADER
+            if kind == rawstream.STATUS:
+                status = bytearray()
+            else:
+                dest = err if kind in (rawstream.STDERR, rawstream.ENGINE_ERROR) else out
+        for fd, views in runs:
+            _write(fd, views)
+        del runs
+        if status is not None and not left:
+            return bytes(status)
+        rest = have - pos  # part of a header: to the front, read on after it
+        buffer[:rest] = buffer[pos:have]
+        while True:
+            try:
+                got = sock.recv_into(view[rest:])
+                break
+            except BlockingIOError:  # nothing came in the batch's wait: wait for the next bytes
+                select.select([sock], [], [])
+        if not got:
+            return None
+        have = rest + got
+
+
+def exec_raw(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> int:
+    """Run ``convox exec`` with pipes as a raw stream; returns the remote exit code."""
+    from cli.stream import Ended, parse_status
+
+    token = base64.b64encode(f"convox:{rack.password}".encode()).decode()
+    target = path + (f"?{urlencode(list(query))}" if query else "")
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: rack\r\nAuthorization: Basic {token}\r\n"
+        f"Connection: Upgrade\r\nUpgrade: {rawstream.RAW_PROTOCOL}\r\n\r\n"
+    )
+    sock = _connect(rack)
+    with sock:
+        sock.sendall(request.encode())
+        first = _answer(sock, rack)
+        batch_reads(sock)
+        threading.Thread(target=_feed, args=(sock,), name="stdin", daemon=True).start()
+        try:
+            payload = _receive(sock, first)
+        except BrokenPipeError:
+            raise Ended(141) from None
+    if payload is None:
+        raise CliError("the stream ended without an exit status (the connection was lost)")
+    status = parse_status(payload)
+    if status is None:
+        raise CliError("the stream ended with a malformed exit status")
+    if status.error:
+        raise CliError(status.error, code=status.exit_code or 1)
+    return status.exit_code or 0

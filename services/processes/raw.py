@@ -1,0 +1,218 @@
+"""Raw streams (``v1.raw.rack``, :mod:`shared.rawstream`): a process's pipes moved between the client's
+connection and the engine's in the kernel.
+
+Once the process has started, the client's socket (taken from the HTTP server, :mod:`shared.rawhttp`) and the
+engine's (taken from the provider, :meth:`shared.stream.ProcessStream.take_stdio`) are joined by two threads,
+one per direction, each a ``splice`` loop (:mod:`shared.splice`): the engine's multiplexed frames go to the
+client as they are, the client's bytes to the process's stdin; the client's EOF shuts the engine's write side.
+None of it passes through Python's buffers. When the engine's stream ends, the exit code follows as the last
+frame. A client that closes its connection (seen as the socket's hang-up) ends the process.
+
+A provider with no engine connection to give (an engine over TLS) has its stream relayed here instead,
+frames made from :meth:`~shared.stream.ProcessStream.output`, stdin through
+:meth:`~shared.stream.ProcessStream.write`: the same protocol, at Python's pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from shared import rawstream
+from shared.errors import RackError
+from shared.logfmt import Logger
+from shared.splice import Broken, Pump, batch_reads, write_all
+from shared.stream import Channel, ProcessStream
+
+log = Logger("processes")
+T = TypeVar("T")
+RELAY_CHUNK = 1 << 20
+SEND_BUFFER = 4 << 20
+"""What the client's socket may hold of output it has not read yet (as :data:`shared.frames.SEND_BUFFER`)."""
+
+
+def in_thread(work: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """``work`` run in a thread of its own (a stream's lifetime would hold one of the default executor's few
+    threads), its outcome as a future of the running loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # reported to the loop, never lost in the thread
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+def _shut(sock: socket.socket, how: int = socket.SHUT_RDWR) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(how)
+
+
+class ClientGone(Exception):
+    """The client closed its connection (or it broke): its process must end."""
+
+
+def _output(engine: socket.socket, client: socket.socket, pending: bytes) -> None:
+    """Engine to client until the engine's stream ends; :class:`ClientGone` when the client cannot take it."""
+    try:
+        write_all(client.fileno(), pending)
+    except OSError:
+        raise ClientGone() from None
+    pump = Pump(engine.fileno(), client.fileno())
+    try:
+        while pump.move():
+            pass
+    except Broken as exc:
+        if not exc.reading:
+            raise ClientGone() from None
+        # the engine's connection broke: the stream ends here, the exit code tells the rest
+    finally:
+        pump.close()
+
+
+def _input(client: socket.socket, engine: socket.socket, pending: bytes) -> None:
+    """Client to engine until the client's EOF (then the engine's write side is shut: the process's stdin
+    EOF); returns once the client has hung up altogether (or its connection broke, or this side shut it)."""
+    pump = Pump(client.fileno(), engine.fileno())
+    try:
+        write_all(engine.fileno(), pending)
+        while pump.move():
+            pass
+    except Broken as exc:
+        if exc.reading:
+            return  # the client's connection broke
+        # the process's stdin is closed (it ended, or closed it): the rest of the client's input is not read
+    except OSError:
+        pass
+    finally:
+        pump.close()
+    _shut(engine, socket.SHUT_WR)
+    rawstream.wait_hangup(client.fileno())
+
+
+def _relay_input(
+    client: socket.socket, pending: bytes, process: ProcessStream, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Client to the provider's stdin (its writes run on the loop, each awaited: backpressure), then as
+    :func:`_input`."""
+
+    def call(coroutine: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+    buffer = memoryview(bytearray(RELAY_CHUNK))
+    try:
+        if pending:
+            call(process.write(pending))
+        while got := client.recv_into(buffer):
+            call(process.write(buffer[:got]))
+        call(process.close_stdin())
+    except OSError:
+        return
+    except RackError:
+        pass  # the process's stdin is gone: its output and exit code tell the rest
+    rawstream.wait_hangup(client.fileno())
+
+
+class _Joined:
+    """The client's connection joined to the process's stdio: output and input, each on its own."""
+
+    def __init__(self, client: socket.socket, pending: bytes, process: ProcessStream) -> None:
+        self.client = client
+        self.stdio = process.take_stdio()
+        loop = asyncio.get_running_loop()
+        self.output: asyncio.Future[None]
+        if self.stdio is not None:
+            engine, stdio = self.stdio.sock, self.stdio
+            batch_reads(engine)
+            self.output = in_thread(lambda: _output(engine, client, stdio.pending), "raw-out")
+            self.input = in_thread(lambda: _input(client, engine, pending), "raw-in")
+        else:
+            self.output = asyncio.ensure_future(self._relay_output(process))
+            self.input = in_thread(lambda: _relay_input(client, pending, process, loop), "raw-in")
+
+    async def _relay_output(self, process: ProcessStream) -> None:
+        async for channel, data in process.output():
+            kind = rawstream.STDERR if channel == Channel.STDERR else rawstream.STDOUT
+            try:
+                await asyncio.to_thread(write_all, self.client.fileno(), rawstream.frame_header(kind, len(data)))
+                await asyncio.to_thread(write_all, self.client.fileno(), data)
+            except OSError:
+                raise ClientGone() from None
+
+    async def ended(self) -> bool:
+        """Wait until the process's output has ended (True) or the client has gone (False)."""
+        await asyncio.wait({self.output, self.input}, return_when=asyncio.FIRST_COMPLETED)
+        return self.output.done() and not self.output.cancelled() and self.output.exception() is None
+
+    async def close(self) -> None:
+        """Stop both sides (the client's socket shut down already) and close the engine's connection."""
+        if self.stdio is not None:
+            _shut(self.stdio.sock)  # an output thread still reading ends
+        elif not self.output.done():
+            self.output.cancel()
+        await asyncio.gather(asyncio.shield(self.output), asyncio.shield(self.input), return_exceptions=True)
+        if self.stdio is not None:
+            self.stdio.sock.close()
+
+
+async def serve(client: socket.socket, client_pending: bytes, process: ProcessStream) -> str:
+    """Serve an accepted raw stream of a started ``process`` to its end; the outcome, for the log. The client's
+    socket is closed, the process closed (ended if it still runs), whatever happens."""
+    outcome = "exit"
+    joined: _Joined | None = None
+    try:
+        await asyncio.to_thread(write_all, client.fileno(), rawstream.accepted())
+        joined = _Joined(client, client_pending, process)
+        if not await joined.ended():
+            outcome = "disconnect"
+            return outcome
+        try:
+            status = rawstream.status_frame(exit_code=await process.wait())
+        except RackError as exc:
+            outcome = "error"
+            status = rawstream.status_frame(error=exc.message)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(write_all, client.fileno(), status)
+        return outcome
+    except OSError:
+        outcome = "disconnect"
+        return outcome
+    finally:
+        _shut(client)  # the input side ends (its read, or its wait for the hang-up)
+        if joined is not None:
+            await joined.close()
+        client.close()
+        await asyncio.shield(process.close())
+        log.log("stream.end", outcome=outcome, raw="true")
+
+
+def taken(extension: Any) -> tuple[socket.socket, bytes]:
+    """The client's connection out of the server's hands (:mod:`shared.rawhttp`), in blocking mode, the
+    server's descriptor of it closed; and what the client sent after its request."""
+    fd, leftover = extension["hand"]()
+    extension["release"]()
+    extension["status"] = 101
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    batch_reads(sock)
+    with contextlib.suppress(OSError):  # room for the output the client has not read yet
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    return sock, leftover

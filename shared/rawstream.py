@@ -1,0 +1,77 @@
+"""The rack's raw stream protocol, ``v1.raw.rack``: a process's pipes as plain bytes on the connection itself,
+for bulk transfers over the rack's own unix socket (``convox exec`` with piped stdio).
+
+A websocket costs a copy of every byte at each end (frames are parsed into messages, a client's frames are
+masked) and those copies were the limit of ``convox exec`` (:mod:`bench`). This protocol has no framing of
+its own on the hot path, so each end can move bytes kernel to kernel (``splice``): the stream *is* the
+engine's own.
+
+The request is an HTTP/1.1 upgrade of a stream route (today ``GET /apps/{app}/processes/{pid}/exec`` with
+the same query as its websocket, ``tty`` false), with ``Connection: Upgrade``, ``Upgrade: v1.raw.rack`` and the
+rack's credentials; it is authenticated, authorised and routed like every request. A refusal is an HTTP error
+with ``{"error": ...}``, as for a websocket's handshake; an accepted stream is answered ``101`` once its process
+has started (a process that cannot start is an HTTP error too). From then on:
+
+- rack to client: frames of Docker's multiplexed stream, an 8-byte header (``[type, 0, 0, 0]`` and the
+  payload's length, 32-bit big-endian) then the payload: type 1 stdout, 2 stderr (3, the engine's own errors,
+  is stderr too); last, one frame of type :data:`STATUS` with the JSON ``{"exit_code": N}`` or
+  ``{"error": "..."}``, and the rack closes the connection. A stream that ends without it is an error.
+- client to rack: the process's stdin, as it is; the client's ``shutdown(SHUT_WR)`` is stdin's EOF (the
+  client still reads to the end). A client that closes the connection ends the process (its process tree is
+  killed), as a websocket's disconnect does.
+
+Served only over a unix socket: there a closed peer is told apart from a half-closed one (``POLLHUP``), so a
+client that goes away never leaves its process running, and there is no network between the two ends to keep
+alive (a websocket's pings have nothing to find). Over HTTPS and for a TTY the websocket stays the protocol.
+
+Nothing here imports more than the standard library: the CLI speaks it too.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+from collections.abc import Mapping
+
+RAW_PROTOCOL = "v1.raw.rack"
+"""The ``Upgrade`` token of a raw stream."""
+HEADER = 8
+"""A frame's header: its type, three zero bytes, the payload's length (32-bit big-endian)."""
+STDOUT, STDERR, ENGINE_ERROR = 1, 2, 3
+STATUS = 0x80
+"""The type of the last frame: the stream's status (a type Docker's stream never has)."""
+
+
+def frame_header(kind: int, size: int) -> bytes:
+    return bytes((kind, 0, 0, 0)) + size.to_bytes(4, "big")
+
+
+def status_frame(exit_code: int | None = None, error: str | None = None) -> bytes:
+    body: dict[str, object] = {}
+    if exit_code is not None:
+        body["exit_code"] = exit_code
+    if error is not None:
+        body["error"] = error
+    payload = json.dumps(body).encode()
+    return frame_header(STATUS, len(payload)) + payload
+
+
+def wants_raw(headers: Mapping[str, str]) -> bool:
+    """Whether a request's headers (looked up by lower-case names) ask for a raw stream."""
+    upgrade = (headers.get("upgrade") or "").strip().lower()
+    connection = {token.strip().lower() for token in (headers.get("connection") or "").split(",")}
+    return upgrade == RAW_PROTOCOL and "upgrade" in connection
+
+
+def accepted() -> bytes:
+    """The rack's answer that accepts a raw stream."""
+    return f"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {RAW_PROTOCOL}\r\n\r\n".encode()
+
+
+def wait_hangup(fd: int) -> None:
+    """Block until the peer of the unix socket ``fd`` has closed it altogether, or it is shut down on this
+    side (``POLLHUP`` either way: a peer that only shut its write side down does not raise it)."""
+    poller = select.poll()
+    poller.register(fd, 0)  # nothing asked for: only a hang-up or an error wakes it
+    while not poller.poll():
+        pass

@@ -1,0 +1,189 @@
+"""Raw streams (``v1.raw.rack``, shared/rawstream.py) end to end: the session's rack, a process on the real
+Docker Engine, the protocol spoken by hand over the rack's unix socket and `convox exec` with pipes (which
+uses it there). Nothing is simulated."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from shared import rawstream
+from tests.conftest import Cli, RunningRack
+
+
+@dataclass(frozen=True)
+class Target:
+    app: str
+    pid: str
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=False).stdout
+
+
+def runs(target: Target, marker: str) -> bool:
+    return marker in docker("top", target.pid, "-o", "pid,args")
+
+
+def eventually(check: Callable[[], bool], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def target(rack: RunningRack, busybox_image: str) -> Iterator[Target]:
+    """An app and a process of it: a container of the app's process type started on the engine."""
+    app = f"raw-{os.urandom(3).hex()}"
+    with rack.client() as client:
+        assert client.post("/apps", json={"name": app}).status_code == 201
+        container = docker(
+            "run", "-d", "--init", "--label", f"convox.rack={rack.name}", "--label", f"convox.app={app}",
+            "--label", "convox.type=web", busybox_image, "sleep", "3600",
+        ).strip()  # fmt: skip
+        try:
+            yield Target(app, container[:12])
+        finally:
+            client.delete(f"/apps/{app}")
+            docker("rm", "-f", container)
+
+
+def request(rack: RunningRack, path: str, query: list[tuple[str, str]], password: str | None = None) -> bytes:
+    token = base64.b64encode(f"convox:{rack.password if password is None else password}".encode()).decode()
+    return (
+        f"GET {path}?{urlencode(query)} HTTP/1.1\r\nHost: rack\r\nAuthorization: Basic {token}\r\n"
+        f"Connection: Upgrade\r\nUpgrade: {rawstream.RAW_PROTOCOL}\r\n\r\n"
+    ).encode()
+
+
+def open_raw(
+    rack: RunningRack,
+    target: Target,
+    command: list[str],
+    extra: list[tuple[str, str]] | None = None,
+    password: str | None = None,
+) -> tuple[socket.socket, int, bytes]:
+    """A raw stream's connection over the rack's socket: the socket, the answer's status, what followed its head."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(str(rack.data_dir / "rack.sock"))
+    query = [("command", word) for word in command] + (extra or [])
+    sock.sendall(request(rack, f"/apps/{target.app}/processes/{target.pid}/exec", query, password))
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before an answer: {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return sock, int(head.split(b" ")[1]), rest
+
+
+def frames(sock: socket.socket, data: bytes) -> list[tuple[int, bytes]]:
+    """Every frame until the rack closes the connection."""
+    while chunk := sock.recv(65536):
+        data += chunk
+    out = []
+    while data:
+        kind, size = data[0], int.from_bytes(data[4:8], "big")
+        out.append((kind, data[8 : 8 + size]))
+        data = data[8 + size :]
+    return out
+
+
+def refusal(sock: socket.socket, rest: bytes) -> str:
+    while chunk := sock.recv(65536):
+        rest += chunk
+    return str(json.loads(rest)["error"])
+
+
+def test_a_raw_exec_carries_the_engines_frames_and_ends_with_the_exit_status(rack: RunningRack, target: Target) -> None:
+    sock, status, rest = open_raw(rack, target, ["sh", "-c", "echo out; echo err >&2; exit 5"])
+    with sock:
+        assert status == 101
+        sock.shutdown(socket.SHUT_WR)  # no stdin
+        got = frames(sock, rest)
+    assert got[-1] == (rawstream.STATUS, b'{"exit_code": 5}')
+    assert b"".join(p for k, p in got if k == rawstream.STDOUT) == b"out\n"
+    assert b"".join(p for k, p in got if k == rawstream.STDERR) == b"err\n"
+
+
+def test_convox_exec_with_pipes_moves_bytes_both_ways_intact_over_a_raw_stream(
+    cli: Cli, rack: RunningRack, target: Target
+) -> None:
+    cli.env["CONVOX_HOST"] = rack.local_url
+    data = os.urandom(8 << 20)
+    piped = subprocess.run(
+        [sys.executable, "-m", "cli.main", "exec", "--app", target.app, target.pid, "sh", "-c", "cat; echo done >&2"],
+        input=data,
+        capture_output=True,
+        env=cli.env,
+        timeout=120,
+    )
+    assert (piped.returncode, piped.stderr) == (0, b"done\n")
+    assert hashlib.sha256(piped.stdout).hexdigest() == hashlib.sha256(data).hexdigest()
+    log = rack.log.read_text(errors="replace")
+    assert "at=stream.end" in log and "raw=true" in log  # it was a raw stream, not the websocket
+
+
+def test_a_raw_stream_goes_on_after_stdins_eof_until_the_process_ends(rack: RunningRack, target: Target) -> None:
+    sock, status, rest = open_raw(rack, target, ["sh", "-c", "cat > /dev/null; sleep 0.3; echo after-eof"])
+    with sock:
+        assert status == 101
+        sock.sendall(b"some input\n")
+        sock.shutdown(socket.SHUT_WR)  # stdin's EOF: the process goes on, so does its output
+        got = frames(sock, rest)
+    assert got == [(rawstream.STDOUT, b"after-eof\n"), (rawstream.STATUS, b'{"exit_code": 0}')]
+
+
+def test_a_raw_client_that_closes_ends_its_process(rack: RunningRack, target: Target) -> None:
+    for half_closed_first in (False, True):
+        marker = "sleep 4545" if half_closed_first else "sleep 4646"
+        sock, status, _ = open_raw(rack, target, marker.split())
+        assert status == 101
+        eventually(functools.partial(runs, target, marker))
+        if half_closed_first:  # stdin's EOF is not a goodbye: the process runs on
+            sock.shutdown(socket.SHUT_WR)
+            time.sleep(0.5)
+            assert runs(target, marker)
+        sock.close()
+        eventually(lambda: not runs(target, marker))  # noqa: B023 - called before the loop goes on
+
+
+def test_a_raw_stream_is_refused_with_a_clear_error_and_nothing_started(rack: RunningRack, target: Target) -> None:
+    for command, extra, password, code, message in (
+        (["ls"], [("tty", "true")], None, 400, "a raw stream has no terminal"),
+        ([], [], None, 400, "no command"),
+        (["ls"], [], "wrong", 401, "invalid password"),
+    ):
+        sock, status, rest = open_raw(rack, target, command, extra, password=password)
+        with sock:
+            assert status == code
+            assert message in refusal(sock, rest)
+    sock, status, rest = open_raw(rack, Target(target.app, "0123456789ab"), ["ls"])
+    with sock:
+        assert (status, refusal(sock, rest)) == (404, "no such process: 0123456789ab")
+    # over HTTPS there is no socket to hand over: a 400 that says where raw streams are served
+    refused = httpx.get(
+        f"{rack.url}/apps/{target.app}/processes/{target.pid}/exec",
+        params={"command": "ls"},
+        headers={"Connection": "Upgrade", "Upgrade": rawstream.RAW_PROTOCOL},
+        auth=("convox", rack.password),
+        verify=rack.verify,
+    )
+    assert refused.status_code == 400
+    assert "unix socket only" in refused.json()["error"]

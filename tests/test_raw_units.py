@@ -1,0 +1,277 @@
+"""The raw stream's parts without an engine: the kernel pump (shared/splice.py), the hang-up watch
+(shared/rawstream.py), the CLI's frame reader (cli/rawexec.py) and the service's session
+(services/processes/raw.py). Sockets, pipes and threads are real; where a test needs a process, the
+ProcessStream is a test double (named so below), and where it needs the engine's connection, the test
+plays the engine on the other end of a socket pair: each test says which."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cli.rawexec import _receive
+from services.processes import raw
+from shared import rawstream
+from shared.splice import Pump, batch_reads
+from shared.stream import Channel, Stdio, Terminal
+
+
+def read_all(fd: int) -> bytes:
+    out = b""
+    while chunk := os.read(fd, 1 << 20):
+        out += chunk
+    return out
+
+
+def pump_all(src: int, dst: int) -> int:
+    pump = Pump(src, dst)
+    try:
+        total = 0
+        while moved := pump.move():
+            total += moved
+        return total
+    finally:
+        pump.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_the_pump_moves_every_byte_between_two_sockets_through_its_pipe() -> None:
+    data = os.urandom(3 << 20)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    with a, b, c, d:
+        batch_reads(b)
+
+        def write() -> None:
+            a.sendall(data)
+            a.shutdown(socket.SHUT_WR)
+
+        writer = threading.Thread(target=write)
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(read_all(d.fileno())))
+        writer.start()
+        reader.start()
+        assert pump_all(b.fileno(), c.fileno()) == len(data)
+        c.shutdown(socket.SHUT_WR)
+        writer.join()
+        reader.join()
+    assert got == [data]
+
+
+def test_the_pump_reads_what_cannot_be_spliced_and_writes_to_a_pipe() -> None:
+    null = os.open(os.devnull, os.O_RDONLY)  # /dev/null cannot be spliced from: read instead (EOF at once)
+    read, write = os.pipe()
+    try:
+        assert pump_all(null, write) == 0
+        os.write(write, b"through a pipe")
+        os.close(write)
+        a, b = socket.socketpair()
+        with a, b:
+            assert pump_all(read, a.fileno()) == len(b"through a pipe")  # a pipe's side is spliced directly
+            a.shutdown(socket.SHUT_WR)
+            assert read_all(b.fileno()) == b"through a pipe"
+    finally:
+        os.close(null)
+        os.close(read)
+
+
+def test_a_hangup_is_a_closed_peer_not_a_half_closed_one(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    watch = threading.Thread(target=rawstream.wait_hangup, args=(a.fileno(),))
+    watch.start()
+    b.shutdown(socket.SHUT_WR)  # stdin's EOF
+    watch.join(0.3)
+    assert watch.is_alive()
+    b.close()  # gone
+    watch.join(5)
+    assert not watch.is_alive()
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    return rawstream.frame_header(kind, len(payload)) + payload
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    parts=st.lists(st.tuples(st.sampled_from([1, 2, 3]), st.binary(max_size=3000)), max_size=12),
+    cuts=st.lists(st.integers(min_value=1, max_value=4000), min_size=1, max_size=30),
+    first=st.integers(min_value=0, max_value=40),
+)
+def test_the_cli_writes_each_frame_to_its_output_however_the_stream_is_cut(
+    parts: list[tuple[int, bytes]], cuts: list[int], first: int
+) -> None:
+    stream = b"".join(frame(k, p) for k, p in parts) + rawstream.status_frame(exit_code=3)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    a, b = socket.socketpair()
+    with a, b:
+
+        def send() -> None:
+            rest = stream[first:]
+            for cut in cuts * 100:
+                if not rest:
+                    break
+                a.sendall(rest[:cut])
+                rest = rest[cut:]
+            a.close()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        outputs: dict[int, bytes] = {}
+        readers = [
+            threading.Thread(target=lambda fd=fd: outputs.__setitem__(fd, read_all(fd))) for fd in (out_r, err_r)
+        ]
+        for reader in readers:
+            reader.start()
+        status = _receive(b, stream[:first], out=out_w, err=err_w)
+        os.close(out_w)
+        os.close(err_w)
+        for reader in readers:
+            reader.join()
+        sender.join()
+    os.close(out_r)
+    os.close(err_r)
+    assert json.loads(status or b"") == {"exit_code": 3}
+    assert outputs[out_r] == b"".join(p for k, p in parts if k == 1)
+    assert outputs[err_r] == b"".join(p for k, p in parts if k in (2, 3))
+
+
+def test_the_cli_sees_a_stream_without_a_status(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    a.sendall(frame(1, b"partial"))
+    a.close()
+    out_r, out_w = os.pipe()
+    try:
+        assert _receive(b, b"", out=out_w, err=out_w) is None
+        os.close(out_w)
+        assert read_all(out_r) == b"partial"
+    finally:
+        os.close(out_r)
+
+
+class ProcessDouble:
+    """A test double of a provider's ProcessStream: an echo process whose stdio is either relayed through
+    output()/write() (``engine`` None) or the engine's connection, played by the test (``engine`` set)."""
+
+    def __init__(self, engine: socket.socket | None = None, pending: bytes = b"", code: int = 0) -> None:
+        self.engine = engine
+        self.pending = pending
+        self.code = code
+        self.stdin = asyncio.Queue[bytes | None]()
+        self.closed = 0
+
+    async def start(self, terminal: Terminal) -> None:
+        pass
+
+    async def output(self) -> AsyncIterator[tuple[Channel, bytes | memoryview]]:
+        yield Channel.STDERR, b"starting\n"
+        while (data := await self.stdin.get()) is not None:
+            yield Channel.STDOUT, data
+
+    async def write(self, data: bytes | memoryview) -> None:
+        await self.stdin.put(bytes(data))
+
+    async def close_stdin(self) -> None:
+        await self.stdin.put(None)
+
+    async def resize(self, width: int, height: int) -> None:
+        pass
+
+    async def wait(self) -> int:
+        return self.code
+
+    def take_stdio(self) -> Stdio | None:
+        if self.engine is None:
+            return None
+        self.engine.setblocking(True)
+        return Stdio(self.engine, self.pending)
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def session(
+    process: ProcessDouble, stdin: bytes, pending: bytes = b""
+) -> tuple[str, list[tuple[int, bytes]], socket.socket]:
+    """Serve a raw stream to a client that sends ``stdin`` (``pending`` as if read with its request), then
+    shuts its write side and reads to the end: the outcome and the frames it got."""
+    client, served = socket.socketpair()
+    served.setblocking(True)
+
+    def talk() -> bytes:
+        client.sendall(stdin)
+        client.shutdown(socket.SHUT_WR)
+        return read_all(client.fileno())
+
+    talking = asyncio.get_running_loop().run_in_executor(None, talk)
+    outcome = await raw.serve(served, pending, process)
+    data = await talking
+    head, _, data = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    frames = []
+    while data:
+        size = int.from_bytes(data[4:8], "big")
+        frames.append((data[0], data[8 : 8 + size]))
+        data = data[8 + size :]
+    return outcome, frames, client
+
+
+async def test_a_relayed_raw_stream_frames_the_providers_output_and_ends_with_its_status() -> None:
+    process = ProcessDouble(code=4)  # the double has no engine connection: the service relays through it
+    outcome, frames, client = await session(process, b"hello ", pending=b"early ")
+    client.close()
+    assert outcome == "exit"
+    assert frames[0] == (rawstream.STDERR, b"starting\n")
+    assert b"".join(p for k, p in frames if k == rawstream.STDOUT) == b"early hello "
+    assert frames[-1] == (rawstream.STATUS, b'{"exit_code": 4}')
+    assert process.closed == 1
+
+
+async def test_a_spliced_raw_stream_passes_the_engines_bytes_both_ways_and_shuts_its_stdin() -> None:
+    engine, played = socket.socketpair()  # the test plays the engine on `played`: frames out, stdin in
+    engine_out = frame(1, b"from the engine\n")
+
+    def play() -> bytes:
+        played.sendall(engine_out[5:])
+        got = read_all(played.fileno())  # stdin, until the service shuts its side (the client's EOF)
+        played.close()  # the process ends: the engine's stream ends
+        return got
+
+    playing = asyncio.get_running_loop().run_in_executor(None, play)
+    process = ProcessDouble(engine, pending=engine_out[:5], code=0)
+    outcome, frames, client = await session(process, b"to stdin", pending=b"first, ")
+    client.close()
+    assert await playing == b"first, to stdin"
+    assert outcome == "exit"
+    assert frames == [(1, b"from the engine\n"), (rawstream.STATUS, b'{"exit_code": 0}')]
+    assert process.closed == 1
+    assert engine.fileno() == -1  # the service closed the engine's connection it took
+
+
+async def test_a_raw_client_that_goes_away_ends_the_session_and_closes_the_process() -> None:
+    engine, played = socket.socketpair()  # the test plays an engine whose process never ends
+    client, served = socket.socketpair()
+    served.setblocking(True)
+    process = ProcessDouble(engine)
+    serving = asyncio.ensure_future(raw.serve(served, b"", process))
+    await asyncio.sleep(0.1)
+    assert not serving.done()
+    client.close()  # the client goes: POLLHUP on the service's side
+    assert await asyncio.wait_for(serving, 5) == "disconnect"
+    assert process.closed == 1
+    played.close()
