@@ -48,29 +48,57 @@ def _connect(rack: Rack) -> socket.socket:
     return sock
 
 
-def _answer(sock: socket.socket, rack: Rack) -> bytes:
-    """Read the rack's answer to the upgrade: what followed a ``101``'s head, or the refusal as an error."""
+def _recv(sock: socket.socket, fds: list[int]) -> bytes:
+    """One read that also takes the descriptors riding on it (the engine's connection, when passed)."""
+    data, received, _, _ = socket.recv_fds(sock, HEAD_LIMIT, 1)
+    fds.extend(received)
+    return data
+
+
+def _answer(sock: socket.socket, rack: Rack) -> tuple[bytes, socket.socket | None]:
+    """Read the rack's answer to the upgrade: what followed a ``101``'s head and, when the rack passed it,
+    the engine's connection with what the rack had read of it put back in front; or the refusal, raised."""
     from cli.stream import StreamUnavailable, refusal
 
-    data = b""
-    while (mark := data.find(b"\r\n\r\n")) < 0:
-        chunk = sock.recv(HEAD_LIMIT)
-        if not chunk or len(data) > HEAD_LIMIT:
-            raise StreamUnavailable(f"the rack at {rack.host} ended the stream before answering")
-        data += chunk
-    lines = data[:mark].decode("latin-1").split("\r\n")
+    data, fds = b"", list[int]()
     try:
-        status = int(lines[0].split(" ", 2)[1])
-    except (IndexError, ValueError):
-        raise StreamUnavailable(f"the rack at {rack.host} answered something else than HTTP") from None
-    rest = data[mark + 4 :]
-    if status == 101:
-        return rest
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length") or 0) if (headers.get("content-length") or "0").isdigit() else 0
-    while len(rest) < min(length, HEAD_LIMIT) and (chunk := sock.recv(HEAD_LIMIT)):
-        rest += chunk
-    raise refusal(status, rest[:length], rack.host)
+        while (mark := data.find(b"\r\n\r\n")) < 0:
+            chunk = _recv(sock, fds)
+            if not chunk or len(data) > HEAD_LIMIT:
+                raise StreamUnavailable(f"the rack at {rack.host} ended the stream before answering")
+            data += chunk
+        lines = data[:mark].decode("latin-1").split("\r\n")
+        try:
+            status = int(lines[0].split(" ", 2)[1])
+        except (IndexError, ValueError):
+            raise StreamUnavailable(f"the rack at {rack.host} answered something else than HTTP") from None
+        rest = data[mark + 4 :]
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        if status != 101:
+            size = headers.get("content-length") or "0"
+            length = int(size) if size.isdigit() else 0
+            while len(rest) < min(length, HEAD_LIMIT) and (chunk := sock.recv(HEAD_LIMIT)):
+                rest += chunk
+            raise refusal(status, rest[:length], rack.host)
+        if headers.get(rawstream.STDIO.lower()) != rawstream.PASSED:
+            return rest, None
+        while len(rest) < 4 or len(rest) < 4 + int.from_bytes(rest[:4], "big") or not fds:
+            chunk = _recv(sock, fds)
+            if not chunk:
+                raise StreamUnavailable(f"the rack at {rack.host} ended the stream before passing it")
+            rest += chunk
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    for extra in fds[1:]:
+        os.close(extra)
+    length = int.from_bytes(rest[:4], "big")
+    engine = socket.socket(fileno=fds[0])
+    if rest[4 + length :]:  # nothing follows it: the status comes once the client has read the stream
+        engine.close()
+        raise StreamUnavailable(f"the rack at {rack.host} sent more than the stream it passed")
+    return rest[4 : 4 + length], engine
 
 
 def _feed(sock: socket.socket) -> None:
@@ -85,6 +113,17 @@ def _feed(sock: socket.socket) -> None:
         pump.close()
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
+
+
+def _watch(sock: socket.socket, engine: socket.socket, read: threading.Event) -> None:
+    """While the engine's stream is read: the rack sends nothing on its own connection until asked, so anything
+    there (its close: the processes service went away) ends the stream; it is then without a status."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.poll()
+    if not read.is_set():
+        with contextlib.suppress(OSError):
+            engine.shutdown(socket.SHUT_RDWR)
 
 
 def _write(fd: int, views: list[memoryview]) -> None:
@@ -162,18 +201,27 @@ def exec_raw(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> int:
     target = path + (f"?{urlencode(list(query))}" if query else "")
     request = (
         f"GET {target} HTTP/1.1\r\nHost: rack\r\nAuthorization: Basic {token}\r\n"
-        f"Connection: Upgrade\r\nUpgrade: {rawstream.RAW_PROTOCOL}\r\n\r\n"
+        f"Connection: Upgrade\r\nUpgrade: {rawstream.RAW_PROTOCOL}\r\n{rawstream.STDIO}: {rawstream.PASS}\r\n\r\n"
     )
     sock = _connect(rack)
     with sock:
         sock.sendall(request.encode())
-        first = _answer(sock, rack)
-        batch_reads(sock)
-        threading.Thread(target=_feed, args=(sock,), name="stdin", daemon=True).start()
-        try:
-            payload = _receive(sock, first)
-        except BrokenPipeError:
-            raise Ended(141) from None
+        first, engine = _answer(sock, rack)
+        stdio = engine if engine is not None else sock
+        with engine if engine is not None else contextlib.nullcontext():
+            batch_reads(stdio)
+            threading.Thread(target=_feed, args=(stdio,), name="stdin", daemon=True).start()
+            read = threading.Event()
+            if engine is not None:
+                threading.Thread(target=_watch, args=(sock, engine, read), name="rack", daemon=True).start()
+            try:
+                payload = _receive(stdio, first)
+                read.set()
+                if engine is not None and payload is None:  # the engine's stream is over: the status is the rack's
+                    sock.shutdown(socket.SHUT_WR)
+                    payload = _receive(sock, b"")
+            except BrokenPipeError:
+                raise Ended(141) from None
     if payload is None:
         raise CliError("the stream ended without an exit status (the connection was lost)")
     status = parse_status(payload)

@@ -20,6 +20,16 @@ has started (a process that cannot start is an HTTP error too). From then on:
   client still reads to the end). A client that closes the connection ends the process (its process tree is
   killed), as a websocket's disconnect does.
 
+On this host the client may ask for more (``Rack-Stdio: pass``): the engine's connection itself. Then the
+``101`` answer says ``Rack-Stdio: passed`` and is followed by one message whose first byte carries the
+connection's descriptor (``SCM_RIGHTS``): a 4-byte big-endian length, then what the rack had read of it. The
+client reads the engine's frames (as above, without a status) from that connection and writes stdin to it
+(its ``shutdown(SHUT_WR)`` is stdin's EOF). Once it has read that stream to its end, it shuts its write side
+of the rack's connection; the status frame comes on it, then the rack closes it. Its close, as before, ends
+the process. No byte of the stream then passes through the rack: it authenticated, authorised and started the
+process, and gave the client a connection that carries that process's stdio and nothing else (the engine
+answers no request on a connection it has handed to a process).
+
 Served only over a unix socket: there a closed peer is told apart from a half-closed one (``POLLHUP``), so a
 client that goes away never leaves its process running, and there is no network between the two ends to keep
 alive (a websocket's pings have nothing to find). Over HTTPS and for a TTY the websocket stays the protocol.
@@ -40,6 +50,9 @@ HEADER = 8
 STDOUT, STDERR, ENGINE_ERROR = 1, 2, 3
 STATUS = 0x80
 """The type of the last frame: the stream's status (a type Docker's stream never has)."""
+STDIO, PASS, PASSED = "Rack-Stdio", "pass", "passed"
+"""The request header (``Rack-Stdio: pass``) that asks for the engine's connection itself, and the answer's
+(``Rack-Stdio: passed``) when it is given."""
 
 
 def frame_header(kind: int, size: int) -> bytes:
@@ -63,9 +76,12 @@ def wants_raw(headers: Mapping[str, str]) -> bool:
     return upgrade == RAW_PROTOCOL and "upgrade" in connection
 
 
-def accepted() -> bytes:
-    """The rack's answer that accepts a raw stream."""
-    return f"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {RAW_PROTOCOL}\r\n\r\n".encode()
+def accepted(passed: bool = False) -> bytes:
+    """The rack's answer that accepts a raw stream (``passed``: with the engine's connection, :data:`STDIO`)."""
+    extra = f"{STDIO}: {PASSED}\r\n" if passed else ""
+    return (
+        f"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {RAW_PROTOCOL}\r\n{extra}\r\n"
+    ).encode()
 
 
 def wait_hangup(fd: int) -> None:

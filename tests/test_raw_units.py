@@ -275,3 +275,39 @@ async def test_a_raw_client_that_goes_away_ends_the_session_and_closes_the_proce
     assert await asyncio.wait_for(serving, 5) == "disconnect"
     assert process.closed == 1
     played.close()
+
+
+async def test_a_passed_raw_stream_gives_the_client_the_engines_connection_and_then_the_status() -> None:
+    engine, played = socket.socketpair()  # the test plays the engine on `played`
+    process = ProcessDouble(engine, pending=b"\x01\0\0\0", code=9)
+    client, served = socket.socketpair()
+    served.setblocking(True)
+    serving = asyncio.ensure_future(raw.serve(served, b"", process, pass_stdio=True))
+
+    def talk() -> tuple[bytes, bytes, bytes]:
+        data, fds = b"", list[int]()
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 8 or not fds:
+            chunk, got, _, _ = socket.recv_fds(client, 65536, 1)
+            data += chunk
+            fds += got
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert b"Rack-Stdio: passed" in head
+        size = int.from_bytes(rest[:4], "big")
+        passed = socket.socket(fileno=fds[0])
+        with passed:  # the engine's connection itself: stdin goes there, and its EOF
+            passed.sendall(b"stdin")
+            passed.shutdown(socket.SHUT_WR)
+            played.sendall(b"\0\0\0\x02ok")  # the rest of the engine's frame (its first bytes were pending)
+            played.shutdown(socket.SHUT_WR)
+            out = rest[4 : 4 + size] + read_all(passed.fileno())
+        stdin = read_all(played.fileno())
+        client.shutdown(socket.SHUT_WR)  # read to the end: the status, please
+        return out, stdin, read_all(client.fileno())
+
+    out, stdin, status = await asyncio.get_running_loop().run_in_executor(None, talk)
+    assert await asyncio.wait_for(serving, 5) == "exit"
+    assert (out, stdin) == (frame(1, b"ok"), b"stdin")
+    assert status == rawstream.status_frame(exit_code=9)
+    assert process.closed == 1
+    client.close()
+    played.close()

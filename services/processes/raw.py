@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import threading
 from collections.abc import Callable, Coroutine
@@ -26,7 +27,7 @@ from shared import rawstream
 from shared.errors import RackError
 from shared.logfmt import Logger
 from shared.splice import Broken, Pump, batch_reads, write_all
-from shared.stream import Channel, ProcessStream
+from shared.stream import Channel, ProcessStream, Stdio
 
 log = Logger("processes")
 T = TypeVar("T")
@@ -131,12 +132,62 @@ def _relay_input(
     rawstream.wait_hangup(client.fileno())
 
 
+def _output_ended(client: socket.socket) -> bool:
+    """Wait until the client shuts its write side (True: it read the engine's stream to its end) or goes
+    altogether (False)."""
+    poller = select.poll()
+    poller.register(client.fileno(), select.POLLIN)
+    while True:
+        for _, events in poller.poll():
+            if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                return False
+            try:
+                if not client.recv(1 << 16, socket.MSG_DONTWAIT):
+                    return True
+            except BlockingIOError:
+                pass
+            except OSError:
+                return False
+
+
+class _Passed:
+    """The engine's connection given to the client itself (it asked for it, ``Rack-Stdio: pass``): one message
+    carries its descriptor (``SCM_RIGHTS``) and what was read of it already (a 4-byte length, then the bytes);
+    from then on the client reads the process's output from the engine and writes its stdin there, and no byte
+    of it passes through the rack. The client's ``shutdown(SHUT_WR)`` of its own connection says it has read
+    the output to its end; the status frame follows on that connection. Its close ends the process."""
+
+    def __init__(self, client: socket.socket, pending: bytes, stdio: Stdio) -> None:
+        self.client = client
+        self.stdio = stdio
+        self.waiting = in_thread(lambda: self._hand(pending), "raw-passed")
+
+    def _hand(self, pending: bytes) -> bool:
+        engine = self.stdio.sock
+        try:
+            write_all(engine.fileno(), pending)  # stdin the client sent with its request
+            message = len(self.stdio.pending).to_bytes(4, "big") + self.stdio.pending
+            sent = socket.send_fds(self.client, [message], [engine.fileno()])
+            write_all(self.client.fileno(), memoryview(message)[sent:])
+        except OSError:
+            return False
+        finally:
+            engine.close()  # the client's now
+        return _output_ended(self.client)
+
+    async def ended(self) -> bool:
+        return await self.waiting
+
+    async def close(self) -> None:
+        await asyncio.gather(asyncio.shield(self.waiting), return_exceptions=True)
+
+
 class _Joined:
     """The client's connection joined to the process's stdio: output and input, each on its own."""
 
-    def __init__(self, client: socket.socket, pending: bytes, process: ProcessStream) -> None:
+    def __init__(self, client: socket.socket, pending: bytes, process: ProcessStream, stdio: Stdio | None) -> None:
         self.client = client
-        self.stdio = process.take_stdio()
+        self.stdio = stdio
         loop = asyncio.get_running_loop()
         self.output: asyncio.Future[None]
         if self.stdio is not None:
@@ -173,14 +224,22 @@ class _Joined:
             self.stdio.sock.close()
 
 
-async def serve(client: socket.socket, client_pending: bytes, process: ProcessStream) -> str:
-    """Serve an accepted raw stream of a started ``process`` to its end; the outcome, for the log. The client's
-    socket is closed, the process closed (ended if it still runs), whatever happens."""
+async def serve(
+    client: socket.socket, client_pending: bytes, process: ProcessStream, pass_stdio: bool = False
+) -> str:
+    """Serve an accepted raw stream of a started ``process`` to its end (``pass_stdio``: the client asked for
+    the engine's connection itself); the outcome, for the log. The client's socket is closed, the process
+    closed (ended if it still runs), whatever happens."""
     outcome = "exit"
-    joined: _Joined | None = None
+    joined: _Joined | _Passed | None = None
+    stdio = process.take_stdio()
+    passed = pass_stdio and stdio is not None
     try:
-        await asyncio.to_thread(write_all, client.fileno(), rawstream.accepted())
-        joined = _Joined(client, client_pending, process)
+        await asyncio.to_thread(write_all, client.fileno(), rawstream.accepted(passed=passed))
+        if passed and stdio is not None:
+            joined = _Passed(client, client_pending, stdio)
+        else:
+            joined = _Joined(client, client_pending, process, stdio)
         if not await joined.ended():
             outcome = "disconnect"
             return outcome
@@ -201,7 +260,7 @@ async def serve(client: socket.socket, client_pending: bytes, process: ProcessSt
             await joined.close()
         client.close()
         await asyncio.shield(process.close())
-        log.log("stream.end", outcome=outcome, raw="true")
+        log.log("stream.end", outcome=outcome, raw="true", passed=str(passed).lower())
 
 
 def taken(extension: Any) -> tuple[socket.socket, bytes]:

@@ -202,7 +202,7 @@ async def process_exec(
         except BaseException:
             await asyncio.shield(process.close())
             raise
-        await raw.serve(client, pending, process)
+        await raw.serve(client, pending, process, pass_stdio=request.headers.get(rawstream.STDIO) == rawstream.PASS)
     finally:
         slots.give()
     return Response(status_code=101)  # not written: the connection is the stream's
