@@ -23,9 +23,11 @@ import struct
 
 CHUNK = 1 << 20
 """The most moved by one call; the pipe between two descriptors holds as much."""
-BATCH = 256 << 10
+BATCH = 128 << 10
 BATCH_WAIT = 0.002
-"""A socket's reads (and splices from it) wait this long for BATCH bytes to be there (:func:`batch_reads`)."""
+"""A socket's reads (and splices from it) wait this long for BATCH bytes to be there (:func:`batch_reads`).
+Less than a peer's default send buffer (``net.core.wmem_default``, 208 KiB: the most a unix socket's sender
+has in flight), or every read would wait it out."""
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 

@@ -51,6 +51,7 @@ async def served(tmp_path: Path, busybox_image: str, api_engine: str) -> AsyncIt
             "INSERT INTO events (app, time, service, release, pid, message) VALUES (?, ?, ?, ?, ?, ?)",
             ("myapp", before, "web", "", "", "one, from before"),
         )
+        provider.bell.ring()  # as every writer of events does: the collector reads the table at once
         options = ProcessRunOptions(service="web", command=["echo", "one"], image=busybox_image)
         process = await provider.processes.run("myapp", options)
         await provider.logs.event("myapp", "release promoted", release=RELEASE)

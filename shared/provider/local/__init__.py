@@ -64,7 +64,10 @@ class LocalProvider:
         self.apps.rollouts.bell = self.bell
         self.promotions = Promotions(self.state, self.formation, self.bell)
         self.releases.promotions = self.promotions
-        self.timers = LocalTimers(self.docker, self.apps, self.releases, self.processes, Events(self.state))
+        self.formation.events.bell = self.bell
+        timer_events = Events(self.state)
+        timer_events.bell = self.bell
+        self.timers = LocalTimers(self.docker, self.apps, self.releases, self.processes, timer_events)
         self.apps.on_delete.append(self.timers.forget)
         self.params = LocalParams(self.state)
         self.resources = LocalResources(
@@ -87,6 +90,7 @@ class LocalProvider:
         self.apps.after_delete.append(self.formation.volumes.forget)
         self.apps.after_delete.append(self.certificates.forget)
         self.logs = LocalLogs(self.state, self.docker, self.apps, settings.name, settings.data_dir)
+        self.logs.bell = self.logs.events.bell = self.bell
 
     async def workers(self, started: Callable[[], None] | None = None) -> None:
         """The rack's background work (see :meth:`shared.provider.contract.Provider.workers`), run by the logs

@@ -18,6 +18,7 @@ from __future__ import annotations
 from shared.logfmt import Logger
 from shared.logline import EVENT_SERVICE
 from shared.logstore.timestamps import now_ts, ts_to_ns
+from shared.provider.local.bell import Bell
 from shared.provider.local.state import State
 
 log = Logger("logs")
@@ -43,6 +44,8 @@ class Events:
 
     def __init__(self, state: State) -> None:
         self.state = state
+        self.bell: Bell | None = None
+        """Rung once an event is written: the log collector reads it at once instead of at its next poll."""
 
     async def emit(
         self, app: str, message: str, *, release: str = "", pid: str = "", service: str = EVENT_SERVICE
@@ -54,6 +57,9 @@ class Events:
             )
         except Exception as exc:
             log.error("event.emit", app=app, error=type(exc).__name__)
+            return
+        if self.bell is not None:
+            self.bell.ring()
 
 
 # ---- how events read -------------------------------------------------------------------------------------

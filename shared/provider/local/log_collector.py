@@ -27,6 +27,7 @@ from shared.logstore.timestamps import ts_from_datetime
 from shared.models import invalid_app_name
 from shared.names import is_app_name, under
 from shared.provider.local.apps import LocalApps
+from shared.provider.local.bell import Bell
 from shared.provider.local.docker import LABEL_APP, LABEL_RACK, Docker
 from shared.provider.local.events import Events
 from shared.provider.local.receipts import Receipts
@@ -60,6 +61,8 @@ class LogCollector:
         self.apps = apps
         self.rack = rack
         self.events = Events(state)
+        self.bell: Bell | None = None
+        """Rung when an event is written (:class:`Events`): the events' tail waits for it between reads."""
         self.receipts = Receipts(state)
         self.root = data_dir / "logs"
         self.apps_dir = self.root / "apps"

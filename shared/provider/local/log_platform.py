@@ -21,6 +21,10 @@ log = Logger("logs")
 BUILD_SERVICE = "build"
 EVENT_WRITE_SLACK = 0.1
 """Seconds between an event's timestamp and its row being committed, at most (what the events' reader allows)."""
+EVENTS_IDLE = 2.0
+"""Seconds between two reads of the events table when no ring says there is something new."""
+BUILDS_IDLE = 1.0
+"""Seconds between two looks at the builds when none is going on (a new one is seen within that)."""
 BUILD_CATCH_UP = 600.0
 """A build that ended this long before the collector first saw it is not copied into the app's log."""
 
@@ -38,6 +42,7 @@ class PlatformLogs(LogCollector):
     async def _tail_events(self) -> None:
         last = 0
         while True:
+            rung = self.bell.rung if self.bell is not None else 0
             polled = ts_from_ns(time.time_ns() - int(EVENT_WRITE_SLACK * 1e9))
             try:
                 rows = await self.state.fetch_all(
@@ -61,19 +66,31 @@ class PlatformLogs(LogCollector):
                 self.events_read_to = polled
                 self.to_flush.update(applog for applog in self.logs.values() if applog.held)
                 self._wake.set()
-                await asyncio.sleep(self.limits.poll_interval)
+                await self._until_rung(rung)
+
+    async def _until_rung(self, rung: int) -> None:
+        """Until an event may have been written: the bell rang since ``rung`` (then a moment, for the other
+        events of the same change), or :data:`EVENTS_IDLE` passed (a ring can go unheard); without a bell,
+        the poll interval."""
+        if self.bell is None:
+            await asyncio.sleep(self.limits.poll_interval)
+            return
+        await self.bell.wait(rung, EVENTS_IDLE)
+        await asyncio.sleep(min(self.limits.poll_interval, EVENT_WRITE_SLACK))
 
     async def _tail_builds(self) -> None:
         done: set[str] = set()
         started = time.time()
         while True:
+            active = True
             try:
-                await self._builds_once(done, started)
+                active = await self._builds_once(done, started)
             except Exception as exc:
                 log.error("builds.read", error=type(exc).__name__)
-            await asyncio.sleep(self.limits.poll_interval * 2)
+            await asyncio.sleep(self.limits.poll_interval * 2 if active else BUILDS_IDLE)
 
-    async def _builds_once(self, done: set[str], started: float) -> None:
+    async def _builds_once(self, done: set[str], started: float) -> bool:
+        """Copy what the builds wrote since the last time; whether one is still going on."""
         cutoff = (datetime.now(UTC) - timedelta(seconds=self.limits.max_age)).isoformat()
         rows = await self.state.fetch_all(
             "SELECT id, app, status, release, ended FROM builds WHERE created >= ?", (cutoff,)
@@ -115,3 +132,4 @@ class PlatformLogs(LogCollector):
                 self._add(await self.applog(row["app"]), lines)
             if finished:
                 done.add(build)
+        return any(row["id"] not in done for row in rows)
