@@ -96,6 +96,24 @@ def test_deploy_builds_releases_and_serves_through_the_balancer(cli: Cli, web_ap
     assert releases[1].split()[:2] == [details["Release"], "active"]
 
 
+def test_a_deploy_over_the_racks_socket_loads_neither_httpx_nor_rich(
+    cli: Cli, rack: RunningRack, web_app: tuple[str, Path]
+) -> None:
+    app, source = web_app
+    cli.env.update(CONVOX_HOST=rack.local_url, PYTHONPROFILEIMPORTTIME="1")  # every import, on stderr
+    result = deploy(cli, app, source)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    assert "cli.unixhttp" in imported and not {"httpx", "rich"} & imported  # the standard library's client
+    uploaded = r"Uploading source\.\.\. \d+(\.\d)? (bytes|kB|MB) at \d+(\.\d)? [kMG]?B/s OK"
+    assert any(re.fullmatch(uploaded, line) for line in lines), lines
+    assert re.search(r"Promoting R[A-Z]{10}\.\.\. OK", result.stderr)
+    assert fetch(info(cli, app)["Balancer"]) == "v1\n"
+    missing = cli("apps", "info", "no-such-app")  # the rack's errors, as over HTTPS
+    assert (missing.returncode, missing.stderr.splitlines()[-1]) == (1, "ERROR: no such app: no-such-app")
+
+
 def test_scale_up_spreads_connections_and_scale_down_stops_processes(
     cli: Cli, rack: RunningRack, web_app: tuple[str, Path]
 ) -> None:
