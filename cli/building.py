@@ -191,7 +191,10 @@ CONNECT_FOR = 30.0
 
 def follow_logs(rack: Rack, app: str, build_id: str, out: BinaryIO) -> tuple[int | None, str | None]:
     """Write the build's output to ``out`` as it comes; returns its status (exit code, error).
-    A stream that ends without a status is an error."""
+    A stream that ends without a status is an error. Over the rack's own socket it is a raw stream
+    (:mod:`cli.rawexec`: no asyncio, no websocket library to load), elsewhere the websocket."""
+    if rack.uds:
+        return _follow_raw(rack, app, build_id, out)
     import asyncio
     import time
 
@@ -236,6 +239,30 @@ def follow_logs(rack: Rack, app: str, build_id: str, out: BinaryIO) -> tuple[int
     if ended is not None:
         return ended
     raise StreamEnded(f"the build log stream ended without a status; the build may go on ({hint})")
+
+
+def _follow_raw(rack: Rack, app: str, build_id: str, out: BinaryIO) -> tuple[int | None, str | None]:
+    from cli import rawexec, stream
+
+    hint = f"convox builds logs {build_id}"
+    deadline = time.monotonic() + CONNECT_FOR
+    while True:  # asked again for a while, as the websocket is (see follow_logs)
+        try:
+            sock, first, _ = rawexec.open_stream(rack, f"/apps/{app}/builds/{build_id}/logs", [])
+            break
+        except stream.StreamUnavailable:
+            if time.monotonic() > deadline:
+                raise StreamEnded(f"the build's log stream is unavailable; the build may go on ({hint})") from None
+            time.sleep(0.5)
+    out.flush()
+    with sock:
+        payload = rawexec.receive(sock, first, out=out.fileno(), err=out.fileno())
+    if payload is None:
+        raise StreamEnded(f"the build log stream ended without a status; the build may go on ({hint})")
+    status = stream.parse_status(payload)
+    if status is None:
+        raise CliError("build log stream: malformed status message")
+    return status.exit_code, status.error
 
 
 CHANNELS = frozenset((0, 1, 2, 3, 4, 255))

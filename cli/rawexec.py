@@ -193,20 +193,40 @@ def _receive(sock: socket.socket, first: bytes, out: int = STDOUT, err: int = ST
         have = rest + got
 
 
+def open_stream(
+    rack: Rack, path: str, query: Sequence[tuple[str, str]], pass_stdio: bool = False
+) -> tuple[socket.socket, bytes, socket.socket | None]:
+    """A raw stream of the route ``path``: the rack's connection, what came after its answer's head and, when
+    ``pass_stdio`` asked for it and the rack gave it, the engine's connection (the refusal, raised)."""
+    token = base64.b64encode(f"convox:{rack.password}".encode()).decode()
+    target = path + (f"?{urlencode(list(query))}" if query else "")
+    passing = f"{rawstream.STDIO}: {rawstream.PASS}\r\n" if pass_stdio else ""
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: rack\r\nAuthorization: Basic {token}\r\n"
+        f"Connection: Upgrade\r\nUpgrade: {rawstream.RAW_PROTOCOL}\r\n{passing}\r\n"
+    )
+    sock = _connect(rack)
+    try:
+        sock.sendall(request.encode())
+        first, engine = _answer(sock, rack)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, first, engine
+
+
+def receive(sock: socket.socket, first: bytes, out: int = STDOUT, err: int = STDERR) -> bytes | None:
+    """The output frames to ``out`` and ``err`` until the status frame: its payload (None without it)."""
+    batch_reads(sock)
+    return _receive(sock, first, out, err)
+
+
 def exec_raw(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> int:
     """Run ``convox exec`` with pipes as a raw stream; returns the remote exit code."""
     from cli.stream import Ended, parse_status
 
-    token = base64.b64encode(f"convox:{rack.password}".encode()).decode()
-    target = path + (f"?{urlencode(list(query))}" if query else "")
-    request = (
-        f"GET {target} HTTP/1.1\r\nHost: rack\r\nAuthorization: Basic {token}\r\n"
-        f"Connection: Upgrade\r\nUpgrade: {rawstream.RAW_PROTOCOL}\r\n{rawstream.STDIO}: {rawstream.PASS}\r\n\r\n"
-    )
-    sock = _connect(rack)
+    sock, first, engine = open_stream(rack, path, query, pass_stdio=True)
     with sock:
-        sock.sendall(request.encode())
-        first, engine = _answer(sock, rack)
         stdio = engine if engine is not None else sock
         with engine if engine is not None else contextlib.nullcontext():
             batch_reads(stdio)

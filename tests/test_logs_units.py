@@ -490,3 +490,17 @@ def test_a_resumed_stream_skips_exactly_what_was_printed() -> None:
     late = b"2026-01-02T03:04:05.000001Z convox:R late event\n"
     printer.feed(a + late + a + b + b"2026-01-02T03:04:06.000000Z web:R/a new\n")
     assert out.getvalue() == a + a + b + late + b"2026-01-02T03:04:06.000000Z web:R/a new\n"
+
+
+def test_a_follow_knows_the_lines_the_engine_sends_again_and_takes_slightly_older_new_ones() -> None:
+    from shared.provider.local.log_containers import Recent
+
+    recent = Recent()
+    stamps = [f"2026-12-03T07:00:{n // 1000:02d}.{n % 1000:03d}000000Z" for n in range(3000)]
+    assert not any(recent.again(ts, b"line %d" % n) for n, ts in enumerate(stamps))
+    # a rotation: the Engine goes back and sends its last thousand lines again
+    assert all(recent.again(ts, b"line %d" % n) for n, ts in enumerate(stamps) if n >= 2000)
+    # stderr read a moment before stdout's newest line: older, yet new
+    assert not recent.again(stamps[2990], b"an error")
+    assert recent.again(stamps[2990], b"an error")  # and that one, sent again, is known
+    assert not recent.again(stamps[5], b"line 5 but different")

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import cast
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.websockets import WebSocketDisconnect
 
 from services.builds.settings import BuildsSettings
-from shared import stream
+from shared import rawstream, stream
 from shared.archive import extract, read_chunks, receive, remove_tree, resolve_inside
 from shared.config import RackSettings
 from shared.errors import BadRequest, NotFound, RackError, TooManyRequests, Unauthorized
@@ -33,6 +33,8 @@ from shared.models import Build, BuildOptions, BuildReport
 from shared.params import app_path, id_path
 from shared.provider import Provider
 from shared.provider.contract import BuildReportsAPI
+from shared.rawhttp import RAW
+from shared.rawserve import serve_output
 from shared.service import provider_of
 from shared.websocket import accept, close, refuse
 
@@ -273,10 +275,31 @@ async def build_report(
     openapi_extra=LOGS_SOCKET,
 )
 async def build_logs(
-    app: str = AppPath, build_id: str = BuildPath, provider: Provider = Depends(provider_of)
-) -> StreamingResponse:
+    request: Request, app: str = AppPath, build_id: str = BuildPath, provider: Provider = Depends(provider_of)
+) -> Response:
     await provider.builds.get(app, build_id)
+    if rawstream.wants_raw(request.headers):  # followed over the rack's socket, as the CLI there does
+        extension = request.scope.get("extensions", {}).get(RAW)
+        if extension is None:
+            raise BadRequest(f"a raw stream ({rawstream.RAW_PROTOCOL}) is served over the rack's unix socket only")
+
+        async def status() -> bytes:
+            exit_code, error = await ended(provider, app, build_id)
+            return rawstream.status_frame(exit_code=exit_code, error=error)
+
+        await serve_output(extension, provider.builds.logs(app, build_id, follow=True), status, log)
+        return Response(status_code=101)  # not written: the connection is the stream's
     return StreamingResponse(provider.builds.logs(app, build_id, follow=False), media_type="text/plain")
+
+
+async def ended(provider: Provider, app: str, build_id: str) -> tuple[int | None, str | None]:
+    """A followed build's status once its log has ended: exit code 0 when complete, else the error."""
+    build = await provider.builds.get(app, build_id)
+    if build.status == "complete":
+        return 0, None
+    if build.status == "failed":
+        return None, build.error or "build failed"
+    return None, f"build is {build.status}"
 
 
 @router.websocket("/apps/{app}/builds/{build_id}/logs")
@@ -293,13 +316,8 @@ async def build_logs_socket(websocket: WebSocket, app: str, build_id: str) -> No
     async def send_log() -> None:
         async for chunk in provider.builds.logs(app, build_id, follow=True):
             await websocket.send_bytes(stream.encode(stream.Channel.STDOUT, chunk))
-        build = await provider.builds.get(app, build_id)
-        if build.status == "complete":
-            await websocket.send_bytes(stream.status(exit_code=0))
-        elif build.status == "failed":
-            await websocket.send_bytes(stream.status(error=build.error or "build failed"))
-        else:
-            await websocket.send_bytes(stream.status(error=f"build is {build.status}"))
+        exit_code, error = await ended(provider, app, build_id)
+        await websocket.send_bytes(stream.status(exit_code=exit_code, error=error))
 
     async def watch_client() -> None:
         with contextlib.suppress(WebSocketDisconnect):

@@ -19,52 +19,18 @@ import asyncio
 import contextlib
 import select
 import socket
-import threading
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Coroutine
+from typing import Any
 
 from shared import rawstream
 from shared.errors import RackError
 from shared.logfmt import Logger
+from shared.rawserve import in_thread, shut
 from shared.splice import Broken, Pump, batch_reads, write_all
 from shared.stream import Channel, ProcessStream, Stdio
 
 log = Logger("processes")
-T = TypeVar("T")
 RELAY_CHUNK = 1 << 20
-SEND_BUFFER = 4 << 20
-"""What the client's socket may hold of output it has not read yet (as :data:`shared.frames.SEND_BUFFER`)."""
-
-
-def in_thread(work: Callable[[], T], name: str) -> asyncio.Future[T]:
-    """``work`` run in a thread of its own (a stream's lifetime would hold one of the default executor's few
-    threads), its outcome as a future of the running loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result = work()
-        except BaseException as exc:  # reported to the loop, never lost in the thread
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
-
-
-def _shut(sock: socket.socket, how: int = socket.SHUT_RDWR) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(how)
 
 
 class ClientGone(Exception):
@@ -105,7 +71,7 @@ def _input(client: socket.socket, engine: socket.socket, pending: bytes) -> None
         pass
     finally:
         pump.close()
-    _shut(engine, socket.SHUT_WR)
+    shut(engine, socket.SHUT_WR)
     rawstream.wait_hangup(client.fileno())
 
 
@@ -216,7 +182,7 @@ class _Joined:
     async def close(self) -> None:
         """Stop both sides (the client's socket shut down already) and close the engine's connection."""
         if self.stdio is not None:
-            _shut(self.stdio.sock)  # an output thread still reading ends
+            shut(self.stdio.sock)  # an output thread still reading ends
         elif not self.output.done():
             self.output.cancel()
         await asyncio.gather(asyncio.shield(self.output), asyncio.shield(self.input), return_exceptions=True)
@@ -255,23 +221,9 @@ async def serve(
         outcome = "disconnect"
         return outcome
     finally:
-        _shut(client)  # the input side ends (its read, or its wait for the hang-up)
+        shut(client)  # the input side ends (its read, or its wait for the hang-up)
         if joined is not None:
             await joined.close()
         client.close()
         await asyncio.shield(process.close())
         log.log("stream.end", outcome=outcome, raw="true", passed=str(passed).lower())
-
-
-def taken(extension: Any) -> tuple[socket.socket, bytes]:
-    """The client's connection out of the server's hands (:mod:`shared.rawhttp`), in blocking mode, the
-    server's descriptor of it closed; and what the client sent after its request."""
-    fd, leftover = extension["hand"]()
-    extension["release"]()
-    extension["status"] = 101
-    sock = socket.socket(fileno=fd)
-    sock.setblocking(True)
-    batch_reads(sock)
-    with contextlib.suppress(OSError):  # room for the output the client has not read yet
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-    return sock, leftover

@@ -32,6 +32,7 @@ from shared.names import check_env, parse_pair
 from shared.params import app_path, pid_path, type_path
 from shared.provider import Provider
 from shared.rawhttp import RAW
+from shared.rawserve import taken
 from shared.service import provider_of
 from shared.stream import Channel, ProcessStream, Terminal
 from shared.websocket import accept, close, refuse, upgrade_required
@@ -198,7 +199,7 @@ async def process_exec(
         try:
             await process.start(Terminal())
             log.log("exec.start", app=app, pid=pid, tty=False, raw="true")
-            client, pending = raw.taken(extension)
+            client, pending = taken(extension)
         except BaseException:
             await asyncio.shield(process.close())
             raise

@@ -40,25 +40,36 @@ class Recent:
     """The last lines one follow collected, to know a line the Engine sends again: its follow of a ``local``
     log that rotates goes back and sends up to a thousand lines a second time (measured: Docker 28's own
     `docker logs -f` prints them twice). A line older than the newest collected is dropped only when it is one
-    of these: stdout and stderr are timestamped apart, so a line a little older than the newest can be new."""
+    of these: stdout and stderr are timestamped apart, so a line a little older than the newest can be new.
+
+    A line newer than every other is new: it is only kept (the common case, a deque's append). An older one is
+    looked for among the kept from the newest back, until :data:`PAST` kept lines in a row are older than it
+    (they are in the order they came, which is the time order but for stdout and stderr a little apart)."""
 
     KEEP = 4096
+    PAST = 64
 
     def __init__(self) -> None:
         self.newest = ""
-        self.keys: set[int] = set()
-        self.order: collections.deque[int] = collections.deque()
+        self.kept: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=self.KEEP)
 
     def again(self, ts: str, data: bytes) -> bool:
         """Whether ``(ts, data)`` was collected already (and if not, it is now)."""
-        key = hash((ts, data))
-        if ts <= self.newest and key in self.keys:
+        if ts > self.newest:
+            self.newest = ts
+        elif self._kept(ts, data):
             return True
-        self.newest = max(self.newest, ts)
-        self.keys.add(key)
-        self.order.append(key)
-        if len(self.order) > self.KEEP:
-            self.keys.discard(self.order.popleft())
+        self.kept.append((ts, data))
+        return False
+
+    def _kept(self, ts: str, data: bytes) -> bool:
+        older = 0
+        for kept_ts, kept_data in reversed(self.kept):
+            if kept_ts == ts and kept_data == data:
+                return True
+            older = older + 1 if kept_ts < ts else 0
+            if older >= self.PAST:
+                return False
         return False
 
 
