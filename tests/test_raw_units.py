@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from cli.rawexec import _receive
 from services.processes import raw
-from shared import rawstream
+from shared import rawserve, rawstream
+from shared.logfmt import Logger
 from shared.splice import Pump, batch_reads
 from shared.stream import Channel, Stdio, Terminal
 
@@ -122,12 +123,11 @@ def test_the_cli_writes_each_frame_to_its_output_however_the_stream_is_cut(
     with a, b:
 
         def send() -> None:
-            rest = stream[first:]
-            for cut in cuts * 100:
-                if not rest:
-                    break
+            rest, turn = stream[first:], 0
+            while rest:
+                cut = cuts[turn % len(cuts)]
                 a.sendall(rest[:cut])
-                rest = rest[cut:]
+                rest, turn = rest[cut:], turn + 1
             a.close()
 
         sender = threading.Thread(target=send)
@@ -311,3 +311,45 @@ async def test_a_passed_raw_stream_gives_the_client_the_engines_connection_and_t
     assert process.closed == 1
     client.close()
     played.close()
+
+
+def handed(served: socket.socket) -> dict[str, object]:
+    """A test double of the HTTP server's raw extension (shared/rawhttp.py): it hands ``served``'s socket."""
+    return {"hand": lambda: (os.dup(served.fileno()), b""), "release": served.close}
+
+
+async def test_an_output_only_raw_stream_sends_its_chunks_then_its_status() -> None:
+    client, served = socket.socketpair()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"Step 1/2\n"
+        yield b"Step 2/2\n"
+
+    async def status() -> bytes:
+        return rawstream.status_frame(exit_code=0)
+
+    outcome = await rawserve.serve_output(handed(served), chunks(), status, Logger("test"))
+    data = read_all(client.fileno())
+    client.close()
+    assert outcome == "exit"
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert rest == frame(1, b"Step 1/2\n") + frame(1, b"Step 2/2\n") + rawstream.status_frame(exit_code=0)
+
+
+async def test_an_output_only_raw_stream_ends_when_its_client_goes() -> None:
+    client, served = socket.socketpair()
+    endless = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"waiting\n"
+        await endless.wait()  # a build that goes on
+        yield b"never\n"
+
+    async def status() -> bytes:
+        raise AssertionError("no status for a client that went")
+
+    serving = asyncio.ensure_future(rawserve.serve_output(handed(served), chunks(), status, Logger("test")))
+    await asyncio.sleep(0.1)
+    client.close()
+    assert await asyncio.wait_for(serving, 5) == "disconnect"
