@@ -61,6 +61,8 @@ class LogCollector:
         self.apps = apps
         self.rack = rack
         self.events = Events(state)
+        self.lifecycle_added = asyncio.Event()
+        """Set when a process's start or exit is added: it waits for the events table to be read past it."""
         self.bell: Bell | None = None
         """Rung when an event is written (:class:`Events`): the events' tail waits for it between reads."""
         self.receipts = Receipts(state)
@@ -136,8 +138,11 @@ class LogCollector:
 
     def _add(self, applog: AppLog, lines: list[Line]) -> None:
         now = asyncio.get_running_loop().time()
+        held = applog.lifecycle
         for line in lines:
             applog.add(line, now)
+        if applog.lifecycle != held:  # a start or exit: the events table is read again soon
+            self.lifecycle_added.set()
         advance_all(self.offsets, lines)
         self.to_flush.add(applog)
         self._wake.set()

@@ -69,13 +69,24 @@ class PlatformLogs(LogCollector):
                 await self._until_rung(rung)
 
     async def _until_rung(self, rung: int) -> None:
-        """Until an event may have been written: the bell rang since ``rung`` (then a moment, for the other
-        events of the same change), or :data:`EVENTS_IDLE` passed (a ring can go unheard); without a bell,
-        the poll interval."""
-        if self.bell is None:
+        """Until the events table is worth reading again. While a process's start or exit is held for it (its
+        lines wait until the table is read past their time, :meth:`AppLog.release_due`), every poll interval.
+        Otherwise once an event may have been written: the bell rang since ``rung`` (then a moment, for the
+        other events of the same change), a start or exit came, or :data:`EVENTS_IDLE` passed (a ring can go
+        unheard). Without a bell, the poll interval."""
+        self.lifecycle_added.clear()
+        if self.bell is None or any(applog.lifecycle for applog in self.logs.values()):
             await asyncio.sleep(self.limits.poll_interval)
             return
-        await self.bell.wait(rung, EVENTS_IDLE)
+        waits = [
+            asyncio.ensure_future(self.bell.wait(rung, EVENTS_IDLE)),
+            asyncio.ensure_future(self.lifecycle_added.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=EVENTS_IDLE, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
         await asyncio.sleep(min(self.limits.poll_interval, EVENT_WRITE_SLACK))
 
     async def _tail_builds(self) -> None:
