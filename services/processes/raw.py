@@ -8,6 +8,10 @@ client as they are, the client's bytes to the process's stdin; the client's EOF 
 None of it passes through Python's buffers. When the engine's stream ends, the exit code follows as the last
 frame. A client that closes its connection (seen as the socket's hang-up) ends the process.
 
+A client that asks for it (``Rack-Stdio: pass``, the CLI on this host) is given the engine's connection itself
+instead (:class:`_Passed`): then no byte of the stream crosses this service, which waits for the client to say
+it has read the stream to its end and answers the exit code.
+
 A provider with no engine connection to give (an engine over TLS) has its stream relayed here instead,
 frames made from :meth:`~shared.stream.ProcessStream.output`, stdin through
 :meth:`~shared.stream.ProcessStream.write`: the same protocol, at Python's pace.
@@ -224,6 +228,8 @@ async def serve(
         shut(client)  # the input side ends (its read, or its wait for the hang-up)
         if joined is not None:
             await joined.close()
+        elif stdio is not None:  # the answer could not be written: nothing took the engine's connection
+            stdio.sock.close()
         client.close()
         await asyncio.shield(process.close())
         log.log("stream.end", outcome=outcome, raw="true", passed=str(passed).lower())
