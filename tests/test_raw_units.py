@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -206,14 +207,16 @@ class ProcessDouble:
 
 
 async def session(
-    process: ProcessDouble, stdin: bytes, pending: bytes = b""
+    process: ProcessDouble, stdin: bytes, pending: bytes = b"", pause: float = 0.0
 ) -> tuple[str, list[tuple[int, bytes]], socket.socket]:
-    """Serve a raw stream to a client that sends ``stdin`` (``pending`` as if read with its request), then
-    shuts its write side and reads to the end: the outcome and the frames it got."""
+    """Serve a raw stream to a client that sends ``stdin`` (``pending`` as if read with its request; after
+    ``pause`` seconds), then shuts its write side and reads to the end: the outcome and the frames it got."""
     client, served = socket.socketpair()
     served.setblocking(True)
+    batch_reads(served)  # as the service's own taking of a connection does (shared/rawserve.py)
 
     def talk() -> bytes:
+        time.sleep(pause)
         client.sendall(stdin)
         client.shutdown(socket.SHUT_WR)
         return read_all(client.fileno())
@@ -240,6 +243,14 @@ async def test_a_relayed_raw_stream_frames_the_providers_output_and_ends_with_it
     assert b"".join(p for k, p in frames if k == rawstream.STDOUT) == b"early hello "
     assert frames[-1] == (rawstream.STATUS, b'{"exit_code": 4}')
     assert process.closed == 1
+
+
+async def test_a_relayed_raw_stream_waits_for_stdin_that_comes_late() -> None:
+    process = ProcessDouble(code=0)  # the double has no engine connection: the service relays through it
+    outcome, frames, client = await session(process, b"late", pause=0.05)  # past a batched read's wait
+    client.close()
+    assert outcome == "exit"
+    assert b"".join(p for k, p in frames if k == rawstream.STDOUT) == b"late"
 
 
 async def test_a_spliced_raw_stream_passes_the_engines_bytes_both_ways_and_shuts_its_stdin() -> None:

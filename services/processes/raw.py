@@ -79,6 +79,16 @@ def _input(client: socket.socket, engine: socket.socket, pending: bytes) -> None
     rawstream.wait_hangup(client.fileno())
 
 
+def _received(client: socket.socket, buffer: memoryview) -> int:
+    """One read of the client's stdin (its reads are batched, :func:`shared.splice.batch_reads`: one that
+    found nothing in its wait fails with ``EAGAIN``, and the client is waited for again)."""
+    while True:
+        try:
+            return client.recv_into(buffer)
+        except BlockingIOError:
+            select.select([client], [], [])
+
+
 def _relay_input(
     client: socket.socket, pending: bytes, process: ProcessStream, loop: asyncio.AbstractEventLoop
 ) -> None:
@@ -92,7 +102,7 @@ def _relay_input(
     try:
         if pending:
             call(process.write(pending))
-        while got := client.recv_into(buffer):
+        while got := _received(client, buffer):
             call(process.write(buffer[:got]))
         call(process.close_stdin())
     except OSError:

@@ -100,6 +100,27 @@ def test_convox_exec_on_an_aws_rack_exits_with_the_commands_code(
         assert front.front.accepted > 0
         gone = cli("exec", "-a", "other", pid, "true")
         assert gone.returncode != 0 and "ERROR" in gone.stderr
+        # over the rack's own socket it is a raw stream; the engine's connection is TLS, so the service relays it
+        env["CONVOX_HOST"] = rack.local_url
+        raw = subprocess.run(
+            [sys.executable, "-m", "cli.main", "exec", "-a", "shell", pid, "sh", "-c", "cat; echo err >&2; exit 4"],
+            input="piped\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert (raw.returncode, raw.stdout, raw.stderr) == (4, "piped\n", "err\n")
+
+        def relayed() -> bool:  # the service's line of the stream's end comes once the CLI has its status
+            ends = [line for line in rack.log.read_text(errors="replace").splitlines() if "at=stream.end" in line]
+            return any("raw=true" in line and "passed=false" in line for line in ends)  # relayed, not passed
+
+        deadline = time.monotonic() + 10
+        while not relayed():
+            assert time.monotonic() < deadline, "no raw stream's end in the rack's log"
+            time.sleep(0.05)
     finally:
         stop_rack(rack)
         if agent is not None:
