@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 from cli.config import Rack
 from cli.errors import CliError
 from shared import rawstream
-from shared.splice import Pump, batch_reads
+from shared.splice import Pump, batch_reads, recv_into
 
 READ_SIZE = 1 << 20
 """What one read of the stream takes at most (into the one buffer)."""
@@ -182,12 +182,7 @@ def _receive(sock: socket.socket, first: bytes, out: int = STDOUT, err: int = ST
             return bytes(status)
         rest = have - pos  # part of a header: to the front, read on after it
         buffer[:rest] = buffer[pos:have]
-        while True:
-            try:
-                got = sock.recv_into(view[rest:])
-                break
-            except BlockingIOError:  # nothing came in the batch's wait: wait for the next bytes
-                select.select([sock], [], [])
+        got = recv_into(sock, view[rest:])
         if not got:
             return None
         have = rest + got

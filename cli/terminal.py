@@ -15,6 +15,8 @@ import termios
 import tty
 from collections.abc import Iterator
 
+from shared.splice import write_all as write_all  # a terminal or pipe in non-blocking mode takes data in parts
+
 
 def is_terminal(fd: int) -> bool:
     return os.isatty(fd)
@@ -113,13 +115,3 @@ class Input:
             return 0
 
 
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    """Write everything (a terminal or pipe in non-blocking mode may take it in parts)."""
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BlockingIOError:
-            select.select([], [fd], [])
-            continue
-        view = view[written:]

@@ -18,14 +18,25 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from shared.errors import BadRequest
 from shared.rawstream import RAW_PROTOCOL
 
 RAW = "rack.raw_stream"
 """The scope extension of a raw stream's request."""
+
+
+def raw_extension(scope: Mapping[str, Any]) -> dict[str, Any]:
+    """The request's :data:`RAW` extension; a 400 for a raw stream asked where none is served (over HTTPS or
+    plain TCP: the connection cannot be taken there)."""
+    extension: dict[str, Any] | None = (scope.get("extensions") or {}).get(RAW)
+    if extension is None:
+        raise BadRequest(f"a raw stream ({RAW_PROTOCOL}) is served over the rack's unix socket only")
+    return extension
 
 
 class RawUpgradeProtocol(H11Protocol):

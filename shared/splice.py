@@ -56,6 +56,16 @@ def batch_reads(sock: socket.socket, size: int = BATCH, wait: float = BATCH_WAIT
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros))
 
 
+def recv_into(sock: socket.socket, view: memoryview) -> int:
+    """One read of ``sock`` into ``view``; a read of a batched socket (:func:`batch_reads`) that found nothing
+    in its wait fails with ``EAGAIN``, and the socket is waited for again."""
+    while True:
+        try:
+            return sock.recv_into(view)
+        except BlockingIOError:
+            select.select([sock], [], [])
+
+
 def write_all(fd: int, data: bytes | memoryview) -> None:
     """Write everything, waiting when ``fd`` is non-blocking after all and full."""
     view = memoryview(data)

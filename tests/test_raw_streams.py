@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -22,6 +22,7 @@ import pytest
 
 from shared import rawstream
 from tests.conftest import Cli, RunningRack
+from tests.test_processes_cli import docker, eventually, running_in
 
 
 @dataclass(frozen=True)
@@ -30,20 +31,8 @@ class Target:
     pid: str
 
 
-def docker(*args: str) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=False).stdout
-
-
 def runs(target: Target, marker: str) -> bool:
-    return marker in docker("top", target.pid, "-o", "pid,args")
-
-
-def eventually(check: Callable[[], bool], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
+    return marker in running_in(target.pid)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +49,7 @@ def target(rack: RunningRack, busybox_image: str) -> Iterator[Target]:
             yield Target(app, container[:12])
         finally:
             client.delete(f"/apps/{app}")
-            docker("rm", "-f", container)
+            docker("rm", "-f", container, check=False)
 
 
 def request(rack: RunningRack, path: str, query: list[tuple[str, str]], password: str | None = None) -> bytes:
@@ -142,7 +131,7 @@ def test_convox_exec_with_pipes_moves_bytes_both_ways_intact_over_a_raw_stream(
         return any("raw=true" in line and "passed=true" in line for line in ends)
 
     # a raw stream, not the websocket, and the engine's connection was the CLI's: no byte crossed the rack
-    eventually(passed)
+    eventually(passed, within=15)
 
 
 def test_a_raw_stream_goes_on_after_stdins_eof_until_the_process_ends(rack: RunningRack, target: Target) -> None:
@@ -160,13 +149,13 @@ def test_a_raw_client_that_closes_ends_its_process(rack: RunningRack, target: Ta
         marker = "sleep 4545" if half_closed_first else "sleep 4646"
         sock, status, _ = open_raw(rack, target, marker.split())
         assert status == 101
-        eventually(functools.partial(runs, target, marker))
+        eventually(functools.partial(runs, target, marker), within=15)
         if half_closed_first:  # stdin's EOF is not a goodbye: the process runs on
             sock.shutdown(socket.SHUT_WR)
             time.sleep(0.5)
             assert runs(target, marker)
         sock.close()
-        eventually(lambda: not runs(target, marker))  # noqa: B023 - called before the loop goes on
+        eventually(lambda: not runs(target, marker), within=15)  # noqa: B023 - called before the loop goes on
 
 
 def test_a_raw_stream_is_refused_with_a_clear_error_and_nothing_started(rack: RunningRack, target: Target) -> None:

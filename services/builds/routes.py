@@ -33,7 +33,7 @@ from shared.models import Build, BuildOptions, BuildReport
 from shared.params import app_path, id_path
 from shared.provider import Provider
 from shared.provider.contract import BuildReportsAPI
-from shared.rawhttp import RAW
+from shared.rawhttp import raw_extension
 from shared.rawserve import serve_output
 from shared.service import provider_of
 from shared.websocket import accept, close, refuse
@@ -279,9 +279,7 @@ async def build_logs(
 ) -> Response:
     await provider.builds.get(app, build_id)
     if rawstream.wants_raw(request.headers):  # followed over the rack's socket, as the CLI there does
-        extension = request.scope.get("extensions", {}).get(RAW)
-        if extension is None:
-            raise BadRequest(f"a raw stream ({rawstream.RAW_PROTOCOL}) is served over the rack's unix socket only")
+        extension = raw_extension(request.scope)
 
         async def status() -> bytes:
             exit_code, error = await ended(provider, app, build_id)

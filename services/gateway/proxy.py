@@ -19,10 +19,9 @@ from starlette.websockets import WebSocket
 from services.gateway.handoff import RAW, Pump, Upstream, read_answer
 from shared import handoff
 from shared.config import INTERNAL_HEADER, SERVICES
-from shared.errors import BadRequest, NotFound, Unavailable
+from shared.errors import NotFound, Unavailable
 from shared.logfmt import Logger
-from shared.rawhttp import RAW as RAW_STREAM
-from shared.rawstream import RAW_PROTOCOL
+from shared.rawhttp import raw_extension
 from shared.websocket import refuse
 
 HOP_BY_HOP = frozenset(
@@ -173,9 +172,7 @@ class Upstreams:
     async def hand_over_raw(self, service: str, request: Request) -> Response:
         """A raw stream's request (:mod:`shared.rawstream`), handed to ``service`` as a websocket's is. Only
         a connection over the rack's unix socket can be (:mod:`shared.rawhttp`): elsewhere it is a 400."""
-        raw = request.scope.get("extensions", {}).get(RAW_STREAM)
-        if raw is None:
-            raise BadRequest(f"a raw stream ({RAW_PROTOCOL}) is served over the rack's unix socket only")
+        raw = raw_extension(request.scope)
         if not await self._hand(service, request, raw, request.method):
             raise Unavailable(f"{service} service unavailable")
         return Response(status_code=101)  # not written: the connection is the service's

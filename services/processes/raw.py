@@ -30,7 +30,7 @@ from shared import rawstream
 from shared.errors import RackError
 from shared.logfmt import Logger
 from shared.rawserve import in_thread, shut
-from shared.splice import Broken, Pump, batch_reads, write_all
+from shared.splice import Broken, Pump, batch_reads, recv_into, write_all
 from shared.stream import Channel, ProcessStream, Stdio
 
 log = Logger("processes")
@@ -79,16 +79,6 @@ def _input(client: socket.socket, engine: socket.socket, pending: bytes) -> None
     rawstream.wait_hangup(client.fileno())
 
 
-def _received(client: socket.socket, buffer: memoryview) -> int:
-    """One read of the client's stdin (its reads are batched, :func:`shared.splice.batch_reads`: one that
-    found nothing in its wait fails with ``EAGAIN``, and the client is waited for again)."""
-    while True:
-        try:
-            return client.recv_into(buffer)
-        except BlockingIOError:
-            select.select([client], [], [])
-
-
 def _relay_input(
     client: socket.socket, pending: bytes, process: ProcessStream, loop: asyncio.AbstractEventLoop
 ) -> None:
@@ -102,7 +92,7 @@ def _relay_input(
     try:
         if pending:
             call(process.write(pending))
-        while got := _received(client, buffer):
+        while got := recv_into(client, buffer):  # its reads are batched (taken, shared/rawserve.py)
             call(process.write(buffer[:got]))
         call(process.close_stdin())
     except OSError:

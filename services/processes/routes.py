@@ -31,7 +31,7 @@ from shared.models import Model, Process, ProcessRunOptions
 from shared.names import check_env, parse_pair
 from shared.params import app_path, pid_path, type_path
 from shared.provider import Provider
-from shared.rawhttp import RAW
+from shared.rawhttp import raw_extension
 from shared.rawserve import taken
 from shared.service import provider_of
 from shared.stream import Channel, ProcessStream, Terminal
@@ -184,14 +184,10 @@ async def process_exec(
 ) -> Response:
     if not rawstream.wants_raw(request.headers):
         return upgrade_required(f"/apps/{app}/processes/{pid}/exec")
-    extension = request.scope.get("extensions", {}).get(RAW)
-    if extension is None:
-        raise BadRequest(f"a raw stream ({rawstream.RAW_PROTOCOL}) is served over the rack's unix socket only")
+    extension = raw_extension(request.scope)
     if tty:
         raise BadRequest("a raw stream has no terminal: a TTY is the websocket's (v1.stream.rack)")
-    argv = shell_words(command)
-    if not argv:
-        raise BadRequest("no command: give it as `command` query parameters, one per word")
+    argv = command_of(request)
     slots = sessions_of(request)
     slots.take()
     try:
@@ -303,8 +299,8 @@ def terminal_of(websocket: WebSocket) -> Terminal:
     )
 
 
-def command_of(websocket: WebSocket, required: bool = True) -> list[str]:
-    command = shell_words(websocket.query_params.getlist("command"))
+def command_of(connection: HTTPConnection, required: bool = True) -> list[str]:
+    command = shell_words(connection.query_params.getlist("command"))
     if required and not command:
         raise BadRequest("no command: give it as `command` query parameters, one per word")
     return command
