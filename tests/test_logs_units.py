@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cli.cmd_logs import Printer, since_time
 from services.logs.routes import parse_since
@@ -37,14 +39,20 @@ def message(stamp: str, content: bytes) -> bytes:
     return stamp.encode() + b" " + content
 
 
+def framed(stream: int, stamp: str, content: bytes) -> bytes:
+    """One message as the Engine's logs API sends it without a TTY: its 8-byte frame, then the message."""
+    payload = message(stamp, content)
+    return bytes((stream, 0, 0, 0)) + len(payload).to_bytes(4, "big") + payload
+
+
 # ---- Docker's messages -> lines ----------------------------------------------------------------------------
 
 
 def test_whole_lines_come_out_as_they_are() -> None:
     out: list[tuple[str, bytes]] = []
     splitter = Splitter(tty=False, max_line=1 << 20)
-    splitter.feed(1, message(ts(1), b"hello\n"), out)
-    splitter.feed(2, message(ts(2), b"oops\n"), out)
+    splitter.feed(framed(1, ts(1), b"hello\n"), out)
+    splitter.feed(framed(2, ts(2), b"oops\n"), out)
     assert out == [(ts(1), b"hello"), (ts(2), b"oops")]
 
 
@@ -56,11 +64,11 @@ def test_a_line_docker_split_at_16k_is_joined(newline_at_end: bool) -> None:
     splitter = Splitter(tty=False, max_line=1 << 20)
     for i, piece in enumerate(pieces):
         last = i == len(pieces) - 1
-        splitter.feed(1, message(ts(1), piece + (b"\n" if last and newline_at_end else b"")), out)
+        splitter.feed(framed(1, ts(1), piece + (b"\n" if last and newline_at_end else b"")), out)
         if i == 2:  # stderr in between, as Docker interleaves it
-            splitter.feed(2, message(ts(2), b"err\n"), out)
+            splitter.feed(framed(2, ts(2), b"err\n"), out)
     if not newline_at_end:
-        splitter.feed(1, message(ts(3), b"next\n"), out)
+        splitter.feed(framed(1, ts(3), b"next\n"), out)
     assert (ts(2), b"err") in out
     assert (ts(1), line) in out
     assert len(out) == (2 if newline_at_end else 3)
@@ -71,23 +79,56 @@ def test_a_line_of_exactly_one_mib_is_whole_and_a_longer_one_is_cut() -> None:
     out: list[tuple[str, bytes]] = []
     splitter = Splitter(tty=False, max_line=1 << 20)
     for i in range(0, len(line), PARTIAL):
-        splitter.feed(1, message(ts(1), line[i : i + PARTIAL]), out)
-    splitter.feed(1, message(ts(1), b"\n"), out)
+        splitter.feed(framed(1, ts(1), line[i : i + PARTIAL]), out)
+    splitter.feed(framed(1, ts(1), b"\n"), out)
     assert out == [(ts(1), line)]
     out.clear()
     for i in range(0, len(line) + PARTIAL, PARTIAL):
-        splitter.feed(1, message(ts(2), (line + b"y" * PARTIAL)[i : i + PARTIAL]), out)
-    splitter.feed(1, message(ts(2), b"\n"), out)
+        splitter.feed(framed(1, ts(2), (line + b"y" * PARTIAL)[i : i + PARTIAL]), out)
+    splitter.feed(framed(1, ts(2), b"\n"), out)
     assert [len(data) for _, data in out] == [1 << 20, PARTIAL]
 
 
 def test_a_held_piece_is_whole_when_the_log_ends() -> None:
     out: list[tuple[str, bytes]] = []
     splitter = Splitter(tty=False, max_line=1 << 20)
-    splitter.feed(1, message(ts(1), b"z" * PARTIAL), out)
+    splitter.feed(framed(1, ts(1), b"z" * PARTIAL), out)
     assert out == []
     splitter.finish(out)
     assert out == [(ts(1), b"z" * PARTIAL)]
+
+
+MESSAGES = st.lists(
+    st.tuples(st.sampled_from([1, 2]), st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"") + b"\n")),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages=MESSAGES, cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12))
+def test_framed_messages_make_the_same_lines_however_the_stream_is_cut(
+    messages: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    stream = b"".join(framed(channel, ts(n), content) for n, (channel, content) in enumerate(messages))
+    expected = [(ts(n), content[:-1]) for n, (_, content) in enumerate(messages)]
+    out: list[tuple[str, bytes]] = []
+    splitter = Splitter(tty=False, max_line=1 << 20)
+    at = 0
+    for cut in [*sorted({min(cut, len(stream)) for cut in cuts}), len(stream)]:
+        splitter.feed(stream[at:cut], out)
+        at = cut
+    assert out == expected
+    assert not splitter.torn
+
+
+def test_a_stream_that_ends_inside_a_message_is_torn() -> None:
+    whole = framed(1, ts(1), b"hello\n")
+    out: list[tuple[str, bytes]] = []
+    splitter = Splitter(tty=False, max_line=1 << 20)
+    splitter.feed(whole + whole[:11], out)
+    assert out == [(ts(1), b"hello")]
+    assert splitter.torn
 
 
 def test_tty_output_is_split_at_newlines_and_docker_timestamps_inside_a_long_line_are_removed() -> None:
@@ -97,7 +138,7 @@ def test_tty_output_is_split_at_newlines_and_docker_timestamps_inside_a_long_lin
     out: list[tuple[str, bytes]] = []
     splitter = Splitter(tty=True, max_line=1 << 20)
     for i in range(0, len(raw), 1000):  # chunk boundaries anywhere
-        splitter.feed(1, raw[i : i + 1000], out)
+        splitter.feed(raw[i : i + 1000], out)
     splitter.finish(out)
     assert out == [(ts(1), b"one"), (ts(2), long), (ts(3), b"tail")]
 
@@ -293,8 +334,8 @@ class QuickDocker:
     async def inspect(self, container: str) -> dict[str, object]:
         return {"State": {"Running": False, "FinishedAt": self.finished}, "Config": {"Tty": False}}
 
-    async def logs(self, container: str, **options: object) -> AsyncIterator[list[tuple[int, bytes]]]:
-        yield [(1, message(self.written, b"web-up\n"))]
+    async def logs(self, container: str, **options: object) -> AsyncIterator[bytes]:
+        yield framed(1, self.written, b"web-up\n")
 
 
 async def test_a_process_start_goes_out_before_its_lines_and_its_exit_before_later_lines(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ async def translated(what: str) -> AsyncIterator[None]:
     except (aiohttp.ClientError, OSError) as exc:
         raise Unavailable(f"{UNREACHABLE} ({type(exc).__name__})") from None
 
+
 class EndpointSettings(TypedDict, total=False):
     """A container's place on one network."""
 

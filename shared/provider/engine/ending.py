@@ -144,5 +144,3 @@ async def end_process(
         await signal_marked(docker, container_id, mark, hangup, user)
     else:
         await signal_tree(docker, container_id, pid, hangup)
-
-

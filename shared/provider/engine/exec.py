@@ -26,19 +26,17 @@ import secrets
 import shlex
 import socket
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
-from shared.errors import BadRequest, Conflict, NotFound, RackError, Unavailable
-from shared.frames import widen_send_buffer
+from shared.errors import RackError, Unavailable
 from shared.logfmt import Logger
 from shared.provider.engine.docker import Engine, ExecInfo
 from shared.provider.engine.ending import MARK, SHELL, end_process
+from shared.provider.engine.receiver import Receiver, request
 from shared.stream import Channel, Stdio, Terminal
 
 log = Logger("processes")
 
-BUFFER = 1 << 20
-"""What one connection buffers of a process's output (Docker's frames, 32 KiB at most, are coalesced)."""
 BULK = 16 << 10
 """Output messages larger than this mean a bulk transfer: the next one waits a moment to grow."""
 BATCH = 512 << 10
@@ -77,100 +75,10 @@ def _cmdline(pid: int) -> bytes | None:
         return None
 
 
-# ---- the raw connection --------------------------------------------------------------------------------------
-
-
-def _error(status: int, message: str, what: str) -> RackError:
-    if status == 404:
-        return NotFound(f"{what}: not found")
-    if status == 409:
-        return Conflict(f"{what}: {message}")
-    if status == 400:
-        return BadRequest(f"{what}: {message}")
-    return RackError(f"{what}: {message or f'docker error {status}'}", status=502)
-
-
-class _Receiver(asyncio.BufferedProtocol):
-    """The engine's side of a hijacked connection, received straight into one buffer (no copy per read):
-    output is handed out as views into it (``buf[0]`` is unused)."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray(BUFFER + 1)
-        self.start = 1
-        self.end = 1
-        self.eof = False
-        self.error: Exception | None = None
-        self.transport: asyncio.Transport | None = None
-        self.paused = False
-        self.waiter: asyncio.Future[None] | None = None
-        self.writable: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast("asyncio.Transport", transport)
-        widen_send_buffer(transport)  # stdin piped in is written to the engine whole, not partly buffered here
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return memoryview(self.buf)[self.end :]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.end += nbytes
-        if self.end >= len(self.buf) and self.transport is not None:
-            self.transport.pause_reading()
-            self.paused = True
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self._wake()
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        self.error = exc
-        self._wake()
-        if self.writable is not None and not self.writable.done():
-            self.writable.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.writable = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self.writable is not None and not self.writable.done():
-            self.writable.set_result(None)
-        self.writable = None
-
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def more(self) -> bool:
-        """Wait for data past ``end``; False at EOF."""
-        if self.eof:
-            return False
-        self.waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
-        return True
-
-    def consumed(self, upto: int) -> None:
-        """Everything before ``upto`` is used: keep the rest at the front, read on."""
-        rest = self.end - upto
-        if rest:
-            self.buf[1 : 1 + rest] = self.buf[upto : self.end]
-        self.start, self.end = 1, 1 + rest
-        if self.end >= len(self.buf):  # one frame larger than the buffer: make room (in a new buffer: the
-            self.buf = self.buf + bytes(len(self.buf))  # last chunk handed out may still be looked at)
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
-
-
 class Hijacked:
     """A connection the engine upgraded to the raw stdio of a process."""
 
-    def __init__(self, transport: asyncio.Transport, receiver: _Receiver, tty: bool) -> None:
+    def __init__(self, transport: asyncio.Transport, receiver: Receiver, tty: bool) -> None:
         self.transport = transport
         self.receiver = receiver
         self.tty = tty
@@ -178,38 +86,12 @@ class Hijacked:
 
     @classmethod
     async def open(cls, engine: Engine, path: str, body: dict[str, Any] | None, tty: bool, what: str) -> Hijacked:
-        transport, receiver = await engine.connect(_Receiver)
-        try:
-            data = json.dumps(body).encode() if body is not None else b""
-            head = (
-                f"POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(data)}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
-            )
-            transport.write(head.encode() + data)
-            async with asyncio.timeout(engine.timeout):
-                while (mark := receiver.buf.find(b"\r\n\r\n", 1, receiver.end)) < 0:
-                    if not await receiver.more():
-                        raise ConnectionResetError("closed before the response")
-            lines = receiver.buf[1:mark].decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            if status not in (101, 200):
-                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-                length = int(headers.get("content-length") or 0)
-                while receiver.end - (mark + 4) < length and await receiver.more():
-                    pass
-                text = receiver.buf[mark + 4 : mark + 4 + length].decode(errors="replace")
-                try:
-                    message = str(json.loads(text).get("message", ""))
-                except (ValueError, AttributeError):
-                    message = text.strip()
-                raise _error(status, message, what)
-            receiver.consumed(mark + 4)
-        except (OSError, ValueError, IndexError) as exc:
-            transport.close()
-            raise Unavailable(f"{what}: the docker engine broke the stream ({type(exc).__name__})") from None
-        except BaseException:
-            transport.close()
-            raise
+        data = json.dumps(body).encode() if body is not None else b""
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+        )
+        transport, receiver = await request(engine, head.encode() + data, what, Receiver)
         return cls(transport, receiver, tty)
 
     async def _filled(self, bulk: bool) -> bool:

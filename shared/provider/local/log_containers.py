@@ -15,20 +15,20 @@ from shared.logfmt import Logger
 from shared.logline import EVENT_SERVICE
 from shared.logstore.applog import MAX_WAIT, AppLog, SourceProgress
 from shared.logstore.lines import Line, after, text_of
-from shared.logstore.timestamps import TS_WIDTH, normalize_ts, ts_from_ns, ts_to_datetime, ts_to_ns
+from shared.logstore.timestamps import normalize_ts, ts_from_ns, ts_to_datetime, ts_to_ns
 from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, EngineEvent
 from shared.provider.local.events import clean, docker_since, exit_message
 from shared.provider.local.log_collector import LogCollector
 from shared.provider.local.splitter import Splitter
 
 log = Logger("logs")
-BURST_BATCH = 256
+BURST_BYTES = 16 << 10
 BURST_GAP = 0.002
 BURST_WAIT = 0.001
-"""A follow whose batches come less than BURST_GAP apart with fewer than BURST_BATCH messages waits BURST_WAIT
-before it reads on: a process writing fast would otherwise be read a line or two at a time, and every step
-after (collecting, ordering, the history, the followers) taken once per line. A line now and then is never
-held back."""
+"""A follow whose reads come less than BURST_GAP apart with less than BURST_BYTES each waits BURST_WAIT before
+it reads on: a process writing fast would otherwise be read a line or two at a time, and every step after
+(collecting, ordering, the history, the followers) taken once per line. A line now and then is never held
+back."""
 FOLLOW_QUIET = 5.0
 """Seconds a running container's follow may be quiet before the collector looks whether its log went on
 without it (one request for the log's last message)."""
@@ -302,19 +302,18 @@ class ContainerLogs(LogCollector):
             since = docker_since(resume.since) if resume.since else ""
             quiet = FOLLOW_QUIET if running else None
             logs = self.docker.logs(container, since=since, follow=running, tty=tty, quiet=quiet)
-            async with contextlib.aclosing(logs) as lines:
-                async for batch in lines:  # closed at once when the reader is cancelled (the collector stopping)
-                    if not batch and await self._went_on(container, src, tty):
+            async with contextlib.aclosing(logs) as chunks:
+                async for chunk in chunks:  # closed at once when the reader is cancelled (the collector stopping)
+                    if not chunk and await self._went_on(container, src, tty):
                         log.log("reader.refollow", id=container[:12])
                         return received  # Docker's follow stopped (a rotated log): follow again from the cursor
-                    for stream, payload in batch:
-                        splitter.feed(stream, payload, pieces)
+                    splitter.feed(chunk, pieces)
                     if pieces:
                         received += self._collect(applog, src, service, release, pid, pieces, resume)
                         pieces = []
                     now = loop.time()
-                    if len(batch) < BURST_BATCH and now - last < BURST_GAP:
-                        await asyncio.sleep(BURST_WAIT)  # a burst: let the next batch grow (see BURST_WAIT)
+                    if len(chunk) < BURST_BYTES and now - last < BURST_GAP:
+                        await asyncio.sleep(BURST_WAIT)  # a burst: let the next read grow (see BURST_WAIT)
                     last = now
         except NotFound:
             return received
@@ -322,6 +321,8 @@ class ContainerLogs(LogCollector):
             return None
         except (ValueError, IndexError) as exc:  # a stream the reader does not understand: read it again
             log.error("reader", id=container[:12], error=type(exc).__name__)
+            return None
+        if splitter.torn:  # the stream ended inside a message: cut off
             return None
         if final:
             splitter.finish(pieces)
@@ -335,15 +336,15 @@ class ContainerLogs(LogCollector):
         known = self.offsets.get(src)
         cursor = known.cursor if known else ""
         try:
-            async with contextlib.aclosing(self.docker.logs(container, follow=False, tty=tty, tail=1)) as lines:
-                async for batch in lines:
-                    for _, payload in batch:
-                        stamp = payload[:TS_WIDTH].decode("ascii", "replace")
-                        if after(src, stamp, cursor):
-                            return True
+            splitter = Splitter(tty, self.limits.max_line)
+            pieces: list[tuple[str, bytes]] = []
+            async with contextlib.aclosing(self.docker.logs(container, follow=False, tty=tty, tail=1)) as chunks:
+                async for chunk in chunks:
+                    splitter.feed(chunk, pieces)
+            splitter.finish(pieces)
         except RackError:
             return False
-        return False
+        return any(after(src, ts, cursor) for ts, _ in pieces)
 
     def _collect(
         self,

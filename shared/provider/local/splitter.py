@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import struct
+
 from shared.logstore.timestamps import TS_WIDTH, now_ts
 
 PARTIAL = 16 * 1024
 """Docker splits a longer line into messages of this size (json-file and local drivers alike)."""
+HEADER = struct.Struct(">BxxxI")
+"""A message's frame without a TTY: its stream (1 stdout, 2 stderr), three zero bytes, its size."""
+SPACE = 0x20
+NEWLINE = 0x0A
 
 
 class Splitter:
     """One container's log messages -> its complete lines ``(timestamp, bytes)``.
 
-    Without a TTY every message is ``TIMESTAMP text``; a line Docker split comes as messages of exactly 16 KiB
+    What is fed is the logs API's body as it comes, cut anywhere. Without a TTY it is Docker's framed
+    messages (:data:`HEADER`), each ``TIMESTAMP text``; a line Docker split comes as messages of exactly 16 KiB
     sharing the first one's timestamp, so a message of 16 KiB without a newline is held and joined with what
     follows (a message with another timestamp means the held one was whole). Lines are cut at ``max_line``.
     With a TTY the Engine frames nothing: lines are split at newlines and the repeated timestamps of a split
@@ -23,11 +30,42 @@ class Splitter:
         self.max_line = max_line
         self.held: dict[int, tuple[str, bytearray]] = {}
         self.raw = bytearray()
+        self.rest = b""
+        """The start of a framed message whose end has not come yet."""
 
-    def feed(self, stream: int, payload: bytes, out: list[tuple[str, bytes]]) -> None:
+    @property
+    def torn(self) -> bool:
+        """Whether what was fed ends inside a framed message (a stream that ended there was cut off)."""
+        return bool(self.rest)
+
+    def feed(self, chunk: bytes, out: list[tuple[str, bytes]]) -> None:
+        """The next bytes of the logs API's body; the lines they complete are appended to ``out``."""
         if self.tty:
-            self._feed_tty(payload, out)
+            self._feed_tty(chunk, out)
             return
+        data = self.rest + chunk if self.rest else chunk
+        pos = 0
+        end = len(data)
+        unpack = HEADER.unpack_from
+        append = out.append
+        while end - pos >= 8:
+            stream, size = unpack(data, pos)
+            start = pos + 8
+            pos = start + size
+            if pos > end:
+                pos = start - 8
+                break
+            if data[pos - 1] == NEWLINE and size > TS_WIDTH + 1 and data[start + TS_WIDTH] == SPACE and not self.held:
+                # the common message: a whole line with Docker's fixed-width stamp
+                append(
+                    (data[start : start + TS_WIDTH].decode("ascii", "replace"), data[start + TS_WIDTH + 1 : pos - 1])
+                )
+            else:
+                self.message(stream, data[start:pos], out)
+        self.rest = data[pos:]
+
+    def message(self, stream: int, payload: bytes, out: list[tuple[str, bytes]]) -> None:
+        """One framed message (without a TTY): ``TIMESTAMP text``, a line, its end or a piece of it."""
         space = payload.find(b" ")
         if space < 0:
             return
