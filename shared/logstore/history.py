@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from shared.logstore.lines import Line, Offset, advance, decode_line
+from shared.logstore.lines import Line, Offset, advance, decode_line, encode_all
 
 MIB = 1024 * 1024
 READ_CHUNK = 4 * MIB
@@ -102,7 +102,7 @@ class History:
         return sum(self.sizes.values())
 
     def append(self, lines: list[Line]) -> None:
-        data = b"".join(line.encode() for line in lines)
+        data = encode_all(lines)
         if not self.segments or self.sizes.get(self.segments[-1], 0) >= self.limits.segment_bytes:
             self._close()
             first = lines[0].seq

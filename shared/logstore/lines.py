@@ -19,13 +19,23 @@ class Line:
     seq: int = 0
 
     def encode(self) -> bytes:
-        return (
-            f"{self.seq}\t{self.ts}\t{self.service}\t{self.release}\t{self.pid}\t{self.src}\t{self.cur}\t{self.text}\n"
-        ).encode("utf-8", "backslashreplace")
+        """The line as the history keeps it (:func:`decode_line` reads it back)."""
+        return encode_all([self])
 
     def render(self) -> bytes:
         """``2015-01-01T00:00:00.000000Z web:RNJYVQUMKKU/68831d3dce63 text\n`` (see ``LogsAPI``)."""
+        if self.pid:  # line_source, inline: once per line per follower
+            return f"{self.ts[:26]}Z {self.service}:{self.release}/{self.pid} {self.text}\n".encode(
+                "utf-8", "backslashreplace"
+            )
         return f"{self.ts[:26]}Z {line_source(self)} {self.text}\n".encode("utf-8", "backslashreplace")
+
+
+def encode_all(lines: list[Line]) -> bytes:
+    """Lines as the history keeps them, one after the other: one text, encoded once."""
+    return "".join(
+        [f"{x.seq}\t{x.ts}\t{x.service}\t{x.release}\t{x.pid}\t{x.src}\t{x.cur}\t{x.text}\n" for x in lines]
+    ).encode("utf-8", "backslashreplace")
 
 
 def decode_line(raw: bytes) -> Line | None:

@@ -89,6 +89,10 @@ class LogCollector:
         self.tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._released = asyncio.Event()
+        self._writing = False
+        """Whether the flusher is writing to the history in a thread (nothing else writes meanwhile)."""
+        self._rotated = False
+        """Whether a write outside the flusher began a new segment of a history (cursors are saved at once)."""
         """Set when lines are released: the flusher writes them (and so sends them to the followers) soon."""
         self._opening: dict[str, asyncio.Lock] = {}
         self._docker_down = False
@@ -144,8 +148,43 @@ class LogCollector:
         if applog.lifecycle != held:  # a start or exit: the events table is read again soon
             self.lifecycle_added.set()
         advance_all(self.offsets, lines)
-        self.to_flush.add(applog)
-        self._wake.set()
+        if not self._release_now(applog, now):
+            self.to_flush.add(applog)
+            self._wake.set()
+
+    def _release_now(self, applog: AppLog, now: float) -> bool:
+        """Release the app's lines, write them to the history and hand them to its followers in this turn, when
+        nothing holds them back (the ordering waits for no other source, no start or exit waits for the events
+        table, no write of the history is under way in a thread): the common case of one process writing,
+        two turns of the loop (the pump's, the flusher's) sooner. Whether it was done; if not, the pump and
+        the flusher do it."""
+        if applog in self.to_flush or self._writing:
+            return False
+        try:
+            if applog.release_due(now, self.events_read_to) is not None:
+                return False
+        except Exception:  # the pump tries again, and says why
+            return False
+        lines = applog.unflushed
+        if not lines:
+            return True
+        if sum(len(line.text) for line in lines) > INLINE_WRITE:
+            self._released.set()  # released; the flusher writes them, in a thread
+            return True
+        work = [(applog, lines)]
+        applog.unflushed = []
+        newest = applog.history.segments[-1:]
+        try:
+            self._write(work)
+        except Exception:  # the flusher tries again, and says why
+            applog.unflushed[:0] = lines
+            self._released.set()
+            return True
+        self._written(work)
+        if applog.history.segments[-1:] != newest:  # a new segment: the cursors are saved at once
+            self._rotated = True
+            self._released.set()
+        return True
 
     # ---- ordering and release --------------------------------------------------------------------------
 
@@ -206,24 +245,33 @@ class LogCollector:
         for applog, _ in work:
             applog.unflushed = []
         newest = {applog.name: applog.history.segments[-1:] for applog, _ in work}
+        rotated, self._rotated = self._rotated, False
         if work:
             try:
                 if sum(len(line.text) for _, lines in work for line in lines) <= INLINE_WRITE:
                     self._write(work)  # a buffered append of a few lines: less than the hop to a thread
                 else:
-                    await asyncio.to_thread(self._write, work)
+                    self._writing = True
+                    try:
+                        await asyncio.to_thread(self._write, work)
+                    finally:
+                        self._writing = False
             except BaseException:
                 for applog, lines in work:
                     applog.unflushed[:0] = lines
                 raise
-            for applog, lines in work:  # in the history: out to the followers (their cursors are saved next)
-                applog.flushed_to(lines[-1].seq)
-            for applog, lines in work:
-                advance_all(self.saved, lines)
-                for src in {line.src for line in lines if line.src}:
-                    self.source_app[src] = applog.name
-                    self.unsaved.add(src)
-        return any(applog.history.segments[-1:] != newest[applog.name] for applog, _ in work)
+            self._written(work)
+        return rotated or any(applog.history.segments[-1:] != newest[applog.name] for applog, _ in work)
+
+    def _written(self, work: list[tuple[AppLog, list[Line]]]) -> None:
+        """Lines are in the history: out to the followers; their sources' cursors are saved next."""
+        for applog, lines in work:
+            applog.flushed_to(lines[-1].seq)
+        for applog, lines in work:
+            advance_all(self.saved, lines)
+            for src in {line.src for line in lines if line.src}:
+                self.source_app[src] = applog.name
+                self.unsaved.add(src)
 
     async def _save_cursors(self) -> None:
         if self.unsaved:

@@ -14,7 +14,7 @@ from shared.errors import NotFound, RackError
 from shared.logfmt import Logger
 from shared.logline import EVENT_SERVICE
 from shared.logstore.applog import MAX_WAIT, AppLog, SourceProgress
-from shared.logstore.lines import Line, after, text_of
+from shared.logstore.lines import Line, after
 from shared.logstore.timestamps import normalize_ts, ts_from_ns, ts_to_datetime, ts_to_ns
 from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, EngineEvent
 from shared.provider.local.events import clean, docker_since, exit_message
@@ -357,17 +357,22 @@ class ContainerLogs(LogCollector):
         resume: Resume,
     ) -> int:
         lines: list[Line] = []
+        append = lines.append
         since = resume.since
-        for ts, data in pieces:
-            if since and ts <= since:
+        recent = resume.recent
+        for ts, data in pieces:  # once per line: the common case first, inline
+            if ts <= since:
                 if ts < since:
                     continue
                 if resume.skip > 0:  # lines at the cursor's own timestamp that were collected already
                     resume.skip -= 1
                     continue
-            if resume.recent.again(ts, data):  # sent again by the Engine (its follow of a rotating local log)
+            if ts > recent.newest:  # newer than any: new (Recent.again's common case)
+                recent.newest = ts
+                recent.kept.append((ts, data))
+            elif recent.again(ts, data):  # sent again by the Engine (its follow of a rotating local log)
                 continue
-            lines.append(Line(ts, service, release, pid, text_of(data), src, ts))
+            append(Line(ts, service, release, pid, data.decode("utf-8", "backslashreplace"), src, ts))
         progress = applog.sources.get(src)
         if progress is not None:
             progress.seen = asyncio.get_running_loop().time()
