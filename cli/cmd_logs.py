@@ -1,14 +1,15 @@
 """`convox logs`, `convox rack logs` and `convox rack ps`.
 
 A log stream is a websocket (``v1.stream.rack``) to ``/apps/APP/logs``, ``/apps/APP/processes/PID/logs`` or
-``/system/logs``; each message carries whole lines, printed as they come. When the rack side drops a stream
+``/system/logs``; each message carries whole lines, printed as they come. Over the rack's own unix socket it
+is a raw stream of the same route instead (``v1.raw.rack``, :mod:`shared.rawstream`), read with blocking reads
+and no event loop: a line is printed sooner, and a burst costs less. When the rack side drops a stream
 (the logs service restarting, a network blip), the CLI connects again and asks from a few seconds before the
 last line it printed, skipping what it printed already: nothing is lost, nothing shown twice. Ctrl-C ends it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
@@ -25,6 +26,7 @@ from cli import completion, output
 from cli.client import Client
 from cli.config import Rack, current_rack, resolve_app
 from cli.errors import CliError
+from shared import rawstream
 from shared.protocol import Process
 
 RACK_APP = "convox"
@@ -194,56 +196,130 @@ async def once(
     raise Dropped("the log stream ended without a status")
 
 
+def once_raw(
+    rack: Rack,
+    path: str,
+    query: Mapping[str, str],
+    printer: Printer,
+    connected: Callable[[], None],
+    first_batch: Callable[[int], None] = lambda _: None,
+) -> int:
+    """:func:`once` over the rack's unix socket: a raw stream (:mod:`shared.rawstream`), read with plain
+    blocking reads, each message printed as soon as it has come (no event loop, no websocket library)."""
+    from cli import rawexec
+    from cli.stream import StreamUnavailable, parse_status
+
+    try:
+        sock, first, _ = rawexec.open_stream(rack, path, list(query.items()))
+    except StreamUnavailable as exc:
+        raise Dropped(exc.message) from None
+    with sock:
+        connected()
+        printed_first = False
+        try:
+            for kind, payload in rawstream.frames(sock, first):
+                if kind == rawstream.STDOUT:
+                    before_count = printer.printed
+                    printer.feed(payload)
+                    if not printed_first:
+                        printed_first = True
+                        first_batch(printer.printed - before_count)
+                elif kind == rawstream.STATUS:
+                    status = parse_status(payload)
+                    if status is None:
+                        raise CliError("the rack sent a malformed status message")
+                    if status.error:
+                        raise CliError(status.error)
+                    return status.exit_code or 0
+        except ConnectionError:
+            pass
+    raise Dropped("the log stream ended without a status")
+
+
 def notice(message: str) -> None:
     """A line about the stream itself, on stderr (stdout carries only the log)."""
     print(message, file=sys.stderr, flush=True)
 
 
-async def follow_stream(rack: Rack, path: str, query: dict[str, str], out: IO[bytes]) -> int:
-    """Run a log stream to its end, connecting again while the rack side drops it; says on stderr at once
-    that it is reconnecting, and when it is back, that it resumed and how many lines it caught up."""
-    printer = Printer(out)
-    ever = False
-    reconnecting = False
-    failing_since: float | None = None
-    attempt = 0
+class Following:
+    """What a followed log stream keeps across its connections: what was printed (to resume after it) and how
+    long it has failed to come back. Says on stderr at once that it is reconnecting, and when it is back,
+    that it resumed and how many lines it caught up."""
 
-    def connected() -> None:
-        nonlocal ever, failing_since, attempt
-        ever, failing_since, attempt = True, None, 0
+    def __init__(self, out: IO[bytes]) -> None:
+        self.printer = Printer(out)
+        self.ever = False
+        self.reconnecting = False
+        self.failing_since: float | None = None
+        self.attempt = 0
 
-    def first_batch(lines: int) -> None:
-        nonlocal reconnecting
-        if reconnecting:
-            reconnecting = False
-            notice(f"resumed the log stream, caught up {lines} line{'' if lines == 1 else 's'}")
-
-    while True:
+    def params(self, query: Mapping[str, str]) -> dict[str, str]:
+        """The next connection's query: from a little before the last line printed, once one was."""
         params = dict(query)
-        resume = printer.resume()
+        resume = self.printer.resume()
         if resume is not None:
             params["since"] = resume
+        return params
+
+    def connected(self) -> None:
+        self.ever, self.failing_since, self.attempt = True, None, 0
+
+    def first_batch(self, lines: int) -> None:
+        if self.reconnecting:
+            self.reconnecting = False
+            notice(f"resumed the log stream, caught up {lines} line{'' if lines == 1 else 's'}")
+
+    def dropped(self, exc: Dropped) -> float:
+        """The stream dropped: how long to pause before the next try (or :class:`CliError`: no more tries)."""
+        now = time.monotonic()
+        self.failing_since = self.failing_since or now
+        if not self.ever and "unreachable" in str(exc):
+            raise CliError(str(exc)) from None
+        if self.ever and not self.reconnecting:
+            self.reconnecting = True
+            notice(f"lost the log stream ({exc}), reconnecting...")
+        if now - self.failing_since > RECONNECT_FOR:
+            raise CliError(f"lost the log stream: {exc}") from None
+        self.attempt += 1
+        return BACKOFF[min(self.attempt - 1, len(BACKOFF) - 1)]
+
+
+async def follow_stream(rack: Rack, path: str, query: dict[str, str], out: IO[bytes]) -> int:
+    """Run a log stream (a websocket) to its end, connecting again while the rack side drops it."""
+    import asyncio
+
+    following = Following(out)
+    while True:
         try:
-            return await once(rack, path, params, printer, connected, first_batch)
+            return await once(rack, path, following.params(query), following.printer, following.connected,
+                              following.first_batch)  # fmt: skip
         except Dropped as exc:
-            now = time.monotonic()
-            failing_since = failing_since or now
-            if not ever and "unreachable" in str(exc):
-                raise CliError(str(exc)) from None
-            if ever and not reconnecting:
-                reconnecting = True
-                notice(f"lost the log stream ({exc}), reconnecting...")
-            if now - failing_since > RECONNECT_FOR:
-                raise CliError(f"lost the log stream: {exc}") from None
-        await asyncio.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
-        attempt += 1
+            pause = following.dropped(exc)
+        await asyncio.sleep(pause)
+
+
+def follow_raw(rack: Rack, path: str, query: dict[str, str], out: IO[bytes]) -> int:
+    """:func:`follow_stream` over the rack's unix socket, as raw streams (:func:`once_raw`)."""
+    following = Following(out)
+    while True:
+        try:
+            return once_raw(rack, path, following.params(query), following.printer, following.connected,
+                            following.first_batch)  # fmt: skip
+        except Dropped as exc:
+            pause = following.dropped(exc)
+        time.sleep(pause)
 
 
 def stream_logs(path: str, query: dict[str, str]) -> None:
     """Print a log stream; exits with its status (0), 130 on Ctrl-C, 141 when stdout is closed."""
     rack = current_rack()
     try:
-        code = asyncio.run(follow_stream(rack, path, query, sys.stdout.buffer))
+        if rack.uds is not None:
+            code = follow_raw(rack, path, query, sys.stdout.buffer)
+        else:
+            import asyncio
+
+            code = asyncio.run(follow_stream(rack, path, query, sys.stdout.buffer))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except BrokenPipeError:

@@ -65,6 +65,18 @@ def taken(extension: Any) -> tuple[socket.socket, bytes]:
     return sock, leftover
 
 
+async def send_all(sock: socket.socket, *parts: bytes) -> None:
+    """Write ``parts`` to the client: on the loop while its socket takes them at once (the common case: a
+    line of a followed log goes out in this turn), the rest in a thread."""
+    try:
+        sent = sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        sent = 0
+    if sent < sum(len(part) for part in parts):
+        rest = memoryview(b"".join(parts))[sent:]
+        await asyncio.to_thread(write_all, sock.fileno(), rest)
+
+
 async def serve_output(
     extension: Any, chunks: AsyncIterator[bytes], status: Callable[[], Awaitable[bytes]], log: Logger
 ) -> str:
@@ -75,11 +87,10 @@ async def serve_output(
     gone = in_thread(lambda: rawstream.wait_hangup(client.fileno()), "raw-hangup")
 
     async def send() -> None:
-        await asyncio.to_thread(write_all, client.fileno(), rawstream.accepted())
+        await send_all(client, rawstream.accepted())
         async for chunk in chunks:
-            frame = rawstream.frame_header(rawstream.STDOUT, len(chunk)) + chunk
-            await asyncio.to_thread(write_all, client.fileno(), frame)
-        await asyncio.to_thread(write_all, client.fileno(), await status())
+            await send_all(client, rawstream.frame_header(rawstream.STDOUT, len(chunk)), chunk)
+        await send_all(client, await status())
 
     sender = asyncio.ensure_future(send())
     try:

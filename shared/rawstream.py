@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import json
 import select
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterator, Mapping
 
 RAW_PROTOCOL = "v1.raw.rack"
 """The ``Upgrade`` token of a raw stream."""
@@ -82,6 +83,26 @@ def accepted(passed: bool = False) -> bytes:
     return (
         f"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {RAW_PROTOCOL}\r\n{extra}\r\n"
     ).encode()
+
+
+def frames(sock: socket.socket, first: bytes = b"", read: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+    """Each whole frame of a raw stream, ``(type, payload)``, as soon as it has come (a blocking read of
+    whatever is there, never waiting for more), from what came with the answer (``first``) on, until the
+    connection ends."""
+    data = bytearray(first)
+    while True:
+        pos = 0
+        while len(data) - pos >= HEADER:
+            end = pos + HEADER + int.from_bytes(data[pos + 4 : pos + 8], "big")
+            if end > len(data):
+                break
+            yield data[pos], bytes(data[pos + HEADER : end])
+            pos = end
+        del data[:pos]
+        chunk = sock.recv(read)
+        if not chunk:
+            return
+        data += chunk
 
 
 def wait_hangup(fd: int) -> None:

@@ -117,6 +117,23 @@ class Follower:
         return code, stderr
 
 
+@pytest.fixture(params=["https"])
+def over(request: pytest.FixtureRequest) -> str:
+    """Where the CLI reaches the rack: its HTTPS address (a log stream is a websocket) or, where a test is
+    parametrized so, its own unix socket (a raw stream, :mod:`shared.rawstream`)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def cli(cli: Cli, rack: RunningRack, over: str) -> Cli:
+    if over == "unix":
+        cli.env["CONVOX_HOST"] = rack.local_url
+    return cli
+
+
+BOTH_WAYS = pytest.mark.parametrize("over", ["https", "unix"], indirect=True)
+
+
 @pytest.fixture
 def follow(cli: Cli) -> Iterator[Callable[..., Follower]]:
     started: list[Follower] = []
@@ -215,6 +232,7 @@ def test_every_process_merged_and_followed_with_history_and_events(
     assert [m["text"] for m in parsed(matching.splitlines())] == ["worker-2"]
 
 
+@BOTH_WAYS
 def test_one_process_and_a_bad_pid_or_app(
     rack: RunningRack, cli: Cli, app: str, busybox_image: str, app_name: str
 ) -> None:
@@ -325,7 +343,10 @@ def test_platform_events_build_release_scale_and_a_failed_health_check(
 # ---- the rack itself -------------------------------------------------------------------------------------
 
 
-def test_the_racks_own_logs_and_processes(rack: RunningRack, cli: Cli, follow: Callable[..., Follower]) -> None:
+@BOTH_WAYS
+def test_the_racks_own_logs_and_processes(
+    rack: RunningRack, cli: Cli, follow: Callable[..., Follower], over: str
+) -> None:
     out = cli("rack", "logs", "--no-follow", "--since", "1h", check=True).stdout.splitlines()
     assert any(re.match(r"^\S+Z gateway: ns=gateway at=request state=\w+ status=\d+ method=", line) for line in out)
     assert any(re.match(r"^\S+Z supervisor: ns=supervisor at=start service=logs pid=\d+", line) for line in out)
@@ -339,6 +360,14 @@ def test_the_racks_own_logs_and_processes(rack: RunningRack, cli: Cli, follow: C
         follower.wait_for(lambda lines: any('path="/apps/convox-follow-check"' in line for line in lines))
     finally:
         assert follower.stop()[0] == 130
+    if over == "unix":  # the follow was a raw stream, and its end was seen when the CLI went
+        deadline = time.monotonic() + 15
+        while True:
+            ends = cli("rack", "logs", "--no-follow", "--since", "1m", "--service", "logs", check=True).stdout
+            if any("at=stream.end outcome=disconnect raw=true" in line for line in ends.splitlines()):
+                break
+            assert time.monotonic() < deadline, ends[-2000:]
+            time.sleep(0.2)
 
     ps = cli("rack", "ps", check=True).stdout.splitlines()
     assert ps[0].split() == ["ID", "NAME", "CPU", "MEM", "STARTED", "COMMAND"]
@@ -414,6 +443,7 @@ def workers_started(cli: Cli) -> int:
     return len(re.findall(r"^\S+Z logs: ns=workers at=workers\.started ", out, re.MULTILINE))
 
 
+@BOTH_WAYS
 def test_a_stream_survives_a_kill_of_the_logs_service_without_loss_or_duplicates(
     rack: RunningRack, cli: Cli, app: str, busybox_image: str, follow: Callable[..., Follower]
 ) -> None:

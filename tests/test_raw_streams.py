@@ -67,12 +67,20 @@ def open_raw(
     extra: list[tuple[str, str]] | None = None,
     password: str | None = None,
 ) -> tuple[socket.socket, int, bytes]:
-    """A raw stream's connection over the rack's socket: the socket, the answer's status, what followed its head."""
+    """A raw exec's connection over the rack's socket: the socket, the answer's status, what followed its head."""
+    query = [("command", word) for word in command] + (extra or [])
+    return open_path(rack, f"/apps/{target.app}/processes/{target.pid}/exec", query, password)
+
+
+def open_path(
+    rack: RunningRack, path: str, query: list[tuple[str, str]], password: str | None = None
+) -> tuple[socket.socket, int, bytes]:
+    """A raw stream of the route ``path`` over the rack's socket: the socket, the answer's status, what
+    followed its head."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(30)
     sock.connect(str(rack.data_dir / "rack.sock"))
-    query = [("command", word) for word in command] + (extra or [])
-    sock.sendall(request(rack, f"/apps/{target.app}/processes/{target.pid}/exec", query, password))
+    sock.sendall(request(rack, path, query, password))
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -181,3 +189,25 @@ def test_a_raw_stream_is_refused_with_a_clear_error_and_nothing_started(rack: Ru
     )
     assert refused.status_code == 400
     assert "unix socket only" in refused.json()["error"]
+
+
+def test_a_raw_log_stream_carries_whole_lines_then_its_status_and_an_unknown_app_is_refused(
+    rack: RunningRack, target: Target
+) -> None:
+    def started() -> bool:
+        with rack.client() as client:
+            return b"web started" in client.get(f"/apps/{target.app}/logs", params={"since": "1h"}).content
+
+    eventually(started, within=15)
+    sock, status, rest = open_path(rack, f"/apps/{target.app}/logs", [("since", "1h"), ("follow", "false")])
+    with sock:
+        assert status == 101
+        got = frames(sock, rest)
+    assert got[-1] == (rawstream.STATUS, b'{"exit_code": 0}')
+    lines = [p for k, p in got[:-1]]
+    assert lines and all(kind == rawstream.STDOUT for kind, _ in got[:-1])
+    assert all(payload.endswith(b"\n") for payload in lines)  # whole lines in each frame
+    assert b"web started" in b"".join(lines)
+    sock, status, rest = open_path(rack, "/apps/no-such-app/logs", [("follow", "false")])
+    with sock:
+        assert (status, refusal(sock, rest)) == (404, "no such app: no-such-app")

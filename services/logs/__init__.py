@@ -29,8 +29,6 @@ def create_app(
     logs: LogsSettings | None = None,
 ) -> FastAPI:
     limits = logs or LogsSettings()
-    app = build_service(
-        NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, workers=True
-    )
+    app = build_service(NAME, ROUTERS, settings=settings, provider=provider, internal=internal, tags=TAGS, workers=True)
     app.state.follows = Slots("log follows", limits.max_follows, "RACK_LOGS_MAX_FOLLOWS")
     return app

@@ -8,6 +8,9 @@ Each channel-1 message carries whole lines ``TIMESTAMP TYPE:RELEASE/PID LINE\\n`
 across messages). Without ``follow`` the stream ends with a status message ``{"exit_code": 0}``; an error
 ends it with ``{"error": ...}``. A refused request (unknown app or pid, bad query) is an HTTP answer with
 ``{"error": ...}`` instead of the handshake. Keepalive pings come from the server (uvicorn).
+
+Over the rack's unix socket the plain GET of these routes may ask for a raw stream instead
+(:mod:`shared.rawstream`, as the CLI there does): the same messages as frames, no websocket.
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from shared import stream
+from shared import rawstream, stream
 from shared.errors import BadRequest, RackError
 from shared.http import error_response
 from shared.limits import Slots
 from shared.logfmt import Logger
 from shared.models import RACK_APP
 from shared.params import app_path, pid_path
+from shared.rawhttp import raw_extension
+from shared.rawserve import serve_output
 from shared.service import provider_of
 from shared.stream import Channel
 from shared.websocket import accept, refuse
@@ -190,7 +195,9 @@ def _options(websocket: WebSocket) -> tuple[datetime | None, bool, str, str]:
 SOCKET_DOC = (
     "The websocket on this path (subprotocol `v1.stream.rack`) streams the same lines and, with `follow` "
     "(its default), goes on with new ones, with keepalive pings; a plain GET answers the lines as text/plain "
-    "(`follow` false by default). Lines: `TIMESTAMP TYPE:RELEASE/PID LINE`, RFC 3339 in UTC, in time order."
+    "(`follow` false by default). Lines: `TIMESTAMP TYPE:RELEASE/PID LINE`, RFC 3339 in UTC, in time order. "
+    "Over the rack's unix socket, a GET with `Connection: Upgrade` and `Upgrade: v1.raw.rack` makes it a raw "
+    "stream: each batch of whole lines a stdout frame, then (unless followed) a status frame."
 )
 RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"content": {"text/plain": {}}, "description": "The lines"},
@@ -205,18 +212,60 @@ ServiceQuery = Query("", description="Only this process type (and the platform's
 FilterQuery = Query("", description="Only lines containing this text.")
 
 
-async def _text(request: Request, lines: AsyncIterator[list[bytes]], follow: bool) -> StreamingResponse:
-    """The lines as text; a followed stream holds one of the service's follow slots until it ends."""
+async def _opened(request: Request, lines: AsyncIterator[list[bytes]], follow: bool) -> list[bytes]:
+    """A followed stream's slot taken (429) and the stream's first batch (404, 400): both before anything is
+    sent. The slot is the caller's to give back once the stream has ended."""
     slots = follows_of(request.app)
     if follow:
-        slots.take()  # 429 before anything is sent
+        slots.take()
     try:
-        first = await anext(lines)  # raises before anything is sent (404, 400)
+        return await anext(lines)
     except BaseException:
         if follow:
             slots.give()
         raise
 
+
+async def _answer(request: Request, lines: AsyncIterator[list[bytes]], follow: bool) -> Response:
+    """The lines as text, or as a raw stream (:mod:`shared.rawstream`) when one is asked for."""
+    if rawstream.wants_raw(request.headers):
+        return await _raw(request, lines, follow)
+    return await _text(request, lines, follow)
+
+
+async def _raw(request: Request, lines: AsyncIterator[list[bytes]], follow: bool) -> Response:
+    """The lines as a raw stream over the rack's socket (as the CLI there follows a log): each batch of whole
+    lines a stdout frame, then (unless followed) the status, ``{"exit_code": 0}`` or ``{"error": ...}``."""
+    extension = raw_extension(request.scope)
+    first = await _opened(request, lines, follow)
+    failed: list[str] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        if first:
+            yield b"".join(first)
+        try:
+            async for batch in lines:
+                yield b"".join(batch)
+        except RackError as exc:
+            failed.append(exc.message)
+
+    async def status() -> bytes:
+        return rawstream.status_frame(error=failed[0]) if failed else rawstream.status_frame(exit_code=0)
+
+    try:
+        await serve_output(extension, chunks(), status, log)
+    finally:
+        if follow:
+            follows_of(request.app).give()
+        with contextlib.suppress(Exception):
+            await lines.aclose()  # type: ignore[attr-defined]
+    return Response(status_code=101)  # not written: the connection is the stream's
+
+
+async def _text(request: Request, lines: AsyncIterator[list[bytes]], follow: bool) -> StreamingResponse:
+    """The lines as text; a followed stream holds one of the service's follow slots until it ends."""
+    first = await _opened(request, lines, follow)
+    slots = follows_of(request.app)
     held = [follow]
 
     async def give_back() -> None:  # once, whether the body ran to its end, was cut off or never started
@@ -246,15 +295,15 @@ async def app_logs(
     service: str = ServiceQuery,
     filter: str = FilterQuery,
     pid: str = Query("", description="Only this process."),
-) -> StreamingResponse:
+) -> Response:
     provider = provider_of(request)
     moment = parse_since(since)
     if app == RACK_APP:
-        return await _text(
+        return await _answer(
             request, provider.logs.system(since=moment, follow=follow, service=service, filter=filter), follow
         )
     lines = provider.logs.app(app, since=moment, follow=follow, service=service, pid=pid, filter=filter)
-    return await _text(request, lines, follow)
+    return await _answer(request, lines, follow)
 
 
 @router.get("/apps/{app}/processes/{pid}/logs", name="process_logs", tags=["logs"], summary="One process's log",
@@ -266,10 +315,10 @@ async def process_logs(
     since: str | None = Since,
     follow: bool = Follow,
     filter: str = FilterQuery,
-) -> StreamingResponse:
+) -> Response:
     provider = provider_of(request)
     lines = provider.logs.app(app, since=parse_since(since), follow=follow, pid=pid, filter=filter)
-    return await _text(request, lines, follow)
+    return await _answer(request, lines, follow)
 
 
 @router.get("/system/logs", name="system_logs", tags=["logs"], summary="The rack's own log", description=SOCKET_DOC,
@@ -280,10 +329,10 @@ async def system_logs(
     follow: bool = Follow,
     service: str = Query("", description="Only this service of the rack (`gateway`)."),
     filter: str = FilterQuery,
-) -> StreamingResponse:
+) -> Response:
     provider = provider_of(request)
     lines = provider.logs.system(since=parse_since(since), follow=follow, service=service, filter=filter)
-    return await _text(request, lines, follow)
+    return await _answer(request, lines, follow)
 
 
 # ---- websockets ----------------------------------------------------------------------------------------------
