@@ -1,5 +1,5 @@
-"""`convox exec` with pipes over the rack's own unix socket: a raw stream (``v1.raw.rack``,
-:mod:`shared.rawstream`) instead of a websocket.
+"""`convox exec` over the rack's own unix socket: a raw stream (``v1.raw.rack``, :mod:`shared.rawstream`)
+instead of a websocket, with pipes or on a terminal (:func:`exec_terminal`).
 
 The request is the websocket's, asking ``Upgrade: v1.raw.rack``; a refusal is ``ERROR: <the rack's message>``
 as for the websocket. Then stdin goes to the rack as it is, moved by the kernel (``splice``, a thread of its
@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 from cli.config import Rack
 from cli.errors import CliError
 from shared import rawstream
-from shared.splice import Pump, batch_reads, recv_into
+from shared.splice import Pump, batch_reads, recv_into, write_all
 
 READ_SIZE = 1 << 20
 """What one read of the stream takes at most (into the one buffer)."""
@@ -218,7 +218,7 @@ def receive(sock: socket.socket, first: bytes, out: int = STDOUT, err: int = STD
 
 def exec_raw(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> int:
     """Run ``convox exec`` with pipes as a raw stream; returns the remote exit code."""
-    from cli.stream import Ended, parse_status
+    from cli.stream import Ended
 
     sock, first, engine = open_stream(rack, path, query, pass_stdio=True)
     with sock:
@@ -237,6 +237,87 @@ def exec_raw(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> int:
                     payload = _receive(sock, b"")
             except BrokenPipeError:
                 raise Ended(141) from None
+    return _exit_code(payload)
+
+
+def _copy_out(engine: socket.socket, first: bytes) -> None:
+    """A terminal's output as it comes (no batching: each key's echo at once) to stdout, until its end."""
+    view = memoryview(bytearray(READ_SIZE))
+    if first:
+        write_all(STDOUT, first)
+    while True:
+        try:
+            got = engine.recv_into(view)
+        except ConnectionError:
+            return
+        if not got:
+            return
+        write_all(STDOUT, view[:got])
+
+
+def _type_frames(sock: socket.socket) -> None:
+    """The terminal's keys to the rack as stdin frames (a TTY not passed), its EOF the socket's write side."""
+    try:
+        while data := os.read(STDIN, 1 << 16):
+            sock.sendall(rawstream.frame_header(rawstream.STDIN, len(data)) + data)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:  # the rack closed the stream (the process ended), or the terminal went away
+        return
+
+
+def exec_terminal(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> int:
+    """Run ``convox exec`` on this terminal as a raw stream; returns the remote exit code. The engine's
+    connection, passed, carries the keys and the terminal's bytes both ways; the rack's carries the
+    terminal's resizes (``SIGWINCH``) and, once the output has ended, the exit status. The terminal is raw
+    while the stream runs and restored on every way out; SIGTERM and SIGHUP end the stream as Ctrl-C would
+    end a local command (exit 128 + the signal), and the closed stream hangs up the remote process."""
+    import signal
+
+    from cli import terminal
+    from cli.stream import STOP_SIGNALS, Ended
+
+    params = [*query, ("tty", "true")]
+    size = terminal.size(STDIN)
+    if size:
+        params += [("width", str(size[0])), ("height", str(size[1]))]
+    sock, first, engine = open_stream(rack, path, params, pass_stdio=True)  # a refusal: before raw mode
+
+    def stop(signum: int, _: object) -> None:
+        raise Ended(128 + signum)
+
+    def resized(_signum: int, _frame: object) -> None:
+        now = terminal.size(STDIN)
+        if now:
+            with contextlib.suppress(OSError):
+                sock.sendall(rawstream.resize_frame(*now))
+
+    with sock, engine if engine is not None else contextlib.nullcontext(), terminal.raw(STDIN):
+        handlers = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+        handlers[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, resized)
+        try:
+            if engine is not None:
+                threading.Thread(target=_feed, args=(engine,), name="stdin", daemon=True).start()
+                read = threading.Event()
+                threading.Thread(target=_watch, args=(sock, engine, read), name="rack", daemon=True).start()
+                _copy_out(engine, first)
+                read.set()
+                sock.shutdown(socket.SHUT_WR)  # read to its end: the status, please
+                payload = _receive(sock, b"")
+            else:
+                threading.Thread(target=_type_frames, args=(sock,), name="stdin", daemon=True).start()
+                payload = _receive(sock, first)
+        except BrokenPipeError:
+            raise Ended(141) from None
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+    return _exit_code(payload)
+
+
+def _exit_code(payload: bytes | None) -> int:
+    """The remote exit code of a stream's status frame (its absence, or an error, raised)."""
+    from cli.stream import parse_status
+
     if payload is None:
         raise CliError("the stream ended without an exit status (the connection was lost)")
     status = parse_status(payload)

@@ -312,11 +312,11 @@ def exec_command(app: str, pid: str, command: Sequence[str]) -> int:
         raise CliError(f"no such process: {pid}")
     path = f"/apps/{quote(app)}/processes/{check_pid(pid)}/exec"
     rack, query = current_rack(), [("command", word) for word in command]
-    if rack.uds and not terminal.is_terminal(STDIN):  # pipes over the rack's own socket: a raw stream
-        from cli.rawexec import exec_raw
+    if rack.uds:  # over the rack's own socket: a raw stream, on a terminal or with pipes
+        from cli.rawexec import exec_raw, exec_terminal
 
         try:
-            return exec_raw(rack, path, query)
+            return exec_terminal(rack, path, query) if terminal.is_terminal(STDIN) else exec_raw(rack, path, query)
         except Ended as ended:
             return ended.code
     return run(attach(rack, path, query))

@@ -65,7 +65,7 @@ def taken(extension: Any) -> tuple[socket.socket, bytes]:
     return sock, leftover
 
 
-async def send_all(sock: socket.socket, *parts: bytes) -> None:
+async def send_all(sock: socket.socket, *parts: bytes | memoryview) -> None:
     """Write ``parts`` to the client: on the loop while its socket takes them at once (the common case: a
     line of a followed log goes out in this turn), the rest in a thread."""
     try:

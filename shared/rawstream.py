@@ -7,7 +7,7 @@ its own on the hot path, so each end can move bytes kernel to kernel (``splice``
 engine's own.
 
 The request is an HTTP/1.1 upgrade of a stream route (today ``GET /apps/{app}/processes/{pid}/exec`` with
-the same query as its websocket, ``tty`` false), with ``Connection: Upgrade``, ``Upgrade: v1.raw.rack`` and the
+the same query as its websocket), with ``Connection: Upgrade``, ``Upgrade: v1.raw.rack`` and the
 rack's credentials; it is authenticated, authorised and routed like every request. A refusal is an HTTP error
 with ``{"error": ...}``, as for a websocket's handshake; an accepted stream is answered ``101`` once its process
 has started (a process that cannot start is an HTTP error too). From then on:
@@ -32,7 +32,15 @@ answers no request on a connection it has handed to a process).
 
 Served only over a unix socket: there a closed peer is told apart from a half-closed one (``POLLHUP``), so a
 client that goes away never leaves its process running, and there is no network between the two ends to keep
-alive (a websocket's pings have nothing to find). Over HTTPS and for a TTY the websocket stays the protocol.
+alive (a websocket's pings have nothing to find). Over HTTPS the websocket stays the protocol.
+
+With a TTY (``tty=true``) the process's output is the terminal's bytes, not framed by the engine. Passed, the
+client reads them from the engine's connection as they are and writes its keys there; what it sends on the
+rack's connection is framed, as the rack's frames are: its terminal's new size (type :data:`RESIZE`), and
+nothing else until its ``shutdown(SHUT_WR)``. Not passed (the engine is reached over TLS), the rack sends the
+output as stdout frames and the client's keys come as frames of type :data:`STDIN` beside the resizes; the
+client's ``shutdown(SHUT_WR)`` is stdin's EOF, as without a TTY. A close ends the process with a hang-up, as
+a closed terminal does.
 
 Nothing here imports more than the standard library: the CLI speaks it too.
 """
@@ -51,6 +59,9 @@ HEADER = 8
 STDOUT, STDERR, ENGINE_ERROR = 1, 2, 3
 STATUS = 0x80
 """The type of the last frame: the stream's status (a type Docker's stream never has)."""
+STDIN = 0
+RESIZE = 0x81
+"""With a TTY, client to rack: the terminal's size, columns then rows, 16-bit big-endian each."""
 STDIO, PASS, PASSED = "Rack-Stdio", "pass", "passed"
 """The request header (``Rack-Stdio: pass``) that asks for the engine's connection itself, and the answer's
 (``Rack-Stdio: passed``) when it is given."""
@@ -85,13 +96,27 @@ def accepted(passed: bool = False) -> bytes:
     ).encode()
 
 
-def frames(sock: socket.socket, first: bytes = b"", read: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
-    """Each whole frame of a raw stream, ``(type, payload)``, as soon as it has come (a blocking read of
-    whatever is there, never waiting for more), from what came with the answer (``first``) on, until the
-    connection ends."""
-    data = bytearray(first)
-    while True:
-        pos = 0
+def resize_frame(columns: int, rows: int) -> bytes:
+    return frame_header(RESIZE, 4) + min(columns, 0xFFFF).to_bytes(2, "big") + min(rows, 0xFFFF).to_bytes(2, "big")
+
+
+def parse_resize(payload: bytes) -> tuple[int, int] | None:
+    """``(columns, rows)`` of a :data:`RESIZE` frame's payload; None for one that is no size."""
+    if len(payload) != 4:
+        return None
+    columns, rows = int.from_bytes(payload[:2], "big"), int.from_bytes(payload[2:], "big")
+    return (columns, rows) if columns and rows else None
+
+
+class Unframer:
+    """Whole frames ``(type, payload)`` out of a stream's bytes, however they were cut."""
+
+    def __init__(self, first: bytes = b"") -> None:
+        self.data = bytearray(first)
+
+    def feed(self, chunk: bytes = b"") -> Iterator[tuple[int, bytes]]:
+        self.data += chunk
+        data, pos = self.data, 0
         while len(data) - pos >= HEADER:
             end = pos + HEADER + int.from_bytes(data[pos + 4 : pos + 8], "big")
             if end > len(data):
@@ -99,10 +124,16 @@ def frames(sock: socket.socket, first: bytes = b"", read: int = 1 << 20) -> Iter
             yield data[pos], bytes(data[pos + HEADER : end])
             pos = end
         del data[:pos]
-        chunk = sock.recv(read)
-        if not chunk:
-            return
-        data += chunk
+
+
+def frames(sock: socket.socket, first: bytes = b"", read: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+    """Each whole frame of a raw stream, ``(type, payload)``, as soon as it has come (a blocking read of
+    whatever is there, never waiting for more), from what came with the answer (``first``) on, until the
+    connection ends."""
+    unframer = Unframer(first)
+    yield from unframer.feed()
+    while chunk := sock.recv(read):
+        yield from unframer.feed(chunk)
 
 
 def wait_hangup(fd: int) -> None:

@@ -114,9 +114,9 @@ class Terminal(BaseModel):
 @dataclass
 class Stdio:
     """A process's pipes as the engine's own connection (:meth:`ProcessStream.take_stdio`): its socket, in
-    blocking mode and now the taker's to close, and what was read of it already, in the engine's multiplexed
-    framing (Docker's 8-byte headers, :mod:`shared.rawstream`). Writing to it is stdin, ``shutdown(SHUT_WR)``
-    stdin's EOF; its end is the end of the output."""
+    blocking mode and now the taker's to close, and what was read of it already: in the engine's multiplexed
+    framing (Docker's 8-byte headers, :mod:`shared.rawstream`), or a terminal's bytes as they are (a TTY).
+    Writing to it is stdin, ``shutdown(SHUT_WR)`` stdin's EOF; its end is the end of the output."""
 
     sock: socket.socket
     pending: bytes
@@ -149,11 +149,11 @@ class ProcessStream(Protocol):
     async def wait(self) -> int: ...
 
     def take_stdio(self) -> Stdio | None:
-        """Once started without a TTY: the process's pipes as the engine's connection (:class:`Stdio`),
-        for a service to move them kernel to kernel; :meth:`output`, :meth:`write` and :meth:`close_stdin`
-        are not used after it (:meth:`wait` and :meth:`close` are). ``None`` when the provider has no such
-        connection to give (a TTY, an engine reached over TLS): the stream is then relayed through
-        :meth:`output` and :meth:`write` as usual."""
+        """Once started: the process's stdio as the engine's connection (:class:`Stdio`), for a service to
+        move it kernel to kernel or to hand it to its client; :meth:`output`, :meth:`write` and
+        :meth:`close_stdin` are not used after it (:meth:`wait`, :meth:`resize` and :meth:`close` are).
+        ``None`` when the provider has no such connection to give (an engine reached over TLS): the stream is
+        then relayed through :meth:`output` and :meth:`write` as usual."""
         ...
 
     async def close(self) -> None: ...

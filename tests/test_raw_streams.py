@@ -22,7 +22,7 @@ import pytest
 
 from shared import rawstream
 from tests.conftest import Cli, RunningRack
-from tests.test_processes_cli import docker, eventually, running_in
+from tests.test_processes_cli import docker, eventually, finish, running_in, spawn
 
 
 @dataclass(frozen=True)
@@ -135,11 +135,35 @@ def test_convox_exec_with_pipes_moves_bytes_both_ways_intact_over_a_raw_stream(
     assert hashlib.sha256(piped.stdout).hexdigest() == hashlib.sha256(data).hexdigest()
 
     def passed() -> bool:  # the service's line of the stream's end comes once the CLI has its status
-        ends = [line for line in rack.log.read_text(errors="replace").splitlines() if "at=stream.end" in line]
-        return any("raw=true" in line and "passed=true" in line for line in ends)
+        return any("raw=true" in line and "passed=true" in line for line in stream_ends(rack))
 
     # a raw stream, not the websocket, and the engine's connection was the CLI's: no byte crossed the rack
     eventually(passed, within=15)
+
+
+def stream_ends(rack: RunningRack) -> list[str]:
+    """The processes service's lines of the streams' ends (one comes once the CLI has its status)."""
+    return [line for line in rack.log.read_text(errors="replace").splitlines() if "at=stream.end" in line]
+
+
+def test_convox_exec_on_a_terminal_is_passed_the_engines_connection_and_its_resizes_apply(
+    cli: Cli, rack: RunningRack, target: Target
+) -> None:
+    cli.env["CONVOX_HOST"] = rack.local_url
+    before = len(stream_ends(rack))
+    script = "stty size; read line; stty size; exit 3"
+    child = spawn(cli, "exec", "--app", target.app, target.pid, "sh", "-c", script, rows=21, cols=77)
+    child.expect("21 77")  # the size from the start
+    child.setwinsize(30, 99)  # SIGWINCH: a resize frame on the rack's connection
+    time.sleep(0.5)
+    child.sendline("go")
+    child.expect("30 99")
+    assert finish(child) == 3
+
+    def passed() -> bool:
+        return any("passed=true tty=true" in line and "raw=true" in line for line in stream_ends(rack)[before:])
+
+    eventually(passed, within=15)  # the terminal's bytes went between the CLI and the engine, not the rack
 
 
 def test_a_raw_stream_goes_on_after_stdins_eof_until_the_process_ends(rack: RunningRack, target: Target) -> None:
@@ -168,7 +192,7 @@ def test_a_raw_client_that_closes_ends_its_process(rack: RunningRack, target: Ta
 
 def test_a_raw_stream_is_refused_with_a_clear_error_and_nothing_started(rack: RunningRack, target: Target) -> None:
     for command, extra, password, code, message in (
-        (["ls"], [("tty", "true")], None, 400, "a raw stream has no terminal"),
+        (["ls"], [("tty", "true"), ("width", "0")], None, 400, "width"),
         ([], [], None, 400, "no command"),
         (["ls"], [], "wrong", 401, "invalid password"),
     ):

@@ -175,6 +175,7 @@ class ProcessDouble:
         self.code = code
         self.stdin = asyncio.Queue[bytes | None]()
         self.closed = 0
+        self.sizes: list[tuple[int, int]] = []
 
     async def start(self, terminal: Terminal) -> None:
         pass
@@ -191,7 +192,7 @@ class ProcessDouble:
         await self.stdin.put(None)
 
     async def resize(self, width: int, height: int) -> None:
-        pass
+        self.sizes.append((width, height))
 
     async def wait(self) -> int:
         return self.code
@@ -207,7 +208,7 @@ class ProcessDouble:
 
 
 async def session(
-    process: ProcessDouble, stdin: bytes, pending: bytes = b"", pause: float = 0.0
+    process: ProcessDouble, stdin: bytes, pending: bytes = b"", pause: float = 0.0, tty: bool = False
 ) -> tuple[str, list[tuple[int, bytes]], socket.socket]:
     """Serve a raw stream to a client that sends ``stdin`` (``pending`` as if read with its request; after
     ``pause`` seconds), then shuts its write side and reads to the end: the outcome and the frames it got."""
@@ -222,7 +223,7 @@ async def session(
         return read_all(client.fileno())
 
     talking = asyncio.get_running_loop().run_in_executor(None, talk)
-    outcome = await raw.serve(served, pending, process)
+    outcome = await raw.serve(served, pending, process, tty=tty)
     data = await talking
     head, _, data = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101")
@@ -322,6 +323,66 @@ async def test_a_passed_raw_stream_gives_the_client_the_engines_connection_and_t
     assert process.closed == 1
     client.close()
     played.close()
+
+
+async def test_a_relayed_terminal_takes_the_clients_keys_and_resizes_as_frames() -> None:
+    process = ProcessDouble(code=3)  # the double has no engine connection: the service relays through it
+    keys = frame(rawstream.STDIN, b"ls\r") + rawstream.resize_frame(100, 40) + frame(rawstream.STDIN, b"x")
+    outcome, frames, client = await session(process, keys[3:], pending=keys[:3], tty=True)  # cut in a header
+    client.close()
+    assert outcome == "exit"
+    assert b"".join(p for k, p in frames if k == rawstream.STDOUT) == b"ls\rx"
+    assert process.sizes == [(100, 40)]
+    assert frames[-1] == (rawstream.STATUS, b'{"exit_code": 3}')
+
+
+async def test_a_passed_terminal_gets_the_engines_connection_and_the_clients_resizes_apply() -> None:
+    engine, played = socket.socketpair()  # the test plays the engine on `played`: a terminal's bytes
+    process = ProcessDouble(engine, pending=b"$ ", code=0)
+    client, served = socket.socketpair()
+    served.setblocking(True)
+    early = rawstream.resize_frame(90, 30)  # sent with the request
+    serving = asyncio.ensure_future(raw.serve(served, early, process, pass_stdio=True, tty=True))
+
+    def talk() -> tuple[bytes, bytes, bytes]:
+        data, fds = b"", list[int]()
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 6 or not fds:
+            chunk, got, _, _ = socket.recv_fds(client, 65536, 1)
+            data += chunk
+            fds += got
+        rest = data.partition(b"\r\n\r\n")[2]
+        with socket.socket(fileno=fds[0]) as passed:
+            passed.sendall(b"exit\r")  # keys, straight to the engine
+            client.sendall(rawstream.resize_frame(120, 50))
+            deadline = time.monotonic() + 5
+            while process.sizes != [(90, 30), (120, 50)] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            keys = b""
+            while len(keys) < 5:
+                keys += played.recv(64)
+            played.sendall(b"bye\r\n")
+            played.close()  # the process ends: the engine's stream ends
+            out = rest[4:] + read_all(passed.fileno())
+        client.shutdown(socket.SHUT_WR)
+        return keys, out, read_all(client.fileno())
+
+    keys, out, status = await asyncio.get_running_loop().run_in_executor(None, talk)
+    assert await asyncio.wait_for(serving, 5) == "exit"
+    assert (keys, out) == (b"exit\r", b"$ bye\r\n")
+    assert process.sizes == [(90, 30), (120, 50)]
+    assert status == rawstream.status_frame(exit_code=0)
+    client.close()
+
+
+async def test_a_relayed_terminal_whose_client_goes_away_ends_its_process() -> None:
+    process = ProcessDouble()  # relayed; its output never ends on its own
+    client, served = socket.socketpair()
+    served.setblocking(True)
+    serving = asyncio.ensure_future(raw.serve(served, b"", process, tty=True))
+    await asyncio.sleep(0.1)
+    client.close()  # as a killed CLI's connection closes: its process must not run on
+    assert await asyncio.wait_for(serving, 5) == "disconnect"
+    assert process.closed == 1
 
 
 def handed(served: socket.socket) -> dict[str, object]:

@@ -23,13 +23,13 @@ import asyncio
 import contextlib
 import select
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from shared import rawstream
 from shared.errors import RackError
 from shared.logfmt import Logger
-from shared.rawserve import in_thread, shut
+from shared.rawserve import in_thread, send_all, shut
 from shared.splice import Broken, Pump, batch_reads, recv_into, write_all
 from shared.stream import Channel, ProcessStream, Stdio
 
@@ -102,9 +102,15 @@ def _relay_input(
     rawstream.wait_hangup(client.fileno())
 
 
-def _output_ended(client: socket.socket) -> bool:
+Resize = Callable[[bytes], None]
+"""What is done with a client's frames on the rack's connection, with a TTY: its resizes applied."""
+
+
+def _output_ended(
+    client: socket.socket, frames: rawstream.Unframer | None = None, resize: Resize | None = None
+) -> bool:
     """Wait until the client shuts its write side (True: it read the engine's stream to its end) or goes
-    altogether (False)."""
+    altogether (False). With a TTY, what it sends meanwhile is its terminal's resizes (``resize``)."""
     poller = select.poll()
     poller.register(client.fileno(), select.POLLIN)
     while True:
@@ -112,12 +118,56 @@ def _output_ended(client: socket.socket) -> bool:
             if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
                 return False
             try:
-                if not client.recv(1 << 16, socket.MSG_DONTWAIT):
-                    return True
+                data = client.recv(1 << 16, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                pass
+                continue
             except OSError:
                 return False
+            if not data:
+                return True
+            if frames is not None and resize is not None:
+                for kind, payload in frames.feed(data):
+                    if kind == rawstream.RESIZE:
+                        resize(payload)
+
+
+def _relay_terminal_input(
+    client: socket.socket, pending: bytes, process: ProcessStream, loop: asyncio.AbstractEventLoop
+) -> None:
+    """With a TTY, not passed: the client's frames, its keys (to the provider's stdin) and its resizes, then
+    as :func:`_input`."""
+    frames = rawstream.Unframer(pending)
+    buffer = memoryview(bytearray(RELAY_CHUNK))
+    try:
+        chunk = b""
+        while True:
+            for kind, payload in frames.feed(chunk):
+                if kind == rawstream.STDIN:
+                    asyncio.run_coroutine_threadsafe(process.write(payload), loop).result()
+                elif kind == rawstream.RESIZE:
+                    _resizer(process, loop)(payload)
+            got = recv_into(client, buffer)
+            if not got:
+                break
+            chunk = bytes(buffer[:got])
+        asyncio.run_coroutine_threadsafe(process.close_stdin(), loop).result()
+    except OSError:
+        return
+    except RackError:
+        pass  # the process's stdin is gone: its output and exit code tell the rest
+    rawstream.wait_hangup(client.fileno())
+
+
+def _resizer(process: ProcessStream, loop: asyncio.AbstractEventLoop) -> Resize:
+    """A client's :data:`~shared.rawstream.RESIZE` frame applied to its process (from a stream's thread)."""
+
+    def resize(payload: bytes) -> None:
+        size = rawstream.parse_resize(payload)
+        if size is not None:
+            with contextlib.suppress(RackError, OSError):
+                asyncio.run_coroutine_threadsafe(process.resize(*size), loop).result()
+
+    return resize
 
 
 class _Passed:
@@ -127,13 +177,17 @@ class _Passed:
     of it passes through the rack. The client's ``shutdown(SHUT_WR)`` of its own connection says it has read
     the output to its end; the status frame follows on that connection. Its close ends the process."""
 
-    def __init__(self, client: socket.socket, pending: bytes, stdio: Stdio) -> None:
+    def __init__(self, client: socket.socket, pending: bytes, stdio: Stdio, resize: Resize | None = None) -> None:
         self.client = client
         self.stdio = stdio
+        self.resize = resize
         self.waiting = in_thread(lambda: self._hand(pending), "raw-passed")
 
     def _hand(self, pending: bytes) -> bool:
         engine = self.stdio.sock
+        frames = None
+        if self.resize is not None:  # a TTY: what the client sent with its request is frames (a resize)
+            frames, pending = rawstream.Unframer(pending), b""
         try:
             write_all(engine.fileno(), pending)  # stdin the client sent with its request
             message = len(self.stdio.pending).to_bytes(4, "big") + self.stdio.pending
@@ -143,7 +197,11 @@ class _Passed:
             return False
         finally:
             engine.close()  # the client's now
-        return _output_ended(self.client)
+        if frames is not None and self.resize is not None:
+            for kind, payload in frames.feed():
+                if kind == rawstream.RESIZE:
+                    self.resize(payload)
+        return _output_ended(self.client, frames, self.resize)
 
     async def ended(self) -> bool:
         return await self.waiting
@@ -155,12 +213,17 @@ class _Passed:
 class _Joined:
     """The client's connection joined to the process's stdio: output and input, each on its own."""
 
-    def __init__(self, client: socket.socket, pending: bytes, process: ProcessStream, stdio: Stdio | None) -> None:
+    def __init__(
+        self, client: socket.socket, pending: bytes, process: ProcessStream, stdio: Stdio | None, tty: bool = False
+    ) -> None:
         self.client = client
         self.stdio = stdio
         loop = asyncio.get_running_loop()
         self.output: asyncio.Future[None]
-        if self.stdio is not None:
+        if tty:  # relayed, the client's side framed (its keys and its resizes)
+            self.output = asyncio.ensure_future(self._relay_output(process))
+            self.input = in_thread(lambda: _relay_terminal_input(client, pending, process, loop), "raw-in")
+        elif self.stdio is not None:
             engine, stdio = self.stdio.sock, self.stdio
             batch_reads(engine)
             self.output = in_thread(lambda: _output(engine, client, stdio.pending), "raw-out")
@@ -173,15 +236,18 @@ class _Joined:
         async for channel, data in process.output():
             kind = rawstream.STDERR if channel == Channel.STDERR else rawstream.STDOUT
             try:
-                await asyncio.to_thread(write_all, self.client.fileno(), rawstream.frame_header(kind, len(data)))
-                await asyncio.to_thread(write_all, self.client.fileno(), data)
+                await send_all(self.client, rawstream.frame_header(kind, len(data)), data)
             except OSError:
                 raise ClientGone() from None
 
     async def ended(self) -> bool:
-        """Wait until the process's output has ended (True) or the client has gone (False)."""
+        """Wait until the process's output has ended (True) or the client has gone (False: the input's side
+        ends only then, whatever the output did meanwhile: a TTY's may end with its stdin while the process
+        runs on)."""
         await asyncio.wait({self.output, self.input}, return_when=asyncio.FIRST_COMPLETED)
-        return self.output.done() and not self.output.cancelled() and self.output.exception() is None
+        if self.input.done():
+            return False
+        return not self.output.cancelled() and self.output.exception() is None
 
     async def close(self) -> None:
         """Stop both sides (the client's socket shut down already) and close the engine's connection."""
@@ -195,21 +261,25 @@ class _Joined:
 
 
 async def serve(
-    client: socket.socket, client_pending: bytes, process: ProcessStream, pass_stdio: bool = False
+    client: socket.socket, client_pending: bytes, process: ProcessStream, pass_stdio: bool = False, tty: bool = False
 ) -> str:
     """Serve an accepted raw stream of a started ``process`` to its end (``pass_stdio``: the client asked for
-    the engine's connection itself); the outcome, for the log. The client's socket is closed, the process
-    closed (ended if it still runs), whatever happens."""
+    the engine's connection itself; ``tty``: the process runs on a terminal, see :mod:`shared.rawstream`); the
+    outcome, for the log. The client's socket is closed, the process closed (ended if it still runs: a TTY's
+    with a hang-up), whatever happens."""
     outcome = "exit"
     joined: _Joined | _Passed | None = None
-    stdio = process.take_stdio()
+    stdio = process.take_stdio() if pass_stdio or not tty else None  # a TTY not passed is relayed
     passed = pass_stdio and stdio is not None
+    if tty:  # a key is read as it comes, never held for a batch
+        batch_reads(client, 1, 0.0)
     try:
         await asyncio.to_thread(write_all, client.fileno(), rawstream.accepted(passed=passed))
         if passed and stdio is not None:
-            joined = _Passed(client, client_pending, stdio)
+            resize = _resizer(process, asyncio.get_running_loop()) if tty else None
+            joined = _Passed(client, client_pending, stdio, resize)
         else:
-            joined = _Joined(client, client_pending, process, stdio)
+            joined = _Joined(client, client_pending, process, stdio, tty)
         if not await joined.ended():
             outcome = "disconnect"
             return outcome
@@ -232,4 +302,4 @@ async def serve(
             stdio.sock.close()
         client.close()
         await asyncio.shield(process.close())
-        log.log("stream.end", outcome=outcome, raw="true", passed=str(passed).lower())
+        log.log("stream.end", outcome=outcome, raw="true", passed=str(passed).lower(), tty=str(tty).lower())

@@ -148,11 +148,13 @@ Messages (binary, first byte the channel): client to rack 0 stdin, 4 resize `{"w
 `{"exit_code": N}` or `{"error": "..."}` as the last message. A client that disconnects ends the process (a
 TTY is hung up, a pipe process is killed). An unknown, other app's or rack pid is a 404 on the handshake.
 
-Over the rack's unix socket, a process with pipes (no `tty`) may be had as a raw stream instead:
-`Connection: Upgrade`, `Upgrade: v1.raw.rack`; once the process has started the answer is `101` and the
-connection carries Docker's multiplexed frames (8-byte header: type 1 stdout or 2 stderr, three zero bytes, the
-length big-endian), then a frame of type 128 with the status JSON; the client's bytes are stdin, its
-`shutdown(SHUT_WR)` stdin's EOF, its close the end of the process. Asked elsewhere, or with `tty`, it is a 400."""
+Over the rack's unix socket, a process may be had as a raw stream instead: `Connection: Upgrade`,
+`Upgrade: v1.raw.rack`; once the process has started the answer is `101` and the connection carries Docker's
+multiplexed frames (8-byte header: type 1 stdout or 2 stderr, three zero bytes, the length big-endian), then a
+frame of type 128 with the status JSON; the client's bytes are stdin, its `shutdown(SHUT_WR)` stdin's EOF, its
+close the end of the process. With `tty`, the client frames what it sends too (type 0 its keys, type 129 its
+terminal's size); with `Rack-Stdio: pass` it is given the engine's connection itself (see `shared/rawstream.py`).
+Asked elsewhere, it is a 400."""
 
 
 TOO_MANY_SESSIONS = error_response(429, "Too many exec and run sessions open at once (RACK_PROCESSES_MAX_SESSIONS)")
@@ -185,21 +187,21 @@ async def process_exec(
     if not rawstream.wants_raw(request.headers):
         return upgrade_required(f"/apps/{app}/processes/{pid}/exec")
     extension = raw_extension(request.scope)
-    if tty:
-        raise BadRequest("a raw stream has no terminal: a TTY is the websocket's (v1.stream.rack)")
     argv = command_of(request)
+    terminal = Terminal(tty=tty, width=width, height=height) if tty else Terminal()
     slots = sessions_of(request)
     slots.take()
     try:
         process = await provider.processes.exec(app, pid, argv)
         try:
-            await process.start(Terminal())
-            log.log("exec.start", app=app, pid=pid, tty=False, raw="true")
+            await process.start(terminal)
+            log.log("exec.start", app=app, pid=pid, tty=str(tty).lower(), raw="true")
             client, pending = taken(extension)
         except BaseException:
             await asyncio.shield(process.close())
             raise
-        await raw.serve(client, pending, process, pass_stdio=request.headers.get(rawstream.STDIO) == rawstream.PASS)
+        passing = request.headers.get(rawstream.STDIO) == rawstream.PASS
+        await raw.serve(client, pending, process, pass_stdio=passing, tty=tty)
     finally:
         slots.give()
     return Response(status_code=101)  # not written: the connection is the stream's

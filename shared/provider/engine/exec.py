@@ -261,7 +261,7 @@ class _Attached(abc.ABC):
             self.conn.close_write()
 
     def take_stdio(self) -> Stdio | None:
-        if self.conn is None or self.terminal.tty:
+        if self.conn is None:
             return None
         return self.conn.detach()
 
