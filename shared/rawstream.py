@@ -1,13 +1,14 @@
-"""The rack's raw stream protocol, ``v1.raw.rack``: a process's pipes as plain bytes on the connection itself,
-for bulk transfers over the rack's own unix socket (``convox exec`` with piped stdio).
+"""The rack's raw stream protocol, ``v1.raw.rack``: a process's stdio as plain bytes on the connection itself,
+over the rack's own unix socket (``convox exec`` with pipes or on a terminal; also a build's log and
+``convox logs``, output only, as stdout frames of whole lines and then, unless followed, the status).
 
 A websocket costs a copy of every byte at each end (frames are parsed into messages, a client's frames are
 masked) and those copies were the limit of ``convox exec`` (:mod:`bench`). This protocol has no framing of
 its own on the hot path, so each end can move bytes kernel to kernel (``splice``): the stream *is* the
 engine's own.
 
-The request is an HTTP/1.1 upgrade of a stream route (today ``GET /apps/{app}/processes/{pid}/exec`` with
-the same query as its websocket), with ``Connection: Upgrade``, ``Upgrade: v1.raw.rack`` and the
+The request is an HTTP/1.1 upgrade of a stream route (``GET /apps/{app}/processes/{pid}/exec`` with the
+same query as its websocket; the logs' routes), with ``Connection: Upgrade``, ``Upgrade: v1.raw.rack`` and the
 rack's credentials; it is authenticated, authorised and routed like every request. A refusal is an HTTP error
 with ``{"error": ...}``, as for a websocket's handshake; an accepted stream is answered ``101`` once its process
 has started (a process that cannot start is an HTTP error too). From then on:

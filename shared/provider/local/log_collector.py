@@ -89,11 +89,11 @@ class LogCollector:
         self.tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._released = asyncio.Event()
+        """Set when lines are released: the flusher writes them (and so sends them to the followers) soon."""
         self._writing = False
         """Whether the flusher is writing to the history in a thread (nothing else writes meanwhile)."""
         self._rotated = False
         """Whether a write outside the flusher began a new segment of a history (cursors are saved at once)."""
-        """Set when lines are released: the flusher writes them (and so sends them to the followers) soon."""
         self._opening: dict[str, asyncio.Lock] = {}
         self._docker_down = False
         self.events_read_to = ""
