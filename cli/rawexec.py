@@ -301,7 +301,8 @@ def exec_terminal(rack: Rack, path: str, query: Sequence[tuple[str, str]]) -> in
                 threading.Thread(target=_watch, args=(sock, engine, read), name="rack", daemon=True).start()
                 _copy_out(engine, first)
                 read.set()
-                sock.shutdown(socket.SHUT_WR)  # read to its end: the status, please
+                with contextlib.suppress(OSError):  # read to its end: the status, please
+                    sock.shutdown(socket.SHUT_WR)
                 payload = _receive(sock, b"")
             else:
                 threading.Thread(target=_type_frames, args=(sock,), name="stdin", daemon=True).start()

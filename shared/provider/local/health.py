@@ -32,6 +32,7 @@ class HealthChecks:
         checked = health or Health()
         deadline = asyncio.get_running_loop().time() + checked.grace + 3 * checked.timeout + 2
         first = True
+        restarts: int | None = None
         pause = 0.05  # a fresh process usually answers within a few tenths of a second: look soon, then back off
         while True:
             info = await self.docker.inspect(container["Id"])
@@ -40,6 +41,12 @@ class HealthChecks:
                 code = state.get("ExitCode")
                 await self.event(container, f"{service} failed its health check (exited with code {code})")
                 raise RackError(f"{service} exited with code {code} before it was healthy")
+            count = int(info.get("RestartCount") or 0)
+            if restarts is None:
+                restarts = count
+            elif count != restarts:  # it exited and its restart policy started it again between two looks
+                await self.event(container, f"{service} failed its health check (exited, restarted by the engine)")
+                raise RackError(f"{service} exited (and was restarted by the engine) before it was healthy")
             if port is None:
                 if not first:  # a type without a port: still running after its first look
                     return
