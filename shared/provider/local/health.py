@@ -33,7 +33,7 @@ class HealthChecks:
         deadline = asyncio.get_running_loop().time() + checked.grace + 3 * checked.timeout + 2
         first = True
         restarts: int | None = None
-        pause = 0.02  # a fresh process usually answers within a few tenths of a second: look soon, then back off
+        pause = 0.05  # a fresh process usually answers within a few tenths of a second: look soon, then back off
         while True:
             info = await self.docker.inspect(container["Id"])
             state = info.get("State") or {}
@@ -59,7 +59,7 @@ class HealthChecks:
                 await self.event(container, f"{service} failed its health check ({what})")
                 raise RackError(f"{service} failed its health check ({what})")
             await asyncio.sleep(pause)
-            pause = min(pause * 1.5, float(checked.interval), 1.0)  # found at most a third of its time late
+            pause = min(pause * 2, float(checked.interval), 1.0)
 
     async def event(self, container: ContainerInfo, message: str) -> None:
         labels = (container.get("Config") or {}).get("Labels") or {}
