@@ -2,9 +2,9 @@
 
 ``splice`` moves data between a pipe and anything else without bringing it into this process: from a
 socket into a pipe, from the pipe to a socket or a file, the pages are passed along, not copied through
-Python's buffers. Between two descriptors neither of which is a pipe, a pipe of this module's stands between
-them. A descriptor the kernel cannot splice (a terminal, ``/dev/null`` read) is read and written the usual way
-instead, through one buffer used again and again.
+Python's buffers. A pipe of this module's stands between the two descriptors unless both are pipes (see
+:attr:`Pump.direct`). A descriptor the kernel cannot splice (a terminal, ``/dev/null`` read) is read and
+written the usual way instead, through one buffer used again and again.
 
 Every call here blocks (descriptors in blocking mode); ``os.splice`` lets go of the GIL while it waits, so a
 thread per direction moves a stream at the kernel's pace while the event loop goes on.
@@ -92,7 +92,13 @@ class Pump:
     def __init__(self, src: int, dst: int) -> None:
         self.src = src
         self.dst = dst
-        self.direct = is_pipe(src) or is_pipe(dst)
+        self.direct = is_pipe(src) and is_pipe(dst)
+        """Only pipe to pipe is spliced directly: the kernel waits for either side with neither pipe locked.
+        A splice from a pipe to a socket keeps the pipe locked while it waits for room in the socket (and one
+        from a socket into a pipe while it waits for data): whoever else writes (or reads) that pipe, such as
+        the program that feeds `convox exec`'s stdin and reads its stdout, would wait uninterruptibly for the
+        stream, and the stream for it. So a pipe that is not this module's own is only ever spliced to or from
+        a pipe that is."""
         self.pipe: tuple[int, int] | None = None
         self.buffer: memoryview | None = None
         """Set once splicing was refused: the bytes then go through it."""

@@ -7,6 +7,8 @@ plays the engine on the other end of a socket pair: each test says which."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -84,12 +86,55 @@ def test_the_pump_reads_what_cannot_be_spliced_and_writes_to_a_pipe() -> None:
         os.close(write)
         a, b = socket.socketpair()
         with a, b:
-            assert pump_all(read, a.fileno()) == len(b"through a pipe")  # a pipe's side is spliced directly
+            assert pump_all(read, a.fileno()) == len(b"through a pipe")  # through the pump's own pipe
             a.shutdown(socket.SHUT_WR)
             assert read_all(b.fileno()) == b"through a pipe"
     finally:
         os.close(null)
         os.close(read)
+
+
+def test_a_pipe_pumped_into_a_full_socket_can_still_be_written_by_its_writer() -> None:
+    """`producer | convox exec ... | consumer` where one program is both (as subprocess's communicate is): the
+    pump's wait for room in the stream must not lock the pipe its writer writes (a splice from that pipe
+    straight into the socket did, and the writer then waited in the kernel, uninterruptibly, for the stream,
+    which waited for it: CI's hang of test_convox_exec_with_pipes_moves_bytes_both_ways_intact_over_a_raw_stream)."""
+    read, write = os.pipe()
+    a, b = socket.socketpair()  # nobody reads b until the end: a fills up
+    fcntl.fcntl(write, fcntl.F_SETFL, fcntl.fcntl(write, fcntl.F_GETFL) | os.O_NONBLOCK)
+    pumping = threading.Thread(target=pump_all, args=(read, a.fileno()), daemon=True)
+    pumping.start()
+    finished: list[bool] = []
+
+    def fill_then_one_more() -> None:  # non-blocking writes: each at once, whether it finds room or not
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the socket fills, then the pipe
+            try:
+                os.write(write, b"x" * 4096)
+            except BlockingIOError:
+                break
+        time.sleep(0.2)  # the pump waits for room in the socket now
+        with contextlib.suppress(BlockingIOError):
+            os.write(write, b"y")
+        finished.append(True)
+
+    writer = threading.Thread(target=fill_then_one_more, daemon=True)
+    writer.start()
+    writer.join(8)
+    stuck = writer.is_alive()
+    reader = threading.Thread(target=lambda: read_all(b.fileno()), daemon=True)
+    reader.start()  # the stream drains: whatever waited goes on
+    writer.join(10)
+    os.close(write)
+    pumping.join(10)
+    a.shutdown(socket.SHUT_WR)
+    reader.join(10)
+    for end in (read,):
+        os.close(end)
+    a.close()
+    b.close()
+    assert not stuck, "the pipe's writer waited on the pump"
+    assert finished == [True]
 
 
 def test_a_hangup_is_a_closed_peer_not_a_half_closed_one(pair: tuple[socket.socket, socket.socket]) -> None:
