@@ -19,7 +19,7 @@ RUN_ARGS := $(if $(HOST),--host '$(HOST)') $(if $(PORT),--port '$(PORT)') $(if $
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: help install install-dev docker test-tools images lint test run bench bench-ceiling clean distclean
+.PHONY: help install install-dev docker test-tools images lint test run bench bench-ceiling bench-logs-ceiling clean distclean
 
 help:
 	@echo "make run         install, start a Docker Engine if needed, run the rack (HOST= PORT= DATA_DIR=)"
@@ -32,6 +32,7 @@ help:
 	@echo "make lint        ruff check + mypy (strict) on the product, its tests and benchmarks"
 	@echo "make bench       run the benchmarks (python -m bench, BENCH_ARGS=)"
 	@echo "make bench-ceiling  exec throughput of one ideal relaying process vs docker exec (a probe)"
+	@echo "make bench-logs-ceiling  lines/s of the ideal Python log follower vs docker logs -f (a probe)"
 	@echo "make clean       remove caches; make distclean also removes .venv"
 
 # ---- install -----------------------------------------------------------------------------------
@@ -89,6 +90,9 @@ bench: install-dev docker
 
 bench-ceiling: install-dev docker
 	$(BIN)/python -m bench.ceiling
+
+bench-logs-ceiling: install-dev docker
+	$(BIN)/python -m bench.logs_ceiling
 
 # ---- images ------------------------------------------------------------------------------------
 # The offline images (images/README.md): a debootstrapped Debian base, postgres, mysql (MariaDB), redis and

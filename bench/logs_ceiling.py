@@ -1,0 +1,109 @@
+"""The ceiling of `convox logs` lines per second for a follower written in Python: ``python -m
+bench.logs_ceiling [--rounds N]``.
+
+Not the product: a probe for issue #14's "`convox logs` lines per second at least 1.0x `docker logs -f`". The
+rack's collector is itself a follower of the Docker Engine, so no design can beat the fastest Python follower
+there is: one process, blocking reads of the engine's raw HTTP/1.0 stream, Docker's frames cut and their
+payloads written to stdout in one write per read, no store, no ordering, no second process. It runs side by
+side with `docker logs -f` on the same container and the same bursts as ``bench/cases/logs.py`` (the same
+reader reads both), and also reports each follower's CPU per line (user + system, psutil).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from functools import partial
+
+import psutil
+
+from bench.cases.logs import BURST, Reader, wait_for
+
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def follow(container: str, since: str) -> None:
+    """The ideal Python follower: the engine's log stream to stdout, payloads only."""
+    conn = socket.socket(socket.AF_UNIX)
+    conn.connect(DOCKER_SOCKET)
+    query = f"follow=1&stdout=1&stderr=1&timestamps=1&since={since}"
+    conn.sendall(f"GET /containers/{container}/logs?{query} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        more = conn.recv(1 << 16)
+        if not more:
+            return
+        buffer += more
+    buffer = buffer.split(b"\r\n\r\n", 1)[1]
+    out = sys.stdout.fileno()
+    while data := conn.recv(1 << 18):
+        buffer += data
+        at, end, payloads = 0, len(buffer), []
+        while at + 8 <= end:
+            size = int.from_bytes(buffer[at + 4 : at + 8], "big")
+            if at + 8 + size > end:
+                break
+            payloads.append(buffer[at + 8 : at + 8 + size])
+            at += 8 + size
+        buffer = buffer[at:]
+        if payloads:
+            os.write(out, b"".join(payloads))
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.logs_ceiling")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--follow", nargs=2, metavar=("CONTAINER", "SINCE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.follow:
+        follow(*args.follow)
+        return 0
+    from tests.images import ensure_busybox_image
+
+    script = (
+        f"n=0; while true; do if [ -f /go ]; then rm /go; n=$((n+1)); yes r$n | head -n {BURST}; fi; usleep 10000; done"
+    )
+    argv = ["docker", "run", "-d", "--init", "--log-driver", "local", ensure_busybox_image(), "sh", "-c", script]
+    container = subprocess.run(argv, capture_output=True, check=True).stdout.decode().strip()
+    since = str(int(time.time()) - 1)
+    env = dict(os.environ)
+    python = Reader([sys.executable, "-m", "bench.logs_ceiling", "--follow", container, since], env)
+    docker = Reader(["docker", "logs", "-f", "-t", "--since", since, container], env)
+    try:
+        time.sleep(2)  # both followers attached
+        processes = {"python": psutil.Process(python.proc.pid), "docker": psutil.Process(docker.proc.pid)}
+        before = {name: _cpu(process) for name, process in processes.items()}
+        ratios = []
+        for number in range(1, args.rounds + 1):
+            tag = f"r{number}".encode()
+            subprocess.run(["docker", "exec", container, "touch", "/go"], capture_output=True, check=True)
+            for reader in (python, docker):
+                wait_for(partial(lambda reader, tag: reader.counts[tag] >= BURST, reader, tag), 120, f"round {number}")
+            ours, theirs = ((r.counts[tag] - 1) / max(r.last[tag] - r.first[tag], 1e-6) for r in (python, docker))
+            ratios.append(ours / theirs)
+            print(f"round {number}: python {ours:,.0f} lines/s, docker logs -f {theirs:,.0f}, {ours / theirs:.2f}x")
+        lines = args.rounds * BURST
+        cpu = {name: (_cpu(process) - before[name]) / lines * 1e6 for name, process in processes.items()}
+        ratios.sort()
+        print(
+            f"median {ratios[len(ratios) // 2]:.2f}x; CPU per line: python {cpu['python']:.1f} us,"
+            f" docker logs -f {cpu['docker']:.1f} us"
+        )
+    finally:
+        python.close()
+        docker.close()
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
