@@ -17,11 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-from functools import partial
 
-import psutil
-
-from bench.cases.logs import BURST, Reader, wait_for
+from bench.cases.logs import BURST, BURST_SCRIPT, Reader, wait_for_round
+from bench.cpu import tree_cpu
+from bench.stats import Stats
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 
@@ -54,11 +53,6 @@ def follow(container: str, since: str) -> None:
             os.write(out, b"".join(payloads))
 
 
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.logs_ceiling")
     parser.add_argument("--rounds", type=int, default=6)
@@ -69,10 +63,7 @@ def main() -> int:
         return 0
     from tests.images import ensure_busybox_image
 
-    script = (
-        f"n=0; while true; do if [ -f /go ]; then rm /go; n=$((n+1)); yes r$n | head -n {BURST}; fi; usleep 10000; done"
-    )
-    argv = ["docker", "run", "-d", "--init", "--log-driver", "local", ensure_busybox_image(), "sh", "-c", script]
+    argv = ["docker", "run", "-d", "--init", "--log-driver", "local", ensure_busybox_image(), "sh", "-c", BURST_SCRIPT]
     container = subprocess.run(argv, capture_output=True, check=True).stdout.decode().strip()
     since = str(int(time.time()) - 1)
     env = dict(os.environ)
@@ -80,22 +71,21 @@ def main() -> int:
     docker = Reader(["docker", "logs", "-f", "-t", "--since", since, container], env)
     try:
         time.sleep(2)  # both followers attached
-        processes = {"python": psutil.Process(python.proc.pid), "docker": psutil.Process(docker.proc.pid)}
-        before = {name: _cpu(process) for name, process in processes.items()}
-        ratios = []
+        pids = {"python": python.proc.pid, "docker": docker.proc.pid}
+        before = {name: sum(tree_cpu(pid).values()) for name, pid in pids.items()}
+        ratios: list[float] = []
         for number in range(1, args.rounds + 1):
             tag = f"r{number}".encode()
             subprocess.run(["docker", "exec", container, "touch", "/go"], capture_output=True, check=True)
             for reader in (python, docker):
-                wait_for(partial(lambda reader, tag: reader.counts[tag] >= BURST, reader, tag), 120, f"round {number}")
-            ours, theirs = ((r.counts[tag] - 1) / max(r.last[tag] - r.first[tag], 1e-6) for r in (python, docker))
+                wait_for_round(reader, tag, f"round {number}")
+            ours, theirs = python.rate(tag), docker.rate(tag)
             ratios.append(ours / theirs)
             print(f"round {number}: python {ours:,.0f} lines/s, docker logs -f {theirs:,.0f}, {ours / theirs:.2f}x")
         lines = args.rounds * BURST
-        cpu = {name: (_cpu(process) - before[name]) / lines * 1e6 for name, process in processes.items()}
-        ratios.sort()
+        cpu = {name: (sum(tree_cpu(pid).values()) - before[name]) / lines * 1e6 for name, pid in pids.items()}
         print(
-            f"median {ratios[len(ratios) // 2]:.2f}x; CPU per line: python {cpu['python']:.1f} us,"
+            f"median {Stats(tuple(ratios)).median:.2f}x; CPU per line: python {cpu['python']:.1f} us,"
             f" docker logs -f {cpu['docker']:.1f} us"
         )
     finally:

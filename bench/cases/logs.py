@@ -35,6 +35,10 @@ THROUGHPUT_TARGET = Target.ratio_above(1.0)
 """convox at least docker's lines per second (issue #14)."""
 P50_ABOVE_DOCKER = 0.0003
 """convox's median write-to-print latency at most 0.3 ms above docker's (issue #14)."""
+BURST_SCRIPT = (
+    f"n=0; while true; do if [ -f /go ]; then rm /go; n=$((n+1)); yes r$n | head -n {BURST}; fi; usleep 10000; done"
+)
+"""A process that writes a burst of ``BURST`` lines tagged ``rN`` (its N-th) each time ``/go`` appears."""
 P99_ABOVE_DOCKER = 0.005
 """convox's p99 at most 5 ms above docker's (issue #14; in the details, the row is the median's)."""
 
@@ -71,6 +75,10 @@ class Reader:
                 self.first.setdefault(tag, when)
                 self.last[tag] = when
             self.counts.update(tags)
+
+    def rate(self, tag: bytes) -> float:
+        """Lines per second of a round: its lines over the time from its first to its last."""
+        return (self.counts[tag] - 1) / max(self.last[tag] - self.first[tag], 1e-6)
 
     def lines(self, marker: bytes) -> list[tuple[float, bytes]]:
         """The lines read so far that hold ``marker``, with their times."""
@@ -126,25 +134,25 @@ def wait_for(done: Callable[[], bool], within: float, what: str) -> None:
         time.sleep(0.01)
 
 
+def wait_for_round(reader: Reader, tag: bytes, what: str) -> None:
+    """Until ``reader`` has read the whole burst tagged ``tag``."""
+    wait_for(partial(lambda reader, tag: reader.counts[tag] >= BURST, reader, tag), 120, what)
+
+
 def throughput(ctx: Context) -> Result:
-    script = (
-        f"n=0; while true; do if [ -f /go ]; then rm /go; n=$((n+1)); yes r$n | head -n {BURST}; fi; usleep 10000; done"
-    )
     ours: list[float] = []
     theirs: list[float] = []
     rounds = ctx.warmups(1) + ctx.repetitions(5)
-    with followed(ctx, script) as (container, convox, docker):
+    with followed(ctx, BURST_SCRIPT) as (container, convox, docker):
         time.sleep(2)  # both followers attached
         for number in range(1, rounds + 1):
             tag = f"r{number}".encode()
             timing.run([ctx.docker, "exec", container, "touch", "/go"])
             for reader, name in ((convox, "convox logs"), (docker, "docker logs -f")):
-                complete = partial(lambda reader, tag: reader.counts[tag] >= BURST, reader, tag)
-                wait_for(complete, 120, f"{name}: round {number}")
+                wait_for_round(reader, tag, f"{name}: round {number}")
             if number > ctx.warmups(1):
-                for reader, rates in ((convox, ours), (docker, theirs)):
-                    span = reader.last[tag] - reader.first[tag]
-                    rates.append((reader.counts[tag] - 1) / max(span, 1e-6))
+                ours.append(convox.rate(tag))
+                theirs.append(docker.rate(tag))
     return Result(
         title=f"convox logs / docker logs -f, lines per second (bursts of {BURST:,} lines)",
         unit="ops/s",
