@@ -20,7 +20,7 @@ from services.logs.routes import parse_since
 from shared.errors import BadRequest
 from shared.logstore.applog import AppLog, SourceProgress, matcher
 from shared.logstore.history import History, Limits
-from shared.logstore.lines import Line, Offset, advance
+from shared.logstore.lines import Line, Offset, advance, advance_all
 from shared.logstore.racklog import rack_line, read_rack_log
 from shared.logstore.timestamps import normalize_ts, ts_from_datetime, ts_from_ns, ts_to_datetime
 from shared.provider.local.docker import EngineEvent
@@ -276,6 +276,49 @@ def test_a_line_later_than_the_ordering_goes_out_in_time_order_with_the_time_it_
     assert [(line.text, line.ts) for line in log.recent] == [("a8", ts(8)), ("event recorded late", ts(8)),
                                                              ("a9", ts(9))]  # fmt: skip
     assert late.cur == "7"  # its source's cursor is its own
+
+
+def run_of(src: str, *at: int) -> list[Line]:
+    return [Line(ts(n), "web", "", src[2:], f"{src[2:]}{n}", src, ts(n)) for n in at]
+
+
+def test_a_run_of_one_container_goes_out_as_it_is_and_is_taken_apart_to_merge_with_other_sources(
+    applog: Callable[..., AppLog],
+) -> None:
+    log = applog(order_window=0.1)
+    alone = run_of("c:a", 1, 2, 3)
+    log.add_run(alone, 100.0)
+    assert log.release_due(100.0) is None
+    assert list(log.recent) == alone and [line.seq for line in alone] == [1, 2, 3]
+    log.sources = {"c:b": SourceProgress(ts(5), 100.0)}  # b is delivering: a's run waits, then merges with b's
+    log.add_run(run_of("c:a", 4, 6, 8), 100.0)
+    assert log.release_due(100.0) is not None
+    log.add_run(run_of("c:b", 5, 7), 100.0)
+    log.add(Line(ts(9), "convox", "", "", "event", "e:app", "1"), 100.0)
+    log.sources["c:b"].ts = ts(9)
+    assert log.release_due(100.0) is None
+    assert [line.text for line in log.recent][3:] == ["a4", "b5", "a6", "b7", "a8", "event"]
+    assert [line.seq for line in log.recent] == list(range(1, 10))
+
+
+def test_a_run_older_than_what_went_out_is_retimed_like_any_line(applog: Callable[..., AppLog]) -> None:
+    log = applog()
+    log.add_run(run_of("c:a", 5), 100.0)
+    log.release_due(100.0)
+    log.add_run(run_of("c:b", 3, 4, 6), 100.0)  # its reader lagged past the ordering
+    log.release_due(100.0)
+    assert [(line.text, line.ts, line.cur) for line in log.recent] == [
+        ("a5", ts(5), ts(5)), ("b3", ts(5), ts(3)), ("b4", ts(5), ts(4)), ("b6", ts(6), ts(6))]  # fmt: skip
+
+
+def test_the_cursor_of_a_run_is_its_newest_time_and_counts_the_lines_at_it() -> None:
+    offsets: dict[str, Offset] = {"c:a": Offset(ts(2), 1)}
+    advance_all(offsets, run_of("c:a", 3, 4))
+    assert offsets["c:a"] == Offset(ts(4), 1)
+    advance_all(offsets, [*run_of("c:a", 4), *run_of("c:a", 4)])  # same time, e.g. stdout and stderr
+    assert offsets["c:a"] == Offset(ts(4), 3)
+    advance_all(offsets, [*run_of("c:a", 7), *run_of("c:b", 9)])  # two sources: each its own cursor
+    assert (offsets["c:a"], offsets["c:b"]) == (Offset(ts(7), 1), Offset(ts(9), 1))
 
 
 def test_the_newest_time_of_the_history_bounds_what_is_released_after_a_restart(tmp_path: Path) -> None:
@@ -545,3 +588,31 @@ def test_a_follow_knows_the_lines_the_engine_sends_again_and_takes_slightly_olde
     assert not recent.again(stamps[2990], b"an error")
     assert recent.again(stamps[2990], b"an error")  # and that one, sent again, is known
     assert not recent.again(stamps[5], b"line 5 but different")
+
+
+async def test_a_read_in_rising_time_is_one_run_and_the_lines_the_engine_sends_again_are_still_known(
+    tmp_path: Path,
+) -> None:
+    from shared.provider.local.log_containers import Resume
+    from shared.provider.local.logs import LocalLogs
+
+    logs = LocalLogs(SlowState(), None, None, "r", tmp_path)  # type: ignore[arg-type]
+    applog = await logs.applog("app")
+    resume = Resume(ts(2), 1)  # collected up to 2, one line at it
+    logs._writing = True  # as if the history were being written in a thread: what is collected is held
+    try:
+        read = [(ts(n), b"x%d" % n) for n in (2, 3, 4)]
+        assert logs._collect(applog, "c:a", "web", "R", "a", read, resume) == 2  # the line at 2 is skipped
+        assert [len(lines) for lines, _ in applog.runs] == []  # not a run: a line at the cursor was looked at
+        assert logs._collect(applog, "c:a", "web", "R", "a", [(ts(5), b"x5"), (ts(6), b"x6")], resume) == 2
+        assert [len(lines) for lines, _ in applog.runs] == [2]  # newer than all, rising: one run
+        again = [(ts(n), b"x%d" % n) for n in (4, 5, 6)]  # a rotation: the Engine sends these again
+        assert logs._collect(applog, "c:a", "web", "R", "a", again, resume) == 0
+        mixed = [(ts(8), b"out"), (ts(7), b"err")]  # stdout and stderr a little apart: new, not a run
+        assert logs._collect(applog, "c:a", "web", "R", "a", mixed, resume) == 2
+        assert len(applog.runs) == 1
+        applog.release_due(asyncio.get_running_loop().time())
+        assert [line.text for line in applog.recent] == ["x3", "x4", "x5", "x6", "err", "out"]
+        assert logs.offsets["c:a"] == Offset(ts(8), 1)
+    finally:
+        applog.history.close()

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from shared.logfmt import Logger
 from shared.logline import wanted
 from shared.logstore.history import READ_CHUNK, History, Limits, read_chunk
-from shared.logstore.lines import Line
+from shared.logstore.lines import Line, text_bytes
 
 log = Logger("logs")
 
@@ -93,6 +93,9 @@ class AppLog:
         self.heap: list[tuple[str, int, float, Line]] = []
         self.incoming: list[tuple[str, int, float, Line]] = []
         """Lines added since the last release, not in the heap yet (most often all go out at once)."""
+        self.runs: list[tuple[list[Line], float]] = []
+        """Runs of lines added since the last release, each in time order (a container's read): they go out
+        as they are when nothing else is held, and join ``incoming`` a line at a time otherwise."""
         self.newest = ""
         self.lifecycle = 0
         """How many process starts and exits are held (they also wait for the events table)."""
@@ -115,9 +118,24 @@ class AppLog:
         if line.src.startswith("d:"):
             self.lifecycle += 1
 
+    def add_run(self, lines: list[Line], arrival: float) -> None:
+        """Lines of one source in strictly increasing time, none a process's start or exit (a container's
+        read): kept as one run, not an entry per line, until something else is held with them."""
+        self.runs.append((lines, arrival))
+        if lines[-1].ts > self.newest:
+            self.newest = lines[-1].ts
+
     @property
     def held(self) -> bool:
-        return bool(self.heap or self.incoming)
+        return bool(self.heap or self.incoming or self.runs)
+
+    def entries(self) -> list[tuple[str, int, float, Line]]:
+        """Every line added and not released yet as an ordering entry (the runs taken apart)."""
+        counter = self._counter
+        for lines, arrival in self.runs:
+            self.incoming.extend([(line.ts, next(counter), arrival, line) for line in lines])
+        self.runs.clear()
+        return self.incoming
 
     def forget_stale(self, now: float) -> None:
         """Stop waiting for containers' events that did not come within ``MAX_WAIT`` (pending marks)."""
@@ -145,14 +163,17 @@ class AppLog:
         hold = min(MAX_WAIT, window * 4)
         out: list[Line] = []
         if (mark is None or self.newest <= mark) and (self.newest <= events_read_to or not self.lifecycle):
-            everything = heap + self.incoming  # all due: one sort instead of a heap operation per line
+            if not heap and not self.incoming and len(self.runs) == 1:  # one run, all due: as it is
+                self.release(self.runs.pop()[0], ordered=True)
+                return None
+            everything = heap + self.entries()  # all due: one sort instead of a heap operation per line
             everything.sort()
             heap.clear()
             self.incoming.clear()
             if everything:
                 self.release([entry[3] for entry in everything])
             return None
-        for entry in self.incoming:
+        for entry in self.entries():
             heapq.heappush(heap, entry)
         self.incoming.clear()
         while heap:
@@ -170,14 +191,27 @@ class AppLog:
         due = heap[0][2] + hold
         return due if quiet_at is None else min(due, quiet_at)
 
-    def release(self, lines: list[Line]) -> None:
+    def release(self, lines: list[Line], ordered: bool = False) -> None:
         """Give lines (in time order) their sequence numbers and send them to the history and the followers.
 
         A line older than one released already (its source lagged past the ordering: Docker's event stream,
         an event row committed late, a reader held up on a loaded machine) goes out with the time of the
         newest line released instead of its own, the time it is emitted with: the stream stays in time order
-        whatever the lag. Its cursor keeps the source's own time (re-attaching and de-duplication use that)."""
+        whatever the lag. Its cursor keeps the source's own time (re-attaching and de-duplication use that).
+
+        ``ordered``: the lines are a run (:meth:`add_run`): in time order already, none a start or exit."""
         latest = self.latest
+        if ordered and lines[0].ts >= latest:  # the common case: only their sequence numbers to give
+            seq = self.seq
+            for line in lines:
+                seq += 1
+                line.seq = seq
+            self.seq = seq
+            self.latest = lines[-1].ts
+            self.recent_bytes += text_bytes(lines) + 64 * len(lines)
+            self.unflushed.extend(lines)
+            self.recent.extend(lines)
+            return
         for line in lines:
             if line.ts < latest:
                 line.ts = latest
@@ -192,12 +226,17 @@ class AppLog:
         self.unflushed.extend(lines)
         self.recent.extend(lines)
 
-    def flushed_to(self, seq: int) -> None:
+    def flushed_to(self, seq: int, lines: list[Line] | None = None) -> None:
         """Lines up to ``seq`` are in the history: they go to the followers now, never before. A line a
         follower was shown is one a restart of the collector keeps (it resumes where the history ends), so a
         follow resumed after a restart neither misses a line nor is shown one again (re-read, and maybe
-        re-timed, by the next collector)."""
-        if seq > self.flushed:
+        re-timed, by the next collector). ``lines``: the lines written, when the caller has them (the
+        followers get them as they are, instead of taken from memory again)."""
+        if lines and lines[0].seq == self.flushed + 1 and lines[-1].seq == seq:
+            self.flushed = seq
+            for subscriber in list(self.subscribers):
+                subscriber.push(lines)
+        elif seq > self.flushed:
             # memory holds every line not flushed yet, at its end: taken from the right (a deque is walked
             # from an end, and memory may hold a few hundred thousand lines flushed already)
             fresh = list(itertools.islice(reversed(self.recent), self.seq - self.flushed))
@@ -206,8 +245,13 @@ class AppLog:
             self.flushed = seq
             for subscriber in list(self.subscribers):
                 subscriber.push(fresh)
-        while self.recent and self.recent_bytes > self.limits.recent_bytes and self.recent[0].seq <= self.flushed:
-            self.recent_bytes -= len(self.recent.popleft().text) + 64
+        recent, flushed = self.recent, self.flushed  # once per released line in a burst: locals
+        excess = self.recent_bytes - self.limits.recent_bytes
+        if excess > 0:
+            popleft = recent.popleft
+            while excess > 0 and recent and recent[0].seq <= flushed:
+                excess -= len(popleft().text) + 64
+            self.recent_bytes = self.limits.recent_bytes + excess
 
     async def _disk(self, cursor: int, upto: int, since: str) -> AsyncIterator[list[Line]]:
         segments = list(self.history.segments)

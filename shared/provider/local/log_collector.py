@@ -21,7 +21,7 @@ from shared.errors import BadRequest, RackError
 from shared.logfmt import Logger
 from shared.logstore.applog import AppLog
 from shared.logstore.history import History, Limits
-from shared.logstore.lines import Line, Offset, advance_all, after
+from shared.logstore.lines import Line, Offset, advance_all, after, sources, text_bytes
 from shared.logstore.settings import LogStoreSettings
 from shared.logstore.timestamps import ts_from_datetime
 from shared.models import invalid_app_name
@@ -140,13 +140,18 @@ class LogCollector:
             return True
         return False
 
-    def _add(self, applog: AppLog, lines: list[Line]) -> None:
+    def _add(self, applog: AppLog, lines: list[Line], run: bool = False) -> None:
+        """Lines collected from a source; ``run``: one container's, in strictly increasing time
+        (:meth:`AppLog.add_run`)."""
         now = asyncio.get_running_loop().time()
-        held = applog.lifecycle
-        for line in lines:
-            applog.add(line, now)
-        if applog.lifecycle != held:  # a start or exit: the events table is read again soon
-            self.lifecycle_added.set()
+        if run:
+            applog.add_run(lines, now)
+        else:
+            held = applog.lifecycle
+            for line in lines:
+                applog.add(line, now)
+            if applog.lifecycle != held:  # a start or exit: the events table is read again soon
+                self.lifecycle_added.set()
         advance_all(self.offsets, lines)
         if not self._release_now(applog, now):
             self.to_flush.add(applog)
@@ -168,7 +173,7 @@ class LogCollector:
         lines = applog.unflushed
         if not lines:
             return True
-        if sum(len(line.text) for line in lines) > INLINE_WRITE:
+        if text_bytes(lines) > INLINE_WRITE:
             self._released.set()  # released; the flusher writes them, in a thread
             return True
         work = [(applog, lines)]
@@ -248,7 +253,7 @@ class LogCollector:
         rotated, self._rotated = self._rotated, False
         if work:
             try:
-                if sum(len(line.text) for _, lines in work for line in lines) <= INLINE_WRITE:
+                if sum(text_bytes(lines) for _, lines in work) <= INLINE_WRITE:
                     self._write(work)  # a buffered append of a few lines: less than the hop to a thread
                 else:
                     self._writing = True
@@ -266,10 +271,10 @@ class LogCollector:
     def _written(self, work: list[tuple[AppLog, list[Line]]]) -> None:
         """Lines are in the history: out to the followers; their sources' cursors are saved next."""
         for applog, lines in work:
-            applog.flushed_to(lines[-1].seq)
+            applog.flushed_to(lines[-1].seq, lines)
         for applog, lines in work:
             advance_all(self.saved, lines)
-            for src in {line.src for line in lines if line.src}:
+            for src in sources(lines):
                 self.source_app[src] = applog.name
                 self.unsaved.add(src)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import operator
 import time
 from dataclasses import dataclass, field
 
@@ -356,10 +357,18 @@ class ContainerLogs(LogCollector):
         pieces: list[tuple[str, bytes]],
         resume: Resume,
     ) -> int:
-        lines: list[Line] = []
-        append = lines.append
         since = resume.since
         recent = resume.recent
+        stamps = [ts for ts, _ in pieces]
+        run = stamps[0] > since and stamps[0] > recent.newest and all(map(operator.lt, stamps, stamps[1:]))
+        if run:  # the common case: every line newer than the cursor and than any seen, in strictly rising time
+            recent.newest = stamps[-1]
+            recent.kept.extend(pieces)
+            lines = [Line(ts, service, release, pid, data.decode("utf-8", "backslashreplace"), src, ts)
+                     for ts, data in pieces]  # fmt: skip
+            return self._collected(applog, src, stamps[-1], lines, True)
+        lines = []
+        append = lines.append
         for ts, data in pieces:  # once per line: the common case first, inline
             if ts <= since:
                 if ts < since:
@@ -373,12 +382,18 @@ class ContainerLogs(LogCollector):
             elif recent.again(ts, data):  # sent again by the Engine (its follow of a rotating local log)
                 continue
             append(Line(ts, service, release, pid, data.decode("utf-8", "backslashreplace"), src, ts))
+        return self._collected(applog, src, max(stamps), lines, False)
+
+    def _collected(self, applog: AppLog, src: str, newest: str, lines: list[Line], run: bool) -> int:
+        """A read's new lines into the store; ``newest``: the latest time the read delivered (the ordering
+        waits for the source up to it); ``run``: the lines are in strictly rising time."""
         progress = applog.sources.get(src)
         if progress is not None:
             progress.seen = asyncio.get_running_loop().time()
-            progress.ts = max(progress.ts, max(ts for ts, _ in pieces))
+            if newest > progress.ts:
+                progress.ts = newest
         if lines:
             late = time.time() - ts_to_datetime(lines[-1].ts).timestamp()
             applog.lag = applog.lag * 0.8 + min(max(late, 0.0), MAX_WAIT) * 0.2
-            self._add(applog, lines)
+            self._add(applog, lines, run)
         return len(lines)

@@ -80,7 +80,12 @@ class LocalLogs(ContainerLogs, PlatformLogs):
         match = matcher(service, pid, filter)
         yield []
         async for batch in applog.read(ts_from_datetime(since) if since else "", follow, match):
-            yield [line.render() for line in batch]
+            yield [  # Line.render's common case inline: once per line per follower
+                f"{x.ts[:26]}Z {x.service}:{x.release}/{x.pid} {x.text}\n".encode("utf-8", "backslashreplace")
+                if x.pid
+                else x.render()
+                for x in batch
+            ]
 
     async def system(
         self, *, since: datetime | None = None, follow: bool = True, service: str = "", filter: str = ""
@@ -146,7 +151,7 @@ class LocalLogs(ContainerLogs, PlatformLogs):
         with contextlib.suppress(Exception):
             await self.receipts.gone()
         for applog in self.logs.values():  # what is held is released: it is collected
-            applog.release([entry[3] for entry in sorted(applog.heap + applog.incoming)])
+            applog.release([entry[3] for entry in sorted(applog.heap + applog.entries())])
             applog.heap.clear()
             applog.incoming.clear()
         with contextlib.suppress(Exception):
