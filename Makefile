@@ -19,7 +19,7 @@ RUN_ARGS := $(if $(HOST),--host '$(HOST)') $(if $(PORT),--port '$(PORT)') $(if $
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: help install install-dev docker test-tools images lint test run bench bench-ceiling bench-logs-ceiling clean distclean
+.PHONY: help install install-dev docker test-tools images lint test run bench bench-ceiling bench-logs-ceiling bench-logs-pipeline clean distclean
 
 help:
 	@echo "make run         install, start a Docker Engine if needed, run the rack (HOST= PORT= DATA_DIR=)"
@@ -33,6 +33,7 @@ help:
 	@echo "make bench       run the benchmarks (python -m bench, BENCH_ARGS=)"
 	@echo "make bench-ceiling  exec throughput of one ideal relaying process vs docker exec (a probe)"
 	@echo "make bench-logs-ceiling  lines/s of the ideal Python log follower vs docker logs -f (a probe)"
+	@echo "make bench-logs-pipeline  the local log collector's own CPU per line, engine simulated (a probe)"
 	@echo "make clean       remove caches; make distclean also removes .venv"
 
 # ---- install -----------------------------------------------------------------------------------
@@ -93,6 +94,9 @@ bench-ceiling: install-dev docker
 
 bench-logs-ceiling: install-dev docker
 	$(BIN)/python -m bench.logs_ceiling
+
+bench-logs-pipeline: install-dev
+	$(BIN)/python -m bench.logs_pipeline
 
 # ---- images ------------------------------------------------------------------------------------
 # The offline images (images/README.md): a debootstrapped Debian base, postgres, mysql (MariaDB), redis and

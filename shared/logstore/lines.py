@@ -36,6 +36,16 @@ class Line:
         return f"{self.ts[:26]}Z {line_source(self)} {self.text}\n".encode("utf-8", "backslashreplace")
 
 
+def render_all(lines: list[Line]) -> list[bytes]:
+    """Each line as :meth:`Line.render` makes it (its common case inline: once per line per follower)."""
+    return [
+        f"{x.ts[:26]}Z {x.service}:{x.release}/{x.pid} {x.text}\n".encode("utf-8", "backslashreplace")
+        if x.pid
+        else x.render()
+        for x in lines
+    ]
+
+
 def encode_all(lines: list[Line]) -> bytes:
     """Lines as the history keeps them, one after the other: one text, encoded once."""
     return "".join(

@@ -32,7 +32,7 @@ from shared.errors import NotFound, Unavailable
 from shared.logfmt import Logger
 from shared.logline import EVENT_SERVICE
 from shared.logstore.applog import matcher
-from shared.logstore.lines import Offset
+from shared.logstore.lines import Offset, render_all
 from shared.logstore.racklog import read_rack_log
 from shared.logstore.timestamps import ts_from_datetime
 from shared.names import is_app_name
@@ -80,12 +80,7 @@ class LocalLogs(ContainerLogs, PlatformLogs):
         match = matcher(service, pid, filter)
         yield []
         async for batch in applog.read(ts_from_datetime(since) if since else "", follow, match):
-            yield [  # Line.render's common case inline: once per line per follower
-                f"{x.ts[:26]}Z {x.service}:{x.release}/{x.pid} {x.text}\n".encode("utf-8", "backslashreplace")
-                if x.pid
-                else x.render()
-                for x in batch
-            ]
+            yield render_all(batch)
 
     async def system(
         self, *, since: datetime | None = None, follow: bool = True, service: str = "", filter: str = ""
