@@ -48,6 +48,7 @@ class Splitter:
         end = len(data)
         unpack = HEADER.unpack_from
         append = out.append
+        stamps = data.decode("latin-1")  # once per read: a line's stamp is then a slice, not a decode
         while end - pos >= 8:
             stream, size = unpack(data, pos)
             start = pos + 8
@@ -57,9 +58,7 @@ class Splitter:
                 break
             if data[pos - 1] == NEWLINE and size > TS_WIDTH + 1 and data[start + TS_WIDTH] == SPACE and not self.held:
                 # the common message: a whole line with Docker's fixed-width stamp
-                append(
-                    (data[start : start + TS_WIDTH].decode("ascii", "replace"), data[start + TS_WIDTH + 1 : pos - 1])
-                )
+                append((stamps[start : start + TS_WIDTH], data[start + TS_WIDTH + 1 : pos - 1]))
             else:
                 self.message(stream, data[start:pos], out)
         self.rest = data[pos:]
