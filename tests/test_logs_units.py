@@ -301,6 +301,23 @@ def test_a_run_of_one_container_goes_out_as_it_is_and_is_taken_apart_to_merge_wi
     assert [line.seq for line in log.recent] == list(range(1, 10))
 
 
+def test_runs_held_one_after_the_other_go_out_as_they_are_and_overlapping_ones_are_merged(
+    applog: Callable[..., AppLog],
+) -> None:
+    log = applog()
+    for run in (run_of("c:a", 1, 2), run_of("c:a", 3, 4), run_of("c:b", 5)):
+        log.add_run(run, 100.0)
+    assert log._chained()
+    log.release_due(100.0)
+    assert [line.text for line in log.recent] == ["a1", "a2", "a3", "a4", "b5"]
+    log.add_run(run_of("c:a", 6, 8), 100.0)
+    log.add_run(run_of("c:b", 7, 9), 100.0)
+    assert not log._chained()
+    log.release_due(100.0)
+    assert [line.text for line in log.recent][5:] == ["a6", "b7", "a8", "b9"]
+    assert [line.seq for line in log.recent] == list(range(1, 10))
+
+
 def test_a_run_older_than_what_went_out_is_retimed_like_any_line(applog: Callable[..., AppLog]) -> None:
     log = applog()
     log.add_run(run_of("c:a", 5), 100.0)

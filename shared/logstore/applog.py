@@ -125,6 +125,12 @@ class AppLog:
         if lines[-1].ts > self.newest:
             self.newest = lines[-1].ts
 
+    def _chained(self) -> bool:
+        """Whether there are runs and each begins after the one before it ends (a source read in several
+        reads while its lines were held: a write of the history in a thread)."""
+        runs = self.runs
+        return bool(runs) and all(b[0][0].ts > a[0][-1].ts for a, b in itertools.pairwise(runs))
+
     @property
     def held(self) -> bool:
         return bool(self.heap or self.incoming or self.runs)
@@ -163,8 +169,10 @@ class AppLog:
         hold = min(MAX_WAIT, window * 4)
         out: list[Line] = []
         if (mark is None or self.newest <= mark) and (self.newest <= events_read_to or not self.lifecycle):
-            if not heap and not self.incoming and len(self.runs) == 1:  # one run, all due: as it is
-                self.release(self.runs.pop()[0], ordered=True)
+            if not heap and not self.incoming and self._chained():  # runs one after the other: as they are
+                for lines, _ in self.runs:
+                    self.release(lines, ordered=True)
+                self.runs.clear()
                 return None
             everything = heap + self.entries()  # all due: one sort instead of a heap operation per line
             everything.sort()
