@@ -17,13 +17,18 @@ class EngineDouble:
     """Answers each `inspect` with the next of ``states`` (then the last again): a container that keeps
     running, or one that crash-loops under its restart policy (running at each look, restarted between)."""
 
-    def __init__(self, *states: dict[str, Any]) -> None:
+    def __init__(self, *states: dict[str, Any], exits: tuple[int, ...] = ()) -> None:
         self.states = list(states)
         self.looks = 0
+        self.exits = list(exits)
+        """The exit codes its ``die`` events give (simulated: the engine's event history)."""
 
     async def inspect(self, container_id: str) -> dict[str, Any]:
         self.looks += 1
         return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+    async def exit_codes(self, container_id: str, since: float) -> list[int]:
+        return self.exits
 
 
 class EventsDouble:
@@ -56,3 +61,15 @@ async def test_a_process_restarted_by_the_engine_between_two_looks_is_not_health
     with pytest.raises(RackError, match="restarted by the engine"):
         await checks(engine, events).wait(CONTAINER, "web", None, None)
     assert events.emitted == ["web failed its health check (exited, restarted by the engine)"]
+
+
+async def test_a_process_restarted_by_the_engine_is_reported_with_its_exit_code() -> None:
+    events = EventsDouble()
+    engine = EngineDouble(
+        {"State": {"Running": True}, "RestartCount": 0},
+        {"State": {"Running": True, "ExitCode": 0}, "RestartCount": 1},  # the new run's state: no exit code
+        exits=(1,),
+    )
+    with pytest.raises(RackError, match=r"^web exited with code 1 before it was healthy \(restarted by the engine\)$"):
+        await checks(engine, events).wait(CONTAINER, "web", None, None)
+    assert events.emitted == ["web failed its health check (exited with code 1, restarted by the engine)"]

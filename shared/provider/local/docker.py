@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -359,6 +360,27 @@ class Docker(Engine):
             finally:  # aiodocker leaves a response it yields open: a stream closed early must not leak it
                 response.close()
         raise Unavailable("docker engine: the event stream ended")
+
+    async def exit_codes(self, container_id: str, since: float) -> list[int]:
+        """The exit codes of the container's runs that ended from ``since`` (seconds) until now, oldest
+        first: its ``die`` events (a container restarted by its policy shows only its new run's state)."""
+        filters = {"type": ["container"], "container": [container_id], "event": ["die"]}
+        params = {"filters": json.dumps(filters), "since": f"{since:.9f}", "until": f"{max(since, time.time()):.9f}"}
+        codes: list[int] = []
+        async with (
+            translated("events"),
+            self.client._query("events", params=params, timeout=self.streaming()) as response,
+        ):
+            try:
+                async for line in response.content:  # with ``until``, the answer ends there
+                    if not line.strip():
+                        continue
+                    attributes = (json.loads(line).get("Actor") or {}).get("Attributes") or {}
+                    with contextlib.suppress(KeyError, TypeError, ValueError):
+                        codes.append(int(attributes["exitCode"]))
+            finally:
+                response.close()
+        return codes
 
     async def build(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import httpx
 
@@ -33,6 +34,7 @@ class HealthChecks:
         deadline = asyncio.get_running_loop().time() + checked.grace + 3 * checked.timeout + 2
         first = True
         restarts: int | None = None
+        began = time.time() - 1.0  # its exits are looked up from here (a second early: clocks' rounding)
         pause = 0.05  # a fresh process usually answers within a few tenths of a second: look soon, then back off
         while True:
             info = await self.docker.inspect(container["Id"])
@@ -45,8 +47,10 @@ class HealthChecks:
             if restarts is None:
                 restarts = count
             elif count != restarts:  # it exited and its restart policy started it again between two looks
-                await self.event(container, f"{service} failed its health check (exited, restarted by the engine)")
-                raise RackError(f"{service} exited (and was restarted by the engine) before it was healthy")
+                code = await self.last_exit(container["Id"], began)
+                exited = "exited" if code is None else f"exited with code {code}"
+                await self.event(container, f"{service} failed its health check ({exited}, restarted by the engine)")
+                raise RackError(f"{service} {exited} before it was healthy (restarted by the engine)")
             if port is None:
                 if not first:  # a type without a port: still running after its first look
                     return
@@ -60,6 +64,15 @@ class HealthChecks:
                 raise RackError(f"{service} failed its health check ({what})")
             await asyncio.sleep(pause)
             pause = min(pause * 2, float(checked.interval), 1.0)
+
+    async def last_exit(self, container_id: str, since: float) -> int | None:
+        """The exit code of the container's latest run that ended since ``since`` (its restart policy started
+        it again, and its state no longer says); ``None`` when the engine does not say."""
+        try:
+            codes = await self.docker.exit_codes(container_id, since)
+        except RackError:
+            return None
+        return codes[-1] if codes else None
 
     async def event(self, container: ContainerInfo, message: str) -> None:
         labels = (container.get("Config") or {}).get("Labels") or {}
