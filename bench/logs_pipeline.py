@@ -22,12 +22,15 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from bench.cases.logs import BURST
 from bench.stats import Stats
 from shared.logstore.lines import render_all
+from shared.provider.local.apps import LocalApps
+from shared.provider.local.docker import Docker
 from shared.provider.local.logs import LocalLogs
+from shared.provider.local.state import State
 
 READ = 20_000
 """Bytes per read of the engine's stream (what dockerd's follower socket holds: about 470 messages)."""
@@ -78,8 +81,8 @@ class EngineDouble:
 async def measure(rounds: int) -> list[float]:
     """CPU microseconds per line of each round."""
     engine = EngineDouble()
-    state: Any = StateDouble()
-    logs = LocalLogs(state, engine, None, "bench", Path(tempfile.mkdtemp(prefix="bench-logs-")))  # type: ignore[arg-type]
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    logs = LocalLogs(cast("State", StateDouble()), cast("Docker", engine), cast("LocalApps", None), "bench", data_dir)
     logs.running = True
     logs.events_read_to = "~"
 

@@ -22,7 +22,7 @@ def state(container: str) -> str:
 
 
 @pytest.fixture
-def crash_looping(busybox_image: str) -> Iterator[str]:
+def crash_looping(busybox_image: str) -> Iterator[tuple[str, float]]:
     """A container that exits with code 3 after a moment, and is restarted once by its policy."""
     began = time.time()
     argv = ["docker", "run", "-d", "--label", f"convox.rack={RACK}", "--restart", "on-failure:1"]
@@ -33,15 +33,17 @@ def crash_looping(busybox_image: str) -> Iterator[str]:
     while state(container) != "1 false false":  # restarted once, and both runs ended
         assert time.monotonic() < deadline, state(container)
         time.sleep(0.05)
-    yield f"{container} {began}"
+    yield container, began
     remove_labelled_containers(RACK)
 
 
-async def test_the_exit_codes_of_a_containers_runs_come_from_its_die_events(crash_looping: str) -> None:
-    container, began = crash_looping.split()
+async def test_the_exit_codes_of_a_containers_runs_come_from_its_die_events(
+    crash_looping: tuple[str, float],
+) -> None:
+    container, began = crash_looping
     docker = Docker(None)
     try:
-        assert await docker.exit_codes(container, float(began) - 1.0) == [3, 3]
+        assert await docker.exit_codes(container, began - 1.0) == [3, 3]
         assert await docker.exit_codes(container, time.time() + 1.0) == []  # none from a later time
     finally:
         await docker.close()

@@ -29,19 +29,18 @@ class Line:
 
     def render(self) -> bytes:
         """``2015-01-01T00:00:00.000000Z web:RNJYVQUMKKU/68831d3dce63 text\n`` (see ``LogsAPI``)."""
-        if self.pid:  # line_source, inline: once per line per follower
-            return f"{self.ts[:26]}Z {self.service}:{self.release}/{self.pid} {self.text}\n".encode(
-                "utf-8", "backslashreplace"
-            )
-        return f"{self.ts[:26]}Z {line_source(self)} {self.text}\n".encode("utf-8", "backslashreplace")
+        return render_all([self])[0]
 
 
 def render_all(lines: list[Line]) -> list[bytes]:
-    """Each line as :meth:`Line.render` makes it (its common case inline: once per line per follower)."""
+    """Each line as :meth:`Line.render` shows it (line_source's common case, a process's line, inline: this
+    runs once per line per follower)."""
     return [
-        f"{x.ts[:26]}Z {x.service}:{x.release}/{x.pid} {x.text}\n".encode("utf-8", "backslashreplace")
-        if x.pid
-        else x.render()
+        (
+            f"{x.ts[:26]}Z {x.service}:{x.release}/{x.pid} {x.text}\n"
+            if x.pid
+            else f"{x.ts[:26]}Z {line_source(x)} {x.text}\n"
+        ).encode("utf-8", "backslashreplace")
         for x in lines
     ]
 
@@ -108,14 +107,7 @@ def advance_all(offsets: dict[str, Offset], lines: list[Line]) -> None:
     """:func:`advance` for every line, a container's run of lines at once."""
     if lines and lines[0].src.startswith("c:") and len(found := set(map(source_of, lines))) == 1:
         # the common case, one container's lines: their cursors (timestamps) at C speed, no dict per line
-        src = found.pop()
-        curs = list(map(cursor_of, lines))
-        top = max(curs)
-        known = offsets.get(src)
-        if known is None or top > known.cursor:
-            offsets[src] = Offset(top, curs.count(top))
-        elif top == known.cursor:
-            known.count += curs.count(top)
+        _advance_container(offsets, found.pop(), list(map(cursor_of, lines)))
         return
     runs: dict[str, list[str]] = {}
     for line in lines:
@@ -126,9 +118,14 @@ def advance_all(offsets: dict[str, Offset], lines: list[Line]) -> None:
             for cur in curs:
                 advance(offsets, src, cur)
             continue
-        top = max(curs)
-        known = offsets.get(src)
-        if known is None or top > known.cursor:
-            offsets[src] = Offset(top, curs.count(top))
-        elif top == known.cursor:
-            known.count += curs.count(top)
+        _advance_container(offsets, src, curs)
+
+
+def _advance_container(offsets: dict[str, Offset], src: str, curs: list[str]) -> None:
+    """A container's cursors (timestamps) at once: the newest, and how many lines had it."""
+    top = max(curs)
+    known = offsets.get(src)
+    if known is None or top > known.cursor:
+        offsets[src] = Offset(top, curs.count(top))
+    elif top == known.cursor:
+        known.count += curs.count(top)
