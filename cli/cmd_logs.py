@@ -99,40 +99,58 @@ def before(ts: bytes, seconds: float) -> bytes:
 
 
 class Printer:
-    """Prints whole lines; remembers the last seconds of them so that a resumed stream skips what was shown."""
+    """Prints whole lines; remembers the last seconds of them so that a resumed stream skips what was shown.
+
+    A stream's lines come in time order (the rack sends them so), so a message's last line is its newest:
+    what is remembered is each message as it came, with that line's time, and a message is printed as it is.
+    Only after a resume is each line looked at, until the lines are newer than what was printed before."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self.out = out
         self.last = b""
         self.window: deque[tuple[bytes, bytes]] = deque()
+        """``(time of its last line, message)`` of the last ``2 * RESUME_MARGIN`` seconds."""
         self.skip: Counter[bytes] = Counter()
         self.skip_until = b""
         self.printed = 0
+        self._second = b""
+        self._cutoff = b""
 
     def feed(self, data: bytes) -> None:
+        if self.skip:
+            data = self._unseen(data)
+        if not data:
+            return
+        self.out.write(data)
+        self.out.flush()
+        self.printed += data.count(b"\n")
+        start = data.rfind(b"\n", 0, len(data) - 1) + 1
+        ts = data[start : data.find(b" ", start)]
+        if ts > self.last:
+            self.last = ts
+        window = self.window
+        window.append((self.last, data))
+        if self.last[:19] != self._second:  # the cutoff moves on once a second (a time parsed, not per message)
+            self._second = self.last[:19]
+            self._cutoff = before(self.last, RESUME_MARGIN * 2 + 1)
+        while window and window[0][0] < self._cutoff:
+            window.popleft()
+
+    def _unseen(self, data: bytes) -> bytes:
+        """The lines of ``data`` a resumed stream had not printed before."""
         lines = data.split(b"\n")
         if lines and not lines[-1]:
             lines.pop()
         shown: list[bytes] = []
         for line in lines:
             ts = line[: line.find(b" ")]
-            if self.skip and ts <= self.skip_until and self.skip[line] > 0:
+            if ts > self.skip_until:  # past what was printed: the rest is new
+                self.skip.clear()
+            if self.skip and self.skip[line] > 0:
                 self.skip[line] -= 1
                 continue
             shown.append(line)
-            self.window.append((ts, line))
-            if ts > self.last:
-                self.last = ts
-        if not shown:
-            return
-        shown.append(b"")
-        self.out.write(b"\n".join(shown))
-        self.out.flush()
-        self.printed += len(shown) - 1
-        cutoff = before(self.last, RESUME_MARGIN * 2)
-        window = self.window
-        while window and window[0][0] < cutoff:
-            window.popleft()
+        return b"".join(line + b"\n" for line in shown)
 
     def resume(self) -> str | None:
         """Where a new connection starts (``None``: where the first one did), arming the skip of what was
@@ -140,7 +158,13 @@ class Printer:
         if not self.last:
             return None
         since = before(self.last, RESUME_MARGIN)
-        self.skip = Counter(line for ts, line in self.window if ts >= since)
+        self.skip = Counter(
+            line
+            for newest, data in self.window
+            if newest >= since
+            for line in data.split(b"\n")
+            if line and line[: line.find(b" ")] >= since
+        )
         self.skip_until = self.last
         return since.decode()
 

@@ -130,11 +130,32 @@ class Unframer:
 def frames(sock: socket.socket, first: bytes = b"", read: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
     """Each whole frame of a raw stream, ``(type, payload)``, as soon as it has come (a blocking read of
     whatever is there, never waiting for more), from what came with the answer (``first``) on, until the
-    connection ends."""
-    unframer = Unframer(first)
-    yield from unframer.feed()
-    while chunk := sock.recv(read):
-        yield from unframer.feed(chunk)
+    connection ends. Read into one buffer, reused (a fresh one per read is an allocation of ``read`` bytes,
+    and two system calls, for each message of a followed log); a frame's tail is moved to its front."""
+    buf = bytearray(max(read, len(first)))
+    view = memoryview(buf)
+    have = len(first)
+    buf[:have] = first
+    while True:
+        pos = 0
+        while have - pos >= HEADER:
+            end = pos + HEADER + int.from_bytes(buf[pos + 4 : pos + 8], "big")
+            if end > have:
+                if end - pos > len(buf):  # a frame bigger than the buffer: a bigger one
+                    bigger = bytearray(end - pos)
+                    bigger[: have - pos] = view[pos:have]
+                    buf, view = bigger, memoryview(bigger)
+                    have, pos = have - pos, 0
+                break
+            yield buf[pos], bytes(view[pos + HEADER : end])
+            pos = end
+        if pos:
+            have -= pos
+            buf[:have] = bytes(view[pos : pos + have])  # a copy: the two may overlap
+        got = sock.recv_into(view[have:])
+        if not got:
+            return
+        have += got
 
 
 def wait_hangup(fd: int) -> None:

@@ -593,6 +593,25 @@ def test_a_resumed_stream_skips_exactly_what_was_printed() -> None:
     assert out.getvalue() == a + a + b + late + b"2026-01-02T03:04:06.000000Z web:R/a new\n"
 
 
+def test_the_cli_prints_messages_as_they_come_and_remembers_only_the_last_seconds_to_resume() -> None:
+    out = io.BytesIO()
+    printer = Printer(out)
+
+    def line(second: int, n: int) -> bytes:
+        return b"2026-01-02T03:%02d:%02d.%06dZ web:R/a line %d\n" % (second // 60, second % 60, n, n)
+
+    sent = [b"".join(line(second, second * 10 + k) for k in range(3)) for second in range(60)]
+    for message in sent:
+        printer.feed(message)
+    assert out.getvalue() == b"".join(sent)
+    assert printer.printed == 180
+    assert len(printer.window) <= 13  # about two margins of seconds, not the whole stream
+    assert printer.resume() == "2026-01-02T03:00:54.000592Z"
+    again = b"".join(sent[55:])  # a resumed stream: the lines since then, and on
+    printer.feed(again + line(61, 1))
+    assert out.getvalue() == b"".join(sent) + line(61, 1)
+
+
 def test_a_follow_knows_the_lines_the_engine_sends_again_and_takes_slightly_older_new_ones() -> None:
     from shared.provider.local.log_containers import Recent
 

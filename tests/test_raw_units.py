@@ -197,6 +197,37 @@ def test_the_cli_writes_each_frame_to_its_output_however_the_stream_is_cut(
     assert outputs[err_r] == b"".join(p for k, p in parts if k in (2, 3))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    parts=st.lists(st.tuples(st.sampled_from([1, 2, 3]), st.binary(max_size=700)), max_size=12),
+    cuts=st.lists(st.integers(min_value=1, max_value=900), min_size=1, max_size=30),
+    first=st.integers(min_value=0, max_value=40),
+    read=st.integers(min_value=8, max_value=600),
+)
+def test_a_followed_logs_frames_are_read_whole_however_cut_and_whatever_their_size(
+    parts: list[tuple[int, bytes]], cuts: list[int], first: int, read: int
+) -> None:
+    """``rawstream.frames`` (what `convox logs` reads over the rack's socket) reads into one buffer: a frame
+    cut across reads is moved to its front, one bigger than the buffer gets a bigger one."""
+    stream = b"".join(frame(k, p) for k, p in parts)
+    a, b = socket.socketpair()
+    with a, b:
+
+        def send() -> None:
+            rest, turn = stream[first:], 0
+            while rest:
+                cut = cuts[turn % len(cuts)]
+                a.sendall(rest[:cut])
+                rest, turn = rest[cut:], turn + 1
+            a.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        got = list(rawstream.frames(b, stream[:first], read=read))
+        sender.join()
+    assert got == parts
+
+
 def test_the_cli_sees_a_stream_without_a_status(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     a.sendall(frame(1, b"partial"))
