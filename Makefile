@@ -32,7 +32,7 @@ help:
 	@echo "make lint        ruff check + mypy (strict) on the product, its tests and benchmarks"
 	@echo "make bench       run the benchmarks (python -m bench, BENCH_ARGS=)"
 	@echo "make bench-ceiling  exec throughput of one ideal relaying process vs docker exec (a probe)"
-	@echo "make bench-logs-ceiling  lines/s of the ideal Python log follower vs docker logs -f (a probe)"
+	@echo "make bench-logs-ceiling  lines/s of the ideal Python log follower vs docker logs -f (a probe; BENCH_ARGS=--latency: its latency)"
 	@echo "make bench-logs-pipeline  the local log collector's own CPU per line, engine simulated (a probe)"
 	@echo "make clean       remove caches; make distclean also removes .venv"
 
@@ -93,7 +93,7 @@ bench-ceiling: install-dev docker
 	$(BIN)/python -m bench.ceiling
 
 bench-logs-ceiling: install-dev docker
-	$(BIN)/python -m bench.logs_ceiling
+	$(BIN)/python -m bench.logs_ceiling $(BENCH_ARGS)
 
 bench-logs-pipeline: install-dev
 	$(BIN)/python -m bench.logs_pipeline

@@ -1,5 +1,5 @@
 """The ceiling of `convox logs` lines per second for a follower written in Python: ``python -m
-bench.logs_ceiling [--rounds N]``.
+bench.logs_ceiling [--rounds N]``; with ``--latency``, the floor of its write-to-print latency.
 
 Not the product: a probe for issue #14's "`convox logs` lines per second at least 1.0x `docker logs -f`". The
 rack's collector is itself a follower of the Docker Engine, so no design can beat the fastest Python follower
@@ -7,6 +7,11 @@ there is: one process, blocking reads of the engine's raw HTTP/1.0 stream, Docke
 payloads written to stdout in one write per read, no store, no ordering, no second process. It runs side by
 side with `docker logs -f` on the same container and the same bursts as ``bench/cases/logs.py`` (the same
 reader reads both), and also reports each follower's CPU per line (user + system, psutil).
+
+``--latency``: a line every 20 ms (as ``bench/cases/logs.py``), printed by the ideal follower itself (one Python
+hop, as `docker logs -f` has one Go hop after the engine) and by the ideal follower relaying to a second Python
+process that prints (two hops: the rack's shape, its logs service then the CLI), all three side by side; each
+one's median latency over docker's.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from bench.cases.logs import BURST, BURST_SCRIPT, Reader, wait_for_round
+from bench.cases.logs import BURST, BURST_SCRIPT, TICK_SCRIPT, Reader, latencies, wait_for, wait_for_round
 from bench.cpu import tree_cpu
 from bench.stats import Stats
 
@@ -53,19 +58,62 @@ def follow(container: str, since: str) -> None:
             os.write(out, b"".join(payloads))
 
 
+def relay() -> None:
+    """The ideal second hop: whatever comes on stdin to stdout, a write per read."""
+    while data := os.read(0, 1 << 18):
+        os.write(1, data)
+
+
+def latency(container: str, since: str, count: int) -> None:
+    env = dict(os.environ)
+    me = f"{sys.executable} -m bench.logs_ceiling"
+    followers = {
+        "one Python hop": Reader([sys.executable, "-m", "bench.logs_ceiling", "--follow", container, since], env),
+        "two Python hops": Reader(["sh", "-c", f"{me} --follow {container} {since} | {me} --relay"], env),
+        "docker logs -f": Reader(["docker", "logs", "-f", "-t", "--since", since, container], env),
+    }
+    try:
+        warm = 20
+        for name, reader in followers.items():
+
+            def enough(reader: Reader = reader) -> bool:
+                return len(latencies(reader, b"tick-")) >= warm + count
+
+            wait_for(enough, 30 + count * 0.1, name)
+        p50 = {name: Stats(tuple(latencies(r, b"tick-")[warm : warm + count])).median for name, r in followers.items()}
+        docker = p50["docker logs -f"]
+        for name, value in p50.items():
+            print(f"{name}: p50 {value * 1e3:.2f} ms ({(value - docker) * 1e3:+.2f} ms over docker)")
+    finally:
+        for reader in followers.values():
+            reader.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.logs_ceiling")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--latency", action="store_true", help="the latency's floor instead (a line every 20 ms)")
     parser.add_argument("--follow", nargs=2, metavar=("CONTAINER", "SINCE"), help=argparse.SUPPRESS)
+    parser.add_argument("--relay", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.follow:
         follow(*args.follow)
         return 0
+    if args.relay:
+        relay()
+        return 0
     from tests.images import ensure_busybox_image
 
-    argv = ["docker", "run", "-d", "--init", "--log-driver", "local", ensure_busybox_image(), "sh", "-c", BURST_SCRIPT]
+    script = TICK_SCRIPT if args.latency else BURST_SCRIPT
+    argv = ["docker", "run", "-d", "--init", "--log-driver", "local", ensure_busybox_image(), "sh", "-c", script]
     container = subprocess.run(argv, capture_output=True, check=True).stdout.decode().strip()
     since = str(int(time.time()) - 1)
+    if args.latency:
+        try:
+            latency(container, since, 300)
+        finally:
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
+        return 0
     env = dict(os.environ)
     python = Reader([sys.executable, "-m", "bench.logs_ceiling", "--follow", container, since], env)
     docker = Reader(["docker", "logs", "-f", "-t", "--since", since, container], env)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import threading
@@ -39,6 +40,8 @@ BURST_SCRIPT = (
     f"n=0; while true; do if [ -f /go ]; then rm /go; n=$((n+1)); yes r$n | head -n {BURST}; fi; usleep 10000; done"
 )
 """A process that writes a burst of ``BURST`` lines tagged ``rN`` (its N-th) each time ``/go`` appears."""
+TICK_SCRIPT = "i=0; while true; do echo tick-$i; i=$((i+1)); usleep 20000; done"
+"""A process that writes a line every 20 ms (the latency case's)."""
 P99_ABOVE_DOCKER = 0.005
 """convox's p99 at most 5 ms above docker's (issue #14; in the details, the row is the median's)."""
 
@@ -49,7 +52,9 @@ class Reader:
     in Python but for the few the latency case asks for; each round's lines are counted as they come."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(  # a group of its own: a pipeline's every process goes with it
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+        )
         self.blocks: list[tuple[float, bytes]] = []
         """Whole lines, as they came, with the time they were read."""
         self.counts: collections.Counter[bytes] = collections.Counter()
@@ -92,11 +97,12 @@ class Reader:
 
     def close(self) -> None:
         with contextlib.suppress(ProcessLookupError):
-            self.proc.terminate()
+            os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.thread.join(5)
         if self.proc.stdout is not None:
@@ -185,8 +191,7 @@ def latencies(reader: Reader, marker: bytes) -> list[float]:
 def latency(ctx: Context) -> Result:
     count = ctx.repetitions(300)
     warm = ctx.warmups(20)
-    script = "i=0; while true; do echo tick-$i; i=$((i+1)); usleep 20000; done"
-    with followed(ctx, script) as (_, convox, docker):
+    with followed(ctx, TICK_SCRIPT) as (_, convox, docker):
         wait_for(lambda: len(latencies(convox, b"tick-")) >= warm + count, 60 + count * 0.1, "convox logs: ticks")
         wait_for(lambda: len(latencies(docker, b"tick-")) >= warm + count, 30, "docker logs -f: ticks")
         ours = latencies(convox, b"tick-")[warm : warm + count]
