@@ -504,6 +504,55 @@ async def test_a_follower_is_sent_only_lines_already_in_the_history(applog: Call
     await follower.aclose()  # type: ignore[attr-defined]
 
 
+async def test_a_follower_with_a_direct_way_is_handed_new_lines_as_they_are_written_and_never_out_of_order(
+    applog: Callable[..., AppLog],
+) -> None:
+    """The way out (a followed raw stream's socket) is a list here; it declines when told to, or fails."""
+    log = applog()
+
+    def lines(start: int, stop: int) -> list[Line]:
+        return [Line(ts(n), "web" if n % 2 else "worker", "R", "abc", f"n={n}") for n in range(start, stop)]
+
+    log.release(lines(0, 6))
+    flush(log)
+    direct: list[str] = []
+    mode = ["take"]
+
+    def take(batch: list[Line]) -> bool:
+        if mode[0] == "fail":
+            raise OSError("gone")
+        if mode[0] == "decline":
+            return False
+        direct.extend(line.text for line in batch)
+        return True
+
+    follower = log.read(ts(2), True, matcher(service="web"), take)
+    assert await collect(follower, 2) == ["n=3", "n=5"]  # what was there before, through the stream
+    log.release(lines(6, 10))
+    flush(log)
+    assert direct == ["n=7", "n=9"]  # in the collector's turn: nothing awaited in between
+    mode[0] = "decline"
+    log.release(lines(10, 12))
+    flush(log)
+    mode[0] = "take"
+    log.release(lines(12, 14))
+    flush(log)  # queued behind what was declined, not handed on before it
+    assert direct == ["n=7", "n=9"]
+    assert await collect(follower, 2) == ["n=11", "n=13"]
+    log.release(lines(14, 16))
+    flush(log)
+    assert direct == ["n=7", "n=9", "n=15"]
+    mode[0] = "fail"
+    log.release(lines(16, 18))
+    flush(log)  # a failing way out is dropped: its lines go through the stream, which finds out itself
+    mode[0] = "take"
+    log.release(lines(18, 20))
+    flush(log)
+    assert await collect(follower, 2) == ["n=17", "n=19"]
+    assert direct == ["n=7", "n=9", "n=15"]
+    await follower.aclose()  # type: ignore[attr-defined]
+
+
 async def test_no_follow_reads_to_the_end_then_stops_and_filters_apply(applog: Callable[..., AppLog]) -> None:
     log = applog()
     log.release([Line(ts(n), "web" if n % 2 else "worker", "R", f"p{n % 2}", f"n={n}") for n in range(20)])

@@ -215,6 +215,46 @@ def test_a_raw_stream_is_refused_with_a_clear_error_and_nothing_started(rack: Ru
     assert "unix socket only" in refused.json()["error"]
 
 
+def test_a_followed_raw_log_stream_gets_every_new_line_once_in_order_through_quiet_spells_and_a_burst(
+    rack: RunningRack, target: Target, busybox_image: str
+) -> None:
+    """The rack's socket hands new lines to a followed raw stream as the store writes them (rawserve.Direct);
+    a client that stops reading during a burst makes them queue (or catch up from the history) instead."""
+    sock, status, rest = open_path(rack, f"/apps/{target.app}/logs", [("follow", "true"), ("service", "ticker")])
+    script = (
+        "i=0; while [ $i -lt 200 ]; do echo tick-$i; i=$((i+1)); usleep 3000; done; "
+        "seq 1 150000 | sed s/^/burst-/; j=0; while [ $j -lt 50 ]; do echo after-$j; j=$((j+1)); usleep 3000; done; "
+        "sleep 3600"
+    )
+    container = docker(
+        "run", "-d", "--init", "--label", f"convox.rack={rack.name}", "--label", f"convox.app={target.app}",
+        "--label", "convox.type=ticker", busybox_image, "sh", "-c", script,
+    ).strip()  # fmt: skip
+    try:
+        with sock:
+            assert status == 101
+            data, paused = rest, False
+            while b"after-49\n" not in data:
+                if not paused and b"burst-" in data:
+                    paused = True
+                    time.sleep(1.5)  # the client reads nothing for a while: its socket fills up
+                chunk = sock.recv(65536)
+                assert chunk, "the stream ended"
+                data += chunk
+    finally:
+        docker("rm", "-f", container, check=False)
+    got: list[list[bytes]] = []
+    while data:
+        kind, size = data[0], int.from_bytes(data[4:8], "big")
+        assert kind == rawstream.STDOUT
+        got.extend(line.split(b" ", 2)[1:] for line in data[8 : 8 + size].splitlines())
+        data = data[8 + size :]
+    want = [f"tick-{i}" for i in range(200)] + [f"burst-{i}" for i in range(1, 150001)]
+    want += [f"after-{j}" for j in range(50)]
+    ours = [text.decode() for source, text in got if source.startswith(b"ticker:")]  # the platform's events aside
+    assert ours == want
+
+
 def test_a_raw_log_stream_carries_whole_lines_then_its_status_and_an_unknown_app_is_refused(
     rack: RunningRack, target: Target
 ) -> None:

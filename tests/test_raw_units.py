@@ -501,3 +501,39 @@ async def test_an_output_only_raw_stream_ends_when_its_client_goes() -> None:
     await asyncio.sleep(0.1)
     client.close()
     assert await asyncio.wait_for(serving, 5) == "disconnect"
+
+
+async def test_an_output_only_raw_streams_direct_output_keeps_its_order_with_its_chunks_when_the_client_lags() -> None:
+    """What hands batches to the stream's ``Direct`` (the log store's collector) is played by the test."""
+    client, served = socket.socketpair()
+    direct = rawserve.Direct()
+    later: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while (chunk := await later.get()) is not None:
+            yield chunk
+
+    async def status() -> bytes:
+        return rawstream.status_frame(exit_code=0)
+
+    serving = asyncio.ensure_future(rawserve.serve_output(handed(served), chunks(), status, Logger("test"), direct))
+    assert not direct.send([b"too soon\n"])  # the stream is not accepted yet
+    head = b""
+    while b"\r\n\r\n" not in head:  # the answer came: the stream is open (in the same step)
+        head += await asyncio.to_thread(client.recv, 4096)
+    assert head.startswith(b"HTTP/1.1 101")
+    assert direct.send([b"a\n", b"b\n"])
+    await direct.hold()  # as the stream's own sender does around each write of its own
+    assert not direct.send([b"held\n"])  # the socket has room, but the sender's write comes first
+    direct.release()
+    big = os.urandom(8 << 20)  # more than the socket holds while the client reads nothing
+    assert direct.send([big])
+    assert direct.writing  # its rest goes on in a thread
+    assert not direct.send([b"late\n"])  # so this is left to the stream
+    await later.put(b"late\n")
+    await later.put(None)
+    data = await asyncio.to_thread(read_all, client.fileno())
+    client.close()
+    assert await asyncio.wait_for(serving, 5) == "exit"
+    rest = head.partition(b"\r\n\r\n")[2] + data
+    assert rest == frame(1, b"a\nb\n") + frame(1, big) + frame(1, b"late\n") + rawstream.status_frame(exit_code=0)

@@ -35,7 +35,7 @@ from shared.logfmt import Logger
 from shared.models import RACK_APP
 from shared.params import app_path, pid_path
 from shared.rawhttp import raw_extension
-from shared.rawserve import serve_output
+from shared.rawserve import Direct, serve_output
 from shared.service import provider_of
 from shared.stream import Channel
 from shared.websocket import accept, refuse
@@ -226,14 +226,23 @@ async def _opened(request: Request, lines: AsyncIterator[list[bytes]], follow: b
         raise
 
 
-async def _answer(request: Request, lines: AsyncIterator[list[bytes]], follow: bool) -> Response:
+def _direct(request: Request, follow: bool) -> Direct | None:
+    """A followed raw stream's way for new lines to go out as the store releases them (:class:`Direct`)."""
+    return Direct() if follow and rawstream.wants_raw(request.headers) else None
+
+
+async def _answer(
+    request: Request, lines: AsyncIterator[list[bytes]], follow: bool, direct: Direct | None = None
+) -> Response:
     """The lines as text, or as a raw stream (:mod:`shared.rawstream`) when one is asked for."""
     if rawstream.wants_raw(request.headers):
-        return await _raw(request, lines, follow)
+        return await _raw(request, lines, follow, direct)
     return await _text(request, lines, follow)
 
 
-async def _raw(request: Request, lines: AsyncIterator[list[bytes]], follow: bool) -> Response:
+async def _raw(
+    request: Request, lines: AsyncIterator[list[bytes]], follow: bool, direct: Direct | None = None
+) -> Response:
     """The lines as a raw stream over the rack's socket (as the CLI there follows a log): each batch of whole
     lines a stdout frame, then (unless followed) the status, ``{"exit_code": 0}`` or ``{"error": ...}``."""
     extension = raw_extension(request.scope)
@@ -253,7 +262,7 @@ async def _raw(request: Request, lines: AsyncIterator[list[bytes]], follow: bool
         return rawstream.status_frame(error=failed[0]) if failed else rawstream.status_frame(exit_code=0)
 
     try:
-        await serve_output(extension, chunks(), status, log)
+        await serve_output(extension, chunks(), status, log, direct)
     finally:
         if follow:
             follows_of(request.app).give()
@@ -302,8 +311,9 @@ async def app_logs(
         return await _answer(
             request, provider.logs.system(since=moment, follow=follow, service=service, filter=filter), follow
         )
-    lines = provider.logs.app(app, since=moment, follow=follow, service=service, pid=pid, filter=filter)
-    return await _answer(request, lines, follow)
+    direct = _direct(request, follow)
+    lines = provider.logs.app(app, since=moment, follow=follow, service=service, pid=pid, filter=filter, sink=direct)
+    return await _answer(request, lines, follow, direct)
 
 
 @router.get("/apps/{app}/processes/{pid}/logs", name="process_logs", tags=["logs"], summary="One process's log",
@@ -317,8 +327,9 @@ async def process_logs(
     filter: str = FilterQuery,
 ) -> Response:
     provider = provider_of(request)
-    lines = provider.logs.app(app, since=parse_since(since), follow=follow, pid=pid, filter=filter)
-    return await _answer(request, lines, follow)
+    direct = _direct(request, follow)
+    lines = provider.logs.app(app, since=parse_since(since), follow=follow, pid=pid, filter=filter, sink=direct)
+    return await _answer(request, lines, follow, direct)
 
 
 @router.get("/system/logs", name="system_logs", tags=["logs"], summary="The rack's own log", description=SOCKET_DOC,

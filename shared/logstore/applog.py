@@ -22,19 +22,29 @@ CATCH_UP_LIMIT = 10.0
 
 
 class Subscriber:
-    """A follower's queue of released lines: bounded; overflowing marks it to catch up instead."""
+    """A follower's queue of released lines: bounded; overflowing marks it to catch up instead.
 
-    __slots__ = ("limit", "lines", "overflow", "ready")
+    ``direct``: where the lines may go at once, in the collector's turn (a follower's own output, written
+    without waiting): taken there when nothing is queued before them, queued when it declines."""
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("direct", "limit", "lines", "overflow", "ready")
+
+    def __init__(self, limit: int, direct: Callable[[list[Line]], bool] | None = None) -> None:
         self.limit = limit
         self.lines: list[Line] = []
         self.overflow = False
         self.ready = asyncio.Event()
+        self.direct = direct
 
     def push(self, batch: list[Line]) -> None:
         if self.overflow:
             return
+        if self.direct is not None and not self.lines:
+            try:
+                if self.direct(batch):
+                    return
+            except Exception:  # a follower's output never stops the collector: its own turn finds out
+                self.direct = None
         if len(self.lines) + len(batch) > self.limit:
             self.overflow = True
             self.lines = []
@@ -285,11 +295,31 @@ class AppLog:
                 if eof:
                     break
 
-    async def read(self, since: str, follow: bool, match: Match | None) -> AsyncIterator[list[Line]]:
+    async def read(
+        self, since: str, follow: bool, match: Match | None, direct: Callable[[list[Line]], bool] | None = None
+    ) -> AsyncIterator[list[Line]]:
         """The lines from ``since`` (history, then memory), then with ``follow`` every new one: only lines in
-        the history already (see :meth:`flushed_to`)."""
+        the history already (see :meth:`flushed_to`). ``direct``: where new lines may go in the collector's
+        turn instead (:class:`Subscriber`), once what came before them was yielded."""
         end = self.flushed
         cursor = 0
+
+        def chosen(lines: list[Line]) -> list[Line]:
+            out = [line for line in lines if line.ts >= since] if since else lines
+            return out if match is None else [line for line in out if match(line)]
+
+        deliver: Callable[[list[Line]], bool] | None = None
+        if direct is not None:
+            take = direct
+
+            def deliver(lines: list[Line]) -> bool:
+                nonlocal cursor
+                out = chosen(lines)
+                if out and not take(out):
+                    return False
+                cursor = lines[-1].seq
+                return True
+
         while True:
             while True:  # from disk until memory holds what follows the cursor
                 first_in_memory = self.recent[0].seq if self.recent else self.flushed + 1
@@ -311,7 +341,7 @@ class AppLog:
                 batch = [line for line in batch if line.seq <= end]
             if batch:
                 cursor = batch[-1].seq
-            subscriber = Subscriber(self.limits.follower_queue) if follow else None
+            subscriber = Subscriber(self.limits.follower_queue, deliver) if follow else None
             if subscriber is not None:
                 self.subscribers.add(subscriber)
             try:
@@ -327,10 +357,7 @@ class AppLog:
                     lines = subscriber.take()
                     if lines:
                         cursor = lines[-1].seq
-                        out = [line for line in lines if line.ts >= since] if since else lines
-                        if match is not None:
-                            out = [line for line in out if match(line)]
-                        if out:
+                        if out := chosen(lines):
                             yield out
             finally:
                 if subscriber is not None:

@@ -265,6 +265,11 @@ class TimersAPI(Protocol):
         ...
 
 
+Sink = Callable[[list[bytes]], bool]
+"""Where a followed log stream may be handed rendered lines at once (:meth:`LogsAPI.app`): ``True`` once it
+took them, ``False`` to have them yielded instead."""
+
+
 class LogsAPI(Protocol):
     """Every process of an app in one stream, with history; platform events; the rack's own log.
 
@@ -290,9 +295,14 @@ class LogsAPI(Protocol):
         service: str = "",
         pid: str = "",
         filter: str = "",
+        sink: Sink | None = None,
     ) -> AsyncIterator[list[bytes]]:
         """The app's log: lines of ``service`` (a process type, and the platform's events about it), of one
-        process ``pid``, containing ``filter``; ``since`` ``None`` for the whole history."""
+        process ``pid``, containing ``filter``; ``since`` ``None`` for the whole history.
+
+        ``sink`` (a followed stream's): a provider that has new lines in its own turn (the local store, as it
+        writes them to its history) may offer them to it there instead of yielding them, and yields only
+        what it declined (it returns ``False``: its output is busy or full); the batches keep their order."""
         ...
 
     def system(

@@ -27,6 +27,7 @@ from shared.provider.aws.apps import AwsApps, log_group
 from shared.provider.aws.clients import Clients, error_code, translated
 from shared.provider.aws.processes import AwsProcesses, pid_of
 from shared.provider.aws.settings import AwsProviderSettings
+from shared.provider.contract import Sink
 
 log = Logger("logs")
 EVENTS_STREAM = "convox/events"
@@ -216,7 +217,9 @@ class AwsLogs:
         service: str = "",
         pid: str = "",
         filter: str = "",
+        sink: Sink | None = None,
     ) -> AsyncIterator[list[bytes]]:
+        del sink  # CloudWatch Logs is polled in the stream's own turn: every batch is yielded
         await self.apps.item(app)
         group = log_group(self.apps.state.log_prefix, app)
         streams: list[str] | None = None

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -32,10 +32,11 @@ from shared.errors import NotFound, Unavailable
 from shared.logfmt import Logger
 from shared.logline import EVENT_SERVICE
 from shared.logstore.applog import matcher
-from shared.logstore.lines import Offset, render_all
+from shared.logstore.lines import Line, Offset, render_all
 from shared.logstore.racklog import read_rack_log
 from shared.logstore.timestamps import ts_from_datetime
 from shared.names import is_app_name
+from shared.provider.contract import Sink
 from shared.provider.local.docker import LABEL_APP, LABEL_RACK
 from shared.provider.local.log_containers import ContainerLogs
 from shared.provider.local.log_platform import PlatformLogs
@@ -70,6 +71,7 @@ class LocalLogs(ContainerLogs, PlatformLogs):
         service: str = "",
         pid: str = "",
         filter: str = "",
+        sink: Sink | None = None,
     ) -> AsyncIterator[list[bytes]]:
         await self.apps.get(app)
         if not self.running:
@@ -78,8 +80,15 @@ class LocalLogs(ContainerLogs, PlatformLogs):
             pid = await self._check_pid(app, pid)
         applog = await self.applog(app)
         match = matcher(service, pid, filter)
+        direct: Callable[[list[Line]], bool] | None = None
+        if sink is not None and follow:
+            given = sink
+
+            def direct(lines: list[Line]) -> bool:
+                return given(render_all(lines))
+
         yield []
-        async for batch in applog.read(ts_from_datetime(since) if since else "", follow, match):
+        async for batch in applog.read(ts_from_datetime(since) if since else "", follow, match, direct):
             yield render_all(batch)
 
     async def system(
