@@ -1,5 +1,5 @@
 """The ceiling of `convox logs` lines per second for a follower written in Python: ``python -m
-bench.logs_ceiling [--rounds N]``; with ``--latency``, the floor of its write-to-print latency.
+bench.logs_ceiling [--rounds N] [--hops 2]``; with ``--latency``, the floor of its write-to-print latency.
 
 Not the product: a probe for issue #14's "`convox logs` lines per second at least 1.0x `docker logs -f`". The
 rack's collector is itself a follower of the Docker Engine, so no design can beat the fastest Python follower
@@ -68,7 +68,7 @@ def latency(container: str, since: str, count: int) -> None:
     env = dict(os.environ)
     me = f"{sys.executable} -m bench.logs_ceiling"
     followers = {
-        "one Python hop": Reader([sys.executable, "-m", "bench.logs_ceiling", "--follow", container, since], env),
+        "one Python hop": Reader(["sh", "-c", f"exec {me} --follow {container} {since}"], env),
         "two Python hops": Reader(["sh", "-c", f"{me} --follow {container} {since} | {me} --relay"], env),
         "docker logs -f": Reader(["docker", "logs", "-f", "-t", "--since", since, container], env),
     }
@@ -92,6 +92,7 @@ def latency(container: str, since: str, count: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.logs_ceiling")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--hops", type=int, default=1, choices=(1, 2), help="Python processes in a row (2: | relay)")
     parser.add_argument("--latency", action="store_true", help="the latency's floor instead (a line every 20 ms)")
     parser.add_argument("--follow", nargs=2, metavar=("CONTAINER", "SINCE"), help=argparse.SUPPRESS)
     parser.add_argument("--relay", action="store_true", help=argparse.SUPPRESS)
@@ -115,7 +116,8 @@ def main() -> int:
             subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
         return 0
     env = dict(os.environ)
-    python = Reader([sys.executable, "-m", "bench.logs_ceiling", "--follow", container, since], env)
+    me = f"{sys.executable} -m bench.logs_ceiling"
+    python = Reader(["sh", "-c", f"exec {me} --follow {container} {since}" + f" | {me} --relay" * (args.hops - 1)], env)
     docker = Reader(["docker", "logs", "-f", "-t", "--since", since, container], env)
     try:
         time.sleep(2)  # both followers attached
