@@ -25,11 +25,12 @@ from shared.provider.local.splitter import Splitter
 log = Logger("logs")
 BURST_BYTES = 16 << 10
 BURST_GAP = 0.002
-BURST_WAIT = 0.001
-"""A follow whose reads come less than BURST_GAP apart with less than BURST_BYTES each waits BURST_WAIT before
-it reads on: a process writing fast would otherwise be read a line or two at a time, and every step after
-(collecting, ordering, the history, the followers) taken once per line. A line now and then is never held
-back."""
+"""A follow whose reads come less than BURST_GAP apart with less than BURST_BYTES each lets the loop take a
+turn before it reads on (the other sources, the followers' writes): a process writing fast would otherwise be
+read a line or two at a time, and every step after (collecting, ordering, the history, the followers) taken
+once per line. A line now and then is never held back. A turn, not a sleep: waiting 1 ms there cost `convox
+logs` a tenth of its lines per second (bursts of 50,000 lines beside `docker logs -f`: 0.89x with it, 0.96x
+with a turn, 0.92x with neither, medians of three to five runs)."""
 FOLLOW_QUIET = 5.0
 """Seconds a running container's follow may be quiet before the collector looks whether its log went on
 without it (one request for the log's last message)."""
@@ -314,7 +315,7 @@ class ContainerLogs(LogCollector):
                         pieces = []
                     now = loop.time()
                     if len(chunk) < BURST_BYTES and now - last < BURST_GAP:
-                        await asyncio.sleep(BURST_WAIT)  # a burst: let the next read grow (see BURST_WAIT)
+                        await asyncio.sleep(0)  # a burst: let the next read grow (see BURST_GAP)
                     last = now
         except NotFound:
             return received
