@@ -86,8 +86,12 @@ class Receiver(asyncio.BufferedProtocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
+    def interrupt(self) -> None:
+        """End a wait of :meth:`more` without data (the reader has something else to look at)."""
+        self._wake()
+
     async def more(self) -> bool:
-        """Wait for data past ``end``; False at EOF."""
+        """Wait for data past ``end`` (or :meth:`interrupt`); False at EOF."""
         if self.eof:
             return False
         self.waiter = asyncio.get_running_loop().create_future()

@@ -316,24 +316,43 @@ class Docker(Engine):
         path = f"/containers/{quote(container_id, safe='')}/logs?{urlencode(params)}"
         head = f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode()
         transport, body = await request(self, head, what, functools.partial(Receiver, LOG_BUFFER))
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        silent = False
+        watch: asyncio.TimerHandle | None = None
+
+        def look() -> None:  # one timer per quiet spell, not one per read (a wait with a timeout costs twice)
+            nonlocal silent, watch
+            if quiet is None:
+                return
+            idle = loop.time() - last
+            if idle >= quiet:
+                silent, idle = True, 0.0
+                body.interrupt()
+            watch = loop.call_later(quiet - idle, look)
+
+        look()
         try:
             while True:
                 if body.end > body.start:
                     chunk = bytes(body.buf[body.start : body.end])
                     body.consumed(body.end)
+                    last, silent = loop.time(), False
                     yield chunk
                     continue
-                try:
-                    async with asyncio.timeout(quiet):  # no timeout at all without ``quiet``
-                        if not await body.more():
-                            break
-                except TimeoutError:
+                if silent:
+                    last, silent = loop.time(), False
                     yield b""
+                    continue
+                if not await body.more():
+                    break
             if body.error is not None:
                 raise Unavailable(f"{what}: the docker engine broke the log stream ({type(body.error).__name__})")
             if follow and await self._runs(container_id):
                 raise Unavailable(f"{what}: the docker engine ended the log stream of a running process")
         finally:  # as for events: a stream closed early (its reader cancelled) must not leak it
+            if watch is not None:
+                watch.cancel()
             transport.close()
 
     async def _runs(self, container_id: str) -> bool:
