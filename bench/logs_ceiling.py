@@ -64,12 +64,17 @@ def relay() -> None:
         os.write(1, data)
 
 
+def ideal(container: str, since: str, hops: int, env: dict[str, str]) -> Reader:
+    """The ideal follower, relayed through ``hops - 1`` more Python processes."""
+    me = f"{sys.executable} -m bench.logs_ceiling"
+    return Reader(["sh", "-c", f"exec {me} --follow {container} {since}" + f" | {me} --relay" * (hops - 1)], env)
+
+
 def latency(container: str, since: str, count: int) -> None:
     env = dict(os.environ)
-    me = f"{sys.executable} -m bench.logs_ceiling"
     followers = {
-        "one Python hop": Reader(["sh", "-c", f"exec {me} --follow {container} {since}"], env),
-        "two Python hops": Reader(["sh", "-c", f"{me} --follow {container} {since} | {me} --relay"], env),
+        "one Python hop": ideal(container, since, 1, env),
+        "two Python hops": ideal(container, since, 2, env),
         "docker logs -f": Reader(["docker", "logs", "-f", "-t", "--since", since, container], env),
     }
     try:
@@ -116,8 +121,7 @@ def main() -> int:
             subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
         return 0
     env = dict(os.environ)
-    me = f"{sys.executable} -m bench.logs_ceiling"
-    python = Reader(["sh", "-c", f"exec {me} --follow {container} {since}" + f" | {me} --relay" * (args.hops - 1)], env)
+    python = ideal(container, since, args.hops, env)
     docker = Reader(["docker", "logs", "-f", "-t", "--since", since, container], env)
     try:
         time.sleep(2)  # both followers attached

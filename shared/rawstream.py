@@ -115,7 +115,7 @@ class Unframer:
     def __init__(self, first: bytes = b"") -> None:
         self.data = bytearray(first)
 
-    def feed(self, chunk: bytes = b"") -> Iterator[tuple[int, bytes]]:
+    def feed(self, chunk: bytes | memoryview = b"") -> Iterator[tuple[int, bytes]]:
         self.data += chunk
         data, pos = self.data, 0
         while len(data) - pos >= HEADER:
@@ -131,31 +131,12 @@ def frames(sock: socket.socket, first: bytes = b"", read: int = 1 << 20) -> Iter
     """Each whole frame of a raw stream, ``(type, payload)``, as soon as it has come (a blocking read of
     whatever is there, never waiting for more), from what came with the answer (``first``) on, until the
     connection ends. Read into one buffer, reused (a fresh one per read is an allocation of ``read`` bytes,
-    and two system calls, for each message of a followed log); a frame's tail is moved to its front."""
-    buf = bytearray(max(read, len(first)))
-    view = memoryview(buf)
-    have = len(first)
-    buf[:have] = first
-    while True:
-        pos = 0
-        while have - pos >= HEADER:
-            end = pos + HEADER + int.from_bytes(buf[pos + 4 : pos + 8], "big")
-            if end > have:
-                if end - pos > len(buf):  # a frame bigger than the buffer: a bigger one
-                    bigger = bytearray(end - pos)
-                    bigger[: have - pos] = view[pos:have]
-                    buf, view = bigger, memoryview(bigger)
-                    have, pos = have - pos, 0
-                break
-            yield buf[pos], bytes(view[pos + HEADER : end])
-            pos = end
-        if pos:
-            have -= pos
-            buf[:have] = bytes(view[pos : pos + have])  # a copy: the two may overlap
-        got = sock.recv_into(view[have:])
-        if not got:
-            return
-        have += got
+    and two system calls, for each message of a followed log)."""
+    unframer = Unframer(first)
+    yield from unframer.feed()
+    view = memoryview(bytearray(read))
+    while got := sock.recv_into(view):
+        yield from unframer.feed(view[:got])
 
 
 def wait_hangup(fd: int) -> None:

@@ -35,6 +35,15 @@ def read_all(fd: int) -> bytes:
     return out
 
 
+def send_cut(sock: socket.socket, data: bytes, cuts: list[int]) -> None:
+    """``data`` sent in pieces of the sizes ``cuts`` gives, over and over."""
+    turn = 0
+    while data:
+        cut = cuts[turn % len(cuts)]
+        sock.sendall(data[:cut])
+        data, turn = data[cut:], turn + 1
+
+
 def pump_all(src: int, dst: int) -> int:
     pump = Pump(src, dst)
     try:
@@ -169,11 +178,7 @@ def test_the_cli_writes_each_frame_to_its_output_however_the_stream_is_cut(
     with a, b:
 
         def send() -> None:
-            rest, turn = stream[first:], 0
-            while rest:
-                cut = cuts[turn % len(cuts)]
-                a.sendall(rest[:cut])
-                rest, turn = rest[cut:], turn + 1
+            send_cut(a, stream[first:], cuts)
             a.close()
 
         sender = threading.Thread(target=send)
@@ -207,18 +212,14 @@ def test_the_cli_writes_each_frame_to_its_output_however_the_stream_is_cut(
 def test_a_followed_logs_frames_are_read_whole_however_cut_and_whatever_their_size(
     parts: list[tuple[int, bytes]], cuts: list[int], first: int, read: int
 ) -> None:
-    """``rawstream.frames`` (what `convox logs` reads over the rack's socket) reads into one buffer: a frame
-    cut across reads is moved to its front, one bigger than the buffer gets a bigger one."""
+    """``rawstream.frames`` (what `convox logs` reads over the rack's socket) reads into one buffer, reused: a
+    frame cut across reads, or bigger than the buffer, still comes out whole."""
     stream = b"".join(frame(k, p) for k, p in parts)
     a, b = socket.socketpair()
     with a, b:
 
         def send() -> None:
-            rest, turn = stream[first:], 0
-            while rest:
-                cut = cuts[turn % len(cuts)]
-                a.sendall(rest[:cut])
-                rest, turn = rest[cut:], turn + 1
+            send_cut(a, stream[first:], cuts)
             a.shutdown(socket.SHUT_WR)
 
         sender = threading.Thread(target=send)
