@@ -19,7 +19,7 @@ PYTEST_ARGS=${PYTEST_ARGS:-}
 UNITS=(
   tests/aws
   tests/test_archive.py tests/test_bench_chart.py tests/test_builds_api.py
-  tests/test_builds_cli.py tests/test_frames_units.py tests/test_handoff_units.py tests/test_health_units.py tests/test_raw_units.py tests/test_limits.py tests/test_logfmt.py tests/test_logs_api.py
+  tests/test_builds_cli.py tests/test_frames_units.py tests/test_handoff_units.py tests/test_health_units.py tests/test_raw_units.py tests/test_exec_records.py tests/test_limits.py tests/test_logfmt.py tests/test_logs_api.py
   tests/test_logs_units.py tests/test_manifest.py tests/test_manifest_compose.py tests/test_manifest_corpus.py
   tests/test_names.py
   tests/test_packaging.py tests/test_protocol.py tests/test_services_api.py

@@ -9,10 +9,12 @@ which the gateway pumps."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import termios
@@ -190,9 +192,16 @@ def test_ps_watch_redraws_until_ctrl_c(cli: Cli, deployed: Deployed) -> None:
 # ---- exec ----------------------------------------------------------------------------------------------------
 
 
-def test_exec_passes_stdin_eof(cli: Cli, deployed: Deployed) -> None:
+def execs_on_record(rack: RunningRack) -> int:
+    """How many execs the rack has on record (its processes' execs, for the reaper)."""
+    with contextlib.closing(sqlite3.connect(f"file:{rack.data_dir / 'state.db'}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT count(*) FROM execs").fetchone()[0])
+
+
+def test_exec_passes_stdin_eof_and_leaves_no_record(cli: Cli, rack: RunningRack, deployed: Deployed) -> None:
     result = cli("exec", "--app", deployed.name, deployed.pid, "cat", input="hi\n")
     assert (result.returncode, result.stdout, result.stderr) == (0, "hi\n", "")
+    assert execs_on_record(rack) == 0  # written at its start, gone with its stream
 
 
 def test_exec_runs_a_script_from_stdin(cli: Cli, deployed: Deployed, tmp_path: Path) -> None:
@@ -329,9 +338,16 @@ def test_a_stream_that_ends_without_a_status_is_an_error(cli: Cli, rack: Running
         and str(rack.data_dir) in " ".join(p.info["cmdline"] or [])
     )
     service.kill()  # the processes service dies mid-stream (the supervisor restarts it)
+    killed = time.monotonic()
     _, stderr = child.communicate(timeout=30)
     assert child.returncode != 0
     assert "ERROR: the stream ended without an exit status" in stderr
+    # nor is its command left running: the owner's reaper ends an exec whose service died (kill -9 included)
+    eventually(lambda: "sleep 300" not in running_in(deployed.pid), within=20)
+    assert time.monotonic() - killed < 15  # a round of the reaper every 5 s
+    reaped = f"at=process.reap id={deployed.pid[:12]} exec="
+    eventually(lambda: reaped in rack.log.read_text() and 'reason="exec runner dead"' in rack.log.read_text(), 5)
+    assert execs_on_record(rack) == 0
     eventually(
         lambda: (
             httpx.get(

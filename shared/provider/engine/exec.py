@@ -26,7 +26,7 @@ import secrets
 import shlex
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from shared.errors import RackError, Unavailable
 from shared.logfmt import Logger
@@ -207,6 +207,8 @@ class _Attached(abc.ABC):
     terminal: Terminal
     conn: Hijacked | None
     closed: bool
+    ended = False
+    """Whether the process is known to have ended as its stream closed (not while the engine did not answer)."""
 
     @property
     @abc.abstractmethod
@@ -221,7 +223,7 @@ class _Attached(abc.ABC):
     async def _end(self) -> None:
         """End the process if it still runs (the client went away)."""
 
-    async def _release(self) -> None:  # noqa: B027 - an exec holds nothing more; a run overrides it
+    async def _release(self) -> None:  # noqa: B027 - nothing more by default
         """What else this kind of process holds once its stream is closed."""
 
     async def close(self) -> None:
@@ -229,23 +231,25 @@ class _Attached(abc.ABC):
             return
         self.closed = True
         try:
-            await self._end_once_more_if_unanswered()
+            self.ended = await self._end_once_more_if_unanswered()
         finally:
             if self.conn is not None:
                 await self.conn.close()
             await self._release()
 
-    async def _end_once_more_if_unanswered(self) -> None:
+    async def _end_once_more_if_unanswered(self) -> bool:
         """:meth:`_end`, asked again once when the engine did not answer (a pooled connection it had just
-        closed fails at once): a process left running would be an orphan. Other errors mean it is gone."""
+        closed fails at once): a process left running would be an orphan. Other errors mean it is gone.
+        Whether it is known to have ended."""
         for attempt in (1, 2):
             try:
                 await self._end()
-                return
+                return True
             except Unavailable as error:
                 log.error("process.end", process=self._what, attempt=attempt, error=str(error))
             except RackError:
-                return
+                return True
+        return False
 
     def output(self) -> AsyncIterator[tuple[Channel, bytes | memoryview]]:
         if self.conn is None:
@@ -273,10 +277,22 @@ class _Attached(abc.ABC):
             await self.docker.resize(path, width, height, self._what)
 
 
+class ExecWatch(Protocol):
+    """Who keeps a record of the execs a process holds, so that one whose holder died (``kill -9`` included:
+    its stream and its ending go with it) is ended by someone else (the local provider's
+    :class:`~shared.provider.local.exec_records.ExecRecords`)."""
+
+    async def started(self, exec_id: str, container_id: str) -> None:
+        """The exec is made and about to start (a failure here leaves it made, never started)."""
+
+    async def ended(self, exec_id: str) -> None:
+        """The exec's stream is closed, and the exec ended with it."""
+
+
 class ExecStream(_Attached):
     """``docker exec`` of ``command`` in a running container, attached to a stream; ``env`` is added to the
     container's environment for this process only, ``user`` (a name or uid) runs it as someone else than the
-    container's own user."""
+    container's own user; ``watch``: who is told of its start and end (:class:`ExecWatch`)."""
 
     def __init__(
         self,
@@ -285,8 +301,10 @@ class ExecStream(_Attached):
         command: list[str],
         env: dict[str, str] | None = None,
         user: str = "",
+        watch: ExecWatch | None = None,
     ) -> None:
         self.docker = docker
+        self.watch = watch
         self.container_id = container_id
         self.command = command
         self.env = env or {}
@@ -322,6 +340,8 @@ class ExecStream(_Attached):
         if self.user:
             body["User"] = self.user
         self.exec_id = await self.docker.exec_create(self.container_id, body, self._what)
+        if self.watch is not None:
+            await self.watch.started(self.exec_id, self.container_id)
         self.conn = await Hijacked.open(
             self.docker,
             f"/exec/{self.exec_id}/start",
@@ -360,6 +380,10 @@ class ExecStream(_Attached):
 
     def _resize_path(self) -> str | None:
         return f"exec/{self.exec_id}/resize" if self.exec_id else None
+
+    async def _release(self) -> None:
+        if self.watch is not None and self.exec_id and self.ended:  # else its record stays, for the reaper
+            await self.watch.ended(self.exec_id)
 
     async def inspect(self) -> ExecInfo:
         return await self.docker.exec_inspect(self.exec_id, self._what)

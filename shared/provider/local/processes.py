@@ -10,8 +10,9 @@ An interactive one-off runs in the service that holds its stream and carries tha
 (``convox.runner``, :mod:`shared.provider.local.runners`). What outlives a service is the owner's
 (:meth:`LocalProcesses.loops`, under :meth:`LocalProvider.workers`): every :data:`REAP_SECONDS` it stops the
 interactive one-offs whose runner is dead (their stream died with it, ``kill -9`` included) and the detached
-ones past their deadline, removes ended ones nobody removed, and every :data:`SWEEP_SECONDS` removes the
-sandboxes no live process holds (:meth:`Sandboxes.sweep`).
+ones past their deadline, removes ended ones nobody removed, ends the execs whose runner is dead
+(:mod:`shared.provider.local.exec_records`), and every :data:`SWEEP_SECONDS` removes the sandboxes no live
+process holds (:meth:`Sandboxes.sweep`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from shared.provider.local.docker import (
     ImageConfig,
     labels_of,
 )
+from shared.provider.local.exec_records import ExecRecords
 from shared.provider.local.images import image_name
 from shared.provider.local.receipts import Receipts
 from shared.provider.local.runners import TOKEN, Runner, dead
@@ -153,6 +155,8 @@ class LocalProcesses:
         self.volumes = Volumes(docker, rack)
         self.swept = 0.0
         self.receipts = Receipts(apps.state)
+        self.execs = ExecRecords(apps.state, runner)
+        """The execs this process holds, on record (an exec whose holder died is ended by the reaper)."""
         self.ends: asyncio.Task[None] | None = None
         self.removals: dict[str, asyncio.Task[None]] = {}
         """One-offs that have ended (or are ending), removed once the logs collector has read them."""
@@ -325,7 +329,7 @@ class LocalProcesses:
         container = await self._container(app, pid)
         if not (container.get("State") or {}).get("Running"):
             raise Conflict(f"process {pid} is not running")
-        return ExecStream(self.docker, container["Id"], command)
+        return ExecStream(self.docker, container["Id"], command, watch=self.execs)
 
     # ---- listing ----------------------------------------------------------------------------------------------
 
@@ -529,6 +533,7 @@ class LocalProcesses:
             why = {"reason": "time limit"} if runner is None else {"reason": "runner dead", "runner": runner or "none"}
             log.log("process.reap", id=container_id[:12], **why)
         await asyncio.gather(*(self._stop(c) for c in doomed), return_exceptions=True)
+        await self.execs.reap(self.docker)
 
     async def _reap_forever(self) -> None:
         while True:

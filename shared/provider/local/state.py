@@ -113,6 +113,12 @@ CREATE TABLE IF NOT EXISTS log_receipts (
     container TEXT PRIMARY KEY,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS execs (
+    id TEXT PRIMARY KEY,
+    container TEXT NOT NULL,
+    runner TEXT NOT NULL,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS log_sources (
     src TEXT PRIMARY KEY,
     app TEXT NOT NULL,
