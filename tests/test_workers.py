@@ -265,7 +265,9 @@ async def test_a_promote_waits_for_the_racks_own_pass_over_the_app_instead_of_be
                 await owning.formation.restart("passed")
         settled = await asker.releases.settled("passed", 60)
         assert (settled.status, settled.release) == ("running", second)
-        assert containers_of("passed", second) and not containers_of("passed", first)
+        assert containers_of("passed", second)
+        # the roll-out ended once the new release served; the old process stops after, still under the lock
+        await until(lambda: asyncio.sleep(0, not containers_of("passed", first)), within=15)
         await asker.apps.set_status("passed", "deleting")  # as a deletion in the apps service begins
         with pytest.raises(Conflict, match="being deleted"):
             await asker.releases.promote("passed", first)

@@ -223,7 +223,10 @@ class ReleasesAPI(Protocol):
     async def settled(self, app: str, within: float) -> App:
         """The app once no roll-out of it is in progress (at most ``within`` seconds on: then as it is).
         Its ``release`` is what serves; a roll-out that did not finish is its ``failed_release`` and
-        ``failure`` (why: failed health checks, cancelled, interrupted by a restart)."""
+        ``failure`` (why: failed health checks, cancelled, interrupted by a restart). A roll-out has ended
+        once its release serves: the old release's processes may still be stopping then (draining their
+        connections), as a Kubernetes roll-out ends with its old pods terminating; what is asked of the app
+        next waits until they are gone."""
         ...
 
     async def list(self, app: str, limit: int = 20) -> list[Release]: ...

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from shared.logfmt import Logger
@@ -111,14 +112,21 @@ class Converger:
         self, release: Release, wanted: list[Desired], only: str | None = None, fresh: bool = False
     ) -> None:
         """Make the app run ``release`` as ``wanted`` says (every process type, or the one type ``only``):
-        start what is missing, health-check it, switch the balancers, then stop everything else (other
-        releases, surplus, other memory). Each process type goes in the steps its ``deployment`` allows
-        (:mod:`shared.provider.local.rolling`); by default the whole count starts at once and nothing old
-        stops until every new container is healthy. On a failure the new containers that do not serve yet
-        are removed and the error raised (those that serve beside old ones stay: a roll-out goes back to the
-        release that was serving, in the same steps). A process the Engine is restarting (its restart policy,
-        with back-off) counts as there. ``fresh`` replaces every process in scope, even those that already
-        run the release (a restart)."""
+        :meth:`serve` it, then stop everything else (:meth:`retire`)."""
+        await self.retire(await self.serve(release, wanted, only, fresh))
+
+    async def serve(
+        self, release: Release, wanted: list[Desired], only: str | None = None, fresh: bool = False
+    ) -> Retirement:
+        """Make ``release`` serve as ``wanted`` says (every process type, or the one type ``only``): start
+        what is missing, health-check it, switch the balancers; what else runs (other releases, surplus,
+        other memory) is left to stop, the :class:`Retirement` returned. Each process type goes in the steps
+        its ``deployment`` allows (:mod:`shared.provider.local.rolling`); by default the whole count starts at
+        once and nothing old stops until every new container is healthy. On a failure the new containers that
+        do not serve yet are removed and the error raised (those that serve beside old ones stay: a roll-out
+        goes back to the release that was serving, in the same steps). A process the Engine is restarting
+        (its restart policy, with back-off) counts as there. ``fresh`` replaces every process in scope, even
+        those that already run the release (a restart)."""
         app = release.app
         await self.docker.ensure_network(self.network, {LABEL_RACK: self.rack})
         current = [c for c in await self.containers(app) if c.get("State") in ALIVE]
@@ -155,9 +163,15 @@ class Converger:
             for c in await self.containers(app, all=True)
             if c["Id"] not in kept and (only is None or (c.get("Labels") or {}).get(LABEL_TYPE) in scope)
         ]
-        await asyncio.gather(*(self._retire(app, c) for c in retire), return_exceptions=True)
-        if only is None:
-            await self.listeners.drop_others(app, scope)
+        return Retirement(app, retire, scope if only is None else None)
+
+    async def retire(self, retirement: Retirement) -> None:
+        """Stop what :meth:`serve` left (each once its balancer's connections to it are done), and drop the
+        balancers of the types that are gone from the app."""
+        app = retirement.app
+        await asyncio.gather(*(self._retire(app, c) for c in retirement.containers), return_exceptions=True)
+        if retirement.scope is not None:
+            await self.listeners.drop_others(app, retirement.scope)
 
     async def _roll(
         self,
@@ -203,6 +217,17 @@ class Converger:
         if ip:
             await self.listeners.drained(app, service, ip, _seconds(labels.get(LABEL_DRAIN), DRAIN_SECONDS))
         await self.docker.stop(container["Id"], grace=int(_seconds(labels.get(LABEL_GRACE), 10)))
+
+
+@dataclass(frozen=True)
+class Retirement:
+    """What a roll-out leaves to stop once its release serves: the app's ``containers`` that are not to run,
+    and the process types it has (``scope``: the balancers of every other type go; ``None`` when only one
+    type was rolled out)."""
+
+    app: str
+    containers: list[ContainerSummary]
+    scope: set[str] | None
 
 
 async def _together(coroutines: list[Coroutine[Any, Any, None]]) -> None:

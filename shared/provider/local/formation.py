@@ -23,7 +23,7 @@ from shared.provider.local.applocks import AppLock, AppLocks
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.balancers import Balancers
 from shared.provider.local.certificates import AppCertificates
-from shared.provider.local.converger import ALIVE, LABEL_MEMORY, Converger
+from shared.provider.local.converger import ALIVE, LABEL_MEMORY, Converger, Retirement
 from shared.provider.local.desired import Desired, desired_processes, manifest_of
 from shared.provider.local.docker import LABEL_APP, LABEL_ONEOFF, LABEL_RACK, LABEL_RELEASE, LABEL_TYPE, Docker
 from shared.provider.local.events import Events
@@ -113,6 +113,11 @@ class LocalFormation:
         wanted = [w for w in await self.desired(release, patch) if only is None or w.service == only]
         await self.converger.converge(release, wanted, only, fresh)
 
+    async def serve(self, release: Release) -> Retirement:
+        """Make ``release`` serve as :meth:`desired` says; what else runs is left to retire
+        (:meth:`Converger.serve`)."""
+        return await self.converger.serve(release, await self.desired(release))
+
     # ---- the contract ----------------------------------------------------------------------------
 
     def _lock(self, app: str) -> AppLock:
@@ -138,7 +143,7 @@ class LocalFormation:
         except BaseException:
             self.operations.end(release.app, token)
             raise
-        task: asyncio.Task[None] = asyncio.create_task(self._rollout(release))
+        task: asyncio.Task[None] = asyncio.create_task(self._rollout(release, token))
         self.tasks.add(task)
         self.rolling[release.app] = task
 
@@ -171,12 +176,12 @@ class LocalFormation:
             finally:
                 self.switching.discard(release.app)
 
-    async def _rollout(self, release: Release) -> None:
+    async def _rollout(self, release: Release, token: object) -> None:
         async with self._lock(release.app):
             # a failure is logged by measure, and the app's status tells the user
             with contextlib.suppress(Exception), log.measure("release.promote", app=release.app, release=release.id):
                 try:
-                    await self.converge(release)
+                    retirement = await self.serve(release)
                 except asyncio.CancelledError:
                     if self.closing:  # left `updating`: the next start's adoption records it as interrupted
                         raise
@@ -196,6 +201,14 @@ class LocalFormation:
                 await self.apps.set_status(release.app, "running", release=release.id)
                 await self.apps.rollouts.record(release.app, release.id, "running")
                 await self.events.emit(release.app, "release promoted", release=release.id)
+                # the release serves: the roll-out has ended for whoever waits on it, and there is nothing left
+                # to cancel (as a Kubernetes roll-out ends with its old pods terminating); the old processes
+                # stop now, under the app's lock still, so that what is asked next (a promote, a scale) waits
+                # until they are gone before it changes the app's processes
+                self.operations.end(release.app, token)
+                if self.rolling.get(release.app) is asyncio.current_task():
+                    del self.rolling[release.app]
+                await self.converger.retire(retirement)
 
     async def cancel(self, app: str) -> App:
         """Stop the roll-out in progress: its new processes go, the release that was serving stays."""
