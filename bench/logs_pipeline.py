@@ -26,7 +26,7 @@ from typing import cast
 
 from bench.cases.logs import BURST
 from bench.stats import Stats
-from shared.logstore.lines import render_all
+from shared.logstore.lines import render_block
 from shared.provider.local.apps import LocalApps
 from shared.provider.local.docker import Docker
 from shared.provider.local.logs import LocalLogs
@@ -98,7 +98,7 @@ async def measure(rounds: int) -> list[float]:
     async def follower() -> None:
         nonlocal received
         async for batch in applog.read("", True, None):
-            b"".join(render_all(batch))  # as LocalLogs.app and the service's routes do
+            render_block(batch)  # as LocalLogs.app does for a raw follower
             received += len(batch)
             if received >= wanted:
                 arrived.set()

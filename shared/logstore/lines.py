@@ -33,23 +33,46 @@ class Line:
 
 
 def render_all(lines: list[Line]) -> list[bytes]:
-    """Each line as :meth:`Line.render` shows it (line_source's common case, a process's line, inline: this
-    runs once per line per follower)."""
+    """Each line as :meth:`Line.render` shows it (this runs once per line per follower)."""
+    return [text.encode("utf-8", "backslashreplace") for text in _rendered(lines)]
+
+
+def render_block(lines: list[Line]) -> bytes:
+    """The lines as :func:`render_all` shows them, one after the other: one text, encoded once (a follower
+    that writes a batch at once)."""
+    return "".join(_rendered(lines)).encode("utf-8", "backslashreplace")
+
+
+def _rendered(lines: list[Line]) -> list[str]:
+    if lines and lines[0].pid and _one_source(lines):  # a process's read: its source named once, not per line
+        first = lines[0]
+        named = f"Z {first.service}:{first.release}/{first.pid} "
+        return [f"{x.ts[:26]}{named}{x.text}\n" for x in lines]
     return [
-        (
-            f"{x.ts[:26]}Z {x.service}:{x.release}/{x.pid} {x.text}\n"
-            if x.pid
-            else f"{x.ts[:26]}Z {line_source(x)} {x.text}\n"
-        ).encode("utf-8", "backslashreplace")
+        f"{x.ts[:26]}Z {x.service}:{x.release}/{x.pid} {x.text}\n"
+        if x.pid
+        else f"{x.ts[:26]}Z {line_source(x)} {x.text}\n"
         for x in lines
     ]
 
 
 def encode_all(lines: list[Line]) -> bytes:
     """Lines as the history keeps them, one after the other: one text, encoded once."""
-    return "".join(
-        [f"{x.seq}\t{x.ts}\t{x.service}\t{x.release}\t{x.pid}\t{x.src}\t{x.cur}\t{x.text}\n" for x in lines]
-    ).encode("utf-8", "backslashreplace")
+    if lines and _one_source(lines):  # a process's read: the fields of its source once, not per line
+        first = lines[0]
+        fields = f"\t{first.service}\t{first.release}\t{first.pid}\t{first.src}\t"
+        text = "".join([f"{x.seq}\t{x.ts}{fields}{x.cur}\t{x.text}\n" for x in lines])
+    else:
+        text = "".join(
+            [f"{x.seq}\t{x.ts}\t{x.service}\t{x.release}\t{x.pid}\t{x.src}\t{x.cur}\t{x.text}\n" for x in lines]
+        )
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _one_source(lines: list[Line]) -> bool:
+    """Whether the lines are one container's (its lines share their service, release and process)."""
+    src = lines[0].src
+    return src.startswith("c:") and lines[-1].src == src and len(set(map(source_of, lines))) == 1
 
 
 def decode_line(raw: bytes) -> Line | None:

@@ -269,8 +269,8 @@ class TimersAPI(Protocol):
 
 
 Sink = Callable[[list[bytes]], bool]
-"""Where a followed log stream may be handed rendered lines at once (:meth:`LogsAPI.app`): ``True`` once it
-took them, ``False`` to have them yielded instead."""
+"""Where a followed log stream may be handed rendered lines at once (:meth:`LogsAPI.app`; whole lines, one or
+more to an item): ``True`` once it took them, ``False`` to have them yielded instead."""
 
 
 class LogsAPI(Protocol):

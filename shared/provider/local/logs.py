@@ -32,7 +32,7 @@ from shared.errors import NotFound, Unavailable
 from shared.logfmt import Logger
 from shared.logline import EVENT_SERVICE
 from shared.logstore.applog import matcher
-from shared.logstore.lines import Line, Offset, render_all
+from shared.logstore.lines import Line, Offset, render_all, render_block
 from shared.logstore.racklog import read_rack_log
 from shared.logstore.timestamps import ts_from_datetime
 from shared.names import is_app_name
@@ -85,7 +85,7 @@ class LocalLogs(ContainerLogs, PlatformLogs):
             given = sink
 
             def direct(lines: list[Line]) -> bool:
-                return given(render_all(lines))
+                return given([render_block(lines)])  # written at once, as one frame
 
         yield []
         async for batch in applog.read(ts_from_datetime(since) if since else "", follow, match, direct):
