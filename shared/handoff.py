@@ -11,7 +11,9 @@ streams over HTTPS are pumped, :mod:`services.gateway.handoff`.)
 The hand-off is one message over a connection to the service's hand-off socket (``NAME.hand`` beside its
 ``NAME.sock``, mode 0600 in the rack's 0700 run dir): a 4-byte big-endian length, then the request, the
 descriptor riding on the message's first bytes; the service answers one byte, ``1``, once it serves the
-connection. The service's HTTP server reads the request from there exactly as if the client had sent it.
+connection, then the status it answered the request with (three digits, once it has: 101 for a stream that
+goes on, a refusal's 4xx), for the gateway's request log. The service's HTTP server reads the request from
+there exactly as if the client had sent it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ TAKEN = b"1"
 HEAD_LIMIT = 64 << 10
 """The most a handed request (its head and the stream's first bytes) may be."""
 RECEIVE_TIMEOUT = 5.0
+ANSWER_TIMEOUT = 30.0
+"""How long the status a handed request was answered with is waited for (a stream's route answers once it
+has validated and started it: a process's exec, a log's first read)."""
 FAMILIES = frozenset({socket.AF_UNIX, socket.AF_INET, socket.AF_INET6})
 
 
@@ -75,6 +80,18 @@ async def hand(conn: socket.socket, fd: int, request: bytes) -> None:
         raise ConnectionError("the service did not take the connection")
 
 
+async def answered(conn: socket.socket, within: float = ANSWER_TIMEOUT) -> int | None:
+    """The status the service answered the handed request with (after :func:`hand`); ``None`` when it did
+    not say within ``within`` seconds (or went away first)."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(within):
+            while len(data) < 3 and (more := await loop.sock_recv(conn, 3 - len(data))):
+                data += more
+    return int(data) if len(data) == 3 and data.isdigit() else None
+
+
 async def _ready(add: Callable[..., None], remove: Callable[[int], object], sock: socket.socket) -> None:
     waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -89,8 +106,9 @@ async def _ready(add: Callable[..., None], remove: Callable[[int], object], sock
         remove(sock.fileno())
 
 
-Take = Callable[[socket.socket, bytes], Awaitable[None]]
-"""What a service does with a handed connection: serve ``socket`` as if ``bytes`` had been read from it."""
+Take = Callable[[socket.socket, bytes], Awaitable["asyncio.Future[int] | None"]]
+"""What a service does with a handed connection: serve ``socket`` as if ``bytes`` had been read from it; the
+status its request is answered with, once it is (``None``: it will not say)."""
 
 
 async def receive(conn: socket.socket) -> tuple[socket.socket, bytes]:
@@ -149,13 +167,17 @@ async def serve(listener: socket.socket, take: Take) -> None:
                 log.log("receive", state="error", error=type(exc).__name__)
                 return
             try:
-                await take(handed, request)
+                status = await take(handed, request)
             except Exception as exc:  # the connection could not be served: the client sees it end
                 handed.close()
                 log.log("take", state="error", error=type(exc).__name__)
                 return
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, TimeoutError):
                 await loop.sock_sendall(conn, TAKEN)
+                if status is not None:
+                    async with asyncio.timeout(ANSWER_TIMEOUT):
+                        code = await asyncio.shield(status)
+                    await loop.sock_sendall(conn, f"{code:03d}".encode())
 
     try:
         while True:

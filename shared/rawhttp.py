@@ -16,11 +16,14 @@ another request.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Mapping
 from typing import Any
 
+import h11
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from shared.errors import BadRequest
@@ -39,8 +42,48 @@ def raw_extension(scope: Mapping[str, Any]) -> dict[str, Any]:
     return extension
 
 
+class Answering:
+    """An ASGI app that tells ``answered`` the status its request is answered with: the response's, 101 for
+    an accepted websocket (403 for one closed before), or 101 once a raw stream's route takes the connection
+    (:meth:`RawUpgradeProtocol.answer_to`)."""
+
+    def __init__(self, app: ASGIApp, answered: asyncio.Future[int]) -> None:
+        self.app = app
+        self.answered = answered
+
+    def answer(self, status: int) -> None:
+        if not self.answered.done():
+            self.answered.set_result(status)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def sending(message: Message) -> None:
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.http.response.start"):
+                self.answer(int(message["status"]))
+            elif kind == "websocket.accept":
+                self.answer(101)
+            elif kind == "websocket.close":
+                self.answer(403)  # closed before it was accepted: uvicorn refuses the handshake so
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
 class RawUpgradeProtocol(H11Protocol):
     """uvicorn's h11 protocol, offering the connection of a raw stream's request to its route."""
+
+    answering: Answering | None = None
+
+    def answer_to(self, answered: asyncio.Future[int]) -> None:
+        """Tell ``answered`` the status this connection's request is answered with (a connection handed over
+        by the gateway: the gateway's request log says it, :mod:`shared.handoff`)."""
+        self.answering = Answering(self.app, answered)
+        self.app = self.answering
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        super().handle_websocket_upgrade(event)
+        if self.answering is not None:  # the websocket's protocol answers now: with the same app, told too
+            self.transport.get_protocol().app = self.answering  # type: ignore[attr-defined]
 
     def _raw_requested(self) -> bool:
         return self._get_upgrade() == RAW_PROTOCOL.encode()
@@ -63,6 +106,8 @@ class RawUpgradeProtocol(H11Protocol):
                 extensions[RAW] = {"hand": self._hand, "release": self._release}
 
     def _hand(self) -> tuple[int, bytes]:
+        if self.answering is not None:
+            self.answering.answer(101)
         self.transport.pause_reading()
         self.cycle.disconnected = True  # whatever the route returns is not written
         leftover, _ = self.conn.trailing_data

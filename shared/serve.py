@@ -43,9 +43,14 @@ class Server(uvicorn.Server):
         if self.handoffs is not None:
             self.receiving = asyncio.create_task(handoff.serve(self.handoffs, self.take))
 
-    async def take(self, sock: socket.socket, request: bytes) -> None:
+    async def take(self, sock: socket.socket, request: bytes) -> asyncio.Future[int]:
+        loop = asyncio.get_running_loop()
         protocol = self.protocol()
-        await asyncio.get_running_loop().connect_accepted_socket(lambda: _Handed(protocol, request), sock)
+        answered: asyncio.Future[int] = loop.create_future()
+        if isinstance(protocol, RawUpgradeProtocol):
+            protocol.answer_to(answered)
+        await loop.connect_accepted_socket(lambda: _Handed(protocol, request), sock)
+        return answered
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.receiving is not None:

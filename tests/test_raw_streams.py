@@ -275,3 +275,9 @@ def test_a_raw_log_stream_carries_whole_lines_then_its_status_and_an_unknown_app
     sock, status, rest = open_path(rack, "/apps/no-such-app/logs", [("follow", "false")])
     with sock:
         assert (status, refusal(sock, rest)) == (404, "no such app: no-such-app")
+
+    def logged(status: int, path: str) -> bool:  # the gateway's request log: what the service answered
+        return f'status={status} method="GET" path="{path}"' in rack.log.read_text(errors="replace")
+
+    eventually(lambda: logged(404, "/apps/no-such-app/logs"), within=5)  # handed over, then refused
+    assert logged(101, f"/apps/{target.app}/logs")

@@ -191,9 +191,13 @@ class Upstreams:
                     await handoff.hand(conn, fd, self.upgrade_request(service, connection, method) + leftover)
             except (TimeoutError, OSError) as exc:  # the client sees its connection end without an answer
                 log.log("handoff", state="error", service=service, error=type(exc).__name__)
+                return True
             finally:
                 os.close(fd)
                 raw["release"]()
+            status = await handoff.answered(conn)  # what the service answered: the request log says it
+            if status is not None:
+                raw["status"] = status
         return True
 
     def upgrade_request(self, service: str, connection: HTTPConnection, method: str = "GET") -> bytes:
