@@ -163,6 +163,19 @@ def test_timestamps_round_trip() -> None:
     assert normalize_ts("not a time") is None
 
 
+def test_a_time_is_normalized_to_the_nanosecond_and_to_the_fixed_width() -> None:
+    # Docker's RFC 3339 times trim their trailing zeros (a container's FinishedAt): every digit is kept
+    assert normalize_ts("2026-12-04T21:27:16.1234567Z") == "2026-12-04T21:27:16.123456700Z"
+    assert normalize_ts("2026-12-04T23:27:16.123456789+02:00") == "2026-12-04T21:27:16.123456789Z"
+    assert normalize_ts("2026-12-04T21:27:16.1234567891Z") == "2026-12-04T21:27:16.123456789Z"
+    # Docker's zero time (a container that never finished) keeps the width, so comparing as strings holds
+    zero = normalize_ts("0001-01-01T00:00:00Z")
+    assert zero == "0001-01-01T00:00:00.000000000Z" and zero < "1970"
+    assert ts_from_datetime(datetime(1, 1, 1, tzinfo=UTC)) == zero
+    assert normalize_ts("0001-01-01T00:00:00+01:00") is None  # before the first time there is
+    assert normalize_ts("2026-12-04") == "2026-12-04T00:00:00.000000000Z"  # ISO 8601 beyond RFC 3339 too
+
+
 def test_a_cursor_counts_the_lines_at_its_timestamp() -> None:
     offsets: dict[str, Offset] = {}
     advance(offsets, "c:abc", ts(1))
