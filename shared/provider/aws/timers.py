@@ -21,8 +21,9 @@ EventBridge rules with ECS RunTask targets, as Convox gen1 had cron (Events::Rul
   show that a due time makes one run. Here the test moves a clock and sees the RunTask, its tags and ps.
 - Every 5-field cron expression is accepted as locally: no translation to AWS's 6-field ``cron()`` with its
   ``?`` rule, and nothing the manifest allows has to be refused for AWS's sake.
-- The cost: the rack must be up for timers to fire (a due time while no rack API task runs is skipped, and
-  the next beat after a restart fires once, never a burst); and each beat is one Scan of the apps table
+- The cost: the rack must be up for timers to fire (a due time while no rack API task runs is skipped, as
+  locally and as cron: a beat that first sees a due time more than :data:`MISSED_AFTER` past moves on to the
+  next one, never a burst and no late run); and each beat is one Scan of the apps table
   (1 MB pages) plus one DescribeTasks per 100 runs in progress, whatever the number of timers.
 
 **State**: a map attribute ``timer:<name>`` on the app's item in ``<prefix>-apps``: ``schedule``, ``next``
@@ -50,7 +51,7 @@ import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.errors import BadRequest, Conflict, NotFound, RackError
@@ -73,6 +74,10 @@ PREFIX = "timer:"
 BEAT_SECONDS = 5.0
 """Seconds between beats: due times are whole minutes, so a run starts at most this late."""
 DESCRIBE_BATCH = 100
+MISSED_AFTER = timedelta(minutes=1)
+"""A due time this far past when a beat first sees it fell due while no scheduler beat (every rack API task
+down, beats come every few seconds otherwise): it is not made up (as cron, and as the local provider's
+timers), the timer is due again at its next time from now."""
 
 
 @dataclass
@@ -277,7 +282,22 @@ class AwsTimers:
                 continue
             if now < state.next:
                 continue
+            if now - state.next > MISSED_AFTER:
+                await self._missed(app, timer, state, now)
+                continue
             await self._due(app, item["release"], timer, state, now)
+
+    async def _missed(self, app: str, timer: Timer, state: TimerState, now: datetime) -> None:
+        """A due time nobody ran at (:data:`MISSED_AFTER`): on to the next one (whoever sees it first)."""
+        with contextlib.suppress(Conflict):
+            await self._update(
+                app,
+                "SET #a.#next = :next",
+                {":next": next_run(timer.schedule, now).isoformat(), ":due": state.next.isoformat()},
+                "#a.#next = :due",
+                timer.name,
+            )
+            log.log("timer.missed", app=app, timer=timer.name, due=state.next.isoformat())
 
     async def _due(self, app: str, release: str, timer: Timer, state: TimerState, now: datetime) -> None:
         """Claim this due time (one claimer wins), then run it unless the last run still goes."""
