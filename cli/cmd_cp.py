@@ -9,12 +9,12 @@ paths, no `..`, no links out of the destination, no device files.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import posixpath
 import queue
 import tarfile
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import IO, Annotated, Any
 from urllib.parse import quote
@@ -92,11 +92,20 @@ def split_remote(value: str) -> tuple[str, str] | None:
     return pid, path
 
 
+def _run(exchange: Coroutine[Any, Any, None]) -> None:
+    """An exchange run to its end (asyncio is loaded here only: every other command's start goes without it)."""
+    import asyncio
+
+    asyncio.run(exchange)
+
+
 async def _exchange(
     app: str, pid: str, command: list[str], send: queue.Queue[bytes] | None, receive: queue.Queue[bytes] | None
 ) -> None:
     """Run ``command`` in the process: stdin from ``send`` (then closed), stdout into ``receive``; an exit code
     that is not 0 is an error with what it wrote to stderr."""
+    import asyncio
+
     from websockets.exceptions import ConnectionClosed
 
     from cli.stream import (
@@ -187,7 +196,7 @@ def upload(app: str, local: Path, pid: str, remote: str) -> None:
     thread, failures = _thread(pack)
     command = ["sh", "-c", 'mkdir -p "$1" && exec tar -xf - -C "$1"', "sh", parent]
     try:
-        asyncio.run(_exchange(app, pid, command, chunks, None))
+        _run(_exchange(app, pid, command, chunks, None))
     finally:
         while thread.is_alive():  # let a packer blocked on a full queue finish
             with contextlib.suppress(queue.Empty):
@@ -226,7 +235,7 @@ def download(app: str, pid: str, remote: str, local: Path) -> None:
 
     thread, failures = _thread(unpack)
     try:
-        asyncio.run(_exchange(app, pid, ["tar", "-cf", "-", "-C", parent, name], None, chunks))
+        _run(_exchange(app, pid, ["tar", "-cf", "-", "-C", parent, name], None, chunks))
     finally:
         thread.join()
     if failures:

@@ -9,7 +9,6 @@ again unless given another with ``--credentials``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine
@@ -56,6 +55,8 @@ def aws_record(host: str) -> dict[str, Any] | None:
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run an AWS coroutine; every AWS, credentials or stack error becomes a CLI error."""
+    import asyncio  # here only: the start of every other command goes without it
+
     from shared.errors import RackError
     from shared.provider.aws.credentials import CredentialsError
     from shared.provider.aws.stacks import StackError

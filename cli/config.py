@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +13,8 @@ from urllib.parse import urlsplit
 from cli.errors import CliError
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx
 
 
