@@ -65,7 +65,7 @@ $(DEV_STAMP): $(STAMP)
 # the rack's services would compile its modules again at every start otherwise (a `convox deploy`'s imports
 # took 105 ms without it, 78 ms with it). Incremental: only what changed since is compiled again.
 define compile_bytecode
-	@$(BIN)/python -m compileall -q -j 0 cli services shared >/dev/null
+	@$(BIN)/python -m compileall -q -j 0 cli services shared
 endef
 
 install: $(STAMP)

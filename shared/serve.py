@@ -43,11 +43,12 @@ class Server(uvicorn.Server):
         if self.handoffs is not None:
             self.receiving = asyncio.create_task(handoff.serve(self.handoffs, self.take))
 
-    async def take(self, sock: socket.socket, request: bytes) -> asyncio.Future[int]:
+    async def take(self, sock: socket.socket, request: bytes) -> asyncio.Future[int] | None:
         loop = asyncio.get_running_loop()
         protocol = self.protocol()
-        answered: asyncio.Future[int] = loop.create_future()
+        answered: asyncio.Future[int] | None = None
         if isinstance(protocol, RawUpgradeProtocol):
+            answered = loop.create_future()
             protocol.answer_to(answered)
         await loop.connect_accepted_socket(lambda: _Handed(protocol, request), sock)
         return answered

@@ -48,9 +48,9 @@ def test_the_reaper_forgets_the_execs_of_dead_runners_and_keeps_the_rest(tmp_pat
         try:
             alive = ExecRecords(state, Runner(tmp_path / "runners"))  # this process's: its lock is held
             died = ExecRecords(state, Runner(tmp_path / "runners"))
-            await alive.started(exec_id(1), CONTAINER)
+            await alive.started(exec_id(1), CONTAINER, "", "")
             for n in (2, 3, 4, 5):
-                await died.started(exec_id(n), CONTAINER)
+                await died.started(exec_id(n), CONTAINER, "", "")
             died.runner.release()  # as the kernel drops a killed process's lock
             engine = EngineDouble(
                 {

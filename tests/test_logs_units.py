@@ -174,6 +174,8 @@ def test_a_time_is_normalized_to_the_nanosecond_and_to_the_fixed_width() -> None
     assert ts_from_datetime(datetime(1, 1, 1, tzinfo=UTC)) == zero
     assert normalize_ts("0001-01-01T00:00:00+01:00") is None  # before the first time there is
     assert normalize_ts("2026-12-04") == "2026-12-04T00:00:00.000000000Z"  # ISO 8601 beyond RFC 3339 too
+    assert normalize_ts("2026-12-04T21:27:16.\u0661\u0662Z") is None  # digits of other scripts: not a time
+    assert normalize_ts("2026-12-04T21:27:16.\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669Z") is None
 
 
 def test_a_cursor_counts_the_lines_at_its_timestamp() -> None:

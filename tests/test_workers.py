@@ -268,6 +268,13 @@ async def test_a_promote_waits_for_the_racks_own_pass_over_the_app_instead_of_be
         assert containers_of("passed", second)
         # the roll-out ended once the new release served; the old process stops after, still under the lock
         await until(lambda: asyncio.sleep(0, not containers_of("passed", first)), within=15)
+        third = await release_of(asker, "passed", busybox_image, sleeping(), "BPASSTHIRD1")
+        async with owning.formation.locks("passed"):  # the roll-out waits for the app (as behind a retirement)
+            await asker.releases.promote("passed", third)
+            await owning.formation.cancel("passed")  # cancelled before it began: over, not left updating
+            settled = await asker.releases.settled("passed", 10)
+            assert (settled.status, settled.release) == ("running", second)
+            assert (settled.failed_release, settled.failure) == (third, "cancelled")
         await asker.apps.set_status("passed", "deleting")  # as a deletion in the apps service begins
         with pytest.raises(Conflict, match="being deleted"):
             await asker.releases.promote("passed", first)

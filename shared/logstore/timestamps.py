@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 
 TS_WIDTH = len("2015-01-01T00:00:00.000000000Z")
-RFC3339 = re.compile(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)?")
+RFC3339 = re.compile(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)?", re.ASCII)
 """An RFC 3339 time with any number of fractional digits (Docker's trims its trailing zeros)."""
 
 
@@ -51,7 +51,7 @@ def ts_to_ns(ts: str) -> int:
 def normalize_ts(text: str) -> str | None:
     """Any RFC 3339 / ISO 8601 time -> this module's form, to the nanosecond an RFC 3339 one gives; ``None``
     when it is not one (or is out of range once in UTC)."""
-    if len(text) == TS_WIDTH and text.endswith("Z") and text[10] == "T" and text[19] == ".":
+    if len(text) == TS_WIDTH and text.endswith("Z") and text[10] == "T" and text[19] == "." and text.isascii():
         return text
     try:
         if (found := RFC3339.fullmatch(text)) is not None:

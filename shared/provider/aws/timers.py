@@ -22,8 +22,8 @@ EventBridge rules with ECS RunTask targets, as Convox gen1 had cron (Events::Rul
 - Every 5-field cron expression is accepted as locally: no translation to AWS's 6-field ``cron()`` with its
   ``?`` rule, and nothing the manifest allows has to be refused for AWS's sake.
 - The cost: the rack must be up for timers to fire (a due time while no rack API task runs is skipped, as
-  locally and as cron: a beat that first sees a due time more than :data:`MISSED_AFTER` past moves on to the
-  next one, never a burst and no late run); and each beat is one Scan of the apps table
+  locally and as cron: a scheduler's first beat moves a due time more than :data:`MISSED_AFTER` past on to
+  the next one, never a burst and no late run); and each beat is one Scan of the apps table
   (1 MB pages) plus one DescribeTasks per 100 runs in progress, whatever the number of timers.
 
 **State**: a map attribute ``timer:<name>`` on the app's item in ``<prefix>-apps``: ``schedule``, ``next``
@@ -75,9 +75,10 @@ BEAT_SECONDS = 5.0
 """Seconds between beats: due times are whole minutes, so a run starts at most this late."""
 DESCRIBE_BATCH = 100
 MISSED_AFTER = timedelta(minutes=1)
-"""A due time this far past when a beat first sees it fell due while no scheduler beat (every rack API task
-down, beats come every few seconds otherwise): it is not made up (as cron, and as the local provider's
-timers), the timer is due again at its next time from now."""
+"""A due time this far past at a scheduler's first beat fell due while no scheduler beat (every rack API task
+down: a live one beats every few seconds and claims it): it is not made up (as cron, and as the local
+provider's timers at their start), the timer is due again at its next time from now. A scheduler that has been
+beating runs a due time however late its beat (a slow scan, AWS throttling)."""
 
 
 @dataclass
@@ -163,6 +164,8 @@ class AwsTimers:
         self._timers: dict[tuple[str, str], dict[str, Timer]] = {}
         """The timers of a release (releases never change), by (app, release)."""
         self._firing: dict[str, asyncio.Lock] = {}
+        self.beaten = False
+        """Whether this scheduler has beaten since it started: only its first beat finds missed due times."""
         self._loop_task: asyncio.Task[None] | None = None
         formation.checks.append(self.check)
         apps.on_delete.append(self.forget)
@@ -241,14 +244,15 @@ class AwsTimers:
             if timers or states_of(item):
                 work.append((item, timers))
         tasks = await self._describe([s.task for item, _ in work for s in states_of(item).values() if s.task])
+        first, self.beaten = not self.beaten, True
         for item, timers in work:
             try:
-                await self._beat_app(item, timers, tasks, now)
+                await self._beat_app(item, timers, tasks, now, first)
             except RackError as exc:
                 log.error("timers.beat", app=item["name"], error=exc.message)
 
     async def _beat_app(
-        self, item: Item, timers: dict[str, Timer], tasks: dict[str, dict[str, Any]], now: datetime
+        self, item: Item, timers: dict[str, Timer], tasks: dict[str, dict[str, Any]], now: datetime, first: bool = False
     ) -> None:
         app = item["name"]
         states = states_of(item)
@@ -282,7 +286,7 @@ class AwsTimers:
                 continue
             if now < state.next:
                 continue
-            if now - state.next > MISSED_AFTER:
+            if first and now - state.next > MISSED_AFTER:
                 await self._missed(app, timer, state, now)
                 continue
             await self._due(app, item["release"], timer, state, now)

@@ -282,8 +282,9 @@ class ExecWatch(Protocol):
     its stream and its ending go with it) is ended by someone else (the local provider's
     :class:`~shared.provider.local.exec_records.ExecRecords`)."""
 
-    async def started(self, exec_id: str, container_id: str) -> None:
-        """The exec is made and about to start (a failure here leaves it made, never started)."""
+    async def started(self, exec_id: str, container_id: str, mark: str, user: str) -> None:
+        """The exec is made and about to start (a failure here leaves it made, never started); ``mark`` and
+        ``user``: how its processes are found and ended on a remote engine (:func:`end_process`)."""
 
     async def ended(self, exec_id: str) -> None:
         """The exec's stream is closed, and the exec ended with it."""
@@ -341,7 +342,7 @@ class ExecStream(_Attached):
             body["User"] = self.user
         self.exec_id = await self.docker.exec_create(self.container_id, body, self._what)
         if self.watch is not None:
-            await self.watch.started(self.exec_id, self.container_id)
+            await self.watch.started(self.exec_id, self.container_id, self.mark, self.user)
         self.conn = await Hijacked.open(
             self.docker,
             f"/exec/{self.exec_id}/start",

@@ -36,11 +36,11 @@ class ExecRecords:
         self.state = state
         self.runner = runner
 
-    async def started(self, exec_id: str, container_id: str) -> None:
+    async def started(self, exec_id: str, container_id: str, mark: str, user: str) -> None:
         token = self.runner.token if self.runner.held else await asyncio.to_thread(self.runner.hold)
         await self.state.execute(
-            "INSERT OR REPLACE INTO execs (id, container, runner, created) VALUES (?, ?, ?, ?)",
-            (exec_id, container_id, token, time.time()),
+            "INSERT OR REPLACE INTO execs (id, container, runner, created, mark, user) VALUES (?, ?, ?, ?, ?, ?)",
+            (exec_id, container_id, token, time.time(), mark, user),
         )
 
     async def ended(self, exec_id: str) -> None:
@@ -49,7 +49,7 @@ class ExecRecords:
     async def reap(self, docker: Engine) -> int:
         """End the execs whose runner is dead (their process tree killed, as a stream closed under a running
         exec does) and forget them; how many were still running."""
-        rows = await self.state.fetch_all("SELECT id, container, runner FROM execs")
+        rows = await self.state.fetch_all("SELECT id, container, runner, mark, user FROM execs")
         gone = await dead(self.runner.root, {row["runner"] for row in rows})
         ended = 0
         for row in rows:
@@ -58,11 +58,12 @@ class ExecRecords:
             exec_id, container_id = str(row["id"]), str(row["container"])
             if ID.fullmatch(exec_id) and ID.fullmatch(container_id):
                 try:
-                    if not await self._end(docker, exec_id, container_id):
+                    if not await self._end(docker, exec_id, container_id, str(row["mark"]), str(row["user"])):
                         await self.ended(exec_id)
                         continue
-                except RackError as exc:  # the Engine did not answer: the record stays for the next round
-                    log.error("process.reap", id=container_id[:12], exec=exec_id[:12], message=exc.message)
+                except Exception as exc:  # the Engine did not answer: the record stays for the next round
+                    message = exc.message if isinstance(exc, RackError) else type(exc).__name__
+                    log.error("process.reap", id=container_id[:12], exec=exec_id[:12], message=message)
                     continue
                 ended += 1
                 log.log("process.reap", id=container_id[:12], exec=exec_id[:12], reason="exec runner dead")
@@ -70,7 +71,7 @@ class ExecRecords:
         return ended
 
     @staticmethod
-    async def _end(docker: Engine, exec_id: str, container_id: str) -> bool:
+    async def _end(docker: Engine, exec_id: str, container_id: str, mark: str, user: str) -> bool:
         """Kill the exec's process tree if it still runs; whether it ran."""
         try:
             info = await docker.exec_inspect(exec_id, f"process {container_id[:12]}")
@@ -79,5 +80,5 @@ class ExecRecords:
         pid = int(info.get("Pid") or 0)
         if not info.get("Running") or not pid:
             return False
-        await end_process(docker, container_id, pid, False)
+        await end_process(docker, container_id, pid, False, mark, user)
         return True

@@ -177,37 +177,56 @@ class LocalFormation:
                 self.switching.discard(release.app)
 
     async def _rollout(self, release: Release, token: object) -> None:
-        async with self._lock(release.app):
-            # a failure is logged by measure, and the app's status tells the user
-            with contextlib.suppress(Exception), log.measure("release.promote", app=release.app, release=release.id):
-                try:
-                    retirement = await self.serve(release)
-                except asyncio.CancelledError:
-                    if self.closing:  # left `updating`: the next start's adoption records it as interrupted
-                        raise
-                    with contextlib.suppress(asyncio.CancelledError):  # a second cancel ends the way back only
-                        await self._roll_back(release)
-                    await asyncio.shield(self._ended(release, "cancelled", "cancelled"))
-                    await self.events.emit(release.app, "release roll-out cancelled", release=release.id)
-                    return
-                except Exception as exc:
-                    reason = getattr(exc, "message", None) or type(exc).__name__
-                    await self._roll_back(release)
-                    await self._ended(release, "failed", str(reason))
-                    await self.events.emit(release.app, f"release failed to roll out: {reason}", release=release.id)
+        entered = False
+        try:
+            async with self._lock(release.app):
+                entered = True
+                await self._roll(release, token)
+        except asyncio.CancelledError:
+            if not entered and not self.closing:  # cancelled while it waited for the app (the retirement of the
+                # roll-out before it, a scale): nothing of it ran, it is over
+                await asyncio.shield(self._ended(release, "cancelled", "cancelled"))
+                await asyncio.shield(self.events.emit(release.app, "release roll-out cancelled", release=release.id))
+            raise
+
+    async def _roll(self, release: Release, token: object) -> None:
+        """The roll-out, under the app's lock: serve the release, say so, then retire what it replaced."""
+        # a failure is logged by measure, and the app's status tells the user
+        with contextlib.suppress(Exception), log.measure("release.promote", app=release.app, release=release.id):
+            if (await self.apps.get(release.app)).status == "deleting":  # while it waited for the app
+                await self.apps.rollouts.record(release.app, release.id, "cancelled", "the app is being deleted")
+                return
+            try:
+                retirement = await self.serve(release)
+            except asyncio.CancelledError:
+                self.switching.discard(release.app)
+                if self.closing:  # left `updating`: the next start's adoption records it as interrupted
                     raise
-                finally:
-                    self.switching.discard(release.app)
+                with contextlib.suppress(asyncio.CancelledError):  # a second cancel ends the way back only
+                    await self._roll_back(release)
+                await asyncio.shield(self._ended(release, "cancelled", "cancelled"))
+                await self.events.emit(release.app, "release roll-out cancelled", release=release.id)
+                return
+            except Exception as exc:
+                self.switching.discard(release.app)
+                reason = getattr(exc, "message", None) or type(exc).__name__
+                await self._roll_back(release)
+                await self._ended(release, "failed", str(reason))
+                await self.events.emit(release.app, f"release failed to roll out: {reason}", release=release.id)
+                raise
+            # the release serves: the roll-out has ended for whoever waits on it, and there is nothing left to
+            # cancel (as a Kubernetes roll-out ends with its old pods terminating); the old processes stop then,
+            # under the app's lock still, so that what is asked next (a promote, a scale) waits until they are
+            # gone before it changes the app's processes, and they stop even if saying so fails
+            try:
                 await self.apps.set_status(release.app, "running", release=release.id)
                 await self.apps.rollouts.record(release.app, release.id, "running")
                 await self.events.emit(release.app, "release promoted", release=release.id)
-                # the release serves: the roll-out has ended for whoever waits on it, and there is nothing left
-                # to cancel (as a Kubernetes roll-out ends with its old pods terminating); the old processes
-                # stop now, under the app's lock still, so that what is asked next (a promote, a scale) waits
-                # until they are gone before it changes the app's processes
+            finally:
                 self.operations.end(release.app, token)
                 if self.rolling.get(release.app) is asyncio.current_task():
                     del self.rolling[release.app]
+                self.switching.discard(release.app)
                 await self.converger.retire(retirement)
 
     async def cancel(self, app: str) -> App:

@@ -117,7 +117,9 @@ CREATE TABLE IF NOT EXISTS execs (
     id TEXT PRIMARY KEY,
     container TEXT NOT NULL,
     runner TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    mark TEXT NOT NULL DEFAULT '',
+    user TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS log_sources (
     src TEXT PRIMARY KEY,
@@ -137,6 +139,8 @@ ADDED_COLUMNS = (
     ("resources", "message", "TEXT NOT NULL DEFAULT ''"),
     ("builds", "runner", "TEXT NOT NULL DEFAULT ''"),
     ("resources", "runner", "TEXT NOT NULL DEFAULT ''"),
+    ("execs", "mark", "TEXT NOT NULL DEFAULT ''"),
+    ("execs", "user", "TEXT NOT NULL DEFAULT ''"),
 )
 """Columns added since a table was first made: a data dir from before gets them at open."""
 
