@@ -199,7 +199,6 @@ class LocalFormation:
             try:
                 retirement = await self.serve(release)
             except asyncio.CancelledError:
-                self.switching.discard(release.app)
                 if self.closing:  # left `updating`: the next start's adoption records it as interrupted
                     raise
                 with contextlib.suppress(asyncio.CancelledError):  # a second cancel ends the way back only
@@ -208,25 +207,26 @@ class LocalFormation:
                 await self.events.emit(release.app, "release roll-out cancelled", release=release.id)
                 return
             except Exception as exc:
-                self.switching.discard(release.app)
                 reason = getattr(exc, "message", None) or type(exc).__name__
                 await self._roll_back(release)
                 await self._ended(release, "failed", str(reason))
                 await self.events.emit(release.app, f"release failed to roll out: {reason}", release=release.id)
                 raise
+            finally:
+                self.switching.discard(release.app)
             # the release serves: the roll-out has ended for whoever waits on it, and there is nothing left to
-            # cancel (as a Kubernetes roll-out ends with its old pods terminating); the old processes stop then,
-            # under the app's lock still, so that what is asked next (a promote, a scale) waits until they are
-            # gone before it changes the app's processes, and they stop even if saying so fails
+            # cancel (as a Kubernetes roll-out ends with its old pods terminating; its handle goes in the turn
+            # its switching mark goes, so no cancel lands in between); the old processes stop then, under the
+            # app's lock still, so that what is asked next (a promote, a scale) waits until they are gone, and
+            # they stop even if saying so fails
+            self.operations.end(release.app, token)
+            if self.rolling.get(release.app) is asyncio.current_task():
+                del self.rolling[release.app]
             try:
                 await self.apps.set_status(release.app, "running", release=release.id)
                 await self.apps.rollouts.record(release.app, release.id, "running")
                 await self.events.emit(release.app, "release promoted", release=release.id)
             finally:
-                self.operations.end(release.app, token)
-                if self.rolling.get(release.app) is asyncio.current_task():
-                    del self.rolling[release.app]
-                self.switching.discard(release.app)
                 await self.converger.retire(retirement)
 
     async def cancel(self, app: str) -> App:
