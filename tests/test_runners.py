@@ -53,6 +53,7 @@ def test_a_released_runner_is_dead_and_holding_twice_keeps_one_token(tmp_path: P
     runner = Runner(tmp_path / "runners")
     token = runner.hold()
     assert runner.hold() == token and runner.held
+    assert asyncio.run(runner.holding()) == token  # held already: the same token, no second lock
     assert is_alive(tmp_path / "runners", token)
     runner.release()
     assert not runner.held and not is_alive(tmp_path / "runners", token)

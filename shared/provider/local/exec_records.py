@@ -11,7 +11,6 @@ restarted) just goes.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 
@@ -37,7 +36,7 @@ class ExecRecords:
         self.runner = runner
 
     async def started(self, exec_id: str, container_id: str, mark: str, user: str) -> None:
-        token = self.runner.token if self.runner.held else await asyncio.to_thread(self.runner.hold)
+        token = await self.runner.holding()
         await self.state.execute(
             "INSERT OR REPLACE INTO execs (id, container, runner, created, mark, user) VALUES (?, ?, ?, ?, ?, ?)",
             (exec_id, container_id, token, time.time(), mark, user),

@@ -254,7 +254,7 @@ class LocalProcesses:
             labels[LABEL_RELEASE] = options.release
         if interactive:  # its stream enforces its time limit; the owner ends it once its runner is dead
             labels[LABEL_INTERACTIVE] = "true"
-            labels[LABEL_RUNNER] = self.runner.token if self.runner.held else await asyncio.to_thread(self.runner.hold)
+            labels[LABEL_RUNNER] = await self.runner.holding()
         elif time_limit:
             labels[LABEL_DEADLINE] = str(int(time.time() + time_limit))
         host: dict[str, Any] = {"Init": True}

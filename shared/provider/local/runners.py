@@ -61,6 +61,10 @@ class Runner:
         self._fd = fd
         return self.token
 
+    async def holding(self) -> str:
+        """The token, the lock taken first (in a thread: a file's creation and lock) when it is not held yet."""
+        return self.token if self._fd is not None else await asyncio.to_thread(self.hold)
+
     def release(self) -> None:
         if self._fd is None:
             return

@@ -168,7 +168,7 @@ class Sandboxes:
             config = {
                 "Image": image,
                 "Entrypoint": [PAUSE_PATH],
-                "Labels": {LABEL_RACK: self.rack, LABEL_SANDBOX: app, LABEL_RUNNER: await self._token()},
+                "Labels": {LABEL_RACK: self.rack, LABEL_SANDBOX: app, LABEL_RUNNER: await self.runner.holding()},
                 "HostConfig": {
                     "NetworkMode": self.network,
                     "Init": True,
@@ -191,9 +191,6 @@ class Sandboxes:
             log.error("sandbox.create", app=app, message=exc.message)
         finally:
             self.making.discard(app)
-
-    async def _token(self) -> str:
-        return self.runner.token if self.runner.held else await asyncio.to_thread(self.runner.hold)
 
     async def _pause_image(self) -> str | None:
         """The pause image's tag, imported when the engine lacks it; None when the engine's architecture has
